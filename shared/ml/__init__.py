@@ -1,0 +1,1 @@
+"""Torch helpers shared by services. Never imports fastapi, celery, redis or minio."""
