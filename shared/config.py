@@ -54,8 +54,12 @@ class S3Settings(BaseSettings):
     access_key_id: str = Field("", description="S3_ACCESS_KEY_ID")
     secret_access_key: SecretStr = Field(SecretStr(""), description="S3_SECRET_ACCESS_KEY")
     region: str = Field("us-east-1", description="S3_REGION")
-    create_bucket: bool = Field(True, description="Create the bucket when missing (S3_CREATE_BUCKET).")
-    part_size_mb: int = Field(16, ge=5, le=5120, description="Multipart part size (S3_PART_SIZE_MB).")
+    create_bucket: bool = Field(
+        True, description="Create the bucket when missing (S3_CREATE_BUCKET)."
+    )
+    part_size_mb: int = Field(
+        16, ge=5, le=5120, description="Multipart part size (S3_PART_SIZE_MB)."
+    )
     timeout_s: float = Field(10.0, gt=0, description="Connect/read timeout (S3_TIMEOUT_S).")
     retries: int = Field(2, ge=0, le=10, description="Retries on connection errors (S3_RETRIES).")
 
@@ -103,21 +107,27 @@ class JobSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="JOBS_", extra="ignore")
     visibility_timeout_s: int = Field(
-        3600, ge=10, description="Redis redelivery delay of unacked jobs (JOBS_VISIBILITY_TIMEOUT_S)."
+        3600,
+        ge=10,
+        description="Redis redelivery delay of unacked jobs (JOBS_VISIBILITY_TIMEOUT_S).",
     )
     soft_time_limit_s: int = Field(
         86_400, ge=1, description="Soft limit: job checkpoints and stops (JOBS_SOFT_TIME_LIMIT_S)."
     )
     time_limit_s: int = Field(90_000, ge=1, description="Hard limit (JOBS_TIME_LIMIT_S).")
     lease_ttl_s: float = Field(
-        60.0, gt=0, description="A RUNNING job whose heartbeat is older is orphaned (JOBS_LEASE_TTL_S)."
+        60.0,
+        gt=0,
+        description="A RUNNING job whose heartbeat is older is orphaned (JOBS_LEASE_TTL_S).",
     )
     heartbeat_s: float = Field(10.0, gt=0, description="Heartbeat period (JOBS_HEARTBEAT_S).")
     reaper_interval_s: float = Field(
         30.0, gt=0, description="How often workers re-queue orphaned jobs (JOBS_REAPER_INTERVAL_S)."
     )
     soft_shutdown_timeout_s: float = Field(
-        30.0, ge=0, description="Warm-shutdown grace for checkpointing (JOBS_SOFT_SHUTDOWN_TIMEOUT_S)."
+        30.0,
+        ge=0,
+        description="Warm-shutdown grace for checkpointing (JOBS_SOFT_SHUTDOWN_TIMEOUT_S).",
     )
     max_attempts: int = Field(5, ge=1, description="Deliveries before FAILED (JOBS_MAX_ATTEMPTS).")
 

@@ -1,0 +1,1 @@
+"""HTTP transport of the anomaly_map service."""

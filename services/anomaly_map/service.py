@@ -1,0 +1,1 @@
+"""Use cases of the anomaly_map service (framework-free)."""

@@ -1,0 +1,1 @@
+"""Celery transport of the anomaly_map service."""

@@ -1,0 +1,1 @@
+"""Use cases of the finetune service (framework-free)."""

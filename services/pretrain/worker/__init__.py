@@ -1,0 +1,1 @@
+"""Celery transport of the pretrain service."""

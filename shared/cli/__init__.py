@@ -1,0 +1,1 @@
+"""The ``agssp`` command line: run the suite, its services and workers, manage jobs and keys."""

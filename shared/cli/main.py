@@ -1,0 +1,180 @@
+"""``agssp``: up, serve, worker, jobs, keys, settings."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+from typing import Annotated
+
+import typer
+
+from shared.cli import processes
+from shared.config import get_common_settings
+from shared.jobs.store import JobStore
+from shared.logging import configure_logging
+
+app = typer.Typer(help="AGSSP inspection suite.", no_args_is_help=True)
+jobs_app = typer.Typer(help="Inspect and cancel jobs (reads the durable job records).")
+keys_app = typer.Typer(help="API keys.")
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(keys_app, name="keys")
+
+QUEUE_MODULES = {
+    "maps": "services.anomaly_map.worker.tasks",
+    "pretrain": "services.pretrain.worker.tasks",
+    "finetune": "services.finetune.worker.tasks",
+    "default": "shared.jobs.selftest",
+}
+
+
+@app.command()
+def up(host: str = "127.0.0.1", worker: bool = True) -> None:
+    """Run the whole suite on this machine: four APIs and one worker, no servers needed."""
+    settings = get_common_settings()
+    configure_logging(settings.log)
+    env = dict(os.environ, AGSSP_HOME=str(settings.paths.resolved_home()))
+    children = [
+        processes.Child(name, processes.serve_argv(name, host, port))
+        for name, port in processes.DEFAULT_PORTS.items()
+    ]
+    if worker:
+        children.append(processes.Child("worker", processes.worker_argv(list(QUEUE_MODULES))))
+    processes.start(children, env)
+    for name, port in processes.DEFAULT_PORTS.items():
+        typer.echo(f"{name:12s} http://{host}:{port}  (/healthz, /readyz, /docs)")
+    typer.echo(
+        f"storage: {settings.storage_backend()}  broker: "
+        f"{'redis' if settings.redis.url else 'embedded filesystem'}  "
+        f"home: {settings.paths.resolved_home()}"
+    )
+    raise typer.Exit(processes.supervise(children))
+
+
+@app.command()
+def serve(
+    service: Annotated[str, typer.Argument(help=", ".join(processes.SERVICES))],
+    host: str = "127.0.0.1",
+    port: int = 0,
+) -> None:
+    """Serve one service's HTTP API with uvicorn."""
+    import uvicorn
+
+    if service not in processes.SERVICES:
+        raise typer.BadParameter(f"unknown service {service!r}; one of {processes.SERVICES}")
+    settings = get_common_settings()
+    configure_logging(settings.log)
+    uvicorn.run(
+        f"services.{service}.api.main:app_factory",
+        factory=True,
+        host=host,
+        port=port or processes.DEFAULT_PORTS[service],
+        log_config=None,
+        timeout_graceful_shutdown=20,
+    )
+
+
+@app.command()
+def worker(
+    queues: Annotated[list[str], typer.Argument(help="maps pretrain finetune default")],
+    pool: str = "solo",
+    concurrency: int = 1,
+    hostname: str = "",
+) -> None:
+    """Run a Celery worker on the given queues (solo pool: one process per GPU)."""
+    from shared.jobs.celery_app import make_celery
+
+    unknown = set(queues) - set(QUEUE_MODULES)
+    if unknown:
+        raise typer.BadParameter(f"unknown queues {sorted(unknown)}; one of {list(QUEUE_MODULES)}")
+    settings = get_common_settings()
+    configure_logging(settings.log)
+    modules = {QUEUE_MODULES["default"]} | {QUEUE_MODULES[q] for q in queues}
+    include = sorted(m for m in modules if importlib.util.find_spec(m) is not None)
+    celery_app = make_celery(settings, name="agssp-worker", include=include)
+    argv = [
+        "worker",
+        "-Q",
+        ",".join(queues),
+        "--pool",
+        pool,
+        "--concurrency",
+        str(concurrency),
+        "--loglevel",
+        settings.log.level,
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    if hostname:
+        argv += ["--hostname", hostname]
+    os.environ.setdefault("REMAP_SIGTERM", "SIGQUIT")  # soft shutdown: re-queue late-ack jobs
+    celery_app.worker_main(argv)
+
+
+def _job_store() -> JobStore:
+    from shared.storage.factory import create_store
+
+    return JobStore(create_store(get_common_settings()))
+
+
+@jobs_app.command("list")
+def jobs_list(kind: str = "", limit: int = 20) -> None:
+    """Newest jobs first."""
+    for record in _job_store().list(kind=kind or None, limit=limit):
+        typer.echo(
+            f"{record.id}  {record.kind:20s} {record.state:10s} "
+            f"{record.progress:5.1f}%  {record.message}"
+        )
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: str) -> None:
+    """One job record as JSON."""
+    typer.echo(_job_store().get(job_id).model_dump_json(indent=2))
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: str) -> None:
+    """Request a cooperative cancel."""
+    record = _job_store().request_cancel(job_id)
+    typer.echo(f"{record.id} {record.state} cancel_requested={record.cancel_requested}")
+
+
+@jobs_app.command("selftest")
+def jobs_selftest(steps: int = 5, step_s: float = 0.2) -> None:
+    """Submit the self-test job (exercises broker, worker, store and publishing)."""
+    from shared.jobs.celery_app import make_celery
+    from shared.jobs.producer import submit_job
+    from shared.schemas.jobs import Queue, TaskName
+
+    record = submit_job(
+        make_celery(get_common_settings()),
+        _job_store(),
+        kind="selftest",
+        task_name=TaskName.SELFTEST,
+        queue=Queue.DEFAULT,
+        params={"steps": steps, "step_s": step_s},
+    )
+    typer.echo(record.id)
+
+
+@keys_app.command("create")
+def keys_create(
+    name: str, scope: Annotated[list[str], typer.Option(help="inspect/train/admin")]
+) -> None:
+    """Print a new API key (shown once) and the hashed entry for AUTH_API_KEYS."""
+    from shared.http.auth import create_key
+
+    key, entry = create_key(name, scope)
+    typer.echo(f"key (give to the client, not stored): {key}")
+    typer.echo(f"AUTH_API_KEYS entry: {json.dumps([entry])}")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO)
+    app()
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,1 @@
+"""HTTP parts shared by every service: app factory, auth, errors, metrics, body limits."""

@@ -1,0 +1,96 @@
+"""``create_service_app``: the FastAPI app every service starts from.
+
+It wires request ids, the body cap, API-key scopes, Prometheus metrics, the error mapping,
+``/healthz`` (the process is up), ``/readyz`` (what is missing: storage, broker, weights) and
+``/metrics``. Services add their routers and a lifespan that loads heavy objects.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from shared.config import CommonSettings
+from shared.http.auth import ApiKeyMiddleware, ScopeRule, parse_keys
+from shared.http.body import BodyLimitMiddleware
+from shared.http.context import RequestIdMiddleware
+from shared.http.errors import install_error_handlers
+from shared.http.metrics import HttpMetrics, MetricsMiddleware
+
+log = logging.getLogger(__name__)
+
+ReadinessCheck = Callable[[FastAPI], str | None]
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+
+
+def _readiness(app: FastAPI) -> dict[str, str | None]:
+    results: dict[str, str | None] = dict(getattr(app.state, "not_ready", {}) or {})
+    checks: dict[str, ReadinessCheck] = app.state.readiness_checks
+    for name, check in checks.items():
+        try:
+            results[name] = check(app)
+        except Exception as exc:  # a check that throws means "not ready", with the reason
+            results[name] = f"{type(exc).__name__}: {exc}"
+    return results
+
+
+def create_service_app(
+    *,
+    service: str,
+    settings: CommonSettings,
+    lifespan: Lifespan | None,
+    scope_rules: Sequence[ScopeRule],
+    readiness_checks: dict[str, ReadinessCheck] | None = None,
+    version: str = "0.1.0",
+) -> FastAPI:
+    """A FastAPI app with the suite's common parts; add routers to it."""
+    app = FastAPI(title=f"AGSSP {service}", version=version, lifespan=lifespan)
+    app.state.service = service
+    app.state.settings = settings
+    app.state.readiness_checks = dict(readiness_checks or {})
+    app.state.not_ready = {}
+    metrics = HttpMetrics(service)
+    app.state.http_metrics = metrics
+    install_error_handlers(app)
+    _add_probes(app, metrics)
+    # Starlette applies the last-added middleware first: request id, then auth, then limits.
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=int(settings.http.max_body_mb * 2**20))
+    app.add_middleware(
+        ApiKeyMiddleware, keys=parse_keys(settings.auth.api_keys), rules=list(scope_rules)
+    )
+    app.add_middleware(RequestIdMiddleware)
+    if not settings.auth.api_keys:
+        log.warning("%s: AUTH_API_KEYS is empty, every route is open (loopback default)", service)
+    return app
+
+
+def _add_probes(app: FastAPI, metrics: HttpMetrics) -> None:
+    @app.get("/healthz", tags=["probes"], include_in_schema=False)
+    def healthz() -> dict[str, Any]:
+        """The process is up."""
+        return {"status": "ok", "service": app.state.service}
+
+    @app.get("/readyz", tags=["probes"], include_in_schema=False)
+    def readyz() -> JSONResponse:
+        """Ready when every dependency check passes; lists what is missing otherwise."""
+        results = _readiness(app)
+        missing = {name: why for name, why in results.items() if why}
+        body = {
+            "ready": not missing,
+            "service": app.state.service,
+            "missing": missing,
+            "checks": sorted(results),
+        }
+        return JSONResponse(body, status_code=200 if not missing else 503)
+
+    @app.get("/metrics", tags=["probes"], include_in_schema=False)
+    def metrics_endpoint(request: Request) -> Response:
+        """Prometheus text format."""
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

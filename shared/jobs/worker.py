@@ -1,0 +1,94 @@
+"""Worker-side glue: per-process resources, the task wrapper and the orphan reaper hook.
+
+Heavy resources (models) are loaded lazily by the services' own cached loaders inside the
+worker process, never in a parent before fork (field-notes §C2).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any
+
+from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_ready, worker_shutting_down
+
+from shared.config import CommonSettings, get_common_settings
+from shared.errors import SuiteError
+from shared.jobs.context import JobContext
+from shared.jobs.reaper import Reaper
+from shared.jobs.runner import Handler, RunnerOptions, run_job
+from shared.jobs.store import JobStore
+from shared.schemas.jobs import JobRecord, Queue
+from shared.storage.factory import create_store
+
+log = logging.getLogger(__name__)
+_reapers: list[Reaper] = []
+
+
+@lru_cache
+def worker_jobs() -> JobStore:
+    """The job store of this worker process (built once per process)."""
+    return JobStore(create_store(get_common_settings()))
+
+
+def _options(task: Task, settings: CommonSettings) -> RunnerOptions:
+    hostname = getattr(task.request, "hostname", None) or socket.gethostname()
+    return RunnerOptions(
+        worker=str(hostname),
+        lease_ttl_s=settings.jobs.lease_ttl_s,
+        heartbeat_s=settings.jobs.heartbeat_s,
+        max_attempts=settings.jobs.max_attempts,
+        reraise=(KeyboardInterrupt, SystemExit),
+    )
+
+
+def _time_limited(handler: Handler) -> Handler:
+    def wrapped(ctx: JobContext) -> list[str] | None:
+        try:
+            return handler(ctx)
+        except SoftTimeLimitExceeded as exc:
+            raise SuiteError(
+                "job time limit reached; its last checkpoint is kept", code="time_limit"
+            ) from exc
+
+    return wrapped
+
+
+def run_in_worker(
+    task: Task, job_id: str, handler: Callable[[JobContext], list[str] | None]
+) -> dict[str, Any]:
+    """Run a job handler under the runner's state machine; returns a short summary."""
+    settings = get_common_settings()
+    record: JobRecord = run_job(
+        job_id, worker_jobs(), _time_limited(handler), _options(task, settings)
+    )
+    return {"job_id": record.id, "state": record.state.value}
+
+
+@worker_ready.connect
+def _start_reaper(sender: Any = None, **_: Any) -> None:
+    settings = get_common_settings()
+    try:
+        queues = {q.name for q in sender.task_consumer.queues}
+    except AttributeError:
+        queues = {q.value for q in Queue}
+    reaper = Reaper(
+        sender.app,
+        worker_jobs(),
+        lease_ttl_s=settings.jobs.lease_ttl_s,
+        interval_s=settings.jobs.reaper_interval_s,
+        queues=queues,
+    )
+    reaper.start()
+    _reapers.append(reaper)
+    log.info("orphan reaper started for queues %s", sorted(queues))
+
+
+@worker_shutting_down.connect
+def _stop_reaper(**_: Any) -> None:
+    for reaper in _reapers:
+        reaper.stop()

@@ -1,0 +1,1 @@
+"""Cross-process contracts: pydantic only, no torch."""
