@@ -1,0 +1,1 @@
+"""Image intake and rendering shared by every service: bytes in, checked uint8 arrays out."""
