@@ -36,8 +36,9 @@ def validate_key(key: str, *, prefix: bool = False) -> str:
         return key
     body = key[:-1] if prefix and key.endswith("/") else key
     if not body or len(key) > MAX_KEY_LENGTH:
-        raise InvalidInputError(f"object key {key!r} is empty or longer than {MAX_KEY_LENGTH}",
-                                code="invalid_key")
+        raise InvalidInputError(
+            f"object key {key!r} is empty or longer than {MAX_KEY_LENGTH}", code="invalid_key"
+        )
     for segment in body.split("/"):
         if segment in ("", ".", "..") or not _SEGMENT.match(segment):
             raise InvalidInputError(
@@ -52,14 +53,21 @@ def validate_key(key: str, *, prefix: bool = False) -> str:
 class ObjectStore(Protocol):
     """A flat key -> bytes store (S3 semantics: whole-object writes, last writer wins)."""
 
-    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+    def put_bytes(
+        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> None:
         """Write ``data`` at ``key`` atomically (readers see the old or the new object)."""
 
     def get_bytes(self, key: str) -> bytes:
         """Read the whole object. Raises ``ObjectNotFoundError``."""
 
-    def put_stream(self, key: str, stream: BinaryIO, length: int = -1,
-                   content_type: str = "application/octet-stream") -> int:
+    def put_stream(
+        self,
+        key: str,
+        stream: BinaryIO,
+        length: int = -1,
+        content_type: str = "application/octet-stream",
+    ) -> int:
         """Write from a binary stream of unknown (-1) or known length, in parts; returns bytes."""
 
     def iter_chunks(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:

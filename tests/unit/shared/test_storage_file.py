@@ -1,0 +1,173 @@
+"""FileObjectStore: the shared storage contract plus local-folder specifics, the factory and
+artifact versions."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from shared.config import CommonSettings, S3Settings, StorageSettings
+from shared.errors import ConflictError, InvalidInputError, UnavailableError
+from shared.schemas.artifacts import ArtifactRef, new_version
+from shared.storage.base import ObjectStore
+from shared.storage.factory import create_store
+from shared.storage.filesystem import FileObjectStore
+from tests.storage_contract import ArtifactStoreContract, ObjectStoreContract
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> FileObjectStore:
+    return FileObjectStore(tmp_path / "store")
+
+
+class TestFileObjectStoreContract(ObjectStoreContract):
+    presigns = False
+
+
+class TestFileArtifactStoreContract(ArtifactStoreContract):
+    pass
+
+
+class _Exploding(io.RawIOBase):
+    """Yields some bytes, then fails like a dropped upload."""
+
+    def __init__(self) -> None:
+        self.sent = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        if self.sent:
+            raise ConnectionResetError("client went away")
+        self.sent = True
+        buffer[:3] = b"new"
+        return 3
+
+
+def test_file_store_satisfies_the_protocol(store: FileObjectStore) -> None:
+    assert isinstance(store, ObjectStore)
+
+
+def test_failed_write_keeps_the_old_object_and_no_temp_file(store: FileObjectStore) -> None:
+    # given
+    store.put_bytes("obj", b"old")
+    # when
+    with pytest.raises(ConnectionResetError):
+        store.put_stream("obj", _Exploding())  # type: ignore[arg-type]
+    # then
+    assert store.get_bytes("obj") == b"old"
+    assert os.listdir(store.root) == ["obj"]
+
+
+def test_temp_files_are_hidden_from_list(store: FileObjectStore) -> None:
+    # given: a writer's temp file in flight
+    store.put_bytes("a/done", b"1")
+    (store.root / "a" / ".~tmp-abc.tmp").write_bytes(b"partial")
+    # when
+    keys = store.list()
+    # then
+    assert keys == ["a/done"]
+
+
+def test_symlink_out_of_the_root_is_rejected(store: FileObjectStore, tmp_path: Path) -> None:
+    # given
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"s")
+    store.put_bytes("keep", b"1")
+    (store.root / "link").symlink_to(outside, target_is_directory=True)
+    # when / then
+    with pytest.raises(InvalidInputError):
+        store.get_bytes("link/secret")
+
+
+def test_key_that_is_also_a_prefix_conflicts(store: FileObjectStore) -> None:
+    store.put_bytes("a/b", b"1")
+    with pytest.raises(ConflictError):
+        store.put_bytes("a", b"2")
+
+
+def test_delete_prunes_empty_folders(store: FileObjectStore) -> None:
+    # given
+    store.put_bytes("a/b/c", b"1")
+    # when
+    store.delete("a/b/c")
+    # then: the name 'a' is free for an object again, as on S3
+    store.put_bytes("a", b"2")
+    assert store.list() == ["a"]
+
+
+def test_ping_fails_when_the_root_is_not_a_folder(tmp_path: Path) -> None:
+    # given
+    blocker = tmp_path / "file"
+    blocker.write_bytes(b"")
+    # when / then
+    with pytest.raises(UnavailableError):
+        FileObjectStore(blocker / "store").ping()
+
+
+def test_factory_builds_a_file_store_by_default(tmp_path: Path) -> None:
+    # given
+    settings = CommonSettings(
+        storage=StorageSettings(backend="auto", root=tmp_path / "st"),
+        s3=S3Settings(endpoint_url=None),
+    )
+    # when
+    store = create_store(settings)
+    # then
+    assert isinstance(store, FileObjectStore)
+    assert store.root == (tmp_path / "st").resolve()
+
+
+def test_factory_builds_an_s3_store_when_an_endpoint_is_set() -> None:
+    # given
+    from shared.storage.s3 import S3ObjectStore
+
+    settings = CommonSettings(
+        s3=S3Settings(
+            endpoint_url="https://minio.example:9000",
+            bucket="b1",
+            access_key_id="k",
+            secret_access_key=SecretStr("s"),
+        )
+    )
+    # when: no network call is made here
+    store = create_store(settings)
+    # then
+    assert isinstance(store, S3ObjectStore)
+    assert store.bucket == "b1"
+
+
+def test_s3_store_rejects_an_endpoint_with_a_path() -> None:
+    from shared.storage.s3 import S3ObjectStore
+
+    with pytest.raises(InvalidInputError):
+        S3ObjectStore(S3Settings(endpoint_url="http://minio:9000/bucket"))
+
+
+def test_new_version_is_deterministic_for_a_seed_and_time() -> None:
+    at = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    assert new_version("job-1", at=at) == new_version("job-1", at=at)
+    assert new_version("job-1", at=at) != new_version("job-2", at=at)
+
+
+def test_new_version_has_the_sortable_utc_format() -> None:
+    # given
+    at = datetime(2026, 1, 1, 13, 0, tzinfo=timezone(timedelta(hours=1)))
+    # when
+    version = new_version("job-1", at=at)
+    # then
+    assert re.fullmatch(r"20260101T120000Z-[0-9a-f]{8}", version)
+    assert new_version(at=at) < new_version(at=at + timedelta(seconds=1))
+
+
+def test_artifact_ref_rejects_a_path_as_name() -> None:
+    with pytest.raises(ValueError, match="invalid"):
+        ArtifactRef(name="../etc", version="v1")
