@@ -128,12 +128,16 @@ def own_s3() -> Iterator[ServerHandle]:
         yield server
 
 
+def _lower(items: object) -> dict[str, str]:
+    return {str(k).lower(): str(v) for k, v in items}  # type: ignore[attr-defined]
+
+
 def _get(url: str) -> tuple[int, dict[str, str], dict[str, object]]:
     try:
         with urllib.request.urlopen(url, timeout=20) as response:
-            return response.status, dict(response.headers), json.loads(response.read())
+            return response.status, _lower(response.headers.items()), json.loads(response.read())
     except urllib.error.HTTPError as err:
-        return err.code, dict(err.headers), json.loads(err.read())
+        return err.code, _lower(err.headers.items()), json.loads(err.read())
 
 
 def test_s3_outage_gives_503_with_retry_hint_then_recovers(
@@ -153,7 +157,7 @@ def test_s3_outage_gives_503_with_retry_hint_then_recovers(
         # then a clear 503 with a retry hint, and the process keeps serving
         assert status == 503
         assert body["code"] == "storage_unavailable"
-        assert int(headers["Retry-After"]) >= 1
+        assert int(headers["retry-after"]) >= 1
         assert ready_status == 503
         # when it comes back
         own_s3.restart()
