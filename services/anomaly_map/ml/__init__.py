@@ -1,0 +1,1 @@
+"""Pure-torch anomaly-map models (KeAD, WinCLIP) on a stock open_clip backbone."""

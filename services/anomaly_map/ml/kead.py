@@ -1,0 +1,222 @@
+"""KeAD anomaly maps: V-V CLIP features scored against description prompts and a memory bank.
+
+Implements agssp-spec §1.2-1.8; every code-vs-paper deviation of §6.1 is a config option
+whose default follows the reference code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch import Tensor
+
+from services.anomaly_map.ml.clip_backbone import ClipBundle
+from services.anomaly_map.ml.encoder import (
+    EncodedImages,
+    check_supported,
+    default_feature_layers,
+    default_vv_start,
+    encode_dual_stream,
+)
+from services.anomaly_map.ml.outputs import KeadOutput, MemoryBank
+from services.anomaly_map.ml.preprocess import preprocess
+from services.anomaly_map.ml.prompts import (
+    CategoryDescription,
+    OverlongPrompt,
+    build_prompts,
+    find_overlong_prompts,
+)
+from services.anomaly_map.ml.scoring import (
+    FewShotReduction,
+    FusionMode,
+    ImageScoreMode,
+    anomaly_probability,
+    combine_image_score,
+    few_shot_distance,
+    fuse_maps,
+)
+from services.anomaly_map.ml.text_features import description_text_features
+from shared.errors import InvalidInputError
+
+
+class KeadConfig(BaseModel):
+    """KeAD hyper-parameters; defaults reproduce the reference code (agssp-spec §1, §6.1)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    feature_layers: tuple[int, ...] | None = Field(
+        None, description="1-based blocks collected as map levels; None = four evenly spaced"
+    )
+    vv_start_block: int | None = Field(
+        None, ge=1, description="first V-V block; None = the block after the first level"
+    )
+    vv_residual: bool = Field(True, description="'vv_res' (code); False = plain 'vv' stream")
+    temperature: float = Field(0.07, gt=0, description="fixed, not the model's logit scale")
+    subtract_empty_template: bool = Field(True, description="code; False = paper (§6.1.3)")
+    few_shot_distance_scale: float = Field(0.5, gt=0)
+    few_shot_reduction: FewShotReduction = Field(
+        "nearest", description="'nearest' (code) or 'farthest' (paper wording, §6.1.1)"
+    )
+    fusion: FusionMode = Field("sum", description="M = M0 + Mf (code) or their mean")
+    image_score: ImageScoreMode = Field(
+        "average_fused_max", description="(s0 + max M) / 2 (code) or s0 + max Mf (paper)"
+    )
+    # Our choice (agssp-spec §6.1.6): the reference never slices the bank to k images; we do.
+    # None keeps every reference image given, which is what the reference always does.
+    k_shot: int | None = Field(
+        None, ge=0, description="reference images used; 0 = zero-shot; None = all given"
+    )
+    strict_prompt_length: bool = Field(
+        True, description="reject prompts over the context instead of cutting them"
+    )
+
+    @field_validator("feature_layers")
+    @classmethod
+    def _increasing(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if value is not None and (not value or min(value) < 1 or list(value) != sorted(set(value))):
+            raise ValueError("feature_layers must be strictly increasing 1-based block indices")
+        return value
+
+
+class KeadModel:
+    """KeAD scorer on a loaded CLIP bundle; stateless apart from the model weights.
+
+    Args:
+        bundle: CLIP model from ``load_clip``.
+        config: hyper-parameters; defaults follow the reference code.
+    """
+
+    def __init__(self, bundle: ClipBundle, config: KeadConfig | None = None) -> None:
+        self.bundle = bundle
+        self.config = config or KeadConfig()
+        layers = self.config.feature_layers or default_feature_layers(bundle.num_layers)
+        if max(layers) > bundle.num_layers:
+            raise InvalidInputError(
+                f"feature_layers {layers} exceed the {bundle.num_layers} blocks "
+                f"of {bundle.model_name}"
+            )
+        self.feature_layers = layers
+        self.vv_start = self.config.vv_start_block or default_vv_start(layers)
+        check_supported(bundle.visual)
+
+    @property
+    def image_size(self) -> int:
+        """Model input side S."""
+        return self.bundle.image_size
+
+    @property
+    def grid_size(self) -> int:
+        """Patch-grid side G of the maps."""
+        return self.bundle.grid_size
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> Tensor:
+        """uint8 (H, W, 3) RGB images -> normalised (B, 3, S, S) on the model's device."""
+        b = self.bundle
+        return preprocess(images, size=b.image_size, mean=b.mean, std=b.std).to(b.device)
+
+    def check_prompts(self, description: CategoryDescription) -> list[OverlongPrompt]:
+        """Prompts of ``description`` longer than the text context, with token counts."""
+        prompts = build_prompts(description)
+        return find_overlong_prompts([*prompts.normal, *prompts.anomalous], self.bundle.tokenizer)
+
+    def text_features(self, description: CategoryDescription) -> Tensor:
+        """(Dj, 2) text features [normal, anomalous]; a pure function of model + description."""
+        return description_text_features(
+            self.bundle,
+            description,
+            subtract_empty_template=self.config.subtract_empty_template,
+            strict_prompt_length=self.config.strict_prompt_length,
+        )
+
+    @torch.inference_mode()
+    def encode(self, images: Tensor) -> EncodedImages:
+        """Main-stream CLS (B, Dj) and V-V levels (B, G*G, Dj) of (B, 3, S, S) images."""
+        self._check_images(images)
+        return encode_dual_stream(
+            self.bundle.visual,
+            images.to(self.bundle.device),
+            feature_layers=self.feature_layers,
+            vv_start=self.vv_start,
+            vv_residual=self.config.vv_residual,
+        )
+
+    @torch.inference_mode()
+    def build_memory_bank(self, ref_images: Tensor) -> MemoryBank:
+        """Few-shot bank from normal reference images (agssp-spec §1.7).
+
+        Args:
+            ref_images: (K, 3, S, S) preprocessed references; only the first ``k_shot`` are
+                used when ``k_shot`` is set.
+
+        Returns:
+            Bank with one (K * G*G, Dj) unit-norm matrix per feature level.
+        """
+        k = self.config.k_shot
+        if k == 0:
+            raise InvalidInputError("k_shot is 0 (zero-shot): no memory bank is used")
+        refs = ref_images if k is None else ref_images[:k]
+        if refs.shape[0] == 0:
+            raise InvalidInputError("a memory bank needs at least one reference image")
+        encoded = self.encode(refs)
+        levels = tuple(
+            torch.nn.functional.normalize(level.flatten(0, 1), dim=-1) for level in encoded.levels
+        )
+        return MemoryBank(method="kead", levels=levels, num_images=refs.shape[0])
+
+    @torch.inference_mode()
+    def score(self, images: Tensor, text: Tensor, bank: MemoryBank | None = None) -> KeadOutput:
+        """Anomaly maps and image scores (agssp-spec §1.6-1.8).
+
+        Args:
+            images: (B, 3, S, S) preprocessed images of one category.
+            text: (Dj, 2) features from ``text_features``.
+            bank: few-shot memory bank of the same category; None (or k_shot 0) = zero-shot.
+
+        Returns:
+            Maps of shape (B, G, G) and scores of shape (B,).
+        """
+        cfg, g = self.config, self.grid_size
+        encoded = self.encode(images)
+        text = text.to(self.bundle.device)
+        s0 = anomaly_probability(encoded.cls, text, cfg.temperature)
+        zero = torch.stack([anomaly_probability(z, text, cfg.temperature) for z in encoded.levels])
+        zero_map = zero.mean(dim=0).view(-1, g, g)
+        if bank is None or cfg.k_shot == 0:
+            return KeadOutput(zero_map, zero_map, None, s0, s0)
+        few_map = self._few_shot_map(encoded, self._checked_bank(bank))
+        fused = fuse_maps(zero_map, few_map, cfg.fusion)
+        score = combine_image_score(s0, fused, few_map, cfg.image_score)
+        return KeadOutput(fused, zero_map, few_map, score, s0)
+
+    def _few_shot_map(self, encoded: EncodedImages, bank: MemoryBank) -> Tensor:
+        cfg, g = self.config, self.grid_size
+        per_level = []
+        for level, memory in zip(encoded.levels, bank.levels, strict=True):
+            distance = few_shot_distance(
+                level.flatten(0, 1),
+                memory,
+                scale=cfg.few_shot_distance_scale,
+                reduction=cfg.few_shot_reduction,
+            )
+            per_level.append(distance.view(-1, g, g))
+        return torch.stack(per_level).mean(dim=0)
+
+    def _checked_bank(self, bank: MemoryBank) -> MemoryBank:
+        if bank.method != "kead" or len(bank.levels) != len(self.feature_layers):
+            raise InvalidInputError(
+                f"memory bank ({bank.method}, {len(bank.levels)} levels) does not match this "
+                f"KeAD model ({len(self.feature_layers)} levels); rebuild it"
+            )
+        if any(level.shape[-1] != self.bundle.embed_dim for level in bank.levels):
+            raise InvalidInputError("memory bank embedding size differs from the model's")
+        bank = bank.to(self.bundle.device)
+        # k honoured at scoring time too, so a bank stored with more images still obeys k.
+        return bank if self.config.k_shot is None else bank.first(self.config.k_shot)
+
+    def _check_images(self, images: Tensor) -> None:
+        s = self.image_size
+        if images.ndim != 4 or tuple(images.shape[1:]) != (3, s, s):
+            raise InvalidInputError(f"expected images (B, 3, {s}, {s}), got {tuple(images.shape)}")
