@@ -1,0 +1,174 @@
+"""AGBP data: the ``PairSource`` protocol, pairing check, dataset and resumable sampler.
+
+The service implements ``PairSource`` over object storage; everything here is pure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Protocol
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import Tensor
+from torch.utils.data import Dataset, DistributedSampler
+
+from services.pretrain.ml.augment import AugmentConfig, joint_augment
+from shared.errors import InvalidInputError
+
+# KeAD writes maps as <stem>_anomaly.npy (agssp-spec §7).
+MAP_SUFFIX = "_anomaly"
+
+
+class PairSource(Protocol):
+    """Indexable (image, anomaly map, category index) triples."""
+
+    def __len__(self) -> int:
+        """Number of pairs."""
+        ...
+
+    def __getitem__(self, index: int) -> tuple[NDArray[np.uint8], NDArray[np.float32], int]:
+        """Image (H, W, 3) uint8 RGB, map (G, G) float32 raw KeAD values, category index."""
+        ...
+
+
+@dataclass(frozen=True)
+class PairingReport:
+    """Result of matching image keys with map keys by file stem.
+
+    Attributes:
+        matched: (image key, map key) pairs, sorted by image key.
+        images_without_maps: image keys with no map.
+        maps_without_images: map keys with no image.
+        duplicate_stems: stems seen more than once on either side (ambiguous, not paired).
+    """
+
+    matched: tuple[tuple[str, str], ...]
+    images_without_maps: tuple[str, ...]
+    maps_without_images: tuple[str, ...]
+    duplicate_stems: tuple[str, ...]
+
+    @property
+    def complete(self) -> bool:
+        """True when every image and every map found its partner."""
+        return not (self.images_without_maps or self.maps_without_images or self.duplicate_stems)
+
+
+def validate_pairs(
+    image_keys: Sequence[str], map_keys: Sequence[str], *, map_suffix: str = MAP_SUFFIX
+) -> PairingReport:
+    """Pair ``a/b/foo.jpg`` with ``x/foo_anomaly.npy`` by stem, reporting everything unpaired.
+
+    Args:
+        image_keys: object keys or paths of images.
+        map_keys: keys of maps; ``map_suffix`` is removed from their stems when present.
+        map_suffix: suffix KeAD appends to the image stem.
+    """
+    images = _by_stem(image_keys, "")
+    maps = _by_stem(map_keys, map_suffix)
+    duplicates = {s for s, keys in images.items() if len(keys) > 1}
+    duplicates |= {s for s, keys in maps.items() if len(keys) > 1}
+    matched = sorted(
+        (images[s][0], maps[s][0]) for s in images.keys() & maps.keys() if s not in duplicates
+    )
+    return PairingReport(
+        matched=tuple(matched),
+        images_without_maps=tuple(
+            sorted(k for s in images.keys() - maps.keys() for k in images[s])
+        ),
+        maps_without_images=tuple(sorted(k for s in maps.keys() - images.keys() for k in maps[s])),
+        duplicate_stems=tuple(sorted(duplicates)),
+    )
+
+
+def _by_stem(keys: Sequence[str], suffix: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for key in keys:
+        stem = PurePosixPath(key).stem
+        if suffix and stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+        out.setdefault(stem, []).append(key)
+    return out
+
+
+class AgbpDataset(Dataset[dict[str, Tensor]]):
+    """Augmented samples of a ``PairSource``.
+
+    Each item holds ``image`` (3, S, S) uint8 RGB, ``map`` (1, S, S) float32, ``label`` int64
+    and, with ``two_views``, ``image2`` (3, S, S) uint8 drawn independently (the map follows
+    view 1 only, agssp-spec §6.4.12). Normalisation happens on the device. Randomness is a
+    function of (seed, epoch, index), so a sample is the same in any worker and after resume.
+    """
+
+    def __init__(
+        self, source: PairSource, augment: AugmentConfig, *, seed: int, two_views: bool = False
+    ) -> None:
+        self.source = source
+        self.augment = augment
+        self.seed = seed
+        self.two_views = two_views
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose augmentations ``__getitem__`` draws."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        image, amap, label = self.source[index]
+        _check_sample(index, image, amap)
+        amap = amap.astype(np.float32, copy=False)
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        view, view_map = joint_augment(image, amap, rng, self.augment)
+        item = {
+            "image": torch.from_numpy(view).permute(2, 0, 1).contiguous(),
+            "map": torch.from_numpy(view_map).unsqueeze(0),
+            "label": torch.tensor(int(label), dtype=torch.int64),
+        }
+        if self.two_views:
+            view2, _ = joint_augment(image, amap, rng, self.augment)
+            item["image2"] = torch.from_numpy(view2).permute(2, 0, 1).contiguous()
+        return item
+
+
+def _check_sample(index: int, image: NDArray[np.uint8], amap: NDArray[np.float32]) -> None:
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise InvalidInputError(
+            f"pair {index}: image must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}"
+        )
+    if amap.ndim != 2 or not np.issubdtype(amap.dtype, np.floating):
+        raise InvalidInputError(
+            f"pair {index}: map must be 2-D float, got {amap.shape} {amap.dtype}"
+        )
+
+
+class ResumableSampler(DistributedSampler[int]):
+    """``DistributedSampler`` that can start an epoch part-way through.
+
+    Used with one replica too (``num_replicas=1, rank=0`` needs no process group), so one
+    code path serves single-process and DDP runs. The order depends on (seed, epoch) only.
+    """
+
+    def __init__(
+        self, dataset: Dataset[dict[str, Tensor]], *, num_replicas: int, rank: int, seed: int
+    ) -> None:
+        super().__init__(
+            dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True
+        )
+        self.skip = 0
+
+    def start(self, epoch: int, skip: int = 0) -> None:
+        """Select the epoch and drop its first ``skip`` indices (already trained on)."""
+        self.set_epoch(epoch)
+        self.skip = skip
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(list(super().__iter__())[self.skip :])
+
+    def __len__(self) -> int:
+        return max(self.num_samples - self.skip, 0)

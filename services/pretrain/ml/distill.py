@@ -1,0 +1,61 @@
+"""Distillation head and the per-backbone distillation defaults of agssp-spec §4.4."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from services.pretrain.ml.losses import LossKind, ResizeMode, distill_loss
+from shared.ml.backbones import backbone_family
+
+
+@dataclass(frozen=True)
+class DistillDefaults:
+    """What the reference configs distil for one backbone family.
+
+    Attributes:
+        stages: distilled outputs, 0 = stem, 1..4 = stages.
+        frozen_stages: stages 0..frozen_stages frozen.
+        loss: distillation loss kind.
+        weight: distillation loss weight.
+    """
+
+    stages: tuple[int, ...]
+    frozen_stages: int
+    loss: LossKind
+    weight: float
+
+
+# agssp-spec §4.4, translated to our stage indexing: mmyolo/mmpretrain frozen_stages=2
+# (CSP, R50) and mmpretrain Swin frozen_stages=1 all freeze the stem plus the first two
+# stages, i.e. our 2; mmpretrain out_indices (2, 3) of ResNet are layer3/layer4 = our (3, 4),
+# Swin (3,) = our (4,). The L2 weight 2.0 is the reference L2Loss's loss_weight.
+DISTILL_DEFAULTS: dict[str, DistillDefaults] = {
+    "cspdarknet": DistillDefaults(stages=(3, 4), frozen_stages=2, loss="cosine", weight=1.0),
+    "resnet": DistillDefaults(stages=(3, 4), frozen_stages=2, loss="cosine", weight=1.0),
+    "swin": DistillDefaults(stages=(4,), frozen_stages=2, loss="l2", weight=2.0),
+}
+
+
+def distill_defaults(backbone_name: str) -> DistillDefaults:
+    """Defaults for a registered backbone name (see ``shared.ml.backbones``)."""
+    return DISTILL_DEFAULTS[backbone_family(backbone_name)]
+
+
+class DistillHead(nn.Module):
+    """Parameter-free head: attention maps of all outputs against the anomaly map.
+
+    Reference semantics of MultiLayerDistillHead (agssp-spec §4.2): one loss per output,
+    plain sum, unweighted here (the objective applies the weight).
+    """
+
+    def __init__(self, kind: LossKind = "cosine", resize: ResizeMode = "chained") -> None:
+        super().__init__()
+        self.kind: LossKind = kind
+        self.resize: ResizeMode = resize
+
+    def forward(self, features: Sequence[Tensor], target: Tensor) -> Tensor:
+        """Loss of (B, C_j, h_j, w_j) features against a (B, 1, H, W) map; a scalar."""
+        return distill_loss(features, target, kind=self.kind, resize=self.resize)
