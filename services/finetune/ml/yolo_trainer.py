@@ -1,0 +1,67 @@
+"""Our subclass of ultralytics' DetectionTrainer: chosen fitness, quick cancel, offline AMP.
+
+Imported lazily (it imports ultralytics); call ``configure_ultralytics_offline`` first.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+
+from services.finetune.ml.offline import import_ultralytics
+
+trainer_module = import_ultralytics("ultralytics.engine.trainer")
+_DetectionTrainer: Any = import_ultralytics("ultralytics.models.yolo.detect").DetectionTrainer
+
+# ultralytics' validator metric names for the two selectable fitness figures.
+FITNESS_KEYS = {"map50": "metrics/mAP50(B)", "map50_95": "metrics/mAP50-95(B)"}
+
+
+def _check_amp_offline(model: torch.nn.Module) -> bool:
+    # The stock check runs yolo26n.pt (downloaded when absent) to compare FP16 with FP32;
+    # offline that download fails. AMP only ever runs on CUDA, so keep it on there.
+    device = next(model.parameters()).device
+    return device.type == "cuda"
+
+
+@functools.cache
+def trainer_class(select_metric: str) -> Any:
+    """A ``DetectionTrainer`` subclass whose fitness is ``select_metric`` ("map50"/"map50_95").
+
+    Fitness picks ``best.pt`` and drives early stopping. After a cooperative cancel
+    (``trainer.canceled = True`` plus ``trainer.stop``) validation and the final evaluation
+    are skipped so that the run ends right after writing ``last.pt``.
+    """
+    key = FITNESS_KEYS[select_metric]
+
+    class AgsspDetectionTrainer(_DetectionTrainer):  # type: ignore[misc]
+        canceled = False
+        best_fitness: float | None  # set by the base class; annotated for the type checker
+
+        def _setup_train(self) -> None:
+            original = trainer_module.check_amp
+            trainer_module.check_amp = _check_amp_offline
+            try:
+                super()._setup_train()
+            finally:
+                trainer_module.check_amp = original
+
+        def validate(self) -> tuple[dict[str, Any] | None, float | None]:
+            if self.canceled:
+                return {}, None
+            metrics = self.validator(self)
+            if metrics is None:
+                return None, None
+            metrics.pop("fitness", None)
+            fitness = float(metrics.get(key, 0.0))
+            if self.best_fitness is None or self.best_fitness < fitness:
+                self.best_fitness = fitness
+            return metrics, fitness
+
+        def final_eval(self) -> None:
+            if not self.canceled:
+                super().final_eval()
+
+    return AgsspDetectionTrainer
