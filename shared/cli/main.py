@@ -30,19 +30,20 @@ QUEUE_MODULES = {
 
 
 @app.command()
-def up(host: str = "127.0.0.1", worker: bool = True) -> None:
+def up(host: str = "127.0.0.1", base_port: int = 8001, worker: bool = True) -> None:
     """Run the whole suite on this machine: four APIs and one worker, no servers needed."""
     settings = get_common_settings()
     configure_logging(settings.log)
     env = dict(os.environ, AGSSP_HOME=str(settings.paths.resolved_home()))
+    ports = {name: base_port + i for i, name in enumerate(processes.SERVICES)}
     children = [
         processes.Child(name, processes.serve_argv(name, host, port))
-        for name, port in processes.DEFAULT_PORTS.items()
+        for name, port in ports.items()
     ]
     if worker:
         children.append(processes.Child("worker", processes.worker_argv(list(QUEUE_MODULES))))
     processes.start(children, env)
-    for name, port in processes.DEFAULT_PORTS.items():
+    for name, port in ports.items():
         typer.echo(f"{name:12s} http://{host}:{port}  (/healthz, /readyz, /docs)")
     typer.echo(
         f"storage: {settings.storage_backend()}  broker: "
