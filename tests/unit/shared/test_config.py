@@ -9,7 +9,9 @@ from shared.config import CommonSettings, S3Settings, SettingsError, StorageSett
 
 def test_backend_auto_follows_s3_endpoint() -> None:
     assert CommonSettings(s3=S3Settings(endpoint_url=None)).storage_backend() == "file"
-    assert CommonSettings(s3=S3Settings(endpoint_url="http://minio:9000/")).storage_backend() == "s3"
+    assert (
+        CommonSettings(s3=S3Settings(endpoint_url="http://minio:9000/")).storage_backend() == "s3"
+    )
 
 
 def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,8 +18,11 @@ from shared.http.jobs import jobs_router
 
 
 def _settings(tmp_path: Path, keys: list[str]) -> CommonSettings:
-    return CommonSettings(paths=PathSettings(home=tmp_path), auth=AuthSettings(api_keys=keys),
-                          storage=StorageSettings(backend="file"))
+    return CommonSettings(
+        paths=PathSettings(home=tmp_path),
+        auth=AuthSettings(api_keys=keys),
+        storage=StorageSettings(backend="file"),
+    )
 
 
 def _app(settings: CommonSettings) -> FastAPI:
@@ -30,8 +33,12 @@ def _app(settings: CommonSettings) -> FastAPI:
         attach_infrastructure(app, settings)
         yield
 
-    app = create_service_app(service="demo", settings=settings, lifespan=lifespan,
-                             scope_rules=[ScopeRule("/detect", "inspect")])
+    app = create_service_app(
+        service="demo",
+        settings=settings,
+        lifespan=lifespan,
+        scope_rules=[ScopeRule("/detect", "inspect")],
+    )
     app.include_router(jobs_router())
 
     @app.post("/detect")
@@ -71,8 +78,7 @@ def test_health_readiness_and_metrics_stay_open(client: TestClient) -> None:
     assert "agssp_http_requests_total" in client.get("/metrics").text
 
 
-def test_camera_key_can_detect_but_not_list_jobs(client: TestClient, keys: dict[str, str]
-                                                 ) -> None:
+def test_camera_key_can_detect_but_not_list_jobs(client: TestClient, keys: dict[str, str]) -> None:
     headers = {"X-API-Key": keys["camera"]}
     assert client.post("/detect", headers=headers).status_code == 200
     denied = client.get("/v1/jobs", headers=headers)
@@ -95,8 +101,11 @@ def test_domain_errors_map_to_status_code_and_request_id(tmp_path: Path) -> None
         missing = client.get("/v1/things/x", headers={"X-Request-ID": "req-123"})
         down = client.get("/v1/down")
     assert missing.status_code == 404
-    assert missing.json() == {"detail": "thing 'x' not found", "code": "thing_not_found",
-                              "request_id": "req-123"}
+    assert missing.json() == {
+        "detail": "thing 'x' not found",
+        "code": "thing_not_found",
+        "request_id": "req-123",
+    }
     assert missing.headers["x-request-id"] == "req-123"
     assert down.status_code == 503
     assert down.headers["retry-after"] == "7"

@@ -26,8 +26,9 @@ def jobs(tmp_path: Path) -> JobStore:
 
 
 def _submit(jobs: JobStore, **params: object) -> str:
-    return jobs.create(kind="selftest", task_name="jobs.selftest", queue="default",
-                       params=dict(params)).id
+    return jobs.create(
+        kind="selftest", task_name="jobs.selftest", queue="default", params=dict(params)
+    ).id
 
 
 def test_successful_job_records_artifact_and_full_progress(jobs: JobStore) -> None:
@@ -70,8 +71,13 @@ def test_stale_running_job_is_taken_over_and_resumes_from_checkpoint(jobs: JobSt
     # given a job whose worker died after two of four steps
     job_id = _submit(jobs, steps=4, step_s=0)
     jobs.save_checkpoint(job_id, "checkpoint", b'{"done": 2, "executed": [0, 1]}')
-    jobs.update(job_id, state=JobState.RUNNING, worker="dead", attempts=1,
-                heartbeat_at=utcnow() - timedelta(seconds=600))
+    jobs.update(
+        job_id,
+        state=JobState.RUNNING,
+        worker="dead",
+        attempts=1,
+        heartbeat_at=utcnow() - timedelta(seconds=600),
+    )
     # when
     record = run_job(job_id, jobs, run_selftest, OPTS)
     # then
