@@ -1,0 +1,88 @@
+"""Each image's entry points import with only the dependencies that image installs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shared.cli.main import QUEUE_MODULES
+from tests.unit.deploy.manifests import (
+    ROOT,
+    Dockerfile,
+    command_role,
+    image_cmd,
+    install_calls,
+    parse_dockerfile,
+    requirement_names,
+    service_dockerfiles,
+)
+
+# Import names of the distributions whose name differs (others: name with "-" -> "_").
+IMPORT_NAMES = {
+    "open-clip-torch": "open_clip",
+    "opencv-python-headless": "cv2",
+    "scikit-learn": "sklearn",
+    "pillow": "PIL",
+    "python-multipart": "multipart",
+}
+TARGETS = [
+    pytest.param(svc, target, id=f"{svc}:{target}")
+    for svc, path in service_dockerfiles().items()
+    for target in ("api", "worker")
+    if target in parse_dockerfile(path).stages
+]
+# Entry points importing a dependency their image does not install: the image would not start.
+KNOWN_BROKEN = {
+    ("pretrain", "api"): "services/pretrain/api/routes.py -> submission.py -> ml/agbp_config.py"
+    " -> ml/distill.py imports torch, which the torch-free pretrain API image lacks",
+}
+
+_IMPORT_CHECK = """
+import importlib, importlib.util, sys
+blocked, modules, app = sys.argv[1], sys.argv[2], sys.argv[3]
+for name in filter(None, blocked.split(",")):
+    sys.modules[name] = None  # looks uninstalled: import fails, find_spec returns None
+for name in modules.split(","):
+    try:  # like `agssp worker`: a queue whose task module is not written yet is skipped
+        spec = importlib.util.find_spec(name)
+    except ModuleNotFoundError:
+        spec = None
+    if spec is not None:
+        importlib.import_module(name)
+if app:
+    importlib.import_module(app).app_factory()
+"""
+
+
+@pytest.mark.parametrize(("svc", "target"), TARGETS)
+def test_entry_points_import_with_only_the_image_dependencies(
+    dockerfiles: dict[str, Dockerfile], build_dir: Path, tmp_path: Path, svc: str, target: str
+) -> None:
+    # given: the distributions of every extra that this image does not install
+    if (svc, target) in KNOWN_BROKEN:
+        pytest.xfail(KNOWN_BROKEN[(svc, target)])
+    df = dockerfiles[svc]
+    installed = set().union(*(requirement_names(build_dir, c) for c in install_calls(df, target)))
+    missing = requirement_names(build_dir, ["all"]) - installed
+    blocked = sorted(IMPORT_NAMES.get(d, d.replace("-", "_")) for d in missing)
+    role, names = command_role(image_cmd(df, target))
+    app = f"services.{svc}.api.main" if role == "api" else ""
+    modules = [app or "shared.jobs.celery_app"]
+    modules += [QUEUE_MODULES[q] for q in names if role == "worker"]
+
+    # when: the entry points import (and the API app builds) with those hidden
+    result = subprocess.run(
+        [sys.executable, "-c", _IMPORT_CHECK, ",".join(blocked), ",".join(modules), app],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "AGSSP_HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    # then
+    assert result.returncode == 0, f"{svc}:{target} without {blocked}:\n{result.stderr[-3000:]}"
