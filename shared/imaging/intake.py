@@ -6,6 +6,8 @@ Every service turns request bytes into pixels only through :func:`decode_image`.
 from __future__ import annotations
 
 import io
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, NoReturn
 
@@ -155,10 +157,21 @@ def _check_bytes(data: bytes, limits: ImageLimits) -> None:
         )
 
 
+def _pillow_open() -> Callable[..., ImageFile.ImageFile]:
+    # ultralytics replaces PIL.Image.open on import with a wrapper that, on unidentified
+    # input, tries to pip-install a HEIF plugin. Untrusted uploads must only ever reach
+    # Pillow's own function, whatever was imported before us.
+    opener = Image.open
+    if getattr(opener, "__module__", "") != "PIL.Image":
+        patches = sys.modules.get("ultralytics.utils.patches")
+        opener = getattr(patches, "_image_open", opener)
+    return opener  # type: ignore[return-value]
+
+
 def _open_header(data: bytes, limits: ImageLimits) -> ImageFile.ImageFile:
     # Image.open reads the header only; pixels are decoded later by load().
     try:
-        return Image.open(io.BytesIO(data), formats=list(limits.allowed_formats))
+        return _pillow_open()(io.BytesIO(data), formats=list(limits.allowed_formats))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         _raise_too_many_pixels(str(exc), exc)
     except UnidentifiedImageError as exc:

@@ -446,3 +446,13 @@ def test_rendered_overlay_is_a_png_of_the_image_size() -> None:
     # then
     decoded = decode_image(data, LIMITS)
     assert (decoded.format, decoded.array.shape) == ("PNG", image.shape)
+
+
+def test_intake_bypasses_ultralytics_patched_image_open() -> None:
+    # given ultralytics imported (it wraps PIL.Image.open with a pip-installing fallback)
+    import ultralytics.utils.patches  # noqa: F401
+
+    data = np.random.default_rng(2).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    # when / then the plain refusal still comes from Pillow's own open
+    error = _refusal(data)
+    assert (type(error), error.code) == (UnsupportedMediaError, "unsupported_image_format")
