@@ -34,6 +34,7 @@ def broker_options(settings: CommonSettings) -> tuple[str, dict[str, Any]]:
         "data_folder_in": str(folder),
         "data_folder_out": str(folder),
         "processed_folder": str(processed),
+        "control_folder": str(settings.broker_dir() / "control"),
         "store_processed": False,
     }
 
