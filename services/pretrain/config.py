@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,8 +22,40 @@ class PretrainSettings(BaseSettings):
         "", description="Local cache of images/maps read from the store (PRETRAIN_CACHE_DIR)."
     )
     num_workers: int = Field(
-        2, ge=0, le=64, description="DataLoader workers (PRETRAIN_NUM_WORKERS)."
+        2,
+        ge=0,
+        le=64,
+        description="DataLoader workers when a job's config leaves num_workers unset "
+        "(PRETRAIN_NUM_WORKERS).",
     )
+    ddp: bool = Field(
+        False,
+        description="Train on every visible GPU with DDP (one spawned process per GPU) when "
+        "the device is CUDA without an index and more than one GPU is visible (PRETRAIN_DDP).",
+    )
+    prefetch_threads: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="Concurrent downloads into the cache (PRETRAIN_PREFETCH_THREADS).",
+    )
+    max_image_mb: float = Field(
+        64.0,
+        gt=0,
+        description="Largest image file a job reads from the store (PRETRAIN_MAX_IMAGE_MB).",
+    )
+    overlay_examples: int = Field(
+        6,
+        ge=0,
+        le=100,
+        description="Example overlays a pseudo-label job writes (PRETRAIN_OVERLAY_EXAMPLES).",
+    )
+
+    def cache_root(self) -> Path:
+        """PRETRAIN_CACHE_DIR, else ``$AGSSP_HOME/cache/pretrain``."""
+        if self.cache_dir:
+            return Path(self.cache_dir).expanduser().resolve()
+        return self.common.paths.resolved_home() / "cache" / "pretrain"
 
 
 @lru_cache

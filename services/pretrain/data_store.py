@@ -1,0 +1,185 @@
+"""Local copies of store objects for training: downloaded once, read every epoch.
+
+``prefetch`` copies a job's images and maps into a per-job cache folder (threads; a file that
+exists is complete because every write is atomic, so a resumed job skips it) and checks each
+file up front. ``CachedPairSource`` is the ``PairSource`` AGBP trains on; it reads only local
+files, so DataLoader worker processes never share a network client.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
+from services.pretrain.sources import Pair
+from shared.errors import InvalidInputError, JobCanceledError
+from shared.imaging.intake import ImageLimits, decode_image
+from shared.storage.base import ObjectStore, validate_key
+
+HEADER_PROBE_BYTES = 64 * 1024
+PREFETCH_BATCH = 256
+_EXIF_ORIENTATION = 0x0112
+_ROTATED = frozenset({5, 6, 7, 8})  # orientations that swap width and height
+
+
+def load_map(data: bytes, key: str) -> NDArray[np.float32]:
+    """A (G, G) float32 map from ``.npy`` bytes (no pickles).
+
+    Raises:
+        InvalidInputError: not a finite, non-empty 2-D float array (code 'bad_map').
+    """
+    try:
+        amap = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InvalidInputError(f"map {key} is not a .npy array: {exc}", code="bad_map") from exc
+    if (
+        not isinstance(amap, np.ndarray)
+        or amap.ndim != 2
+        or amap.size == 0
+        or not np.issubdtype(amap.dtype, np.floating)
+        or not np.isfinite(amap).all()
+    ):
+        shape = getattr(amap, "shape", None)
+        raise InvalidInputError(
+            f"map {key} must be a finite 2-D float array, got {shape} {getattr(amap, 'dtype', '')}",
+            code="bad_map",
+        )
+    return amap.astype(np.float32, copy=False)
+
+
+def image_size_from_header(data: bytes, limits: ImageLimits) -> tuple[int, int] | None:
+    """(width, height) of the upright image from its header; None when unreadable.
+
+    ``decode_image`` applies the EXIF orientation, so maps computed from decoded images
+    describe the upright image and boxes must be sized the same way.
+    """
+    try:
+        with Image.open(io.BytesIO(data), formats=limits.allowed_formats) as img:
+            width, height = img.size
+            orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # any parse failure of a (possibly cut) header means "not readable"
+        return None
+    return (height, width) if orientation in _ROTATED else (width, height)
+
+
+def read_image_size(store: ObjectStore, key: str, limits: ImageLimits) -> tuple[int, int]:
+    """Image size from the first bytes of the object; the whole object only if needed.
+
+    Raises:
+        InvalidInputError: not an image of an allowed format (code 'bad_image').
+    """
+    chunks = store.iter_chunks(key, chunk_size=HEADER_PROBE_BYTES)
+    try:
+        head = next(chunks, b"")
+        size = image_size_from_header(head, limits)
+        if size is None:  # the header is longer than the probe (e.g. a large EXIF block)
+            size = image_size_from_header(head + b"".join(chunks), limits)
+    finally:
+        _close(chunks)
+    if size is None:
+        raise InvalidInputError(
+            f"{key} is not a readable image ({', '.join(limits.allowed_formats)})",
+            code="bad_image",
+        )
+    return size
+
+
+def _close(chunks: Iterator[bytes]) -> None:
+    close = getattr(chunks, "close", None)  # generators release their connection on close
+    if close is not None:
+        close()
+
+
+class CachedPairSource:
+    """``PairSource`` over local copies: image (H, W, 3) uint8 RGB, map (G, G), label."""
+
+    def __init__(self, pairs: Sequence[Pair], root: Path, limits: ImageLimits) -> None:
+        self.pairs = list(pairs)
+        self.root = root
+        self.limits = limits
+
+    def path(self, key: str) -> Path:
+        """Local copy of ``key`` (keys never hold '..', so it stays inside ``root``)."""
+        return self.root / validate_key(key)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[NDArray[np.uint8], NDArray[np.float32], int]:
+        pair = self.pairs[index]
+        try:
+            image = decode_image(self.path(pair.image_key).read_bytes(), self.limits).array
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"{pair.image_key}: {exc.message}", code=exc.code) from exc
+        amap = load_map(self.path(pair.map_key).read_bytes(), pair.map_key)
+        return image, amap, pair.label
+
+
+def prefetch(
+    store: ObjectStore,
+    source: CachedPairSource,
+    *,
+    threads: int,
+    on_progress: Callable[[int, int], None],
+    should_stop: Callable[[], bool],
+) -> None:
+    """Download every missing file of ``source`` and check all of them.
+
+    Args:
+        store: where the keys live.
+        source: its ``root`` receives the copies.
+        threads: concurrent downloads.
+        on_progress: ``(files done, total)`` after each batch.
+        should_stop: checked between batches.
+
+    Raises:
+        JobCanceledError: ``should_stop`` said so.
+        InvalidInputError: some files are not usable (code 'bad_data'), all listed by count
+            with the first few named.
+    """
+    work = [(p.image_key, True) for p in source.pairs] + [(p.map_key, False) for p in source.pairs]
+    problems: list[str] = []
+
+    def fetch(item: tuple[str, bool]) -> str | None:
+        key, is_image = item
+        path = source.path(key)
+        try:
+            if not path.is_file():
+                store.get_file(key, path)
+            _check_file(path, key, is_image, source.limits)
+        except InvalidInputError as exc:
+            return exc.message
+        return None
+
+    with ThreadPoolExecutor(max_workers=max(threads, 1)) as pool:
+        for start in range(0, len(work), PREFETCH_BATCH):
+            if should_stop():
+                raise JobCanceledError("canceled while caching the training data")
+            batch = work[start : start + PREFETCH_BATCH]
+            problems.extend(p for p in pool.map(fetch, batch) if p)
+            on_progress(start + len(batch), len(work))
+    if problems:
+        shown = "; ".join(problems[:5])
+        raise InvalidInputError(f"{len(problems)} unusable files, e.g. {shown}", code="bad_data")
+
+
+def _check_file(path: Path, key: str, is_image: bool, limits: ImageLimits) -> None:
+    if not is_image:
+        load_map(path.read_bytes(), key)
+        return
+    if path.stat().st_size > limits.max_bytes:
+        raise InvalidInputError(f"{key} is larger than {limits.max_bytes} bytes")
+    with path.open("rb") as handle:
+        size = image_size_from_header(handle.read(HEADER_PROBE_BYTES), limits)
+    if size is None:
+        size = image_size_from_header(path.read_bytes(), limits)
+    if size is None:
+        raise InvalidInputError(f"{key} is not a readable image")
+    if size[0] * size[1] > limits.max_pixels:
+        raise InvalidInputError(f"{key} has {size[0]}x{size[1]} pixels, over the cap")

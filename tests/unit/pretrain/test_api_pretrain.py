@@ -1,0 +1,226 @@
+"""The pretrain API over TestClient: job submission, validation errors, reads, scopes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from services.pretrain.api.main import create_app
+from services.pretrain.config import PretrainSettings
+from services.pretrain.ml.agbp_config import AgbpConfig
+from services.pretrain.params import AGBP_CONFIG_KEYS, DEFAULT_BACKBONE
+from shared.config import AuthSettings, CommonSettings, PathSettings
+from shared.http.auth import create_key
+from shared.jobs.store import JobStore
+from shared.schemas.jobs import JobState
+from shared.storage.artifacts import ArtifactStore
+from shared.storage.filesystem import FileObjectStore
+
+SOURCE = {"category": "steel", "images_prefix": "img/steel", "maps_prefix": "maps/steel/j1/"}
+PSEUDO = {"category": "steel", "images_prefix": "img/steel/", "maps_prefix": "maps/steel/j1/"}
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> FileObjectStore:
+    return FileObjectStore(tmp_path / "store")
+
+
+def _settings(tmp: Path, keys: list[str] | None = None) -> PretrainSettings:
+    common = CommonSettings(
+        paths=PathSettings(home=tmp / "home"), auth=AuthSettings(api_keys=keys or [])
+    )
+    return PretrainSettings(common=common)
+
+
+@pytest.fixture
+def client(tmp_path: Path, store: FileObjectStore) -> Iterator[TestClient]:
+    with TestClient(create_app(_settings(tmp_path), store=store)) as client:
+        yield client
+
+
+def _agbp(**fields: Any) -> dict[str, Any]:
+    return {"sources": [SOURCE], "config": {"backbone": "yolov8n", "epochs": 2}} | fields
+
+
+def test_a_valid_pretrain_job_is_accepted_and_recorded(
+    client: TestClient, store: FileObjectStore
+) -> None:
+    # when
+    response = client.post("/v1/pretrain-jobs", json=_agbp())
+    # then
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["state"] == JobState.PENDING
+    assert body["kind"] == "agbp"
+    assert body["queue"] == "pretrain"
+    assert body["task_name"] == "pretrain.agbp"
+    assert body["params"]["artifact_name"] == "agbp-yolov8n"
+    assert body["params"]["sources"][0]["images_prefix"] == "img/steel/"
+    assert JobStore(store).get(body["id"]).params == body["params"]
+
+
+def test_unknown_config_keys_are_refused_by_name_with_a_suggestion(client: TestClient) -> None:
+    # when
+    response = client.post("/v1/pretrain-jobs", json=_agbp(config={"lrr": 0.1, "zzz": 1}))
+    # then
+    assert response.status_code == 422
+    body = response.json()
+    assert body["code"] == "unknown_config_keys"
+    assert "'lrr' (did you mean 'lr'?)" in body["detail"]
+    assert "'zzz'" in body["detail"]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [{"backbone": "vgg16"}, {"epochs": 0}, {"input_size": 100}, {"frozen_stages": 4}],
+    ids=["unknown-backbone", "zero-epochs", "not-multiple-of-32", "everything-frozen"],
+)
+def test_invalid_config_values_are_refused(client: TestClient, config: dict[str, Any]) -> None:
+    response = client.post("/v1/pretrain-jobs", json=_agbp(config=config))
+    assert response.status_code == 422
+    assert response.json()["code"] in ("invalid_config", "invalid_input")
+
+
+def test_fewer_classes_than_categories_are_refused(client: TestClient) -> None:
+    second = SOURCE | {"category": "pipe", "images_prefix": "img/pipe/"}
+    response = client.post(
+        "/v1/pretrain-jobs", json=_agbp(sources=[SOURCE, second], config={"num_classes": 1})
+    )
+    assert response.status_code == 422
+    assert "num_classes 1 < 2 categories" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        _agbp(sources=[]),
+        _agbp(sources=[SOURCE | {"maps_prefix": "../etc/"}]),
+        _agbp(sources=[SOURCE | {"category": "a b"}]),
+        _agbp(start_weights={"artifact": "x", "path": "y.pt"}),
+        _agbp(unexpected=1),
+        _agbp(artifact_name="no/slash"),
+        _agbp(start_weights={"artifact": "base:bad/version"}),
+    ],
+    ids=[
+        "no-sources",
+        "dotdot-prefix",
+        "bad-category",
+        "two-weights",
+        "extra-field",
+        "bad-name",
+        "bad-weights-version",
+    ],
+)
+def test_malformed_requests_get_422(client: TestClient, body: dict[str, Any]) -> None:
+    response = client.post("/v1/pretrain-jobs", json=body)
+    assert response.status_code == 422
+    assert response.json()["code"] == "validation_error"
+
+
+def test_start_weights_from_an_unknown_artifact_give_404(client: TestClient) -> None:
+    response = client.post("/v1/pretrain-jobs", json=_agbp(start_weights={"artifact": "nope"}))
+    assert response.status_code == 404
+    assert response.json()["code"] == "artifact_not_found"
+
+
+def test_start_weights_artifact_is_pinned_to_its_latest_version(
+    client: TestClient, store: FileObjectStore
+) -> None:
+    # given
+    ref = ArtifactStore(store).publish("base", {"backbone.pt": b"w"}, version="v1")
+    # when
+    response = client.post("/v1/pretrain-jobs", json=_agbp(start_weights={"artifact": "base"}))
+    # then
+    assert response.status_code == 202, response.text
+    assert response.json()["params"]["start_weights"]["artifact"] == str(ref)
+
+
+def test_a_pretrain_job_reads_back_and_other_kinds_are_not_found(client: TestClient) -> None:
+    # given
+    agbp = client.post("/v1/pretrain-jobs", json=_agbp()).json()
+    pseudo = client.post("/v1/pseudo-label-jobs", json=PSEUDO).json()
+    # when
+    same = client.get(f"/v1/pretrain-jobs/{agbp['id']}")
+    other = client.get(f"/v1/pretrain-jobs/{pseudo['id']}")
+    # then
+    assert same.status_code == 200
+    assert same.json()["id"] == agbp["id"]
+    assert other.status_code == 404
+
+
+def test_a_pseudo_label_job_is_accepted_with_its_defaults(client: TestClient) -> None:
+    # when
+    response = client.post("/v1/pseudo-label-jobs", json=PSEUDO)
+    # then
+    assert response.status_code == 202, response.text
+    params = response.json()["params"]
+    assert (params["c"], params["regions"], params["top_k"], params["nms"]) == (
+        0.1,
+        "contours",
+        10,
+        0.8,
+    )
+    assert params["score_gate"] is None
+    assert client.get(f"/v1/pseudo-label-jobs/{response.json()['id']}").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"regions": "blobs"}, {"top_k": 0}, {"nms": 1.5}, {"c": "x"}],
+    ids=["regions", "top_k", "nms", "c"],
+)
+def test_bad_pseudo_label_parameters_get_422(client: TestClient, fields: dict[str, Any]) -> None:
+    response = client.post("/v1/pseudo-label-jobs", json=PSEUDO | fields)
+    assert response.status_code == 422
+
+
+def test_an_out_prefix_with_finished_labels_gives_409(
+    client: TestClient, store: FileObjectStore
+) -> None:
+    # given
+    store.put_bytes("pseudo/done/manifest.json", json.dumps({"job_id": "x"}).encode())
+    # when
+    response = client.post("/v1/pseudo-label-jobs", json=PSEUDO | {"out_prefix": "pseudo/done"})
+    # then
+    assert response.status_code == 409
+    assert response.json()["code"] == "output_exists"
+
+
+def test_submitting_jobs_needs_the_train_scope(tmp_path: Path, store: FileObjectStore) -> None:
+    # given: a camera key (inspect scope) and a training key
+    camera, camera_entry = create_key("camera", ["inspect"])
+    trainer, trainer_entry = create_key("trainer", ["train"])
+    app = create_app(_settings(tmp_path, [camera_entry, trainer_entry]), store=store)
+    with TestClient(app) as client:
+        # when
+        denied = client.post("/v1/pretrain-jobs", json=_agbp(), headers={"X-API-Key": camera})
+        allowed = client.post("/v1/pretrain-jobs", json=_agbp(), headers={"X-API-Key": trainer})
+    # then
+    assert denied.status_code == 403
+    assert allowed.status_code == 202
+
+
+def test_the_torch_free_key_list_matches_agbp_config() -> None:
+    assert set(AGBP_CONFIG_KEYS) == set(AgbpConfig.model_fields)
+    assert AgbpConfig.model_fields["backbone"].default == DEFAULT_BACKBONE
+
+
+def test_without_the_training_stack_unknown_keys_are_still_refused(
+    tmp_path: Path, store: FileObjectStore
+) -> None:
+    # given: an API like the torch-free image, with no full config check
+    app = create_app(_settings(tmp_path), store=store, load_validator=lambda: None)
+    with TestClient(app) as client:
+        # when
+        unknown = client.post("/v1/pretrain-jobs", json=_agbp(config={"lrr": 0.1}))
+        bad_value = client.post("/v1/pretrain-jobs", json=_agbp(config={"epochs": 0}))
+    # then: keys are refused at once; values are left to the worker
+    assert unknown.status_code == 422
+    assert unknown.json()["code"] == "unknown_config_keys"
+    assert bad_value.status_code == 202
+    assert bad_value.json()["params"]["artifact_name"] == "agbp-yolov8s"

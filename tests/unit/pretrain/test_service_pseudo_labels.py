@@ -1,0 +1,200 @@
+"""The pseudo-label job on hand-made maps with known blobs: YOLO lines, COCO, summary, layout."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from services.pretrain.config import PretrainSettings
+from services.pretrain.service import run_pseudo_label_job
+from shared.config import CommonSettings, PathSettings
+from shared.imaging.render import encode_png
+from shared.jobs.runner import RunnerOptions, run_job
+from shared.jobs.store import JobStore
+from shared.schemas.jobs import JobRecord, JobState
+from shared.storage.filesystem import FileObjectStore
+
+IMAGES = "img/steel/"
+OUT = "maps/steel/20260101T120000-1a2b3c4d/"
+WIDTH, HEIGHT, GRID = 200, 100, 10
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array.astype(np.float32), allow_pickle=False)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> FileObjectStore:
+    """Three 200x100 images; maps of 10x10 cells: a 2x2 blob of 2.0, nothing, another blob."""
+    store = FileObjectStore(tmp_path / "store")
+    maps = {name: np.zeros((GRID, GRID)) for name in ("a", "b", "c")}
+    maps["a"][2:4, 3:5] = 2.0  # rows 2-3, columns 3-4: centre (0.4, 0.3) of the image
+    maps["c"][6:8, 6:8] = 2.0  # centre (0.7, 0.7)
+    for name, amap in maps.items():
+        store.put_bytes(f"{IMAGES}{name}.png", encode_png(np.zeros((HEIGHT, WIDTH, 3), np.uint8)))
+        store.put_bytes(f"{OUT}maps/{name}.npy", _npy(amap))
+    scores = "image_key,image_score,zero_shot_score,map_max\n"
+    scores += "".join(f"{IMAGES}{n},{s},0,0\n" for n, s in (("a.png", 0.9), ("c.png", 0.2)))
+    store.put_bytes(f"{OUT}scores.csv", scores.encode())
+    return store
+
+
+def _run(store: FileObjectStore, tmp: Path, **params: Any) -> JobRecord:
+    values = {"category": "steel", "images_prefix": IMAGES, "maps_prefix": OUT} | params
+    jobs = JobStore(store)
+    record = jobs.create(kind="pseudo_labels", task_name="t", queue="pretrain", params=values)
+    settings = PretrainSettings(
+        common=CommonSettings(paths=PathSettings(home=tmp / "home")), overlay_examples=2
+    )
+    return run_job(
+        record.id, jobs, lambda ctx: run_pseudo_label_job(ctx, settings), RunnerOptions("w")
+    )
+
+
+def _json(store: FileObjectStore, key: str) -> Any:
+    return json.loads(store.get_bytes(key))
+
+
+def test_yolo_labels_hold_the_blob_boxes_at_the_original_image_size(
+    store: FileObjectStore, tmp_path: Path
+) -> None:
+    # when
+    record = _run(store, tmp_path)
+    out = record.outputs["out_prefix"]
+    # then: T = mean(2, 0, 2) - 0.1; the bilinear ramp between cell centres crosses T at
+    # 0.6167 of a cell before and 0.3833 after the blob: x 62..97, y 21..38 for blob "a"
+    assert record.state == JobState.SUCCEEDED, record.error
+    assert record.outputs["threshold"] == pytest.approx(4 / 3 - 0.1)
+    assert store.get_bytes(f"{out}labels/a.txt") == b"0 0.400000 0.300000 0.180000 0.180000\n"
+    assert store.get_bytes(f"{out}labels/b.txt") == b""
+    assert store.get_bytes(f"{out}labels/c.txt") == b"0 0.700000 0.700000 0.180000 0.180000\n"
+    assert store.get_bytes(f"{out}classes.txt") == b"anomaly\n"
+
+
+def test_coco_annotations_match_the_labels_and_keep_background_images(
+    store: FileObjectStore, tmp_path: Path
+) -> None:
+    # when
+    record = _run(store, tmp_path)
+    coco = _json(store, record.outputs["annotations"])
+    # then
+    assert coco["categories"] == [{"id": 0, "name": "anomaly", "supercategory": "defect"}]
+    assert [(i["file_name"], i["width"], i["height"]) for i in coco["images"]] == [
+        ("a.png", WIDTH, HEIGHT),
+        ("b.png", WIDTH, HEIGHT),
+        ("c.png", WIDTH, HEIGHT),
+    ]
+    assert [i["image_key"] for i in coco["images"]] == [f"{IMAGES}{n}.png" for n in "abc"]
+    assert [(a["image_id"], a["bbox"]) for a in coco["annotations"]] == [
+        (1, [62, 21, 36, 18]),
+        (3, [122, 61, 36, 18]),
+    ]
+
+
+def test_summary_and_manifest_describe_the_output(store: FileObjectStore, tmp_path: Path) -> None:
+    # when
+    record = _run(store, tmp_path)
+    out = record.outputs["out_prefix"]
+    summary = _json(store, f"{out}summary.json")
+    manifest = _json(store, f"{out}manifest.json")
+    # then
+    assert out == f"pseudo/steel/{record.id}/"
+    assert summary["images_with_boxes"] == 2
+    assert summary["share_with_boxes"] == pytest.approx(2 / 3)
+    assert summary["boxes_per_image"] == pytest.approx(2 / 3)
+    assert summary["mean_area_ratio"] == pytest.approx(36 * 18 / (WIDTH * HEIGHT))
+    assert manifest["job_id"] == record.id
+    assert manifest["map_job_id"] == "20260101T120000-1a2b3c4d"
+    assert manifest["images"] == {n: f"{IMAGES}{n}.png" for n in "abc"}
+    assert record.artifacts == [f"{out}manifest.json"]
+
+
+def test_example_overlays_show_the_images_with_boxes_first(
+    store: FileObjectStore, tmp_path: Path
+) -> None:
+    record = _run(store, tmp_path)
+    examples = record.outputs["examples"]
+    assert [k.rsplit("/", 1)[1] for k in examples] == ["a.png", "c.png"]
+    assert all(store.get_bytes(k).startswith(b"\x89PNG") for k in examples)
+
+
+def test_score_gate_leaves_low_scoring_images_without_boxes(
+    store: FileObjectStore, tmp_path: Path
+) -> None:
+    # when: image c scores 0.2 in scores.csv
+    record = _run(store, tmp_path, score_gate=0.5)
+    # then
+    assert record.state == JobState.SUCCEEDED, record.error
+    assert store.get_bytes(f"{record.outputs['out_prefix']}labels/c.txt") == b""
+    assert record.outputs["images_with_boxes"] == 1
+
+
+def test_components_regions_give_the_same_boxes_for_solid_blobs(
+    store: FileObjectStore, tmp_path: Path
+) -> None:
+    record = _run(store, tmp_path, regions="components")
+    label = store.get_bytes(f"{record.outputs['out_prefix']}labels/a.txt")
+    assert label == b"0 0.400000 0.300000 0.180000 0.180000\n"
+
+
+def test_score_gate_without_scores_fails_clearly(store: FileObjectStore, tmp_path: Path) -> None:
+    # given
+    store.delete(f"{OUT}scores.csv")
+    # when
+    record = _run(store, tmp_path, score_gate=0.5)
+    # then
+    assert record.state == JobState.FAILED
+    assert record.error_code == "scores_missing"
+
+
+def test_an_output_prefix_holding_another_jobs_labels_is_refused(
+    store: FileObjectStore, tmp_path: Path
+) -> None:
+    # given
+    store.put_bytes("pseudo/mine/manifest.json", json.dumps({"job_id": "other"}).encode())
+    # when
+    record = _run(store, tmp_path, out_prefix="pseudo/mine/")
+    # then
+    assert record.state == JobState.FAILED
+    assert record.error_code == "output_exists"
+
+
+def test_an_unreadable_image_fails_the_job_naming_it(
+    store: FileObjectStore, tmp_path: Path
+) -> None:
+    # given
+    store.put_bytes(f"{IMAGES}b.png", b"garbage")
+    # when
+    record = _run(store, tmp_path)
+    # then
+    assert record.state == JobState.FAILED
+    assert record.error_code == "bad_image"
+    assert f"{IMAGES}b.png" in (record.error or "")
+
+
+def test_cancel_mid_job_ends_canceled_and_removes_the_partial_output(tmp_path: Path) -> None:
+    # given: the cancel flag appears once the first label file is written
+    class CancelsOnLabels(FileObjectStore):
+        def put_bytes(
+            self, key: str, data: bytes, content_type: str = "application/octet-stream"
+        ) -> None:
+            super().put_bytes(key, data, content_type)
+            if "/labels/" in key:
+                for record in JobStore(self).list():
+                    super().put_bytes(f"jobs/{record.id}/cancel", b"now")
+
+    store = CancelsOnLabels(tmp_path / "store")
+    store.put_bytes(f"{IMAGES}a.png", encode_png(np.zeros((HEIGHT, WIDTH, 3), np.uint8)))
+    store.put_bytes(f"{OUT}maps/a.npy", _npy(np.ones((GRID, GRID))))
+    # when
+    record = _run(store, tmp_path)
+    # then
+    assert record.state == JobState.CANCELED
+    assert store.list("pseudo/") == []

@@ -1,0 +1,213 @@
+"""Finding image/map pairs in the store, reading scores, caching and checking files."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from services.pretrain.data_store import (
+    CachedPairSource,
+    load_map,
+    prefetch,
+    read_image_size,
+)
+from services.pretrain.params import SourceSpec
+from services.pretrain.sources import Pair, collect_pairs, load_scores, pair_source, score_of
+from shared.errors import InvalidInputError
+from shared.imaging.intake import ImageLimits
+from shared.imaging.render import encode_png
+from shared.storage.filesystem import FileObjectStore
+
+MAPS = "maps/steel/20260101T120000-1a2b3c4d/"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> FileObjectStore:
+    return FileObjectStore(tmp_path / "store")
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _touch(store: FileObjectStore, *keys: str) -> None:
+    for key in keys:
+        store.put_bytes(key, b"")
+
+
+def _spec(category: str = "steel", images: str = "img/steel/", maps: str = MAPS) -> SourceSpec:
+    return SourceSpec(category=category, images_prefix=images, maps_prefix=maps)
+
+
+def test_stem_pairing_reports_images_without_maps_and_maps_without_images(
+    store: FileObjectStore,
+) -> None:
+    # given: no manifest; one map in KeAD's <stem>_anomaly naming, one orphan each side
+    _touch(store, "img/steel/a.png", "img/steel/b.jpg", "img/steel/c.png", "img/steel/notes.txt")
+    _touch(store, f"{MAPS}maps/a.npy", f"{MAPS}maps/b_anomaly.npy", f"{MAPS}maps/z.npy")
+    # when
+    matched, report = pair_source(store, _spec(), label=0)
+    # then
+    assert matched == [
+        ("img/steel/a.png", f"{MAPS}maps/a.npy"),
+        ("img/steel/b.jpg", f"{MAPS}maps/b_anomaly.npy"),
+    ]
+    assert report.pairing == "stem"
+    assert report.images_without_maps == ("img/steel/c.png",)
+    assert report.maps_without_images == (f"{MAPS}maps/z.npy",)
+    assert (report.images, report.maps, report.matched) == (3, 3, 2)
+
+
+def test_manifest_mapping_pairs_keys_absolute_or_relative_to_the_output(
+    store: FileObjectStore,
+) -> None:
+    # given: a manifest naming one map by full key and one relative to the output prefix
+    _touch(store, "img/steel/x/1.png", "img/steel/y/1.png", f"{MAPS}maps/x/1.npy")
+    _touch(store, f"{MAPS}maps/y/1.npy")
+    manifest = {
+        "category": "steel",
+        "job_id": "20260101T120000-1a2b3c4d",
+        "maps": {"img/steel/x/1.png": f"{MAPS}maps/x/1.npy", "img/steel/y/1.png": "maps/y/1.npy"},
+        "skipped": {"img/steel/z.png": "unreadable"},
+    }
+    store.put_bytes(f"{MAPS}manifest.json", json.dumps(manifest).encode())
+    # when: the maps prefix names the maps/ folder below the output
+    matched, report = pair_source(store, _spec(maps=f"{MAPS}maps/"), label=0)
+    # then: same stems in two folders pair correctly through the manifest
+    assert matched == [
+        ("img/steel/x/1.png", f"{MAPS}maps/x/1.npy"),
+        ("img/steel/y/1.png", f"{MAPS}maps/y/1.npy"),
+    ]
+    assert report.pairing == "manifest"
+    assert report.map_job_id == "20260101T120000-1a2b3c4d"
+
+
+def test_category_index_is_the_position_among_distinct_categories(
+    store: FileObjectStore,
+) -> None:
+    # given: three sources, two of them of the same category
+    for name in ("a", "b", "c"):
+        _touch(store, f"img/{name}/{name}1.png", f"maps/{name}/maps/{name}1.npy")
+    specs = [
+        _spec("pipe", "img/a/", "maps/a/"),
+        _spec("billet", "img/b/", "maps/b/"),
+        _spec("pipe", "img/c/", "maps/c/"),
+    ]
+    # when
+    result = collect_pairs(store, specs)
+    # then
+    assert result.categories == ("pipe", "billet")
+    assert [p.label for p in result.pairs] == [0, 1, 0]
+
+
+def test_a_source_that_pairs_nothing_fails_with_unpaired_data(store: FileObjectStore) -> None:
+    # given: images and maps whose names never match
+    _touch(store, "img/steel/a.png", f"{MAPS}maps/q.npy")
+    # when / then
+    with pytest.raises(InvalidInputError, match="1 images, 1 maps") as caught:
+        collect_pairs(store, [_spec()])
+    assert caught.value.code == "unpaired_data"
+
+
+def test_pairing_survives_a_round_trip_through_json(store: FileObjectStore) -> None:
+    # given
+    _touch(store, "img/steel/a.png", "img/steel/b.png", f"{MAPS}maps/a.npy")
+    result = collect_pairs(store, [_spec()])
+    # when
+    again = type(result).from_json(result.to_json())
+    # then
+    assert again == result
+
+
+def test_scores_are_read_by_column_name_and_found_by_key_or_stem(store: FileObjectStore) -> None:
+    # given: the dataset map job's header with the columns in another order
+    text = "zero_shot_score,image_key,map_max,image_score\n0.1,img/steel/a.png,1.2,0.75\n"
+    store.put_bytes(f"{MAPS}scores.csv", text.encode())
+    # when
+    scores = load_scores(store, f"{MAPS}maps/")
+    # then
+    assert scores is not None
+    assert score_of(scores, "img/steel/a.png") == pytest.approx(0.75)
+    assert score_of(scores, "elsewhere/a.png") == pytest.approx(0.75)
+    assert score_of(scores, "img/steel/b.png") is None
+
+
+def test_a_score_that_is_not_a_number_is_refused(store: FileObjectStore) -> None:
+    store.put_bytes(f"{MAPS}scores.csv", b"image_key,image_score\na.png,high\n")
+    with pytest.raises(InvalidInputError) as caught:
+        load_scores(store, MAPS)
+    assert caught.value.code == "bad_scores"
+
+
+@pytest.mark.parametrize(
+    "array",
+    [np.zeros((2, 3, 3), np.float32), np.array([[np.nan]], np.float32), np.zeros((2, 2), np.int64)],
+    ids=["3-d", "nan", "integer"],
+)
+def test_maps_that_are_not_finite_2d_float_arrays_are_refused(array: np.ndarray) -> None:
+    with pytest.raises(InvalidInputError) as caught:
+        load_map(_npy(array), "m.npy")
+    assert caught.value.code == "bad_map"
+
+
+def test_pickled_maps_are_never_unpickled() -> None:
+    # given: an object array, which np.save can only store as a pickle
+    buffer = io.BytesIO()
+    np.save(buffer, np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    # when / then
+    with pytest.raises(InvalidInputError):
+        load_map(buffer.getvalue(), "evil.npy")
+
+
+def test_image_size_comes_from_the_header_with_exif_rotation_applied(
+    store: FileObjectStore,
+) -> None:
+    # given: a 40x20 JPEG whose EXIF says "rotate 90°" (orientation 6)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 20)).save(buffer, format="JPEG", exif=exif.tobytes())
+    store.put_bytes("img/rot.jpg", buffer.getvalue())
+    # when
+    size = read_image_size(store, "img/rot.jpg", ImageLimits())
+    # then: the size of the upright image, as decode_image returns it
+    assert size == (20, 40)
+
+
+def test_prefetch_copies_once_and_the_source_yields_rgb_images_and_maps(
+    store: FileObjectStore, tmp_path: Path
+) -> None:
+    # given
+    store.put_bytes("img/a.png", encode_png(np.full((8, 12, 3), 7, np.uint8)))
+    store.put_bytes("maps/a.npy", _npy(np.ones((3, 3), np.float32)))
+    source = CachedPairSource([Pair("img/a.png", "maps/a.npy", 2)], tmp_path / "c", ImageLimits())
+    # when
+    prefetch(store, source, threads=2, on_progress=lambda d, t: None, should_stop=lambda: False)
+    store.delete("img/a.png")  # training must not need the store any more
+    image, amap, label = source[0]
+    # then
+    assert image.shape == (8, 12, 3)
+    assert image.dtype == np.uint8
+    assert amap.shape == (3, 3)
+    assert amap.dtype == np.float32
+    assert label == 2
+
+
+def test_prefetch_names_unusable_files_before_training(
+    store: FileObjectStore, tmp_path: Path
+) -> None:
+    # given: a file that is no image
+    store.put_bytes("img/a.png", b"not an image at all")
+    store.put_bytes("maps/a.npy", _npy(np.ones((3, 3), np.float32)))
+    source = CachedPairSource([Pair("img/a.png", "maps/a.npy", 0)], tmp_path / "c", ImageLimits())
+    # when / then
+    with pytest.raises(InvalidInputError, match=r"img/a\.png") as caught:
+        prefetch(store, source, threads=1, on_progress=lambda d, t: None, should_stop=lambda: False)
+    assert caught.value.code == "bad_data"
