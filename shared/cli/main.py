@@ -11,6 +11,10 @@ from typing import Annotated
 import typer
 
 from shared.cli import processes
+from shared.cli.anomaly import app as anomaly_app
+from shared.cli.bench import bench_app
+from shared.cli.finetune import finetune_app
+from shared.cli.models import app as models_app
 from shared.config import get_common_settings
 from shared.jobs.store import JobStore
 from shared.logging import configure_logging
@@ -20,6 +24,10 @@ jobs_app = typer.Typer(help="Inspect and cancel jobs (reads the durable job reco
 keys_app = typer.Typer(help="API keys.")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(keys_app, name="keys")
+app.add_typer(models_app, name="models")
+app.add_typer(anomaly_app, name="maps")
+app.add_typer(finetune_app, name="finetune")
+app.add_typer(bench_app, name="bench")
 
 QUEUE_MODULES = {
     "maps": "services.anomaly_map.worker.tasks",

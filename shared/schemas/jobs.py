@@ -42,6 +42,7 @@ class TaskName(StrEnum):
     FINETUNE_AGDP = "finetune.agdp"
     FINETUNE_TRAIN = "finetune.train"
     FINETUNE_EVALUATE = "finetune.evaluate"
+    FINETUNE_IMPORT_DATASET = "finetune.import_dataset"
 
 
 def utcnow() -> datetime:

@@ -1,4 +1,6 @@
-"""``create_app`` for the finetune service: detector jobs, evaluations and the model registry."""
+"""``create_app`` for the finetune service: datasets, detector jobs, evaluations and the model
+registry. It only queues jobs and reads the store: no torch, no ultralytics.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +9,19 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from services.finetune.api.routes import datasets, jobs, models
 from services.finetune.config import FinetuneSettings, get_settings
+from services.finetune.datasets_store import DatasetCatalog
+from services.finetune.registry import ModelRegistry
 from shared.http.app import create_service_app
 from shared.http.auth import ScopeRule
 from shared.http.infra import attach_infrastructure
 from shared.http.jobs import jobs_router
 from shared.storage.base import ObjectStore
 
+# Promotion (POST /v1/models/...) matches no rule and so needs admin.
 SCOPE_RULES = [
+    ScopeRule("/v1/datasets", "train"),
     ScopeRule("/v1/agdp-jobs", "train"),
     ScopeRule("/v1/finetune-jobs", "train"),
     ScopeRule("/v1/evaluations", "train"),
@@ -32,12 +39,17 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         attach_infrastructure(app, settings.common, store=store)
+        app.state.registry = ModelRegistry(app.state.store)
+        app.state.datasets = DatasetCatalog(app.state.store)
         yield
 
     app = create_service_app(
         service="finetune", settings=settings.common, lifespan=lifespan, scope_rules=SCOPE_RULES
     )
     app.state.service_settings = settings
+    app.include_router(datasets)
+    app.include_router(jobs)
+    app.include_router(models)
     app.include_router(jobs_router())
     return app
 

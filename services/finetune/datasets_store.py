@@ -1,0 +1,180 @@
+"""Stored detection datasets: ``datasets/<name>/<version>/`` with images, labels and splits.
+
+Layout of a version (torch-free, readable by the API)::
+
+    dataset.json   the ml ``DetectionDataset`` (classes, images, boxes in pixels)
+    splits.json    {"seed", "val_fraction", "splits": {"train": [...], "val": [...], "mini-N": [...]}}
+    images/<file>  the image files, flat
+    manifest.json  written LAST: counts, classes, split sizes, source; marks a complete version
+
+``datasets/<name>/LATEST`` moves after the manifest, as for model artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shared.errors import InvalidInputError, NotFoundError
+from shared.schemas.artifacts import check_segment
+from shared.storage.base import ObjectNotFoundError, ObjectStore
+
+DATASETS_PREFIX = "datasets/"
+DATASET_FILE = "dataset.json"
+SPLITS_FILE = "splits.json"
+MANIFEST_FILE = "manifest.json"
+IMAGES_DIR = "images/"
+LATEST_FILE = "LATEST"
+_MINI = re.compile(r"^mini-([1-9][0-9]{0,5})$")
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """One stored version of a dataset."""
+
+    name: str
+    version: str
+
+    def __post_init__(self) -> None:
+        try:
+            check_segment(self.name, "name")
+            check_segment(self.version, "version")
+        except ValueError as exc:
+            raise InvalidInputError(str(exc), code="invalid_dataset_ref") from exc
+
+    @property
+    def prefix(self) -> str:
+        return f"{DATASETS_PREFIX}{self.name}/{self.version}/"
+
+    def key(self, filename: str) -> str:
+        return self.prefix + filename
+
+    def image_key(self, file_name: str) -> str:
+        return self.prefix + IMAGES_DIR + file_name
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.version}"
+
+
+def _checked_name(name: str) -> str:
+    try:
+        return check_segment(name, "name")
+    except ValueError as exc:
+        raise InvalidInputError(str(exc), code="invalid_dataset_ref") from exc
+
+
+def mini_size(split: str) -> int | None:
+    """N for a split named ``mini-N``, else None."""
+    match = _MINI.match(split)
+    return int(match.group(1)) if match else None
+
+
+class DatasetCatalog:
+    """Reads and publishes dataset versions in an ``ObjectStore``."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+
+    def names(self) -> list[str]:
+        """Datasets with at least one complete version, sorted."""
+        found = set()
+        for key in self.store.list(DATASETS_PREFIX):
+            parts = key[len(DATASETS_PREFIX) :].split("/")
+            if len(parts) == 3 and parts[2] == MANIFEST_FILE:
+                found.add(parts[0])
+        return sorted(found)
+
+    def versions(self, name: str) -> list[str]:
+        """Complete versions of ``name``, oldest first (versions sort by time)."""
+        prefix = f"{DATASETS_PREFIX}{_checked_name(name)}/"
+        return sorted(
+            key[len(prefix) :].split("/")[0]
+            for key in self.store.list(prefix)
+            if key.count("/") == 3 and key.endswith("/" + MANIFEST_FILE)
+        )
+
+    def latest(self, name: str) -> DatasetRef | None:
+        try:
+            raw = self.store.get_bytes(f"{DATASETS_PREFIX}{_checked_name(name)}/{LATEST_FILE}")
+        except ObjectNotFoundError:
+            return None
+        return DatasetRef(name, raw.decode().strip())
+
+    def resolve(self, spec: str) -> DatasetRef:
+        """``'name'``, ``'name:latest'`` or ``'name:version'`` -> a complete version.
+
+        Raises:
+            NotFoundError: unknown dataset or version (code dataset_not_found).
+        """
+        name, _, version = spec.partition(":")
+        if version in ("", "latest"):
+            ref = self.latest(name)
+            if ref is None:
+                raise NotFoundError(f"dataset {name!r} does not exist", code="dataset_not_found")
+            return ref
+        ref = DatasetRef(name, version)
+        if not self.store.exists(ref.key(MANIFEST_FILE)):
+            raise NotFoundError(f"dataset {ref} does not exist", code="dataset_not_found")
+        return ref
+
+    def manifest(self, ref: DatasetRef) -> dict[str, Any]:
+        return self._json(ref, MANIFEST_FILE)
+
+    def splits(self, ref: DatasetRef) -> dict[str, list[str]]:
+        splits: dict[str, list[str]] = self._json(ref, SPLITS_FILE)["splits"]
+        return splits
+
+    def split_seed(self, ref: DatasetRef) -> int:
+        return int(self._json(ref, SPLITS_FILE).get("seed", 0))
+
+    def dataset_bytes(self, ref: DatasetRef) -> bytes:
+        return self.store.get_bytes(ref.key(DATASET_FILE))
+
+    def check_split(self, ref: DatasetRef, split: str, *, allow_mini: bool = True) -> int:
+        """Number of images in ``split``; ``mini-N`` not stored is drawn from 'train' later.
+
+        Raises:
+            InvalidInputError: no such split, or it is empty (code unknown_split / empty_split).
+        """
+        sizes: dict[str, int] = self.manifest(ref).get("splits", {})
+        if split not in sizes:
+            if allow_mini and mini_size(split) is not None and sizes.get("train"):
+                return sizes["train"]
+            raise InvalidInputError(
+                f"dataset {ref} has no split {split!r}; it has {sorted(sizes)}",
+                code="unknown_split",
+            )
+        if sizes[split] == 0:
+            raise InvalidInputError(f"split {split!r} of {ref} is empty", code="empty_split")
+        return sizes[split]
+
+    def publish(
+        self, ref: DatasetRef, files: Mapping[str, bytes | Path], manifest: dict[str, Any]
+    ) -> DatasetRef:
+        """Write ``files`` (relative names), then the manifest, then move LATEST."""
+        for filename, data in files.items():
+            if isinstance(data, bytes):
+                self.store.put_bytes(ref.key(filename), data)
+            else:
+                self.store.put_file(ref.key(filename), data)
+        body = json.dumps(manifest, indent=1).encode()
+        self.store.put_bytes(ref.key(MANIFEST_FILE), body, content_type="application/json")
+        latest = self.latest(ref.name)
+        if latest is None or latest.version < ref.version:
+            self.store.put_bytes(
+                f"{DATASETS_PREFIX}{ref.name}/{LATEST_FILE}", ref.version.encode(), "text/plain"
+            )
+        return ref
+
+    def _json(self, ref: DatasetRef, filename: str) -> dict[str, Any]:
+        try:
+            value: dict[str, Any] = json.loads(self.store.get_bytes(ref.key(filename)))
+        except ObjectNotFoundError as exc:
+            raise NotFoundError(
+                f"dataset {ref} has no {filename}", code="dataset_not_found"
+            ) from exc
+        return value

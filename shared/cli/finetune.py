@@ -1,0 +1,158 @@
+"""``agssp finetune``: dataset import, model evaluation and init comparisons, run in-process.
+
+Register with ``app.add_typer(finetune_app, name="finetune")``. The service modules (torch,
+ultralytics) load inside the commands, so ``agssp --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+finetune_app = typer.Typer(
+    help="Detector datasets, evaluations and init comparisons (local, no worker needed).",
+    no_args_is_help=True,
+)
+datasets_app = typer.Typer(help="Stored detection datasets.", no_args_is_help=True)
+finetune_app.add_typer(datasets_app, name="datasets")
+
+
+def _context() -> tuple[Any, Any]:
+    """The finetune settings and the store they point at."""
+    from services.finetune.config import get_settings
+    from shared.logging import configure_logging
+    from shared.storage.factory import create_store
+
+    settings = get_settings()
+    configure_logging(settings.common.log)
+    return settings, create_store(settings.common)
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    typer.echo(f"error: {exc}", err=True)
+    return typer.Exit(2)
+
+
+@datasets_app.command("import")
+def datasets_import(
+    path: Annotated[Path, typer.Argument(help="dataset folder", exists=True, file_okay=False)],
+    name: Annotated[str, typer.Option(help="dataset name in the store")],
+    fmt: Annotated[str, typer.Option("--format", help="voc, coco or yolo")] = "voc",
+    images: Annotated[str, typer.Option(help="images folder inside PATH")] = "images",
+    annotations: Annotated[
+        str | None, typer.Option(help="VOC folder, COCO file or YOLO labels folder in PATH")
+    ] = None,
+    classes: Annotated[str | None, typer.Option(help="comma-separated class names")] = None,
+    val_fraction: float = 0.1,
+    seed: int = 2024,
+    mini: Annotated[list[int] | None, typer.Option(help="store mini-N subsets of train")] = None,
+) -> None:
+    """Import a VOC/COCO/YOLO folder as a new stored dataset version with splits."""
+    from services.finetune import service
+    from services.finetune.params import DatasetImportParams
+    from shared.errors import SuiteError
+    from shared.jobs.store import new_job_id
+
+    settings, store = _context()
+    try:
+        params = DatasetImportParams.model_validate(
+            {
+                "name": name,
+                "prefix": "local/",
+                "format": fmt,
+                "images": images,
+                "annotations": annotations,
+                "classes": classes.split(",") if classes else None,
+                "val_fraction": val_fraction,
+                "seed": seed,
+                "mini": mini or [],
+            }
+        )
+        ref, manifest = service.import_local_dataset(
+            store, path.resolve(), params, new_job_id(), settings
+        )
+    except (SuiteError, ValueError) as exc:
+        raise _fail(exc) from exc
+    typer.echo(str(ref))
+    typer.echo(json.dumps({k: manifest[k] for k in ("classes", "images", "boxes", "splits")}))
+
+
+@datasets_app.command("list")
+def datasets_list() -> None:
+    """Stored datasets and their latest version."""
+    from services.finetune.datasets_store import DatasetCatalog
+
+    _, store = _context()
+    catalog = DatasetCatalog(store)
+    for name in catalog.names():
+        latest = catalog.latest(name)
+        typer.echo(f"{name}:{latest.version if latest else '-'}")
+
+
+@finetune_app.command("evaluate")
+def evaluate(
+    model: Annotated[str, typer.Option(help="registered model 'name:version' or 'name'")],
+    dataset: Annotated[str, typer.Option(help="stored dataset 'name:version' or 'name'")],
+    split: str = "val",
+) -> None:
+    """COCO mAP of a model on a dataset split; saved with the model, printed as JSON."""
+    from services.finetune import service
+    from services.finetune.params import EvaluationParams
+    from services.finetune.training import workspace
+    from shared.errors import SuiteError
+    from shared.jobs.store import new_job_id
+
+    settings, store = _context()
+    try:
+        params = EvaluationParams(model=model, dataset=dataset, split=split)
+        with workspace(settings, f"cli-evaluate-{new_job_id()}") as work:
+            doc, key = service.evaluate_model(store, params, settings, work)
+    except (SuiteError, ValueError) as exc:
+        raise _fail(exc) from exc
+    typer.echo(json.dumps({**doc, "saved_to": key}, indent=1))
+
+
+@finetune_app.command("compare")
+def compare(
+    dataset: Annotated[str, typer.Option(help="stored dataset 'name:version' or 'name'")],
+    inits: Annotated[
+        str, typer.Option(help="scratch,agbp:NAME:VER,agssp:NAME:VER,checkpoint:PATH")
+    ] = "scratch",
+    epochs: int = 10,
+    seed: int = 2024,
+    scale: str = "n",
+    imgsz: int = 640,
+    batch: int = 16,
+    split: str = "train",
+    val_split: str = "val",
+    mini: Annotated[int | None, typer.Option(help="train on mini-N of train")] = None,
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("finetune-compare"),
+) -> None:
+    """Train the same detector from each init on one split and seed; table and bar plot."""
+    from services.finetune.compare import parse_inits, run_comparison, write_report
+    from shared.errors import SuiteError
+
+    settings, store = _context()
+    fields = {"epochs": epochs, "seed": seed, "scale": scale, "imgsz": imgsz, "batch": batch}
+    try:
+        choices = parse_inits(inits)
+        rows = run_comparison(
+            store,
+            settings,
+            dataset,
+            choices,
+            fields,
+            out,
+            split=f"mini-{mini}" if mini else split,
+            val_split=val_split,
+            on_progress=lambda label, pct, msg: typer.echo(f"[{label}] {msg}", err=True),
+        )
+    except (SuiteError, ValueError) as exc:
+        raise _fail(exc) from exc
+    title = f"{dataset} YOLOv8{scale} {epochs} epochs @{imgsz}, seed {seed}"
+    paths = write_report(rows, out, title)
+    typer.echo(paths["markdown"].read_text())
+    typer.echo(" ".join(str(p) for p in paths.values()))
