@@ -39,6 +39,57 @@ class AnomalyMapSettings(BaseSettings):
         ge=0,
         description="Default tile size for large images, 0 = no tiling (ANOMALY_MAP_TILE_SIZE).",
     )
+    tile_overlap: float = Field(
+        0.125,
+        ge=0.0,
+        lt=0.9,
+        description="Overlap of neighbouring tiles as a fraction of the tile side "
+        "(ANOMALY_MAP_TILE_OVERLAP).",
+    )
+    max_tiles: int = Field(
+        1024, ge=1, description="Most tiles one request may produce (ANOMALY_MAP_MAX_TILES)."
+    )
+    extra_model_config_dir: Path | None = Field(
+        None,
+        description="Folder (or file) of extra open_clip model configs registered at start-up, "
+        "e.g. tests/fixtures (ANOMALY_MAP_EXTRA_MODEL_CONFIG_DIR).",
+    )
+    random_weights_seed: int = Field(
+        0,
+        description="Seed of a randomly initialised encoder, so API and workers agree "
+        "(ANOMALY_MAP_RANDOM_WEIGHTS_SEED).",
+    )
+    max_image_mb: float = Field(
+        32.0, gt=0, description="Largest encoded image accepted (ANOMALY_MAP_MAX_IMAGE_MB)."
+    )
+    max_references: int = Field(
+        16, ge=1, le=256, description="Reference images per category (ANOMALY_MAP_MAX_REFERENCES)."
+    )
+    text_cache_size: int = Field(
+        64, ge=1, description="Text features kept in memory (LRU) (ANOMALY_MAP_TEXT_CACHE_SIZE)."
+    )
+    bank_cache_size: int = Field(
+        8, ge=1, description="Memory banks kept in memory (LRU) (ANOMALY_MAP_BANK_CACHE_SIZE)."
+    )
+    max_pending: int = Field(
+        32,
+        ge=1,
+        description="Requests that may wait for the model; more get 429 (ANOMALY_MAP_MAX_PENDING).",
+    )
+    data_root: Path | None = Field(
+        None,
+        description="Local folder against which relative `samples` paths of imported "
+        "description files are resolved (ANOMALY_MAP_DATA_ROOT).",
+    )
+    overlay_alpha: float = Field(
+        0.5, ge=0.0, le=1.0, description="Heat-map weight in overlays (ANOMALY_MAP_OVERLAY_ALPHA)."
+    )
+    evaluation_max_images: int = Field(
+        2000,
+        ge=2,
+        description="Most images one evaluation job scores; maps are held at S x S in memory "
+        "(ANOMALY_MAP_EVALUATION_MAX_IMAGES).",
+    )
 
 
 @lru_cache

@@ -37,6 +37,7 @@ class TaskName(StrEnum):
     SELFTEST = "jobs.selftest"
     ANOMALY_MAP_DATASET = "anomaly_map.dataset_maps"
     ANOMALY_MAP_EVALUATE = "anomaly_map.evaluate"
+    ANOMALY_MAP_TOCOAD_FIT = "anomaly_map.tocoad_fit"
     PRETRAIN_AGBP = "pretrain.agbp"
     PRETRAIN_PSEUDO_LABELS = "pretrain.pseudo_labels"
     FINETUNE_AGDP = "finetune.agdp"

@@ -1,0 +1,160 @@
+"""Routes of the anomaly_map API: categories, anomaly maps, dataset map jobs, evaluations."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Query, Response
+
+from services.anomaly_map import service
+from services.anomaly_map.api.deps import (
+    CategoriesDep,
+    CategoryInputDep,
+    CeleryDep,
+    EngineDep,
+    JobsDep,
+    MapInputDep,
+    ResponseFormatDep,
+    SettingsDep,
+    TokenizerDep,
+)
+from services.anomaly_map.api.responses import map_response
+from services.anomaly_map.api.schemas import (
+    AnomalyMapResponse,
+    CategoryList,
+    CategoryResponse,
+    EvaluationRequest,
+    ImportResponse,
+    MapJobRequest,
+    TocoadFitRequest,
+    category_request_body,
+    map_request_body,
+)
+from shared.schemas.jobs import JobRecord
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"description": "unknown category (code category_not_found)"},
+    413: {"description": "body or image too large"},
+    415: {"description": "unsupported content type or image format"},
+    422: {"description": "invalid input (codes: prompt_too_long, corrupt_image, ...)"},
+    503: {"description": "model weights missing (code model_weights_missing) or storage down"},
+}
+
+categories = APIRouter(prefix="/v1/categories", tags=["categories"], responses=_ERRORS)
+maps = APIRouter(prefix="/v1", tags=["anomaly maps"], responses=_ERRORS)
+
+
+@categories.get("", response_model=CategoryList)
+def list_categories(store: CategoriesDep) -> CategoryList:
+    """Latest version of every category."""
+    return CategoryList(items=[CategoryResponse.of(store.get(name)) for name in store.names()])
+
+
+@categories.get("/{name}", response_model=CategoryResponse)
+def get_category(name: str, store: CategoriesDep, version: str | None = None) -> CategoryResponse:
+    """One category (latest version unless ``version`` is given) with its version list."""
+    return CategoryResponse.of(store.get(name, version), versions=store.versions(name))
+
+
+@categories.put(
+    "/{name}",
+    status_code=201,
+    response_model=CategoryResponse,
+    openapi_extra=category_request_body(),
+)
+def put_category(
+    name: str,
+    body: CategoryInputDep,
+    store: CategoriesDep,
+    tokenizer: TokenizerDep,
+    settings: SettingsDep,
+) -> CategoryResponse:
+    """Create a new version of a category (JSON, or multipart with reference image files)."""
+    record = service.put_category(
+        store,
+        name,
+        body.spec,
+        body.uploads,
+        tokenizer=tokenizer,
+        limits=service.image_limits(settings),
+        max_references=settings.max_references,
+    )
+    return CategoryResponse.of(record, versions=store.versions(name))
+
+
+@categories.delete("/{name}", status_code=204)
+def delete_category(name: str, store: CategoriesDep) -> Response:
+    """Delete a category with all its versions, reference images and memory banks."""
+    store.delete(name)
+    return Response(status_code=204)
+
+
+@maps.post(
+    "/categories:import", status_code=201, response_model=ImportResponse, tags=["categories"]
+)
+def import_categories(
+    data: Annotated[dict[str, Any], Body(description="a description file as is (agssp-spec §2)")],
+    store: CategoriesDep,
+    tokenizer: TokenizerDep,
+    settings: SettingsDep,
+    only: Annotated[list[str] | None, Query(description="import only these categories")] = None,
+) -> ImportResponse:
+    """Import a description JSON file; relative ``samples`` are read under ANOMALY_MAP_DATA_ROOT."""
+    result = service.import_descriptions(
+        store,
+        data,
+        tokenizer=tokenizer,
+        limits=service.image_limits(settings),
+        data_root=settings.data_root,
+        only=only or (),
+        max_references=settings.max_references,
+    )
+    return ImportResponse(
+        created=[CategoryResponse.of(r) for r in result.created], warnings=result.warnings
+    )
+
+
+@maps.post(
+    "/anomaly-maps",
+    response_model=AnomalyMapResponse,
+    openapi_extra=map_request_body(),
+    responses={200: {"content": {"application/x-npy": {}, "image/png": {}}}},
+)
+def create_anomaly_map(
+    engine: EngineDep, fmt: ResponseFormatDep, body: MapInputDep, settings: SettingsDep
+) -> Response:
+    """Anomaly map of one image: JSON (map as base64 float32), ``.npy`` or PNG overlay by Accept."""
+    params = body.params
+    request = service.MapRequest(
+        category=params.category,
+        mode=params.mode,
+        resolution=params.resolution,
+        overlay=params.overlay or fmt == "png",
+        tile=params.tile,
+    )
+    result = service.generate_map(engine, body.data, request, settings)
+    return map_response(result, fmt, params.map_encoding)
+
+
+@maps.post("/anomaly-map-jobs", status_code=202, response_model=JobRecord, tags=["jobs"])
+def submit_map_job(
+    body: MapJobRequest, celery: CeleryDep, jobs: JobsDep, store: CategoriesDep
+) -> JobRecord:
+    """Queue maps for every image under a prefix (one float32 (G, G) .npy per image)."""
+    return service.submit_dataset_maps(celery, jobs, store, body)
+
+
+@maps.post("/evaluations", status_code=202, response_model=JobRecord, tags=["jobs"])
+def submit_evaluation(
+    body: EvaluationRequest, celery: CeleryDep, jobs: JobsDep, store: CategoriesDep
+) -> JobRecord:
+    """Queue an evaluation (image AUROC, pixel AUROC, AUPRO) on images and masks in the store."""
+    return service.submit_evaluation(celery, jobs, store, body)
+
+
+@maps.post("/tocoad-fits", status_code=202, response_model=JobRecord, tags=["jobs"])
+def submit_tocoad_fit(
+    body: TocoadFitRequest, celery: CeleryDep, jobs: JobsDep, store: CategoriesDep
+) -> JobRecord:
+    """Queue a ToCoAD fit for a category version (needed before mode=tocoad maps)."""
+    return service.submit_tocoad_fit(celery, jobs, store, body)

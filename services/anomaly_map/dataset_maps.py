@@ -1,0 +1,171 @@
+"""Dataset map job: one raw map per image under a prefix (layout in ``maps_io``). Resumable:
+each batch saves a small checkpoint segment listing its maps and scores, the union of the
+segments is the set of done maps, so checkpoint I/O stays linear in the dataset size.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.anomaly_map.engine import MapEngine, Mode, resolve_mode
+from services.anomaly_map.maps_io import (
+    MANIFEST_NAME,
+    SCORES_NAME,
+    ScoreRow,
+    encode_npy,
+    is_image_key,
+    map_keys,
+    scores_csv,
+)
+from shared.errors import InvalidInputError, SuiteError
+from shared.imaging.intake import decode_image
+from shared.jobs.context import JobContext
+from shared.schemas.jobs import utcnow
+from shared.storage.base import validate_key
+
+log = logging.getLogger(__name__)
+SEGMENTS = "batches/"
+
+
+class DatasetMapParams(BaseModel):
+    """Payload of ``anomaly_map.dataset_maps`` jobs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    category: str
+    category_version: str | None = None
+    prefix: str = Field(description="object-store prefix of the images (ending with '/')")
+    mode: str | None = Field(None, description="kead or winclip; default the category's method")
+    output_prefix: str | None = Field(None, description="default maps/<category>/<job id>/")
+
+
+def default_output_prefix(category: str, job_id: str) -> str:
+    return f"maps/{category}/{job_id}/"
+
+
+def _load_done(ctx: JobContext) -> tuple[dict[str, ScoreRow], dict[str, str]]:
+    rows: dict[str, ScoreRow] = {}
+    skipped: dict[str, str] = {}
+    base = f"{ctx.prefix}checkpoints/{SEGMENTS}"
+    for key in ctx.store.list(base):
+        segment = json.loads(ctx.store.get_bytes(key))
+        for row in segment["rows"]:
+            rows[row[0]] = ScoreRow(row[0], row[1], row[2], row[3])
+        skipped.update(segment["skipped"])
+    return rows, skipped
+
+
+def _decode_batch(
+    engine: MapEngine, ctx: JobContext, keys: list[str]
+) -> tuple[list[str], list[Any], dict[str, str]]:
+    good_keys, images, skipped = [], [], {}
+    for key in keys:
+        try:
+            images.append(decode_image(ctx.store.get_bytes(key), engine.limits).array)
+            good_keys.append(key)
+        except SuiteError as exc:  # one bad file must not sink a 100k-image job
+            log.warning("job %s: skipping %s: %s", ctx.job_id, key, exc.message)
+            skipped[key] = f"{exc.code}: {exc.message}"
+    return good_keys, images, skipped
+
+
+def _process_batch(
+    engine: MapEngine, ctx: JobContext, params: _Plan, keys: list[str], index: int
+) -> tuple[list[ScoreRow], dict[str, str]]:
+    good_keys, images, skipped = _decode_batch(engine, ctx, keys)
+    rows = []
+    if images:
+        scores = engine.score(images, params.record, params.mode)
+        zero = scores.zero_shot_scores
+        for i, key in enumerate(good_keys):
+            amap = scores.maps[i]
+            ctx.store.put_bytes(params.targets[key], encode_npy(amap))
+            s0 = float("nan") if zero is None else float(zero[i])  # ToCoAD has no text score
+            rows.append(ScoreRow(key, float(scores.image_scores[i]), s0, float(amap.max())))
+    segment = {
+        "rows": [[r.image_key, r.image_score, r.zero_shot_score, r.map_max] for r in rows],
+        "skipped": skipped,
+    }
+    ctx.save_checkpoint(json.dumps(segment).encode(), f"{SEGMENTS}{index:08d}.json")
+    return rows, skipped
+
+
+class _Plan:
+    def __init__(self, ctx: JobContext, engine: MapEngine) -> None:
+        params = DatasetMapParams.model_validate(ctx.params)
+        self.record = engine.categories.get(params.category, params.category_version)
+        self.mode: Mode = resolve_mode(params.mode, self.record)
+        self.prefix = validate_key(params.prefix, prefix=True)
+        self.output = params.output_prefix or default_output_prefix(self.record.name, ctx.job_id)
+        validate_key(self.output, prefix=True)
+        self.keys = sorted(k for k in ctx.store.list(self.prefix) if is_image_key(k))
+        if not self.keys:
+            raise InvalidInputError(f"no images under {self.prefix!r}", code="no_images")
+        self.targets = map_keys(self.keys, self.prefix, self.output)
+        self.position = {key: i for i, key in enumerate(self.keys)}
+
+
+def run(ctx: JobContext, engine: MapEngine, *, batch_size: int) -> list[str]:
+    """Write a map per image, resuming from the checkpoint segments of an earlier attempt."""
+    plan = _Plan(ctx, engine)
+    rows, skipped = _load_done(ctx)
+    resumed_from = len(rows) + len(skipped)
+    todo = [k for k in plan.keys if k not in rows and k not in skipped]
+    total = len(plan.keys)
+    ctx.set_outputs(output_prefix=plan.output, total=total, resumed_from=resumed_from)
+    started, computed = time.monotonic(), 0
+    for start in range(0, len(todo), batch_size):
+        ctx.check_cancel()
+        batch = todo[start : start + batch_size]
+        new_rows, new_skipped = _process_batch(engine, ctx, plan, batch, plan.position[batch[0]])
+        rows.update((r.image_key, r) for r in new_rows)
+        skipped.update(new_skipped)
+        computed += len(batch)
+        done = len(rows) + len(skipped)
+        rate = computed / max(time.monotonic() - started, 1e-9)
+        ctx.progress(
+            100.0 * done / total * 0.99,
+            f"{done}/{total} images",
+            metrics={"done": done, "total": total, "images_per_s": round(rate, 3)},
+        )
+    return _finish(ctx, engine, plan, rows, skipped, computed)
+
+
+def _finish(
+    ctx: JobContext,
+    engine: MapEngine,
+    plan: _Plan,
+    rows: dict[str, ScoreRow],
+    skipped: dict[str, str],
+    computed: int,
+) -> list[str]:
+    ctx.store.put_bytes(f"{plan.output}{SCORES_NAME}", scores_csv(rows.values()), "text/csv")
+    manifest = {
+        "category": plan.record.name,
+        "category_version": plan.record.version,
+        "model": engine.model_id,
+        "mode": plan.mode,
+        "grid": engine.map_side(plan.record, plan.mode),
+        "map_format": "npy float32 (grid, grid), raw map (agssp-spec §1.9 for kead)",
+        "count": len(rows),
+        "job_id": ctx.job_id,
+        "created_at": utcnow().isoformat(),
+        "scores": f"{plan.output}{SCORES_NAME}",
+        "maps": {key: plan.targets[key] for key in sorted(rows)},
+        "skipped": skipped,
+    }
+    manifest_key = f"{plan.output}{MANIFEST_NAME}"
+    ctx.store.put_bytes(manifest_key, json.dumps(manifest, indent=1).encode(), "application/json")
+    ctx.set_outputs(
+        output_prefix=plan.output,
+        count=len(rows),
+        skipped=len(skipped),
+        computed=computed,  # images scored by this attempt; the rest came from the checkpoint
+        manifest=manifest_key,
+    )
+    return [manifest_key]

@@ -1,0 +1,270 @@
+"""``MapEngine``: the loaded scorers on one model thread, with text-feature and bank caches.
+
+The model is never called from two threads at once (a single model thread); requests beyond
+``max_pending`` waiting for it are refused with 429 instead of queueing without bound.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Generic, Literal, TypeVar
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from services.anomaly_map.categories import CategoryRecord, CategoryStore
+from services.anomaly_map.ml.outputs import MemoryBank
+from services.anomaly_map.ml.tiling import score_tiled
+from services.anomaly_map.ml.tocoad.model import TocoadModel
+from services.anomaly_map.scorers import ClipMode, ScorerSet
+from services.anomaly_map.tocoad_fit import load_model
+from shared.errors import InvalidInputError, OverloadedError
+from shared.imaging.intake import ImageLimits, decode_image
+
+log = logging.getLogger(__name__)
+Mode = Literal["kead", "winclip", "tocoad"]
+K = TypeVar("K")
+T = TypeVar("T")
+V = TypeVar("V")
+
+
+def resolve_mode(requested: str | None, record: CategoryRecord) -> Mode:
+    """The scoring method of a request: the one asked for, else the category's own."""
+    mode = requested or record.method
+    if mode not in ("kead", "winclip", "tocoad"):
+        raise InvalidInputError(
+            f"mode {mode!r} is unknown; use kead, winclip or tocoad", code="mode_unavailable"
+        )
+    return mode  # type: ignore[return-value]
+
+
+class LruCache(Generic[K, V]):
+    """A small thread-safe LRU map."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_or_create(self, key: K, create: Callable[[], V]) -> V:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        # Created outside the lock: a rare double computation beats blocking every reader.
+        value = create()
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return value
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+@dataclass(frozen=True)
+class BatchScores:
+    """Scores of a batch of images of one category.
+
+    Attributes:
+        maps: float32 (B, G, G) raw fused maps (agssp-spec §1.9); (B, S, S) for ToCoAD.
+        image_scores: float32 (B,) final image scores.
+        zero_shot_scores: float32 (B,) text-only scores s0; None for ToCoAD (no text).
+    """
+
+    maps: np.ndarray
+    image_scores: np.ndarray
+    zero_shot_scores: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class TiledScores:
+    """A stitched map of a large image: float32 (H_out, W_out), score = max over tiles."""
+
+    anomaly_map: np.ndarray
+    image_score: float
+    tiles: int
+
+
+def bank_to_bytes(bank: MemoryBank) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(bank.to_state_dict(), buffer)
+    return buffer.getvalue()
+
+
+def bank_from_bytes(data: bytes) -> MemoryBank:
+    # weights_only: a bank is plain tensors; never unpickle arbitrary objects from the store.
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    return MemoryBank.from_state_dict(state)
+
+
+class MapEngine:
+    """Scores images of stored categories with KeAD or WinCLIP on one shared encoder."""
+
+    def __init__(
+        self,
+        scorers: ScorerSet,
+        categories: CategoryStore,
+        *,
+        limits: ImageLimits,
+        text_cache_size: int = 64,
+        bank_cache_size: int = 8,
+        max_pending: int = 32,
+    ) -> None:
+        self.scorers = scorers
+        self.categories = categories
+        self.limits = limits
+        # One dedicated thread runs every model call: calls never overlap, and torch keeps one
+        # intra-op (OpenMP) team instead of one per server thread that happens to call it.
+        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self._pending = threading.BoundedSemaphore(max_pending)
+        self._text: LruCache[tuple[str, str, str, str], Tensor] = LruCache(text_cache_size)
+        self._banks: LruCache[tuple[str, str, str, str], MemoryBank | None] = LruCache(
+            bank_cache_size
+        )
+        self._tocoad: LruCache[tuple[str, str], TocoadModel] = LruCache(bank_cache_size)
+
+    def _on_model_thread(self, work: Callable[[], T]) -> T:
+        return self._model_thread.submit(work).result()
+
+    def close(self) -> None:
+        """Stop the model thread (after the calls already queued)."""
+        self._model_thread.shutdown(wait=True)
+
+    @property
+    def model_id(self) -> str:
+        return self.scorers.model_id
+
+    @property
+    def grid_size(self) -> int:
+        return self.scorers.bundle.grid_size
+
+    @property
+    def image_size(self) -> int:
+        return self.scorers.bundle.image_size
+
+    @contextmanager
+    def admitted(self) -> Iterator[None]:
+        """Hold a place in the bounded waiting room, or raise 429 when it is full."""
+        if not self._pending.acquire(blocking=False):
+            raise OverloadedError("too many anomaly-map requests are waiting; retry shortly")
+        try:
+            yield
+        finally:
+            self._pending.release()
+
+    def _key(self, record: CategoryRecord, mode: ClipMode) -> tuple[str, str, str, str]:
+        return (self.model_id, mode, record.name, record.version)
+
+    def text_features(self, record: CategoryRecord, mode: ClipMode) -> Tensor:
+        """(Dj, 2) features, cached per (model, mode, category version)."""
+        scorer = self.scorers.get(mode)
+
+        def build() -> Tensor:
+            return self._on_model_thread(lambda: scorer.text_features(record.description()))
+
+        return self._text.get_or_create(self._key(record, mode), build)
+
+    def memory_bank(self, record: CategoryRecord, mode: ClipMode) -> MemoryBank | None:
+        """The few-shot bank of a category version; None without reference images (zero-shot).
+
+        Built once per (category version, model, mode) and stored next to the category.
+        """
+        if not record.references:
+            return None
+        return self._banks.get_or_create(
+            self._key(record, mode), lambda: self._load_or_build_bank(record, mode)
+        )
+
+    def _load_or_build_bank(self, record: CategoryRecord, mode: ClipMode) -> MemoryBank:
+        relative = f"banks/{mode}-{self.model_id}.pt"
+        stored = self.categories.get_blob(record, relative)
+        if stored is not None:
+            try:
+                return bank_from_bytes(stored)
+            except (InvalidInputError, RuntimeError, ValueError):
+                log.warning("stored bank %s%s is unreadable; rebuilding", record.prefix, relative)
+        images = [
+            decode_image(raw, self.limits).array for raw in self.categories.reference_bytes(record)
+        ]
+        scorer = self.scorers.get(mode)
+        bank = self._on_model_thread(lambda: scorer.build_memory_bank(scorer.preprocess(images)))
+        self.categories.put_blob(record, relative, bank_to_bytes(bank))
+        log.info(
+            "built %s bank for %s/%s (%d refs)", mode, record.name, record.version, len(images)
+        )
+        return bank
+
+    def score(
+        self, images: Sequence[np.ndarray], record: CategoryRecord, mode: Mode
+    ) -> BatchScores:
+        """Whole-image scores of uint8 (H, W, 3) images, each squashed to S x S (§1.2)."""
+        if mode == "tocoad":
+            return self._score_tocoad(images, record)
+        text, bank = self.text_features(record, mode), self.memory_bank(record, mode)
+        scorer = self.scorers.get(mode)
+        out = self._on_model_thread(
+            lambda: scorer.score(scorer.preprocess(list(images)), text, bank)
+        )
+        return BatchScores(
+            maps=out.anomaly_map.float().cpu().numpy(),
+            image_scores=out.image_score.float().cpu().numpy(),
+            zero_shot_scores=out.zero_shot_image_score.float().cpu().numpy(),
+        )
+
+    def map_side(self, record: CategoryRecord, mode: Mode) -> int:
+        """Side of the maps ``score`` returns: G for CLIP modes, ToCoAD's input side S."""
+        if mode != "tocoad":
+            return self.grid_size
+        return self._tocoad_model(record).image_size
+
+    def _tocoad_model(self, record: CategoryRecord) -> TocoadModel:
+        device = self.scorers.bundle.device
+        return self._tocoad.get_or_create(
+            (record.name, record.version), lambda: load_model(self.categories, record, device)
+        )
+
+    def _score_tocoad(self, images: Sequence[np.ndarray], record: CategoryRecord) -> BatchScores:
+        model = self._tocoad_model(record)
+        maps, scores = self._on_model_thread(lambda: model.score(list(images)))
+        return BatchScores(maps.astype(np.float32), scores.astype(np.float32), None)
+
+    def score_tiled(
+        self,
+        image: np.ndarray,
+        record: CategoryRecord,
+        mode: ClipMode,
+        *,
+        tile: int,
+        overlap: int,
+        output_size: tuple[int, int],
+        batch_size: int,
+    ) -> TiledScores:
+        """Stitched map of a large image scored in overlapping square tiles."""
+        text, bank = self.text_features(record, mode), self.memory_bank(record, mode)
+        result = self._on_model_thread(
+            lambda: score_tiled(
+                self.scorers.get(mode),
+                image,
+                text,
+                bank,
+                tile_size=tile,
+                overlap=overlap,
+                batch_size=batch_size,
+                output_size=output_size,
+            )
+        )
+        return TiledScores(
+            anomaly_map=result.anomaly_map.float().cpu().numpy(),
+            image_score=result.image_score,
+            tiles=len(result.tiles),
+        )

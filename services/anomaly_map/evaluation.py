@@ -1,0 +1,305 @@
+"""Image AUROC, pixel AUROC and AUPRO of maps against masks, on S x S (agssp-spec §1.9: maps
+upsampled bilinearly, masks resized and binarised at 0.5). Labels: ``normal_prefixes`` when
+given (anomalous images with empty masks count for image AUROC only), else the mask itself.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.anomaly_map.categories import CategoryRecord
+from services.anomaly_map.engine import BatchScores, MapEngine, Mode, resolve_mode
+from services.anomaly_map.maps_io import is_image_key, relative_stem
+from services.anomaly_map.ml.metrics import aupro, image_auroc, pixel_auroc
+from services.anomaly_map.ml.preprocess import upsample_maps
+from shared.errors import InvalidInputError, SuiteError
+from shared.imaging.intake import ImageLimits, decode_image
+from shared.jobs.context import JobContext
+from shared.schemas.jobs import utcnow
+from shared.storage.base import validate_key
+
+log = logging.getLogger(__name__)
+MASK_THRESHOLD = 127  # masks are 0/255 with soft edges; magnetic-tile SOURCE.md
+
+
+class EvaluationParams(BaseModel):
+    """Payload of ``anomaly_map.evaluate`` jobs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    category: str
+    category_version: str | None = None
+    images_prefix: str
+    masks_prefix: str | None = Field(None, description="default: the images prefix")
+    mask_suffix: str = Field(".png", description="mask key = masks prefix + image stem + suffix")
+    normal_prefixes: list[str] = Field(default_factory=list)
+    mode: str | None = None
+    max_images: int | None = Field(None, ge=2)
+
+
+@dataclass(frozen=True)
+class SamplePlan:
+    """One image to score: its key, its mask's key (or None) and a forced label (or None)."""
+
+    key: str
+    mask_key: str | None
+    label: int | None
+
+
+def plan_samples(
+    keys: Sequence[str],
+    images_prefix: str,
+    masks_prefix: str,
+    mask_suffix: str,
+    normal_prefixes: Sequence[str],
+    existing: set[str],
+) -> list[SamplePlan]:
+    """Pair images with masks by relative stem; keys that are masks of others are not images."""
+    candidates = sorted(k for k in keys if is_image_key(k))
+    mask_of = {
+        k: f"{masks_prefix}{relative_stem(k, images_prefix)}{mask_suffix}" for k in candidates
+    }
+    masks = {m for k, m in mask_of.items() if m != k and m in existing}
+    plans = []
+    for key in candidates:
+        if key in masks:
+            continue
+        mask = mask_of[key] if mask_of[key] in existing and mask_of[key] != key else None
+        label = None
+        if normal_prefixes:
+            label = 0 if any(key.startswith(p) for p in normal_prefixes) else 1
+        plans.append(SamplePlan(key, mask, label))
+    return plans
+
+
+def subsample(plans: list[SamplePlan], limit: int | None) -> list[SamplePlan]:
+    """An evenly spaced, deterministic subset of at most ``limit`` plans."""
+    if limit is None or len(plans) <= limit:
+        return plans
+    picks = np.linspace(0, len(plans) - 1, limit).round().astype(int)
+    return [plans[i] for i in sorted(set(picks.tolist()))]
+
+
+@dataclass
+class _Accumulator:
+    size: int
+    keys: list[str] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    zero_shot: list[float] = field(default_factory=list)
+    pixel_maps: list[np.ndarray] = field(default_factory=list)
+    pixel_masks: list[np.ndarray] = field(default_factory=list)
+    pixel_excluded: int = 0
+
+    def add_scores(
+        self, batch: Sequence[tuple[SamplePlan, np.ndarray, np.ndarray | None]], scores: BatchScores
+    ) -> None:
+        zero = scores.zero_shot_scores
+        for i, (plan, _, mask) in enumerate(batch):
+            has_defect = mask is not None and bool(mask.any())
+            label = plan.label if plan.label is not None else int(has_defect)
+            self.add(plan.key, label, mask, scores.maps[i])
+            self.scores.append(float(scores.image_scores[i]))
+            self.zero_shot.append(float("nan") if zero is None else float(zero[i]))
+
+    def add(self, key: str, label: int, mask: np.ndarray | None, amap: np.ndarray) -> None:
+        self.keys.append(key)
+        self.labels.append(label)
+        if label == 1 and (mask is None or not mask.any()):
+            self.pixel_excluded += 1  # a defect image without an annotated region
+            return
+        s = self.size
+        up = upsample_maps(torch.from_numpy(amap[None]), (s, s))[0].numpy()
+        self.pixel_maps.append(up.astype(np.float32))
+        if mask is None or label == 0:
+            self.pixel_masks.append(np.zeros((s, s), dtype=bool))
+        else:
+            resized = cv2.resize(mask.astype(np.float32), (s, s), interpolation=cv2.INTER_LINEAR)
+            self.pixel_masks.append(resized > 0.5)
+
+
+def _metric(
+    name: str, fn: Callable[[], float], values: dict[str, Any], errors: dict[str, str]
+) -> None:
+    try:
+        values[name] = round(fn(), 6)
+    except InvalidInputError as exc:
+        values[name] = None
+        errors[name] = exc.message
+
+
+def _metrics(acc: _Accumulator) -> tuple[dict[str, Any], dict[str, str]]:
+    values: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    labels, scores = np.array(acc.labels), np.array(acc.scores)
+    _metric("image_auroc", lambda: image_auroc(labels, scores), values, errors)
+    if acc.pixel_maps:
+        masks, maps = np.stack(acc.pixel_masks), np.stack(acc.pixel_maps)
+        _metric("pixel_auroc", lambda: pixel_auroc(masks, maps), values, errors)
+        _metric("aupro", lambda: aupro(masks, maps), values, errors)
+    else:
+        values["pixel_auroc"] = values["aupro"] = None
+        errors["pixel_auroc"] = errors["aupro"] = "no image with a usable mask"
+    return values, errors
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """Metrics and per-image scores of one evaluation."""
+
+    summary: dict[str, Any]
+    scores_csv: bytes
+
+
+def _load(
+    read: Callable[[str], bytes], plan: SamplePlan, limits: ImageLimits
+) -> tuple[np.ndarray, np.ndarray | None]:
+    image = decode_image(read(plan.key), limits).array
+    mask = None
+    if plan.mask_key is not None:
+        gray = ImageLimits(limits.max_bytes, limits.max_pixels, output_mode="gray")
+        mask = decode_image(read(plan.mask_key), gray).array > MASK_THRESHOLD
+    return image, mask
+
+
+def _load_batch(
+    read: Callable[[str], bytes],
+    plans: Sequence[SamplePlan],
+    limits: ImageLimits,
+    skipped: dict[str, str],
+) -> list[tuple[SamplePlan, np.ndarray, np.ndarray | None]]:
+    loaded = []
+    for plan in plans:
+        try:
+            image, mask = _load(read, plan, limits)
+        except SuiteError as exc:  # one unreadable file must not sink the evaluation
+            skipped[plan.key] = f"{exc.code}: {exc.message}"
+            continue
+        loaded.append((plan, image, mask))
+    return loaded
+
+
+def evaluate(
+    engine: MapEngine,
+    record: CategoryRecord,
+    mode: Mode,
+    plans: Sequence[SamplePlan],
+    read: Callable[[str], bytes],
+    *,
+    batch_size: int,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> EvaluationResult:
+    """Score every planned image and compute the three metrics.
+
+    Args:
+        read: returns the bytes of an image or mask key.
+        on_batch: called with (done, total) after every batch; may raise to stop.
+    """
+    acc = _Accumulator(size=engine.image_size)
+    skipped: dict[str, str] = {}
+    for start in range(0, len(plans), batch_size):
+        batch = _load_batch(read, plans[start : start + batch_size], engine.limits, skipped)
+        if batch:
+            images = [image for _, image, _ in batch]
+            acc.add_scores(batch, engine.score(images, record, mode))
+        if on_batch is not None:
+            on_batch(min(start + batch_size, len(plans)), len(plans))
+    return _result(engine, record, mode, acc, skipped)
+
+
+def _result(
+    engine: MapEngine, record: CategoryRecord, mode: str, acc: _Accumulator, skipped: dict[str, str]
+) -> EvaluationResult:
+    values, errors = _metrics(acc)
+    summary = {
+        "category": record.name,
+        "category_version": record.version,
+        "model": engine.model_id,
+        "mode": mode,
+        "eval_size": engine.image_size,
+        "counts": {
+            "images": len(acc.keys),
+            "normal": acc.labels.count(0),
+            "anomalous": acc.labels.count(1),
+            "pixel_images": len(acc.pixel_maps),
+            "pixel_excluded": acc.pixel_excluded,
+            "skipped": len(skipped),
+        },
+        "metrics": values,
+        "unavailable": errors,
+        "skipped": skipped,
+        "created_at": utcnow().isoformat(),
+    }
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["image_key", "label", "image_score", "zero_shot_score"])
+    for row in zip(acc.keys, acc.labels, acc.scores, acc.zero_shot, strict=True):
+        writer.writerow([row[0], row[1], f"{row[2]:.6f}", f"{row[3]:.6f}"])
+    return EvaluationResult(summary=summary, scores_csv=buffer.getvalue().encode())
+
+
+def _store_plans(ctx: JobContext, params: EvaluationParams) -> list[SamplePlan]:
+    images_prefix = validate_key(params.images_prefix, prefix=True)
+    masks_prefix = validate_key(params.masks_prefix or images_prefix, prefix=True)
+    keys = ctx.store.list(images_prefix)
+    existing = set(keys) | set(ctx.store.list(masks_prefix))
+    return plan_samples(
+        keys, images_prefix, masks_prefix, params.mask_suffix, params.normal_prefixes, existing
+    )
+
+
+def run_job(ctx: JobContext, engine: MapEngine, *, batch_size: int, max_images: int) -> list[str]:
+    """Evaluate images under an object-store prefix; results JSON to the store and the job."""
+    params = EvaluationParams.model_validate(ctx.params)
+    record = engine.categories.get(params.category, params.category_version)
+    plans = subsample(_store_plans(ctx, params), min(params.max_images or max_images, max_images))
+    if len(plans) < 2:
+        raise InvalidInputError(
+            f"fewer than 2 images under {params.images_prefix!r}", code="no_images"
+        )
+
+    def on_batch(done: int, total: int) -> None:
+        ctx.progress(99.0 * done / total, f"{done}/{total} images", metrics={"done": done})
+        ctx.check_cancel()
+
+    result = evaluate(
+        engine,
+        record,
+        resolve_mode(params.mode, record),
+        plans,
+        ctx.store.get_bytes,
+        batch_size=batch_size,
+        on_batch=on_batch,
+    )
+    out = f"evaluations/{record.name}/{ctx.job_id}/"
+    ctx.store.put_bytes(f"{out}scores.csv", result.scores_csv, "text/csv")
+    results_key = f"{out}results.json"
+    ctx.store.put_bytes(
+        results_key, json.dumps(result.summary, indent=1).encode(), "application/json"
+    )
+    ctx.set_outputs(
+        results=results_key, metrics=result.summary["metrics"], counts=result.summary["counts"]
+    )
+    ctx.progress(100.0, "done", force=True, metrics=result.summary["metrics"])
+    return [results_key]
+
+
+def plan_local_folder(
+    root: Path, normal_dirs: Sequence[str], mask_suffix: str = ".png"
+) -> list[SamplePlan]:
+    """Plans for a local dataset folder such as magnetic-tile (``<class>/Imgs/<stem>.jpg|.png``)."""
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    prefixes = [d.rstrip("/") + "/" for d in normal_dirs]
+    return plan_samples(files, "", "", mask_suffix, prefixes, set(files))

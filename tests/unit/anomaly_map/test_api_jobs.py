@@ -1,0 +1,110 @@
+"""Job submission routes: dataset maps and evaluations are queued with pinned versions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from services.anomaly_map.api.main import create_app
+from shared.schemas.jobs import Queue, TaskName
+from shared.storage.filesystem import FileObjectStore
+from tests.unit.anomaly_map.test_service_support import make_engine, make_settings
+
+SPEC = {"map": "metal surface", "good": [], "defect": ["{} with a crack"], "method": "winclip"}
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    settings = make_settings(tmp_path)
+    app = create_app(settings, store=FileObjectStore(tmp_path / "store"), load_engine=make_engine)
+    with TestClient(app) as test_client:
+        test_client.put("/v1/categories/tile", json=SPEC)
+        yield test_client
+
+
+def test_dataset_job_is_queued_on_maps_with_the_category_version(client: TestClient) -> None:
+    # given
+    version = client.get("/v1/categories/tile").json()["version"]
+    # when
+    response = client.post("/v1/anomaly-map-jobs", json={"category": "tile", "prefix": "data/set"})
+    # then
+    assert response.status_code == 202
+    record = response.json()
+    assert record["state"] == "PENDING"
+    assert record["queue"] == Queue.MAPS
+    assert record["task_name"] == TaskName.ANOMALY_MAP_DATASET
+    assert record["params"]["category_version"] == version
+    assert record["params"]["prefix"] == "data/set/"
+    assert record["params"]["mode"] == "winclip"
+    assert client.get(f"/v1/jobs/{record['id']}").json()["id"] == record["id"]
+
+
+def test_dataset_job_for_unknown_category_is_404(client: TestClient) -> None:
+    # when
+    response = client.post("/v1/anomaly-map-jobs", json={"category": "nope", "prefix": "x/"})
+    # then
+    assert response.status_code == 404
+
+
+def test_dataset_job_with_a_bad_prefix_is_422(client: TestClient) -> None:
+    # when
+    response = client.post("/v1/anomaly-map-jobs", json={"category": "tile", "prefix": "../etc/"})
+    # then
+    assert response.status_code == 422
+    assert response.json()["code"] == "invalid_key"
+
+
+def test_dataset_job_with_an_unknown_mode_is_422(client: TestClient) -> None:
+    # when
+    response = client.post(
+        "/v1/anomaly-map-jobs", json={"category": "tile", "prefix": "x/", "mode": "magic"}
+    )
+    # then
+    assert response.status_code == 422
+
+
+def test_evaluation_is_queued(client: TestClient) -> None:
+    # when
+    response = client.post(
+        "/v1/evaluations",
+        json={
+            "category": "tile",
+            "images_prefix": "eval/mt",
+            "normal_prefixes": ["eval/mt/MT_Free/"],
+        },
+    )
+    # then
+    assert response.status_code == 202
+    assert response.json()["task_name"] == TaskName.ANOMALY_MAP_EVALUATE
+    assert response.json()["params"]["images_prefix"] == "eval/mt/"
+
+
+def test_evaluation_with_unknown_fields_is_422(client: TestClient) -> None:
+    # when
+    response = client.post("/v1/evaluations", json={"category": "tile", "images": "x/"})
+    # then
+    assert response.status_code == 422
+
+
+def test_tocoad_fit_is_queued(client: TestClient) -> None:
+    # when
+    response = client.post(
+        "/v1/tocoad-fits", json={"category": "tile", "config": {"image_size": 64}}
+    )
+    # then
+    assert response.status_code == 202
+    assert response.json()["task_name"] == "anomaly_map.tocoad_fit"
+    assert response.json()["queue"] == Queue.MAPS
+
+
+def test_tocoad_fit_with_a_bad_config_is_422(client: TestClient) -> None:
+    # when
+    response = client.post(
+        "/v1/tocoad-fits", json={"category": "tile", "config": {"image_size": 50}}
+    )
+    # then
+    assert response.status_code == 422
+    assert response.json()["code"] == "invalid_config"

@@ -1,0 +1,200 @@
+"""Single-image maps through the engine: shapes, resolutions, tiling, banks, caches, limits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.anomaly_map import service
+from services.anomaly_map.categories import CategoryRecord
+from services.anomaly_map.config import AnomalyMapSettings
+from services.anomaly_map.engine import MapEngine
+from shared.errors import InvalidInputError, NotFoundError, OverloadedError, UnavailableError
+from shared.imaging.intake import ImageLimits
+from shared.storage.filesystem import FileObjectStore
+from tests.unit.anomaly_map.test_service_support import (
+    image_bytes,
+    make_engine,
+    make_settings,
+    small_spec,
+    tiny_scorers,
+)
+
+GRID = 5  # tiny-vit: 40 px input, 8 px patches
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> AnomalyMapSettings:
+    return make_settings(tmp_path, max_tiles=64)
+
+
+@pytest.fixture
+def engine(tmp_path: Path, settings: AnomalyMapSettings) -> MapEngine:
+    return make_engine(settings, FileObjectStore(tmp_path / "store"))
+
+
+def _category(engine: MapEngine, name: str = "tile", references: int = 2) -> CategoryRecord:
+    uploads = [(f"{i}.png", image_bytes(seed=100 + i)) for i in range(references)]
+    return service.put_category(
+        engine.categories,
+        name,
+        small_spec(),
+        uploads,
+        tokenizer=tiny_scorers().bundle.tokenizer,
+        limits=ImageLimits(),
+        max_references=8,
+    )
+
+
+def test_patch_resolution_map_is_the_raw_float32_grid(engine, settings) -> None:
+    # given
+    record = _category(engine)
+    # when
+    result = service.generate_map(engine, image_bytes(seed=1), service.MapRequest("tile"), settings)
+    # then
+    assert result.anomaly_map.shape == (GRID, GRID)
+    assert result.anomaly_map.dtype == np.float32
+    assert result.record.version == record.version
+    assert result.mode == "kead"
+    assert result.anomaly_map.min() >= 0.0
+    assert result.anomaly_map.max() <= 2.0
+
+
+def test_image_resolution_map_has_the_image_size(engine, settings) -> None:
+    # given
+    _category(engine)
+    request = service.MapRequest("tile", resolution="image")
+    # when
+    result = service.generate_map(engine, image_bytes(30, 70, seed=1), request, settings)
+    # then
+    assert result.anomaly_map.shape == (30, 70)
+
+
+def test_winclip_mode_uses_the_same_encoder(engine, settings) -> None:
+    # given
+    _category(engine)
+    # when
+    result = service.generate_map(
+        engine, image_bytes(seed=1), service.MapRequest("tile", mode="winclip"), settings
+    )
+    # then
+    assert result.mode == "winclip"
+    assert result.anomaly_map.shape == (GRID, GRID)
+
+
+def test_without_references_the_map_is_zero_shot(engine, settings) -> None:
+    # given
+    _category(engine, references=0)
+    # when
+    result = service.generate_map(engine, image_bytes(seed=1), service.MapRequest("tile"), settings)
+    # then
+    assert result.image_score == pytest.approx(result.zero_shot_score)
+    assert result.anomaly_map.max() < 1.0
+
+
+def test_large_image_is_tiled_and_stitched(engine, settings) -> None:
+    # given
+    _category(engine)
+    request = service.MapRequest("tile", tile=40)
+    # when
+    result = service.generate_map(engine, image_bytes(40, 200, seed=2), request, settings)
+    # then
+    assert result.tiles >= 5
+    assert result.anomaly_map.shape == (GRID, 25)
+    assert result.zero_shot_score is None
+
+
+def test_tiled_image_resolution_map_matches_the_image(engine, settings) -> None:
+    # given
+    _category(engine)
+    request = service.MapRequest("tile", tile=40, resolution="image")
+    # when
+    result = service.generate_map(engine, image_bytes(40, 120, seed=2), request, settings)
+    # then
+    assert result.anomaly_map.shape == (40, 120)
+
+
+def test_too_many_tiles_are_refused(engine, settings) -> None:
+    # given
+    _category(engine)
+    request = service.MapRequest("tile", tile=8)
+    # when / then
+    with pytest.raises(InvalidInputError) as info:
+        service.generate_map(engine, image_bytes(80, 160, seed=2), request, settings)
+    assert info.value.code == "too_many_tiles"
+
+
+def test_overlay_is_a_png_of_the_image_size(engine, settings) -> None:
+    # given
+    _category(engine)
+    request = service.MapRequest("tile", overlay=True)
+    # when
+    result = service.generate_map(engine, image_bytes(seed=1), request, settings)
+    # then
+    assert result.overlay_png is not None
+    assert result.overlay_png.startswith(b"\x89PNG")
+
+
+def test_unknown_category_is_not_found(engine, settings) -> None:
+    # when / then
+    with pytest.raises(NotFoundError) as info:
+        service.generate_map(engine, image_bytes(), service.MapRequest("nope"), settings)
+    assert info.value.code == "category_not_found"
+
+
+def test_corrupt_image_is_refused(engine, settings) -> None:
+    # given
+    _category(engine)
+    # when / then
+    with pytest.raises(InvalidInputError) as info:
+        service.generate_map(engine, image_bytes()[:60], service.MapRequest("tile"), settings)
+    assert info.value.code == "corrupt_image"
+
+
+def test_memory_bank_is_stored_once_and_reused_by_a_new_engine(tmp_path, engine, settings) -> None:
+    # given
+    record = _category(engine)
+    first = service.generate_map(engine, image_bytes(seed=1), service.MapRequest("tile"), settings)
+    banks = engine.categories.store.list(f"{record.prefix}banks/")
+    # when
+    fresh = make_engine(settings, engine.categories.store)
+    second = service.generate_map(fresh, image_bytes(seed=1), service.MapRequest("tile"), settings)
+    # then
+    assert banks == [f"{record.prefix}banks/kead-{engine.model_id}.pt"]
+    assert engine.categories.store.list(f"{record.prefix}banks/") == banks
+    np.testing.assert_allclose(first.anomaly_map, second.anomaly_map, rtol=1e-5)
+
+
+def test_text_features_are_cached_per_category_version_and_mode(engine, settings) -> None:
+    # given
+    _category(engine)
+    # when
+    for _ in range(3):
+        service.generate_map(engine, image_bytes(seed=1), service.MapRequest("tile"), settings)
+    _category(engine)  # a new version
+    service.generate_map(engine, image_bytes(seed=1), service.MapRequest("tile"), settings)
+    # then
+    assert len(engine._text) == 2
+
+
+def test_requests_beyond_the_waiting_room_are_refused(tmp_path) -> None:
+    # given
+    settings = make_settings(tmp_path, max_pending=1)
+    engine = make_engine(settings, FileObjectStore(tmp_path / "store"))
+    # when / then
+    with engine.admitted(), pytest.raises(OverloadedError), engine.admitted():
+        pass
+
+
+def test_build_engine_without_weights_names_model_and_folder(tmp_path) -> None:
+    # given
+    settings = make_settings(tmp_path, allow_random_weights=False)
+    # when
+    with pytest.raises(UnavailableError) as info:
+        service.build_engine(settings, FileObjectStore(tmp_path / "store"))
+    # then
+    assert info.value.code == "model_weights_missing"
+    assert "tiny-vit" in info.value.message
+    assert str(tmp_path / "home" / "models" / "open_clip" / "tiny-vit") in info.value.message
