@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.config import CommonSettings, load_settings, register_settings
@@ -47,6 +48,55 @@ class InferenceSettings(BaseSettings):
         "",
         description="Serve this local ONNX file instead of the registry (INFERENCE_LOCAL_MODEL_PATH).",
     )
+    fallback_latest: bool = Field(
+        True,
+        description="Serve LATEST while the followed stage is unset (INFERENCE_FALLBACK_LATEST).",
+    )
+    imgsz: int = Field(
+        0,
+        ge=0,
+        le=4096,
+        description="Network input side; 0 = the export's own size (INFERENCE_IMGSZ).",
+    )
+    max_image_mb: float = Field(
+        32.0, gt=0, description="Largest encoded request image (INFERENCE_MAX_IMAGE_MB)."
+    )
+    default_conf: float = Field(
+        0.25, ge=0, le=1, description="Confidence threshold by default (INFERENCE_DEFAULT_CONF)."
+    )
+    default_iou: float = Field(
+        0.7, ge=0, le=1, description="NMS IoU threshold by default (INFERENCE_DEFAULT_IOU)."
+    )
+    default_max_det: int = Field(
+        300,
+        ge=1,
+        le=1000,
+        description="Detections per image by default (INFERENCE_DEFAULT_MAX_DET).",
+    )
+    cache_dir: Path | None = Field(
+        None,
+        description="Local copies of registry models (INFERENCE_CACHE_DIR); "
+        "default AGSSP_HOME/cache/inference (AGSSP_MODEL_DIR may be read-only).",
+    )
+    retry_failed_load_s: float = Field(
+        5.0,
+        ge=0,
+        description="A model that failed to load is retried after this long "
+        "(INFERENCE_RETRY_FAILED_LOAD_S).",
+    )
+
+    @model_validator(mode="after")
+    def _pickle_needs_consent(self) -> InferenceSettings:
+        if self.local_model_path.lower().endswith(".pt") and not self.allow_pickle:
+            raise ValueError(
+                "INFERENCE_LOCAL_MODEL_PATH is a .pt pickle: set INFERENCE_ALLOW_PICKLE=true "
+                "(trusted files only) or serve an ONNX export"
+            )
+        return self
+
+    def resolved_cache_dir(self) -> Path:
+        default = self.common.paths.resolved_home() / "cache" / "inference"
+        return (self.cache_dir or default).expanduser().resolve()
 
 
 @lru_cache

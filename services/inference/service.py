@@ -1,1 +1,296 @@
-"""Use cases of the inference service (framework-free)."""
+"""Use cases of the inference service: detect objects in one uploaded image; build the runtime.
+
+Framework-free: the API hands in bytes and options, and gets plain dataclasses back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from services.inference.annotate import render_annotated
+from services.inference.config import InferenceSettings
+from services.inference.ml.detections import Detections, Detector, DetectParams
+from services.inference.ml.onnx_detector import OnnxDetector
+from services.inference.registry import ModelFiles, ModelKey, ModelRegistry, ModelTarget
+from services.inference.registry import local_model as describe_local_model
+from services.inference.runtime import DetectorFactory, ModelRuntime
+from services.inference.slots import BatchingConfig, BatchObserver, Outcome
+from shared.errors import InvalidInputError, SuiteError
+from shared.imaging.intake import ImageLimits, decode_image
+from shared.storage.artifacts import ArtifactStore
+from shared.storage.base import ObjectStore
+
+PAD_VALUE = 114  # ultralytics' letterbox grey; a warm-up image like a padded frame
+
+
+class RequestObserver(Protocol):
+    """Told about every answered or failed detection request (metrics)."""
+
+    def observe_request(self, key: ModelKey, total_s: float, queue_wait_s: float) -> None: ...
+
+    def observe_failure(self, model: str, code: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class DetectOptions:
+    """What a caller may choose per request; thresholds are ultralytics' ``predict`` ones."""
+
+    conf: float
+    iou: float
+    max_det: int
+    model: str | None = None
+    version: str | None = None
+    stage: str | None = None
+    classes: tuple[str, ...] | None = None
+    agnostic: bool = False
+    annotate: bool = False
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One box in image pixels and normalised to 0-1 (x1, y1, x2, y2)."""
+
+    box_xyxy: tuple[float, float, float, float]
+    box_norm: tuple[float, float, float, float]
+    class_id: int
+    class_name: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Milliseconds. ``inference`` is the whole batch call this request rode in."""
+
+    decode_ms: float
+    queue_wait_ms: float
+    inference_ms: float
+    total_ms: float
+
+
+@dataclass(frozen=True)
+class DetectResult:
+    """The answer to one request; ``png`` is set when an annotated image was asked for."""
+
+    detections: list[Detection]
+    width: int
+    height: int
+    model: ModelKey
+    batch_size: int
+    timings: Timings
+    png: bytes | None
+
+
+def image_limits(settings: InferenceSettings) -> ImageLimits:
+    return ImageLimits(
+        max_bytes=int(settings.max_image_mb * 2**20),
+        max_pixels=settings.common.http.max_image_pixels,
+    )
+
+
+def target_for(options: DetectOptions, settings: InferenceSettings) -> ModelTarget | None:
+    """The model a request asks for; None means the default model."""
+    if options.model is None and options.version is None and options.stage is None:
+        return None
+    name = options.model or settings.model_name
+    if not name:
+        raise InvalidInputError(
+            "name the model: this server has no INFERENCE_MODEL_NAME", code="model_name_required"
+        )
+    if options.version is not None:
+        return ModelTarget(name, version=options.version)
+    if options.stage is not None:
+        return ModelTarget(name, stage=options.stage)
+    return ModelTarget(name, stage=settings.model_stage, fallback=settings.fallback_latest)
+
+
+def class_filter(tokens: Sequence[str] | None, names: Mapping[int, str]) -> tuple[int, ...] | None:
+    """Class ids for a filter given as names or ids (``["scratch", "3"]``); None keeps all.
+
+    Raises:
+        InvalidInputError: a name or id the model does not have (code ``unknown_class``).
+    """
+    if not tokens:
+        return None
+    by_name = {name: i for i, name in names.items()}
+    ids = []
+    for token in tokens:
+        if token in by_name:
+            ids.append(by_name[token])
+        elif token.isdigit() and int(token) in names:
+            ids.append(int(token))
+        else:
+            raise InvalidInputError(
+                f"unknown class {token!r}; this model has {len(names)} classes: "
+                f"{', '.join(list(names.values())[:20])}",
+                code="unknown_class",
+            )
+    return tuple(sorted(set(ids)))
+
+
+async def detect(
+    runtime: ModelRuntime,
+    data: bytes,
+    options: DetectOptions,
+    *,
+    settings: InferenceSettings,
+    observer: RequestObserver | None = None,
+) -> DetectResult:
+    """Decode ``data`` (through the image intake), queue it on its model, convert the answer.
+
+    Raises:
+        InvalidInputError: bad image (413/415/422 codes from the intake), bad options.
+        NotFoundError: unknown model, version or stage.
+        UnavailableError: no model loaded (503); OverloadedError when the queue is full (429).
+    """
+    started = time.perf_counter()
+    try:
+        target = target_for(options, settings)
+        decoded = await asyncio.to_thread(decode_image, data, image_limits(settings))
+        decoded_at = time.perf_counter()
+        outcome = await runtime.submit(target, decoded.array, _params_fn(options))
+        png = None
+        if options.annotate:
+            png = await asyncio.to_thread(
+                render_annotated, decoded.array, outcome.detections, outcome.names
+            )
+    except SuiteError as exc:
+        if observer is not None:
+            observer.observe_failure(_model_label(options, settings), exc.code)
+        raise
+    total_s = time.perf_counter() - started
+    queue_wait_s = max(0.0, outcome.run.started - decoded_at)
+    if observer is not None:
+        observer.observe_request(outcome.run.key, total_s, queue_wait_s)
+    timings = Timings(
+        decode_ms=_ms(decoded_at - started),
+        queue_wait_ms=_ms(queue_wait_s),
+        inference_ms=_ms(outcome.run.seconds),
+        total_ms=_ms(total_s),
+    )
+    return DetectResult(
+        detections=_detections(outcome),
+        width=decoded.width,
+        height=decoded.height,
+        model=outcome.run.key,
+        batch_size=outcome.run.size,
+        timings=timings,
+        png=png,
+    )
+
+
+def _model_label(options: DetectOptions, settings: InferenceSettings) -> str:
+    # Callers choose model names freely; only the served name becomes a metrics label, so
+    # unknown names cannot grow the label set without bound.
+    if options.model is None or options.model == settings.model_name:
+        return settings.model_name or "default"
+    return "other"
+
+
+def _params_fn(options: DetectOptions) -> Callable[[Mapping[int, str]], DetectParams]:
+    def build(names: Mapping[int, str]) -> DetectParams:
+        return DetectParams(
+            conf=options.conf,
+            iou=options.iou,
+            max_det=options.max_det,
+            agnostic=options.agnostic,
+            classes=class_filter(options.classes, names),
+        )
+
+    return build
+
+
+def _detections(outcome: Outcome) -> list[Detection]:
+    found: Detections = outcome.detections
+    boxes, norm = found.boxes.tolist(), found.normalized_boxes().tolist()
+    return [
+        Detection(
+            box_xyxy=(box[0], box[1], box[2], box[3]),
+            box_norm=(n[0], n[1], n[2], n[3]),
+            class_id=class_id,
+            class_name=outcome.names.get(class_id, str(class_id)),
+            score=score,
+        )
+        for box, n, class_id, score in zip(
+            boxes, norm, found.class_ids.tolist(), found.scores.tolist(), strict=True
+        )
+    ]
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 3)
+
+
+# -- building the runtime ----------------------------------------------------------------
+def open_detector(files: ModelFiles, settings: InferenceSettings) -> Detector:
+    """Open ``files`` with ONNX Runtime (or, for a trusted local ``.pt``, ultralytics) and warm it."""
+    if files.runtime == "torch":
+        # Deferred: torch and ultralytics are not in the ONNX-only serving image.
+        from services.inference.ml.torch_detector import TorchDetector
+
+        # Not warmed here: the detector belongs to the batcher thread that first calls it.
+        return TorchDetector(
+            files.path,
+            allow_pickle=settings.allow_pickle and files.source == "local",
+            device=settings.device,
+            imgsz=settings.imgsz or 640,
+        )
+    detector = OnnxDetector(
+        files.path,
+        device=settings.device,
+        intra_op_threads=settings.intra_op_threads or None,
+        names=files.names,
+        imgsz=settings.imgsz or None,
+    )
+    # One pass at full size allocates ORT's arenas now, not on a camera's first request, and
+    # fails a model whose classes.json disagrees with its outputs before it is served.
+    height, width = detector.imgsz
+    detector.detect([np.full((height, width, 3), PAD_VALUE, np.uint8)])
+    return detector
+
+
+def build_runtime(
+    settings: InferenceSettings,
+    store: ObjectStore,
+    *,
+    factory: DetectorFactory | None = None,
+    observer: BatchObserver | None = None,
+    on_default_status: Callable[[str | None], None] = lambda _: None,
+) -> ModelRuntime:
+    """The runtime the API serves from, wired from settings."""
+    default = None
+    if settings.model_name:
+        default = ModelTarget(
+            settings.model_name, stage=settings.model_stage, fallback=settings.fallback_latest
+        )
+    local = None
+    if settings.local_model_path:
+        path = Path(settings.local_model_path).expanduser()
+        local = functools.partial(
+            describe_local_model,
+            path,
+            settings.model_name or path.stem,
+            allow_pickle=settings.allow_pickle,
+        )
+    return ModelRuntime(
+        registry=ModelRegistry(ArtifactStore(store), settings.resolved_cache_dir()),
+        factory=factory or (lambda files: open_detector(files, settings)),
+        batching=BatchingConfig(
+            max_batch_size=settings.max_batch_size,
+            max_queue_delay_ms=settings.max_queue_delay_ms,
+            max_queue=settings.max_queue,
+        ),
+        max_resident=settings.max_resident_models,
+        default=default,
+        local=local,
+        observer=observer,
+        on_default_status=on_default_status,
+        retry_failed_after_s=settings.retry_failed_load_s,
+    )

@@ -1,0 +1,101 @@
+"""Routes of the inference API: ``/detect`` for cameras, model listing and reload for admins."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response
+
+from services.inference import service
+from services.inference.api.deps import DetectInputDep, MetricsDep, RuntimeDep, SettingsDep
+from services.inference.api.schemas import DetectQuery, DetectResponse, ModelsResponse
+from services.inference.service import DetectResult
+
+router = APIRouter(tags=["inference"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"description": "Unknown model, version or stage."},
+    413: {"description": "Image larger than INFERENCE_MAX_IMAGE_MB or HTTP_MAX_IMAGE_PIXELS."},
+    415: {"description": "Not multipart/image, or an image format not accepted."},
+    422: {"description": "Corrupt image or bad options (codes in the body)."},
+    429: {"description": "The model's queue is full; retry after Retry-After seconds."},
+    503: {"description": "No model loaded (or it failed to load)."},
+}
+_BINARY = {"type": "string", "format": "binary"}
+
+
+def _query_parameters() -> list[dict[str, Any]]:
+    """DetectQuery's fields as documented query parameters (the route parses them itself)."""
+    properties = DetectQuery.model_json_schema()["properties"]
+    return [
+        {"name": name, "in": "query", "required": False, "schema": schema}
+        | ({"description": schema["description"]} if "description" in schema else {})
+        for name, schema in properties.items()
+    ]
+
+
+_DETECT_BODY: dict[str, Any] = {
+    "parameters": _query_parameters(),
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {"schema": {"type": "object", "properties": {"image": _BINARY}}},
+            "image/*": {"schema": _BINARY},
+        },
+    },
+}
+_PNG: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"image/png": {}}, "description": "JSON, or the annotated PNG."}
+}
+
+
+@router.post(
+    "/v1/detect",
+    response_model=DetectResponse,
+    responses={**_PNG, **_ERRORS},
+    openapi_extra=_DETECT_BODY,
+)
+@router.post(
+    "/detect",
+    operation_id="detect_camera",
+    response_model=DetectResponse,
+    responses={**_PNG, **_ERRORS},
+    openapi_extra=_DETECT_BODY,
+)
+async def detect(
+    payload: DetectInputDep, runtime: RuntimeDep, settings: SettingsDep, metrics: MetricsDep
+) -> DetectResponse | Response:
+    """Detect objects in one image; JSON, or an annotated PNG (annotated=true / Accept)."""
+    options = payload.query.options(settings, annotate=payload.png)
+    result = await service.detect(
+        runtime, payload.data, options, settings=settings, observer=metrics
+    )
+    if result.png is not None:
+        return Response(result.png, media_type="image/png", headers=_png_headers(result))
+    return DetectResponse.of(result)
+
+
+@router.get("/v1/models", response_model=ModelsResponse)
+async def list_models(runtime: RuntimeDep, settings: SettingsDep) -> ModelsResponse:
+    """Resident models and the followed stage."""
+    return ModelsResponse.of(runtime, settings)
+
+
+@router.post("/v1/models/reload", response_model=ModelsResponse)
+async def reload_models(runtime: RuntimeDep, settings: SettingsDep) -> ModelsResponse:
+    """Re-read the registry now: followed stages that moved are loaded and swapped in."""
+    await runtime.refresh(forget_failures=True)
+    return ModelsResponse.of(runtime, settings)
+
+
+def _png_headers(result: DetectResult) -> dict[str, str]:
+    t = result.timings
+    return {
+        "X-Model-Name": result.model.name,
+        "X-Model-Version": result.model.version,
+        "X-Detections": str(len(result.detections)),
+        "Server-Timing": (
+            f"decode;dur={t.decode_ms}, queue;dur={t.queue_wait_ms}, "
+            f"inference;dur={t.inference_ms}, total;dur={t.total_ms}"
+        ),
+    }

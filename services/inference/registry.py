@@ -1,0 +1,228 @@
+"""Which detector to serve: registry pointers (stage, LATEST, version) and verified local copies.
+
+Only ``model.onnx`` and ``classes.json`` are ever read from storage: ONNX carries no code, so
+nothing fetched from the registry is unpickled. A trusted local ``.pt`` is a separate path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from shared.errors import InvalidInputError, NotFoundError
+from shared.schemas.artifacts import ArtifactRef
+from shared.storage.artifacts import ArtifactStore
+from shared.storage.filesystem import write_atomically
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILE = "model.onnx"
+CLASSES_FILE = "classes.json"
+LATEST = "LATEST"  # a pseudo stage: the newest published version
+_HASH_CHUNK = 1 << 20
+
+Runtime = Literal["onnx", "torch"]
+Source = Literal["registry", "local"]
+
+
+@dataclass(frozen=True, order=True)
+class ModelKey:
+    """One servable model version."""
+
+    name: str
+    version: str
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.version}"
+
+
+@dataclass(frozen=True)
+class ModelTarget:
+    """What a caller asked for: a pinned version, or a stage followed over time.
+
+    Attributes:
+        name: Registry model name.
+        version: A pinned version; then ``stage`` is None.
+        stage: A stage name or ``LATEST``; followed by the poller.
+        fallback: When the stage is unset, serve LATEST instead of answering 404.
+    """
+
+    name: str
+    version: str | None = None
+    stage: str | None = None
+    fallback: bool = False
+
+    @property
+    def pinned(self) -> bool:
+        return self.version is not None
+
+    def label(self) -> str:
+        return f"{self.name}@{self.version}" if self.pinned else f"{self.name}@stage:{self.stage}"
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """A local model file ready to open, and where it came from.
+
+    Attributes:
+        key: Name and version reported in responses.
+        path: Local ``.onnx`` (or trusted ``.pt``) file.
+        names: Class names from ``classes.json``; None = from the model's own metadata.
+        runtime: ``onnx`` (ONNX Runtime) or ``torch`` (ultralytics, trusted files only).
+        source: ``registry`` or ``local``.
+    """
+
+    key: ModelKey
+    path: Path
+    names: dict[int, str] | None
+    runtime: Runtime
+    source: Source
+
+
+class ModelRegistry:
+    """Resolves targets to versions and keeps verified copies under ``cache_dir``.
+
+    Blocking (storage I/O): call from a worker thread.
+    """
+
+    def __init__(self, artifacts: ArtifactStore, cache_dir: Path) -> None:
+        self._artifacts = artifacts
+        self._cache_dir = cache_dir
+
+    def resolve(self, target: ModelTarget) -> ModelKey:
+        """The version ``target`` points at now.
+
+        Raises:
+            NotFoundError: unknown model, version or stage (codes ``model_not_found``,
+                ``model_version_not_found``, ``model_stage_not_found``).
+            InvalidInputError: a name, version or stage with characters the registry refuses.
+        """
+        if target.version is not None:
+            ref = _ref(target.name, target.version)
+            if self._artifacts.latest(target.name) is None:
+                raise _unknown_model(target.name)
+            try:
+                self._artifacts.manifest(ref)
+            except NotFoundError as exc:
+                raise NotFoundError(
+                    f"model {target.name!r} has no version {target.version!r}",
+                    code="model_version_not_found",
+                ) from exc
+            return ModelKey(ref.name, ref.version)
+        return self._follow(target)
+
+    def _follow(self, target: ModelTarget) -> ModelKey:
+        stage = target.stage or LATEST
+        latest = self._artifacts.latest(target.name)
+        if stage.upper() == LATEST:
+            ref = latest
+        else:
+            ref = self._artifacts.stage(target.name, stage)
+            if ref is None and latest is not None and not target.fallback:
+                raise NotFoundError(
+                    f"model {target.name!r} has no version promoted to stage {stage!r}",
+                    code="model_stage_not_found",
+                )
+            ref = ref or latest
+        if ref is None:
+            raise _unknown_model(target.name)
+        return ModelKey(ref.name, ref.version)
+
+    def fetch(self, key: ModelKey) -> ModelFiles:
+        """A verified local copy of ``key``'s ONNX file and its class names.
+
+        Raises:
+            NotFoundError: the version has no ``model.onnx`` (code ``model_not_servable``).
+            ConflictError: a stored file does not match its manifest.
+        """
+        ref = _ref(key.name, key.version)
+        manifest = self._artifacts.manifest(ref)
+        entry = manifest.files.get(MODEL_FILE)
+        if entry is None:
+            raise NotFoundError(
+                f"{ref} has no {MODEL_FILE}; only ONNX detector exports can be served",
+                code="model_not_servable",
+            )
+        path = self._cache_dir / key.name / key.version / MODEL_FILE
+        if not (path.is_file() and _sha256(path) == entry.sha256):
+            # get_file_bytes checks size and SHA-256 against the manifest before we keep it.
+            write_atomically(path, [self._artifacts.get_file_bytes(ref, MODEL_FILE)])
+            logger.info("fetched %s into %s", ref, path)
+        names = None
+        if CLASSES_FILE in manifest.files:
+            names = parse_class_names(self._artifacts.get_file_bytes(ref, CLASSES_FILE))
+        return ModelFiles(key=key, path=path, names=names, runtime="onnx", source="registry")
+
+    def drop(self, key: ModelKey) -> None:
+        """Delete the local copy of ``key`` (an evicted model; fetched again when needed)."""
+        shutil.rmtree(self._cache_dir / key.name / key.version, ignore_errors=True)
+
+
+def local_model(path: Path, name: str, *, allow_pickle: bool) -> ModelFiles:
+    """Describe a model file on local disk (``INFERENCE_LOCAL_MODEL_PATH``).
+
+    The version is ``local-`` plus the first 12 hex digits of the file's SHA-256, so responses
+    say which bytes answered.
+
+    Raises:
+        InvalidInputError: missing file, unknown suffix, or a ``.pt`` without ``allow_pickle``.
+    """
+    if not path.is_file():
+        raise InvalidInputError(f"local model {path} does not exist", code="model_file_missing")
+    suffix = path.suffix.lower()
+    if suffix not in (".onnx", ".pt"):
+        raise InvalidInputError(f"local model {path} must be .onnx or .pt", code="model_format")
+    if suffix == ".pt" and not allow_pickle:
+        raise InvalidInputError(
+            f"{path} is a pickle (.pt); set INFERENCE_ALLOW_PICKLE=true only for trusted files",
+            code="pickle_not_allowed",
+        )
+    names = None
+    sidecar = path.with_name(CLASSES_FILE)
+    if sidecar.is_file():
+        names = parse_class_names(sidecar.read_bytes())
+    return ModelFiles(
+        key=ModelKey(name, f"local-{_sha256(path)[:12]}"),
+        path=path,
+        names=names,
+        runtime="torch" if suffix == ".pt" else "onnx",
+        source="local",
+    )
+
+
+def parse_class_names(raw: bytes) -> dict[int, str]:
+    """``classes.json`` (a JSON list of names, index = class id) as id -> name."""
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidInputError(f"{CLASSES_FILE} is not JSON: {exc}", code="bad_classes") from exc
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidInputError(f"{CLASSES_FILE} must be a list of names", code="bad_classes")
+    return dict(enumerate(value))
+
+
+def _ref(name: str, version: str) -> ArtifactRef:
+    try:
+        return ArtifactRef(name=name, version=version)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise InvalidInputError(
+            f"invalid model name or version {name!r}/{version!r}: use letters, digits, . _ - = +",
+            code="invalid_model_ref",
+        ) from exc
+
+
+def _unknown_model(name: str) -> NotFoundError:
+    return NotFoundError(f"model {name!r} has no published version", code="model_not_found")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as src:
+        while chunk := src.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
