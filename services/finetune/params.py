@@ -1,7 +1,7 @@
 """Parameters of the finetune jobs: what the API accepts and what workers read back.
 
 Torch-free pydantic models. Training configs are checked field by field against the
-torch-free twins in ``hyperparams`` (unknown keys are named, with close matches).
+pydantic-only configs of ``shared.schemas.detector`` (unknown keys are named, with close matches).
 """
 
 from __future__ import annotations
@@ -11,16 +11,16 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from services.finetune.hyperparams import AgdpFields, FinetuneFields, Scale
 from shared.errors import InvalidInputError
 from shared.schemas.artifacts import check_segment
+from shared.schemas.detector import AgdpConfig, FinetuneConfig, Scale
 from shared.storage.base import validate_key
 
 DatasetFormat = Literal["voc", "coco", "yolo"]
 TrainKind = Literal["agdp", "finetune"]
 # Hardware belongs to the worker (FINETUNE_DEVICE, FINETUNE_WORKERS), not to the request.
 RUNTIME_KEYS = frozenset({"device", "workers"})
-_FIELDS: dict[TrainKind, type[BaseModel]] = {"agdp": AgdpFields, "finetune": FinetuneFields}
+_FIELDS: dict[TrainKind, type[BaseModel]] = {"agdp": AgdpConfig, "finetune": FinetuneConfig}
 # mmyolo frozen_stages k freezes the stem and stages 1..k; in ultralytics' YOLOv8 the stem is
 # layer 0 and the stages are layers (1, 2), (3, 4), (5, 6), (7, 8, 9 = SPPF), so k = 4 is the
 # whole backbone, layers 0-9 (agssp-spec §5.2 "frozen_stages 4 = whole backbone").

@@ -41,7 +41,9 @@ def submit_import(sender: TaskSender, jobs: JobStore, params: DatasetImportParam
     """
     if not jobs.store.list(params.prefix):
         raise InvalidInputError(f"nothing is stored under {params.prefix!r}", code="source_empty")
-    return _submit(sender, jobs, IMPORT_KIND, TaskName.FINETUNE_IMPORT_DATASET, params.model_dump(mode="json"))
+    return _submit(
+        sender, jobs, IMPORT_KIND, TaskName.FINETUNE_IMPORT_DATASET, params.model_dump(mode="json")
+    )
 
 
 def submit_agdp(sender: TaskSender, jobs: JobStore, params: AgdpJobParams) -> JobRecord:

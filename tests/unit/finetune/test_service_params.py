@@ -1,14 +1,12 @@
-"""Job parameters: the API's torch-free config twins match ml.config, frozen stages, refs."""
+"""Job parameters: config checks, frozen stages, artifact references."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
-from services.finetune.hyperparams import AgdpFields, DetectorTrainFields, FinetuneFields
-from services.finetune.ml.config import AgdpConfig, DetectorTrainConfig, FinetuneConfig
 from services.finetune.params import (
     FinetuneJobParams,
     InitParams,
@@ -17,26 +15,7 @@ from services.finetune.params import (
     parse_ref,
 )
 from shared.errors import InvalidInputError
-
-
-def _fields(model: type[BaseModel]) -> dict[str, Any]:
-    schema = model.model_json_schema()
-    return {key: schema.get(key) for key in ("properties", "required", "additionalProperties")}
-
-
-@pytest.mark.parametrize(
-    ("twin", "original"),
-    [
-        (DetectorTrainFields, DetectorTrainConfig),
-        (AgdpFields, AgdpConfig),
-        (FinetuneFields, FinetuneConfig),
-    ],
-)
-def test_torch_free_twins_match_the_ml_configs(
-    twin: type[BaseModel], original: type[BaseModel]
-) -> None:
-    # then every field, type, bound, default and description is the same
-    assert _fields(twin) == _fields(original)
+from shared.schemas.detector import AgdpConfig
 
 
 def test_checked_config_keeps_only_the_given_keys_and_the_scale() -> None:

@@ -1,22 +1,25 @@
-"""Torch-free twins of ``ml.config``'s training configs, so the API validates job configs.
+"""Detector training hyper-parameters for AGDP and finetuning (agssp-spec §5.1-5.4).
 
-The API may not import ``ml`` (it would load torch); these classes repeat the fields of
-``DetectorTrainConfig``/``AgdpConfig``/``FinetuneConfig`` exactly, and a unit test compares
-their JSON schemas with the originals so the two cannot drift apart. Workers validate again
-with the real classes.
+Pydantic only, so the finetune API validates job configs with the very classes the workers
+train with, without importing torch; unknown keys are rejected.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 Scale = Literal["n", "s", "m"]
 
 
-class DetectorTrainFields(BaseModel):
-    """Fields of ``ml.config.DetectorTrainConfig``."""
+class DetectorTrainConfig(BaseModel):
+    """Hyper-parameters shared by AGDP and finetuning; mapped onto ultralytics train args.
+
+    Deviations from the mmyolo recipe that ultralytics forces: warm-up is
+    ``max(warmup_epochs x batches, 100)`` iterations (mmyolo: max(3 epochs, 1000 iters));
+    early stopping has no minimum delta (mmyolo: 0.005).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -59,9 +62,25 @@ class DetectorTrainFields(BaseModel):
     cache: bool = Field(False, description="cache decoded images in RAM")
     time_hours: float | None = Field(None, gt=0, description="wall-clock cap for the run")
 
+    def ultralytics_args(self, device: str) -> dict[str, Any]:
+        """Keyword arguments for ``YOLO.train``; ``device`` in ultralytics' spelling."""
+        args = self.model_dump(exclude={"scale", "select_metric", "aug_scale", "time_hours"})
+        args.update(
+            device=device,
+            scale=self.aug_scale,
+            time=self.time_hours,
+            plots=False,  # plotting would fetch Arial.ttf and costs time on every epoch
+            val=True,
+            verbose=False,
+            save=True,
+            save_period=-1,
+            exist_ok=True,
+        )
+        return args
 
-class AgdpFields(DetectorTrainFields):
-    """Fields of ``ml.config.AgdpConfig`` (agssp-spec §5.2)."""
+
+class AgdpConfig(DetectorTrainConfig):
+    """AGDP: one-class detector, backbone frozen (agssp-spec §5.2, CSPDarknet column)."""
 
     epochs: int = Field(10, ge=1)
     batch: int = Field(32, ge=1)
@@ -70,8 +89,8 @@ class AgdpFields(DetectorTrainFields):
     close_mosaic: int = Field(0, ge=0, description="mosaic on throughout (§5.2)")
 
 
-class FinetuneFields(DetectorTrainFields):
-    """Fields of ``ml.config.FinetuneConfig`` (agssp-spec §5.4)."""
+class FinetuneConfig(DetectorTrainConfig):
+    """Finetuning on the target dataset, everything trainable (agssp-spec §5.4)."""
 
     epochs: int = Field(500, ge=1)
     batch: int = Field(32, ge=1)
