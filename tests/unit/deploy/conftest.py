@@ -1,4 +1,4 @@
-"""Fixtures for the deploy checks: parsed compose file, rendered k8s overlays, Dockerfiles."""
+"""Fixtures for the deploy checks: parsed compose file, rendered k8s overlays, the Dockerfile."""
 
 from __future__ import annotations
 
@@ -16,8 +16,7 @@ from tests.unit.deploy.manifests import (
     Doc,
     Dockerfile,
     load_compose,
-    parse_dockerfile,
-    service_dockerfiles,
+    load_dockerfile,
 )
 
 
@@ -40,15 +39,15 @@ def rendered() -> dict[str, list[Doc]]:
 
 
 @pytest.fixture(scope="session")
-def dockerfiles() -> dict[str, Dockerfile]:
-    """Parsed services/<svc>/Dockerfile by service name."""
-    return {svc: parse_dockerfile(path) for svc, path in service_dockerfiles().items()}
+def dockerfile() -> Dockerfile:
+    """The parsed root Dockerfile (every image is one of its targets)."""
+    return load_dockerfile()
 
 
 @pytest.fixture
-def build_dir(dockerfiles: dict[str, Dockerfile], tmp_path: Path) -> Path:
-    """The build helpers the Dockerfiles write inline, next to a copy of pyproject.toml."""
-    inline = next(iter(dockerfiles.values())).heredocs()
+def build_dir(dockerfile: Dockerfile, tmp_path: Path) -> Path:
+    """The build helpers the Dockerfile writes inline, next to a copy of pyproject.toml."""
+    inline = dockerfile.heredocs()
     for name in ("requirements.py", "install-deps.sh"):
         (tmp_path / name).write_text(inline[f"{BUILD_DIR}/{name}"])
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")

@@ -18,12 +18,24 @@ ROOT = Path(__file__).resolve().parents[3]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERIGNORE = ROOT / ".dockerignore"
+DOCKERFILE = ROOT / "Dockerfile"  # one multi-stage file, one target per image
 K8S = ROOT / "k8s"
 OVERLAYS = ("cpu", "gpu")
 APP_IMAGE_PREFIX = "agssp/"
-BUILD_DIR = "/opt/agssp-build"  # where the Dockerfiles write their inline build helpers
+BUILD_DIR = "/opt/agssp-build"  # where the Dockerfile writes their inline build helpers
 
 Doc = dict[str, Any]
+
+# The image targets of the root Dockerfile: target -> (service folder, role).
+IMAGE_TARGETS: dict[str, tuple[str, str]] = {
+    "anomaly-map-api": ("anomaly_map", "api"),
+    "maps-worker": ("anomaly_map", "worker"),
+    "pretrain-api": ("pretrain", "api"),
+    "pretrain-worker": ("pretrain", "worker"),
+    "finetune-api": ("finetune", "api"),
+    "finetune-worker": ("finetune", "worker"),
+    "inference-api": ("inference", "api"),
+}
 
 
 def load_all(path: Path) -> list[Any]:
@@ -245,18 +257,13 @@ def parse_dockerfile(path: Path) -> Dockerfile:
     return Dockerfile(path, text, global_args, stages)
 
 
-def service_dockerfiles() -> dict[str, Path]:
-    return {p.parent.name: p for p in sorted((ROOT / "services").glob("*/Dockerfile"))}
+def load_dockerfile() -> Dockerfile:
+    return parse_dockerfile(DOCKERFILE)
 
 
-def dockerfile_targets(dockerfiles: dict[str, Dockerfile]) -> list[tuple[str, str, Dockerfile]]:
-    """(service, target, Dockerfile) for every `api` and `worker` target."""
-    return [
-        (svc, target, df)
-        for svc, df in dockerfiles.items()
-        for target in ("api", "worker")
-        if target in df.stages
-    ]
+def dockerfile_targets() -> list[tuple[str, str, str]]:
+    """(target, service, role) for every image target of the root Dockerfile."""
+    return [(target, svc, role) for target, (svc, role) in IMAGE_TARGETS.items()]
 
 
 def image_cmd(df: Dockerfile, target: str) -> list[str]:

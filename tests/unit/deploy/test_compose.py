@@ -8,6 +8,8 @@ from shared.cli.main import QUEUE_MODULES
 from shared.cli.processes import SERVICES
 from shared.config import JobSettings
 from tests.unit.deploy.manifests import (
+    DOCKERFILE,
+    IMAGE_TARGETS,
     ROOT,
     Doc,
     command_role,
@@ -130,20 +132,43 @@ def test_gpu_profile_covers_every_torch_worker_queue(compose_services: dict[str,
     assert cpu == gpu
 
 
-def test_every_build_names_an_existing_dockerfile_and_target(
+def test_every_build_names_a_target_of_the_root_dockerfile(
     compose_services: dict[str, Doc],
 ) -> None:
     # given
     builds = {name: svc["build"] for name, svc in _apps(compose_services).items()}
+    stages = parse_dockerfile(DOCKERFILE).stages
 
-    # when / then
+    # when
+    targets = {build["target"] for build in builds.values()}
+
+    # then
     assert builds
     for name, build in builds.items():
         assert build["context"] == ".", name
-        path = ROOT / build["dockerfile"]
-        assert path.is_file(), f"{name}: {path} is missing"
-        assert build["target"] in parse_dockerfile(path).stages, name
+        assert ROOT / build["dockerfile"] == DOCKERFILE, f"{name}: {build['dockerfile']}"
+        assert build["target"] in stages, f"{name}: no target {build['target']!r}"
+        assert build["target"] in IMAGE_TARGETS, f"{name}: {build['target']} is not an image"
         assert compose_services[name]["image"].startswith("agssp/"), name
+    assert targets == set(IMAGE_TARGETS), f"never built: {set(IMAGE_TARGETS) - targets}"
+
+
+def test_each_build_runs_the_role_its_target_was_made_for(
+    compose_services: dict[str, Doc],
+) -> None:
+    for name, svc in _apps(compose_services).items():
+        # given
+        service, role = IMAGE_TARGETS[svc["build"]["target"]]
+
+        # when
+        kind, names = command_role(svc["command"])
+
+        # then
+        assert kind == role, name
+        if role == "api":
+            assert names == [service], name
+        else:
+            assert {QUEUE_MODULES[q].split(".")[1] for q in names} >= {service}, name
 
 
 def test_third_party_images_are_pinned(compose_services: dict[str, Doc]) -> None:

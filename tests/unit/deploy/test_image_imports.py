@@ -14,11 +14,10 @@ from tests.unit.deploy.manifests import (
     ROOT,
     Dockerfile,
     command_role,
+    dockerfile_targets,
     image_cmd,
     install_calls,
-    parse_dockerfile,
     requirement_names,
-    service_dockerfiles,
 )
 
 # Import names of the distributions whose name differs (others: name with "-" -> "_").
@@ -29,14 +28,9 @@ IMPORT_NAMES = {
     "pillow": "PIL",
     "python-multipart": "multipart",
 }
-TARGETS = [
-    pytest.param(svc, target, id=f"{svc}:{target}")
-    for svc, path in service_dockerfiles().items()
-    for target in ("api", "worker")
-    if target in parse_dockerfile(path).stages
-]
+TARGETS = [pytest.param(target, svc, id=target) for target, svc, _ in dockerfile_targets()]
 # Entry points importing a dependency their image does not install: the image would not start.
-KNOWN_BROKEN: dict[tuple[str, str], str] = {}
+KNOWN_BROKEN: dict[str, str] = {}
 
 _IMPORT_CHECK = """
 import importlib, importlib.util, sys
@@ -55,14 +49,14 @@ if app:
 """
 
 
-@pytest.mark.parametrize(("svc", "target"), TARGETS)
+@pytest.mark.parametrize(("target", "svc"), TARGETS)
 def test_entry_points_import_with_only_the_image_dependencies(
-    dockerfiles: dict[str, Dockerfile], build_dir: Path, tmp_path: Path, svc: str, target: str
+    dockerfile: Dockerfile, build_dir: Path, tmp_path: Path, target: str, svc: str
 ) -> None:
     # given: the distributions of every extra that this image does not install
-    if (svc, target) in KNOWN_BROKEN:
-        pytest.xfail(KNOWN_BROKEN[(svc, target)])
-    df = dockerfiles[svc]
+    if target in KNOWN_BROKEN:
+        pytest.xfail(KNOWN_BROKEN[target])
+    df = dockerfile
     installed = set().union(*(requirement_names(build_dir, c) for c in install_calls(df, target)))
     missing = requirement_names(build_dir, ["all"]) - installed
     blocked = sorted(IMPORT_NAMES.get(d, d.replace("-", "_")) for d in missing)
@@ -82,4 +76,4 @@ def test_entry_points_import_with_only_the_image_dependencies(
     )
 
     # then
-    assert result.returncode == 0, f"{svc}:{target} without {blocked}:\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, f"{target} without {blocked}:\n{result.stderr[-3000:]}"

@@ -152,16 +152,9 @@ def test_every_variable_set_by_k8s_is_a_setting() -> None:
     assert not bad, f"not a field of any settings class (or NON_SETTINGS): {bad}"
 
 
-def test_every_variable_set_by_a_dockerfile_is_a_setting(
-    dockerfiles: dict[str, Dockerfile],
-) -> None:
+def test_every_variable_set_by_the_dockerfile_is_a_setting(dockerfile: Dockerfile) -> None:
     # given
-    names = {
-        f"{svc}/{stage}:{key}"
-        for svc, df in dockerfiles.items()
-        for stage in df.stages
-        for key in df.env(stage)
-    }
+    names = {f"{stage}:{key}" for stage in dockerfile.stages for key in dockerfile.env(stage)}
 
     # when
     bad = [n for n in sorted(names) if unknown({n.split(":", 1)[1]})]
