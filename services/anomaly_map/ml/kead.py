@@ -6,14 +6,12 @@ whose default follows the reference code.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor
 
 from services.anomaly_map.ml.clip_backbone import ClipBundle
+from services.anomaly_map.ml.clip_scorer import ClipScorerBase
 from services.anomaly_map.ml.encoder import (
     EncodedImages,
     check_supported,
@@ -22,13 +20,6 @@ from services.anomaly_map.ml.encoder import (
     encode_dual_stream,
 )
 from services.anomaly_map.ml.outputs import KeadOutput, MemoryBank
-from services.anomaly_map.ml.preprocess import preprocess
-from services.anomaly_map.ml.prompts import (
-    CategoryDescription,
-    OverlongPrompt,
-    build_prompts,
-    find_overlong_prompts,
-)
 from services.anomaly_map.ml.scoring import (
     FewShotReduction,
     FusionMode,
@@ -38,7 +29,6 @@ from services.anomaly_map.ml.scoring import (
     few_shot_distance,
     fuse_maps,
 )
-from services.anomaly_map.ml.text_features import description_text_features
 from shared.errors import InvalidInputError
 
 
@@ -81,13 +71,15 @@ class KeadConfig(BaseModel):
         return value
 
 
-class KeadModel:
+class KeadModel(ClipScorerBase):
     """KeAD scorer on a loaded CLIP bundle; stateless apart from the model weights.
 
     Args:
         bundle: CLIP model from ``load_clip``.
         config: hyper-parameters; defaults follow the reference code.
     """
+
+    config: KeadConfig
 
     def __init__(self, bundle: ClipBundle, config: KeadConfig | None = None) -> None:
         self.bundle = bundle
@@ -101,35 +93,6 @@ class KeadModel:
         self.feature_layers = layers
         self.vv_start = self.config.vv_start_block or default_vv_start(layers)
         check_supported(bundle.visual)
-
-    @property
-    def image_size(self) -> int:
-        """Model input side S."""
-        return self.bundle.image_size
-
-    @property
-    def grid_size(self) -> int:
-        """Patch-grid side G of the maps."""
-        return self.bundle.grid_size
-
-    def preprocess(self, images: Sequence[np.ndarray]) -> Tensor:
-        """uint8 (H, W, 3) RGB images -> normalised (B, 3, S, S) on the model's device."""
-        b = self.bundle
-        return preprocess(images, size=b.image_size, mean=b.mean, std=b.std).to(b.device)
-
-    def check_prompts(self, description: CategoryDescription) -> list[OverlongPrompt]:
-        """Prompts of ``description`` longer than the text context, with token counts."""
-        prompts = build_prompts(description)
-        return find_overlong_prompts([*prompts.normal, *prompts.anomalous], self.bundle.tokenizer)
-
-    def text_features(self, description: CategoryDescription) -> Tensor:
-        """(Dj, 2) text features [normal, anomalous]; a pure function of model + description."""
-        return description_text_features(
-            self.bundle,
-            description,
-            subtract_empty_template=self.config.subtract_empty_template,
-            strict_prompt_length=self.config.strict_prompt_length,
-        )
 
     @torch.inference_mode()
     def encode(self, images: Tensor) -> EncodedImages:

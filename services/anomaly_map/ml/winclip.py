@@ -7,27 +7,18 @@ explicitly: no forward hook is registered (field-notes §A2, §G).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor
 
 from services.anomaly_map.ml.clip_backbone import ClipBundle
+from services.anomaly_map.ml.clip_scorer import ClipScorerBase
 from services.anomaly_map.ml.encoder import check_supported, embed_tokens, encode_tokens
 from services.anomaly_map.ml.outputs import KeadOutput, MemoryBank
-from services.anomaly_map.ml.preprocess import preprocess
-from services.anomaly_map.ml.prompts import (
-    CategoryDescription,
-    OverlongPrompt,
-    build_prompts,
-    find_overlong_prompts,
-)
 from services.anomaly_map.ml.scoring import anomaly_probability, few_shot_distance, harmonic_mean
-from services.anomaly_map.ml.text_features import description_text_features
 from shared.errors import InvalidInputError
 
 
@@ -104,13 +95,15 @@ def harmonic_aggregate(window_scores: Tensor, coverage: Tensor) -> Tensor:
     return torch.where(count > 0, count / reciprocal, torch.zeros_like(reciprocal))
 
 
-class WinClipModel:
+class WinClipModel(ClipScorerBase):
     """WinCLIP(+) scorer; a drop-in alternative to ``KeadModel`` (same methods and output).
 
     Args:
         bundle: CLIP model from ``load_clip``.
         config: hyper-parameters.
     """
+
+    config: WinClipConfig
 
     def __init__(self, bundle: ClipBundle, config: WinClipConfig | None = None) -> None:
         self.bundle = bundle
@@ -121,35 +114,6 @@ class WinClipModel:
             window_indices(g, s, self.config.window_stride) for s in self.config.scales
         ]
         self._coverage = [coverage_matrix(w, g * g).to(bundle.device) for w in self._windows]
-
-    @property
-    def image_size(self) -> int:
-        """Model input side S."""
-        return self.bundle.image_size
-
-    @property
-    def grid_size(self) -> int:
-        """Patch-grid side G of the maps."""
-        return self.bundle.grid_size
-
-    def preprocess(self, images: Sequence[np.ndarray]) -> Tensor:
-        """uint8 (H, W, 3) RGB images -> normalised (B, 3, S, S) on the model's device."""
-        b = self.bundle
-        return preprocess(images, size=b.image_size, mean=b.mean, std=b.std).to(b.device)
-
-    def check_prompts(self, description: CategoryDescription) -> list[OverlongPrompt]:
-        """Prompts of ``description`` longer than the text context, with token counts."""
-        prompts = build_prompts(description)
-        return find_overlong_prompts([*prompts.normal, *prompts.anomalous], self.bundle.tokenizer)
-
-    def text_features(self, description: CategoryDescription) -> Tensor:
-        """(Dj, 2) class text features [normal, anomalous] from the description's prompts."""
-        return description_text_features(
-            self.bundle,
-            description,
-            subtract_empty_template=self.config.subtract_empty_template,
-            strict_prompt_length=self.config.strict_prompt_length,
-        )
 
     @torch.inference_mode()
     def encode(self, images: Tensor) -> WinClipFeatures:

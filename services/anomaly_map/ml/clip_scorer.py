@@ -1,0 +1,65 @@
+"""What the KeAD and WinCLIP scorers share: the CLIP bundle, preprocessing and text features."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+from torch import Tensor
+
+from services.anomaly_map.ml.clip_backbone import ClipBundle
+from services.anomaly_map.ml.preprocess import preprocess
+from services.anomaly_map.ml.prompts import (
+    CategoryDescription,
+    OverlongPrompt,
+    build_prompts,
+    find_overlong_prompts,
+)
+from services.anomaly_map.ml.text_features import description_text_features
+
+
+class TextOptions(Protocol):
+    """The prompt options both scorer configs carry."""
+
+    @property
+    def subtract_empty_template(self) -> bool: ...
+
+    @property
+    def strict_prompt_length(self) -> bool: ...
+
+
+class ClipScorerBase:
+    """Base of the CLIP scorers; subclasses set ``bundle`` and ``config`` in ``__init__``."""
+
+    bundle: ClipBundle
+    config: TextOptions
+
+    @property
+    def image_size(self) -> int:
+        """Model input side S."""
+        return self.bundle.image_size
+
+    @property
+    def grid_size(self) -> int:
+        """Patch-grid side G of the maps."""
+        return self.bundle.grid_size
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> Tensor:
+        """uint8 (H, W, 3) RGB images -> normalised (B, 3, S, S) on the model's device."""
+        b = self.bundle
+        return preprocess(images, size=b.image_size, mean=b.mean, std=b.std).to(b.device)
+
+    def check_prompts(self, description: CategoryDescription) -> list[OverlongPrompt]:
+        """Prompts of ``description`` longer than the text context, with token counts."""
+        prompts = build_prompts(description)
+        return find_overlong_prompts([*prompts.normal, *prompts.anomalous], self.bundle.tokenizer)
+
+    def text_features(self, description: CategoryDescription) -> Tensor:
+        """(Dj, 2) text features [normal, anomalous]; a pure function of model + description."""
+        return description_text_features(
+            self.bundle,
+            description,
+            subtract_empty_template=self.config.subtract_empty_template,
+            strict_prompt_length=self.config.strict_prompt_length,
+        )
