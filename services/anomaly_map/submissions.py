@@ -8,18 +8,10 @@ from services.anomaly_map.dataset_maps import DatasetMapParams
 from services.anomaly_map.engine import resolve_mode
 from services.anomaly_map.evaluation import EvaluationParams
 from services.anomaly_map.tocoad_fit import TocoadFitParams
-from shared.errors import InvalidInputError
 from shared.jobs.producer import TaskSender, submit_job
 from shared.jobs.store import JobStore
 from shared.schemas.jobs import JobRecord, Queue, TaskName
-from shared.storage.base import validate_key
-
-
-def _as_prefix(value: str) -> str:
-    """A listing prefix ending with '/', so ``data/a`` never matches ``data/ab/``."""
-    if not value.strip("/"):
-        raise InvalidInputError("an empty prefix would list the whole store", code="invalid_prefix")
-    return validate_key(value if value.endswith("/") else f"{value}/", prefix=True)
+from shared.storage.base import listing_prefix
 
 
 def submit_dataset_maps(
@@ -31,8 +23,8 @@ def submit_dataset_maps(
         update={
             "category_version": record.version,
             "mode": resolve_mode(params.mode, record),
-            "prefix": _as_prefix(params.prefix),
-            "output_prefix": _as_prefix(params.output_prefix) if params.output_prefix else None,
+            "prefix": listing_prefix(params.prefix),
+            "output_prefix": listing_prefix(params.output_prefix) if params.output_prefix else None,
         }
     )
     return submit_job(
@@ -54,8 +46,8 @@ def submit_evaluation(
         update={
             "category_version": record.version,
             "mode": resolve_mode(params.mode, record),
-            "images_prefix": _as_prefix(params.images_prefix),
-            "masks_prefix": _as_prefix(params.masks_prefix) if params.masks_prefix else None,
+            "images_prefix": listing_prefix(params.images_prefix),
+            "masks_prefix": listing_prefix(params.masks_prefix) if params.masks_prefix else None,
         }
     )
     return submit_job(
@@ -77,7 +69,7 @@ def submit_tocoad_fit(
     payload = params.model_copy(
         update={
             "category_version": record.version,
-            "normal_prefix": _as_prefix(params.normal_prefix) if params.normal_prefix else None,
+            "normal_prefix": listing_prefix(params.normal_prefix) if params.normal_prefix else None,
         }
     )
     return submit_job(

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from shared.errors import InvalidInputError
 from shared.schemas.artifacts import check_segment
 from shared.schemas.detector import AgdpConfig, FinetuneConfig, Scale
-from shared.storage.base import validate_key
+from shared.storage.base import prefix_field, validate_key
 
 DatasetFormat = Literal["voc", "coco", "yolo"]
 TrainKind = Literal["agdp", "finetune"]
@@ -26,15 +26,6 @@ _FIELDS: dict[TrainKind, type[BaseModel]] = {"agdp": AgdpConfig, "finetune": Fin
 # whole backbone, layers 0-9 (agssp-spec §5.2 "frozen_stages 4 = whole backbone").
 FROZEN_STAGE_LAYERS = {-1: 0, 0: 1, 1: 3, 2: 5, 3: 7, 4: 10}
 SPLIT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$"
-
-
-def as_prefix(value: str) -> str:
-    """A listing prefix ending with '/', so ``a/job1`` never matches ``a/job10/``."""
-    prefix = value if value.endswith("/") else value + "/"
-    try:
-        return validate_key(prefix, prefix=True)
-    except InvalidInputError as exc:
-        raise ValueError(exc.message) from exc
 
 
 def _relative_path(value: str) -> str:
@@ -146,7 +137,7 @@ class DatasetImportParams(BaseModel):
     @field_validator("prefix")
     @classmethod
     def _prefix(cls, value: str) -> str:
-        return as_prefix(value)
+        return prefix_field(value)
 
     @field_validator("images", "annotations")
     @classmethod
@@ -219,7 +210,7 @@ class AgdpJobParams(BaseModel):
     @field_validator("images_prefix", "labels_prefix")
     @classmethod
     def _prefix(cls, value: str) -> str:
-        return as_prefix(value)
+        return prefix_field(value)
 
     @field_validator("backbone_artifact")
     @classmethod

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from shared.errors import InvalidInputError
 from shared.schemas.artifacts import check_segment
-from shared.storage.base import validate_key
+from shared.storage.base import prefix_field
 
 CATEGORY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$"
 MAX_SOURCES = 256
@@ -29,15 +29,6 @@ AGBP_CONFIG_KEYS = (
     "num_workers", "mean", "std", "stats_sample", "moco_dim", "moco_hidden_dim",
     "moco_temperature", "moco_momentum", "mask_ratio", "mask_patch_size",
 )  # fmt: skip
-
-
-def as_prefix(value: str) -> str:
-    """A listing prefix ending with '/', so ``maps/a/job1`` never matches ``maps/a/job10/``."""
-    prefix = value if value.endswith("/") else value + "/"
-    try:
-        return validate_key(prefix, prefix=True)
-    except InvalidInputError as exc:
-        raise ValueError(exc.message) from exc
 
 
 def refuse_unknown_config_keys(config: dict[str, Any]) -> None:
@@ -71,7 +62,7 @@ class SourceSpec(BaseModel):
     @field_validator("images_prefix", "maps_prefix")
     @classmethod
     def _prefix(cls, value: str) -> str:
-        return as_prefix(value)
+        return prefix_field(value)
 
 
 class StartWeights(BaseModel):
@@ -156,12 +147,12 @@ class PseudoLabelParams(BaseModel):
     @field_validator("images_prefix", "maps_prefix")
     @classmethod
     def _prefix(cls, value: str) -> str:
-        return as_prefix(value)
+        return prefix_field(value)
 
     @field_validator("out_prefix")
     @classmethod
     def _out_prefix(cls, value: str | None) -> str | None:
-        return None if value is None else as_prefix(value)
+        return None if value is None else prefix_field(value)
 
     def source(self) -> SourceSpec:
         """The category's images and maps as a ``SourceSpec``."""

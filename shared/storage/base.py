@@ -49,6 +49,23 @@ def validate_key(key: str, *, prefix: bool = False) -> str:
     return key
 
 
+def listing_prefix(value: str) -> str:
+    """``value`` as a listing prefix ending with '/', so ``maps/a/job1`` never lists
+    ``maps/a/job10/``. Raises ``InvalidInputError`` for an empty prefix (it would list the
+    whole store) or an invalid key."""
+    if not value.strip("/"):
+        raise InvalidInputError("an empty prefix would list the whole store", code="invalid_prefix")
+    return validate_key(value if value.endswith("/") else f"{value}/", prefix=True)
+
+
+def prefix_field(value: str) -> str:
+    """``listing_prefix`` for pydantic validators, which expect ``ValueError``."""
+    try:
+        return listing_prefix(value)
+    except InvalidInputError as exc:
+        raise ValueError(exc.message) from exc
+
+
 @runtime_checkable
 class ObjectStore(Protocol):
     """A flat key -> bytes store (S3 semantics: whole-object writes, last writer wins)."""
