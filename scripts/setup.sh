@@ -22,9 +22,15 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$STAMP"
 fi
 
-if ! command -v redis-server >/dev/null 2>&1; then
-  echo "setup: installing redis-server from Debian packages (integration tests need it)"
-  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
-  else sudo apt-get update -qq && sudo apt-get install -y -qq redis-server >/dev/null; fi
+# Debian packages the integration tier drives for real: redis-server (broker), mosquitto (an
+# MQTT broker for /detect result sinks) and chromium (headless browser tests of the console).
+need=()
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+if [ "${#need[@]}" -gt 0 ]; then
+  echo "setup: installing ${need[*]} from Debian packages (integration tests need them)"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 echo "setup: ready ($VENV)"
