@@ -58,7 +58,7 @@ def up(host: str = "127.0.0.1", base_port: int = 8001, worker: bool = True) -> N
         f"{'redis' if settings.redis.url else 'embedded filesystem'}  "
         f"home: {settings.paths.resolved_home()}"
     )
-    raise typer.Exit(processes.supervise(children))
+    raise typer.Exit(processes.supervise(children, env))
 
 
 @app.command()

@@ -142,12 +142,19 @@ def _healthy(url: str) -> bool:
 
 
 def wait_for(
-    predicate: Callable[[], bool], timeout_s: float, message: str, interval_s: float = 0.2
+    predicate: Callable[[], bool],
+    timeout_s: float,
+    message: str | Callable[[], str],
+    interval_s: float = 0.2,
 ) -> None:
-    """Poll ``predicate`` until true; bounded in time."""
+    """Poll ``predicate`` until true; bounded in time.
+
+    ``message`` may be a callable, evaluated only on failure (e.g. a log tail read after the
+    wait, not before it).
+    """
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if predicate():
             return
         time.sleep(interval_s)
-    raise AssertionError(message)
+    raise AssertionError(message() if callable(message) else message)
