@@ -130,6 +130,20 @@ class JobSettings(BaseSettings):
         description="Warm-shutdown grace for checkpointing (JOBS_SOFT_SHUTDOWN_TIMEOUT_S).",
     )
     max_attempts: int = Field(5, ge=1, description="Deliveries before FAILED (JOBS_MAX_ATTEMPTS).")
+    pending_requeue_s: float = Field(
+        900.0,
+        gt=0,
+        description=(
+            "A PENDING job unclaimed this long is re-published; the wait doubles per re-publish "
+            "(JOBS_PENDING_REQUEUE_S)."
+        ),
+    )
+    record_retry_s: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="First retry delay of a task that cannot read its record (JOBS_RECORD_RETRY_S).",
+    )
 
 
 @_register
@@ -177,6 +191,20 @@ class LogSettings(BaseSettings):
 
 
 @_register
+class TrainingSettings(BaseSettings):
+    """CPU resources of training jobs (AGBP, AGDP, finetune, ToCoAD fits)."""
+
+    model_config = SettingsConfigDict(env_prefix="TRAINING_", extra="ignore")
+    threads: int = Field(
+        0,
+        ge=0,
+        le=1024,
+        description="Torch CPU threads per worker process, 0 = every core it is given "
+        "(TRAINING_THREADS); ultralytics' own default would leave one core idle.",
+    )
+
+
+@_register
 class CommonSettings(BaseSettings):
     """Everything the infrastructure of any service needs; each service nests this."""
 
@@ -189,6 +217,7 @@ class CommonSettings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
 
     def storage_backend(self) -> Literal["file", "s3"]:
         if self.storage.backend == "auto":

@@ -14,14 +14,15 @@ from typing import Any
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_ready, worker_shutting_down
+from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutting_down
 
 from shared.config import CommonSettings, get_common_settings
 from shared.errors import SuiteError
 from shared.jobs.context import JobContext
 from shared.jobs.reaper import Reaper
-from shared.jobs.runner import Handler, RunnerOptions, run_job
+from shared.jobs.runner import Handler, RecordUnavailableError, RunnerOptions, run_job
 from shared.jobs.store import JobStore
+from shared.ml.threads import configure_training_threads
 from shared.schemas.jobs import JobRecord, Queue
 from shared.storage.factory import create_store
 
@@ -63,10 +64,34 @@ def run_in_worker(
 ) -> dict[str, Any]:
     """Run a job handler under the runner's state machine; returns a short summary."""
     settings = get_common_settings()
-    record: JobRecord = run_job(
-        job_id, worker_jobs(), _time_limited(handler), _options(task, settings)
-    )
+    try:
+        record: JobRecord = run_job(
+            job_id, worker_jobs(), _time_limited(handler), _options(task, settings)
+        )
+    except RecordUnavailableError as exc:
+        delay = retry_delay_s(settings.jobs.record_retry_s, _retries(task))
+        log.warning("%s; retrying in %.0f s", exc.message, delay)
+        # retry() publishes a new message before this one is acked, so the job is not lost.
+        raise task.retry(exc=exc, countdown=delay, max_retries=None) from exc
     return {"job_id": record.id, "state": record.state.value}
+
+
+def retry_delay_s(first_s: float, retries: int, cap_s: float = 300.0) -> float:
+    """Doubling retry delay for a task whose record is unavailable, capped at ``cap_s``."""
+    return float(min(cap_s, first_s * 2 ** min(retries, 16)))
+
+
+def _retries(task: Task) -> int:
+    return int(getattr(task.request, "retries", 0) or 0)
+
+
+@worker_init.connect
+@worker_process_init.connect
+def _apply_training_threads(**_: Any) -> None:
+    # Once per process (the solo/threads pools run in the main one, prefork in children):
+    # AGBP, AGDP, finetune and ToCoAD fits then use TRAINING_THREADS cores (default all).
+    threads = configure_training_threads(get_common_settings().training.threads)
+    log.info("training uses %d CPU thread(s)", threads)
 
 
 @worker_ready.connect
@@ -82,6 +107,7 @@ def _start_reaper(sender: Any = None, **_: Any) -> None:
         lease_ttl_s=settings.jobs.lease_ttl_s,
         interval_s=settings.jobs.reaper_interval_s,
         queues=queues,
+        pending_after_s=settings.jobs.pending_requeue_s,
     )
     reaper.start()
     _reapers.append(reaper)

@@ -31,6 +31,7 @@ from services.finetune.ml.offline import import_ultralytics
 from shared.errors import InvalidInputError
 from shared.ml.device import resolve_device
 from shared.ml.hooks import TrainHooks
+from shared.ml.threads import training_threads
 
 log = logging.getLogger(__name__)
 CANCEL_POLL_S = 2.0  # should_stop may read remote state: ask at most this often
@@ -162,8 +163,9 @@ def _fit(
     resume: Path | None,
     expected: Mapping[str, torch.Tensor] | None,
 ) -> TrainResult:
-    from services.finetune.ml.yolo_trainer import trainer_class
+    from services.finetune.ml.yolo_trainer import trainer_class, use_training_threads
 
+    use_training_threads(training_threads())
     bridge = _HookBridge(hooks, config, expected)
     for event in ("on_train_start", "on_train_batch_end", "on_fit_epoch_end", "on_model_save"):
         yolo.add_callback(event, getattr(bridge, event))

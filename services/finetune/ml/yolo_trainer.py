@@ -13,6 +13,7 @@ import torch
 from services.finetune.ml.offline import import_ultralytics
 
 trainer_module = import_ultralytics("ultralytics.engine.trainer")
+_torch_utils = import_ultralytics("ultralytics.utils.torch_utils")
 _DetectionTrainer: Any = import_ultralytics("ultralytics.models.yolo.detect").DetectionTrainer
 
 # ultralytics' validator metric names for the two selectable fitness figures.
@@ -24,6 +25,17 @@ def _check_amp_offline(model: torch.nn.Module) -> bool:
     # offline that download fails. AMP only ever runs on CUDA, so keep it on there.
     device = next(model.parameters()).device
     return device.type == "cuda"
+
+
+def use_training_threads(threads: int) -> None:
+    """Make ultralytics train (and validate) on ``threads`` CPU threads.
+
+    Its ``select_device`` calls ``torch.set_num_threads(NUM_THREADS)`` with its own module
+    constant (``cpu_count - 1``, at most 8) whenever a trainer or validator picks the CPU; the
+    constant is read at call time, so setting it here reaches every such call.
+    """
+    _torch_utils.NUM_THREADS = threads
+    torch.set_num_threads(threads)
 
 
 @functools.cache
