@@ -1,7 +1,7 @@
 """Datasets between folders, the object store and training: import, splits, downloads.
 
 One import path for the CLI (a local folder) and the import job (a store prefix, downloaded
-first): parse VOC/COCO/YOLO with ``ml``, decode every image once (size check and content
+first): parse VOC/COCO/YOLO or images + pixel masks with ``ml``, decode every image once (size check and content
 hash), split deterministically with duplicates kept together, publish a stored version.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -25,6 +25,7 @@ from services.finetune.datasets_store import (
 from services.finetune.ml.coco import import_coco
 from services.finetune.ml.dataset import DetectionDataset
 from services.finetune.ml.image_files import IMAGE_SUFFIXES, content_hash
+from services.finetune.ml.masks import import_masks
 from services.finetune.ml.splits import mini_subset, split_train_val
 from services.finetune.ml.voc import import_voc
 from services.finetune.ml.yolo_format import import_yolo, read_class_names
@@ -39,6 +40,7 @@ DEFAULT_ANNOTATIONS: dict[DatasetFormat, str] = {
     "voc": "annotations",
     "coco": "annotations.json",
     "yolo": "labels",
+    "masks": "masks",
 }
 _CLASS_FILES = ("classes.txt", "data.yaml", "data.yml")
 
@@ -49,8 +51,8 @@ def import_folder(
     images: str = "images",
     annotations: str | None = None,
     classes: Sequence[str] | None = None,
-) -> tuple[DetectionDataset, Path]:
-    """Parse a dataset folder; returns the dataset and its images folder.
+) -> tuple[DetectionDataset, dict[str, Path]]:
+    """Parse a dataset folder; returns the dataset and ``file name -> image file``.
 
     Raises:
         InvalidInputError: missing folders/files, malformed annotations, unknown classes,
@@ -58,6 +60,9 @@ def import_folder(
     """
     images_dir = root / images
     target = root / (annotations or DEFAULT_ANNOTATIONS[fmt])
+    if fmt == "masks":
+        # Masks may sit in nested class folders, so the files are named one by one.
+        return import_masks(images_dir, target, classes)
     if fmt == "voc":
         dataset = import_voc(target, images_dir, classes)
     elif fmt == "coco":
@@ -80,7 +85,7 @@ def import_folder(
         )
     if not dataset.images:
         raise InvalidInputError(f"no images found under {root}", code="invalid_dataset")
-    return dataset, images_dir
+    return dataset, {im.file_name: images_dir / im.file_name for im in dataset.images}
 
 
 def _yolo_classes(root: Path, labels_dir: Path) -> list[str]:
@@ -96,7 +101,7 @@ def _yolo_classes(root: Path, labels_dir: Path) -> list[str]:
 
 
 def check_images(
-    dataset: DetectionDataset, images_dir: Path, limits: ImageLimits
+    dataset: DetectionDataset, sources: Mapping[str, Path], limits: ImageLimits
 ) -> dict[str, str]:
     """Decode every image (format, byte and pixel caps), compare its size with the labels.
 
@@ -108,7 +113,7 @@ def check_images(
     """
     hashes = {}
     for image in dataset.images:
-        data = (images_dir / image.file_name).read_bytes()
+        data = sources[image.file_name].read_bytes()
         try:
             decoded = decode_image(data, limits)
         except InvalidInputError as exc:
@@ -146,7 +151,7 @@ def store_dataset(
     store: ObjectStore,
     ref: DatasetRef,
     dataset: DetectionDataset,
-    images_dir: Path,
+    sources: Mapping[str, Path],
     splits: dict[str, list[str]],
     info: dict[str, Any],
 ) -> dict[str, Any]:
@@ -154,7 +159,7 @@ def store_dataset(
     files: dict[str, bytes | Path] = {}
     for image in dataset.images:
         validate_key(ref.image_key(image.file_name))
-        files[IMAGES_DIR + image.file_name] = images_dir / image.file_name
+        files[IMAGES_DIR + image.file_name] = sources[image.file_name]
     files[DATASET_FILE] = dataset.model_dump_json().encode()
     split_doc = {"seed": info.get("seed"), "val_fraction": info.get("val_fraction")}
     files[SPLITS_FILE] = json.dumps({**split_doc, "splits": splits}).encode()
@@ -181,10 +186,10 @@ def import_dataset(
     source: str,
 ) -> tuple[DatasetRef, dict[str, Any]]:
     """Folder -> checked, split, stored version ``params.name:version``."""
-    dataset, images_dir = import_folder(
+    dataset, sources = import_folder(
         root, params.format, params.images, params.annotations, params.classes
     )
-    hashes = check_images(dataset, images_dir, limits)
+    hashes = check_images(dataset, sources, limits)
     splits = build_splits(dataset, hashes, params.val_fraction, params.seed, params.mini)
     info = {
         "format": params.format,
@@ -194,7 +199,7 @@ def import_dataset(
         "duplicates": len(hashes) - len(set(hashes.values())),
     }
     ref = DatasetRef(params.name, version)
-    return ref, store_dataset(store, ref, dataset, images_dir, splits, info)
+    return ref, store_dataset(store, ref, dataset, sources, splits, info)
 
 
 def load_split(

@@ -16,7 +16,7 @@ from shared.schemas.artifacts import check_segment
 from shared.schemas.detector import AgdpConfig, FinetuneConfig, Scale
 from shared.storage.base import prefix_field, validate_key
 
-DatasetFormat = Literal["voc", "coco", "yolo"]
+DatasetFormat = Literal["voc", "coco", "yolo", "masks"]
 TrainKind = Literal["agdp", "finetune"]
 # Hardware belongs to the worker (FINETUNE_DEVICE, FINETUNE_WORKERS), not to the request.
 RUNTIME_KEYS = frozenset({"device", "workers"})
@@ -102,7 +102,7 @@ def check_train_config(kind: TrainKind, scale: Scale, raw: dict[str, Any]) -> di
 
 
 class DatasetImportParams(BaseModel):
-    """Import a VOC/COCO/YOLO dataset from an object-store prefix as a stored version."""
+    """Import a VOC/COCO/YOLO or images + masks dataset from a store prefix as a version."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -113,7 +113,9 @@ class DatasetImportParams(BaseModel):
     annotations: str | None = Field(
         None,
         description="relative to the prefix; default 'annotations' (VOC XML folder), "
-        "'annotations.json' (COCO file) or 'labels' (YOLO txt folder)",
+        "'annotations.json' (COCO file), 'labels' (YOLO txt folder, boxes or segment "
+        "polygons) or 'masks' (pixel masks, one box per connected component; the images "
+        "folder itself when masks sit beside the images, as in Magnetic-tile)",
     )
     classes: list[str] | None = Field(
         None,
@@ -142,6 +144,8 @@ class DatasetImportParams(BaseModel):
     @field_validator("images", "annotations")
     @classmethod
     def _relative(cls, value: str | None) -> str | None:
+        if value in {".", ""}:
+            return "."  # the prefix itself (images and masks side by side at the top)
         return None if value is None else _relative_path(value)
 
     @field_validator("mini")

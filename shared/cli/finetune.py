@@ -40,17 +40,17 @@ def _fail(exc: Exception) -> typer.Exit:
 def datasets_import(
     path: Annotated[Path, typer.Argument(help="dataset folder", exists=True, file_okay=False)],
     name: Annotated[str, typer.Option(help="dataset name in the store")],
-    fmt: Annotated[str, typer.Option("--format", help="voc, coco or yolo")] = "voc",
+    fmt: Annotated[str, typer.Option("--format", help="voc, coco, yolo or masks")] = "voc",
     images: Annotated[str, typer.Option(help="images folder inside PATH")] = "images",
     annotations: Annotated[
-        str | None, typer.Option(help="VOC folder, COCO file or YOLO labels folder in PATH")
+        str | None, typer.Option(help="VOC folder, COCO file, YOLO labels or masks folder in PATH")
     ] = None,
     classes: Annotated[str | None, typer.Option(help="comma-separated class names")] = None,
     val_fraction: float = 0.1,
     seed: int = 2024,
     mini: Annotated[list[int] | None, typer.Option(help="store mini-N subsets of train")] = None,
 ) -> None:
-    """Import a VOC/COCO/YOLO folder as a new stored dataset version with splits."""
+    """Import a VOC/COCO/YOLO or images + masks folder as a stored dataset version."""
     from services.finetune import service
     from services.finetune.params import DatasetImportParams
     from shared.errors import SuiteError

@@ -1,5 +1,7 @@
 """YOLO txt import/export: one ``<stem>.txt`` per image, lines ``class cx cy w h`` (0..1).
 
+Import also reads segmentation lines (``class x1 y1 ... xn yn``) as their polygon's extent.
+
 The format has no ``difficult`` flag (export drops it, import sets False) and stores
 normalised floats: export writes ``decimals`` places (6 by default, as ultralytics does), so
 a pixel box comes back within ``0.5e-6 x`` the image size; YOLO -> ours -> YOLO is exact.
@@ -58,13 +60,11 @@ def parse_yolo_labels(
         if not fields:
             continue
         where = f"{source}:{line_no}"
-        if len(fields) != 5:
-            raise dataset_error(where, f"expected 'class cx cy w h', got {len(fields)} fields")
+        cx, cy, w, h = _box_fields(fields, where)
         try:
             class_id = int(fields[0])
-            cx, cy, w, h = (float(v) for v in fields[1:])
         except ValueError as exc:
-            raise dataset_error(where, f"not numbers: {line!r}") from exc
+            raise dataset_error(where, f"class id is not an integer: {fields[0]!r}") from exc
         if not 0 <= class_id < num_classes:
             raise dataset_error(where, f"class id {class_id} outside 0..{num_classes - 1}")
         try:
@@ -80,6 +80,29 @@ def parse_yolo_labels(
         except ValueError as exc:
             raise dataset_error(where, f"bad box: {exc}") from exc
     return boxes
+
+
+def _box_fields(fields: list[str], where: str) -> tuple[float, float, float, float]:
+    """``cx cy w h`` of a detection line, or of a segmentation line's polygon extent.
+
+    A segmentation line is ``class x1 y1 x2 y2 ... xn yn`` (n >= 3 points, normalised); its
+    box is the polygon's bounding box, as ultralytics derives boxes from segments.
+    """
+    count = len(fields) - 1
+    if count != 4 and (count < 6 or count % 2):
+        raise dataset_error(
+            where,
+            f"expected 'class cx cy w h' or 'class x1 y1 ... xn yn' (n >= 3), got {len(fields)} "
+            "fields",
+        )
+    try:
+        values = [float(v) for v in fields[1:]]
+    except ValueError as exc:
+        raise dataset_error(where, f"not numbers: {' '.join(fields)!r}") from exc
+    if count == 4:
+        return values[0], values[1], values[2], values[3]
+    xs, ys = values[0::2], values[1::2]
+    return (min(xs) + max(xs)) / 2, (min(ys) + max(ys)) / 2, max(xs) - min(xs), max(ys) - min(ys)
 
 
 def yolo_label_text(image: ImageRecord, decimals: int = 6, clip: bool = False) -> str:

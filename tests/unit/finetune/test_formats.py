@@ -193,7 +193,21 @@ def test_yolo_labels_reject_bad_lines() -> None:
     with pytest.raises(InvalidInputError, match="class id 3 outside"):
         parse_yolo_labels("3 0.5 0.5 0.1 0.1", 10, 10, num_classes=2)
     with pytest.raises(InvalidInputError, match="expected 'class cx cy w h'"):
-        parse_yolo_labels("0 0.5 0.5 0.1 0.1 0.3 0.3", 10, 10, num_classes=2)
+        parse_yolo_labels("0 0.5 0.5 0.1 0.1 0.3", 10, 10, num_classes=2)
+    with pytest.raises(InvalidInputError, match="n >= 3"):
+        parse_yolo_labels("0 0.5 0.5 0.1 0.1 0.3 0.3 0.2", 10, 10, num_classes=2)
+
+
+def test_yolo_segmentation_line_becomes_the_polygon_extent() -> None:
+    # given a triangle over x 0.1..0.5 and y 0.2..0.8 of a 100 x 50 image
+    text = "1 0.1 0.2 0.5 0.2 0.3 0.8\n0 0.5 0.5 0.2 0.2\n"
+    # when
+    boxes = parse_yolo_labels(text, 100, 50, num_classes=2)
+    # then the polygon gives its bounding box; the detection line is read as before
+    first = boxes[0]
+    assert (first.class_id, first.x1, first.x2) == (1, pytest.approx(10), pytest.approx(50))
+    assert (first.y1, first.y2) == (pytest.approx(10), pytest.approx(40))
+    assert (boxes[1].x1, boxes[1].y2) == (pytest.approx(40), pytest.approx(30))
 
 
 def test_read_class_names_from_data_yaml(tmp_path: Path) -> None:
