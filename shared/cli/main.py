@@ -14,7 +14,9 @@ from shared.cli import processes
 from shared.cli.anomaly import app as anomaly_app
 from shared.cli.bench import bench_app
 from shared.cli.finetune import finetune_app
+from shared.cli.follow import follow_command, wait_command
 from shared.cli.models import app as models_app
+from shared.cli.store import app as store_app
 from shared.config import get_common_settings
 from shared.jobs.store import JobStore
 from shared.logging import configure_logging
@@ -28,6 +30,9 @@ app.add_typer(models_app, name="models")
 app.add_typer(anomaly_app, name="maps")
 app.add_typer(finetune_app, name="finetune")
 app.add_typer(bench_app, name="bench")
+app.add_typer(store_app, name="store")
+jobs_app.command("wait")(wait_command)
+jobs_app.command("follow")(follow_command)
 
 QUEUE_MODULES = {
     "maps": "services.anomaly_map.worker.tasks",
@@ -129,11 +134,18 @@ def _job_store() -> JobStore:
 
 @jobs_app.command("list")
 def jobs_list(kind: str = "", limit: int = 20) -> None:
-    """Newest jobs first."""
+    """Newest jobs first; jobs that look stuck are flagged ``STUCK (why)``."""
+    from shared.jobs.reaper import stuck_reason
+
+    settings = get_common_settings().jobs
     for record in _job_store().list(kind=kind or None, limit=limit):
+        why = stuck_reason(
+            record, lease_ttl_s=settings.lease_ttl_s, pending_after_s=settings.pending_requeue_s
+        )
+        flag = f"  STUCK ({why})" if why else ""
         typer.echo(
             f"{record.id}  {record.kind:20s} {record.state:10s} "
-            f"{record.progress:5.1f}%  {record.message}"
+            f"{record.progress:5.1f}%  {record.message}{flag}"
         )
 
 

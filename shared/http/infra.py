@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from shared.config import CommonSettings
 from shared.jobs.celery_app import make_celery
 from shared.jobs.store import JobStore
+from shared.jobs.stuck import StuckJobsCollector
 from shared.storage.base import ObjectStore
 from shared.storage.factory import create_store
 
@@ -26,6 +27,9 @@ def attach_infrastructure(
     app.state.store = store or create_store(settings)
     app.state.jobs = JobStore(app.state.store)
     app.state.readiness_checks["storage"] = storage_check
+    metrics = getattr(app.state, "http_metrics", None)
+    if metrics is not None:
+        metrics.registry.register(StuckJobsCollector(app.state.jobs, settings.jobs))
     if with_jobs:
         app.state.celery = make_celery(settings, name=f"{app.state.service}-producer")
         app.state.readiness_checks["broker"] = broker_check

@@ -44,8 +44,17 @@ def submit_job(
     return record
 
 
-def resend_job(sender: TaskSender, jobs: JobStore, record: JobRecord) -> None:
-    """Send an existing job again (used by the orphan reaper)."""
-    record.requeued_at = utcnow()
-    jobs.save(record)
-    sender.send_task(record.task_name, args=[record.id], queue=record.queue)
+def resend_job(sender: TaskSender, jobs: JobStore, record: JobRecord) -> bool:
+    """Send an existing job again (used by the orphan reaper).
+
+    The record is read again first: when a worker claimed or finished it since ``record``
+    was listed (state or heartbeat changed), nothing is sent and False is returned.
+    """
+    current = jobs.get(record.id)
+    if current.state != record.state or current.heartbeat_at != record.heartbeat_at:
+        return False
+    current.requeued_at = utcnow()
+    current.requeues += 1
+    jobs.save(current)
+    sender.send_task(current.task_name, args=[current.id], queue=current.queue)
+    return True

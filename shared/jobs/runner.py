@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from shared.errors import JobCanceledError, SuiteError
+from shared.errors import JobCanceledError, SuiteError, UnavailableError
 from shared.jobs.context import JobContext
 from shared.jobs.store import JobStore, heartbeat_is_fresh
 from shared.schemas.jobs import JobRecord, JobState, utcnow
@@ -95,8 +95,37 @@ def _finish(
     ctx.jobs.save(record)
 
 
+class RecordUnavailableError(UnavailableError):
+    """The job record could not be read or claimed (storage down or hanging).
+
+    Nothing ran; the delivery must be retried, never acked as done (the record stays the
+    truth, and the reaper re-publishes it if the retry is lost too).
+    """
+
+    code = "job_record_unavailable"
+
+
 def run_job(job_id: str, jobs: JobStore, handler: Handler, opts: RunnerOptions) -> JobRecord:
-    """Run ``handler`` for the job unless the record says it must not run again."""
+    """Run ``handler`` for the job unless the record says it must not run again.
+
+    Raises:
+        RecordUnavailableError: the store failed before the job was claimed.
+    """
+    try:
+        claimed = _claim(job_id, jobs, opts)
+    except UnavailableError as exc:
+        raise RecordUnavailableError(
+            f"job {job_id}: record unavailable before start: {exc.message}",
+            retry_after_s=exc.retry_after_s,
+        ) from exc
+    if isinstance(claimed, JobRecord):
+        return claimed
+    _execute(claimed, handler, opts)
+    return claimed.record
+
+
+def _claim(job_id: str, jobs: JobStore, opts: RunnerOptions) -> JobContext | JobRecord:
+    """The context of a claimed (RUNNING) job, or the final record when it must not run."""
     record = jobs.get(job_id)
     reason = _should_skip(record, jobs, opts)
     if reason:
@@ -115,8 +144,7 @@ def run_job(job_id: str, jobs: JobStore, handler: Handler, opts: RunnerOptions) 
         )
         return ctx.record
     ctx.record = _start(record, jobs, opts)
-    _execute(ctx, handler, opts)
-    return ctx.record
+    return ctx
 
 
 def _execute(ctx: JobContext, handler: Handler, opts: RunnerOptions) -> None:

@@ -68,6 +68,7 @@ class JobRecord(BaseModel):
     updated_at: datetime = Field(default_factory=utcnow)
     heartbeat_at: datetime | None = None
     requeued_at: datetime | None = None
+    requeues: int = Field(0, ge=0, description="How many times the reaper re-published the job")
     error: str | None = None
     error_code: str | None = None
     artifacts: list[str] = Field(default_factory=list, description="'name:version' refs or keys")
