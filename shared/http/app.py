@@ -20,6 +20,7 @@ from shared.config import CommonSettings
 from shared.http.auth import ApiKeyMiddleware, ScopeRule, parse_keys
 from shared.http.body import BodyLimitMiddleware
 from shared.http.context import RequestIdMiddleware
+from shared.http.docs import install_offline_docs
 from shared.http.errors import install_error_handlers
 from shared.http.metrics import HttpMetrics, MetricsMiddleware
 
@@ -50,7 +51,15 @@ def create_service_app(
     version: str = "0.1.0",
 ) -> FastAPI:
     """A FastAPI app with the suite's common parts; add routers to it."""
-    app = FastAPI(title=f"AGSSP {service}", version=version, lifespan=lifespan)
+    # docs_url/redoc_url None: FastAPI's own pages load from a CDN; ours are local files.
+    app = FastAPI(
+        title=f"AGSSP {service}",
+        version=version,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    install_offline_docs(app)
     app.state.service = service
     app.state.settings = settings
     app.state.readiness_checks = dict(readiness_checks or {})
@@ -88,6 +97,12 @@ def _add_probes(app: FastAPI, metrics: HttpMetrics) -> None:
             "missing": missing,
             "checks": sorted(results),
         }
+        # Optional service detail that does not decide readiness (e.g. anomaly_map: per method).
+        details: Callable[[FastAPI], dict[str, Any]] | None = getattr(
+            app.state, "readiness_details", None
+        )
+        if details is not None:
+            body["details"] = details(app)
         return JSONResponse(body, status_code=200 if not missing else 503)
 
     @app.get("/metrics", tags=["probes"], include_in_schema=False)
