@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 DetectorFactory = Callable[[ModelFiles], Detector]
 ParamsFn = Callable[[Mapping[int, str]], DetectParams]
+DEFAULT_TILE = 640  # detectors that do not state their input size (ultralytics' default)
 _SUBMIT_ATTEMPTS = 3  # a slot evicted between lookup and submit is looked up again
 
 
@@ -128,6 +129,12 @@ class ModelRuntime:
                 if isinstance(exc, OverloadedError) or not slot.closed:
                     raise
         raise UnavailableError("models are being swapped too fast; retry", code="model_churn")
+
+    async def input_size(self, target: ModelTarget | None) -> tuple[int, int]:
+        """Network input (height, width) of the model serving ``target`` (tiling cuts to it)."""
+        detector = (await self._slot_for(target)).model.detector
+        hw = getattr(detector, "imgsz", None)
+        return (int(hw[0]), int(hw[1])) if hw is not None else (DEFAULT_TILE, DEFAULT_TILE)
 
     async def _slot_for(self, target: ModelTarget | None) -> Slot:
         if target is None or (self._default and target == self._default.target):

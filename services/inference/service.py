@@ -17,12 +17,13 @@ import numpy as np
 
 from services.inference.annotate import render_annotated
 from services.inference.config import InferenceSettings
-from services.inference.ml.detections import Detections, Detector, DetectParams
+from services.inference.ml.detections import Detections, Detector, DetectParams, Image
 from services.inference.ml.onnx_detector import OnnxDetector
+from services.inference.ml.tiling import crop, merge_tiles, tile_grid
 from services.inference.registry import ModelFiles, ModelKey, ModelRegistry, ModelTarget
 from services.inference.registry import local_model as describe_local_model
 from services.inference.runtime import DetectorFactory, ModelRuntime
-from services.inference.slots import BatchingConfig, BatchObserver, Outcome
+from services.inference.slots import BatchingConfig, BatchObserver, BatchRun, Outcome
 from shared.errors import InvalidInputError, SuiteError
 from shared.imaging.intake import ImageLimits, decode_image
 from shared.storage.artifacts import ArtifactStore
@@ -52,6 +53,8 @@ class DetectOptions:
     classes: tuple[str, ...] | None = None
     agnostic: bool = False
     annotate: bool = False
+    tile: bool = False
+    tile_overlap: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,7 @@ class DetectResult:
     batch_size: int
     timings: Timings
     png: bytes | None
+    tiles: int = 1
 
 
 def image_limits(settings: InferenceSettings) -> ImageLimits:
@@ -155,7 +159,10 @@ async def detect(
         target = target_for(options, settings)
         decoded = await asyncio.to_thread(decode_image, data, image_limits(settings))
         decoded_at = time.perf_counter()
-        outcome = await runtime.submit(target, decoded.array, _params_fn(options))
+        if options.tile:
+            outcome, tiles = await _detect_tiled(runtime, target, decoded.array, options, settings)
+        else:
+            outcome, tiles = await runtime.submit(target, decoded.array, _params_fn(options)), 1
         png = None
         if options.annotate:
             png = await asyncio.to_thread(
@@ -183,7 +190,45 @@ async def detect(
         batch_size=outcome.run.size,
         timings=timings,
         png=png,
+        tiles=tiles,
     )
+
+
+async def _detect_tiled(
+    runtime: ModelRuntime,
+    target: ModelTarget | None,
+    image: Image,
+    options: DetectOptions,
+    settings: InferenceSettings,
+) -> tuple[Outcome, int]:
+    """Detect tile by tile at the model's input size and merge the boxes (``ml.tiling``).
+
+    Tiles go to the batcher a full batch at a time, so one large frame fills batches without
+    taking more than ``max_batch_size`` places in the model's queue.
+    """
+    tiles = tile_grid(image.shape[:2], await runtime.input_size(target), options.tile_overlap)
+    params, size = _params_fn(options), settings.max_batch_size
+    outcomes: list[Outcome] = []
+    for start in range(0, len(tiles), size):
+        chunk = tiles[start : start + size]
+        outcomes += await asyncio.gather(
+            *(runtime.submit(target, crop(image, tile), params) for tile in chunk)
+        )
+    merged = merge_tiles(
+        [o.detections for o in outcomes],
+        tiles,
+        (image.shape[0], image.shape[1]),
+        max_det=options.max_det,
+        agnostic=options.agnostic,
+    )
+    runs = list({id(o.run): o.run for o in outcomes}.values())
+    run = BatchRun(
+        key=outcomes[-1].run.key,
+        started=runs[0].started,
+        seconds=sum(r.seconds for r in runs),
+        size=max(r.size for r in runs),
+    )
+    return Outcome(merged, outcomes[-1].names, run), len(tiles)
 
 
 def _model_label(options: DetectOptions, settings: InferenceSettings) -> str:

@@ -32,6 +32,14 @@ class DetectQuery(BaseModel):
     )
     agnostic: bool = Field(False, description="One NMS over all classes.")
     annotated: bool = Field(False, description="Answer with an annotated PNG instead of JSON.")
+    tile: bool = Field(
+        False,
+        description="Cut a large frame into overlapping tiles at the model's input size, "
+        "detect each and merge the boxes across tile borders (small objects in large frames).",
+    )
+    tile_overlap: float = Field(
+        0.2, ge=0, le=0.5, description="Fraction of a tile shared with each neighbour."
+    )
 
     @field_validator("classes", mode="before")
     @classmethod
@@ -58,6 +66,8 @@ class DetectQuery(BaseModel):
             classes=tuple(self.classes) if self.classes else None,
             agnostic=self.agnostic,
             annotate=annotate,
+            tile=self.tile,
+            tile_overlap=self.tile_overlap,
         )
 
 
@@ -91,6 +101,7 @@ class DetectResponse(BaseModel):
     image: ImageSize
     model: ModelRefOut
     batch_size: int = Field(description="Images in the batch call that answered.")
+    tiles: int = Field(1, description="Tiles the frame was cut into (1 without tiling).")
     timings: TimingsOut
 
     @classmethod
@@ -110,6 +121,7 @@ class DetectResponse(BaseModel):
             image=ImageSize(width=result.width, height=result.height),
             model=ModelRefOut(name=result.model.name, version=result.model.version),
             batch_size=result.batch_size,
+            tiles=result.tiles,
             timings=TimingsOut(
                 decode_ms=t.decode_ms,
                 queue_wait_ms=t.queue_wait_ms,
