@@ -1,0 +1,1 @@
+"""The web console: pages to inspect images, manage categories, follow jobs, promote models."""

@@ -1,0 +1,102 @@
+"""``create_app`` for the console: pages, ``/static`` and the ``/api/<service>/…`` proxy."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+
+from services.console import pages, proxy
+from services.console.config import ConsoleSettings, get_settings
+from shared.http.app import create_service_app
+
+PROXY_METHODS = ["GET", "POST", "PUT", "DELETE"]
+
+
+def _client(request: Request) -> httpx.AsyncClient:
+    client: httpx.AsyncClient = request.app.state.proxy_client
+    return client
+
+
+def _settings(request: Request) -> ConsoleSettings:
+    settings: ConsoleSettings = request.app.state.console_settings
+    return settings
+
+
+def _page_config(settings: ConsoleSettings) -> dict[str, object]:
+    return {"poll_interval_ms": settings.poll_interval_ms, "services": list(settings.upstreams())}
+
+
+def _page_endpoint(slug: str) -> Callable[[Request], HTMLResponse]:
+    def endpoint(request: Request) -> HTMLResponse:
+        return HTMLResponse(pages.render(slug, _page_config(_settings(request))))
+
+    endpoint.__name__ = f"page_{slug}"
+    return endpoint
+
+
+def page_router() -> APIRouter:
+    router = APIRouter(include_in_schema=False)
+
+    @router.get("/")
+    def home() -> RedirectResponse:
+        return RedirectResponse("/inspect", status_code=307)
+
+    for page in pages.PAGES:
+        router.add_api_route(
+            f"/{page.slug}", _page_endpoint(page.slug), methods=["GET"], response_class=HTMLResponse
+        )
+    return router
+
+
+def proxy_router() -> APIRouter:
+    router = APIRouter(tags=["proxy"])
+
+    @router.api_route("/api/{service}/{path:path}", methods=PROXY_METHODS)
+    async def forward(service: str, path: str, request: Request) -> Response:
+        """Forward a request, with the caller's API key, to one of the four APIs."""
+        url = proxy.target_url(_settings(request).upstreams(), service, path)
+        answer = await proxy.forward(
+            _client(request),
+            method=request.method,
+            url=url,
+            params=list(request.query_params.multi_items()),
+            headers=dict(request.headers),
+            body=await request.body(),
+        )
+        return Response(answer.content, status_code=answer.status, headers=answer.headers)
+
+    return router
+
+
+def create_app(settings: ConsoleSettings | None = None) -> FastAPI:
+    """Build the console app; the proxy's HTTP client lives as long as the app."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        timeout = httpx.Timeout(settings.proxy_timeout_s, connect=5.0)
+        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
+            app.state.proxy_client = client
+            yield
+
+    # The console checks no key itself: pages and assets are public, and every API call is
+    # forwarded with the user's key to the API that checks it (see proxy.py).
+    common = settings.common.model_copy(
+        update={"auth": settings.common.auth.model_copy(update={"api_keys": []})}
+    )
+    app = create_service_app(service="console", settings=common, lifespan=lifespan, scope_rules=[])
+    app.state.console_settings = settings
+    app.mount("/static", StaticFiles(directory=pages.STATIC_DIR), name="static")
+    app.include_router(proxy_router())
+    app.include_router(page_router())
+    return app
+
+
+def app_factory() -> FastAPI:
+    """Entry point for ``uvicorn --factory``."""
+    return create_app()

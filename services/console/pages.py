@@ -1,0 +1,60 @@
+"""Server-rendered page shells: one layout, one body per page, settings for the scripts.
+
+Pages are plain HTML with a small script each (``static/<page>.js``) over ``console.js``;
+everything they load comes from the console's own ``/static`` folder.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from string import Template
+
+HERE = Path(__file__).resolve().parent
+PAGES_DIR = HERE / "pages"
+STATIC_DIR = HERE / "static"
+
+
+@dataclass(frozen=True)
+class Page:
+    slug: str
+    title: str
+    blurb: str
+
+
+PAGES = (
+    Page("inspect", "Inspect", "anomaly map and detections of one image"),
+    Page("categories", "Categories", "descriptions, reference images, versions"),
+    Page("jobs", "Pipelines & jobs", "start, follow and cancel jobs"),
+    Page("models", "Models", "registry, versions, stages"),
+)
+BY_SLUG = {page.slug: page for page in PAGES}
+
+
+@lru_cache
+def _template(name: str) -> Template:
+    return Template((PAGES_DIR / name).read_text(encoding="utf-8"))
+
+
+def _nav(current: str) -> str:
+    links = []
+    for page in PAGES:
+        here = ' aria-current="page"' if page.slug == current else ""
+        links.append(f'<a href="/{page.slug}"{here} title="{page.blurb}">{page.title}</a>')
+    return "\n".join(links)
+
+
+def render(slug: str, config: dict[str, object]) -> str:
+    """The full HTML of one page; ``config`` is handed to the scripts as JSON."""
+    page = BY_SLUG[slug]
+    body = _template(f"{slug}.html").substitute()
+    return _template("layout.html").substitute(
+        title=html.escape(page.title),
+        slug=slug,
+        nav=_nav(slug),
+        body=body,
+        config=html.escape(json.dumps(config), quote=True),
+    )

@@ -1,0 +1,95 @@
+"""Same-origin reverse proxy from ``/api/<service>/<path>`` to the four APIs.
+
+The browser talks only to the console's origin, so no API needs CORS, and the user's API key
+(``X-API-Key`` or ``Authorization``) is forwarded as is: the APIs check it, the console holds
+no key of its own. Only API routes (``v1/…``, ``detect``, probes) are reachable, on the fixed
+base URLs of ``ConsoleSettings``; a path cannot climb out of them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import httpx
+
+from shared.errors import InvalidInputError, NotFoundError, SuiteError
+
+FORWARDED_REQUEST = ("x-api-key", "authorization", "content-type", "accept", "x-request-id")
+FORWARDED_RESPONSE = (
+    "content-type",
+    "x-image-score",
+    "retry-after",
+    "www-authenticate",
+    "x-request-id",
+)
+ALLOWED_PATH = re.compile(r"^(v1/[A-Za-z0-9._~:@%+=,\-/]*|detect|healthz|readyz)$")
+
+
+class UpstreamError(SuiteError):
+    """The API behind the proxy did not answer (down, or too slow)."""
+
+    http_status = 502
+    code = "upstream_unavailable"
+
+
+class UpstreamTimeoutError(UpstreamError):
+    """The API behind the proxy took longer than ``CONSOLE_PROXY_TIMEOUT_S``."""
+
+    http_status = 504
+    code = "upstream_timeout"
+
+
+@dataclass(frozen=True)
+class Forwarded:
+    """An upstream answer as the proxy hands it back."""
+
+    status: int
+    content: bytes
+    headers: dict[str, str]
+
+
+def target_url(upstreams: dict[str, str], service: str, path: str) -> str:
+    """The upstream URL for ``/api/<service>/<path>``; refuses unknown services and paths."""
+    if service not in upstreams:
+        raise NotFoundError(
+            f"unknown service {service!r}; one of {', '.join(upstreams)}", code="unknown_service"
+        )
+    segments = path.split("/")
+    if not ALLOWED_PATH.match(path) or ".." in segments or "" in segments[:-1]:
+        raise InvalidInputError(
+            f"path {path!r} is not an API route (v1/…, detect, healthz, readyz)",
+            code="bad_proxy_path",
+        )
+    return f"{upstreams[service]}/{path}"
+
+
+def request_headers(headers: dict[str, str]) -> dict[str, str]:
+    """The request headers worth forwarding (the key, content negotiation, request id)."""
+    return {name: value for name, value in headers.items() if name.lower() in FORWARDED_REQUEST}
+
+
+async def forward(
+    client: httpx.AsyncClient,
+    *,
+    method: str,
+    url: str,
+    params: list[tuple[str, str]],
+    headers: dict[str, str],
+    body: bytes,
+) -> Forwarded:
+    """Send one request upstream and keep the answer's status, body and useful headers."""
+    try:
+        response = await client.request(
+            method,
+            url,
+            params=httpx.QueryParams(params),
+            headers=request_headers(headers),
+            content=body,
+        )
+    except httpx.TimeoutException as exc:
+        raise UpstreamTimeoutError(f"{url} did not answer in time: {exc!r}") from exc
+    except httpx.HTTPError as exc:
+        raise UpstreamError(f"{url} is not reachable: {type(exc).__name__}: {exc}") from exc
+    kept = {k: v for k, v in response.headers.items() if k.lower() in FORWARDED_RESPONSE}
+    return Forwarded(response.status_code, response.content, kept)

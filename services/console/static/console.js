@@ -1,0 +1,210 @@
+// Shared helpers of every console page: the API key (this browser session only), calls
+// through the console's same-origin proxy (/api/<service>/<path>), error boxes with their
+// codes, progress bars and hand-drawn SVG line charts.
+"use strict";
+
+const Console = (() => {
+  const KEY_NAME = "agssp.apiKey";
+  const config = JSON.parse(document.body.dataset.config || "{}");
+
+  class ApiError extends Error {
+    constructor(status, code, detail, body) {
+      super(`${status} ${code}: ${detail}`);
+      this.status = status;
+      this.code = code;
+      this.detail = detail;
+      this.body = body;
+    }
+  }
+
+  function apiKey() {
+    return sessionStorage.getItem(KEY_NAME) || "";
+  }
+
+  function headers(extra) {
+    const h = Object.assign({}, extra || {});
+    const key = apiKey();
+    if (key) h["X-API-Key"] = key;
+    return h;
+  }
+
+  async function errorOf(response) {
+    let body = null;
+    try {
+      body = await response.json();
+    } catch (_) {
+      body = null;
+    }
+    const code = (body && body.code) || `http_${response.status}`;
+    let detail = (body && body.detail) || response.statusText;
+    if (body && Array.isArray(body.errors)) {
+      detail += ": " + body.errors.map((e) => `${(e.loc || []).join(".")} ${e.msg}`).join("; ");
+    }
+    return new ApiError(response.status, code, String(detail), body);
+  }
+
+  // One API call. options: method, json, form (FormData), body, query (object), accept.
+  async function api(service, path, options) {
+    const o = options || {};
+    const query = new URLSearchParams();
+    for (const [k, v] of Object.entries(o.query || {})) {
+      if (v !== undefined && v !== null && v !== "") query.append(k, String(v));
+    }
+    const qs = query.toString() ? `?${query}` : "";
+    const init = { method: o.method || "GET", headers: headers({ Accept: o.accept || "application/json" }) };
+    if (o.json !== undefined) {
+      init.body = JSON.stringify(o.json);
+      init.headers["Content-Type"] = "application/json";
+    } else if (o.form) {
+      init.body = o.form;
+    } else if (o.body) {
+      init.body = o.body;
+    }
+    const response = await fetch(`/api/${service}/${path}${qs}`, init);
+    if (!response.ok) throw await errorOf(response);
+    const type = response.headers.get("content-type") || "";
+    return type.includes("json") ? response.json() : response.blob();
+  }
+
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === undefined || v === null || v === false) continue;
+      if (k === "class") node.className = v;
+      else if (k === "text") node.textContent = v;
+      else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+      else if (k === "dataset") Object.assign(node.dataset, v);
+      else node.setAttribute(k, v === true ? "" : v);
+    }
+    for (const child of children.flat()) {
+      if (child === undefined || child === null) continue;
+      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return node;
+  }
+
+  function showError(target, err) {
+    const box = typeof target === "string" ? document.getElementById(target) : target;
+    if (!box) return;
+    box.replaceChildren();
+    if (!err) return;
+    const code = err.code || "client_error";
+    box.append(
+      el("div", { class: "error", role: "alert", dataset: { code } },
+        el("code", { text: code }), " ", err.status ? `(${err.status}) ` : "", err.detail || err.message)
+    );
+  }
+
+  function progressBar(percent, state) {
+    const p = Math.max(0, Math.min(100, Number(percent) || 0));
+    return el("div", { class: `bar ${String(state || "").toLowerCase()}`, role: "progressbar",
+      "aria-valuemin": "0", "aria-valuemax": "100", "aria-valuenow": p.toFixed(1) },
+      el("div", { class: "fill", style: `width:${p.toFixed(1)}%` }),
+      el("span", { class: "label", text: `${p.toFixed(0)}%` }));
+  }
+
+  function duration(seconds) {
+    if (!Number.isFinite(seconds) || seconds < 0) return "";
+    const s = Math.round(seconds);
+    if (s < 60) return `${s} s`;
+    if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
+    return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+  }
+
+  function when(iso) {
+    return iso ? new Date(iso).toLocaleString() : "";
+  }
+
+  // A colour scale from dark blue through cyan and yellow to red (jet-like, perceptually
+  // ordered enough for a heat map); t in [0, 1] -> [r, g, b].
+  const STOPS = [
+    [0.0, [12, 7, 134]], [0.25, [33, 145, 200]], [0.5, [94, 201, 98]],
+    [0.75, [253, 231, 37]], [1.0, [220, 30, 30]],
+  ];
+  function colour(t) {
+    const x = Math.max(0, Math.min(1, t));
+    for (let i = 1; i < STOPS.length; i += 1) {
+      const [t1, c1] = STOPS[i];
+      const [t0, c0] = STOPS[i - 1];
+      if (x <= t1) {
+        const f = (x - t0) / (t1 - t0);
+        return c0.map((v, j) => Math.round(v + f * (c1[j] - v)));
+      }
+    }
+    return STOPS[STOPS.length - 1][1];
+  }
+
+  const SVG = "http://www.w3.org/2000/svg";
+  function svg(tag, attrs) {
+    const node = document.createElementNS(SVG, tag);
+    for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, String(v));
+    return node;
+  }
+
+  // series: [{name, points: [[x, y], ...]}]; a plain SVG chart with axes and a legend.
+  function lineChart(title, series, xLabel) {
+    const W = 420, H = 220, L = 48, R = 10, T = 24, B = 34;
+    const all = series.flatMap((s) => s.points);
+    const xs = all.map((p) => p[0]), ys = all.map((p) => p[1]);
+    let [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
+    if (x0 === x1) x1 = x0 + 1;
+    if (y0 === y1) { y0 -= 0.5; y1 += 0.5; }
+    const sx = (x) => L + ((x - x0) / (x1 - x0)) * (W - L - R);
+    const sy = (y) => H - B - ((y - y0) / (y1 - y0)) * (H - T - B);
+    const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, class: "chart", role: "img", "aria-label": title });
+    root.append(svg("text", { x: L, y: 15, class: "chart-title" }));
+    root.lastChild.textContent = title;
+    root.append(svg("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, class: "axis" }));
+    root.append(svg("line", { x1: L, y1: T, x2: L, y2: H - B, class: "axis" }));
+    for (const [v, y] of [[y0, H - B], [y1, T]]) {
+      const label = svg("text", { x: L - 4, y: y + 4, class: "tick", "text-anchor": "end" });
+      label.textContent = Number(v.toPrecision(3)).toString();
+      root.append(label);
+    }
+    for (const [v, x] of [[x0, L], [x1, W - R]]) {
+      const label = svg("text", { x, y: H - B + 14, class: "tick", "text-anchor": "middle" });
+      label.textContent = Number(v.toPrecision(3)).toString();
+      root.append(label);
+    }
+    const xl = svg("text", { x: (L + W - R) / 2, y: H - 4, class: "tick", "text-anchor": "middle" });
+    xl.textContent = xLabel;
+    root.append(xl);
+    series.forEach((s, i) => {
+      const hue = (i * 137) % 360;
+      const d = s.points.map((p, j) => `${j ? "L" : "M"}${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join(" ");
+      root.append(svg("path", { d, class: "series", stroke: `hsl(${hue} 70% 45%)`, "data-series": s.name }));
+      const key = svg("text", { x: W - R - 4, y: T + 12 * (i + 1), class: "legend", "text-anchor": "end", fill: `hsl(${hue} 70% 40%)` });
+      key.textContent = s.name;
+      root.append(key);
+    });
+    return root;
+  }
+
+  function setupKeyForm() {
+    const form = document.getElementById("key-form");
+    const input = document.getElementById("api-key");
+    const state = document.getElementById("key-state");
+    const show = () => { state.textContent = apiKey() ? "key set for this session" : "no key"; };
+    input.value = apiKey();
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      sessionStorage.setItem(KEY_NAME, input.value.trim());
+      show();
+      document.dispatchEvent(new CustomEvent("console:key"));
+    });
+    document.getElementById("key-forget").addEventListener("click", () => {
+      sessionStorage.removeItem(KEY_NAME);
+      input.value = "";
+      show();
+    });
+    show();
+  }
+
+  async function categories() {
+    const answer = await api("anomaly_map", "v1/categories");
+    return answer.items || [];
+  }
+
+  document.addEventListener("DOMContentLoaded", setupKeyForm);
+  return { config, api, ApiError, el, showError, progressBar, duration, when, colour, lineChart, categories };
+})();
