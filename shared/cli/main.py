@@ -43,8 +43,10 @@ QUEUE_MODULES = {
 
 
 @app.command()
-def up(host: str = "127.0.0.1", base_port: int = 8001, worker: bool = True) -> None:
-    """Run the whole suite on this machine: four APIs and one worker, no servers needed."""
+def up(
+    host: str = "127.0.0.1", base_port: int = 8001, worker: bool = True, console: bool = True
+) -> None:
+    """Run the whole suite on this machine: four APIs, the console and one worker, no servers."""
     settings = get_common_settings()
     configure_logging(settings.log)
     env = dict(os.environ, AGSSP_HOME=str(settings.paths.resolved_home()))
@@ -53,11 +55,18 @@ def up(host: str = "127.0.0.1", base_port: int = 8001, worker: bool = True) -> N
         processes.Child(name, processes.serve_argv(name, host, port))
         for name, port in ports.items()
     ]
+    if console:  # the console forwards to the APIs at the ports chosen above
+        env.update(processes.console_env(host, ports))
+        console_port = base_port + len(processes.SERVICES)
+        argv = processes.serve_argv(processes.CONSOLE, host, console_port)
+        children.append(processes.Child(processes.CONSOLE, argv))
     if worker:
         children.append(processes.Child("worker", processes.worker_argv(list(QUEUE_MODULES))))
     processes.start(children, env)
     for name, port in ports.items():
         typer.echo(f"{name:12s} http://{host}:{port}  (/healthz, /readyz, /docs)")
+    if console:
+        typer.echo(f"{processes.CONSOLE:12s} http://{host}:{console_port}  (web console)")
     typer.echo(
         f"storage: {settings.storage_backend()}  broker: "
         f"{'redis' if settings.redis.url else 'embedded filesystem'}  "
@@ -68,15 +77,15 @@ def up(host: str = "127.0.0.1", base_port: int = 8001, worker: bool = True) -> N
 
 @app.command()
 def serve(
-    service: Annotated[str, typer.Argument(help=", ".join(processes.SERVICES))],
+    service: Annotated[str, typer.Argument(help=", ".join(processes.SERVABLE))],
     host: str = "127.0.0.1",
     port: int = 0,
 ) -> None:
     """Serve one service's HTTP API with uvicorn."""
     import uvicorn
 
-    if service not in processes.SERVICES:
-        raise typer.BadParameter(f"unknown service {service!r}; one of {processes.SERVICES}")
+    if service not in processes.SERVABLE:
+        raise typer.BadParameter(f"unknown service {service!r}; one of {processes.SERVABLE}")
     settings = get_common_settings()
     configure_logging(settings.log)
     uvicorn.run(

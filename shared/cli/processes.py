@@ -14,7 +14,22 @@ from dataclasses import dataclass, field
 log = logging.getLogger(__name__)
 
 SERVICES = ("anomaly_map", "pretrain", "finetune", "inference")
-DEFAULT_PORTS = {"anomaly_map": 8001, "pretrain": 8002, "finetune": 8003, "inference": 8004}
+# The web console serves pages and forwards API calls to the four APIs above; it has no jobs
+# and reads no store, so it is servable but not one of SERVICES.
+CONSOLE = "console"
+SERVABLE = (*SERVICES, CONSOLE)
+DEFAULT_PORTS = {
+    "anomaly_map": 8001,
+    "pretrain": 8002,
+    "finetune": 8003,
+    "inference": 8004,
+    CONSOLE: 8005,
+}
+
+
+def console_env(host: str, ports: dict[str, int]) -> dict[str, str]:
+    """``CONSOLE_<SERVICE>_URL`` variables pointing the console at the APIs ``up`` started."""
+    return {f"CONSOLE_{name.upper()}_URL": f"http://{host}:{port}" for name, port in ports.items()}
 
 
 @dataclass
