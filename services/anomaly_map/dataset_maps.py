@@ -136,6 +136,13 @@ def run(ctx: JobContext, engine: MapEngine, *, batch_size: int) -> list[str]:
     return _finish(ctx, engine, plan, rows, skipped, computed)
 
 
+def _tocoad_fields(engine: MapEngine, plan: _Plan) -> dict[str, Any]:
+    if plan.mode != "tocoad":
+        return {}
+    info = engine.tocoad_info(plan.record)
+    return {"tocoad": {k: info.get(k) for k in ("model_version", "fit_job", "preset", "config")}}
+
+
 def _finish(
     ctx: JobContext,
     engine: MapEngine,
@@ -148,10 +155,11 @@ def _finish(
     manifest = {
         "category": plan.record.name,
         "category_version": plan.record.version,
-        "model": engine.model_id,
+        "model": engine.model_for(plan.record, plan.mode),
         "mode": plan.mode,
         "grid": engine.map_side(plan.record, plan.mode),
         "map_format": "npy float32 (grid, grid), raw map (agssp-spec §1.9 for kead)",
+        **_tocoad_fields(engine, plan),
         "count": len(rows),
         "job_id": ctx.job_id,
         "created_at": utcnow().isoformat(),

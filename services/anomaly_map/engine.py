@@ -1,7 +1,10 @@
-"""``MapEngine``: the loaded scorers on one model thread, with text-feature and bank caches.
+"""``MapEngine``: the scorers on one model thread, with text-feature and bank caches.
 
 The model is never called from two threads at once (a single model thread); requests beyond
-``max_pending`` waiting for it are refused with 429 instead of queueing without bound.
+``max_pending`` waiting for it are refused with 429 instead of queueing without bound. The CLIP
+encoder is loaded on the first KeAD/WinCLIP call (``LazyScorers``); ToCoAD never touches it.
+Text features and memory banks are stored beside the category version, so every API and
+worker process reads what one of them computed (a restart costs no prompt encoding).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -24,10 +27,11 @@ from services.anomaly_map.categories import CategoryRecord, CategoryStore
 from services.anomaly_map.ml.outputs import MemoryBank
 from services.anomaly_map.ml.tiling import score_tiled
 from services.anomaly_map.ml.tocoad.model import TocoadModel
-from services.anomaly_map.scorers import ClipMode, ScorerSet
-from services.anomaly_map.tocoad_fit import load_model
+from services.anomaly_map.scorers import ClipMode, LazyScorers, ScorerSet
+from services.anomaly_map.tocoad_fit import load_model, model_info
 from shared.errors import InvalidInputError, OverloadedError
 from shared.imaging.intake import ImageLimits, decode_image
+from shared.ml.device import resolve_device
 
 log = logging.getLogger(__name__)
 Mode = Literal["kead", "winclip", "tocoad"]
@@ -101,6 +105,19 @@ def bank_to_bytes(bank: MemoryBank) -> bytes:
     return buffer.getvalue()
 
 
+def tensor_to_bytes(tensor: Tensor) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(tensor.detach().cpu().contiguous(), buffer)
+    return buffer.getvalue()
+
+
+def tensor_from_bytes(data: bytes) -> Tensor:
+    value = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    if not isinstance(value, Tensor):
+        raise ValueError("stored object is not a tensor")
+    return value
+
+
 def bank_from_bytes(data: bytes) -> MemoryBank:
     # weights_only: a bank is plain tensors; never unpickle arbitrary objects from the store.
     state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
@@ -108,19 +125,32 @@ def bank_from_bytes(data: bytes) -> MemoryBank:
 
 
 class MapEngine:
-    """Scores images of stored categories with KeAD or WinCLIP on one shared encoder."""
+    """Scores images of stored categories with KeAD, WinCLIP (one shared encoder) or ToCoAD.
+
+    Args:
+        scorers: the CLIP scorers, loaded or lazy (loaded on the first CLIP-mode call).
+        categories: where categories, banks, text features and ToCoAD models live.
+        limits: what an image may be.
+        device: where ToCoAD models run; default the loaded scorers' device, else 'auto'.
+    """
 
     def __init__(
         self,
-        scorers: ScorerSet,
+        scorers: ScorerSet | LazyScorers,
         categories: CategoryStore,
         *,
         limits: ImageLimits,
+        device: torch.device | None = None,
         text_cache_size: int = 64,
         bank_cache_size: int = 8,
         max_pending: int = 32,
     ) -> None:
-        self.scorers = scorers
+        if isinstance(scorers, ScorerSet):
+            self.clip = LazyScorers.loaded(scorers)
+            device = device or scorers.bundle.device
+        else:
+            self.clip = scorers
+        self.device = device or resolve_device("auto")
         self.categories = categories
         self.limits = limits
         # One dedicated thread runs every model call: calls never overlap, and torch keeps one
@@ -141,8 +171,29 @@ class MapEngine:
         self._model_thread.shutdown(wait=True)
 
     @property
+    def scorers(self) -> ScorerSet:
+        """The CLIP scorers (loaded now if needed); 503 ``model_weights_missing`` without."""
+        return self.clip.get()
+
+    @property
     def model_id(self) -> str:
         return self.scorers.model_id
+
+    def model_for(self, record: CategoryRecord, mode: Mode) -> str:
+        """Names the model that scores ``mode``: the CLIP id, or the fitted ToCoAD version."""
+        if mode == "tocoad":
+            return str(self.tocoad_info(record)["model_version"])
+        return self.model_id
+
+    def eval_size(self, record: CategoryRecord, mode: Mode) -> int:
+        """Side on which evaluations compare maps with masks: the model input side S."""
+        if mode == "tocoad":
+            return self._tocoad_model(record).image_size
+        return self.image_size
+
+    def tocoad_info(self, record: CategoryRecord) -> dict[str, Any]:
+        """Version, fit job and config of the category version's fitted ToCoAD model."""
+        return model_info(self.categories, record)
 
     @property
     def grid_size(self) -> int:
@@ -166,13 +217,24 @@ class MapEngine:
         return (self.model_id, mode, record.name, record.version)
 
     def text_features(self, record: CategoryRecord, mode: ClipMode) -> Tensor:
-        """(Dj, 2) features, cached per (model, mode, category version)."""
+        """(Dj, 2) features, cached per (model, mode, category version) in memory and store."""
+        return self._text.get_or_create(
+            self._key(record, mode), lambda: self._load_or_encode_text(record, mode)
+        )
+
+    def _load_or_encode_text(self, record: CategoryRecord, mode: ClipMode) -> Tensor:
+        relative = f"text/{mode}-{self.model_id}.pt"
+        stored = self.categories.get_blob(record, relative)
+        if stored is not None:
+            try:
+                return tensor_from_bytes(stored)
+            except (RuntimeError, ValueError, EOFError):
+                log.warning("stored text features %s%s unreadable", record.prefix, relative)
         scorer = self.scorers.get(mode)
-
-        def build() -> Tensor:
-            return self._on_model_thread(lambda: scorer.text_features(record.description()))
-
-        return self._text.get_or_create(self._key(record, mode), build)
+        text = self._on_model_thread(lambda: scorer.text_features(record.description()))
+        self.categories.put_blob(record, relative, tensor_to_bytes(text))
+        log.info("encoded %s text features for %s/%s", mode, record.name, record.version)
+        return text
 
     def memory_bank(self, record: CategoryRecord, mode: ClipMode) -> MemoryBank | None:
         """The few-shot bank of a category version; None without reference images (zero-shot).
@@ -228,9 +290,8 @@ class MapEngine:
         return self._tocoad_model(record).image_size
 
     def _tocoad_model(self, record: CategoryRecord) -> TocoadModel:
-        device = self.scorers.bundle.device
         return self._tocoad.get_or_create(
-            (record.name, record.version), lambda: load_model(self.categories, record, device)
+            (record.name, record.version), lambda: load_model(self.categories, record, self.device)
         )
 
     def _score_tocoad(self, images: Sequence[np.ndarray], record: CategoryRecord) -> BatchScores:

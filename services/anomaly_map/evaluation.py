@@ -207,7 +207,7 @@ def evaluate(
         read: returns the bytes of an image or mask key.
         on_batch: called with (done, total) after every batch; may raise to stop.
     """
-    acc = _Accumulator(size=engine.image_size)
+    acc = _Accumulator(size=engine.eval_size(record, mode))
     skipped: dict[str, str] = {}
     for start in range(0, len(plans), batch_size):
         batch = _load_batch(read, plans[start : start + batch_size], engine.limits, skipped)
@@ -219,16 +219,30 @@ def evaluate(
     return _result(engine, record, mode, acc, skipped)
 
 
+def _model_fields(engine: MapEngine, record: CategoryRecord, mode: Mode) -> dict[str, Any]:
+    """What names the model of an evaluation: CLIP id, or ToCoAD version, fit job and config."""
+    fields: dict[str, Any] = {"model": engine.model_for(record, mode)}
+    if mode == "tocoad":
+        info = engine.tocoad_info(record)
+        fields["tocoad"] = {k: info.get(k) for k in ("model_version", "fit_job", "preset")}
+        fields["tocoad"]["config"] = info.get("config")
+    return fields
+
+
 def _result(
-    engine: MapEngine, record: CategoryRecord, mode: str, acc: _Accumulator, skipped: dict[str, str]
+    engine: MapEngine,
+    record: CategoryRecord,
+    mode: Mode,
+    acc: _Accumulator,
+    skipped: dict[str, str],
 ) -> EvaluationResult:
     values, errors = _metrics(acc)
     summary = {
         "category": record.name,
         "category_version": record.version,
-        "model": engine.model_id,
+        **_model_fields(engine, record, mode),
         "mode": mode,
-        "eval_size": engine.image_size,
+        "eval_size": acc.size,
         "counts": {
             "images": len(acc.keys),
             "normal": acc.labels.count(0),

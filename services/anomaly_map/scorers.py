@@ -1,12 +1,17 @@
 """Load the CLIP encoder once and build the KeAD and WinCLIP scorers on it.
 
-Also registers extra open_clip model configs (tiny test models) and gives a tokenizer that
-works without weights, so categories can be checked while the weights are missing.
+Also registers extra open_clip model configs (tiny test models), gives a tokenizer that
+works without weights, so categories can be checked while the weights are missing, and
+``LazyScorers``: the encoder is loaded on the first KeAD/WinCLIP call only, so ToCoAD (which
+uses no CLIP) runs in a plant where no CLIP weights were ever placed.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -21,7 +26,7 @@ from services.anomaly_map.ml.kead import KeadModel
 from services.anomaly_map.ml.outputs import AnomalyScorer
 from services.anomaly_map.ml.prompts import Tokenizer
 from services.anomaly_map.ml.winclip import WinClipModel
-from shared.errors import InvalidInputError
+from shared.errors import InvalidInputError, UnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -105,3 +110,71 @@ def load_scorers(settings: AnomalyMapSettings) -> ScorerSet:
     model_id = _sanitise(f"{bundle.model_name}-{tag}")
     log.info("CLIP %s loaded on %s (grid %d)", model_id, bundle.device, bundle.grid_size)
     return ScorerSet(bundle, KeadModel(bundle), WinClipModel(bundle), model_id)
+
+
+class LazyScorers:
+    """The CLIP scorers, loaded on first use and shared by every later caller.
+
+    A failed load (weights missing or invalid) is remembered for ``retry_s`` seconds and then
+    tried again, so weights placed while the process runs are picked up without a restart.
+
+    Args:
+        load: builds the scorers (``load_scorers`` bound to settings); may raise
+            ``UnavailableError`` (``model_weights_missing`` / ``model_weights_invalid``).
+        retry_s: how long a failure is answered from memory before loading again.
+    """
+
+    def __init__(self, load: Callable[[], ScorerSet], *, retry_s: float = 10.0) -> None:
+        self._load = load
+        self._retry_s = retry_s
+        self._lock = threading.Lock()
+        self._scorers: ScorerSet | None = None
+        self._error: UnavailableError | None = None
+        self._failed_at = 0.0
+
+    @classmethod
+    def loaded(cls, scorers: ScorerSet) -> LazyScorers:
+        """A provider that already holds ``scorers`` (tests, benchmarks)."""
+        provider = cls(lambda: scorers)
+        provider._scorers = scorers
+        return provider
+
+    def get(self) -> ScorerSet:
+        """The scorers, loading them now if needed.
+
+        Raises:
+            UnavailableError: the encoder cannot be loaded (503 with the loader's code).
+        """
+        if self._scorers is not None:
+            return self._scorers
+        with self._lock:
+            if self._scorers is not None:
+                return self._scorers
+            recent = time.monotonic() - self._failed_at < self._retry_s
+            if self._error is not None and recent:
+                raise self._error
+            try:
+                self._scorers = self._load()
+            except UnavailableError as exc:
+                self._error, self._failed_at = exc, time.monotonic()
+                raise
+            self._error = None
+            return self._scorers
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._scorers is not None
+
+    def last_problem(self) -> str | None:
+        """Why the last load failed (no load is tried), or None when loaded or never tried."""
+        if self._scorers is not None or self._error is None:
+            return None
+        return f"{self._error.code}: {self._error.message}"
+
+    def problem(self) -> str | None:
+        """Why the scorers are unavailable (tries a load), or None when they are usable."""
+        try:
+            self.get()
+        except UnavailableError as exc:
+            return f"{exc.code}: {exc.message}"
+        return None

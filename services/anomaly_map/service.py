@@ -29,22 +29,25 @@ from services.anomaly_map.engine import MapEngine, Mode, resolve_mode
 from services.anomaly_map.ml.preprocess import upsample_maps
 from services.anomaly_map.ml.prompts import Tokenizer
 from services.anomaly_map.ml.tiling import plan_tiles
-from services.anomaly_map.scorers import load_scorers, text_tokenizer
+from services.anomaly_map.scorers import LazyScorers, load_scorers, text_tokenizer
 from services.anomaly_map.submissions import (
     submit_dataset_maps,
     submit_evaluation,
     submit_tocoad_fit,
 )
+from services.anomaly_map.tocoad_fit import TocoadFitParams
 from shared.errors import InvalidInputError
 from shared.imaging.intake import ImageLimits, decode_image
 from shared.imaging.render import render_heatmap_overlay
 from shared.jobs.context import JobContext
+from shared.ml.device import resolve_device
 from shared.storage.base import ObjectStore
 
 __all__ = [
     "ImportResult",
     "MapRequest",
     "MapResult",
+    "TocoadFitParams",
     "build_engine",
     "check_prompts",
     "evaluate_local_folder",
@@ -76,15 +79,16 @@ def image_limits(settings: AnomalyMapSettings) -> ImageLimits:
 
 
 def build_engine(settings: AnomalyMapSettings, store: ObjectStore) -> MapEngine:
-    """Load the encoder (once per process) and wrap it with caches and the model lock.
+    """The engine with caches and the model thread; CLIP loads on the first KeAD/WinCLIP call.
 
-    Raises:
-        ModelWeightsMissingError: no local weights and random weights are not allowed.
+    Nothing here needs weights: ToCoAD serves from a plant with no CLIP file anywhere, and a
+    KeAD request without weights gets 503 ``model_weights_missing`` from ``engine.scorers``.
     """
     return MapEngine(
-        load_scorers(settings),
+        LazyScorers(lambda: load_scorers(settings)),
         CategoryStore(store),
         limits=image_limits(settings),
+        device=resolve_device(settings.device),
         text_cache_size=settings.text_cache_size,
         bank_cache_size=settings.bank_cache_size,
         max_pending=settings.max_pending,
@@ -206,7 +210,7 @@ def generate_map(
     done = time.perf_counter()
     return MapResult(
         record=record,
-        model=engine.model_id,
+        model=engine.model_for(record, mode),
         mode=mode,
         anomaly_map=amap.astype(np.float32, copy=False),
         image_score=score,
@@ -257,9 +261,7 @@ def evaluate_local_folder(
 
 def run_tocoad_fit(ctx: JobContext, engine: MapEngine) -> list[str]:
     """Worker entry point of ToCoAD fit jobs (see ``tocoad_fit``)."""
-    return tocoad_fit.run(
-        ctx, engine.categories, limits=engine.limits, device=engine.scorers.bundle.device
-    )
+    return tocoad_fit.run(ctx, engine.categories, limits=engine.limits, device=engine.device)
 
 
 def run_evaluation(ctx: JobContext, engine: MapEngine, settings: AnomalyMapSettings) -> list[str]:

@@ -1,12 +1,15 @@
-"""``agssp maps``: import description files and evaluate anomaly maps on a local dataset.
+"""``agssp maps``: import description files, fit ToCoAD and evaluate maps on a local dataset.
 
-Runs the anomaly_map service's use cases in this process with the encoder configured by the
-``ANOMALY_MAP_*`` variables (options below override the model choice).
+Runs the anomaly_map service's use cases in this process against the configured store (the
+running suite's, from ``STORAGE_*`` / ``S3_*``) with the encoder configured by the
+``ANOMALY_MAP_*`` variables (options below override the model choice). ToCoAD commands never
+load CLIP, so they work in a plant with no downloaded weights.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -123,34 +126,62 @@ def _import_category(
     return imported.created[0]
 
 
+@contextmanager
+def _engine_and_category(
+    settings: AnomalyMapSettings, descriptions: Path | None, category: str
+) -> Iterator[tuple[MapEngine, CategoryRecord]]:
+    """With ``descriptions``: a scratch store holding that one category (KeAD/WinCLIP tries);
+    without: the configured store and its latest version of ``category`` (e.g. a fitted one)."""
+    from services.anomaly_map import service
+    from shared.storage.factory import create_store
+    from shared.storage.filesystem import FileObjectStore
+
+    if descriptions is None:
+        engine = service.build_engine(settings, create_store(settings.common))
+        yield engine, engine.categories.get(category)
+        return
+    with tempfile.TemporaryDirectory(prefix="agssp-eval-") as scratch:
+        engine = service.build_engine(settings, FileObjectStore(Path(scratch)))
+        yield engine, _import_category(engine, settings, descriptions, category)
+
+
 @app.command("evaluate")
 def evaluate(
     data: Annotated[Path, typer.Argument(help="dataset folder, e.g. ../shared/data/magnetic-tile")],
-    descriptions: Annotated[Path, typer.Option(help="description JSON holding the category")],
-    category: Annotated[str, typer.Option(help="category key in the description file")],
+    category: Annotated[str, typer.Option(help="category name (store) or key (descriptions)")],
+    descriptions: Annotated[
+        Path | None,
+        typer.Option(help="import the category from this file into a scratch store first"),
+    ] = None,
     normal: Annotated[list[str], typer.Option(help="sub-folders of normal images")] = ["MT_Free"],  # noqa: B006
     data_root: Annotated[Path | None, typer.Option(help="for samples; default DATA/..")] = None,
-    mode: Annotated[str | None, typer.Option(help="kead or winclip")] = None,
+    mode: Annotated[str | None, typer.Option(help="kead, winclip or tocoad")] = None,
     limit: Annotated[int | None, typer.Option(help="evaluate an evenly spaced subset")] = None,
     out: Annotated[Path | None, typer.Option(help="write the results JSON here")] = None,
     model: ModelOpt = None,
     model_config_dir: ConfigDirOpt = None,
     allow_random_weights: RandomOpt = False,
 ) -> None:
-    """Image AUROC, pixel AUROC and AUPRO of a category on a local folder (images + masks)."""
+    """Image AUROC, pixel AUROC and AUPRO of a category on a local folder (images + masks).
+
+    Without ``--descriptions`` the category is read from the configured store, which is where
+    ``agssp maps fit-tocoad`` (or a fit job) put its ToCoAD model: ``--mode tocoad`` needs that.
+    """
     from services.anomaly_map import service
-    from shared.storage.filesystem import FileObjectStore
 
     root = data.expanduser().resolve()
     settings = _settings(
         model, model_config_dir, allow_random_weights, data_root=data_root or root.parent
     )
-    with _clear_errors(), tempfile.TemporaryDirectory(prefix="agssp-eval-") as scratch:
-        engine = service.build_engine(settings, FileObjectStore(Path(scratch)))
-        record = _import_category(engine, settings, descriptions, category)
+    if mode == "tocoad" and descriptions is not None:
+        raise typer.BadParameter(
+            "--mode tocoad evaluates a fitted category of the configured store; "
+            "drop --descriptions (fit first with agssp maps fit-tocoad)"
+        )
+    with _clear_errors(), _engine_and_category(settings, descriptions, category) as (eng, rec):
         result = service.evaluate_local_folder(
-            engine,
-            record,
+            eng,
+            rec,
             root,
             normal_dirs=normal,
             mode=mode,
@@ -162,3 +193,79 @@ def evaluate(
     if out:
         out.write_text(text + "\n", encoding="utf-8")
     sys.stdout.write(text + "\n")
+
+
+def _upload_normals(store: Any, folders: list[Path], prefix: str) -> int:
+    """Copy the image files of local folders under ``prefix``; returns how many."""
+    from services.anomaly_map.maps_io import is_image_key
+
+    count = 0
+    for folder in folders:
+        for path in sorted(folder.expanduser().resolve().rglob("*")):
+            if path.is_file() and is_image_key(path.name) and not _is_mask(path):
+                store.put_bytes(f"{prefix}{folder.name}/{path.name}", path.read_bytes())
+                count += 1
+    return count
+
+
+def _is_mask(path: Path) -> bool:
+    # magnetic-tile keeps <stem>.jpg images beside <stem>.png masks
+    return path.suffix.lower() == ".png" and path.with_suffix(".jpg").exists()
+
+
+@app.command("fit-tocoad")
+def fit_tocoad(
+    category: Annotated[str, typer.Argument(help="category name in the configured store")],
+    normal_dir: Annotated[
+        list[Path] | None, typer.Option(help="local folders of defect-free images (uploaded)")
+    ] = None,
+    normal_prefix: Annotated[
+        str | None, typer.Option(help="defect-free images already in the store")
+    ] = None,
+    preset: Annotated[str, typer.Option(help="tiny (CI), cpu (2 cores) or gpu")] = "cpu",
+    config: Annotated[str | None, typer.Option(help="TocoadConfig overrides as JSON")] = None,
+    max_images: Annotated[int, typer.Option(help="most training images")] = 512,
+) -> None:
+    """Fit ToCoAD for the latest version of a category, in this process, as a stored job.
+
+    Needs no CLIP weights. The model lands beside the category in the configured store, so the
+    running suite's API and workers serve ``mode=tocoad`` maps with it at once.
+    """
+    from services.anomaly_map import service
+    from services.anomaly_map.config import AnomalyMapSettings
+    from services.anomaly_map.tocoad_fit import TOCOAD_FIT_TASK
+    from shared.config import load_settings
+    from shared.jobs.runner import RunnerOptions, run_job
+    from shared.jobs.store import JobStore
+    from shared.schemas.jobs import JobState
+    from shared.storage.factory import create_store
+
+    settings = load_settings(AnomalyMapSettings)
+    with _clear_errors():
+        engine = service.build_engine(settings, create_store(settings.common))
+        jobs = JobStore(engine.categories.store)
+        record = engine.categories.get(category)
+        params: dict[str, Any] = {
+            "category": category,
+            "category_version": record.version,
+            "preset": preset,
+            "max_images": max_images,
+            "config": json.loads(config) if config else {},
+            "normal_prefix": normal_prefix,
+        }
+        job = jobs.create(
+            kind="anomaly_map_tocoad_fit", task_name=TOCOAD_FIT_TASK, queue="local", params={}
+        )
+        if normal_dir:
+            params["normal_prefix"] = f"uploads/tocoad/{category}/{job.id}/"
+            count = _upload_normals(jobs.store, normal_dir, params["normal_prefix"])
+            typer.echo(f"uploaded {count} normal images to {params['normal_prefix']}", err=True)
+        job.params = service.TocoadFitParams.model_validate(params).model_dump(mode="json")
+        jobs.save(job)
+        typer.echo(f"job {job.id}: fitting {category} {record.version} ({preset})", err=True)
+        opts = RunnerOptions(worker=f"cli@{socket.gethostname()}")
+        final = run_job(job.id, jobs, lambda ctx: service.run_tocoad_fit(ctx, engine), opts)
+    typer.echo(json.dumps({"job": final.id, "state": final.state, **final.outputs}, indent=1))
+    if final.state != JobState.SUCCEEDED:
+        typer.echo(f"error ({final.error_code}): {final.error}", err=True)
+        raise typer.Exit(1)

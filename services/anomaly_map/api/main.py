@@ -1,9 +1,15 @@
-"""``create_app`` for the anomaly-map service: KeAD maps over HTTP, categories, map jobs."""
+"""``create_app`` for the anomaly-map service: KeAD maps over HTTP, categories, map jobs.
+
+The engine needs no weights: the app is ready once storage is; ``/readyz`` lists per method
+(``details.methods``) what can serve. CLIP is tried once at start-up so the first KeAD map is
+fast where weights exist; without them KeAD/WinCLIP routes answer 503 and ToCoAD serves.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 from fastapi import FastAPI
@@ -65,14 +71,29 @@ def create_app(
 
 
 async def _load_engine(app: FastAPI, settings: AnomalyMapSettings, loader: EngineLoader) -> None:
-    """Load the encoder off the event loop; missing weights leave the app up but not ready."""
+    """Build the engine and try CLIP off the event loop; missing weights only disable CLIP."""
     app.state.engine = None
     app.state.engine_error = None
+    app.state.readiness_details = method_readiness
     try:
-        app.state.engine = await anyio.to_thread.run_sync(loader, settings, app.state.store)
-    except UnavailableError as exc:  # model_weights_missing / model_weights_invalid
+        engine = await anyio.to_thread.run_sync(loader, settings, app.state.store)
+    except UnavailableError as exc:  # a custom loader that needs weights (tests)
         app.state.engine_error = exc
         app.state.not_ready["clip_weights"] = exc.message
+        return
+    app.state.engine = engine
+    await anyio.to_thread.run_sync(engine.clip.problem)  # load now when weights exist
+
+
+def method_readiness(app: FastAPI) -> dict[str, Any]:
+    """Which scoring methods can serve now (does not load anything)."""
+    engine: MapEngine | None = getattr(app.state, "engine", None)
+    if engine is None:
+        return {"methods": {}}
+    problem = engine.clip.last_problem()
+    clip = {"ready": problem is None, "reason": problem}
+    tocoad = {"ready": True, "reason": None, "note": "needs a finished fit per category version"}
+    return {"methods": {"kead": clip, "winclip": dict(clip), "tocoad": tocoad}}
 
 
 def app_factory() -> FastAPI:

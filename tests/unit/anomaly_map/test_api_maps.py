@@ -195,7 +195,7 @@ def test_tiled_request_reports_its_tiles(client: TestClient) -> None:
     assert body["zero_shot_score"] is None
 
 
-def test_missing_weights_keep_the_app_up_but_not_ready(tmp_path: Path) -> None:
+def test_missing_weights_leave_the_app_ready_for_tocoad_only(tmp_path: Path) -> None:
     # given
     settings = make_settings(tmp_path, allow_random_weights=False)
     app = create_app(settings, store=FileObjectStore(tmp_path / "store"))
@@ -205,11 +205,13 @@ def test_missing_weights_keep_the_app_up_but_not_ready(tmp_path: Path) -> None:
         ready = client.get("/readyz")
         mapped = _multipart(client, image_bytes())
         health = client.get("/healthz")
-    # then
-    missing = ready.json()["missing"]["clip_weights"]
-    assert ready.status_code == 503
-    assert "tiny-vit" in missing
-    assert str(tmp_path / "home" / "models" / "open_clip" / "tiny-vit") in missing
+    # then the service is ready, and says per method what can serve
+    methods = ready.json()["details"]["methods"]
+    assert ready.status_code == 200
+    assert methods["tocoad"]["ready"] is True
+    assert methods["kead"]["ready"] is False
+    assert "tiny-vit" in methods["kead"]["reason"]
+    assert str(tmp_path / "home" / "models" / "open_clip" / "tiny-vit") in methods["kead"]["reason"]
     assert mapped.status_code == 503
     assert mapped.json()["code"] == "model_weights_missing"
     assert health.status_code == 200
@@ -220,3 +222,4 @@ def test_ready_when_the_model_is_loaded(client: TestClient) -> None:
     response = client.get("/readyz")
     # then
     assert response.json()["missing"] == {}
+    assert response.json()["details"]["methods"]["kead"]["ready"] is True

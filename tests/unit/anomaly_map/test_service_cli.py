@@ -161,3 +161,69 @@ def test_import_writes_categories_to_the_configured_store(tmp_path, dataset, mon
     assert result.exit_code == 0, result.output
     assert "references=1" in result.output
     assert (store_root / "categories" / "tiles" / "LATEST").is_file()
+
+
+def test_fit_tocoad_then_evaluate_tocoad_against_the_configured_store(
+    tmp_path, dataset, monkeypatch
+) -> None:
+    # given a file store holding the category, and no CLIP weights anywhere
+    monkeypatch.setenv("AGSSP_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("STORAGE_ROOT", str(tmp_path / "store"))
+    monkeypatch.setenv("STORAGE_BACKEND", "file")
+    monkeypatch.setenv("ANOMALY_MAP_CLIP_MODEL", "tiny-vit")
+    monkeypatch.setenv("ANOMALY_MAP_EXTRA_MODEL_CONFIG_DIR", str(FIXTURES))
+    monkeypatch.setenv("ANOMALY_MAP_DEVICE", "cpu")
+    imported = runner.invoke(
+        anomaly.app,
+        ["import", str(tmp_path / "descriptions.json"), "--data-root", str(tmp_path / "data")],
+    )
+    assert imported.exit_code == 0, imported.output
+    # when
+    fitted = runner.invoke(
+        anomaly.app,
+        ["fit-tocoad", "tiles", "--normal-dir", str(dataset / "MT_Free"), "--preset", "tiny"],
+    )
+    evaluated = runner.invoke(
+        anomaly.app,
+        [
+            "evaluate",
+            str(dataset),
+            "--category",
+            "tiles",
+            "--mode",
+            "tocoad",
+            "--out",
+            str(tmp_path / "r.json"),
+        ],
+    )
+    # then the fit trained on the uploaded images only (not on the masks beside them)
+    assert fitted.exit_code == 0, fitted.output
+    fit = json.loads(fitted.stdout[fitted.stdout.index("{") :])
+    assert fit["state"] == "SUCCEEDED"
+    assert fit["images"] == 1 + 3  # the category's reference sample + MT_Free/Imgs/*.jpg
+    assert evaluated.exit_code == 0, evaluated.output
+    summary = json.loads((tmp_path / "r.json").read_text())
+    assert summary["mode"] == "tocoad"
+    assert summary["model"] == fit["model_version"]
+    assert summary["tocoad"]["fit_job"] == fit["job"]
+    assert set(summary["metrics"]) == {"image_auroc", "pixel_auroc", "aupro"}
+
+
+def test_evaluate_tocoad_with_descriptions_is_a_usage_error(tmp_path, dataset) -> None:
+    # when
+    result = runner.invoke(
+        anomaly.app,
+        [
+            "evaluate",
+            str(dataset),
+            "--category",
+            "tiles",
+            "--mode",
+            "tocoad",
+            "--descriptions",
+            str(tmp_path / "descriptions.json"),
+        ],
+    )
+    # then
+    assert result.exit_code == 2
+    assert "fit-tocoad" in result.output

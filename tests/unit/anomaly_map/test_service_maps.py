@@ -189,11 +189,12 @@ def test_requests_beyond_the_waiting_room_are_refused(tmp_path) -> None:
 
 
 def test_build_engine_without_weights_names_model_and_folder(tmp_path) -> None:
-    # given
+    # given an engine built without weights (nothing is loaded yet)
     settings = make_settings(tmp_path, allow_random_weights=False)
-    # when
+    engine = service.build_engine(settings, FileObjectStore(tmp_path / "store"))
+    # when a CLIP mode needs the encoder
     with pytest.raises(UnavailableError) as info:
-        service.build_engine(settings, FileObjectStore(tmp_path / "store"))
+        _ = engine.scorers
     # then
     assert info.value.code == "model_weights_missing"
     assert "tiny-vit" in info.value.message

@@ -13,7 +13,7 @@ import torch
 from services.anomaly_map import service
 from services.anomaly_map.engine import MapEngine
 from services.anomaly_map.tocoad_fit import MODEL_FILE, state_from_bytes
-from shared.errors import ConflictError, InvalidInputError
+from shared.errors import ConflictError, InvalidInputError, UnavailableError
 from shared.imaging.intake import ImageLimits
 from shared.jobs.context import JobContext
 from shared.jobs.store import JobStore
@@ -22,6 +22,7 @@ from tests.unit.anomaly_map.test_service_support import (
     image_bytes,
     make_engine,
     make_settings,
+    mask_bytes,
     small_spec,
     tiny_scorers,
 )
@@ -130,3 +131,127 @@ def test_dataset_maps_with_tocoad_write_maps_of_its_input_side(engine: MapEngine
     manifest = json.loads(engine.categories.store.get_bytes("out/f/manifest.json"))
     assert manifest["mode"] == "tocoad"
     assert manifest["grid"] == 64
+
+
+@pytest.fixture
+def offline_engine(tmp_path: Path) -> MapEngine:
+    """An engine exactly as the service builds it, with no CLIP weights and no random weights."""
+    torch.set_num_threads(1)
+    settings = make_settings(tmp_path, allow_random_weights=False)
+    engine = service.build_engine(settings, FileObjectStore(tmp_path / "store"))
+    uploads = [(f"{i}.png", image_bytes(48, 96, seed=i)) for i in range(3)]
+    service.put_category(
+        engine.categories,
+        "fabric",
+        small_spec(method="tocoad"),
+        uploads,
+        tokenizer=service.prompt_tokenizer(settings),
+        limits=ImageLimits(),
+        max_references=8,
+    )
+    return engine
+
+
+def test_tocoad_fits_maps_and_evaluates_without_any_clip_weights(
+    offline_engine: MapEngine, tmp_path: Path
+) -> None:
+    # given a fit on the tiny preset
+    ctx = _fit(offline_engine, preset="tiny", config={})
+    store = offline_engine.categories.store
+    for i in range(4):
+        store.put_bytes(f"ev/img/{i}.png", image_bytes(48, 96, seed=20 + i))
+        store.put_bytes(f"ev/mask/{i}.png", mask_bytes(48, 96, (10, 20, 30, 60) if i % 2 else None))
+    jobs = JobStore(store)
+    record = jobs.create(
+        kind="anomaly_map_evaluation",
+        task_name="t",
+        queue="maps",
+        params={"category": "fabric", "images_prefix": "ev/img/", "masks_prefix": "ev/mask/"},
+    )
+    # when
+    result = service.generate_map(
+        offline_engine, image_bytes(seed=5), service.MapRequest("fabric"), make_settings(tmp_path)
+    )
+    service.run_evaluation(
+        JobContext(jobs, record, min_interval_s=0.0), offline_engine, make_settings(tmp_path)
+    )
+    # then maps and the evaluation name the fitted ToCoAD model, and CLIP was never loaded
+    fit = ctx.jobs.get(ctx.job_id)
+    version = fit.outputs["model_version"]
+    summary = json.loads(store.get_bytes(jobs.get(record.id).outputs["results"]))
+    assert version.startswith("tocoad-")
+    assert result.model == version
+    assert summary["model"] == version
+    assert summary["tocoad"]["fit_job"] == ctx.job_id
+    assert summary["tocoad"]["config"]["image_size"] == 64
+    assert summary["eval_size"] == 64
+    assert not offline_engine.clip.is_loaded
+
+
+def test_kead_on_an_offline_engine_is_503_model_weights_missing(offline_engine: MapEngine) -> None:
+    # given
+    record = offline_engine.categories.get("fabric")
+    # when / then
+    with pytest.raises(UnavailableError) as info:
+        offline_engine.score([np.zeros((8, 8, 3), np.uint8)], record, "kead")
+    assert info.value.code == "model_weights_missing"
+
+
+def test_max_images_that_drops_images_leaves_a_warning(offline_engine: MapEngine) -> None:
+    # given more normal images under a prefix than max_images keeps
+    for i in range(4):
+        offline_engine.categories.store.put_bytes(f"n/{i}.png", image_bytes(32, 32, seed=40 + i))
+    # when
+    ctx = _fit(offline_engine, preset="tiny", config={}, normal_prefix="n/", max_images=5)
+    # then
+    outputs = ctx.jobs.get(ctx.job_id).outputs
+    assert outputs["images"] == 5
+    assert "keeps 5 of 7" in outputs["warnings"][0]
+
+
+def test_fit_progress_reports_phases_and_an_eta(offline_engine: MapEngine) -> None:
+    # given a job context that remembers every message
+    messages: list[str] = []
+    jobs = JobStore(offline_engine.categories.store)
+    record = jobs.create(
+        kind="anomaly_map_tocoad_fit",
+        task_name="t",
+        queue="maps",
+        params={"category": "fabric", "preset": "tiny"},
+    )
+    ctx = JobContext(jobs, record, min_interval_s=0.0)
+    original = ctx.progress
+
+    def spy(percent: float, message: str = "", **kwargs: Any) -> None:
+        messages.append(message)
+        original(percent, message, **kwargs)
+
+    ctx.progress = spy  # type: ignore[method-assign]
+    # when
+    service.run_tocoad_fit(ctx, offline_engine)
+    # then the first messages name the phase, and the first training step carries an ETA
+    assert messages[0] == "loading normal images"
+    assert any(m.startswith("building anomaly textures") for m in messages)
+    first_step = next(m for m in messages if m.startswith("stage1 1/"))
+    assert "ETA" in first_step
+    assert jobs.get(record.id).metrics["eta_s"] >= 0
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"stage1": {"iters": 10**9}},
+        {"stage1": {"lr": 1e30}},
+        {"stage2": {"lr_heads": float("inf")}},
+        {"bank": {"smoothing_sigma": float("nan")}},
+        {"image_size": 2**20},
+        {"seed": -1},
+    ],
+)
+def test_absurd_numbers_in_a_fit_config_are_refused(
+    offline_engine: MapEngine, config: dict[str, Any]
+) -> None:
+    # when / then
+    with pytest.raises(InvalidInputError) as info:
+        _fit(offline_engine, preset="tiny", config=config)
+    assert info.value.code == "invalid_config"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -34,7 +35,9 @@ class TrainContext:
         generator: anomaly generator G.
         rng: the single host random stream (G, views, batch sampling); checkpointed.
         hooks: progress / cancel / checkpoint callbacks.
-        span: (start, end) percent of the whole fit covered by the running stage.
+        span: (start, end) percent of the whole fit covered by the running stage; spans are
+            proportional to the images each phase pushes through F, so percent tracks time.
+        started: monotonic time the fit started (for the ETA in every progress message).
     """
 
     cfg: TocoadConfig
@@ -44,6 +47,7 @@ class TrainContext:
     rng: np.random.Generator
     hooks: TrainHooks
     span: tuple[float, float] = (0.0, 100.0)
+    started: float = 0.0
 
     def sample_normals(self, batch_size: int) -> np.ndarray:
         """(B, S, S, 3) uint8 drawn with replacement (sets may be smaller than a batch)."""
@@ -58,8 +62,37 @@ class TrainContext:
     def progress(self, fraction: float, message: str, metrics: Mapping[str, float]) -> None:
         """Report progress of the running stage, mapped onto the fit's percent span."""
         start, end = self.span
-        self.hooks.on_progress(start + (end - start) * min(1.0, fraction), message, metrics)
-        logger.info("%s %s", message, dict(metrics))
+        percent = start + (end - start) * min(1.0, fraction)
+        elapsed = time.monotonic() - (self.started or time.monotonic())
+        values = dict(metrics)
+        if percent > 0.5 and elapsed > 0:
+            eta = elapsed * (100.0 - percent) / percent
+            values["eta_s"] = round(eta, 1)
+            message = f"{message} (ETA {_duration(eta)})"
+        values["elapsed_s"] = round(elapsed, 1)
+        self.hooks.on_progress(percent, message, values)
+        logger.info("%s %s", message, values)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+def phase_spans(cfg: TocoadConfig, num_images: int) -> dict[str, tuple[float, float]]:
+    """Percent spans of stage1, stage2 and the bank, by images pushed through F (§10)."""
+    work = {
+        "stage1": cfg.stage1.iters * cfg.stage1.batch_size * 1.0,
+        "stage2": cfg.stage2.iters * cfg.stage2.batch_size * 3.0 * 0.9,  # 3 views, D frozen
+        "bank": num_images * 0.3,  # no-grad forward
+    }
+    total = max(sum(work.values()), 1e-9)
+    spans, start = {}, 0.0
+    for name, amount in work.items():
+        end = start + 100.0 * amount / total
+        spans[name] = (start, end)
+        start = end
+    return spans
 
 
 def rng_state(rng: np.random.Generator) -> dict[str, Any]:
@@ -143,7 +176,8 @@ def run_steps(
         stop_if_requested(ctx, partial(snapshot, index))
         done = index + 1
         metrics = step(done)
-        if done % ctx.cfg.log_every == 0 or done == iters:
+        # The first step is reported at once, so the ETA shows within seconds of the start.
+        if done % ctx.cfg.log_every == 0 or done == iters or index == start:
             ctx.progress(done / iters, f"{stage} {done}/{iters}", metrics)
         if done % ctx.cfg.checkpoint_every == 0 or done == iters:
             ctx.hooks.on_checkpoint(snapshot(done))

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,14 @@ from shared.ml.device import resolve_device, seed_everything
 from shared.ml.hooks import TrainHooks
 
 from .backbone import ResNetFeatures, create_backbone, load_backbone_weights
-from .common import TrainContext, check_resume, cpu_state, make_checkpoint, stop_if_requested
+from .common import (
+    TrainContext,
+    check_resume,
+    cpu_state,
+    make_checkpoint,
+    phase_spans,
+    stop_if_requested,
+)
 from .config import TocoadConfig
 from .data import resize_images
 from .discriminator import Discriminator
@@ -21,9 +29,6 @@ from .generator import AnomalyGenerator
 from .model import TocoadModel, build_memory_bank
 from .stage1 import run_stage1
 from .stage2 import run_stage2
-
-# Share of the job's progress bar per phase (Stage II pushes 3B images per step, hence wider).
-_SPANS = {"stage1": (0.0, 40.0), "stage2": (40.0, 92.0), "bank": (92.0, 100.0)}
 
 
 def _networks(cfg: TocoadConfig, device: torch.device) -> tuple[ResNetFeatures, Discriminator]:
@@ -56,6 +61,7 @@ def fit_tocoad(
     hooks: TrainHooks | None = None,
     device: torch.device | str = "auto",
     textures: Sequence[np.ndarray] | None = None,
+    after_stage1: Callable[[ResNetFeatures, Discriminator], None] | None = None,
 ) -> TocoadModel:
     """Train ToCoAD (Stage I DNP, Stage II NCL) and build the memory bank.
 
@@ -67,6 +73,8 @@ def fit_tocoad(
         device: torch device or a setting for ``resolve_device`` ('auto', 'cpu', 'cuda:0').
         textures: optional anomaly-source textures (HxWx3 uint8, e.g. DTD read by the caller);
             None uses procedural + self-sourced textures (tocoad-spec §3).
+        after_stage1: called with (F, D) once Stage I is done (benchmarks snapshot the
+            Stage-I-only and bank-only variants here); must not change them.
 
     Returns:
         The trained model (F in eval mode + coreset memory bank).
@@ -76,24 +84,31 @@ def fit_tocoad(
         JobCanceledError: ``hooks.should_stop()`` turned true (a checkpoint was saved first).
     """
     hooks = hooks or TrainHooks()
+    started = time.monotonic()
     target = device if isinstance(device, torch.device) else resolve_device(device)
     seed_everything(cfg.seed)
-    normals = resize_images(images, cfg.image_size)
+    hooks.on_progress(0.0, f"preparing {len(images)} images at {cfg.image_size} px", {})
+    normals = resize_images(images, cfg.image_size, cfg.aspect)
     backbone, disc = _networks(cfg, target)
+    hooks.on_progress(0.0, "building anomaly textures", {})
     generator = AnomalyGenerator(cfg.generator, cfg.image_size, normals, textures, cfg.seed)
     ctx = TrainContext(cfg, target, normals, generator, np.random.default_rng(cfg.seed), hooks)
+    ctx.started = started
+    spans = phase_spans(cfg, len(normals))
     stage, stage1_loss = _resume(hooks.resume_state, cfg, backbone, disc)
     if stage != "stage2":
-        ctx.span = _SPANS["stage1"]
+        ctx.span = spans["stage1"]
         stage1_loss = run_stage1(ctx, backbone, disc, hooks.resume_state if stage else None)
-    ctx.span = _SPANS["stage2"]
+    if after_stage1 is not None:
+        after_stage1(backbone, disc)
+    ctx.span = spans["stage2"]
     run_stage2(ctx, backbone, disc, stage1_loss, hooks.resume_state if stage == "stage2" else None)
-    ctx.span = _SPANS["bank"]
+    ctx.span = spans["bank"]
     stop_if_requested(ctx, lambda: _final_checkpoint(ctx, backbone, disc, stage1_loss))
     bank = build_memory_bank(
         backbone, normals, cfg, target, lambda f: ctx.progress(f, "memory bank", {})
     )
-    return TocoadModel(cfg, backbone, bank, disc if cfg.use_d_map else None, target)
+    return TocoadModel(cfg, backbone, bank, disc if cfg.needs_discriminator else None, target)
 
 
 def _final_checkpoint(

@@ -1,4 +1,8 @@
-"""Trained ToCoAD bundle: F + memory bank (+ optional D); scoring and (de)serialisation (§7)."""
+"""Trained ToCoAD bundle: F + memory bank (+ D); scoring and (de)serialisation (§7).
+
+Maps come from ``cfg.source``: the memory bank (tocoad-spec §7, the paper), D's segmentation
+probability (Stage I's own output, as DRAEM scores), or both fused (§7.7).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import Tensor
 
@@ -17,7 +22,7 @@ from .backbone import ResNetFeatures, create_backbone
 from .bank import anomaly_maps, greedy_coreset, nearest_distances, patch_embeddings
 from .common import cpu_state
 from .config import TocoadConfig
-from .data import normalise, preprocess, to_unit_tensor
+from .data import Box, content_box, normalise, resize_images, to_unit_tensor, uncrop_maps
 from .discriminator import Discriminator
 
 MODEL_FORMAT = "tocoad-model/1"
@@ -82,7 +87,7 @@ class TocoadModel:
             cfg: the configuration the model was trained with.
             backbone: F after Stage II.
             bank: (M, E) memory bank.
-            discriminator: D, kept only for the ``use_d_map`` diagnostic.
+            discriminator: D, kept when ``cfg.needs_discriminator`` (segmentation, fused).
             device: where to run; None uses the backbone's device.
         """
         self.cfg = cfg
@@ -98,16 +103,18 @@ class TocoadModel:
         """S: every image is resized to S x S before scoring."""
         return self.cfg.image_size
 
-    def _as_batch(self, images: Tensor | Sequence[np.ndarray]) -> Tensor:
-        if not isinstance(images, Tensor):
-            return preprocess(images, self.image_size, self.device)
+    def _as_batch(self, images: Tensor | Sequence[np.ndarray]) -> tuple[Tensor, list[Box] | None]:
         size = self.image_size
+        if not isinstance(images, Tensor):
+            arrays = resize_images(images, size, self.cfg.aspect)
+            boxes = [content_box(i.shape[0], i.shape[1], size, self.cfg.aspect) for i in images]
+            return normalise(to_unit_tensor(arrays, self.device)), boxes
         if images.ndim != 4 or tuple(images.shape[1:]) != (3, size, size):
             raise InvalidInputError(
                 f"image tensor has shape {tuple(images.shape)}; expected (B, 3, {size}, {size}) "
                 "normalised as by data.preprocess, or pass a list of HxWx3 uint8 arrays"
             )
-        return images.to(self.device, torch.float32)
+        return images.to(self.device, torch.float32), None
 
     @torch.no_grad()
     def score(self, images: Tensor | Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -118,33 +125,55 @@ class TocoadModel:
                 HxWx3 uint8 RGB arrays of any size (resized to S x S here).
 
         Returns:
-            maps: (B, S, S) float32, NN distance per patch, up-sampled and Gaussian-smoothed.
-            image_scores: (B,) float32, the maximum raw patch distance per image.
+            maps: (B, S, S) float32 in the squashed layout (padded inputs are cropped back):
+                bank: NN distance per patch, up-sampled and Gaussian-smoothed; segmentation:
+                D's anomaly probability; fused: 0.5 x min-max bank + 0.5 x D.
+            image_scores: (B,) float32: bank, the maximum raw patch distance; segmentation
+                and fused, the maximum of the map after a local mean (DRAEM's image score).
         """
-        x = self._as_batch(images)
-        cfg = self.cfg.bank
+        x, boxes = self._as_batch(images)
         maps, scores = [], []
-        for chunk in torch.split(x, cfg.batch_size):
-            emb = _embed(self.backbone, chunk, self.cfg)
-            batch, height, width, dim = emb.shape
-            dist = nearest_distances(emb.reshape(-1, dim), self.bank, cfg.k)
-            dist = dist.reshape(batch, height, width)
-            chunk_maps = anomaly_maps(dist, self.image_size, cfg.smoothing_sigma)
-            if self.discriminator is not None:
-                chunk_maps = self._fuse_d_map(chunk, chunk_maps)
+        for chunk in torch.split(x, self.cfg.bank.batch_size):
+            chunk_maps, chunk_scores = self._score_chunk(chunk)
             maps.append(chunk_maps)
-            scores.append(dist.flatten(1).amax(1).cpu().numpy())
-        return np.concatenate(maps), np.concatenate(scores).astype(np.float32)
+            scores.append(chunk_scores)
+        out = np.concatenate(maps)
+        if boxes is not None and self.cfg.aspect == "pad":
+            out = uncrop_maps(out, boxes)
+        return out.astype(np.float32, copy=False), np.concatenate(scores).astype(np.float32)
 
-    def _fuse_d_map(self, x: Tensor, maps: np.ndarray) -> np.ndarray:
-        # tocoad-spec §7.7 diagnostic: 0.5 x min-max-normalised bank map + 0.5 x D's probability.
-        assert self.discriminator is not None
-        feats = self.backbone(x, self.discriminator.input_layers)
-        prob = self.discriminator(feats, self.image_size).softmax(1)[:, 1].cpu().numpy()
-        lo = maps.min(axis=(1, 2), keepdims=True)
-        hi = maps.max(axis=(1, 2), keepdims=True)
-        scaled = (maps - lo) / np.maximum(hi - lo, 1e-12)
-        return np.asarray(0.5 * scaled + 0.5 * prob, dtype=np.float32)
+    def _score_chunk(self, chunk: Tensor) -> tuple[np.ndarray, np.ndarray]:
+        source = self.cfg.source
+        if source == "segmentation":
+            prob = self._d_probability(chunk)
+            return prob.cpu().numpy(), _local_max(prob)
+        bank_maps, bank_scores = self._bank_maps(chunk)
+        if source == "bank":
+            return bank_maps, bank_scores
+        # tocoad-spec §7.7: 0.5 x min-max-normalised bank map + 0.5 x D's probability.
+        lo = bank_maps.min(axis=(1, 2), keepdims=True)
+        hi = bank_maps.max(axis=(1, 2), keepdims=True)
+        scaled = (bank_maps - lo) / np.maximum(hi - lo, 1e-12)
+        fused = torch.from_numpy(0.5 * scaled) + 0.5 * self._d_probability(chunk).cpu()
+        return fused.numpy().astype(np.float32), _local_max(fused)
+
+    def _bank_maps(self, chunk: Tensor) -> tuple[np.ndarray, np.ndarray]:
+        cfg = self.cfg.bank
+        emb = _embed(self.backbone, chunk, self.cfg)
+        batch, height, width, dim = emb.shape
+        dist = nearest_distances(emb.reshape(-1, dim), self.bank, cfg.k)
+        dist = dist.reshape(batch, height, width)
+        chunk_maps = anomaly_maps(dist, self.image_size, cfg.smoothing_sigma)
+        return chunk_maps, dist.flatten(1).amax(1).cpu().numpy()
+
+    def _d_probability(self, chunk: Tensor) -> Tensor:
+        if self.discriminator is None:
+            raise InvalidInputError(
+                f"map_source {self.cfg.source!r} needs D, but this model was stored without it"
+            )
+        feats = self.backbone(chunk, self.discriminator.input_layers)
+        logits: Tensor = self.discriminator(feats, self.image_size)
+        return logits.softmax(1)[:, 1]
 
     def to_state(self) -> dict[str, Any]:
         """Serialisable bundle: ``{"format", "config": JSON dict, "tensors": {name: CPU tensor}}``.
@@ -194,6 +223,14 @@ class TocoadModel:
             ) from exc
         target = device if isinstance(device, torch.device) else resolve_device(device)
         return cls(cfg, backbone, tensors["bank"], disc, target)
+
+
+def _local_max(prob: Tensor) -> np.ndarray:
+    """Image score of a probability map: max of its local mean (DRAEM averages 21 px at 256)."""
+    side = prob.shape[-1]
+    kernel = max(3, (side // 12) | 1)
+    pooled = F.avg_pool2d(prob[:, None].float(), kernel, stride=1, padding=kernel // 2)
+    return pooled.flatten(1).amax(1).cpu().numpy()
 
 
 def _prefixed(tensors: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:

@@ -1,0 +1,80 @@
+"""Named ToCoAD schedules (tocoad-spec §10, §12): ``tiny`` for CI, ``cpu`` for 2 cores, ``gpu``.
+
+A preset is a partial config; a job's own overrides are merged on top, section by section.
+
+- ``tiny``: tocoad-spec §10's CI config (64 px, quarter-width ResNet-18, a handful of steps);
+  a fit takes seconds and its maps mean nothing.
+- ``cpu``: ResNet-18 from scratch at 128 px with aspect-ratio padding, sized so a fit on a few
+  hundred images takes about 20 minutes on 2 quiet cores (Stage I 0.34-0.74 s/step, Stage II
+  0.63-1.7 s/step measured, tocoad-spec §10 and issue 11). Stage I gets most of the budget and
+  the maps come from D's segmentation output: in issue 11's measurements Stage I's own map
+  (pixel AUROC 0.636, image 0.755) beat the from-scratch bank (0.605 / 0.670); see
+  ``benchmarks/results/tocoad_variants.json`` for what was tried.
+- ``gpu``: the paper's recipe as far as it is known (tocoad-spec §12: WRN50 at 256 px, 20k
+  Stage I steps as §5 suggests for a GPU, 2k Stage II steps, 10 % coreset, bank maps).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from .config import TocoadConfig
+
+PresetName = Literal["tiny", "cpu", "gpu"]
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "image_size": 64,
+        "backbone": "resnet18_quarter",
+        "aspect": "pad",
+        "stage1": {"iters": 4, "batch_size": 2, "val_size": 2, "val_every": 4},
+        "stage2": {"iters": 2, "batch_size": 2, "proj_dim": 16, "pred_dim": 8},
+        "bank": {"coreset_ratio": 0.5, "embed_dim": 32},
+        "generator": {"n_procedural_textures": 4},
+        "checkpoint_every": 2,
+        "log_every": 1,
+    },
+    "cpu": {
+        "image_size": 128,
+        "backbone": "resnet18",
+        "aspect": "pad",
+        "map_source": "segmentation",
+        "stage1": {"iters": 1500, "batch_size": 8, "val_size": 16, "val_every": 500},
+        "stage2": {"iters": 300, "batch_size": 8},
+        "bank": {"coreset_ratio": 0.01},
+        "generator": {"n_procedural_textures": 100},
+        "checkpoint_every": 250,
+        "log_every": 10,
+    },
+    "gpu": {
+        "image_size": 256,
+        "backbone": "wrn50",
+        "aspect": "pad",
+        "map_source": "bank",
+        "stage1": {"iters": 20000, "batch_size": 8},
+        "stage2": {"iters": 2000, "batch_size": 8, "proj_dim": 2048, "pred_dim": 512},
+        "bank": {"coreset_ratio": 0.1},
+        "checkpoint_every": 500,
+        "log_every": 20,
+    },
+}
+
+
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` on top; nested dicts (config sections) merge key by key."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def preset_config(name: PresetName, overrides: dict[str, Any] | None = None) -> TocoadConfig:
+    """The validated config of a preset with ``overrides`` merged in.
+
+    Raises:
+        pydantic.ValidationError: the merged config is invalid (unknown keys, out of range).
+    """
+    return TocoadConfig.model_validate(merge(PRESETS[name], overrides or {}))
