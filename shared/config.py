@@ -179,6 +179,18 @@ class HttpSettings(BaseSettings):
         60_000_000, gt=0, description="Decoded image pixel cap (HTTP_MAX_IMAGE_PIXELS)."
     )
     cors_origins: list[str] = Field(default_factory=list, description="HTTP_CORS_ORIGINS")
+    max_json_kb: int = Field(
+        1024, ge=1, le=65536, description="JSON request body cap (HTTP_MAX_JSON_KB)."
+    )
+    max_json_depth: int = Field(
+        32, ge=2, le=512, description="Deepest JSON nesting accepted (HTTP_MAX_JSON_DEPTH)."
+    )
+    max_json_keys: int = Field(
+        10_000,
+        ge=1,
+        le=1_000_000,
+        description="Most object keys per JSON body (HTTP_MAX_JSON_KEYS).",
+    )
 
 
 @_register

@@ -8,7 +8,7 @@ It wires request ids, the body cap, API-key scopes, Prometheus metrics, the erro
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -22,6 +22,7 @@ from shared.http.body import BodyLimitMiddleware
 from shared.http.context import RequestIdMiddleware
 from shared.http.docs import install_offline_docs
 from shared.http.errors import install_error_handlers
+from shared.http.jsonguard import JsonGuardMiddleware, JsonLimits
 from shared.http.metrics import HttpMetrics, MetricsMiddleware
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,13 @@ def create_service_app(
     scope_rules: Sequence[ScopeRule],
     readiness_checks: dict[str, ReadinessCheck] | None = None,
     version: str = "0.1.0",
+    json_route_max_bytes: Mapping[str, int] | None = None,
 ) -> FastAPI:
-    """A FastAPI app with the suite's common parts; add routers to it."""
+    """A FastAPI app with the suite's common parts; add routers to it.
+
+    ``json_route_max_bytes`` (path prefix -> bytes) overrides ``HTTP_MAX_JSON_KB`` for routes
+    whose JSON bodies are legitimately larger or smaller.
+    """
     # docs_url/redoc_url None: FastAPI's own pages load from a CDN; ours are local files.
     app = FastAPI(
         title=f"AGSSP {service}",
@@ -69,6 +75,15 @@ def create_service_app(
     install_error_handlers(app)
     _add_probes(app, metrics)
     # Starlette applies the last-added middleware first: request id, then auth, then limits.
+    app.add_middleware(
+        JsonGuardMiddleware,
+        limits=JsonLimits(
+            max_bytes=settings.http.max_json_kb * 1024,
+            max_depth=settings.http.max_json_depth,
+            max_keys=settings.http.max_json_keys,
+        ),
+        route_max_bytes=json_route_max_bytes,
+    )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(BodyLimitMiddleware, max_bytes=int(settings.http.max_body_mb * 2**20))
     app.add_middleware(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -29,12 +31,51 @@ async def _suite_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+MAX_ERRORS = 20
+MAX_LOC_CHARS = 64
+MAX_MSG_CHARS = 200
+
+
+def _clip(value: object, limit: int) -> object:
+    if isinstance(value, int):
+        return value
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def validation_errors(raw: Sequence[Any]) -> tuple[list[dict[str, object]], int]:
+    """At most ``MAX_ERRORS`` entries of location and message, never the input itself.
+
+    Returns the entries and the total number of errors.
+    """
+    errors = [
+        {
+            "loc": [_clip(part, MAX_LOC_CHARS) for part in e.get("loc", ())],
+            "msg": _clip(e.get("msg", ""), MAX_MSG_CHARS),
+        }
+        for e in list(raw)[:MAX_ERRORS]
+    ]
+    return errors, len(raw)
+
+
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
+    errors, total = validation_errors(exc.errors())
+    extra: dict[str, object] = {"errors": errors}
+    if total > len(errors):
+        extra["errors_total"] = total
     return JSONResponse(
-        error_body(request, "request validation failed", "validation_error", errors=errors),
+        error_body(request, "request validation failed", "validation_error", **extra),
         status_code=422,
+    )
+
+
+async def _too_deep(request: Request, exc: Exception) -> JSONResponse:
+    # A structure nested past the interpreter's limit (e.g. a JSON field inside a form that
+    # the JSON guard does not see) is bad input, not a server fault.
+    log.warning("input nested too deeply on %s %s", request.method, request.scope.get("path"))
+    return JSONResponse(
+        error_body(request, "the input is nested too deeply", "input_too_deep"), status_code=422
     )
 
 
@@ -60,4 +101,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(SuiteError, _suite_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RecursionError, _too_deep)
     app.add_exception_handler(Exception, _unhandled)
