@@ -11,6 +11,7 @@ import json
 import logging
 import shutil
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
@@ -161,6 +162,61 @@ class ModelRegistry:
     def drop(self, key: ModelKey) -> None:
         """Delete the local copy of ``key`` (an evicted model; fetched again when needed)."""
         shutil.rmtree(self._cache_dir / key.name / key.version, ignore_errors=True)
+
+
+class PromotionWatch:
+    """The detector most recently promoted to a stage, for a server with no model configured.
+
+    The registry keeps stage pointers without promotion times, so "most recently" is
+    observed: on the first look it is the model whose promoted version is the newest
+    (manifest ``created_at``); after that, a model whose pointer moved since the previous
+    look wins. ``agssp up`` then serves whatever was promoted last without a setting.
+    Blocking (storage I/O): call from a worker thread.
+    """
+
+    def __init__(self, artifacts: ArtifactStore, stage: str) -> None:
+        self._artifacts = artifacts
+        self._stage = stage
+        self._seen: dict[str, str] | None = None
+        self._choice: str | None = None
+
+    @property
+    def stage(self) -> str:
+        return self._stage
+
+    def choose(self) -> str | None:
+        """The model name to serve now, or None while no detector is promoted."""
+        pointers = self._pointers()
+        moved = [
+            n for n, v in pointers.items() if self._seen is not None and self._seen.get(n) != v
+        ]
+        if moved:
+            self._choice = self._newest(pointers, moved)
+        elif self._choice not in pointers:
+            self._choice = self._newest(pointers, list(pointers))
+        self._seen = pointers
+        return self._choice
+
+    def _pointers(self) -> dict[str, str]:
+        pointers = {}
+        for name in self._artifacts.list_models():
+            ref = self._artifacts.stage(name, self._stage)
+            try:
+                servable = ref is not None and MODEL_FILE in self._artifacts.manifest(ref).files
+            except NotFoundError:  # a stage left pointing at a deleted version
+                servable = False
+            if servable and ref is not None:
+                pointers[name] = ref.version
+        return pointers
+
+    def _newest(self, pointers: dict[str, str], names: list[str]) -> str | None:
+        if not names:
+            return None
+
+        def created(name: str) -> tuple[datetime, str]:
+            return self._artifacts.manifest(_ref(name, pointers[name])).created_at, name
+
+        return max(names, key=created)
 
 
 def local_model(path: Path, name: str, *, allow_pickle: bool) -> ModelFiles:

@@ -18,7 +18,13 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 from services.inference.ml.detections import DetectionRequest, Detector, DetectParams, Image
-from services.inference.registry import ModelFiles, ModelKey, ModelRegistry, ModelTarget
+from services.inference.registry import (
+    ModelFiles,
+    ModelKey,
+    ModelRegistry,
+    ModelTarget,
+    PromotionWatch,
+)
 from services.inference.slots import (
     BatchingConfig,
     BatchObserver,
@@ -52,6 +58,8 @@ class ModelRuntime:
         observer: Told about every batch call.
         on_default_status: Called with the reason the default model is missing, or None
             once it is loaded (readiness).
+        promoted: With no ``default`` and no ``local``: picks the model most recently
+            promoted to its stage (blocking, run on a thread); the default follows it.
         retry_failed_after_s: A target that failed to load answers with the same error for
             this long before it is tried again (a burst of requests must not stampede storage).
     """
@@ -68,6 +76,7 @@ class ModelRuntime:
         observer: BatchObserver | None = None,
         on_default_status: Callable[[str | None], None] = lambda _: None,
         retry_failed_after_s: float = 5.0,
+        promoted: PromotionWatch | None = None,
     ) -> None:
         if max_resident < 1:
             raise ValueError(f"max_resident must be >= 1, got {max_resident}")
@@ -80,6 +89,7 @@ class ModelRuntime:
         self._observer = observer
         self._on_default_status = on_default_status
         self._retry_after_s = retry_failed_after_s
+        self._promoted = promoted if default is None and local is None else None
         self._default: Slot | None = None
         self._default_error: str | None = "not loaded yet"
         self._slots: collections.OrderedDict[ModelTarget, Slot] = collections.OrderedDict()
@@ -208,7 +218,30 @@ class ModelRuntime:
             except Exception:
                 logger.exception("model refresh failed; next try in %.1f s", interval_s)
 
+    async def _follow_promotions(self) -> None:
+        """With no model configured, aim the default at the model promoted most recently."""
+        if self._promoted is None:
+            return
+        name = await asyncio.get_running_loop().run_in_executor(None, self._promoted.choose)
+        if name is None:
+            if self._default is None:
+                self._set_default_error(
+                    f"no model configured and none promoted to {self._promoted.stage!r} yet: "
+                    "promote a detector, or set INFERENCE_MODEL_NAME or INFERENCE_LOCAL_MODEL_PATH"
+                )
+            return
+        target = ModelTarget(name, stage=self._promoted.stage)
+        if target == self._default_target:
+            return
+        self._default_target = target
+        if self._default is not None:
+            self._default.target = target  # _refresh_slot loads and swaps the new model in
+
     async def _refresh_default(self) -> None:
+        try:
+            await self._follow_promotions()
+        except Exception as exc:  # storage down: keep serving what we have
+            logger.warning("could not read the promoted models: %s", _reason(exc))
         if self._default is not None:
             if self._default.target is not None:
                 await self._refresh_slot(self._default)
@@ -221,9 +254,11 @@ class ModelRuntime:
                 model = await self._load(await self._resolve(self._default_target))
                 self._default = self._new_slot("default", self._default_target, model)
             else:
-                self._set_default_error(
-                    "no model configured: set INFERENCE_MODEL_NAME or INFERENCE_LOCAL_MODEL_PATH"
-                )
+                if self._promoted is None:
+                    self._set_default_error(
+                        "no model configured: set INFERENCE_MODEL_NAME or "
+                        "INFERENCE_LOCAL_MODEL_PATH"
+                    )
                 return
         except Exception as exc:  # whatever broke, the app stays up and /readyz says why
             self._set_default_error(_reason(exc))

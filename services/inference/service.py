@@ -20,7 +20,13 @@ from services.inference.config import InferenceSettings
 from services.inference.ml.detections import Detections, Detector, DetectParams, Image
 from services.inference.ml.onnx_detector import OnnxDetector
 from services.inference.ml.tiling import crop, merge_tiles, tile_grid
-from services.inference.registry import ModelFiles, ModelKey, ModelRegistry, ModelTarget
+from services.inference.registry import (
+    ModelFiles,
+    ModelKey,
+    ModelRegistry,
+    ModelTarget,
+    PromotionWatch,
+)
 from services.inference.registry import local_model as describe_local_model
 from services.inference.runtime import DetectorFactory, ModelRuntime
 from services.inference.slots import BatchingConfig, BatchObserver, BatchRun, Outcome
@@ -324,8 +330,9 @@ def build_runtime(
             settings.model_name or path.stem,
             allow_pickle=settings.allow_pickle,
         )
+    artifacts = ArtifactStore(store)
     return ModelRuntime(
-        registry=ModelRegistry(ArtifactStore(store), settings.resolved_cache_dir()),
+        registry=ModelRegistry(artifacts, settings.resolved_cache_dir()),
         factory=factory or (lambda files: open_detector(files, settings)),
         batching=BatchingConfig(
             max_batch_size=settings.max_batch_size,
@@ -338,4 +345,5 @@ def build_runtime(
         observer=observer,
         on_default_status=on_default_status,
         retry_failed_after_s=settings.retry_failed_load_s,
+        promoted=PromotionWatch(artifacts, settings.model_stage),
     )
