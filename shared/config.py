@@ -178,7 +178,28 @@ class HttpSettings(BaseSettings):
     max_image_pixels: int = Field(
         60_000_000, gt=0, description="Decoded image pixel cap (HTTP_MAX_IMAGE_PIXELS)."
     )
+    service_max_image_pixels: dict[str, int] = Field(
+        default_factory=lambda: {"inference": 16_000_000, "anomaly_map": 40_000_000},
+        description=(
+            "Tighter pixel caps per service API, JSON {service: pixels} "
+            "(HTTP_SERVICE_MAX_IMAGE_PIXELS); a 640 px detector needs far less than 60 Mpx."
+        ),
+    )
+    decode_budget_pixels: int = Field(
+        120_000_000,
+        gt=0,
+        description=(
+            "Pixels one API process decodes at once; beyond it requests get 503 + Retry-After "
+            "(HTTP_DECODE_BUDGET_PIXELS)."
+        ),
+    )
     cors_origins: list[str] = Field(default_factory=list, description="HTTP_CORS_ORIGINS")
+
+    def image_pixel_cap(self, service: str) -> int:
+        """The pixel cap of one service's API: its own entry, never above the global cap."""
+        own = self.service_max_image_pixels.get(service, self.max_image_pixels)
+        return max(1, min(own, self.max_image_pixels))
+
     max_json_kb: int = Field(
         1024, ge=1, le=65536, description="JSON request body cap (HTTP_MAX_JSON_KB)."
     )

@@ -19,11 +19,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from shared.config import CommonSettings
 from shared.http.auth import ApiKeyMiddleware, ScopeRule, parse_keys
 from shared.http.body import BodyLimitMiddleware
-from shared.http.context import RequestIdMiddleware
+from shared.http.context import DecodeBudgetMiddleware, RequestIdMiddleware
 from shared.http.docs import install_offline_docs
 from shared.http.errors import install_error_handlers
 from shared.http.jsonguard import JsonGuardMiddleware, JsonLimits
 from shared.http.metrics import HttpMetrics, MetricsMiddleware
+from shared.imaging.budget import DecodeBounds, PixelBudget
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,14 @@ def create_service_app(
         route_max_bytes=json_route_max_bytes,
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    budget = PixelBudget(
+        DecodeBounds(
+            max_pixels=settings.http.image_pixel_cap(service),
+            budget_pixels=settings.http.decode_budget_pixels,
+        )
+    )
+    app.state.pixel_budget = budget
+    app.add_middleware(DecodeBudgetMiddleware, budget=budget)
     app.add_middleware(BodyLimitMiddleware, max_bytes=int(settings.http.max_body_mb * 2**20))
     app.add_middleware(
         ApiKeyMiddleware, keys=parse_keys(settings.auth.api_keys), rules=list(scope_rules)

@@ -1,4 +1,5 @@
-"""Request id plumbing: a pure-ASGI middleware and a context variable for log records."""
+"""Per-request context: the request id (middleware + log context variable) and the app's
+image decode bounds."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared.imaging import budget as pixel_budget
 from shared.logging import request_id_var
 
 _HEADER = b"x-request-id"
@@ -49,3 +51,15 @@ class RequestIdMiddleware:
 def request_id_of(scope: Scope) -> str:
     state: dict[str, Any] = scope.get("state", {})
     return str(state.get("request_id", request_id_var.get()))
+
+
+class DecodeBudgetMiddleware:
+    """Serve every request with this app's image decode bounds (``shared.imaging.budget``)."""
+
+    def __init__(self, app: ASGIApp, budget: pixel_budget.PixelBudget) -> None:
+        self.app = app
+        self.budget = budget
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        with pixel_budget.active(self.budget if scope["type"] == "http" else None):
+            await self.app(scope, receive, send)

@@ -8,7 +8,8 @@ from __future__ import annotations
 import io
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, replace
 from typing import Literal, NoReturn
 
 import numpy as np
@@ -16,6 +17,7 @@ import numpy.typing as npt
 from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from shared.errors import InvalidInputError, PayloadTooLargeError, UnsupportedMediaError
+from shared.imaging import budget as pixel_budget
 
 OutputMode = Literal["rgb", "gray"]
 
@@ -119,16 +121,23 @@ def decode_image(data: bytes, limits: ImageLimits) -> DecodedImage:
         RuntimeError: Pillow's ``ImageFile.LOAD_TRUNCATED_IMAGES`` was switched on.
     """
     _require_strict_pillow()
+    limits = _process_limits(limits)
     _check_bytes(data, limits)
+    budget = pixel_budget.current()
     with _open_header(data, limits) as img:
         _check_pixels(img.size, limits)
         source_format = "JPEG" if img.format == "MPO" else str(img.format)
         original_mode = img.mode
         bit_depth = _bit_depth(img)
-        _load(img)
-        _check_pixels(img.size, limits)
-        upright, orientation_applied = _apply_orientation(img)
-        array = _to_uint8(upright, limits.output_mode)
+        reserved: AbstractContextManager[None] = (
+            budget.reserve(img.size[0] * img.size[1]) if budget else nullcontext()
+        )
+        with reserved:
+            _load(img, limits)
+            _check_pixels(img.size, limits)
+            upright, orientation_applied = _apply_orientation(img)
+            array = _to_uint8(upright, limits.output_mode)
+            del upright
     return DecodedImage(
         array=array,
         width=int(array.shape[1]),
@@ -138,6 +147,14 @@ def decode_image(data: bytes, limits: ImageLimits) -> DecodedImage:
         bit_depth=bit_depth,
         orientation_applied=orientation_applied,
     )
+
+
+def _process_limits(limits: ImageLimits) -> ImageLimits:
+    """``limits`` tightened to this process's pixel cap (``shared.imaging.budget``)."""
+    budget = pixel_budget.current()
+    if budget is None or budget.bounds.max_pixels >= limits.max_pixels:
+        return limits
+    return replace(limits, max_pixels=budget.bounds.max_pixels)
 
 
 def _require_strict_pillow() -> None:
@@ -173,7 +190,7 @@ def _open_header(data: bytes, limits: ImageLimits) -> ImageFile.ImageFile:
     try:
         return _pillow_open()(io.BytesIO(data), formats=list(limits.allowed_formats))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        _raise_too_many_pixels(str(exc), exc)
+        _raise_bomb(limits, exc)
     except UnidentifiedImageError as exc:
         if any(_claims_format(data, name) for name in limits.allowed_formats):
             raise InvalidInputError(
@@ -211,6 +228,14 @@ def _raise_too_many_pixels(message: str, cause: BaseException | None) -> NoRetur
     raise PayloadTooLargeError(message, code="image_too_many_pixels") from cause
 
 
+def _raise_bomb(limits: ImageLimits, exc: BaseException) -> NoReturn:
+    # Pillow's own message names its limit (MAX_IMAGE_PIXELS), not the one configured here.
+    _raise_too_many_pixels(
+        f"the image declares more pixels than Pillow decodes; the limit is {limits.max_pixels}",
+        exc,
+    )
+
+
 def _bit_depth(img: ImageFile.ImageFile) -> int:
     if img.mode == "1":
         return 1
@@ -233,11 +258,11 @@ def _raw_mode(img: ImageFile.ImageFile) -> str:
     return ""
 
 
-def _load(img: Image.Image) -> None:
+def _load(img: Image.Image, limits: ImageLimits) -> None:
     try:
         img.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        _raise_too_many_pixels(str(exc), exc)
+        _raise_bomb(limits, exc)
     except MemoryError:
         raise
     except Exception as exc:
