@@ -24,15 +24,42 @@ from services.anomaly_map.ml.prompts import (
     Tokenizer,
     build_prompts,
     find_overlong_prompts,
+    lower_token_bound,
     parse_descriptions,
+    surely_overlong,
 )
 from shared.errors import InvalidInputError, NotFoundError
 from shared.imaging.intake import ImageLimits, decode_image
 from shared.storage.base import ObjectStore, validate_key
 
+_SHOWN_CHARS = 120
+
+
+def _shown(text: str) -> str:
+    """A description string as quoted in an error: cut, so a huge one cannot flood the reply."""
+    if len(text) <= _SHOWN_CHARS:
+        return repr(text)
+    return f"{text[:_SHOWN_CHARS]!r}... ({len(text)} characters)"
+
 
 def _overlong_states(description: CategoryDescription, tokenizer: Tokenizer) -> list[str]:
-    """Which description strings make prompts longer than the context (agssp-spec §1.1)."""
+    """Which description strings make prompts longer than the context (agssp-spec §1.1).
+
+    A string too long to fit on its own (``surely_overlong``) is reported before any prompt
+    is built or tokenised.
+    """
+    context = tokenizer.context_length
+    name = description.name
+    strings = [
+        ("map", description.object_phrase),
+        *((f"good[{i}]", t) for i, t in enumerate(description.good)),
+        *((f"defect[{i}]", t) for i, t in enumerate(description.defect)),
+    ]
+    huge = [(where, t) for where, t in strings if surely_overlong(t, context)]
+    if huge:
+        return [
+            f"{name}.{where} (over {lower_token_bound(t)} tokens): {_shown(t)}" for where, t in huge
+        ]
 
     def longest(good: tuple[str, ...], defect: tuple[str, ...]) -> int:
         single = CategoryDescription(description.name, description.object_phrase, good, defect)
@@ -40,16 +67,15 @@ def _overlong_states(description: CategoryDescription, tokenizer: Tokenizer) -> 
         overlong = find_overlong_prompts([*prompts.normal, *prompts.anomalous], tokenizer)
         return max((o.num_tokens for o in overlong), default=0)
 
-    name = description.name
     if tokens := longest((), ()):
-        return [f"{name}.map ({tokens} tokens): {description.object_phrase!r}"]
+        return [f"{name}.map ({tokens} tokens): {_shown(description.object_phrase)}"]
     found = []
     for i, state in enumerate(description.good):
         if tokens := longest((state,), ()):
-            found.append(f"{name}.good[{i}] ({tokens} tokens): {state!r}")
+            found.append(f"{name}.good[{i}] ({tokens} tokens): {_shown(state)}")
     for i, state in enumerate(description.defect):
         if tokens := longest((), (state,)):
-            found.append(f"{name}.defect[{i}] ({tokens} tokens): {state!r}")
+            found.append(f"{name}.defect[{i}] ({tokens} tokens): {_shown(state)}")
     return found
 
 

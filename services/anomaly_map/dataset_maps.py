@@ -35,7 +35,7 @@ SEGMENTS = "batches/"
 class DatasetMapParams(BaseModel):
     """Payload of ``anomaly_map.dataset_maps`` jobs."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     category: str
     category_version: str | None = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
+import pickle
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -228,7 +229,7 @@ class MapEngine:
         if stored is not None:
             try:
                 return tensor_from_bytes(stored)
-            except (RuntimeError, ValueError, EOFError):
+            except (RuntimeError, ValueError, EOFError, pickle.UnpicklingError):
                 log.warning("stored text features %s%s unreadable", record.prefix, relative)
         scorer = self.scorers.get(mode)
         text = self._on_model_thread(lambda: scorer.text_features(record.description()))

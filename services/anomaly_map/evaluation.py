@@ -37,7 +37,7 @@ MASK_THRESHOLD = 127  # masks are 0/255 with soft edges; magnetic-tile SOURCE.md
 class EvaluationParams(BaseModel):
     """Payload of ``anomaly_map.evaluate`` jobs."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     category: str
     category_version: str | None = None
@@ -46,7 +46,7 @@ class EvaluationParams(BaseModel):
     mask_suffix: str = Field(".png", description="mask key = masks prefix + image stem + suffix")
     normal_prefixes: list[str] = Field(default_factory=list)
     mode: str | None = None
-    max_images: int | None = Field(None, ge=2)
+    max_images: int | None = Field(None, ge=2, le=1_000_000)
 
 
 @dataclass(frozen=True)

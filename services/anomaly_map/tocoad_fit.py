@@ -38,7 +38,7 @@ CHECKPOINT = "tocoad"
 class TocoadFitParams(BaseModel):
     """Payload of ToCoAD fit jobs."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     category: str
     category_version: str | None = None

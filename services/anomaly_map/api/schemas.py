@@ -65,7 +65,7 @@ class ImportResponse(BaseModel):
 class MapParams(BaseModel):
     """Parameters of ``POST /v1/anomaly-maps``: query string, or form fields with multipart."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     category: str = Field(description="category name")
     mode: Literal["kead", "winclip", "tocoad"] | None = Field(

@@ -174,13 +174,41 @@ def prompt_counts(description: CategoryDescription) -> tuple[int, int]:
     return len(prompts.normal), len(prompts.anomalous)
 
 
+# The longest CLIP BPE vocabulary entry is 32 characters, and the tokenizer's clean-up can
+# shrink text at most 5-fold ("&amp;" -> "&"), so a token never covers more than 160
+# non-space characters of the input.
+MAX_CHARS_PER_TOKEN = 32 * 5
+
+
+def lower_token_bound(text: str) -> int:
+    """A cheap lower bound of the BPE tokens of ``text`` (linear time, no tokenizer call)."""
+    nonspace = sum(len(word) for word in text.split())
+    return -(-nonspace // MAX_CHARS_PER_TOKEN)
+
+
+def surely_overlong(text: str, context_length: int) -> bool:
+    """True when ``text`` cannot fit the context whatever the tokenizer does.
+
+    Checked before tokenising, so a megabyte of prompt is refused in microseconds instead of
+    being run through BPE once per template.
+    """
+    return lower_token_bound(text) + 2 > context_length
+
+
 def find_overlong_prompts(
     prompts: Sequence[str], tokenizer: Tokenizer, context_length: int | None = None
 ) -> list[OverlongPrompt]:
-    """Prompts whose token count (with start and end tokens) exceeds the context length."""
+    """Prompts whose token count (with start and end tokens) exceeds the context length.
+
+    Prompts too long to fit by ``surely_overlong`` are not tokenised; their count is the
+    lower bound.
+    """
     limit = context_length if context_length is not None else tokenizer.context_length
     unique = dict.fromkeys(prompts)  # duplicate templates would be reported twice
-    counts = ((p, len(tokenizer.encode(p)) + 2) for p in unique)
+    counts = (
+        (p, lower_token_bound(p) + 2 if surely_overlong(p, limit) else len(tokenizer.encode(p)) + 2)
+        for p in unique
+    )
     return [OverlongPrompt(prompt=p, num_tokens=n) for p, n in counts if n > limit]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -108,3 +109,50 @@ def test_tocoad_fit_with_a_bad_config_is_422(client: TestClient) -> None:
     # then
     assert response.status_code == 422
     assert response.json()["code"] == "invalid_config"
+
+
+_ABSURD = [1e30, 1e9, float("inf"), float("nan")]
+
+
+def _post(client: TestClient, path: str, body: dict[str, object]) -> int:
+    # json.dumps writes inf / nan as the Infinity / NaN tokens Python's parser accepts.
+    data = json.dumps(body)
+    return client.post(path, content=data, headers={"content-type": "application/json"}).status_code
+
+
+@pytest.mark.parametrize("value", _ABSURD)
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/tocoad-fits", {"category": "tile", "max_images": "V"}),
+        ("/v1/tocoad-fits", {"category": "tile", "config": {"stage1": {"iters": "V"}}}),
+        ("/v1/tocoad-fits", {"category": "tile", "config": {"stage2": {"lr_heads": "V"}}}),
+        ("/v1/tocoad-fits", {"category": "tile", "config": {"bank": {"coreset_ratio": "V"}}}),
+        (
+            "/v1/tocoad-fits",
+            {"category": "tile", "config": {"generator": {"beta_range": [0, "V"]}}},
+        ),
+        ("/v1/evaluations", {"category": "tile", "images_prefix": "a/", "max_images": "V"}),
+    ],
+)
+def test_absurd_numbers_in_job_requests_are_422(
+    client: TestClient, path: str, body: dict[str, object], value: float
+) -> None:
+    # given
+    filled = json.loads(json.dumps(body).replace('"V"', json.dumps(value)))
+    # when
+    status = _post(client, path, filled)
+    # then
+    assert status == 422
+
+
+@pytest.mark.parametrize("tile", ["1e30", "1000000000", "inf", "nan"])
+def test_absurd_tile_sizes_are_422(client: TestClient, tile: str) -> None:
+    # when
+    response = client.post(
+        f"/v1/anomaly-maps?category=tile&tile={tile}",
+        content=b"\x89PNG",
+        headers={"content-type": "image/png"},
+    )
+    # then
+    assert response.status_code == 422

@@ -233,3 +233,47 @@ def test_import_of_a_malformed_file_is_refused(categories, tokenizer) -> None:
             limits=LIMITS,
             data_root=None,
         )
+
+
+class _CountingTokenizer:
+    """Wraps the real tokenizer and records how many characters it was asked to encode."""
+
+    def __init__(self, inner: Tokenizer) -> None:
+        self.inner = inner
+        self.context_length = inner.context_length
+        self.chars: list[int] = []
+
+    def __call__(self, texts, context_length=None):  # type: ignore[no-untyped-def]
+        return self.inner(texts, context_length)
+
+    def encode(self, text: str) -> list[int]:
+        self.chars.append(len(text))
+        return self.inner.encode(text)
+
+
+@pytest.mark.parametrize("where", ["defect", "good", "map"])
+def test_a_megabyte_prompt_is_refused_before_it_is_tokenised(categories, tokenizer, where) -> None:
+    # given a counting tokenizer and a 1 MB description string
+    counting = _CountingTokenizer(tokenizer)
+    huge = "{} with a " + "very long crack " * 65_536
+    spec = {"map": huge} if where == "map" else {where: [huge]}
+    # when
+    with pytest.raises(InvalidInputError) as info:
+        _put(categories, counting, **spec)  # type: ignore[arg-type]
+    # then nothing near that size reached the BPE, and the reply stays short
+    assert info.value.code == "prompt_too_long"
+    assert max(counting.chars, default=0) < 20_000
+    assert len(info.value.message) < 2_000
+    assert f"{where}" in info.value.message
+
+
+def test_a_prompt_just_over_the_context_is_still_measured_exactly(categories, tokenizer) -> None:
+    # given
+    counting = _CountingTokenizer(tokenizer)
+    # when
+    with pytest.raises(InvalidInputError) as info:
+        _put(categories, counting, defect=[LONG_DEFECT])
+    # then the short-cut did not apply: the prompt was tokenised and its count is exact
+    assert counting.chars
+    assert "tokens)" in info.value.message
+    assert "over" not in info.value.message

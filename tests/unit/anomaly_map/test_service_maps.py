@@ -199,3 +199,44 @@ def test_build_engine_without_weights_names_model_and_folder(tmp_path) -> None:
     assert info.value.code == "model_weights_missing"
     assert "tiny-vit" in info.value.message
     assert str(tmp_path / "home" / "models" / "open_clip" / "tiny-vit") in info.value.message
+
+
+def test_first_map_after_a_restart_does_no_prompt_encoding(engine, settings, monkeypatch) -> None:
+    # given text features computed by one process (stored beside the category version)
+    from services.anomaly_map.ml import text_features
+
+    calls: list[int] = []
+    encode = text_features.encode_prompt_set
+
+    def counting(bundle, prompts, batch_size=256):  # type: ignore[no-untyped-def]
+        calls.append(len(prompts))
+        return encode(bundle, prompts, batch_size)
+
+    monkeypatch.setattr(text_features, "encode_prompt_set", counting)
+    record = _category(engine)
+    first = service.generate_map(engine, image_bytes(seed=1), service.MapRequest("tile"), settings)
+    encoded_first = len(calls)
+    # when a fresh engine (a restarted API or another worker) on the same store maps an image
+    restarted = make_engine(settings, engine.categories.store)
+    second = service.generate_map(
+        restarted, image_bytes(seed=1), service.MapRequest("tile"), settings
+    )
+    # then the first process encoded prompts, the restarted one none
+    assert encoded_first == 3  # normal, anomalous and the empty template
+    assert len(calls) == encoded_first
+    stored = engine.categories.store.list(f"{record.prefix}text/")
+    assert stored == [f"{record.prefix}text/kead-{engine.model_id}.pt"]
+    np.testing.assert_allclose(first.anomaly_map, second.anomaly_map, rtol=1e-6)
+
+
+def test_unreadable_stored_text_features_are_encoded_again(engine, settings) -> None:
+    # given
+    record = _category(engine)
+    engine.categories.put_blob(record, f"text/kead-{engine.model_id}.pt", b"garbage")
+    # when
+    result = service.generate_map(engine, image_bytes(seed=1), service.MapRequest("tile"), settings)
+    # then
+    assert np.isfinite(result.anomaly_map).all()
+    stored = engine.categories.get_blob(record, f"text/kead-{engine.model_id}.pt")
+    assert stored is not None
+    assert stored != b"garbage"
