@@ -74,7 +74,7 @@ async def forward(
     *,
     method: str,
     url: str,
-    params: list[tuple[str, str]],
+    query: str,
     headers: dict[str, str],
     body: bytes,
 ) -> Forwarded:
@@ -83,7 +83,7 @@ async def forward(
         response = await client.request(
             method,
             url,
-            params=httpx.QueryParams(params),
+            params=httpx.QueryParams(query),
             headers=request_headers(headers),
             content=body,
         )

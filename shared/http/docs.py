@@ -6,6 +6,10 @@ public hosts, so in an air-gapped plant they render blank. Here both pages point
 Swagger UI 5 and ReDoc 2 builds; ``swagger-ui-bundle`` is not used because its Swagger UI 4
 cannot read the OpenAPI 3.1 that FastAPI writes). Without the extra, both routes answer a
 small local page that says what to install and links the raw ``/openapi.json``.
+
+The pages also carry a Content-Security-Policy that allows only this origin (plus ``data:``
+images and ``blob:`` workers), so the browser itself refuses anything the bundles would load
+from outside: ReDoc 2 always shows a Redocly logo from a public host, which then stays hidden.
 """
 
 from __future__ import annotations
@@ -29,6 +33,12 @@ SWAGGER_JS = "swagger-ui-bundle.js"
 SWAGGER_CSS = "swagger-ui.css"
 REDOC_JS = "redoc.standalone.js"
 FAVICON = "favicon.png"
+# 'unsafe-inline': both pages start their bundle from an inline <script> and style inline.
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'self'; frame-ancestors 'self'"
+)
 
 
 def asset_dir() -> Path | None:
@@ -51,6 +61,11 @@ def _missing_page(title: str, openapi_url: str) -> HTMLResponse:
     return HTMLResponse(body)
 
 
+def _local_only(response: HTMLResponse) -> HTMLResponse:
+    response.headers["Content-Security-Policy"] = DOCS_CSP
+    return response
+
+
 def install_offline_docs(app: FastAPI) -> None:
     """Add ``/docs``, ``/docs/oauth2-redirect`` and ``/redoc`` served from local files.
 
@@ -70,8 +85,8 @@ def install_offline_docs(app: FastAPI) -> None:
     def swagger_ui(request: Request) -> HTMLResponse:
         openapi_url, assets = _urls(request)
         if folder is None:
-            return _missing_page(f"{title} - docs", openapi_url)
-        return get_swagger_ui_html(
+            return _local_only(_missing_page(f"{title} - docs", openapi_url))
+        page = get_swagger_ui_html(
             openapi_url=openapi_url,
             title=f"{title} - Swagger UI",
             swagger_js_url=f"{assets}/{SWAGGER_JS}",
@@ -79,20 +94,22 @@ def install_offline_docs(app: FastAPI) -> None:
             swagger_favicon_url=f"{assets}/{FAVICON}",
             oauth2_redirect_url="/docs/oauth2-redirect",
         )
+        return _local_only(page)
 
     @app.get("/docs/oauth2-redirect", include_in_schema=False)
     def swagger_redirect() -> HTMLResponse:
-        return get_swagger_ui_oauth2_redirect_html()
+        return _local_only(get_swagger_ui_oauth2_redirect_html())
 
     @app.get("/redoc", include_in_schema=False)
     def redoc(request: Request) -> HTMLResponse:
         openapi_url, assets = _urls(request)
         if folder is None:
-            return _missing_page(f"{title} - ReDoc", openapi_url)
-        return get_redoc_html(
+            return _local_only(_missing_page(f"{title} - ReDoc", openapi_url))
+        page = get_redoc_html(
             openapi_url=openapi_url,
             title=f"{title} - ReDoc",
             redoc_js_url=f"{assets}/{REDOC_JS}",
             redoc_favicon_url=f"{assets}/{FAVICON}",
             with_google_fonts=False,
         )
+        return _local_only(page)

@@ -15,6 +15,12 @@ from services.console.config import ConsoleSettings, get_settings
 from shared.http.app import create_service_app
 
 PROXY_METHODS = ["GET", "POST", "PUT", "DELETE"]
+# Pages load only what the console serves: the browser refuses anything from another host.
+PAGE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: blob:; connect-src 'self'; object-src 'none'; base-uri 'self'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
 
 
 def _client(request: Request) -> httpx.AsyncClient:
@@ -33,7 +39,8 @@ def _page_config(settings: ConsoleSettings) -> dict[str, object]:
 
 def _page_endpoint(slug: str) -> Callable[[Request], HTMLResponse]:
     def endpoint(request: Request) -> HTMLResponse:
-        return HTMLResponse(pages.render(slug, _page_config(_settings(request))))
+        body = pages.render(slug, _page_config(_settings(request)))
+        return HTMLResponse(body, headers={"Content-Security-Policy": PAGE_CSP})
 
     endpoint.__name__ = f"page_{slug}"
     return endpoint
@@ -64,7 +71,7 @@ def proxy_router() -> APIRouter:
             _client(request),
             method=request.method,
             url=url,
-            params=list(request.query_params.multi_items()),
+            query=request.url.query,
             headers=dict(request.headers),
             body=await request.body(),
         )

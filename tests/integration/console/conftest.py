@@ -1,0 +1,155 @@
+"""A running suite for the console's browser tests: real Redis and S3 servers, one worker,
+the four APIs and the console as ``agssp serve`` child processes, and headless Chromium
+(Debian's package, driven by Playwright) whose every request off loopback is aborted and
+recorded."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from shared.storage.artifacts import ArtifactStore
+from shared.storage.base import ObjectStore
+from shared.storage.factory import create_store
+from tests.integration.console.support import (
+    CHROMIUM,
+    JOB_IMAGES,
+    LOOPBACK,
+    MODEL,
+    VIEWPORT,
+    Offline,
+    Suite,
+    steel_png,
+)
+from tests.integration.suite import ROOT, Proc, SuiteEnv, start_api, start_worker, suite_env
+from tests.servers import ServerHandle
+
+
+def _detecting_onnx(out: Path) -> Path:
+    """A random-init YOLOv8n whose class logits are shifted up, so it always finds boxes."""
+    import torch
+    from ultralytics.models.yolo.model import YOLO
+
+    torch.manual_seed(0)
+    model: Any = YOLO("yolov8n.yaml")
+    for branch in model.model.model[-1].cv3:
+        branch[-1].bias.data += 12.0  # bias_init sets about -9 to -11: scores ~0.6-0.96
+    model.model.pt_path = str(out / "det.pt")  # the exporter writes next to this path
+    return Path(model.export(format="onnx", imgsz=64, dynamic=True, simplify=False))
+
+
+def _publish_models(store: ObjectStore, onnx: Path) -> None:
+    """Two registry versions as the finetune service publishes them; v1 is in production."""
+    artifacts = ArtifactStore(store)
+    classes = json.dumps([f"class{i}" for i in range(80)]).encode()
+    for version, map50 in (("v1", 0.31), ("v2", 0.42)):
+        meta = {
+            "kind": "detector",
+            "metrics": {"map50": map50, "map50_95": map50 / 2},
+            "lineage": {"dataset": "steel-labelled:1", "init": {"kind": "agdp", "artifact": "x:1"}},
+        }
+        artifacts.publish(
+            MODEL, {"model.onnx": onnx, "classes.json": classes}, version=version, metadata=meta
+        )
+    artifacts.promote(MODEL, "v1", "production")
+
+
+def _seed(store: ObjectStore) -> None:
+    for i in range(JOB_IMAGES):
+        store.put_bytes(f"lines/steel/images/line_{i:02d}.png", steel_png(i))
+
+
+def _env(senv: SuiteEnv, tmp: Path) -> None:
+    senv.env.update(
+        {
+            "ANOMALY_MAP_CLIP_MODEL": "tiny-vit",
+            "ANOMALY_MAP_ALLOW_RANDOM_WEIGHTS": "true",
+            "ANOMALY_MAP_EXTRA_MODEL_CONFIG_DIR": str(ROOT / "tests" / "fixtures"),
+            "ANOMALY_MAP_DEVICE": "cpu",
+            "ANOMALY_MAP_MAX_BATCH_SIZE": "1",
+            "PRETRAIN_DEVICE": "cpu",
+            "FINETUNE_DEVICE": "cpu",
+            "FINETUNE_WORK_DIR": str(tmp / "ft"),
+            "INFERENCE_MODEL_NAME": MODEL,
+            "INFERENCE_POLL_INTERVAL_S": "1",
+            "INFERENCE_INTRA_OP_THREADS": "1",
+            "OMP_NUM_THREADS": "1",
+            "YOLO_CONFIG_DIR": str(tmp / "yolo"),
+        }
+    )
+
+
+@pytest.fixture(scope="package")
+def suite(
+    tmp_path_factory: pytest.TempPathFactory, redis_server: ServerHandle, s3_server: ServerHandle
+) -> Iterator[Suite]:
+    if shutil.which(CHROMIUM) is None:
+        pytest.skip(f"no Chromium at {CHROMIUM} (scripts/setup.sh installs Debian's chromium)")
+    tmp = tmp_path_factory.mktemp("console")
+    senv = suite_env(
+        tmp, redis_url=f"redis://127.0.0.1:{redis_server.port}/0", s3_url=s3_server.url
+    )
+    _env(senv, tmp)
+    os.environ.setdefault("YOLO_CONFIG_DIR", str(tmp / "yolo"))
+    store = create_store(senv.settings)
+    _seed(store)
+    _publish_models(store, _detecting_onnx(tmp))
+    procs: dict[str, Proc] = {"worker": start_worker(senv, tmp, ["maps", "default"], "console")}
+    urls: dict[str, str] = {}
+    try:
+        for service in ("anomaly_map", "pretrain", "finetune", "inference"):
+            procs[service], urls[service] = start_api(senv, tmp, service, timeout_s=120)
+        senv.env.update({f"CONSOLE_{name.upper()}_URL": url for name, url in urls.items()})
+        senv.env["CONSOLE_POLL_INTERVAL_MS"] = "300"
+        procs["console"], urls["console"] = start_api(senv, tmp, "console")
+        yield Suite(urls, store, procs)
+    finally:
+        for proc in procs.values():
+            proc.stop()
+
+
+@pytest.fixture(scope="package")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-background-networking", "--disable-component-update"],
+        )
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def offline() -> Offline:
+    return Offline()
+
+
+@pytest.fixture
+def page(browser: Any, offline: Offline) -> Iterator[Any]:
+    """A fresh 1280x800 page; the network is cut to everything but loopback."""
+    context = browser.new_context(viewport=VIEWPORT)
+
+    def guard(route: Any) -> None:
+        host = urlsplit(route.request.url).hostname or ""
+        if host in LOOPBACK:
+            route.continue_()
+        else:
+            offline.blocked.append(route.request.url)
+            route.abort("internetdisconnected")
+
+    context.route("**/*", guard)
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    yield page
+    context.close()
+    assert offline.blocked == [], f"requests left loopback: {offline.blocked}"
