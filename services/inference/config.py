@@ -4,11 +4,43 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.config import CommonSettings, load_settings, register_settings
+
+
+class SinkSpec(BaseModel):
+    """One destination that detection results are pushed to (an entry of INFERENCE_SINKS).
+
+    A result goes to a sink when its model is in ``models`` (empty: every model) and the
+    request's routing ``key`` is in ``keys`` (empty: every request).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Metrics and logs name.")
+    kind: Literal["mqtt", "webhook"]
+    url: str = Field(description="mqtt://[user:password@]host[:port] or http(s)://... endpoint.")
+    topic: str = Field(
+        "agssp/{model}/detections",
+        description="MQTT topic; {model}, {version} and {key} are filled in per result.",
+    )
+    qos: Literal[0, 1, 2] = 1
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra webhook headers.")
+    models: list[str] = Field(default_factory=list)
+    keys: list[str] = Field(default_factory=list)
+    include_png: bool = Field(False, description="Add the annotated frame (base64 PNG).")
+    max_queue: int = Field(256, ge=1, le=100_000, description="Results held; oldest dropped.")
+    timeout_s: float = Field(5.0, gt=0, le=120)
+
+    @model_validator(mode="after")
+    def _scheme_fits_kind(self) -> SinkSpec:
+        schemes = ("mqtt://",) if self.kind == "mqtt" else ("http://", "https://")
+        if not self.url.startswith(schemes):
+            raise ValueError(f"a {self.kind} sink's url must start with {' or '.join(schemes)}")
+        return self
 
 
 @register_settings
@@ -77,6 +109,21 @@ class InferenceSettings(BaseSettings):
         None,
         description="Local copies of registry models (INFERENCE_CACHE_DIR); "
         "default AGSSP_HOME/cache/inference (AGSSP_MODEL_DIR may be read-only).",
+    )
+    sinks: list[SinkSpec] = Field(
+        default_factory=list,
+        description="JSON list of result sinks (INFERENCE_SINKS), e.g. "
+        '[{"name": "line", "kind": "mqtt", "url": "mqtt://broker:1883"}].',
+    )
+    sink_retry_max_s: float = Field(
+        2.0,
+        gt=0,
+        le=300,
+        description="Longest wait between delivery attempts to a sink that is down "
+        "(INFERENCE_SINK_RETRY_MAX_S).",
+    )
+    sink_flush_s: float = Field(
+        2.0, ge=0, le=60, description="Shutdown grace for queued results (INFERENCE_SINK_FLUSH_S)."
     )
     retry_failed_load_s: float = Field(
         5.0,

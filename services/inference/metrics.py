@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from services.inference.registry import ModelKey
+from services.inference.sinks import SinkStats
 from services.inference.slots import ResidentModel
 
 BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256)
@@ -104,10 +105,40 @@ class ResidentModelsCollector:
         yield from (depth, in_flight, rejected, resident)
 
 
+class SinksCollector:
+    """Reads the result sinks' counters at scrape time."""
+
+    def __init__(self, sinks: Callable[[], dict[str, SinkStats]]) -> None:
+        self._sinks = sinks
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._sinks()
+        counters = {
+            "delivered": "Results a sink acknowledged",
+            "retries": "Failed delivery attempts that were retried (sink down or slow)",
+            "dropped": "Results dropped because a sink's queue was full",
+            "failed": "Results a sink refused for good",
+        }
+        for field, doc in counters.items():
+            family = CounterMetricFamily(f"agssp_inference_sink_{field}", doc, labels=["sink"])
+            for name, s in stats.items():
+                family.add_metric([name], getattr(s, field))
+            yield family
+        depth = GaugeMetricFamily(
+            "agssp_inference_sink_queue_depth", "Results waiting for a sink", labels=["sink"]
+        )
+        for name, s in stats.items():
+            depth.add_metric([name], s.queue_depth)
+        yield depth
+
+
 def install_metrics(
-    registry: CollectorRegistry, resident: Callable[[], list[ResidentModel]]
+    registry: CollectorRegistry,
+    resident: Callable[[], list[ResidentModel]],
+    sinks: Callable[[], dict[str, SinkStats]] = dict,
 ) -> InferenceMetrics:
-    """Create the service's metrics on ``registry`` and register the scrape-time collector."""
+    """Create the service's metrics on ``registry`` and register the scrape-time collectors."""
     metrics = InferenceMetrics(registry)
     registry.register(ResidentModelsCollector(resident))  # type: ignore[arg-type]
+    registry.register(SinksCollector(sinks))  # type: ignore[arg-type]
     return metrics

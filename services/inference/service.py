@@ -29,6 +29,7 @@ from services.inference.registry import (
 )
 from services.inference.registry import local_model as describe_local_model
 from services.inference.runtime import DetectorFactory, ModelRuntime
+from services.inference.sinks import SinkDispatcher, event_now
 from services.inference.slots import BatchingConfig, BatchObserver, BatchRun, Outcome
 from shared.errors import InvalidInputError, SuiteError
 from shared.imaging.intake import ImageLimits, decode_image
@@ -61,6 +62,7 @@ class DetectOptions:
     annotate: bool = False
     tile: bool = False
     tile_overlap: float = 0.2
+    key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,7 @@ async def detect(
     *,
     settings: InferenceSettings,
     observer: RequestObserver | None = None,
+    sinks: SinkDispatcher | None = None,
 ) -> DetectResult:
     """Decode ``data`` (through the image intake), queue it on its model, convert the answer.
 
@@ -159,6 +162,8 @@ async def detect(
         InvalidInputError: bad image (413/415/422 codes from the intake), bad options.
         NotFoundError: unknown model, version or stage.
         UnavailableError: no model loaded (503); OverloadedError when the queue is full (429).
+
+    When ``sinks`` is given, the answer is also queued for every matching result sink.
     """
     started = time.perf_counter()
     try:
@@ -178,6 +183,8 @@ async def detect(
         if observer is not None:
             observer.observe_failure(_model_label(options, settings), exc.code)
         raise
+    if sinks is not None:
+        _offer(sinks, outcome, options.key, decoded.array)
     total_s = time.perf_counter() - started
     queue_wait_s = max(0.0, outcome.run.started - decoded_at)
     if observer is not None:
@@ -235,6 +242,12 @@ async def _detect_tiled(
         size=max(r.size for r in runs),
     )
     return Outcome(merged, outcomes[-1].names, run), len(tiles)
+
+
+def _offer(sinks: SinkDispatcher, outcome: Outcome, key: str | None, image: Image) -> None:
+    model = outcome.run.key
+    keep = image if sinks.wants_image(model.name, key) else None
+    sinks.offer(event_now(model, key, outcome.detections, dict(outcome.names), keep))
 
 
 def _model_label(options: DetectOptions, settings: InferenceSettings) -> str:

@@ -14,6 +14,7 @@ from services.inference.api.schemas import DetectQuery
 from services.inference.config import InferenceSettings
 from services.inference.metrics import InferenceMetrics
 from services.inference.runtime import ModelRuntime
+from services.inference.sinks import SinkDispatcher
 from shared.errors import InvalidInputError, SuiteError, UnsupportedMediaError
 from shared.http.body import read_limited
 from shared.http.deps import state_object
@@ -32,6 +33,11 @@ def _runtime(request: Request) -> ModelRuntime:
     return runtime
 
 
+def _sinks(request: Request) -> SinkDispatcher | None:
+    sinks: SinkDispatcher | None = getattr(request.app.state, "sinks", None)
+    return sinks
+
+
 def _metrics(request: Request) -> InferenceMetrics:
     metrics: InferenceMetrics = request.app.state.inference_metrics
     return metrics
@@ -40,6 +46,7 @@ def _metrics(request: Request) -> InferenceMetrics:
 SettingsDep = Annotated[InferenceSettings, Depends(_settings)]
 RuntimeDep = Annotated[ModelRuntime, Depends(_runtime)]
 MetricsDep = Annotated[InferenceMetrics, Depends(_metrics)]
+SinksDep = Annotated[SinkDispatcher | None, Depends(_sinks)]
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from services.inference.api.routes import router
 from services.inference.config import InferenceSettings, get_settings
 from services.inference.metrics import install_metrics
 from services.inference.runtime import DetectorFactory, ModelRuntime
+from services.inference.sinks import SinkDispatcher, SinkStats, build_dispatcher
 from services.inference.slots import ResidentModel
 from shared.http.app import create_service_app
 from shared.http.auth import ScopeRule
@@ -48,6 +49,7 @@ def create_app(
         )
         await runtime.refresh()  # the first load; failures leave the app up but not ready
         app.state.runtime = runtime
+        app.state.sinks = build_dispatcher(settings)
         poller = asyncio.create_task(runtime.poll_forever(settings.poll_interval_s))
         try:
             yield
@@ -57,15 +59,19 @@ def create_app(
                 await poller
             app.state.runtime = None
             await runtime.close()
+            if app.state.sinks is not None:
+                await app.state.sinks.close()
+            app.state.sinks = None
 
     app = create_service_app(
         service="inference", settings=settings.common, lifespan=lifespan, scope_rules=SCOPE_RULES
     )
     app.state.service_settings = settings
     app.state.runtime = None
+    app.state.sinks = None
     app.state.not_ready["model"] = "starting"
     app.state.inference_metrics = install_metrics(
-        app.state.http_metrics.registry, lambda: _resident(app)
+        app.state.http_metrics.registry, lambda: _resident(app), lambda: _sink_stats(app)
     )
     app.include_router(router)
     return app
@@ -82,6 +88,11 @@ def _model_status(app: FastAPI, reason: str | None) -> None:
 def _resident(app: FastAPI) -> list[ResidentModel]:
     runtime: ModelRuntime | None = getattr(app.state, "runtime", None)
     return runtime.resident() if runtime is not None else []
+
+
+def _sink_stats(app: FastAPI) -> dict[str, SinkStats]:
+    sinks: SinkDispatcher | None = getattr(app.state, "sinks", None)
+    return sinks.stats() if sinks is not None else {}
 
 
 def app_factory() -> FastAPI:

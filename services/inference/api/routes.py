@@ -7,8 +7,19 @@ from typing import Any
 from fastapi import APIRouter, Response
 
 from services.inference import service
-from services.inference.api.deps import DetectInputDep, MetricsDep, RuntimeDep, SettingsDep
-from services.inference.api.schemas import DetectQuery, DetectResponse, ModelsResponse
+from services.inference.api.deps import (
+    DetectInputDep,
+    MetricsDep,
+    RuntimeDep,
+    SettingsDep,
+    SinksDep,
+)
+from services.inference.api.schemas import (
+    DetectQuery,
+    DetectResponse,
+    ModelsResponse,
+    SinksResponse,
+)
 from services.inference.service import DetectResult
 
 router = APIRouter(tags=["inference"])
@@ -63,12 +74,16 @@ _PNG: dict[int | str, dict[str, Any]] = {
     openapi_extra=_DETECT_BODY,
 )
 async def detect(
-    payload: DetectInputDep, runtime: RuntimeDep, settings: SettingsDep, metrics: MetricsDep
+    payload: DetectInputDep,
+    runtime: RuntimeDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+    sinks: SinksDep,
 ) -> DetectResponse | Response:
     """Detect objects in one image; JSON, or an annotated PNG (annotated=true / Accept)."""
     options = payload.query.options(settings, annotate=payload.png)
     result = await service.detect(
-        runtime, payload.data, options, settings=settings, observer=metrics
+        runtime, payload.data, options, settings=settings, observer=metrics, sinks=sinks
     )
     if result.png is not None:
         return Response(result.png, media_type="image/png", headers=_png_headers(result))
@@ -79,6 +94,12 @@ async def detect(
 async def list_models(runtime: RuntimeDep, settings: SettingsDep) -> ModelsResponse:
     """Resident models and the followed stage."""
     return ModelsResponse.of(runtime, settings)
+
+
+@router.get("/v1/sinks", response_model=SinksResponse)
+async def list_sinks(sinks: SinksDep) -> SinksResponse:
+    """Delivery counters and queue depth of every configured result sink."""
+    return SinksResponse.of(sinks.stats() if sinks is not None else {})
 
 
 @router.post("/v1/models/reload", response_model=ModelsResponse)

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from services.inference.config import InferenceSettings
 from services.inference.runtime import ModelRuntime
 from services.inference.service import DetectOptions, DetectResult
+from services.inference.sinks import SinkStats
 from services.inference.slots import ResidentModel
 
 MAX_DET_LIMIT = 1000
@@ -40,6 +41,12 @@ class DetectQuery(BaseModel):
     tile_overlap: float = Field(
         0.2, ge=0, le=0.5, description="Fraction of a tile shared with each neighbour."
     )
+    key: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_.:/-]{1,128}$",
+        description="Routing key of this request (camera, station): result sinks that list "
+        "keys receive only requests with one of them.",
+    )
 
     @field_validator("classes", mode="before")
     @classmethod
@@ -68,6 +75,7 @@ class DetectQuery(BaseModel):
             annotate=annotate,
             tile=self.tile,
             tile_overlap=self.tile_overlap,
+            key=self.key,
         )
 
 
@@ -213,4 +221,35 @@ class ModelsResponse(BaseModel):
                 max_queue_delay_ms=settings.max_queue_delay_ms,
                 max_queue=settings.max_queue,
             ),
+        )
+
+
+class SinkOut(BaseModel):
+    name: str
+    delivered: int = Field(description="Messages the sink acknowledged.")
+    retries: int = Field(description="Failed attempts that were retried.")
+    dropped: int = Field(description="Messages dropped because the queue was full.")
+    failed: int = Field(description="Messages the sink refused for good (4xx).")
+    queue_depth: int
+    last_error: str | None
+
+
+class SinksResponse(BaseModel):
+    sinks: list[SinkOut]
+
+    @classmethod
+    def of(cls, stats: dict[str, SinkStats]) -> SinksResponse:
+        return cls(
+            sinks=[
+                SinkOut(
+                    name=name,
+                    delivered=s.delivered,
+                    retries=s.retries,
+                    dropped=s.dropped,
+                    failed=s.failed,
+                    queue_depth=s.queue_depth,
+                    last_error=s.last_error,
+                )
+                for name, s in stats.items()
+            ]
         )
