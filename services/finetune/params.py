@@ -7,12 +7,13 @@ pydantic-only configs of ``shared.schemas.detector`` (unknown keys are named, wi
 from __future__ import annotations
 
 import difflib
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from shared.errors import InvalidInputError
 from shared.schemas.artifacts import check_segment
+from shared.schemas.bounds import FINITE, SEED_MAX
 from shared.schemas.detector import AgdpConfig, FinetuneConfig, Scale
 from shared.storage.base import prefix_field, validate_key
 
@@ -25,6 +26,7 @@ _FIELDS: dict[TrainKind, type[BaseModel]] = {"agdp": AgdpConfig, "finetune": Fin
 # layer 0 and the stages are layers (1, 2), (3, 4), (5, 6), (7, 8, 9 = SPPF), so k = 4 is the
 # whole backbone, layers 0-9 (agssp-spec §5.2 "frozen_stages 4 = whole backbone").
 FROZEN_STAGE_LAYERS = {-1: 0, 0: 1, 1: 3, 2: 5, 3: 7, 4: 10}
+MAX_NAMED_KEYS = 10  # an error names this many unknown keys, never thousands
 SPLIT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$"
 
 
@@ -71,9 +73,12 @@ def check_train_config(kind: TrainKind, scale: Scale, raw: dict[str, Any]) -> di
     unknown = sorted(set(raw) - set(fields.model_fields))
     if unknown:
         hints = []
-        for key in unknown:
-            close = difflib.get_close_matches(key, known, n=1)
-            hints.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
+        for key in unknown[:MAX_NAMED_KEYS]:
+            shown = repr(key[:64])
+            close = difflib.get_close_matches(key[:64], known, n=1)
+            hints.append(f"{shown} (did you mean {close[0]!r}?)" if close else shown)
+        if len(unknown) > MAX_NAMED_KEYS:
+            hints.append(f"and {len(unknown) - MAX_NAMED_KEYS} more")
         raise InvalidInputError(
             f"unknown {kind} config keys: {', '.join(hints)}; accepted: {', '.join(known)}",
             code="unknown_config_keys",
@@ -93,7 +98,8 @@ def check_train_config(kind: TrainKind, scale: Scale, raw: dict[str, Any]) -> di
         checked = fields.model_validate({**raw, "scale": scale})
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+            for e in exc.errors()[:MAX_NAMED_KEYS]
         )
         raise InvalidInputError(
             f"invalid {kind} config: {problems}", code="invalid_config"
@@ -104,7 +110,7 @@ def check_train_config(kind: TrainKind, scale: Scale, raw: dict[str, Any]) -> di
 class DatasetImportParams(BaseModel):
     """Import a VOC/COCO/YOLO or images + masks dataset from a store prefix as a version."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = FINITE
 
     name: str = Field(description="dataset name, e.g. 'neu-det'")
     prefix: str = Field(description="store prefix holding the images and annotations")
@@ -124,8 +130,8 @@ class DatasetImportParams(BaseModel):
         "categories, YOLO: classes.txt or data.yaml",
     )
     val_fraction: float = Field(0.1, ge=0, lt=1, description="share of images in 'val'")
-    seed: int = Field(2024, description="seed of the split and the mini subsets")
-    mini: list[int] = Field(
+    seed: int = Field(2024, ge=0, le=SEED_MAX, description="seed of the split and the mini subsets")
+    mini: list[Annotated[int, Field(ge=1, le=100_000)]] = Field(
         default_factory=list,
         max_length=8,
         description="few-shot subsets 'mini-N' of the train split to store (N images per class)",
@@ -159,7 +165,7 @@ class DatasetImportParams(BaseModel):
 class InitParams(BaseModel):
     """Where finetuning starts: scratch, an AGBP backbone, a detector artifact or a file."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     kind: Literal["scratch", "agbp", "agdp", "checkpoint"] = "scratch"
     artifact: str | None = Field(
@@ -190,7 +196,7 @@ class InitParams(BaseModel):
 class AgdpJobParams(BaseModel):
     """AGDP: a one-class detector on pseudo-defect boxes, backbone frozen (agssp-spec §5.2)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = FINITE
 
     images_prefix: str = Field(description="store prefix of the images the labels describe")
     labels_prefix: str = Field(
@@ -203,7 +209,7 @@ class AgdpJobParams(BaseModel):
     config: dict[str, Any] = Field(
         default_factory=dict, description="AgdpConfig fields; unknown keys are refused"
     )
-    frozen: Literal["backbone"] | int | None = Field(
+    frozen: Literal["backbone"] | Annotated[int, Field(ge=-1, le=4)] | None = Field(
         None,
         description="'backbone' or mmyolo frozen_stages -1..4; default the config's freeze "
         "(the whole backbone)",
@@ -247,7 +253,7 @@ class AgdpJobParams(BaseModel):
 class FinetuneJobParams(BaseModel):
     """Finetune a YOLOv8 on a stored dataset from an init (agssp-spec §5.3-5.4)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = FINITE
 
     dataset: str = Field(description="stored dataset 'name:version' (or 'name' for latest)")
     split: str = Field("train", pattern=SPLIT_PATTERN, description="split to train on")
@@ -255,7 +261,7 @@ class FinetuneJobParams(BaseModel):
         "val", pattern=SPLIT_PATTERN, description="split for validation and the final evaluation"
     )
     mini: int | None = Field(
-        None, ge=1, description="train on the few-shot subset mini-N of the split"
+        None, ge=1, le=100_000, description="train on the few-shot subset mini-N of the split"
     )
     init: InitParams = Field(default_factory=InitParams)
     scale: Scale = Field("s", description="YOLOv8 scale")
@@ -278,7 +284,7 @@ class FinetuneJobParams(BaseModel):
 class EvaluationParams(BaseModel):
     """COCO mAP of a registered model version on a stored dataset split."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = FINITE
 
     model: str = Field(description="registered model 'name:version' (or 'name' for latest)")
     dataset: str = Field(description="stored dataset 'name:version' (or 'name' for latest)")

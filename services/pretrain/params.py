@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from shared.errors import InvalidInputError
 from shared.schemas.artifacts import check_segment
+from shared.schemas.bounds import FINITE, refuse_non_finite
 from shared.storage.base import prefix_field
 
 CATEGORY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$"
@@ -31,15 +32,73 @@ AGBP_CONFIG_KEYS = (
 )  # fmt: skip
 
 
+# Finite range of every numeric AgbpConfig field (elements, for tuples), torch-free, so the
+# API image refuses epochs 1e30 or lr 1e400 at submission: name -> (low, high, low_open,
+# high_open). A unit test keeps it equal to AgbpConfig's own bounds.
+AGBP_NUMERIC_BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
+    "num_classes": (1, 10_000, False, False), "stages": (0, 4, False, False),
+    "frozen_stages": (-1, 4, False, False), "distill_weight": (0, 1000, False, False),
+    "task_weight": (0, 1000, False, False), "label_smoothing": (0, 1, False, True),
+    "epochs": (1, 10_000, False, False), "batch_size": (1, 4096, False, False),
+    "lr": (0, 10, True, False), "weight_decay": (0, 1, False, False),
+    "momentum": (0, 1, False, True), "betas": (0, 1, False, True),
+    "milestones": (0, 10_000, False, False), "gamma": (0, 10, True, False),
+    "min_lr": (0, 10, False, False), "warmup_epochs": (0, 10_000, False, False),
+    "warmup_factor": (0, 1, True, False), "grad_clip": (0, 10_000, False, False),
+    "input_size": (32, 2048, False, False), "resize_base": (32, 4096, False, False),
+    "drop_path_rate": (0, 1, False, True), "seed": (0, 2**32 - 1, False, False),
+    "checkpoint_every": (0, 10_000_000, False, False), "num_workers": (0, 64, False, False),
+    "mean": (0, 255, False, False), "std": (0, 255, True, False),
+    "stats_sample": (1, 100_000, False, False), "moco_dim": (1, 65_536, False, False),
+    "moco_hidden_dim": (1, 65_536, False, False), "moco_temperature": (0, 10, True, False),
+    "moco_momentum": (0, 1, False, False), "mask_ratio": (0, 1, True, True),
+    "mask_patch_size": (1, 1024, False, False),
+}  # fmt: skip
+MAX_NAMED_KEYS = 10  # an error names this many keys, never thousands
+
+
+def _outside(value: float, bound: tuple[float, float, bool, bool]) -> bool:
+    low, high, low_open, high_open = bound
+    below = value <= low if low_open else value < low
+    above = value >= high if high_open else value > high
+    return below or above
+
+
+def _bound_text(bound: tuple[float, float, bool, bool]) -> str:
+    low, high, low_open, high_open = bound
+    return f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+
+def refuse_out_of_range_config(config: dict[str, Any]) -> None:
+    """Raise ``InvalidInputError`` (code 'invalid_config') for a non-finite or out-of-range
+    number in an AGBP config; types and combinations are the worker's ``AgbpConfig`` check."""
+    refuse_non_finite(config)
+    problems = []
+    for key, bound in AGBP_NUMERIC_BOUNDS.items():
+        value = config.get(key)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if any(_outside(float(v), bound) for v in numbers):
+            problems.append(f"{key} must lie in {_bound_text(bound)}")
+    if problems:
+        raise InvalidInputError(
+            f"invalid AGBP config: {'; '.join(problems[:MAX_NAMED_KEYS])}", code="invalid_config"
+        )
+
+
 def refuse_unknown_config_keys(config: dict[str, Any]) -> None:
-    """Raise ``InvalidInputError`` (code 'unknown_config_keys') naming every unknown key."""
+    """Raise ``InvalidInputError`` (code 'unknown_config_keys') naming the unknown keys (the
+    first ``MAX_NAMED_KEYS``, each cut to 64 characters: an error never echoes a huge body)."""
     unknown = sorted(set(config) - set(AGBP_CONFIG_KEYS))
     if not unknown:
         return
     hints = []
-    for key in unknown:
-        close = difflib.get_close_matches(key, AGBP_CONFIG_KEYS, n=1)
-        hints.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
+    for key in unknown[:MAX_NAMED_KEYS]:
+        shown = repr(key[:64])
+        close = difflib.get_close_matches(key[:64], AGBP_CONFIG_KEYS, n=1)
+        hints.append(f"{shown} (did you mean {close[0]!r}?)" if close else shown)
+    if len(unknown) > MAX_NAMED_KEYS:
+        hints.append(f"and {len(unknown) - MAX_NAMED_KEYS} more")
     raise InvalidInputError(
         f"unknown AGBP config keys: {', '.join(hints)}; accepted keys: "
         f"{', '.join(AGBP_CONFIG_KEYS)}",
@@ -50,7 +109,7 @@ def refuse_unknown_config_keys(config: dict[str, Any]) -> None:
 class SourceSpec(BaseModel):
     """One category's images and the anomaly maps computed for them."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     category: str = Field(pattern=CATEGORY_PATTERN, description="category name, e.g. 'steel'")
     images_prefix: str = Field(description="store prefix of the images, e.g. 'datasets/steel/'")
@@ -68,7 +127,7 @@ class SourceSpec(BaseModel):
 class StartWeights(BaseModel):
     """Backbone weights to start from: a published artifact or a file in the model folder."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     artifact: str | None = Field(
         None, description="'name', 'name:latest' or 'name:version' of an artifact with backbone.pt"
@@ -97,7 +156,7 @@ class StartWeights(BaseModel):
 class AgbpJobParams(BaseModel):
     """An AGBP pretraining job (``POST /v1/pretrain-jobs``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = FINITE
 
     sources: list[SourceSpec] = Field(
         min_length=1,
@@ -127,7 +186,7 @@ class AgbpJobParams(BaseModel):
 class PseudoLabelParams(BaseModel):
     """A pseudo-defect box job over one category (``POST /v1/pseudo-label-jobs``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = FINITE
 
     category: str = Field(pattern=CATEGORY_PATTERN)
     images_prefix: str
@@ -139,9 +198,14 @@ class PseudoLabelParams(BaseModel):
     top_k: int = Field(10, ge=1, le=1000, description="boxes kept per image before NMS")
     nms: float = Field(0.8, gt=0.0, le=1.0, description="IoU at which NMS drops a box")
     score_gate: float | None = Field(
-        None, description="images whose scores.csv image score is below get no boxes"
+        None,
+        ge=-1e6,
+        le=1e6,
+        description="images whose scores.csv image score is below get no boxes",
     )
-    min_area: int | None = Field(None, ge=1, description="default max((H//100)*(W//100), 10)")
+    min_area: int | None = Field(
+        None, ge=1, le=100_000_000, description="default max((H//100)*(W//100), 10)"
+    )
     out_prefix: str | None = Field(None, description="default 'pseudo/<category>/<job id>/'")
 
     @field_validator("images_prefix", "maps_prefix")

@@ -15,6 +15,7 @@ from services.pretrain.params import (
     AgbpJobParams,
     PseudoLabelParams,
     StartWeights,
+    refuse_out_of_range_config,
     refuse_unknown_config_keys,
 )
 from shared.errors import ConflictError, InvalidInputError, NotFoundError
@@ -78,6 +79,7 @@ def submit_agbp_job(
 ) -> JobRecord:
     """Validate an AGBP job and enqueue it on the ``pretrain`` queue."""
     refuse_unknown_config_keys(params.config)
+    refuse_out_of_range_config(params.config)
     if validate is not None:
         validate(params)
     weights = _pinned_start_weights(jobs.store, params.start_weights)

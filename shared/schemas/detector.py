@@ -6,11 +6,19 @@ train with, without importing torch; unknown keys are rejected.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from shared.schemas.bounds import FINITE, SEED_MAX
 
 Scale = Literal["n", "s", "m"]
+# Finite ranges for every number (issue 15): far above any real run, far below overflow.
+MAX_EPOCHS = 10_000
+MAX_BATCH = 4096
+MAX_LR = 10.0
+LayerIndex = Annotated[int, Field(ge=0, le=1000)]
+FrozenLayers = LayerIndex | Annotated[list[LayerIndex], Field(max_length=1000)]
 
 
 class DetectorTrainConfig(BaseModel):
@@ -21,46 +29,52 @@ class DetectorTrainConfig(BaseModel):
     early stopping has no minimum delta (mmyolo: 0.005).
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = FINITE
 
     scale: Scale = Field("s", description="YOLOv8 scale n/s/m (agssp-spec §5: s)")
-    epochs: int = Field(100, ge=1)
-    batch: int = Field(16, ge=1, description="images per step")
-    imgsz: int = Field(640, ge=32, multiple_of=32, description="square training size, px")
-    lr0: float = Field(0.01, gt=0, description="initial learning rate")
+    epochs: int = Field(100, ge=1, le=MAX_EPOCHS)
+    batch: int = Field(16, ge=1, le=MAX_BATCH, description="images per step")
+    imgsz: int = Field(640, ge=32, le=4096, multiple_of=32, description="square training size, px")
+    lr0: float = Field(0.01, gt=0, le=MAX_LR, description="initial learning rate")
     lrf: float = Field(0.01, gt=0, le=1, description="final lr = lr0 x lrf (linear decay)")
     momentum: float = Field(0.937, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
-    warmup_epochs: float = Field(3.0, ge=0)
+    weight_decay: float = Field(5e-4, ge=0, le=1)
+    warmup_epochs: float = Field(3.0, ge=0, le=MAX_EPOCHS)
     optimizer: Literal["SGD", "Adam", "AdamW"] = "SGD"
-    patience: int = Field(100, ge=0, description="epochs without improvement; 0 disables")
+    patience: int = Field(
+        100, ge=0, le=MAX_EPOCHS, description="epochs without improvement; 0 disables"
+    )
     select_metric: Literal["map50", "map50_95"] = Field(
         "map50",
         description="val metric that picks best.pt and drives early stopping; agssp-spec §5.4 "
         "keeps the best by mAP@0.5 (ultralytics' own fitness is mAP@0.5:0.95)",
     )
-    seed: int = 2024
+    seed: int = Field(2024, ge=0, le=SEED_MAX)
     deterministic: bool = True
-    workers: int = Field(0, ge=0, description="dataloader processes; 0 on CPU")
-    freeze: int | list[int] = Field(
+    workers: int = Field(0, ge=0, le=64, description="dataloader processes; 0 on CPU")
+    freeze: FrozenLayers = Field(
         0, description="first N layers (10 = whole backbone) or a list of layer indices"
     )
     amp: bool = Field(True, description="mixed precision; only takes effect on CUDA")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', 'mps'")
     mosaic: float = Field(1.0, ge=0, le=1)
-    close_mosaic: int = Field(10, ge=0, description="last N epochs without mosaic")
+    close_mosaic: int = Field(10, ge=0, le=MAX_EPOCHS, description="last N epochs without mosaic")
     mixup: float = Field(0.0, ge=0, le=1)
     fliplr: float = Field(0.5, ge=0, le=1)
     flipud: float = Field(0.0, ge=0, le=1)
-    aug_scale: float = Field(0.5, ge=0, description="random affine scale gain (mmyolo 0.5-1.5)")
+    aug_scale: float = Field(
+        0.5, ge=0, le=10, description="random affine scale gain (mmyolo 0.5-1.5)"
+    )
     translate: float = Field(0.1, ge=0, le=1)
-    degrees: float = Field(0.0, ge=0)
+    degrees: float = Field(0.0, ge=0, le=180)
     hsv_h: float = Field(0.015, ge=0, le=1)
     hsv_s: float = Field(0.7, ge=0, le=1)
     hsv_v: float = Field(0.4, ge=0, le=1)
-    max_det: int = Field(300, ge=1)
+    max_det: int = Field(300, ge=1, le=10_000)
     cache: bool = Field(False, description="cache decoded images in RAM")
-    time_hours: float | None = Field(None, gt=0, description="wall-clock cap for the run")
+    time_hours: float | None = Field(
+        None, gt=0, le=24 * 366, description="wall-clock cap for the run"
+    )
 
     def ultralytics_args(self, device: str) -> dict[str, Any]:
         """Keyword arguments for ``YOLO.train``; ``device`` in ultralytics' spelling."""
@@ -82,17 +96,17 @@ class DetectorTrainConfig(BaseModel):
 class AgdpConfig(DetectorTrainConfig):
     """AGDP: one-class detector, backbone frozen (agssp-spec §5.2, CSPDarknet column)."""
 
-    epochs: int = Field(10, ge=1)
-    batch: int = Field(32, ge=1)
-    lr0: float = Field(0.01, gt=0)
-    freeze: int | list[int] = Field(10, description="10 = the whole backbone (layers 0-9)")
-    close_mosaic: int = Field(0, ge=0, description="mosaic on throughout (§5.2)")
+    epochs: int = Field(10, ge=1, le=MAX_EPOCHS)
+    batch: int = Field(32, ge=1, le=MAX_BATCH)
+    lr0: float = Field(0.01, gt=0, le=MAX_LR)
+    freeze: FrozenLayers = Field(10, description="10 = the whole backbone (layers 0-9)")
+    close_mosaic: int = Field(0, ge=0, le=MAX_EPOCHS, description="mosaic on throughout (§5.2)")
 
 
 class FinetuneConfig(DetectorTrainConfig):
     """Finetuning on the target dataset, everything trainable (agssp-spec §5.4)."""
 
-    epochs: int = Field(500, ge=1)
-    batch: int = Field(32, ge=1)
-    lr0: float = Field(0.0025, gt=0, description="0.01 / 4 as in the released configs")
-    freeze: int | list[int] = Field(0, description="frozen_stages -1: nothing frozen")
+    epochs: int = Field(500, ge=1, le=MAX_EPOCHS)
+    batch: int = Field(32, ge=1, le=MAX_BATCH)
+    lr0: float = Field(0.0025, gt=0, le=MAX_LR, description="0.01 / 4 as in the released configs")
+    freeze: FrozenLayers = Field(0, description="frozen_stages -1: nothing frozen")

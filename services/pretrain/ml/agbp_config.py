@@ -7,7 +7,7 @@ objective; ``resolve_config`` fills them so the saved config is complete.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Literal, Self, TypeVar
+from typing import Annotated, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -21,55 +21,69 @@ Objective = Literal["distill", "cls_distill", "mocov3_distill", "simmim_distill"
 # agssp-spec §4.1: statistics of the industrial pretraining set, RGB, 0-255 scale.
 INDUSTRIAL_MEAN = (110.2955, 113.433, 109.914)
 INDUSTRIAL_STD = (32.028, 30.614, 30.27)
+# Finite ranges for every number (issue 15): mean/std on the 0-255 scale, betas in [0, 1).
+Unit = Annotated[float, Field(ge=0, lt=1)]
+Pixel = Annotated[float, Field(ge=0, le=255)]
+Spread = Annotated[float, Field(gt=0, le=255)]
 
 
 class AgbpConfig(BaseModel):
     """Experiment configuration of one AGBP run; None means "the recipe value"."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     backbone: str = Field("yolov8s", description="name from shared.ml.backbones")
     objective: Objective = "cls_distill"
-    num_classes: int | None = Field(None, ge=1, description="categories; cls_distill only")
+    num_classes: int | None = Field(
+        None, ge=1, le=10_000, description="categories; cls_distill only"
+    )
     loss: Literal["cosine", "l2"] | None = None
-    stages: tuple[int, ...] | None = Field(None, description="distilled stages, 0 = stem")
+    stages: tuple[Annotated[int, Field(ge=0, le=4)], ...] | None = Field(
+        None, description="distilled stages, 0 = stem"
+    )
     frozen_stages: int | None = Field(None, ge=-1, le=4)
     weight_mode: Literal["fixed", "auto"] = Field("fixed", description="paper eq. 8 if auto")
-    distill_weight: float | None = Field(None, ge=0)
-    task_weight: float | None = Field(None, ge=0)
+    distill_weight: float | None = Field(None, ge=0, le=1000)
+    task_weight: float | None = Field(None, ge=0, le=1000)
     label_smoothing: float | None = Field(None, ge=0, lt=1)
     map_resize: Literal["chained", "direct"] = "chained"
     map_interpolation: Literal["nearest", "bilinear"] = "nearest"
-    epochs: int = Field(200, ge=1)
-    batch_size: int | None = Field(None, ge=1, description="per process")
+    epochs: int = Field(200, ge=1, le=10_000)
+    batch_size: int | None = Field(None, ge=1, le=4096, description="per process")
     optimizer: Literal["sgd", "adamw"] | None = None
-    lr: float | None = Field(None, gt=0)
-    weight_decay: float | None = Field(None, ge=0)
+    lr: float | None = Field(None, gt=0, le=10)
+    weight_decay: float | None = Field(None, ge=0, le=1)
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Unit, Unit] = (0.9, 0.999)
     schedule: Literal["multistep", "cosine", "constant"] | None = None
-    milestones: tuple[int, ...] | None = Field(None, description="epochs, multistep")
-    gamma: float = Field(0.1, gt=0)
-    min_lr: float = Field(1e-5, ge=0, description="cosine floor")
-    warmup_epochs: float | None = Field(None, ge=0)
+    milestones: tuple[Annotated[int, Field(ge=0, le=10_000)], ...] | None = Field(
+        None, description="epochs, multistep"
+    )
+    gamma: float = Field(0.1, gt=0, le=10)
+    min_lr: float = Field(1e-5, ge=0, le=10, description="cosine floor")
+    warmup_epochs: float | None = Field(None, ge=0, le=10_000)
     warmup_factor: float | None = Field(None, gt=0, le=1)
-    grad_clip: float | None = Field(None, ge=0, description="max grad norm; 0 = off")
-    input_size: int | None = Field(None, ge=32, description="crop size, multiple of 32")
-    resize_base: int | None = Field(None, ge=32, description="s = base * U(0.5, 2)")
+    grad_clip: float | None = Field(None, ge=0, le=10_000, description="max grad norm; 0 = off")
+    input_size: int | None = Field(None, ge=32, le=2048, description="crop size, multiple of 32")
+    resize_base: int | None = Field(None, ge=32, le=4096, description="s = base * U(0.5, 2)")
     drop_path_rate: float | None = Field(None, ge=0, lt=1)
     amp: bool = Field(True, description="fp16 autocast on CUDA; ignored on CPU")
-    seed: int = 2024
-    checkpoint_every: int = Field(1000, ge=0, description="steps; 0 = epoch ends only")
-    num_workers: int = Field(4, ge=0)
-    mean: tuple[float, float, float] | None = INDUSTRIAL_MEAN
-    std: tuple[float, float, float] | None = INDUSTRIAL_STD
-    stats_sample: int = Field(256, ge=1, description="images used when mean/std are None")
-    moco_dim: int = Field(256, ge=1)
-    moco_hidden_dim: int = Field(4096, ge=1)
-    moco_temperature: float = Field(0.2, gt=0)
+    seed: int = Field(2024, ge=0, le=2**32 - 1)
+    checkpoint_every: int = Field(
+        1000, ge=0, le=10_000_000, description="steps; 0 = epoch ends only"
+    )
+    num_workers: int = Field(4, ge=0, le=64)
+    mean: tuple[Pixel, Pixel, Pixel] | None = INDUSTRIAL_MEAN
+    std: tuple[Spread, Spread, Spread] | None = INDUSTRIAL_STD
+    stats_sample: int = Field(
+        256, ge=1, le=100_000, description="images used when mean/std are None"
+    )
+    moco_dim: int = Field(256, ge=1, le=65_536)
+    moco_hidden_dim: int = Field(4096, ge=1, le=65_536)
+    moco_temperature: float = Field(0.2, gt=0, le=10)
     moco_momentum: float = Field(0.99, ge=0, le=1, description="start of the cosine EMA")
     mask_ratio: float = Field(0.6, gt=0, lt=1)
-    mask_patch_size: int = Field(32, ge=1)
+    mask_patch_size: int = Field(32, ge=1, le=1024)
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Self:
