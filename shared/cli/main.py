@@ -16,6 +16,7 @@ from shared.cli.bench import bench_app
 from shared.cli.finetune import finetune_app
 from shared.cli.follow import follow_command, wait_command
 from shared.cli.models import app as models_app
+from shared.cli.pipeline import app as pipeline_app
 from shared.cli.store import app as store_app
 from shared.config import get_common_settings
 from shared.jobs.store import JobStore
@@ -31,6 +32,7 @@ app.add_typer(anomaly_app, name="maps")
 app.add_typer(finetune_app, name="finetune")
 app.add_typer(bench_app, name="bench")
 app.add_typer(store_app, name="store")
+app.add_typer(pipeline_app, name="pipeline")
 jobs_app.command("wait")(wait_command)
 jobs_app.command("follow")(follow_command)
 
@@ -44,9 +46,13 @@ QUEUE_MODULES = {
 
 @app.command()
 def up(
-    host: str = "127.0.0.1", base_port: int = 8001, worker: bool = True, console: bool = True
+    host: str = "127.0.0.1",
+    base_port: int = 8001,
+    worker: bool = True,
+    console: bool = True,
+    pipeline: bool = True,
 ) -> None:
-    """Run the whole suite on this machine: four APIs, the console and one worker, no servers."""
+    """Run the whole suite on this machine: four APIs, console, pipeline, one worker."""
     settings = get_common_settings()
     configure_logging(settings.log)
     env = dict(os.environ, AGSSP_HOME=str(settings.paths.resolved_home()))
@@ -60,6 +66,11 @@ def up(
         console_port = base_port + len(processes.SERVICES)
         argv = processes.serve_argv(processes.CONSOLE, host, console_port)
         children.append(processes.Child(processes.CONSOLE, argv))
+    pipeline_port = base_port + len(processes.SERVICES) + 1
+    if pipeline:  # the pipeline drives the four APIs at the ports chosen above
+        env.update(processes.pipeline_env(host, ports))
+        argv = processes.serve_argv(processes.PIPELINE, host, pipeline_port)
+        children.append(processes.Child(processes.PIPELINE, argv))
     if worker:
         children.append(processes.Child("worker", processes.worker_argv(list(QUEUE_MODULES))))
     processes.start(children, env)
@@ -67,6 +78,8 @@ def up(
         typer.echo(f"{name:12s} http://{host}:{port}  (/healthz, /readyz, /docs)")
     if console:
         typer.echo(f"{processes.CONSOLE:12s} http://{host}:{console_port}  (web console)")
+    if pipeline:
+        typer.echo(f"{processes.PIPELINE:12s} http://{host}:{pipeline_port}  (/v1/pipelines)")
     typer.echo(
         f"storage: {settings.storage_backend()}  broker: "
         f"{'redis' if settings.redis.url else 'embedded filesystem'}  "

@@ -17,19 +17,27 @@ SERVICES = ("anomaly_map", "pretrain", "finetune", "inference")
 # The web console serves pages and forwards API calls to the four APIs above; it has no jobs
 # and reads no store, so it is servable but not one of SERVICES.
 CONSOLE = "console"
-SERVABLE = (*SERVICES, CONSOLE)
+# The pipeline service drives the four APIs over HTTP (it runs no jobs of its own).
+PIPELINE = "pipeline"
+SERVABLE = (*SERVICES, CONSOLE, PIPELINE)
 DEFAULT_PORTS = {
     "anomaly_map": 8001,
     "pretrain": 8002,
     "finetune": 8003,
     "inference": 8004,
     CONSOLE: 8005,
+    PIPELINE: 8006,
 }
 
 
 def console_env(host: str, ports: dict[str, int]) -> dict[str, str]:
     """``CONSOLE_<SERVICE>_URL`` variables pointing the console at the APIs ``up`` started."""
     return {f"CONSOLE_{name.upper()}_URL": f"http://{host}:{port}" for name, port in ports.items()}
+
+
+def pipeline_env(host: str, ports: dict[str, int]) -> dict[str, str]:
+    """``PIPELINE_<SERVICE>_URL`` variables pointing the pipeline at the APIs ``up`` started."""
+    return {f"PIPELINE_{name.upper()}_URL": f"http://{host}:{port}" for name, port in ports.items()}
 
 
 @dataclass

@@ -1,0 +1,75 @@
+"""``create_app`` for the pipeline service: pipeline records over HTTP and the driver loop.
+
+The service holds no model and runs no training: its driver calls the other four services'
+public routes (see :mod:`services.pipeline.steps`) and keeps the record in the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from services.pipeline.api.routes import router
+from services.pipeline.clients import ServiceClient
+from services.pipeline.config import PipelineSettings, get_settings
+from services.pipeline.driver import PipelineDriver
+from services.pipeline.store import PipelineStore
+from shared.http.app import create_service_app
+from shared.http.auth import ScopeRule
+from shared.storage.base import ObjectStore
+from shared.storage.factory import create_store
+
+SCOPE_RULES = [
+    ScopeRule("/v1/pipelines", "train"),
+    ScopeRule("/v1/presets", "inspect"),
+]
+
+
+def _storage_check(app: FastAPI) -> str | None:
+    store: ObjectStore = app.state.store
+    store.ping()
+    return None
+
+
+def create_app(
+    settings: PipelineSettings | None = None,
+    *,
+    store: ObjectStore | None = None,
+    client: ServiceClient | None = None,
+) -> FastAPI:
+    """Build the app; the store, client and driver are built in the lifespan unless given."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.store = store or create_store(settings.common)
+        app.state.readiness_checks["storage"] = _storage_check
+        app.state.pipelines = PipelineStore(app.state.store)
+        service_client = client or ServiceClient(
+            settings.urls(), settings.api_key.get_secret_value(), settings.http_timeout_s
+        )
+        driver = PipelineDriver(
+            app.state.pipelines, service_client, settings.poll_interval_s, settings.lease_ttl_s
+        )
+        if settings.driver:
+            driver.start()
+        app.state.driver = driver
+        try:
+            yield
+        finally:
+            driver.stop()
+            service_client.close()
+
+    app = create_service_app(
+        service="pipeline", settings=settings.common, lifespan=lifespan, scope_rules=SCOPE_RULES
+    )
+    app.state.service_settings = settings
+    app.include_router(router)
+    return app
+
+
+def app_factory() -> FastAPI:
+    """Entry point for ``uvicorn --factory``."""
+    return create_app()

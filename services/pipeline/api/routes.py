@@ -1,0 +1,65 @@
+"""Routes of the pipeline API: start, list, follow, cancel and resume pipelines; reports."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from fastapi import APIRouter, Query
+from fastapi.responses import Response
+
+from services.pipeline import service
+from services.pipeline.api.deps import PipelinesDep
+from services.pipeline.presets import PRESETS
+from services.pipeline.records import PipelineRecord, PipelineRequest, PipelineSummary
+
+router = APIRouter(prefix="/v1", tags=["pipelines"])
+
+
+@router.post("/pipelines", status_code=202, response_model=PipelineRecord)
+def create_pipeline(body: PipelineRequest, pipelines: PipelinesDep) -> PipelineRecord:
+    """Start a pipeline: (fit) -> maps -> pseudo boxes -> AGBP -> AGDP -> finetune -> baseline."""
+    return service.create_pipeline(pipelines, body)
+
+
+@router.get("/pipelines", response_model=list[PipelineSummary])
+def list_pipelines(
+    pipelines: PipelinesDep, limit: int = Query(50, ge=1, le=500)
+) -> list[PipelineSummary]:
+    """Newest first."""
+    return [PipelineSummary.of(r) for r in pipelines.list(limit)]
+
+
+@router.get("/pipelines/{pipeline_id}", response_model=PipelineRecord)
+def get_pipeline(pipeline_id: str, pipelines: PipelinesDep) -> PipelineRecord:
+    """One pipeline with every step's state, progress, job and outputs."""
+    return pipelines.get(pipeline_id)
+
+
+@router.post("/pipelines/{pipeline_id}/cancel", response_model=PipelineRecord)
+def cancel_pipeline(pipeline_id: str, pipelines: PipelinesDep) -> PipelineRecord:
+    """Stop after canceling the running step's job."""
+    return service.cancel_pipeline(pipelines, pipeline_id)
+
+
+@router.post("/pipelines/{pipeline_id}/resume", response_model=PipelineRecord)
+def resume_pipeline(pipeline_id: str, pipelines: PipelinesDep) -> PipelineRecord:
+    """Run a failed or canceled pipeline again from the step where it stopped."""
+    return service.resume_pipeline(pipelines, pipeline_id)
+
+
+@router.get(
+    "/pipelines/{pipeline_id}/report",
+    response_class=Response,
+    responses={200: {"content": {"text/html": {}}}},
+)
+def pipeline_report(pipeline_id: str, pipelines: PipelinesDep) -> Response:
+    """The self-contained HTML report (written when the pipeline's last step ran)."""
+    pipelines.get(pipeline_id)  # 404 pipeline_not_found before report_not_ready
+    return Response(pipelines.report(pipeline_id), media_type="text/html; charset=utf-8")
+
+
+@router.get("/presets")
+def presets() -> dict[str, Any]:
+    """What each preset sends to the training steps (before a request's overrides)."""
+    return {name: asdict(preset) for name, preset in PRESETS.items()}

@@ -1,0 +1,59 @@
+"""Named recipes for the pipeline's training steps (what a preset sends to each service).
+
+``cpu-demo`` finishes in minutes on 2 cores and only shows the path end to end; ``cpu`` is a
+small-but-real run for a CPU server; ``gpu-paper`` sends nothing but the backbone, so every
+service applies the paper's own recipe (agssp-spec §4-§6). The services validate the values;
+overrides in a request are laid over these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.pipeline.records import PresetName
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Configs per step; ``tocoad`` names the anomaly-map service's own ToCoAD preset."""
+
+    tocoad: str
+    agbp: dict[str, Any] = field(default_factory=dict)
+    agdp: dict[str, Any] = field(default_factory=dict)
+    finetune: dict[str, Any] = field(default_factory=dict)
+
+
+_CPU_AGBP = {"objective": "distill", "amp": False, "num_workers": 0, "checkpoint_every": 0}
+
+PRESETS: dict[PresetName, Preset] = {
+    "cpu-demo": Preset(
+        tocoad="tiny",
+        agbp={**_CPU_AGBP, "epochs": 2, "batch_size": 8, "input_size": 128, "resize_base": 128},
+        agdp={"epochs": 2, "batch": 8, "imgsz": 128},
+        finetune={"epochs": 4, "batch": 8, "imgsz": 128},
+    ),
+    "cpu": Preset(
+        tocoad="cpu",
+        agbp={**_CPU_AGBP, "epochs": 30, "batch_size": 16, "input_size": 224, "resize_base": 224},
+        agdp={"epochs": 15, "batch": 16, "imgsz": 320},
+        finetune={"epochs": 60, "batch": 16, "imgsz": 320},
+    ),
+    "gpu-paper": Preset(tocoad="gpu"),
+}
+
+
+def step_config(
+    preset: PresetName, step: str, scale: str, seed: int, overrides: dict[str, Any]
+) -> dict[str, Any]:
+    """The ``config`` body of a training step: preset values, then the request's overrides.
+
+    Detector steps carry the seed so the AGSSP run and the scratch baseline share it; AGBP
+    trains the backbone of the requested YOLOv8 scale.
+    """
+    base: dict[str, Any] = dict(getattr(PRESETS[preset], step))
+    if step == "agbp":
+        base["backbone"] = f"yolov8{scale}"
+    else:
+        base["seed"] = seed
+    return {**base, **overrides}

@@ -1,0 +1,191 @@
+"""What a pipeline is asked to do and the durable record of how far it got.
+
+The record at ``pipelines/<id>/pipeline.json`` is the source of truth, like a job record:
+every step names the job it ran (on which service), its state, progress and the outputs the
+next steps read. A driver that dies loses nothing; the next one reads the record and goes on.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from shared.schemas.jobs import utcnow
+from shared.storage.base import prefix_field
+
+MapMethod = Literal["auto", "kead", "tocoad", "provided"]
+PresetName = Literal["cpu-demo", "cpu", "gpu-paper"]
+LabelFormat = Literal["voc", "coco", "yolo", "masks"]
+Stage = Literal["staging", "production"]
+_NAME_PATTERN = r"^[a-z0-9][a-z0-9_\-]{0,62}$"
+
+
+class StepState(StrEnum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELED = "CANCELED"
+    SKIPPED = "SKIPPED"
+
+
+class PipelineState(StrEnum):
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELED = "CANCELED"
+
+
+ACTIVE_STATES = frozenset({PipelineState.RUNNING})
+
+
+class LabelledSet(BaseModel):
+    """The few labelled images: a store prefix in one of the finetune import formats."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prefix: str = Field(description="store prefix of the labelled set")
+    format: LabelFormat = "yolo"
+    images: str = Field("images", description="images folder under the prefix ('.' = itself)")
+    annotations: str | None = Field(None, description="annotations folder/file; format default")
+    classes: list[str] | None = Field(None, min_length=1, max_length=1000)
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        return prefix_field(value)
+
+
+class StepOverrides(BaseModel):
+    """Config keys laid over the preset, per step (each service validates its own)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tocoad: dict[str, Any] = Field(default_factory=dict)
+    agbp: dict[str, Any] = Field(default_factory=dict)
+    agdp: dict[str, Any] = Field(default_factory=dict)
+    finetune: dict[str, Any] = Field(default_factory=dict)
+
+
+class PipelineRequest(BaseModel):
+    """Body of ``POST /v1/pipelines``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        pattern=_NAME_PATTERN,
+        description="model name of the detector; the baseline is '<name>-scratch'",
+    )
+    category: str = Field(pattern=_NAME_PATTERN, description="anomaly-map category")
+    category_spec: dict[str, Any] | None = Field(
+        None,
+        description="category to create first (PUT /v1/categories/{category} body: map, good, "
+        "defect, references, method); leave out to use an existing category",
+    )
+    unlabelled_prefix: str = Field(description="store prefix of the unlabelled line images")
+    labelled: LabelledSet
+    maps: MapMethod = Field(
+        "auto", description="kead, tocoad, provided (maps_prefix) or auto: KeAD when CLIP is ready"
+    )
+    maps_prefix: str | None = Field(None, description="a dataset-map output, for maps=provided")
+    preset: PresetName = "cpu-demo"
+    scale: Literal["n", "s", "m"] = "n"
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    val_fraction: float = Field(0.2, gt=0, lt=1, allow_inf_nan=False)
+    baseline: bool = Field(True, description="also train from scratch on the same split and seed")
+    promote: Stage | None = Field(None, description="promote the AGSSP detector to this stage")
+    overrides: StepOverrides = Field(default_factory=StepOverrides)
+
+    @field_validator("unlabelled_prefix", "maps_prefix")
+    @classmethod
+    def _prefixes(cls, value: str | None) -> str | None:
+        return None if value is None else prefix_field(value)
+
+
+class StepRecord(BaseModel):
+    """One step: the job (or call) it made and what it produced."""
+
+    name: str
+    service: str
+    state: StepState = StepState.PENDING
+    job_id: str | None = None
+    progress: float = Field(0.0, ge=0, le=100)
+    message: str = ""
+    outputs: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+    error_code: str | None = None
+    attempts: int = 0
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.state in (StepState.SUCCEEDED, StepState.SKIPPED)
+
+
+class PipelineRecord(BaseModel):
+    """The durable record of one pipeline."""
+
+    id: str
+    request: PipelineRequest
+    state: PipelineState = PipelineState.RUNNING
+    steps: list[StepRecord]
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
+    cancel_requested: bool = False
+    driver: str | None = None
+    driver_heartbeat: datetime | None = None
+    report_key: str | None = None
+    error: str | None = None
+
+    @property
+    def current(self) -> StepRecord | None:
+        """The first step not done yet, None when all are."""
+        return next((s for s in self.steps if not s.done), None)
+
+    @property
+    def progress(self) -> float:
+        """Share of the steps done, counting the running one's own progress."""
+        if not self.steps:
+            return 100.0
+        done = sum(1.0 if s.done else s.progress / 100.0 for s in self.steps)
+        return round(100.0 * done / len(self.steps), 1)
+
+    def step(self, name: str) -> StepRecord:
+        """The step called ``name`` (KeyError if the plan has none)."""
+        for step in self.steps:
+            if step.name == name:
+                return step
+        raise KeyError(name)
+
+    def has_step(self, name: str) -> bool:
+        return any(s.name == name for s in self.steps)
+
+
+class PipelineSummary(BaseModel):
+    """A pipeline in listings."""
+
+    id: str
+    name: str
+    state: PipelineState
+    progress: float
+    current_step: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, record: PipelineRecord) -> PipelineSummary:
+        current = record.current
+        return cls(
+            id=record.id,
+            name=record.request.name,
+            state=record.state,
+            progress=record.progress,
+            current_step=current.name if current else None,
+            created_at=record.created_at,
+            updated_at=record.updated_at,
+        )

@@ -1,0 +1,273 @@
+"""The pipeline's steps: which service each calls, with what body, and what it hands on.
+
+Each step is one public call of a service (agssp-spec §1-§6 in order): (method) -> category
+-> (ToCoAD fit) -> dataset maps -> pseudo boxes -> AGBP -> AGDP -> labelled import -> finetune
+-> scratch baseline -> (promote) -> report. Jobs are submitted with the same bodies a user
+would send, so a pipeline exercises exactly the routes the services publish. A step's
+``outputs`` keep only what later steps and the report read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from services.pipeline.presets import PRESETS, step_config
+from services.pipeline.records import PipelineRecord, PipelineRequest, StepRecord
+
+Kind = Literal["job", "call", "local"]
+
+
+@dataclass(frozen=True)
+class Call:
+    """One HTTP request to a service: ``method`` ``path`` with a JSON ``body``."""
+
+    service: str
+    method: str
+    path: str
+    body: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """How a step is made: its kind, its request and what it hands on from the answer."""
+
+    name: str
+    service: str
+    kind: Kind
+    build: Callable[[PipelineRecord], Call | None]
+    collect: Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def map_method(record: PipelineRecord) -> str:
+    """kead, tocoad or provided: the request's choice, or what the method step found."""
+    if record.request.maps != "auto":
+        return record.request.maps
+    return str(record.step("method").outputs.get("method", "tocoad"))
+
+
+def _out(record: PipelineRecord, step: str, key: str) -> Any:
+    return record.step(step).outputs[key]
+
+
+def _first_artifact(job: dict[str, Any]) -> dict[str, Any]:
+    return {"artifact": job["artifacts"][0]}
+
+
+def _method_call(record: PipelineRecord) -> Call:
+    return Call("anomaly_map", "GET", "/readyz")
+
+
+def _method_collect(body: dict[str, Any]) -> dict[str, Any]:
+    # /readyz details.methods.<m>.ready (anomaly-map service): KeAD needs loaded CLIP weights.
+    kead = body.get("details", {}).get("methods", {}).get("kead", {})
+    return {"method": "kead" if kead.get("ready") is True else "tocoad"}
+
+
+def _category_call(record: PipelineRecord) -> Call:
+    spec = dict(record.request.category_spec or {})
+    if map_method(record) == "tocoad":
+        spec.setdefault("method", "tocoad")
+    return Call("anomaly_map", "PUT", f"/v1/categories/{record.request.category}", spec)
+
+
+def _category_collect(body: dict[str, Any]) -> dict[str, Any]:
+    return {"version": body.get("version")}
+
+
+def _fit_call(record: PipelineRecord) -> Call | None:
+    if map_method(record) != "tocoad":
+        return None
+    req = record.request
+    body = {
+        "category": req.category,
+        "normal_prefix": req.unlabelled_prefix,
+        "preset": PRESETS[req.preset].tocoad,
+        "config": req.overrides.tocoad,
+    }
+    return Call("anomaly_map", "POST", "/v1/tocoad-fits", body)
+
+
+def _maps_call(record: PipelineRecord) -> Call | None:
+    method = map_method(record)
+    if method == "provided":
+        return None
+    req = record.request
+    body = {"category": req.category, "prefix": req.unlabelled_prefix, "mode": method}
+    return Call("anomaly_map", "POST", "/v1/anomaly-map-jobs", body)
+
+
+def _maps_collect(job: dict[str, Any]) -> dict[str, Any]:
+    return {"maps_prefix": job["outputs"]["output_prefix"], "total": job["outputs"].get("total")}
+
+
+def maps_prefix(record: PipelineRecord) -> str:
+    """Where the anomaly maps are: the request's own, or the maps step's output."""
+    if map_method(record) == "provided":
+        assert record.request.maps_prefix is not None  # checked at submission
+        return record.request.maps_prefix
+    return str(_out(record, "maps", "maps_prefix"))
+
+
+def _source(record: PipelineRecord) -> dict[str, Any]:
+    req = record.request
+    return {
+        "category": req.category,
+        "images_prefix": req.unlabelled_prefix,
+        "maps_prefix": maps_prefix(record),
+    }
+
+
+def _boxes_call(record: PipelineRecord) -> Call:
+    return Call("pretrain", "POST", "/v1/pseudo-label-jobs", _source(record))
+
+
+def _boxes_collect(job: dict[str, Any]) -> dict[str, Any]:
+    outputs = job["outputs"]
+    keep = ("out_prefix", "images", "boxes", "examples", "threshold")
+    return {k: outputs[k] for k in keep if k in outputs}
+
+
+def _train_config(record: PipelineRecord, step: Literal["agbp", "agdp", "finetune"]) -> Any:
+    req = record.request
+    overrides = getattr(req.overrides, step)
+    return step_config(req.preset, step, req.scale, req.seed, overrides)
+
+
+def _agbp_call(record: PipelineRecord) -> Call:
+    body = {"sources": [_source(record)], "config": _train_config(record, "agbp")}
+    return Call("pretrain", "POST", "/v1/pretrain-jobs", body)
+
+
+def _agdp_call(record: PipelineRecord) -> Call:
+    req = record.request
+    body = {
+        "images_prefix": req.unlabelled_prefix,
+        "labels_prefix": _out(record, "pseudo_boxes", "out_prefix"),
+        "backbone_artifact": _out(record, "agbp", "artifact"),
+        "scale": req.scale,
+        "config": _train_config(record, "agdp"),
+        "val_fraction": req.val_fraction,
+    }
+    return Call("finetune", "POST", "/v1/agdp-jobs", body)
+
+
+def dataset_name(request: PipelineRequest) -> str:
+    """The stored name of the pipeline's labelled set."""
+    return f"{request.name}-labelled"
+
+
+def _dataset_call(record: PipelineRecord) -> Call:
+    req, labelled = record.request, record.request.labelled
+    body = {
+        "name": dataset_name(req),
+        "prefix": labelled.prefix,
+        "format": labelled.format,
+        "images": labelled.images,
+        "annotations": labelled.annotations,
+        "classes": labelled.classes,
+        "val_fraction": req.val_fraction,
+        "seed": req.seed,
+    }
+    return Call("finetune", "POST", "/v1/datasets", body)
+
+
+def _dataset_collect(job: dict[str, Any]) -> dict[str, Any]:
+    outputs = job["outputs"]
+    return {k: outputs[k] for k in ("dataset", "classes", "images", "boxes", "splits")}
+
+
+def _detector_body(record: PipelineRecord, model_name: str, init: dict[str, Any]) -> Any:
+    req = record.request
+    return {
+        "dataset": _out(record, "dataset", "dataset"),
+        "scale": req.scale,
+        "config": _train_config(record, "finetune"),
+        "model_name": model_name,
+        "init": init,
+    }
+
+
+def _finetune_call(record: PipelineRecord) -> Call:
+    init = {"kind": "agdp", "artifact": _out(record, "agdp", "artifact")}
+    body = _detector_body(record, record.request.name, init)
+    return Call("finetune", "POST", "/v1/finetune-jobs", body)
+
+
+def baseline_name(request: PipelineRequest) -> str:
+    """Model name of the from-scratch baseline."""
+    return f"{request.name}-scratch"
+
+
+def _baseline_call(record: PipelineRecord) -> Call:
+    body = _detector_body(record, baseline_name(record.request), {"kind": "scratch"})
+    return Call("finetune", "POST", "/v1/finetune-jobs", body)
+
+
+def _detector_collect(job: dict[str, Any]) -> dict[str, Any]:
+    outputs = job["outputs"]
+    return {
+        "artifact": outputs["artifact"],
+        "metrics": outputs.get("metrics", {}),
+        "history": outputs.get("history", []),
+        "epochs_completed": outputs.get("epochs_completed"),
+    }
+
+
+def _promote_call(record: PipelineRecord) -> Call:
+    name, version = str(_out(record, "finetune", "artifact")).split(":", 1)
+    stage = record.request.promote
+    path = f"/v1/models/{name}/versions/{version}/promote"
+    return Call("finetune", "POST", path, {"stage": stage})
+
+
+def _promote_collect(body: dict[str, Any]) -> dict[str, Any]:
+    return {"stage": body.get("stage"), "model": body.get("name"), "version": body.get("version")}
+
+
+def _no_call(record: PipelineRecord) -> None:
+    return None
+
+
+def _same(body: dict[str, Any]) -> dict[str, Any]:
+    return body
+
+
+SPECS: dict[str, StepSpec] = {
+    s.name: s
+    for s in (
+        StepSpec("method", "anomaly_map", "call", _method_call, _method_collect),
+        StepSpec("category", "anomaly_map", "call", _category_call, _category_collect),
+        StepSpec("tocoad_fit", "anomaly_map", "job", _fit_call, lambda job: {}),
+        StepSpec("maps", "anomaly_map", "job", _maps_call, _maps_collect),
+        StepSpec("pseudo_boxes", "pretrain", "job", _boxes_call, _boxes_collect),
+        StepSpec("agbp", "pretrain", "job", _agbp_call, _first_artifact),
+        StepSpec("agdp", "finetune", "job", _agdp_call, _first_artifact),
+        StepSpec("dataset", "finetune", "job", _dataset_call, _dataset_collect),
+        StepSpec("finetune", "finetune", "job", _finetune_call, _detector_collect),
+        StepSpec("baseline", "finetune", "job", _baseline_call, _detector_collect),
+        StepSpec("promote", "finetune", "call", _promote_call, _promote_collect),
+        StepSpec("report", "pipeline", "local", _no_call, _same),
+    )
+}
+
+
+def plan(request: PipelineRequest) -> list[StepRecord]:
+    """The steps a request needs, in order (a step whose call is None at run time is skipped)."""
+    names = []
+    if request.maps == "auto":
+        names.append("method")
+    if request.category_spec is not None:
+        names.append("category")
+    if request.maps in ("auto", "tocoad"):
+        names.append("tocoad_fit")
+    if request.maps != "provided":
+        names.append("maps")
+    names += ["pseudo_boxes", "agbp", "agdp", "dataset", "finetune"]
+    if request.baseline:
+        names.append("baseline")
+    if request.promote is not None:
+        names.append("promote")
+    names.append("report")
+    return [StepRecord(name=n, service=SPECS[n].service) for n in names]

@@ -1,0 +1,156 @@
+"""The pipeline API over TestClient (driver off), and the HTML report with real store files."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from services.pipeline.api.main import create_app
+from services.pipeline.config import PipelineSettings
+from services.pipeline.records import PipelineRecord, PipelineRequest, StepState
+from services.pipeline.report import heat_overlay, line_chart_svg, render_report
+from services.pipeline.steps import plan
+from shared.config import CommonSettings, PathSettings
+from shared.storage.filesystem import FileObjectStore
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> FileObjectStore:
+    store = FileObjectStore(tmp_path / "store")
+    store.put_bytes("lines/a.png", _png(np.full((32, 48, 3), 90, np.uint8)))
+    store.put_bytes("labelled/images/a.png", b"x")
+    return store
+
+
+@pytest.fixture
+def client(tmp_path: Path, store: FileObjectStore) -> Iterator[TestClient]:
+    common = CommonSettings(paths=PathSettings(home=tmp_path / "home"))
+    settings = PipelineSettings(common=common, driver=False)
+    with TestClient(create_app(settings, store=store)) as client:
+        yield client
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _body(**changes: Any) -> dict[str, Any]:
+    body = {
+        "name": "line-3",
+        "category": "tile",
+        "unlabelled_prefix": "lines/",
+        "labelled": {"prefix": "labelled/", "format": "masks", "images": "."},
+        "maps": "tocoad",
+    }
+    return {**body, **changes}
+
+
+def test_create_list_get_cancel_and_resume(client: TestClient) -> None:
+    # when
+    created = client.post("/v1/pipelines", json=_body())
+    # then
+    assert created.status_code == 202, created.text
+    record = created.json()
+    assert record["state"] == "RUNNING"
+    assert [s["name"] for s in record["steps"]][:2] == ["tocoad_fit", "maps"]
+    listed = client.get("/v1/pipelines").json()
+    assert [p["id"] for p in listed] == [record["id"]]
+    assert listed[0]["current_step"] == "tocoad_fit"
+    assert client.get(f"/v1/pipelines/{record['id']}").json()["id"] == record["id"]
+    canceled = client.post(f"/v1/pipelines/{record['id']}/cancel")
+    assert canceled.json()["cancel_requested"] is True
+    resumed = client.post(f"/v1/pipelines/{record['id']}/resume")
+    assert (resumed.status_code, resumed.json()["code"]) == (409, "pipeline_not_resumable")
+
+
+def test_bad_requests_get_clear_4xx(client: TestClient) -> None:
+    # when / then
+    unknown = client.get("/v1/pipelines/20260101T000000-deadbeef")
+    assert (unknown.status_code, unknown.json()["code"]) == (404, "pipeline_not_found")
+    empty = client.post("/v1/pipelines", json=_body(unlabelled_prefix="nothing/"))
+    assert (empty.status_code, empty.json()["code"]) == (422, "source_empty")
+    typo = client.post("/v1/pipelines", json=_body(preset="fast"))
+    assert typo.status_code == 422
+    extra = client.post("/v1/pipelines", json=_body(epochs=5))
+    assert extra.status_code == 422
+    record = client.post("/v1/pipelines", json=_body()).json()
+    report = client.get(f"/v1/pipelines/{record['id']}/report")
+    assert (report.status_code, report.json()["code"]) == (404, "report_not_ready")
+
+
+def test_presets_are_published(client: TestClient) -> None:
+    # when
+    presets = client.get("/v1/presets").json()
+    # then
+    assert set(presets) == {"cpu-demo", "cpu", "gpu-paper"}
+    assert presets["cpu-demo"]["tocoad"] == "tiny"
+    assert presets["gpu-paper"]["agbp"] == {}
+
+
+def _finished_record(store: FileObjectStore) -> PipelineRecord:
+    request = PipelineRequest.model_validate(_body())
+    record = PipelineRecord(id="20261201T000000-abcdef12", request=request, steps=plan(request))
+    store.put_bytes("maps/tile/j1/maps/a.npy", _npy(np.linspace(0, 1, 16).reshape(4, 4)))
+    manifest = b'{"maps": {"lines/a.png": "maps/tile/j1/maps/a.npy"}}'
+    store.put_bytes("maps/tile/j1/manifest.json", manifest)
+    outputs = {
+        "maps": {"maps_prefix": "maps/tile/j1/"},
+        "finetune": {
+            "artifact": "line-3:j5",
+            "metrics": {"map50": 0.5, "map50_95": 0.25, "per_class": {"crack": {"map50": 0.5}}},
+            "history": [{"map50": 0.1}, {"map50": 0.5}],
+        },
+        "baseline": {
+            "artifact": "line-3-scratch:j6",
+            "metrics": {"map50": 0.4, "map50_95": 0.2, "per_class": {"crack": {"map50": 0.4}}},
+            "history": [{"map50": 0.05}, {"map50": 0.4}],
+        },
+    }
+    for step in record.steps:
+        step.state = StepState.SUCCEEDED
+        step.outputs = outputs.get(step.name, {})
+    return record
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array.astype(np.float32))
+    return buffer.getvalue()
+
+
+def test_the_report_shows_overlays_curves_and_the_baseline(store: FileObjectStore) -> None:
+    # given a finished pipeline whose maps are in the store
+    record = _finished_record(store)
+    # when
+    page = render_report(record, store).decode()
+    # then self-contained: images inline, nothing fetched from elsewhere
+    assert "data:image/png;base64," in page
+    assert not re.search(r"(src|href)=['\"]https?://", page)
+    assert "line-3-scratch" in page
+    assert "+10.0" in page  # 50.0 vs 40.0 mAP@0.5
+    assert page.count("<polyline") == 2
+
+
+def test_heat_overlay_and_chart_shapes() -> None:
+    # given a dark image and a map hot in one corner
+    image = np.zeros((20, 30, 3), np.uint8)
+    anomaly = np.zeros((5, 5), np.float32)
+    anomaly[4, 4] = 1.0
+    # when
+    overlay = heat_overlay(image, anomaly, alpha=1.0)
+    # then the image size is kept; the hot corner is red, the cold one blue
+    assert overlay.shape == (20, 30, 3)
+    assert overlay[-1, -1, 0] > 200 and overlay[-1, -1, 2] < 50
+    assert overlay[0, 0, 2] > 100 and overlay[0, 0, 0] < 50
+    svg = line_chart_svg({"a": [0.1, 0.2], "b": []}, "epoch", "mAP")
+    assert svg.startswith("<svg") and svg.count("<polyline") == 2

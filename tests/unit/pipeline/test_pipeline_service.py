@@ -1,0 +1,233 @@
+"""The pipeline's plan, hand-offs between steps, failures, cancel, resume and the driver lease."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.pipeline.clients import ServiceClient
+from services.pipeline.driver import PipelineDriver
+from services.pipeline.records import PipelineRecord, PipelineRequest, PipelineState, StepState
+from services.pipeline.service import (
+    advance,
+    cancel_pipeline,
+    create_pipeline,
+    resume_pipeline,
+)
+from services.pipeline.steps import plan
+from services.pipeline.store import PipelineStore
+from shared.errors import ConflictError, InvalidInputError
+from shared.schemas.jobs import utcnow
+from shared.storage.filesystem import FileObjectStore
+from tests.unit.pipeline.fake_suite import URLS, FakeSuite
+
+
+def _request(**changes: Any) -> PipelineRequest:
+    body: dict[str, Any] = {
+        "name": "steel-det",
+        "category": "steel",
+        "category_spec": {"map": "steel surface", "good": ["{}"], "defect": ["{} scratched"]},
+        "unlabelled_prefix": "lines/steel/",
+        "labelled": {"prefix": "labelled/", "format": "yolo"},
+        "promote": "production",
+        "seed": 7,
+    }
+    return PipelineRequest.model_validate({**body, **changes})
+
+
+@pytest.fixture
+def pipelines(tmp_path: Path) -> PipelineStore:
+    store = FileObjectStore(tmp_path / "store")
+    store.put_bytes("lines/steel/a.png", b"x")
+    store.put_bytes("labelled/images/a.png", b"x")
+    return PipelineStore(store)
+
+
+def _run(
+    record: PipelineRecord, pipelines: PipelineStore, suite: FakeSuite, ticks: int = 60
+) -> PipelineRecord:
+    client = ServiceClient(URLS, transport=suite.transport())
+    for _ in range(ticks):
+        if record.state is not PipelineState.RUNNING:
+            break
+        record.cancel_requested = pipelines.cancel_requested(record.id)
+        record = advance(record, client, pipelines.save, lambda r: f"pipelines/{r.id}/report")
+    return record
+
+
+def test_plan_follows_the_map_method_and_options() -> None:
+    # when / then
+    auto = [s.name for s in plan(_request())]
+    assert auto == [
+        "method", "category", "tocoad_fit", "maps", "pseudo_boxes", "agbp", "agdp",
+        "dataset", "finetune", "baseline", "promote", "report",
+    ]  # fmt: skip
+    provided = plan(_request(maps="provided", maps_prefix="m/", baseline=False, promote=None))
+    assert [s.name for s in provided][:3] == ["category", "pseudo_boxes", "agbp"]
+    assert "baseline" not in [s.name for s in provided]
+    assert [s.name for s in plan(_request(maps="kead", category_spec=None))][0] == "maps"
+
+
+def test_a_whole_pipeline_hands_each_output_to_the_next_step(pipelines: PipelineStore) -> None:
+    # given the services with no CLIP weights (auto -> ToCoAD)
+    suite = FakeSuite()
+    record = create_pipeline(pipelines, _request())
+    # when
+    done = _run(record, pipelines, suite)
+    # then every step succeeded and the saved record says so
+    assert done.state is PipelineState.SUCCEEDED, done.error
+    assert pipelines.get(done.id).state is PipelineState.SUCCEEDED
+    assert done.step("method").outputs == {"method": "tocoad"}
+    assert suite.bodies("/v1/categories/steel")[0]["method"] == "tocoad"
+    assert suite.bodies("/v1/tocoad-fits")[0]["normal_prefix"] == "lines/steel/"
+    maps_job = done.step("maps").job_id
+    [source] = suite.bodies("/v1/pretrain-jobs")[0]["sources"]
+    assert source["maps_prefix"] == f"maps/steel/{maps_job}/"
+    agdp = suite.bodies("/v1/agdp-jobs")[0]
+    assert agdp["labels_prefix"] == f"pseudo/{done.step('pseudo_boxes').job_id}/"
+    assert agdp["backbone_artifact"] == done.step("agbp").outputs["artifact"]
+    tuned, scratch = suite.bodies("/v1/finetune-jobs")
+    assert tuned["init"] == {"kind": "agdp", "artifact": done.step("agdp").outputs["artifact"]}
+    assert scratch["init"] == {"kind": "scratch"}
+    assert scratch["model_name"] == "steel-det-scratch"
+    # the baseline trains on the same stored dataset version with the same seed and recipe
+    assert tuned["dataset"] == scratch["dataset"] == done.step("dataset").outputs["dataset"]
+    assert tuned["config"] == scratch["config"]
+    assert tuned["config"]["seed"] == 7
+    promoted = done.step("promote").outputs
+    assert promoted["stage"] == "production"
+    assert f"{promoted['model']}:{promoted['version']}" == done.step("finetune").outputs["artifact"]
+    assert done.report_key == f"pipelines/{done.id}/report"
+    assert done.progress == 100.0
+
+
+def test_kead_is_chosen_when_its_weights_are_ready(pipelines: PipelineStore) -> None:
+    # given CLIP loaded in the anomaly-map service
+    suite = FakeSuite(kead_ready=True)
+    # when
+    done = _run(create_pipeline(pipelines, _request()), pipelines, suite)
+    # then no ToCoAD fit, KeAD maps
+    assert done.step("tocoad_fit").state is StepState.SKIPPED
+    assert suite.bodies("/v1/tocoad-fits") == []
+    assert suite.bodies("/v1/anomaly-map-jobs")[0]["mode"] == "kead"
+
+
+def test_a_service_down_is_waited_for_not_failed(pipelines: PipelineStore) -> None:
+    # given the pretrain service unreachable
+    suite = FakeSuite(down={"pretrain"})
+    record = _run(create_pipeline(pipelines, _request()), pipelines, suite, ticks=20)
+    # then the pipeline waits at pseudo boxes, still running
+    assert record.state is PipelineState.RUNNING
+    step = record.step("pseudo_boxes")
+    assert step.state is StepState.PENDING
+    assert "pretrain unreachable" in step.message
+    # when it comes back, the pipeline goes on to the end
+    suite.down.clear()
+    assert _run(record, pipelines, suite).state is PipelineState.SUCCEEDED
+
+
+def test_a_refused_request_fails_with_the_services_code_and_resumes_there(
+    pipelines: PipelineStore,
+) -> None:
+    # given the pretrain service refusing the AGBP config
+    suite = FakeSuite(refuse={"/v1/pretrain-jobs": "batch_size 64 > 12 images"})
+    record = _run(create_pipeline(pipelines, _request()), pipelines, suite)
+    # then
+    assert record.state is PipelineState.FAILED
+    step = record.step("agbp")
+    assert (step.state, step.error_code) == (StepState.FAILED, "invalid_config")
+    assert "batch_size 64 > 12 images" in (record.error or "")
+    # when the cause is fixed and the pipeline resumed
+    suite.refuse.clear()
+    resumed = resume_pipeline(pipelines, record.id)
+    done = _run(resumed, pipelines, suite)
+    # then it restarts at AGBP: the earlier steps ran once
+    assert done.state is PipelineState.SUCCEEDED
+    assert len(suite.bodies("/v1/anomaly-map-jobs")) == 1
+    assert len(suite.bodies("/v1/pretrain-jobs")) == 2
+    assert done.step("agbp").attempts == 1
+
+
+def test_a_failed_job_fails_the_pipeline_and_resume_submits_a_new_job(
+    pipelines: PipelineStore,
+) -> None:
+    # given the AGDP job failing in the worker
+    suite = FakeSuite(fail={"/v1/agdp-jobs": "out of memory"})
+    record = _run(create_pipeline(pipelines, _request()), pipelines, suite)
+    first = record.step("agdp").job_id
+    assert record.state is PipelineState.FAILED
+    assert record.step("agdp").error_code == "train_failed"
+    # when resumed after the fix
+    suite.fail.clear()
+    done = _run(resume_pipeline(pipelines, record.id), pipelines, suite)
+    # then
+    assert done.state is PipelineState.SUCCEEDED
+    assert done.step("agdp").job_id != first
+    with pytest.raises(ConflictError, match="only FAILED or CANCELED"):
+        resume_pipeline(pipelines, done.id)
+
+
+def test_cancel_stops_the_running_job_and_the_pipeline(pipelines: PipelineStore) -> None:
+    # given a pipeline whose ToCoAD fit job is running
+    suite = FakeSuite(polls=1000)
+    record = _run(create_pipeline(pipelines, _request()), pipelines, suite, ticks=5)
+    running = record.current
+    assert running is not None and running.name == "tocoad_fit" and running.job_id
+    # when
+    cancel_pipeline(pipelines, record.id)
+    done = _run(record, pipelines, suite, ticks=2)
+    # then
+    assert done.state is PipelineState.CANCELED
+    assert suite.canceled == [running.job_id]
+    assert done.step("tocoad_fit").state is StepState.CANCELED
+    assert suite.bodies("/v1/anomaly-map-jobs") == []
+
+
+def test_submission_checks_what_it_can(pipelines: PipelineStore) -> None:
+    # when / then
+    with pytest.raises(InvalidInputError, match="nothing is stored under 'empty/'"):
+        create_pipeline(pipelines, _request(unlabelled_prefix="empty/"))
+    with pytest.raises(InvalidInputError, match="maps_prefix"):
+        create_pipeline(pipelines, _request(maps="provided"))
+    with pytest.raises(ValueError, match="pattern"):
+        _request(name="Bad Name")
+
+
+def test_the_driver_skips_a_pipeline_another_driver_holds(pipelines: PipelineStore) -> None:
+    # given a pipeline leased by a live driver elsewhere
+    suite = FakeSuite()
+    record = create_pipeline(pipelines, _request())
+    record.driver, record.driver_heartbeat = "other", utcnow()
+    pipelines.save(record)
+    client = ServiceClient(URLS, transport=suite.transport())
+    driver = PipelineDriver(pipelines, client, lease_ttl_s=30, name="me")
+    # when / then: nothing happens while the lease is fresh
+    assert driver.tick() == 0
+    assert suite.calls == []
+    # a stale lease is taken over
+    record = pipelines.get(record.id)
+    record.driver_heartbeat = utcnow() - timedelta(seconds=31)
+    pipelines.store.put_bytes(pipelines.key(record.id), record.model_dump_json().encode())
+    assert driver.tick() == 1
+    assert pipelines.get(record.id).driver == "me"
+    assert suite.calls, "the new driver advanced the pipeline"
+
+
+def test_the_driver_writes_the_report_at_the_end(pipelines: PipelineStore) -> None:
+    # given
+    suite = FakeSuite(polls=1)
+    client = ServiceClient(URLS, transport=suite.transport())
+    driver = PipelineDriver(pipelines, client, name="me")
+    record = create_pipeline(pipelines, _request())
+    # when
+    for _ in range(40):
+        driver.tick()
+    # then
+    done = pipelines.get(record.id)
+    assert done.state is PipelineState.SUCCEEDED
+    html = pipelines.report(record.id).decode()
+    assert "steel-det-scratch" in html
+    assert "42.0" in html and "30.0" in html and "+12.0" in html
