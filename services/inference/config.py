@@ -69,6 +69,19 @@ class InferenceSettings(BaseSettings):
         gt=0,
         description="How often the registry stage is re-read (INFERENCE_POLL_INTERVAL_S).",
     )
+    backend: Literal["onnxruntime", "openvino"] = Field(
+        "onnxruntime",
+        description="Runtime of ONNX models: onnxruntime, or openvino on Intel/AMD CPUs "
+        "(INFERENCE_BACKEND).",
+    )
+    precision: Literal["fp32", "fp16"] = Field(
+        "fp32",
+        description="fp16 runs on CUDA only: TensorRT FP16 where installed, else the CUDA "
+        "provider on an FP16 graph (INFERENCE_PRECISION).",
+    )
+    openvino_hint: Literal["throughput", "latency"] = Field(
+        "throughput", description="OpenVINO performance hint (INFERENCE_OPENVINO_HINT)."
+    )
     intra_op_threads: int = Field(
         0, ge=0, description="ORT threads, 0 = auto (INFERENCE_INTRA_OP_THREADS)."
     )

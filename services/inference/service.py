@@ -312,6 +312,9 @@ def open_detector(files: ModelFiles, settings: InferenceSettings) -> Detector:
         intra_op_threads=settings.intra_op_threads or None,
         names=files.names,
         imgsz=settings.imgsz or None,
+        backend=settings.backend,
+        precision=settings.precision,
+        openvino_hint=settings.openvino_hint,
     )
     # One pass at full size allocates ORT's arenas now, not on a camera's first request, and
     # fails a model whose classes.json disagrees with its outputs before it is served.

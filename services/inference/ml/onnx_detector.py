@@ -7,7 +7,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import onnxruntime as ort
@@ -35,7 +35,11 @@ logger = logging.getLogger(__name__)
 DEFAULT_IMGSZ = 640
 DEFAULT_STRIDE = 32
 _CUDA_EP = "CUDAExecutionProvider"
+_TRT_EP = "TensorrtExecutionProvider"
 _CPU_EP = "CPUExecutionProvider"
+
+Backend = Literal["onnxruntime", "openvino"]
+Precision = Literal["fp32", "fp16"]
 
 
 class OnnxDetector:
@@ -59,6 +63,11 @@ class OnnxDetector:
         rect: For dynamic-shape exports, pad only to the next stride multiple, as
             ``predict`` does. Images whose padded shapes differ run in separate calls, so an
             image's detections never depend on its batch-mates.
+        backend: ``onnxruntime`` (default) or ``openvino`` (CPU only, same export).
+        precision: ``fp16`` runs on CUDA only: TensorRT's FP16 engine where ONNX Runtime has
+            TensorRT, else the CUDA provider on an FP16 copy of the graph (inputs and
+            outputs stay FP32).
+        openvino_hint: ``throughput`` or ``latency`` (OpenVINO's performance hint).
 
     Raises:
         InvalidInputError: The file is not a loadable YOLO detect export, or arguments
@@ -75,8 +84,16 @@ class OnnxDetector:
         names: Mapping[int, str] | None = None,
         imgsz: int | tuple[int, int] | None = None,
         rect: bool = True,
+        backend: Backend = "onnxruntime",
+        precision: Precision = "fp32",
+        openvino_hint: Literal["throughput", "latency"] = "throughput",
     ) -> None:
-        self._session = _create_session(Path(path), device, intra_op_threads)
+        if backend == "openvino":
+            self._session = _openvino_session(
+                Path(path), device, precision, openvino_hint, intra_op_threads
+            )
+        else:
+            self._session = _create_session(Path(path), device, intra_op_threads, precision)
         meta = _read_metadata(self._session)
         if meta.get("task", "detect") != "detect" or meta.get("end2end", False):
             raise InvalidInputError(
@@ -225,13 +242,17 @@ def _as_hw(size: int | Sequence[int]) -> tuple[int, int]:
     return int(size[0]), int(size[1])
 
 
-def _providers(device: str) -> list[Any]:
+def _providers(device: str, precision: Precision = "fp32") -> list[Any]:
+    """Execution providers, best first, for a device and precision setting."""
     available = ort.get_available_providers()
-    if device == "cpu":
+    if device == "cpu" or (device == "auto" and _CUDA_EP not in available):
+        if precision == "fp16":
+            raise UnavailableError(
+                "INFERENCE_PRECISION=fp16 needs CUDA; this host runs on CPU "
+                f"(onnxruntime providers: {available})"
+            )
         return [_CPU_EP]
-    if device == "auto":
-        return [_CUDA_EP, _CPU_EP] if _CUDA_EP in available else [_CPU_EP]
-    kind, _, index = device.partition(":")
+    kind, _, index = ("cuda" if device == "auto" else device).partition(":")
     if kind != "cuda" or not (index == "" or index.isdigit()):
         raise InvalidInputError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
     if _CUDA_EP not in available:
@@ -239,11 +260,41 @@ def _providers(device: str) -> list[Any]:
             f"device {device!r} requested but this onnxruntime build has no CUDA provider "
             f"(available: {available}); install onnxruntime-gpu or use device='cpu'"
         )
-    return [(_CUDA_EP, {"device_id": int(index or 0)}), _CPU_EP]
+    device_id = {"device_id": int(index or 0)}
+    providers: list[Any] = [(_CUDA_EP, device_id), _CPU_EP]
+    if precision == "fp16" and _TRT_EP in available:
+        providers.insert(0, (_TRT_EP, {**device_id, "trt_fp16_enable": True}))
+    return providers
 
 
-def _create_session(path: Path, device: str, intra_op_threads: int | None) -> Any:
-    providers = _providers(device)
+def _fp16_graph(path: Path) -> bytes:
+    """An FP16 copy of the graph with FP32 inputs and outputs (for the CUDA provider)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(path)), keep_io_types=True)
+    return bytes(model.SerializeToString())
+
+
+def _openvino_session(
+    path: Path, device: str, precision: Precision, hint: Any, threads: int | None
+) -> Any:
+    from services.inference.ml.openvino_session import OpenVinoSession
+
+    if device.startswith("cuda") or precision == "fp16":
+        raise InvalidInputError(
+            "the OpenVINO backend runs FP32 on the CPU: use INFERENCE_DEVICE=cpu or auto and "
+            "INFERENCE_PRECISION=fp32, or the onnxruntime backend for CUDA"
+        )
+    if not path.is_file():
+        raise InvalidInputError(f"ONNX model file {path} does not exist")
+    return OpenVinoSession(path, hint=hint, threads=threads)
+
+
+def _create_session(
+    path: Path, device: str, intra_op_threads: int | None, precision: Precision = "fp32"
+) -> Any:
+    providers = _providers(device, precision)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only: ORT's per-node warnings flood service logs
@@ -251,8 +302,10 @@ def _create_session(path: Path, device: str, intra_op_threads: int | None) -> An
         options.intra_op_num_threads = intra_op_threads
     if not path.is_file():
         raise InvalidInputError(f"ONNX model file {path} does not exist")
+    on_trt = isinstance(providers[0], tuple) and providers[0][0] == _TRT_EP
+    source: str | bytes = _fp16_graph(path) if precision == "fp16" and not on_trt else str(path)
     try:
-        session = ort.InferenceSession(str(path), options, providers=providers)
+        session = ort.InferenceSession(source, options, providers=providers)
     except Exception as exc:  # ORT raises its own untyped errors for corrupt files
         raise InvalidInputError(f"{path} is not a loadable ONNX model: {exc}") from exc
     if device.startswith("cuda") and session.get_providers()[0] != _CUDA_EP:
