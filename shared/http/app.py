@@ -13,17 +13,19 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from shared.config import CommonSettings
-from shared.http.auth import ApiKeyMiddleware, ScopeRule, parse_keys
+from shared.http.auth import ApiKeyMiddleware, ScopeRule, parse_keys, request_scopes
 from shared.http.body import BodyLimitMiddleware
 from shared.http.context import DecodeBudgetMiddleware, RequestIdMiddleware
 from shared.http.docs import install_offline_docs
 from shared.http.errors import install_error_handlers
 from shared.http.jsonguard import JsonGuardMiddleware, JsonLimits
 from shared.http.metrics import HttpMetrics, MetricsMiddleware
+from shared.http.quiet import HeadAsGetMiddleware, RelativeRedirectMiddleware
 from shared.imaging.budget import DecodeBounds, PixelBudget
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,7 @@ def create_service_app(
         ),
         route_max_bytes=json_route_max_bytes,
     )
+    app.add_middleware(HeadAsGetMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     budget = PixelBudget(
         DecodeBounds(
@@ -98,7 +101,17 @@ def create_service_app(
     app.add_middleware(
         ApiKeyMiddleware, keys=parse_keys(settings.auth.api_keys), rules=list(scope_rules)
     )
+    app.add_middleware(RelativeRedirectMiddleware)
     app.add_middleware(RequestIdMiddleware)
+    if settings.http.cors_origins:
+        # Outermost, so preflights are answered before the key check (browsers send none).
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.http.cors_origins),
+            allow_methods=["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS"],
+            allow_headers=["authorization", "x-api-key", "content-type", "x-request-id"],
+            expose_headers=["x-request-id", "retry-after", "x-image-score"],
+        )
     if not settings.auth.api_keys:
         log.warning("%s: AUTH_API_KEYS is empty, every route is open (loopback default)", service)
     return app
@@ -111,21 +124,27 @@ def _add_probes(app: FastAPI, metrics: HttpMetrics) -> None:
         return {"status": "ok", "service": app.state.service}
 
     @app.get("/readyz", tags=["probes"], include_in_schema=False)
-    def readyz() -> JSONResponse:
-        """Ready when every dependency check passes; lists what is missing otherwise."""
+    def readyz(request: Request) -> JSONResponse:
+        """Ready when every dependency check passes; lists what is missing otherwise.
+
+        With API keys configured, a caller without a known key learns only ready / not
+        ready per component; the reasons (addresses, buckets, errors) need a key.
+        """
         results = _readiness(app)
         missing = {name: why for name, why in results.items() if why}
-        body = {
+        scopes = request_scopes(request.scope, bool(app.state.settings.auth.api_keys))
+        quiet = scopes is not None and not scopes
+        body: dict[str, Any] = {
             "ready": not missing,
             "service": app.state.service,
-            "missing": missing,
+            "missing": dict.fromkeys(missing, "not ready") if quiet else missing,
             "checks": sorted(results),
         }
         # Optional service detail that does not decide readiness (e.g. anomaly_map: per method).
         details: Callable[[FastAPI], dict[str, Any]] | None = getattr(
             app.state, "readiness_details", None
         )
-        if details is not None:
+        if details is not None and not quiet:
             body["details"] = details(app)
         return JSONResponse(body, status_code=200 if not missing else 503)
 

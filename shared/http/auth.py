@@ -80,8 +80,15 @@ class ApiKeyMiddleware:
         self.rules = sorted(rules, key=lambda r: len(r.prefix), reverse=True)
 
     def required_scope(self, path: str, method: str) -> str | None:
+        """The scope a request needs; HEAD needs what GET needs, OPTIONS the least any method
+        of the path needs (it reveals no data: FastAPI answers 405, CORS answers preflights).
+        """
         if path in OPEN_PATHS:
             return None
+        if method == "OPTIONS":
+            needed = {r.scope for r in self.rules if path.startswith(r.prefix)} or {"admin"}
+            return min(needed, key=SCOPES.index)
+        method = "GET" if method == "HEAD" else method
         for rule in self.rules:
             if path.startswith(rule.prefix) and (not rule.methods or method in rule.methods):
                 return rule.scope
@@ -100,11 +107,13 @@ class ApiKeyMiddleware:
             await self.app(scope, receive, send)
             return
         needed = self.required_scope(scope["path"], scope["method"])
-        if needed is None:
-            await self.app(scope, receive, send)
-            return
         presented = _presented_key(scope)
         key = self._match(presented) if presented else None
+        if needed is None:
+            if key is not None:  # open probes show details only to a known key
+                _remember(scope, key)
+            await self.app(scope, receive, send)
+            return
         if key is None:
             await _deny(scope, send, 401, "unauthorized", "missing or unknown API key")
         elif needed not in key.scopes and "admin" not in key.scopes:
@@ -112,8 +121,21 @@ class ApiKeyMiddleware:
                 scope, send, 403, "forbidden", f"API key {key.name!r} lacks scope {needed!r}"
             )
         else:
-            scope.setdefault("state", {})["api_key"] = key.name
+            _remember(scope, key)
             await self.app(scope, receive, send)
+
+
+def _remember(scope: Scope, key: ApiKey) -> None:
+    state = scope.setdefault("state", {})
+    state["api_key"] = key.name
+    state["api_scopes"] = sorted(key.scopes)
+
+
+def request_scopes(scope: Scope, auth_enabled: bool) -> frozenset[str] | None:
+    """The scopes of the request's key; ``None`` means "everything" (auth is off)."""
+    if not auth_enabled:
+        return None
+    return frozenset(scope.get("state", {}).get("api_scopes", ()))
 
 
 async def _deny(scope: Scope, send: Send, status: int, code: str, detail: str) -> None:

@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.errors import SuiteError, UnavailableError
 from shared.http.context import request_id_of
+from shared.http.quiet import public_outage
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +25,14 @@ def error_body(request: Request, detail: str, code: str, **extra: object) -> dic
 async def _suite_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, SuiteError)
     headers = {}
+    detail = exc.message
     if isinstance(exc, UnavailableError):
         headers["Retry-After"] = str(exc.retry_after_s)
+    if exc.http_status >= 500:
+        log.warning("%s on %s: %s", exc.code, request.scope.get("path"), exc.message)
+        detail = public_outage(exc.code, exc.message)
     return JSONResponse(
-        error_body(request, exc.message, exc.code), status_code=exc.http_status, headers=headers
+        error_body(request, detail, exc.code), status_code=exc.http_status, headers=headers
     )
 
 

@@ -6,9 +6,32 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 
+from shared.errors import ForbiddenError
+from shared.http.auth import request_scopes
 from shared.http.deps import state_object
 from shared.jobs.store import JobStore
-from shared.schemas.jobs import JobRecord, JobState
+from shared.schemas.jobs import JobRecord, JobState, Queue
+
+# The queues whose jobs each service's train key may cancel (kinds belong to queues).
+SERVICE_QUEUES: dict[str, frozenset[str]] = {
+    "anomaly_map": frozenset({Queue.MAPS.value}),
+    "pretrain": frozenset({Queue.PRETRAIN.value}),
+    "finetune": frozenset({Queue.FINETUNE.value}),
+}
+
+
+def check_cancel_scope(request: Request, record: JobRecord) -> None:
+    """Raise ``ForbiddenError`` unless this service owns the job's queue or the key is admin."""
+    app = request.app
+    scopes = request_scopes(request.scope, bool(app.state.settings.auth.api_keys))
+    if scopes is None or "admin" in scopes:
+        return
+    if record.queue not in SERVICE_QUEUES.get(app.state.service, frozenset()):
+        raise ForbiddenError(
+            f"job {record.id} is a {record.kind} job of another service; cancel it there "
+            "or with an admin key",
+            code="job_of_another_service",
+        )
 
 
 def _jobs(request: Request) -> JobStore:
@@ -38,9 +61,19 @@ def jobs_router() -> APIRouter:
         """One job record: state, progress, metrics, error, artifacts."""
         return jobs.get(job_id)
 
-    @router.post("/{job_id}/cancel", response_model=JobRecord, status_code=202)
-    def cancel_job(job_id: str, jobs: JobsDep) -> JobRecord:
-        """Ask a job to stop at its next step boundary (cooperative, never a kill)."""
+    @router.post(
+        "/{job_id}/cancel",
+        response_model=JobRecord,
+        status_code=202,
+        responses={403: {"description": "the job belongs to another service (admin only)"}},
+    )
+    def cancel_job(job_id: str, jobs: JobsDep, request: Request) -> JobRecord:
+        """Ask a job to stop at its next step boundary (cooperative, never a kill).
+
+        A service cancels the jobs of its own queues; a job of another service (or the
+        self-test) needs an admin key.
+        """
+        check_cancel_scope(request, jobs.get(job_id))
         return jobs.request_cancel(job_id)
 
     return router

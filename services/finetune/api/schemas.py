@@ -161,13 +161,18 @@ class ModelDetailResponse(BaseModel):
         return cls(name=detail.name, latest=detail.latest, stages=detail.stages, versions=versions)
 
 
+STAGE_PATTERN = r"^[a-z][a-z0-9_\-]{0,31}$"
+
+
 class PromoteRequest(BaseModel):
     """Which stage to point at the version; the inference service follows 'production'."""
 
     model_config = ConfigDict(extra="forbid")
 
     stage: str = Field(
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._=+\-]{0,127}$", examples=["production", "staging"]
+        pattern=STAGE_PATTERN,
+        description="lower-case name: a letter, then letters, digits, '-' or '_' (max 32)",
+        examples=["production", "staging"],
     )
 
 
