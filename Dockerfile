@@ -4,6 +4,8 @@
 #   pretrain-api      submits pretraining jobs (no torch)       pretrain-worker  queue pretrain
 #   finetune-api      finetune jobs, model registry (no torch)  finetune-worker  queue finetune
 #   inference-api     YOLOv8 detection with ONNX Runtime (no torch)
+#   console           the web console: pages + a same-origin proxy to the four APIs (no torch)
+#   pipeline-api      runs whole pipelines through the four APIs' public routes (no torch)
 # e.g. docker build --target pretrain-worker --build-arg TORCH_VARIANT=cuda -t agssp/pretrain-worker .
 # The targets share the stages below (base image, user, env, build helpers, weights) and differ
 # only in the extras they install, the service folder they copy and their CMD.
@@ -127,10 +129,11 @@ FROM weights-${BAKE_WEIGHTS} AS weights
 
 # ======== dependency layers (only change with pyproject.toml; no code copied yet) ========
 
-# HTTP front ends that only submit jobs: no torch.
+# HTTP front ends that only submit jobs: no torch. `docs`: local Swagger UI / ReDoc builds.
+# The console and the pipeline API use the same layer (they add no dependency of their own).
 FROM base AS jobs-api-deps
 RUN --mount=type=cache,target=/root/.cache/pip \
-    sh /opt/agssp-build/install-deps.sh api,storage,jobs
+    sh /opt/agssp-build/install-deps.sh api,storage,jobs,docs
 
 # anomaly_map worker: CLIP (open-clip-torch) on the torch build TORCH_VARIANT picks.
 FROM base AS anomaly-map-worker-deps
@@ -147,7 +150,7 @@ FROM anomaly-map-worker-deps AS anomaly-map-api-deps
 ARG TORCH_VARIANT=cpu
 ARG TORCH_INDEX=
 RUN --mount=type=cache,target=/root/.cache/pip \
-    sh /opt/agssp-build/install-deps.sh api,storage,jobs,imaging,ml
+    sh /opt/agssp-build/install-deps.sh api,storage,jobs,imaging,ml,docs
 
 # pretrain (AGBP/AGDP) and finetune (YOLOv8) workers: torch + ultralytics.
 FROM base AS yolo-worker-deps
@@ -167,7 +170,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends libglib2.0-0 \
  && rm -rf /var/lib/apt/lists/*
 RUN --mount=type=cache,target=/root/.cache/pip \
-    sh /opt/agssp-build/install-deps.sh api,storage,jobs,imaging yolo:onnxruntime
+    sh /opt/agssp-build/install-deps.sh api,storage,jobs,imaging,docs yolo:onnxruntime
 
 # ======== images (one target per role) ========
 
@@ -251,3 +254,31 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
 ENTRYPOINT ["agssp"]
 CMD ["serve", "inference", "--host", "0.0.0.0", "--port", "8000"]
+
+# ---- console ----
+# Pages and static assets of its own, API calls forwarded to the four APIs (CONSOLE_*_URL);
+# it reads no store and runs no jobs.
+FROM jobs-api-deps AS console
+COPY shared/ /app/shared/
+COPY services/__init__.py /app/services/__init__.py
+COPY services/console/ /app/services/console/
+USER agssp
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
+ENTRYPOINT ["agssp"]
+CMD ["serve", "console", "--host", "0.0.0.0", "--port", "8000"]
+
+# ---- pipeline ----
+# Drives maps -> boxes -> AGBP -> AGDP -> finetune through the four APIs (PIPELINE_*_URL);
+# its records live in the store, its steps run on the other services' workers.
+FROM jobs-api-deps AS pipeline-api
+COPY shared/ /app/shared/
+COPY services/__init__.py /app/services/__init__.py
+COPY services/pipeline/ /app/services/pipeline/
+USER agssp
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
+ENTRYPOINT ["agssp"]
+CMD ["serve", "pipeline", "--host", "0.0.0.0", "--port", "8000"]

@@ -9,7 +9,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.config import CommonSettings, load_settings, register_settings
 
-UPSTREAMS = ("anomaly_map", "pretrain", "finetune", "inference")
+UPSTREAMS = ("anomaly_map", "pretrain", "finetune", "inference", "pipeline")
 
 
 @register_settings
@@ -30,6 +30,9 @@ class ConsoleSettings(BaseSettings):
     inference_url: HttpUrl = Field(
         HttpUrl("http://127.0.0.1:8004"), description="CONSOLE_INFERENCE_URL"
     )
+    pipeline_url: HttpUrl = Field(
+        HttpUrl("http://127.0.0.1:8006"), description="CONSOLE_PIPELINE_URL (the pipeline API)"
+    )
     proxy_timeout_s: float = Field(
         120.0, gt=0, le=3600, description="Upstream read timeout (CONSOLE_PROXY_TIMEOUT_S)."
     )
@@ -42,7 +45,13 @@ class ConsoleSettings(BaseSettings):
 
     def upstreams(self) -> dict[str, str]:
         """Service name -> base URL without a trailing slash."""
-        urls = (self.anomaly_map_url, self.pretrain_url, self.finetune_url, self.inference_url)
+        urls = (
+            self.anomaly_map_url,
+            self.pretrain_url,
+            self.finetune_url,
+            self.inference_url,
+            self.pipeline_url,
+        )
         return {name: str(url).rstrip("/") for name, url in zip(UPSTREAMS, urls, strict=True)}
 
 

@@ -1,4 +1,4 @@
-"""Same-origin reverse proxy from ``/api/<service>/<path>`` to the four APIs.
+"""Same-origin reverse proxy from ``/api/<service>/<path>`` to the four APIs and the pipeline API.
 
 The browser talks only to the console's origin, so no API needs CORS, and the user's API key
 (``X-API-Key`` or ``Authorization``) is forwarded as is: the APIs check it, the console holds

@@ -35,6 +35,8 @@ IMAGE_TARGETS: dict[str, tuple[str, str]] = {
     "finetune-api": ("finetune", "api"),
     "finetune-worker": ("finetune", "worker"),
     "inference-api": ("inference", "api"),
+    "console": ("console", "api"),
+    "pipeline-api": ("pipeline", "api"),
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shared.cli.main import QUEUE_MODULES
-from shared.cli.processes import SERVICES
+from shared.cli.processes import SERVABLE
 from shared.config import JobSettings
 from tests.unit.deploy.manifests import (
     DOCKERFILE,
@@ -53,7 +53,7 @@ def test_every_api_and_every_queue_runs_with_a_plain_up(compose_services: dict[s
     consumed = {queue for role, queues in roles if role == "worker" for queue in queues}
 
     # then
-    assert served == set(SERVICES)
+    assert served == set(SERVABLE)  # the four APIs, the console and the pipeline API
     assert consumed == set(QUEUE_MODULES)
 
 

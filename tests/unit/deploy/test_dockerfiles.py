@@ -18,8 +18,8 @@ from tests.unit.deploy.manifests import (
 )
 
 TORCH_STACK = {"torch", "torchvision", "ultralytics", "open-clip-torch", "timm"}
-NO_TORCH = {"pretrain-api", "finetune-api", "inference-api"}
-SERVICES = {"anomaly_map", "pretrain", "finetune", "inference"}
+NO_TORCH = {"pretrain-api", "finetune-api", "inference-api", "console", "pipeline-api"}
+SERVICES = {"anomaly_map", "pretrain", "finetune", "inference", "console", "pipeline"}
 
 
 def test_one_dockerfile_has_a_target_per_image_and_no_service_keeps_its_own(

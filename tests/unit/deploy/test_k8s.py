@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from shared.cli.main import QUEUE_MODULES
-from shared.cli.processes import SERVICES
+from shared.cli.processes import SERVABLE
 from shared.config import JobSettings
 from tests.unit.deploy.manifests import (
     APP_IMAGE_PREFIX,
@@ -109,7 +109,7 @@ def test_every_api_has_probes_and_a_service(rendered: dict[str, list[Doc]], over
     services = [d for d in docs if d["kind"] == "Service"]
 
     # when / then
-    assert {_role(c)[1][0] for _, c in apis} == set(SERVICES)
+    assert {_role(c)[1][0] for _, c in apis} == set(SERVABLE)  # + console, pipeline
     for doc, c in apis:
         name = doc["metadata"]["name"]
         port = next(p for p in c["ports"] if p["containerPort"] == 8000)
