@@ -13,19 +13,10 @@ from typing import Any
 
 import httpx
 
+from services.pipeline.errors import StepCallError
 from services.pipeline.steps import Call
 
 _MAX_DETAIL = 800
-
-
-class StepCallError(Exception):
-    """A call a step made did not succeed; ``transient`` says whether to try again."""
-
-    def __init__(self, message: str, code: str, transient: bool) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
-        self.transient = transient
 
 
 class ServiceClient:

@@ -14,7 +14,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from services.pipeline.clients import ServiceClient, StepCallError
+from services.pipeline.clients import ServiceClient
+from services.pipeline.errors import StepCallError
 from services.pipeline.records import (
     PipelineRecord,
     PipelineRequest,

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from services.pipeline.errors import StepCallError
 from services.pipeline.presets import PRESETS, step_config
 from services.pipeline.records import PipelineRecord, PipelineRequest, StepRecord
 
@@ -61,8 +62,15 @@ def _method_call(record: PipelineRecord) -> Call:
 
 def _method_collect(body: dict[str, Any]) -> dict[str, Any]:
     # /readyz details.methods.<m>.ready (anomaly-map service): KeAD needs loaded CLIP weights.
-    kead = body.get("details", {}).get("methods", {}).get("kead", {})
-    return {"method": "kead" if kead.get("ready") is True else "tocoad"}
+    methods = body.get("details", {}).get("methods")
+    if not isinstance(methods, dict) or "kead" not in methods:
+        raise StepCallError(
+            "the anomaly-map /readyz answer has no per-method readiness (with API keys on, "
+            "set PIPELINE_API_KEY); choose maps=kead or maps=tocoad to skip this check",
+            "method_unknown",
+            transient=False,
+        )
+    return {"method": "kead" if methods["kead"].get("ready") is True else "tocoad"}
 
 
 def _category_call(record: PipelineRecord) -> Call:

@@ -38,6 +38,7 @@ class FakeSuite:
 
     polls: int = 2
     kead_ready: bool = False
+    hide_details: bool = False
     fail: dict[str, str] = field(default_factory=dict)
     refuse: dict[str, str] = field(default_factory=dict)
     down: set[str] = field(default_factory=set)
@@ -62,12 +63,12 @@ class FakeSuite:
             return httpx.Response(422, json={"detail": self.refuse[path], "code": "invalid_config"})
         return self._answer(service, request.method, path, body or {})
 
-    def _answer(
-        self, service: str, method: str, path: str, body: dict[str, Any]
-    ) -> httpx.Response:
+    def _answer(self, service: str, method: str, path: str, body: dict[str, Any]) -> httpx.Response:
         if path == "/readyz":
             kead = {"ready": self.kead_ready, "reason": None if self.kead_ready else "no weights"}
             methods = {"kead": kead, "tocoad": {"ready": True}}
+            if self.hide_details:
+                return httpx.Response(503, json={"ready": False, "missing": {"clip": "not ready"}})
             return httpx.Response(503, json={"ready": False, "details": {"methods": methods}})
         if method == "PUT" and path.startswith("/v1/categories/"):
             return httpx.Response(201, json={"name": path.rsplit("/", 1)[1], "version": "c1"})

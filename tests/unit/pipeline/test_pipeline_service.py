@@ -68,7 +68,7 @@ def test_plan_follows_the_map_method_and_options() -> None:
     provided = plan(_request(maps="provided", maps_prefix="m/", baseline=False, promote=None))
     assert [s.name for s in provided][:3] == ["category", "pseudo_boxes", "agbp"]
     assert "baseline" not in [s.name for s in provided]
-    assert [s.name for s in plan(_request(maps="kead", category_spec=None))][0] == "maps"
+    assert next(s.name for s in plan(_request(maps="kead", category_spec=None))) == "maps"
 
 
 def test_a_whole_pipeline_hands_each_output_to_the_next_step(pipelines: PipelineStore) -> None:
@@ -175,7 +175,9 @@ def test_cancel_stops_the_running_job_and_the_pipeline(pipelines: PipelineStore)
     suite = FakeSuite(polls=1000)
     record = _run(create_pipeline(pipelines, _request()), pipelines, suite, ticks=5)
     running = record.current
-    assert running is not None and running.name == "tocoad_fit" and running.job_id
+    assert running is not None
+    assert running.name == "tocoad_fit"
+    assert running.job_id
     # when
     cancel_pipeline(pipelines, record.id)
     done = _run(record, pipelines, suite, ticks=2)
@@ -230,4 +232,19 @@ def test_the_driver_writes_the_report_at_the_end(pipelines: PipelineStore) -> No
     assert done.state is PipelineState.SUCCEEDED
     html = pipelines.report(record.id).decode()
     assert "steel-det-scratch" in html
-    assert "42.0" in html and "30.0" in html and "+12.0" in html
+    assert "42.0" in html
+    assert "30.0" in html
+    assert "+12.0" in html
+
+
+def test_auto_without_readiness_details_fails_instead_of_guessing(
+    pipelines: PipelineStore,
+) -> None:
+    # given an anomaly-map service that hides its per-method readiness (keys on, none sent)
+    suite = FakeSuite(hide_details=True)
+    # when
+    record = _run(create_pipeline(pipelines, _request()), pipelines, suite)
+    # then
+    assert record.state is PipelineState.FAILED
+    assert record.step("method").error_code == "method_unknown"
+    assert suite.bodies("/v1/tocoad-fits") == []
