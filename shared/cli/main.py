@@ -13,6 +13,7 @@ import typer
 from shared.cli import processes
 from shared.cli.anomaly import app as anomaly_app
 from shared.cli.bench import bench_app
+from shared.cli.demo import app as demo_app
 from shared.cli.finetune import finetune_app
 from shared.cli.follow import follow_command, wait_command
 from shared.cli.models import app as models_app
@@ -33,6 +34,7 @@ app.add_typer(finetune_app, name="finetune")
 app.add_typer(bench_app, name="bench")
 app.add_typer(store_app, name="store")
 app.add_typer(pipeline_app, name="pipeline")
+app.add_typer(demo_app, name="demo")
 jobs_app.command("wait")(wait_command)
 jobs_app.command("follow")(follow_command)
 
