@@ -294,3 +294,21 @@ class EvaluationParams(BaseModel):
     @classmethod
     def _ref(cls, value: str) -> str:
         return _ref_spec(value)
+
+
+class QuantizeParams(BaseModel):
+    """INT8 post-training quantisation of a registered detector, calibrated on a dataset."""
+
+    model_config = FINITE
+
+    model: str = Field(description="registered detector 'name:version' (or 'name' for latest)")
+    dataset: str = Field(description="the user's images: stored dataset 'name:version'")
+    calibration_split: str = Field("train", pattern=SPLIT_PATTERN)
+    calibration_images: int = Field(64, ge=1, le=2048, description="images used to calibrate")
+    eval_split: str = Field("val", pattern=SPLIT_PATTERN, description="mAP of FP32 vs INT8")
+    method: Literal["minmax", "percentile"] = "minmax"
+
+    @field_validator("model", "dataset")
+    @classmethod
+    def _ref(cls, value: str) -> str:
+        return _ref_spec(value)

@@ -17,6 +17,7 @@ from services.finetune.params import (
     EvaluationParams,
     FinetuneJobParams,
     InitParams,
+    QuantizeParams,
     check_train_config,
 )
 from services.finetune.registry import BACKBONE_FILE, WEIGHTS_FILE, ModelRegistry
@@ -30,6 +31,7 @@ IMPORT_KIND = "dataset-import"
 AGDP_KIND = "agdp"
 FINETUNE_KIND = "finetune"
 EVALUATION_KIND = "evaluation"
+QUANTIZE_KIND = "quantize-int8"
 _YOLO_BACKBONE = re.compile(r"^yolov8([nsm])$")
 
 
@@ -110,6 +112,28 @@ def submit_evaluation(sender: TaskSender, jobs: JobStore, params: EvaluationPara
     stored = params.model_copy(update={"model": str(model), "dataset": str(dataset)})
     return _submit(
         sender, jobs, EVALUATION_KIND, TaskName.FINETUNE_EVALUATE, stored.model_dump(mode="json")
+    )
+
+
+def submit_quantization(sender: TaskSender, jobs: JobStore, params: QuantizeParams) -> JobRecord:
+    """Queue INT8 quantisation of a detector; model, dataset and both splits must exist.
+
+    Raises:
+        InvalidInputError: unknown split, class mismatch, or the version is not a detector.
+        NotFoundError: unknown model or dataset.
+    """
+    registry, catalog = ModelRegistry(jobs.store), DatasetCatalog(jobs.store)
+    model = _detector(registry, params.model)
+    dataset = catalog.resolve(params.dataset)
+    for split in (params.calibration_split, params.eval_split):
+        catalog.check_split(dataset, split)
+    if registry.classes(model) != catalog.manifest(dataset).get("classes"):
+        raise InvalidInputError(
+            f"model {model} and dataset {dataset} have different classes", code="class_mismatch"
+        )
+    stored = params.model_copy(update={"model": str(model), "dataset": str(dataset)})
+    return _submit(
+        sender, jobs, QUANTIZE_KIND, TaskName.FINETUNE_QUANTIZE, stored.model_dump(mode="json")
     )
 
 

@@ -44,6 +44,7 @@ class TaskName(StrEnum):
     FINETUNE_TRAIN = "finetune.train"
     FINETUNE_EVALUATE = "finetune.evaluate"
     FINETUNE_IMPORT_DATASET = "finetune.import_dataset"
+    FINETUNE_QUANTIZE = "finetune.quantize"
 
 
 def utcnow() -> datetime:

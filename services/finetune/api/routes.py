@@ -25,12 +25,14 @@ from services.finetune.api.schemas import (
     PromoteResponse,
 )
 from services.finetune.datasets_store import DatasetRef
+from services.finetune.params import QuantizeParams
 from services.finetune.registry import artifact_ref
 from services.finetune.submission import (
     submit_agdp,
     submit_evaluation,
     submit_finetune,
     submit_import,
+    submit_quantization,
 )
 from shared.errors import NotFoundError
 from shared.schemas.jobs import JobRecord
@@ -93,6 +95,12 @@ def create_finetune_job(body: FinetuneJobRequest, jobs: JobsDep, sender: SenderD
 def create_evaluation(body: EvaluationRequest, jobs: JobsDep, sender: SenderDep) -> JobRecord:
     """Queue a COCO mAP evaluation of a model version on a dataset split."""
     return submit_evaluation(sender, jobs, body)
+
+
+@jobs.post("/quantize-jobs", status_code=202, response_model=JobRecord)
+def create_quantize_job(body: QuantizeParams, jobs: JobsDep, sender: SenderDep) -> JobRecord:
+    """Queue INT8 quantisation of a detector calibrated on a dataset (a new model version)."""
+    return submit_quantization(sender, jobs, body)
 
 
 @models.get("", response_model=ModelList)

@@ -10,7 +10,7 @@ from typing import Any
 
 from celery import Task, shared_task
 
-from services.finetune import service
+from services.finetune import quantization, service
 from services.finetune.config import get_settings
 from shared.jobs.context import JobContext
 from shared.jobs.worker import run_in_worker
@@ -31,6 +31,10 @@ def _finetune(ctx: JobContext) -> list[str]:
 
 def _evaluate(ctx: JobContext) -> list[str]:
     return service.run_evaluation_job(ctx, get_settings())
+
+
+def _quantize(ctx: JobContext) -> list[str]:
+    return quantization.run_quantize_job(ctx, get_settings())
 
 
 @shared_task(name=TaskName.FINETUNE_IMPORT_DATASET.value, bind=True)
@@ -55,3 +59,9 @@ def finetune_task(self: Task, job_id: str) -> dict[str, Any]:
 def evaluate_task(self: Task, job_id: str) -> dict[str, Any]:
     """COCO mAP of a registered model on a stored dataset split."""
     return run_in_worker(self, job_id, _evaluate)
+
+
+@shared_task(name=TaskName.FINETUNE_QUANTIZE.value, bind=True)
+def quantize_task(self: Task, job_id: str) -> dict[str, Any]:
+    """INT8 quantisation of a detector, published with FP32 and INT8 mAP side by side."""
+    return run_in_worker(self, job_id, _quantize)

@@ -1,0 +1,73 @@
+"""The INT8 quantisation job, run by the real job runner on a tiny finetuned YOLOv8n.
+
+Reuses the pipeline module's fixtures (import -> AGDP -> finetune on a synthetic set).
+"""
+
+from __future__ import annotations
+
+import json
+
+import onnxruntime as ort
+import pytest
+
+from services.finetune.params import QuantizeParams
+from services.finetune.quantization import INT8_KIND, run_quantize_job
+from services.finetune.submission import submit_quantization
+from shared.errors import InvalidInputError
+from shared.schemas.artifacts import ArtifactRef
+from shared.schemas.jobs import JobRecord, JobState, TaskName
+from shared.storage.artifacts import ArtifactStore
+from tests.unit.finetune.test_service_pipeline import (  # noqa: F401  (fixtures)
+    FakeSender,
+    World,
+    agbp,
+    agdp_job,
+    dataset_job,
+    finetune_job,
+    world,
+)
+
+
+@pytest.fixture(scope="module")
+def quantize_job(world: World, finetune_job: JobRecord) -> tuple[JobRecord, FakeSender]:  # noqa: F811
+    sender = FakeSender()
+    params = QuantizeParams(
+        model="shapes-yolov8n", dataset="shapes", calibration_split="train", calibration_images=4
+    )
+    record = submit_quantization(sender, world.jobs, params)
+    return world.run(record, run_quantize_job), sender
+
+
+def test_the_int8_model_is_a_new_version_with_both_maps(
+    world: World,  # noqa: F811
+    quantize_job: tuple[JobRecord, FakeSender],
+    finetune_job: JobRecord,  # noqa: F811
+) -> None:
+    record, sender = quantize_job
+    assert record.state == JobState.SUCCEEDED, record.error
+    assert sender.sent[0][0] == TaskName.FINETUNE_QUANTIZE.value
+    name, version = record.outputs["model"].split(":")
+    assert name == "shapes-yolov8n"
+    assert version != finetune_job.id  # a new version beside the FP32 one
+    artifacts = ArtifactStore(world.store)
+    ref = ArtifactRef(name=name, version=version)
+    manifest = artifacts.manifest(ref)
+    assert manifest.metadata["kind"] == INT8_KIND
+    assert manifest.metadata["lineage"]["quantized_from"] == f"shapes-yolov8n:{finetune_job.id}"
+    metrics = json.loads(artifacts.get_file_bytes(ref, "metrics.json"))
+    assert 0.0 <= metrics["fp32"]["map50"] <= 1.0
+    assert 0.0 <= metrics["int8"]["map50"] <= 1.0
+    assert metrics["map50"] == metrics["int8"]["map50"] == record.outputs["map50_int8"]
+    assert record.outputs["map50_fp32"] == metrics["fp32"]["map50"]
+    assert metrics["speedup"] > 0
+    # the INT8 export is servable: ONNX Runtime opens it and keeps the class names
+    onnx_bytes = artifacts.get_file_bytes(ref, "model.onnx")
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    assert "light" in session.get_modelmeta().custom_metadata_map["names"]
+    assert json.loads(artifacts.get_file_bytes(ref, "classes.json")) == ["light", "dark"]
+
+
+def test_quantisation_refuses_an_unknown_split(world: World, finetune_job: JobRecord) -> None:  # noqa: F811
+    params = QuantizeParams(model="shapes-yolov8n", dataset="shapes", eval_split="nope")
+    with pytest.raises(InvalidInputError):
+        submit_quantization(FakeSender(), world.jobs, params)
