@@ -23,12 +23,18 @@ class Page:
     slug: str
     title: str
     blurb: str
+    scripts: tuple[str, ...] = ()  # static/<name>.js after console.js; default (slug,)
 
 
 PAGES = (
     Page("inspect", "Inspect", "anomaly map and detections of one image"),
     Page("categories", "Categories", "descriptions, reference images, versions"),
-    Page("jobs", "Pipelines & jobs", "start, follow and cancel jobs"),
+    Page(
+        "jobs",
+        "Pipelines & jobs",
+        "start, follow and cancel pipelines and jobs",
+        ("pipelines", "jobs"),
+    ),
     Page("models", "Models", "registry, versions, stages"),
 )
 BY_SLUG = {page.slug: page for page in PAGES}
@@ -56,5 +62,8 @@ def render(slug: str, config: dict[str, object]) -> str:
         slug=slug,
         nav=_nav(slug),
         body=body,
+        scripts="\n".join(
+            f'<script src="/static/{name}.js"></script>' for name in page.scripts or (slug,)
+        ),
         config=html.escape(json.dumps(config), quote=True),
     )

@@ -168,12 +168,15 @@
       let points;
       if (Array.isArray(last) && last.every(Number.isFinite)) points = last.map((v, i) => [i, v]);
       else points = seen.filter((s) => Number.isFinite(s.metrics[key])).map((s) => [s.x, s.metrics[key]]);
-      if (points.length < 2) continue;
+      if (points.length < 2 || points.every((p) => p[1] === points[0][1])) continue; // flat: no curve
+      if (["epoch", "step", "epochs", "total"].includes(key)) continue;
       const group = /loss/i.test(key) ? "loss" : /map/i.test(key) ? "mAP" : "other";
       groups[group].push({ name: key, points });
     }
     const xLabel = seen.some((s) => Number.isFinite(s.metrics.epoch)) ? "epoch" : seen.some((s) => Number.isFinite(s.metrics.step)) ? "step" : "progress %";
-    return Object.entries(groups).filter(([, series]) => series.length).map(([name, series]) => lineChart(name === "other" ? "other metrics" : name, series, xLabel));
+    // Losses share one chart and mAPs another; any other metric gets its own scale.
+    const drawn = ["loss", "mAP"].filter((g) => groups[g].length).map((g) => lineChart(g, groups[g], xLabel));
+    return drawn.concat(groups.other.slice(0, 4).map((s) => lineChart(s.name, [s], xLabel)));
   }
 
   function renderDetail() {
@@ -215,6 +218,7 @@
   $("job-form").addEventListener("submit", start);
   $("state-filter").addEventListener("change", poll);
   document.addEventListener("console:key", () => { choosePreset(); poll(); });
+  document.addEventListener("console:select-job", (e) => { selected = e.detail; render(); });
   choosePreset();
   loop();
 })();

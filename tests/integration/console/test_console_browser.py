@@ -20,7 +20,7 @@ from tests.integration.console.support import (
 )
 
 pytestmark = pytest.mark.timeout(300)
-API_SERVICES = ("anomaly_map", "pretrain", "finetune", "inference")
+API_SERVICES = ("anomaly_map", "pretrain", "finetune", "inference", "pipeline")
 
 
 @pytest.fixture(scope="module")
@@ -94,9 +94,10 @@ def test_inspect_shows_the_map_overlay_score_and_boxes(
     page.fill("#threshold", "0.01")
     assert page.locator("#det-table tr.det-row").count() > 0
     assert _coloured_pixels(page, "#map-canvas") > 0
+    page.fill("#threshold", "0.5")
+    screenshot(page, "console-inspect")
     page.click("#raw summary")
     assert '"image_score"' in page.inner_text("#raw-json")
-    screenshot(page, "console-inspect")
 
 
 def test_categories_create_version_and_prompt_errors_where_they_occur(
@@ -157,6 +158,33 @@ def test_a_started_job_shows_progress_advance_and_finish(
     assert record["state"] == "SUCCEEDED"
     assert record["outputs"]["total"] > 0
     screenshot(page, "console-jobs")
+
+
+def test_a_pipeline_started_from_the_form_shows_its_steps_and_cancels(
+    suite: Suite, page: Any, steel: str
+) -> None:
+    # given the pipelines form with the cpu-demo preset
+    page.goto(f"{suite.console}/jobs")
+    page.wait_for_selector(f"#pl-category option[value='{steel}']", state="attached")
+    page.select_option("#pl-category", steel)
+    page.fill("#pl-name", "console-demo")
+    page.select_option("#pl-preset", "cpu-demo")
+    assert '"preset": "cpu-demo"' in page.input_value("#pl-body")
+    # when it is started, then its steps are listed and the first one runs a job
+    page.click("#start-pipeline")
+    page.wait_for_selector("#pipeline-table tr.pipeline.selected[data-state='RUNNING']")
+    page.wait_for_selector("#step-table tr.step[data-state='RUNNING']", timeout=60_000)
+    assert page.locator("#step-table tr.step").count() >= 5
+    screenshot(page, "console-pipelines")
+    # and a cancel stops it
+    page.click("#pl-cancel")
+    page.wait_for_selector(
+        "#pipeline-table tr.pipeline.selected[data-state='CANCELED']", timeout=90_000
+    )
+    pipeline_id = page.get_attribute("#pipeline-table tr.pipeline.selected", "data-pipeline-id")
+    record = httpx.get(f"{suite.urls['pipeline']}/v1/pipelines/{pipeline_id}", timeout=30).json()
+    assert record["state"] == "CANCELED"
+    assert record["request"]["preset"] == "cpu-demo"
 
 
 def test_promoting_a_version_moves_the_stage(suite: Suite, page: Any) -> None:
