@@ -25,6 +25,7 @@ from shared.http.docs import install_offline_docs
 from shared.http.errors import install_error_handlers
 from shared.http.jsonguard import JsonGuardMiddleware, JsonLimits
 from shared.http.metrics import HttpMetrics, MetricsMiddleware
+from shared.http.openapi import install_error_responses
 from shared.http.quiet import HeadAsGetMiddleware, RelativeRedirectMiddleware
 from shared.imaging.budget import DecodeBounds, PixelBudget
 
@@ -76,6 +77,7 @@ def create_service_app(
     metrics = HttpMetrics(service)
     app.state.http_metrics = metrics
     install_error_handlers(app)
+    install_error_responses(app)
     _add_probes(app, metrics)
     # Starlette applies the last-added middleware first: request id, then auth, then limits.
     app.add_middleware(
