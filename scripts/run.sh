@@ -20,14 +20,17 @@ if [ "${1:-}" = "--serve-only" ]; then
   exec "$AGSSP" up --base-port "$BASE_PORT" "$@"
 fi
 
-"$AGSSP" up --base-port "$BASE_PORT" "$@" &
+mkdir -p var
+LOG=${AGSSP_SUITE_LOG:-var/suite.log}
+echo "run.sh: starting the suite (logs in $LOG)"
+"$AGSSP" up --base-port "$BASE_PORT" "$@" >"$LOG" 2>&1 &
 UP=$!
 trap 'kill -INT "$UP" 2>/dev/null; wait "$UP"' INT TERM
 for i in $(seq 0 5); do
   port=$((BASE_PORT + i))
   for _ in $(seq 1 240); do
     curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
-    kill -0 "$UP" 2>/dev/null || { echo "run.sh: the suite stopped" >&2; exit 1; }
+    kill -0 "$UP" 2>/dev/null || { echo "run.sh: the suite stopped, see $LOG" >&2; tail -n 20 "$LOG" >&2; exit 1; }
     sleep 0.5
   done
 done
@@ -44,6 +47,6 @@ echo "run.sh: pipeline finished in $(( $(date +%s) - started )) s"
 cat <<EOF
 The suite keeps serving (Ctrl-C stops it). Try the new detector:
   curl -s -F image=@$(ls "$DEMO"/unlabelled/* | head -1) http://127.0.0.1:$((BASE_PORT + 3))/detect
-Console: http://127.0.0.1:$((BASE_PORT + 4))
+Console: http://127.0.0.1:$((BASE_PORT + 4))   Suite log: $LOG
 EOF
 wait "$UP"

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from services.pipeline.api.files import router as files_router
 from services.pipeline.api.routes import router
 from services.pipeline.clients import ServiceClient
 from services.pipeline.config import PipelineSettings, get_settings
@@ -23,6 +24,8 @@ from shared.storage.factory import create_store
 
 SCOPE_RULES = [
     ScopeRule("/v1/pipelines", "train"),
+    ScopeRule("/v1/uploads", "train"),
+    ScopeRule("/v1/objects", "train"),
     ScopeRule("/v1/presets", "inspect"),
 ]
 
@@ -67,6 +70,7 @@ def create_app(
     )
     app.state.service_settings = settings
     app.include_router(router)
+    app.include_router(files_router)
     return app
 
 

@@ -157,3 +157,54 @@ def test_heat_overlay_and_chart_shapes() -> None:
     svg = line_chart_svg({"a": [0.1, 0.2], "b": []}, "epoch", "mAP")
     assert svg.startswith("<svg")
     assert svg.count("<polyline") == 2
+
+
+def test_uploads_land_under_uploads_and_results_can_be_read_back(
+    client: TestClient, store: FileObjectStore
+) -> None:
+    # when a client uploads an image and reads it back
+    put = client.put(
+        "/v1/uploads/line-3/a.png", content=b"\x89PNG-bytes", headers={"content-type": "image/png"}
+    )
+    # then
+    assert put.status_code == 201, put.text
+    assert put.json() == {"key": "uploads/line-3/a.png", "size": 10}
+    assert store.get_bytes("uploads/line-3/a.png") == b"\x89PNG-bytes"
+    got = client.get("/v1/objects/uploads/line-3/a.png")
+    assert got.content == b"\x89PNG-bytes"
+    assert got.headers["content-type"] == "image/png"
+    listed = client.get("/v1/objects", params={"prefix": "uploads/line-3"}).json()
+    assert listed["keys"] == [{"key": "uploads/line-3/a.png", "size": 10}]
+
+
+def test_upload_and_read_errors_are_clear(client: TestClient) -> None:
+    # when / then
+    traversal = client.put("/v1/uploads/a/../../jobs/x.json", content=b"x")
+    assert traversal.status_code in (404, 422)
+    assert client.put("/v1/uploads/a.png", content=b"").json()["code"] == "empty_body"
+    missing = client.get("/v1/objects/models/none/file.bin")
+    assert missing.status_code == 404
+    assert client.get("/v1/objects", params={"prefix": "/"}).status_code == 422
+
+
+def test_pipeline_routes_need_a_train_key(tmp_path: Path, store: FileObjectStore) -> None:
+    # given keys on: a camera key (inspect) and a trainer key
+    from shared.config import AuthSettings
+    from shared.http.auth import create_key
+
+    camera, camera_entry = create_key("camera", ["inspect"])
+    trainer, trainer_entry = create_key("trainer", ["train"])
+    common = CommonSettings(
+        paths=PathSettings(home=tmp_path / "home"),
+        auth=AuthSettings(api_keys=[camera_entry, trainer_entry]),
+    )
+    app = create_app(PipelineSettings(common=common, driver=False), store=store)
+    with TestClient(app) as client:
+        # when / then
+        for key, expected in ((camera, 403), (trainer, 201)):
+            put = client.put("/v1/uploads/a.png", content=b"x", headers={"X-API-Key": key})
+            assert put.status_code == expected
+        listed = client.get("/v1/pipelines", headers={"X-API-Key": camera})
+        assert listed.status_code == 403
+        assert client.get("/v1/presets", headers={"X-API-Key": camera}).status_code == 200
+        assert client.post("/v1/pipelines", json=_body()).status_code == 401

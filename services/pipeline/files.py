@@ -1,0 +1,53 @@
+"""Files in and out of the store over HTTP: uploads under ``uploads/``, reads of any result.
+
+Uploads land under ``uploads/`` only, so an HTTP client can never overwrite a job record, a
+model or a category (the CLI's ``agssp store put`` writes where it is told: it runs with the
+store's own credentials). Reads serve what the jobs wrote (overlays, loss curves, maps,
+reports) to anyone holding a ``train`` key.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from shared.errors import InvalidInputError
+from shared.storage.base import ObjectStore, listing_prefix, validate_key
+
+UPLOADS = "uploads/"
+MAX_LISTED = 5000
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    key: str
+    size: int
+
+
+def upload_key(relative: str) -> str:
+    """``uploads/<relative>``, validated (no '..', no empty segments, allowed characters)."""
+    return validate_key(UPLOADS + relative.lstrip("/"))
+
+
+def put_upload(store: ObjectStore, relative: str, data: bytes, content_type: str) -> StoredFile:
+    """Store one uploaded file; returns where it went."""
+    if not data:
+        raise InvalidInputError("an upload needs a non-empty body", code="empty_body")
+    key = upload_key(relative)
+    store.put_bytes(key, data, content_type or "application/octet-stream")
+    return StoredFile(key, len(data))
+
+
+def list_files(store: ObjectStore, prefix: str, limit: int) -> tuple[list[StoredFile], bool]:
+    """Keys under ``prefix`` with sizes (at most ``limit``), and whether more exist."""
+    keys = store.list(listing_prefix(prefix))
+    shown = keys[: min(limit, MAX_LISTED)]
+    return [StoredFile(k, store.size(k)) for k in shown], len(keys) > len(shown)
+
+
+def read_file(store: ObjectStore, key: str) -> tuple[Iterator[bytes], str]:
+    """A stored object's chunks and its media type (from the key's suffix)."""
+    chunks = store.iter_chunks(validate_key(key))
+    media = mimetypes.guess_type(key)[0] or "application/octet-stream"
+    return chunks, media
