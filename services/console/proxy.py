@@ -72,6 +72,7 @@ def request_headers(headers: dict[str, str]) -> dict[str, str]:
 async def forward(
     client: httpx.AsyncClient,
     *,
+    service: str,
     method: str,
     url: str,
     query: str,
@@ -88,8 +89,12 @@ async def forward(
             content=body,
         )
     except httpx.TimeoutException as exc:
-        raise UpstreamTimeoutError(f"{url} did not answer in time: {exc!r}") from exc
+        raise UpstreamTimeoutError(
+            f"the {service} API did not answer in time ({url}): {exc!r}"
+        ) from exc
     except httpx.HTTPError as exc:
-        raise UpstreamError(f"{url} is not reachable: {type(exc).__name__}: {exc}") from exc
+        raise UpstreamError(
+            f"the {service} API is not reachable ({url}): {type(exc).__name__}: {exc}"
+        ) from exc
     kept = {k: v for k, v in response.headers.items() if k.lower() in FORWARDED_RESPONSE}
     return Forwarded(response.status_code, response.content, kept)
