@@ -64,7 +64,8 @@ def up(
         for name, port in ports.items()
     ]
     if console:  # the console forwards to the APIs at the ports chosen above
-        env.update(processes.console_env(host, ports))
+        pipeline_at = {processes.PIPELINE: base_port + len(processes.SERVICES) + 1}
+        env.update(processes.console_env(host, {**ports, **(pipeline_at if pipeline else {})}))
         console_port = base_port + len(processes.SERVICES)
         argv = processes.serve_argv(processes.CONSOLE, host, console_port)
         children.append(processes.Child(processes.CONSOLE, argv))
