@@ -224,7 +224,7 @@ class MapEngine:
         )
 
     def _load_or_encode_text(self, record: CategoryRecord, mode: ClipMode) -> Tensor:
-        relative = f"text/{mode}-{self.model_id}.pt"
+        relative = f"text/{mode}-{self.model_id}-{self.scorers.get(mode).config_tag}.pt"
         stored = self.categories.get_blob(record, relative)
         if stored is not None:
             try:
@@ -249,7 +249,7 @@ class MapEngine:
         )
 
     def _load_or_build_bank(self, record: CategoryRecord, mode: ClipMode) -> MemoryBank:
-        relative = f"banks/{mode}-{self.model_id}.pt"
+        relative = f"banks/{mode}-{self.model_id}-{self.scorers.get(mode).config_tag}.pt"
         stored = self.categories.get_blob(record, relative)
         if stored is not None:
             try:

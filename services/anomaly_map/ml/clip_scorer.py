@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -9,7 +10,7 @@ import numpy as np
 from torch import Tensor
 
 from services.anomaly_map.ml.clip_backbone import ClipBundle
-from services.anomaly_map.ml.preprocess import preprocess
+from services.anomaly_map.ml.preprocess import Resampler, preprocess
 from services.anomaly_map.ml.prompts import (
     CategoryDescription,
     OverlongPrompt,
@@ -27,6 +28,11 @@ class TextOptions(Protocol):
 
     @property
     def strict_prompt_length(self) -> bool: ...
+
+    @property
+    def resampler(self) -> Resampler: ...
+
+    def model_dump_json(self) -> str: ...
 
 
 class ClipScorerBase:
@@ -48,7 +54,15 @@ class ClipScorerBase:
     def preprocess(self, images: Sequence[np.ndarray]) -> Tensor:
         """uint8 (H, W, 3) RGB images -> normalised (B, 3, S, S) on the model's device."""
         b = self.bundle
-        return preprocess(images, size=b.image_size, mean=b.mean, std=b.std).to(b.device)
+        return preprocess(
+            images, size=b.image_size, mean=b.mean, std=b.std, resampler=self.config.resampler
+        ).to(b.device)
+
+    @property
+    def config_tag(self) -> str:
+        """Short digest of the config: stored banks and text features are keyed by it, so a
+        changed option (level mode, resampler, template subtraction) never reads stale ones."""
+        return hashlib.sha256(self.config.model_dump_json().encode()).hexdigest()[:8]
 
     def check_prompts(self, description: CategoryDescription) -> list[OverlongPrompt]:
         """Prompts of ``description`` longer than the text context, with token counts."""

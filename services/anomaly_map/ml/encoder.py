@@ -6,13 +6,15 @@ Uses each block's own attention weights; no patched open_clip and no forward hoo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import cast
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from shared.errors import InvalidInputError
+
+LevelMode = Literal["official", "distinct"]
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,7 @@ def encode_dual_stream(
     feature_layers: tuple[int, ...],
     vv_start: int,
     vv_residual: bool = True,
+    level_mode: LevelMode = "distinct",
 ) -> EncodedImages:
     """Encode images with the main stream plus the V-V stream (agssp-spec §1.3-1.4).
 
@@ -188,6 +191,9 @@ def encode_dual_stream(
             disables the V-V stream.
         vv_residual: "vv_res": the V-V stream starts from the first surgery block's input
             and accumulates; False keeps only the current block's V-V output.
+        level_mode: "distinct" collects each level's own V-V stream (paper); "official"
+            makes every V-V level the final V-V stream, as the official code's in-place
+            update does (agssp-spec §6.2).
 
     Returns:
         Main-stream CLS (B, Dj) and one (B, G*G, Dj) level per feature layer, float32.
@@ -197,6 +203,7 @@ def encode_dual_stream(
     last = max(feature_layers)
     x_vv: Tensor | None = None
     collected: list[Tensor] = []
+    from_vv: list[bool] = []
     for idx, block in enumerate(blocks_of(visual), start=1):
         if vv_start <= idx <= last:
             x_in = x
@@ -210,6 +217,9 @@ def encode_dual_stream(
         if idx in feature_layers:
             # agssp-spec §1.4: the V-V stream where it exists, else the main stream.
             collected.append(x_vv if x_vv is not None else x)
+            from_vv.append(x_vv is not None)
+    if level_mode == "official" and x_vv is not None:
+        collected = [x_vv if vv else level for level, vv in zip(collected, from_vv, strict=True)]
     cls = project(visual, x[:, 0])
     levels = tuple(project(visual, t[:, 1:]).float() for t in collected)
     return EncodedImages(cls=cls.float(), levels=levels)

@@ -14,12 +14,14 @@ from services.anomaly_map.ml.clip_backbone import ClipBundle
 from services.anomaly_map.ml.clip_scorer import ClipScorerBase
 from services.anomaly_map.ml.encoder import (
     EncodedImages,
+    LevelMode,
     check_supported,
     default_feature_layers,
     default_vv_start,
     encode_dual_stream,
 )
 from services.anomaly_map.ml.outputs import KeadOutput, MemoryBank
+from services.anomaly_map.ml.preprocess import Resampler
 from services.anomaly_map.ml.scoring import (
     FewShotReduction,
     FusionMode,
@@ -62,6 +64,14 @@ class KeadConfig(BaseModel):
     strict_prompt_length: bool = Field(
         True, description="reject prompts over the context instead of cutting them"
     )
+    # agssp-spec §6.2: the official code adds the V-V residual in place and stores the same
+    # tensor for every level, so the levels after the first all hold the final V-V stream
+    # (M0 = (p3 + 3 p12) / 4 for ViT-B). Where paper and code differ, the default follows
+    # the code (§6.4); "distinct" computes the per-level streams the paper describes.
+    level_mode: LevelMode = Field(
+        "official", description="official: V-V levels alias the final one (code); distinct"
+    )
+    resampler: Resampler = Field("pil", description="pil (official code) or torchvision")
 
     @field_validator("feature_layers")
     @classmethod
@@ -104,6 +114,7 @@ class KeadModel(ClipScorerBase):
             feature_layers=self.feature_layers,
             vv_start=self.vv_start,
             vv_residual=self.config.vv_residual,
+            level_mode=self.config.level_mode,
         )
 
     @torch.inference_mode()

@@ -107,6 +107,11 @@ class AnomalyScorer(Protocol):
         """Patch-grid side G of the output maps."""
         ...
 
+    @property
+    def config_tag(self) -> str:
+        """Short digest of the scorer's config (keys stored banks and text features)."""
+        ...
+
     def preprocess(self, images: Sequence[np.ndarray]) -> Tensor:
         """uint8 (H, W, 3) RGB images -> (B, 3, S, S)."""
         ...

@@ -18,6 +18,7 @@ from services.anomaly_map.ml.clip_backbone import ClipBundle
 from services.anomaly_map.ml.clip_scorer import ClipScorerBase
 from services.anomaly_map.ml.encoder import check_supported, embed_tokens, encode_tokens
 from services.anomaly_map.ml.outputs import KeadOutput, MemoryBank
+from services.anomaly_map.ml.preprocess import Resampler
 from services.anomaly_map.ml.scoring import anomaly_probability, few_shot_distance, harmonic_mean
 from shared.errors import InvalidInputError
 
@@ -36,6 +37,7 @@ class WinClipConfig(BaseModel):
     k_shot: int | None = Field(None, ge=0, description="0 = zero-shot; None = all given")
     window_batch_size: int = Field(4096, ge=1, description="window sequences per forward")
     strict_prompt_length: bool = True
+    resampler: Resampler = Field("pil", description="pil (official code) or torchvision")
 
     @field_validator("scales")
     @classmethod

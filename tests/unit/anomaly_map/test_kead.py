@@ -11,6 +11,7 @@ from services.anomaly_map.ml.clip_backbone import ClipBundle
 from services.anomaly_map.ml.kead import KeadConfig, KeadModel
 from services.anomaly_map.ml.outputs import MemoryBank
 from services.anomaly_map.ml.prompts import CategoryDescription
+from services.anomaly_map.ml.scoring import anomaly_probability
 from shared.errors import InvalidInputError
 
 DESCRIPTION = CategoryDescription(
@@ -276,3 +277,57 @@ def test_wrong_image_size_is_rejected(tiny_bundle: ClipBundle, text: Tensor) -> 
     # when / then
     with pytest.raises(InvalidInputError, match="40"):
         KeadModel(tiny_bundle).score(images, text)
+
+
+def test_official_levels_reproduce_first_plus_three_times_last(
+    tiny_bundle: ClipBundle, tiny_images: Tensor, text: Tensor
+) -> None:
+    """agssp-spec §6.2: the official in-place V-V update makes M0 = (p_first + 3 p_last) / 4.
+
+    The tiny model has 4 blocks, levels (1, 2, 3, 4): the ViT-B analogue of (p3 + 3 p12) / 4.
+    """
+    # given per-level probabilities of the distinct-level stream
+    distinct = KeadModel(tiny_bundle, KeadConfig(level_mode="distinct"))
+    official = KeadModel(tiny_bundle)  # the default follows the official code
+    encoded = distinct.encode(tiny_images)
+    g = tiny_bundle.grid_size
+    probs = [anomaly_probability(level, text, 0.07).view(-1, g, g) for level in encoded.levels]
+    # when
+    out = official.score(tiny_images, text)
+    # then
+    assert official.config.level_mode == "official"
+    assert official.feature_layers == (1, 2, 3, 4)
+    expected = (probs[0] + 3 * probs[-1]) / 4
+    torch.testing.assert_close(out.zero_shot_map, expected, rtol=1e-5, atol=1e-6)
+    distinct_out = distinct.score(tiny_images, text)
+    assert not torch.allclose(distinct_out.zero_shot_map, out.zero_shot_map, atol=1e-6)
+
+
+def test_official_bank_levels_alias_the_final_stream(
+    tiny_bundle: ClipBundle, tiny_images: Tensor
+) -> None:
+    # when
+    bank = KeadModel(tiny_bundle).build_memory_bank(tiny_images)
+    # then levels 2..4 are one and the same stream, level 1 is the plain stream
+    torch.testing.assert_close(bank.levels[1], bank.levels[3])
+    torch.testing.assert_close(bank.levels[2], bank.levels[3])
+    assert not torch.allclose(bank.levels[0], bank.levels[3])
+
+
+def test_default_resampler_is_pil_bicubic_as_the_official_code(tiny_bundle: ClipBundle) -> None:
+    # given an image that is not square
+    import numpy as np
+    from PIL import Image
+
+    image = np.random.default_rng(3).integers(0, 256, (37, 71, 3), dtype=np.uint8)
+    s = tiny_bundle.image_size
+    # when
+    pil = KeadModel(tiny_bundle).preprocess([image])
+    tv = KeadModel(tiny_bundle, KeadConfig(resampler="torchvision")).preprocess([image])
+    # then the default equals PIL's bicubic resize followed by the CLIP normalisation
+    reference = np.asarray(Image.fromarray(image).resize((s, s), Image.Resampling.BICUBIC))
+    mean = torch.tensor(tiny_bundle.mean).view(3, 1, 1)
+    std = torch.tensor(tiny_bundle.std).view(3, 1, 1)
+    expected = (torch.from_numpy(reference.copy()).permute(2, 0, 1).float() / 255 - mean) / std
+    torch.testing.assert_close(pil[0].cpu(), expected, rtol=0, atol=1e-6)
+    assert not torch.allclose(pil, tv)

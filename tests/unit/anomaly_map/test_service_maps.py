@@ -162,7 +162,8 @@ def test_memory_bank_is_stored_once_and_reused_by_a_new_engine(tmp_path, engine,
     fresh = make_engine(settings, engine.categories.store)
     second = service.generate_map(fresh, image_bytes(seed=1), service.MapRequest("tile"), settings)
     # then
-    assert banks == [f"{record.prefix}banks/kead-{engine.model_id}.pt"]
+    tag = engine.scorers.kead.config_tag
+    assert banks == [f"{record.prefix}banks/kead-{engine.model_id}-{tag}.pt"]
     assert engine.categories.store.list(f"{record.prefix}banks/") == banks
     np.testing.assert_allclose(first.anomaly_map, second.anomaly_map, rtol=1e-5)
 
@@ -225,18 +226,20 @@ def test_first_map_after_a_restart_does_no_prompt_encoding(engine, settings, mon
     assert encoded_first == 3  # normal, anomalous and the empty template
     assert len(calls) == encoded_first
     stored = engine.categories.store.list(f"{record.prefix}text/")
-    assert stored == [f"{record.prefix}text/kead-{engine.model_id}.pt"]
+    tag = engine.scorers.kead.config_tag
+    assert stored == [f"{record.prefix}text/kead-{engine.model_id}-{tag}.pt"]
     np.testing.assert_allclose(first.anomaly_map, second.anomaly_map, rtol=1e-6)
 
 
 def test_unreadable_stored_text_features_are_encoded_again(engine, settings) -> None:
     # given
     record = _category(engine)
-    engine.categories.put_blob(record, f"text/kead-{engine.model_id}.pt", b"garbage")
+    name = f"text/kead-{engine.model_id}-{engine.scorers.kead.config_tag}.pt"
+    engine.categories.put_blob(record, name, b"garbage")
     # when
     result = service.generate_map(engine, image_bytes(seed=1), service.MapRequest("tile"), settings)
     # then
     assert np.isfinite(result.anomaly_map).all()
-    stored = engine.categories.get_blob(record, f"text/kead-{engine.model_id}.pt")
+    stored = engine.categories.get_blob(record, name)
     assert stored is not None
     assert stored != b"garbage"
