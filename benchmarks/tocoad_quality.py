@@ -1,0 +1,326 @@
+"""ToCoAD quality on Magnetic-tile at a preset, against two trivial baselines, in one run.
+
+Split (fixed): ``MT_Free`` images in a seeded permutation, the first 80 % fit the model; the
+test set is the other 20 % of the normals plus every defect image (``MT_Blowhole``,
+``MT_Break``, ``MT_Crack``, ``MT_Fray``, ``MT_Uneven``) with its ``<stem>.png`` mask.
+
+Variants scored on the same test images (maps compared with masks at S x S, masks squashed and
+binarised at 0.5 as in ``services.anomaly_map.evaluation``):
+
+- ``tocoad``: the full fit (Stage I, Stage II, bank) with the preset's map source;
+- ``stage1_only``: D's segmentation probability right after Stage I;
+- ``bank_only``: a memory bank on F right after Stage I (no Stage II);
+- ``median_residual``: |grey - median filter(grey)|, smoothed (no training);
+- ``pixel_gaussian``: per-pixel z-score against the mean and std of the training normals;
+- ``tocoad_<source>``: extra rows, the full fit scored with its other map sources.
+
+Writes ``benchmarks/results/tocoad_quality.json``; with ``--variant-name`` the numbers are also
+appended to ``benchmarks/results/tocoad_variants.json`` (a variant experiment). ``--quick``
+checks the whole path in a minute or two on a tiny preset and a test subset (numbers
+meaningless). Run on a quiet machine::
+
+    OMP_NUM_THREADS=2 python -m benchmarks.tocoad_quality --preset cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from scipy import ndimage
+
+from services.anomaly_map.ml.metrics import aupro, image_auroc, pixel_auroc
+from services.anomaly_map.ml.tocoad.backbone import ResNetFeatures
+from services.anomaly_map.ml.tocoad.config import TocoadConfig
+from services.anomaly_map.ml.tocoad.data import resize_images
+from services.anomaly_map.ml.tocoad.discriminator import Discriminator
+from services.anomaly_map.ml.tocoad.fit import fit_tocoad
+from services.anomaly_map.ml.tocoad.model import TocoadModel, build_memory_bank
+from services.anomaly_map.ml.tocoad.presets import PRESETS, merge, preset_config
+from shared.ml.hooks import TrainHooks
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "magnetic-tile"
+RESULTS = ROOT / "benchmarks" / "results"
+DEFECTS = ("MT_Blowhole", "MT_Break", "MT_Crack", "MT_Fray", "MT_Uneven")
+SPLIT_SEED = 0
+TRAIN_SHARE = 0.8
+QUICK = {
+    "image_size": 64,
+    "backbone": "resnet18_quarter",
+    "stage1": {"iters": 20, "batch_size": 4, "val_size": 4, "val_every": 20},
+    "stage2": {"iters": 5, "batch_size": 4, "proj_dim": 32, "pred_dim": 16},
+    "bank": {"coreset_ratio": 0.1, "embed_dim": 64},
+    "generator": {"n_procedural_textures": 8},
+    "log_every": 5,
+}
+
+
+@dataclass
+class Split:
+    """Training normals and test images with labels and masks (None for normals)."""
+
+    train: list[Path]
+    test: list[Path]
+    labels: list[int]
+    masks: list[Path | None] = field(default_factory=list)
+
+
+def make_split(root: Path, test_limit: int | None) -> Split:
+    """The fixed split; ``test_limit`` keeps an evenly spaced subset of the test images."""
+    free = sorted((root / "MT_Free" / "Imgs").glob("*.jpg"))
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(free))
+    cut = round(TRAIN_SHARE * len(free))
+    train = [free[i] for i in sorted(order[:cut])]
+    normals = [free[i] for i in sorted(order[cut:])]
+    defects = [p for d in DEFECTS for p in sorted((root / d / "Imgs").glob("*.jpg"))]
+    test = normals + defects
+    labels = [0] * len(normals) + [1] * len(defects)
+    masks: list[Path | None] = [None] * len(normals) + [p.with_suffix(".png") for p in defects]
+    if test_limit is not None and test_limit < len(test):
+        picks = sorted({int(i) for i in np.linspace(0, len(test) - 1, test_limit).round()})
+        test, labels, masks = ([seq[i] for i in picks] for seq in (test, labels, masks))  # type: ignore[assignment]
+    return Split(train, test, labels, masks)
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise SystemExit(f"cannot read {path}")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_masks(paths: Sequence[Path | None], size: int) -> np.ndarray:
+    out = np.zeros((len(paths), size, size), dtype=bool)
+    for index, path in enumerate(paths):
+        if path is not None:
+            mask = np.asarray(cv2.imread(str(path), cv2.IMREAD_GRAYSCALE))
+            binary = np.greater(mask, 127).astype(np.float32)
+            resized = cv2.resize(binary, (size, size))
+            out[index] = resized > 0.5
+    return out
+
+
+def _timed(run: Callable[[], tuple[np.ndarray, np.ndarray]], count: int) -> tuple[Any, float]:
+    started = time.perf_counter()
+    result = run()
+    return result, 1000.0 * (time.perf_counter() - started) / max(count, 1)
+
+
+def _metrics(
+    maps: np.ndarray, scores: np.ndarray, split: Split, masks: np.ndarray, ms: float
+) -> dict[str, float]:
+    return {
+        "image_auroc": round(image_auroc(np.array(split.labels), scores), 4),
+        "pixel_auroc": round(pixel_auroc(masks, maps), 4),
+        "aupro": round(aupro(masks, maps), 4),
+        "ms_per_image": round(ms, 2),
+    }
+
+
+def median_residual(images: Sequence[np.ndarray], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """|grey - median(grey)| at S x S (kernel S/8), Gaussian-smoothed (sigma 2); score = max."""
+    kernel = max(3, (size // 8) | 1)
+    maps = []
+    for image in resize_images(images, size):
+        grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+        residual = np.abs(grey.astype(np.float32) - cv2.medianBlur(grey, kernel))
+        maps.append(ndimage.gaussian_filter(residual, 2.0))
+    out = np.stack(maps).astype(np.float32)
+    return out, out.reshape(len(out), -1).max(1)
+
+
+class PixelGaussian:
+    """Per-pixel mean and std of the training normals (squashed to S x S, grey)."""
+
+    def __init__(self, images: Sequence[np.ndarray], size: int) -> None:
+        grey = self._grey(images, size)
+        self.size, self.mean, self.std = size, grey.mean(0), grey.std(0) + 1.0
+
+    @staticmethod
+    def _grey(images: Sequence[np.ndarray], size: int) -> np.ndarray:
+        squashed = resize_images(images, size)
+        return np.stack([cv2.cvtColor(i, cv2.COLOR_RGB2GRAY) for i in squashed]).astype(np.float32)
+
+    def __call__(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        z = np.abs(self._grey(images, self.size) - self.mean) / self.std
+        maps = np.stack([ndimage.gaussian_filter(m, 2.0) for m in z]).astype(np.float32)
+        return maps, maps.reshape(len(maps), -1).max(1)
+
+
+class Stage1Snapshot:
+    """Copies of F and D right after Stage I, for the stage1_only and bank_only variants."""
+
+    def __init__(self) -> None:
+        self.parts: tuple[ResNetFeatures, Discriminator] | None = None
+        self.at = 0.0
+
+    def __call__(self, backbone: ResNetFeatures, disc: Discriminator) -> None:
+        self.parts = (copy.deepcopy(backbone).eval(), copy.deepcopy(disc).eval())
+        self.at = time.perf_counter()
+
+    def models(
+        self, cfg: TocoadConfig, normals: np.ndarray, device: torch.device
+    ) -> dict[str, TocoadModel]:
+        assert self.parts is not None, "Stage I did not run"
+        backbone, disc = self.parts
+        seg_cfg = cfg.model_copy(update={"map_source": "segmentation", "use_d_map": False})
+        bank_cfg = cfg.model_copy(update={"map_source": "bank", "use_d_map": False})
+        bank = build_memory_bank(backbone, normals, bank_cfg, device)
+        return {
+            "stage1_only": TocoadModel(seg_cfg, backbone, bank, disc, device),
+            "bank_only": TocoadModel(bank_cfg, backbone, bank, None, device),
+        }
+
+
+def _progress(percent: float, message: str, metrics: Any) -> None:
+    print(f"[{percent:5.1f} %] {message}", flush=True)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Fit, score every variant and baseline, and return the report."""
+    overrides = json.loads(args.config) if args.config else {}
+    if args.quick:
+        overrides = merge(QUICK, overrides)
+    cfg = preset_config(args.preset, overrides)
+    split = make_split(args.data, args.test_limit or (48 if args.quick else None))
+    train_paths = split.train[: args.train_limit or (32 if args.quick else None)]
+    device = torch.device(args.device) if args.device != "auto" else None
+    print(f"train {len(train_paths)}, test {len(split.test)} ({sum(split.labels)} defects)")
+    train = [read_rgb(p) for p in train_paths]
+    test = [read_rgb(p) for p in split.test]
+    masks = read_masks(split.masks, cfg.image_size)
+    snapshot = Stage1Snapshot()
+    started = time.perf_counter()
+    model = fit_tocoad(
+        train,
+        cfg,
+        hooks=TrainHooks(on_progress=_progress),
+        device=device or "auto",
+        after_stage1=snapshot,
+    )
+    fit_s = time.perf_counter() - started
+    models = {"tocoad": model, **snapshot.models(cfg, model_normals(train, cfg), model.device)}
+    # Extra rows from the same fit: the full model's other map sources (tocoad-spec §7.7).
+    for source in ("bank", "segmentation", "fused"):
+        if source != cfg.source and model.discriminator is not None:
+            other = cfg.model_copy(update={"map_source": source, "use_d_map": False})
+            models[f"tocoad_{source}"] = TocoadModel(
+                other, model.backbone, model.bank, model.discriminator, model.device
+            )
+    results: dict[str, dict[str, float]] = {}
+    for name, variant in models.items():
+        (maps, scores), ms = _timed(partial(variant.score, test), len(test))
+        results[name] = _metrics(maps, scores, split, masks, ms)
+        print(name, results[name], flush=True)
+    size = cfg.image_size
+    (maps, scores), ms = _timed(lambda: median_residual(test, size), len(test))
+    results["median_residual"] = _metrics(maps, scores, split, masks, ms)
+    gaussian = PixelGaussian(train, size)
+    (maps, scores), ms = _timed(lambda: gaussian(test), len(test))
+    results["pixel_gaussian"] = _metrics(maps, scores, split, masks, ms)
+    print("baselines", {k: results[k] for k in ("median_residual", "pixel_gaussian")})
+    return {
+        "preset": args.preset,
+        "quick": args.quick,
+        "overrides": overrides,
+        "config": cfg.model_dump(mode="json"),
+        "split": {
+            "seed": SPLIT_SEED,
+            "train": len(train_paths),
+            "test": len(split.test),
+            "test_defects": int(sum(split.labels)),
+        },
+        "fit_s": round(fit_s, 1),
+        "stage1_s": round(snapshot.at - started, 1),
+        "results": results,
+    }
+
+
+def model_normals(images: Sequence[np.ndarray], cfg: TocoadConfig) -> np.ndarray:
+    """The training normals as the fit saw them (S x S, the config's aspect handling)."""
+    return resize_images(images, cfg.image_size, cfg.aspect)
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def _append_variant(path: Path, name: str, report: dict[str, Any]) -> None:
+    existing: dict[str, Any] = {"variants": []}
+    if path.exists():
+        existing = json.loads(path.read_text())
+    keep = ("command", "overrides", "split", "fit_s", "stage1_s", "results", "load_average")
+    entry = {"name": name, **{k: report[k] for k in keep}, "created_at": report["created_at"]}
+    existing["variants"] = [v for v in existing["variants"] if v["name"] != name] + [entry]
+    path.write_text(json.dumps(existing, indent=1) + "\n")
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
+    parser.add_argument("--config", default=None, help="TocoadConfig overrides as JSON")
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = default")
+    parser.add_argument("--quick", action="store_true", help="tiny schedule and test subset")
+    parser.add_argument("--test-limit", type=int, default=None, help="evenly spaced subset")
+    parser.add_argument("--train-limit", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=RESULTS / "tocoad_quality.json")
+    parser.add_argument("--variant-name", default=None, help="also record in tocoad_variants.json")
+    parser.add_argument("--variants-out", type=Path, default=RESULTS / "tocoad_variants.json")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    if not (args.data / "MT_Free").is_dir():
+        raise SystemExit(f"Magnetic-tile not found under {args.data} (expected MT_Free/Imgs)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load_start = os.getloadavg()
+    started = time.perf_counter()
+    report = run(args)
+    report = {
+        "benchmark": "tocoad_quality",
+        "command": " ".join(["python -m benchmarks.tocoad_quality", *(argv or sys.argv[1:])]),
+        "machine": machine(),
+        "load_average": {"start": list(load_start), "end": list(os.getloadavg())},
+        **report,
+        "wall_s": round(time.perf_counter() - started, 1),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if args.variant_name:
+        _append_variant(args.variants_out, args.variant_name, report)
+    else:
+        if args.quick and args.out == RESULTS / "tocoad_quality.json":
+            args.out = Path(tempfile.gettempdir()) / "tocoad_quality_quick.json"
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {args.variants_out if args.variant_name else args.out} in {report['wall_s']} s")
+
+
+if __name__ == "__main__":
+    main()
