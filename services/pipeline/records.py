@@ -11,7 +11,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.schemas.jobs import utcnow
 from shared.storage.base import prefix_field
@@ -43,20 +43,37 @@ ACTIVE_STATES = frozenset({PipelineState.RUNNING})
 
 
 class LabelledSet(BaseModel):
-    """The few labelled images: a store prefix in one of the finetune import formats."""
+    """The few labelled images: a store prefix to import, or a dataset already stored.
+
+    With ``dataset`` the import step is skipped and the detectors train on its ``split`` and
+    validate on its ``val_split`` (e.g. ``mini-10`` and ``val`` for a fixed validation set).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    prefix: str = Field(description="store prefix of the labelled set")
+    prefix: str | None = Field(None, description="store prefix of the labelled set to import")
     format: LabelFormat = "yolo"
     images: str = Field("images", description="images folder under the prefix ('.' = itself)")
     annotations: str | None = Field(None, description="annotations folder/file; format default")
     classes: list[str] | None = Field(None, min_length=1, max_length=1000)
+    dataset: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9][a-z0-9_\-]*(:[0-9A-Za-z_\-]+)?$",
+        description="a stored dataset 'name[:version]' instead of a prefix",
+    )
+    split: str = Field("train", pattern=r"^[a-z0-9][a-z0-9_\-]{0,30}$", description="train on")
+    val_split: str = Field("val", pattern=r"^[a-z0-9][a-z0-9_\-]{0,30}$", description="validate on")
 
     @field_validator("prefix")
     @classmethod
-    def _prefix(cls, value: str) -> str:
-        return prefix_field(value)
+    def _prefix(cls, value: str | None) -> str | None:
+        return None if value is None else prefix_field(value)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> LabelledSet:
+        if (self.prefix is None) == (self.dataset is None):
+            raise ValueError("give the labelled set as exactly one of 'prefix' or 'dataset'")
+        return self
 
 
 class StepOverrides(BaseModel):

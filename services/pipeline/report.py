@@ -77,7 +77,7 @@ def _header(record: PipelineRecord) -> str:
         "state": record.state.value,
         "category": req.category,
         "unlabelled images": req.unlabelled_prefix,
-        "labelled set": f"{req.labelled.prefix} ({req.labelled.format})",
+        "labelled set": _labelled(record),
         "anomaly maps": method,
         "preset": req.preset,
         "detector": f"YOLOv8{req.scale}, seed {req.seed}, val fraction {req.val_fraction}",
@@ -86,6 +86,14 @@ def _header(record: PipelineRecord) -> str:
     table = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in rows.items())
     error = f"<p class='FAILED'>{_esc(record.error)}</p>" if record.error else ""
     return f"<h1>AGSSP pipeline <code>{_esc(req.name)}</code></h1><table>{table}</table>{error}"
+
+
+def _labelled(record: PipelineRecord) -> str:
+    labelled = record.request.labelled
+    split = f"train on {labelled.split!r}, validate on {labelled.val_split!r}"
+    if labelled.dataset is not None:
+        return f"dataset {labelled.dataset}, {split}"
+    return f"{labelled.prefix} ({labelled.format}), {split}"
 
 
 def _done(record: PipelineRecord, name: str) -> bool:

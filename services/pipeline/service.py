@@ -45,7 +45,9 @@ def check_request(request: PipelineRequest, store: ObjectStore) -> None:
     """
     if request.maps == "provided" and request.maps_prefix is None:
         raise InvalidInputError("maps=provided needs maps_prefix", code="maps_prefix_missing")
-    prefixes = [request.unlabelled_prefix, request.labelled.prefix]
+    prefixes = [request.unlabelled_prefix]
+    if request.labelled.prefix is not None:
+        prefixes.append(request.labelled.prefix)
     if request.maps == "provided" and request.maps_prefix:
         prefixes.append(request.maps_prefix)
     for prefix in prefixes:

@@ -166,8 +166,10 @@ def dataset_name(request: PipelineRequest) -> str:
     return f"{request.name}-labelled"
 
 
-def _dataset_call(record: PipelineRecord) -> Call:
+def _dataset_call(record: PipelineRecord) -> Call | None:
     req, labelled = record.request, record.request.labelled
+    if labelled.dataset is not None:
+        return None  # already stored: nothing to import
     body = {
         "name": dataset_name(req),
         "prefix": labelled.prefix,
@@ -186,10 +188,18 @@ def _dataset_collect(job: dict[str, Any]) -> dict[str, Any]:
     return {k: outputs[k] for k in ("dataset", "classes", "images", "boxes", "splits")}
 
 
+def dataset_ref(record: PipelineRecord) -> str:
+    """The stored labelled dataset the detectors train on."""
+    given = record.request.labelled.dataset
+    return given if given is not None else str(_out(record, "dataset", "dataset"))
+
+
 def _detector_body(record: PipelineRecord, model_name: str, init: dict[str, Any]) -> Any:
     req = record.request
     return {
-        "dataset": _out(record, "dataset", "dataset"),
+        "dataset": dataset_ref(record),
+        "split": req.labelled.split,
+        "val_split": req.labelled.val_split,
         "scale": req.scale,
         "config": _train_config(record, "finetune"),
         "model_name": model_name,

@@ -248,3 +248,23 @@ def test_auto_without_readiness_details_fails_instead_of_guessing(
     assert record.state is PipelineState.FAILED
     assert record.step("method").error_code == "method_unknown"
     assert suite.bodies("/v1/tocoad-fits") == []
+
+
+def test_a_stored_dataset_with_named_splits_skips_the_import(pipelines: PipelineStore) -> None:
+    # given a labelled set already stored, trained on its mini split, validated on val
+    labelled = {"dataset": "mt:20261201T000000-aaaaaaaa", "split": "mini-10", "val_split": "val"}
+    suite = FakeSuite()
+    # when
+    done = _run(create_pipeline(pipelines, _request(labelled=labelled)), pipelines, suite)
+    # then
+    assert done.state is PipelineState.SUCCEEDED, done.error
+    assert done.step("dataset").state is StepState.SKIPPED
+    assert suite.bodies("/v1/datasets") == []
+    for body in suite.bodies("/v1/finetune-jobs"):
+        assert (body["dataset"], body["split"], body["val_split"]) == (
+            "mt:20261201T000000-aaaaaaaa",
+            "mini-10",
+            "val",
+        )
+    with pytest.raises(ValueError, match="exactly one of"):
+        _request(labelled={"format": "yolo"})
