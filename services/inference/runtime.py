@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
+from services.inference.ml.batching_policy import measure_batch_gain
 from services.inference.ml.detections import DetectionRequest, Detector, DetectParams, Image
 from services.inference.registry import (
     ModelFiles,
@@ -306,12 +307,15 @@ class ModelRuntime:
         thread) can never fall between the download and the open.
         """
 
-        def job() -> tuple[ModelFiles, Detector]:
+        def job() -> tuple[ModelFiles, Detector, float | None]:
             files = locate()
-            return files, self._factory(files)
+            detector = self._factory(files)
+            return files, detector, self._batch_gain(files, detector)
 
         try:
-            files, detector = await asyncio.get_running_loop().run_in_executor(self._loader, job)
+            files, detector, gain = await asyncio.get_running_loop().run_in_executor(
+                self._loader, job
+            )
         except (NotFoundError, UnavailableError):
             raise
         except Exception as exc:  # a corrupt export is the server's problem, not the caller's
@@ -319,7 +323,22 @@ class ModelRuntime:
                 f"the model could not be opened: {exc}", code="model_load_failed"
             ) from exc
         logger.info("loaded %s (%s, %s)", files.key, files.runtime, files.source)
-        return LoadedModel(files=files, detector=detector, loaded_at=datetime.now(UTC))
+        return LoadedModel(
+            files=files, detector=detector, loaded_at=datetime.now(UTC), batch_gain=gain
+        )
+
+    def _batch_gain(self, files: ModelFiles, detector: Detector) -> float | None:
+        """Measured batch speed-up, for the adaptive delay (ONNX detectors only).
+
+        A torch detector belongs to its batcher thread and is not run on the load thread.
+        """
+        size = getattr(detector, "imgsz", None)
+        if not self._batching.adaptive_delay or files.runtime != "onnx" or size is None:
+            return None
+        batch = min(4, self._batching.max_batch_size)
+        gain = measure_batch_gain(detector, (int(size[0]), int(size[1])), batch)
+        logger.info("%s: batch of %d runs %.2fx faster per image than 1", files.key, batch, gain)
+        return gain
 
     def _new_slot(self, label: str, target: ModelTarget | None, model: LoadedModel) -> Slot:
         return Slot(label, target, model, self._batching, self._observer)

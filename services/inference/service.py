@@ -315,6 +315,7 @@ def open_detector(files: ModelFiles, settings: InferenceSettings) -> Detector:
         backend=settings.backend,
         precision=settings.precision,
         openvino_hint=settings.openvino_hint,
+        spinning=settings.ort_spinning,
     )
     # One pass at full size allocates ORT's arenas now, not on a camera's first request, and
     # fails a model whose classes.json disagrees with its outputs before it is served.
@@ -354,6 +355,7 @@ def build_runtime(
             max_batch_size=settings.max_batch_size,
             max_queue_delay_ms=settings.max_queue_delay_ms,
             max_queue=settings.max_queue,
+            adaptive_delay=settings.adaptive_delay,
         ),
         max_resident=settings.max_resident_models,
         default=default,

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Protocol
 
 from services.inference.ml.batcher import BatcherStats, DynamicBatcher
+from services.inference.ml.batching_policy import queue_delay_ms
 from services.inference.ml.detections import DetectionRequest, Detections, Detector
 from services.inference.registry import ModelFiles, ModelKey, ModelTarget
 
@@ -32,6 +33,7 @@ class BatchingConfig:
     max_batch_size: int = 8
     max_queue_delay_ms: float = 5.0
     max_queue: int = 64
+    adaptive_delay: bool = False  # wait only where batching measured faster (batching_policy)
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class LoadedModel:
     files: ModelFiles
     detector: Detector
     loaded_at: datetime
+    batch_gain: float | None = None  # measured at load when the delay is adaptive
 
     @property
     def key(self) -> ModelKey:
@@ -80,6 +83,8 @@ class ResidentModel:
     class_names: list[str]
     last_error: str | None
     stats: BatcherStats
+    queue_delay_ms: float = 0.0
+    batch_gain: float | None = None
 
 
 class Slot:
@@ -108,10 +113,11 @@ class Slot:
         self.last_error: str | None = None
         self.closed = False
         self._observer = observer
+        self._batching = batching
         self.batcher: DynamicBatcher[DetectionRequest, Outcome] = DynamicBatcher(
             make_runner(model, observer),
             max_batch_size=batching.max_batch_size,
-            max_queue_delay_ms=batching.max_queue_delay_ms,
+            max_queue_delay_ms=queue_delay_ms(batching.max_queue_delay_ms, model.batch_gain),
             max_queue_size=batching.max_queue,
             name=f"batcher-{model.key.name}"[:40],
         )
@@ -125,6 +131,9 @@ class Slot:
         """Serve ``model`` from the next batch on; returns the model it replaces."""
         previous, self.model = self.model, model
         self.batcher.swap(make_runner(model, self._observer))
+        self.batcher.max_queue_delay_ms = queue_delay_ms(
+            self._batching.max_queue_delay_ms, model.batch_gain
+        )
         return previous
 
 
@@ -158,4 +167,6 @@ def describe(slot: Slot, *, default: bool) -> ResidentModel:
         class_names=[names[i] for i in sorted(names)],
         last_error=slot.last_error,
         stats=slot.batcher.stats(),
+        queue_delay_ms=slot.batcher.max_queue_delay_ms,
+        batch_gain=slot.model.batch_gain,
     )

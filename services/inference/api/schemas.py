@@ -156,6 +156,10 @@ class ResidentModelOut(BaseModel):
     items_run: int
     items_rejected: int
     batch_sizes: dict[int, int] = Field(description="Batch size -> number of batch calls.")
+    queue_delay_ms: float = Field(0.0, description="Wait for batch-mates in use.")
+    batch_gain: float | None = Field(
+        None, description="Per-image speed-up of a batch measured at load (adaptive delay)."
+    )
 
     @classmethod
     def of(cls, model: ResidentModel) -> ResidentModelOut:
@@ -177,6 +181,8 @@ class ResidentModelOut(BaseModel):
             items_run=s.items_run,
             items_rejected=s.items_rejected,
             batch_sizes=s.batch_sizes,
+            queue_delay_ms=model.queue_delay_ms,
+            batch_gain=None if model.batch_gain is None else round(model.batch_gain, 3),
         )
 
 

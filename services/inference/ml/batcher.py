@@ -140,6 +140,17 @@ class DynamicBatcher(Generic[T, R]):
         previous, self._runner = self._runner, runner
         return previous
 
+    @property
+    def max_queue_delay_ms(self) -> float:
+        """Longest wait of the oldest queued item for batch-mates; settable (next batch on)."""
+        return self._max_delay_s * 1000.0
+
+    @max_queue_delay_ms.setter
+    def max_queue_delay_ms(self, value: float) -> None:
+        if value < 0:
+            raise ValueError(f"max_queue_delay_ms must be >= 0, got {value}")
+        self._max_delay_s = value / 1000.0
+
     async def call_in_worker(self, fn: Callable[[], V]) -> V:
         """Run ``fn`` on the worker thread, after the batch in flight (warm-up, close)."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
