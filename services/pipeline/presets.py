@@ -29,9 +29,9 @@ _CPU_AGBP = {"objective": "distill", "amp": False, "num_workers": 0, "checkpoint
 PRESETS: dict[PresetName, Preset] = {
     "cpu-demo": Preset(
         tocoad="tiny",
-        agbp={**_CPU_AGBP, "epochs": 2, "batch_size": 8, "input_size": 128, "resize_base": 128},
-        agdp={"epochs": 2, "batch": 8, "imgsz": 128},
-        finetune={"epochs": 4, "batch": 8, "imgsz": 128},
+        agbp={**_CPU_AGBP, "epochs": 3, "batch_size": 8, "input_size": 128, "resize_base": 128},
+        agdp={"epochs": 3, "batch": 8, "imgsz": 160},
+        finetune={"epochs": 20, "batch": 8, "imgsz": 160, "patience": 0},
     ),
     "cpu": Preset(
         tocoad="cpu",

@@ -213,7 +213,7 @@ def line_chart_svg(
     return "".join(parts)
 
 
-def heat_overlay(image: np.ndarray, anomaly_map: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+def heat_overlay(image: np.ndarray, anomaly_map: np.ndarray, alpha: float = 0.4) -> np.ndarray:
     """An RGB image with its min-max-normalised map blended on top.
 
     Args:

@@ -134,7 +134,12 @@ def _tick_step(
     spec = SPECS[step.name]
     if spec.kind == "local":
         _start(step)
-        _succeed(step, {"report_key": reporter(record)})
+        _succeed(step, {})
+        # The report shows the record as it stands once this step is done.
+        final = record.model_copy(deep=True)
+        if final.current is None:
+            _finish(final, PipelineState.SUCCEEDED)
+        step.outputs = {"report_key": reporter(final)}
         record.report_key = step.outputs["report_key"]
         return
     if step.state is StepState.PENDING:

@@ -268,3 +268,23 @@ def test_a_stored_dataset_with_named_splits_skips_the_import(pipelines: Pipeline
         )
     with pytest.raises(ValueError, match="exactly one of"):
         _request(labelled={"format": "yolo"})
+
+
+def test_the_report_is_rendered_from_the_finished_record(pipelines: PipelineStore) -> None:
+    # given a reporter that keeps what it was shown
+    seen: list[PipelineRecord] = []
+
+    def reporter(record: PipelineRecord) -> str:
+        seen.append(record)
+        return "key"
+
+    client = ServiceClient(URLS, transport=FakeSuite(polls=1).transport())
+    record = create_pipeline(pipelines, _request(baseline=False, promote=None))
+    # when
+    for _ in range(40):
+        record = advance(record, client, pipelines.save, reporter)
+    # then the report saw the pipeline done, its own step included
+    assert record.state is PipelineState.SUCCEEDED
+    [shown] = seen
+    assert shown.state is PipelineState.SUCCEEDED
+    assert shown.step("report").state is StepState.SUCCEEDED
