@@ -8,11 +8,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import numpy as np
 import pytest
 
@@ -29,8 +32,15 @@ from tests.integration.console.support import (
     Suite,
     steel_png,
 )
-from tests.integration.suite import ROOT, Proc, SuiteEnv, start_api, start_worker, suite_env
-from tests.servers import ServerHandle
+from tests.integration.suite import (
+    ROOT,
+    Proc,
+    SuiteEnv,
+    start_api,
+    start_worker,
+    suite_env,
+)
+from tests.servers import ServerHandle, free_port
 
 
 def _detecting_onnx(out: Path) -> Path:
@@ -107,6 +117,31 @@ def _env(senv: SuiteEnv, tmp: Path) -> None:
     )
 
 
+def _start_apis(
+    senv: SuiteEnv, tmp: Path, services: tuple[str, ...], urls: dict[str, str]
+) -> dict[str, Proc]:
+    """Start several ``agssp serve`` processes at once (as ``agssp up`` does), then wait."""
+    procs = {}
+    for service in services:
+        port = free_port()
+        argv = [sys.executable, "-m", "shared.cli.main", "serve", service, "--port", str(port)]
+        procs[service] = Proc(argv, senv.env, tmp / f"api-{service}.log")
+        urls[service] = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    for service, proc in procs.items():
+        while not _healthy(urls[service]):
+            assert time.monotonic() < deadline, f"{service} did not start:\n{proc.tail()}"
+            time.sleep(0.2)
+    return procs
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 @pytest.fixture(scope="package")
 def suite(
     tmp_path_factory: pytest.TempPathFactory, redis_server: ServerHandle, s3_server: ServerHandle
@@ -125,8 +160,9 @@ def suite(
     procs: dict[str, Proc] = {"worker": start_worker(senv, tmp, ["maps", "default"], "console")}
     urls: dict[str, str] = {}
     try:
-        for service in ("anomaly_map", "pretrain", "finetune", "inference"):
-            procs[service], urls[service] = start_api(senv, tmp, service, timeout_s=120)
+        procs.update(
+            _start_apis(senv, tmp, ("anomaly_map", "pretrain", "finetune", "inference"), urls)
+        )
         senv.env.update({f"PIPELINE_{name.upper()}_URL": url for name, url in urls.items()})
         senv.env["PIPELINE_POLL_INTERVAL_S"] = "0.5"
         procs["pipeline"], urls["pipeline"] = start_api(senv, tmp, "pipeline")
