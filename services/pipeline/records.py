@@ -82,6 +82,9 @@ class StepOverrides(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     tocoad: dict[str, Any] = Field(default_factory=dict)
+    tocoad_preset: Literal["tiny", "cpu", "gpu"] | None = Field(
+        None, description="the anomaly-map service's ToCoAD preset instead of the pipeline's"
+    )
     agbp: dict[str, Any] = Field(default_factory=dict)
     agdp: dict[str, Any] = Field(default_factory=dict)
     finetune: dict[str, Any] = Field(default_factory=dict)

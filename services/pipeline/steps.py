@@ -91,7 +91,7 @@ def _fit_call(record: PipelineRecord) -> Call | None:
     body = {
         "category": req.category,
         "normal_prefix": req.unlabelled_prefix,
-        "preset": PRESETS[req.preset].tocoad,
+        "preset": req.overrides.tocoad_preset or PRESETS[req.preset].tocoad,
         "config": req.overrides.tocoad,
     }
     return Call("anomaly_map", "POST", "/v1/tocoad-fits", body)
