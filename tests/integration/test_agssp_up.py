@@ -93,7 +93,7 @@ def test_up_serves_all_four_apis_and_runs_a_job_without_servers(tmp_path: Path) 
     # given an environment with no broker or S3 configured
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "S3_", "STORAGE_"))}
     env.update(AGSSP_HOME=str(tmp_path / "home"), JOBS_HEARTBEAT_S="1", PYTHONUNBUFFERED="1")
-    base = _base_port()
+    base = _base_port(len(SERVICES) + 2)  # then the console (base + 4) and the pipeline API
     log = (tmp_path / "up.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "shared.cli.main", "up", "--base-port", str(base)],
@@ -118,6 +118,11 @@ def test_up_serves_all_four_apis_and_runs_a_job_without_servers(tmp_path: Path) 
         job_id = _selftest(env)
         job_url = f"http://127.0.0.1:{base + 1}/v1/jobs/{job_id}"
         wait_for(lambda: _json(job_url)["state"] == "SUCCEEDED", 60, "selftest job did not run")
+        # and the console reaches the APIs that up started, through its proxy
+        console = f"http://127.0.0.1:{base + len(SERVICES)}"
+        wait_for(lambda: _answers(f"{console}/healthz"), 60, "the console did not start")
+        with urllib.request.urlopen(f"{console}/api/pretrain/v1/jobs/{job_id}", timeout=10) as r:
+            assert json.loads(r.read())["state"] == "SUCCEEDED"
         # when the worker crashes, then the APIs keep serving and the worker comes back
         worker_pid = _started_pid(tmp_path / "up.log", "worker")
         os.killpg(worker_pid, signal.SIGKILL)
