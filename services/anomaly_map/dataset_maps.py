@@ -40,7 +40,9 @@ class DatasetMapParams(BaseModel):
     category: str
     category_version: str | None = None
     prefix: str = Field(description="object-store prefix of the images (ending with '/')")
-    mode: str | None = Field(None, description="kead or winclip; default the category's method")
+    mode: str | None = Field(
+        None, description="kead, winclip or tocoad; default the category's method"
+    )
     output_prefix: str | None = Field(None, description="default maps/<category>/<job id>/")
 
 

@@ -5,8 +5,10 @@ A preset is a partial config; a job's own overrides are merged on top, section b
 - ``tiny``: tocoad-spec §10's CI config (64 px, quarter-width ResNet-18, a handful of steps);
   a fit takes seconds and its maps mean nothing.
 - ``cpu``: ResNet-18 from scratch at 128 px with aspect-ratio padding, sized so a fit on a few
-  hundred images takes about 20 minutes on 2 quiet cores (Stage I 0.34-0.74 s/step, Stage II
-  0.63-1.7 s/step measured, tocoad-spec §10 and issue 11). Stage I gets most of the budget and
+  hundred images takes 11-22 minutes on 2 quiet cores (Stage I 0.34-0.74 s/step, Stage II
+  0.63-1.5 s/step measured, tocoad-spec §10 and issue 11: 1200 x 0.74 + 250 x 1.5 = 1265 s at
+  the slow end), so the whole quality benchmark stays under 30 minutes. Stage I gets most of
+  the budget and
   the maps come from D's segmentation output: in issue 11's measurements Stage I's own map
   (pixel AUROC 0.636, image 0.755) beat the from-scratch bank (0.605 / 0.670); see
   ``benchmarks/results/tocoad_variants.json`` for what was tried.
@@ -39,8 +41,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "backbone": "resnet18",
         "aspect": "pad",
         "map_source": "segmentation",
-        "stage1": {"iters": 1500, "batch_size": 8, "val_size": 16, "val_every": 500},
-        "stage2": {"iters": 300, "batch_size": 8},
+        "stage1": {"iters": 1200, "batch_size": 8, "val_size": 16, "val_every": 400},
+        "stage2": {"iters": 250, "batch_size": 8},
         "bank": {"coreset_ratio": 0.01},
         "generator": {"n_procedural_textures": 100},
         "checkpoint_every": 250,
