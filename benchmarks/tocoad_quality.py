@@ -272,7 +272,10 @@ def _append_variant(path: Path, name: str, report: dict[str, Any]) -> None:
     existing: dict[str, Any] = {"variants": []}
     if path.exists():
         existing = json.loads(path.read_text())
-    keep = ("command", "overrides", "split", "fit_s", "stage1_s", "results", "load_average")
+    keep = [
+        *("command", "preset", "overrides", "config", "split", "fit_s", "stage1_s", "results"),
+        *("load_average", "machine", "wall_s"),
+    ]
     entry = {"name": name, **{k: report[k] for k in keep}, "created_at": report["created_at"]}
     existing["variants"] = [v for v in existing["variants"] if v["name"] != name] + [entry]
     path.write_text(json.dumps(existing, indent=1) + "\n")
