@@ -1,12 +1,17 @@
-"""Detection serving: the inference service (real uvicorn, dynamic batching) against a bare
-ONNX Runtime session at the service's effective batch size, and against the same service with
-INFERENCE_MAX_BATCH_SIZE=1 (one request per predict call). Writes benchmarks/results/detect.json.
+"""Detection serving, every row in one interleaved run: the inference service (real uvicorn,
+dynamic batching) with ONNX Runtime FP32, OpenVINO and ONNX Runtime INT8, each against its bare
+runtime at batch 1 and at the service's effective batch, plus the FP32 service at batch 1;
+YOLOv8n and YOLOv8s. Then FP32 vs INT8 mAP@0.5 on a NEU-DET validation split (a YOLOv8n
+finetuned for it, cached under var/), and the latency of one tiled 4000x3000 frame.
+Writes benchmarks/results/detect.json.
 
-    python -m benchmarks.detect [--variants yolov8n yolov8s] [--requests 192] [--rounds 4]
+    python -m benchmarks.detect            # the full run (about 17 min on 2 quiet cores)
+    python -m benchmarks.detect --quick    # every code path, small counts (a check, not numbers)
 
-Random-init weights exported to ONNX (speed does not depend on weight values; no downloads).
-Every run is bounded by a request count and a time limit. The configurations run in
-interleaved rounds, because other people's jobs change this machine's speed minute by minute.
+Serving rows use random-init weights exported to ONNX (speed does not depend on weight
+values; no downloads). Every run is bounded by a request count and a time limit. The rows
+run in interleaved rounds, because other people's jobs change this machine's speed minute
+by minute.
 """
 
 from __future__ import annotations
@@ -29,14 +34,18 @@ from typing import Any
 import httpx
 import numpy as np
 
+from benchmarks.detect_accuracy import measure_int8_accuracy
 from benchmarks.detect_core import export_yolo_onnx
 from shared.cli.bench import LoadReport, combine, percentile, run_load, synthetic_image
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "detect.json"
 IMGSZ = 640
-AIMS = {"service_over_bare_ort": 0.9, "batched_over_batch1": 1.5}
+AIMS = {"service_over_bare": 0.9, "fastest_over_baseline": 1.5, "int8_map50_drop_points": 1.0}
+BASELINE_RPS = {"yolov8n": 10.17}  # issue 14: the FP32 service before this work, same machine
 WARMUP_REQUESTS = 48  # three waves of 16 clients: enough to see the steady batch size
+RUNTIMES = ("ort_fp32", "openvino", "ort_int8")
+TILED_HW = (3000, 4000)
 
 
 def _free_port() -> int:
@@ -48,7 +57,9 @@ def _free_port() -> int:
 class Server:
     """``agssp serve inference`` on a loopback port, serving one local ONNX file."""
 
-    def __init__(self, onnx: Path, home: Path, *, max_batch: int, delay_ms: float) -> None:
+    def __init__(
+        self, onnx: Path, home: Path, *, max_batch: int, delay_ms: float, **extra: str
+    ) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("S3_", "REDIS_", "AUTH_"))}
@@ -61,6 +72,7 @@ class Server:
             INFERENCE_MAX_QUEUE_DELAY_MS=str(delay_ms),
             INFERENCE_MAX_QUEUE="512",
             INFERENCE_DEVICE="cpu",
+            **{f"INFERENCE_{k.upper()}": v for k, v in extra.items()},
         )
         argv = [sys.executable, "-m", "shared.cli.main", "serve", "inference"]
         self.log = (home / f"serve-{self.port}.log").open("wb")
@@ -86,9 +98,12 @@ class Server:
             time.sleep(0.5)
         raise RuntimeError(f"the server was not ready after {timeout_s} s; see {self.log.name}")
 
-    def batch_sizes(self) -> dict[int, int]:
+    def resident(self) -> dict[str, Any]:
         (model,) = httpx.get(f"{self.url}/v1/models", timeout=30).json()["resident"]
-        return {int(k): int(v) for k, v in model["batch_sizes"].items()}
+        return dict(model)
+
+    def batch_sizes(self) -> dict[int, int]:
+        return {int(k): int(v) for k, v in self.resident()["batch_sizes"].items()}
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -106,17 +121,26 @@ def _diff(after: dict[int, int], before: dict[int, int]) -> dict[int, int]:
 
 
 class BareSession:
-    """A persistent ORT session timed on a ready (B, 3, 640, 640) tensor: no HTTP, no decode,
-    letterbox or NMS. Same options as the service's detector: full graph optimisation,
-    ONNX Runtime's default intra-op threads, CPU."""
+    """A runtime timed on a ready (B, 3, 640, 640) tensor: no HTTP, decode, letterbox or NMS.
 
-    def __init__(self, onnx: Path) -> None:
-        import onnxruntime as ort
+    ONNX Runtime with the service's session options (full graph optimisation, default
+    intra-op threads, CPU, its default spinning), or the service's own OpenVINO session.
+    """
 
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        self._session = ort.InferenceSession(str(onnx), options, providers=["CPUExecutionProvider"])
+    def __init__(self, onnx: Path, runtime: str) -> None:
+        if runtime == "openvino":
+            from services.inference.ml.openvino_session import OpenVinoSession
+
+            self._session: Any = OpenVinoSession(onnx, hint="throughput")
+        else:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            options.log_severity_level = 3
+            self._session = ort.InferenceSession(
+                str(onnx), options, providers=["CPUExecutionProvider"]
+            )
         self._input = self._session.get_inputs()[0].name
         self._rng = np.random.default_rng(0)
 
@@ -144,28 +168,36 @@ def _bare_summary(batch: int, samples: list[float]) -> dict[str, Any]:
 
 
 def _service_summary(
-    reports: list[LoadReport], sizes: dict[int, int], max_batch: int, delay: float
+    reports: list[LoadReport], sizes: dict[int, int], resident: dict[str, Any]
 ) -> dict[str, Any]:
     batches = sum(sizes.values())
     return {
-        "max_batch_size": max_batch,
-        "max_queue_delay_ms": delay,
         **combine(reports).to_dict(),
         "rounds_rps": [r.throughput_rps for r in reports],
         "batch_sizes": sizes,
         "mean_batch_size": round(sum(k * v for k, v in sizes.items()) / max(batches, 1), 2),
+        "queue_delay_ms_in_use": resident.get("queue_delay_ms"),
+        "batch_gain_measured_at_load": resident.get("batch_gain"),
+    }
+
+
+def _servers(models: dict[str, Path], work: Path, args: argparse.Namespace) -> dict[str, Server]:
+    delay, size = args.max_queue_delay_ms, args.max_batch_size
+    return {
+        "ort_fp32": Server(models["ort_fp32"], work, max_batch=size, delay_ms=delay),
+        "openvino": Server(
+            models["ort_fp32"], work, max_batch=size, delay_ms=delay, backend="openvino"
+        ),
+        "ort_int8": Server(models["ort_int8"], work, max_batch=size, delay_ms=delay),
+        "ort_fp32_batch1": Server(models["ort_fp32"], work, max_batch=1, delay_ms=0.0),
     }
 
 
 def measure_variant(
-    onnx: Path, work: Path, image: bytes, args: argparse.Namespace
+    models: dict[str, Path], work: Path, image: bytes, args: argparse.Namespace
 ) -> dict[str, Any]:
-    """Service (batched), service (batch 1) and bare ORT (effective batch and 1), interleaved."""
-    delay = args.max_queue_delay_ms
-    servers = {
-        "batched": Server(onnx, work, max_batch=args.max_batch_size, delay_ms=delay),
-        "batch1": Server(onnx, work, max_batch=1, delay_ms=0.0),
-    }
+    """Every service and bare row of one model, interleaved round by round."""
+    servers = _servers(models, work, args)
     try:
         for server in servers.values():
             server.wait_ready()
@@ -174,48 +206,59 @@ def measure_variant(
             for name, server in servers.items()
         }
         for name in servers:  # warm-up, excluded; it also calibrates the effective batch
-            load[name](WARMUP_REQUESTS)
-        calibration = _diff(servers["batched"].batch_sizes(), {})
-        effective = round(sum(k * v for k, v in calibration.items()) / sum(calibration.values()))
+            load[name](args.warmup)
+        effective = {r: _mean_batch(_diff(servers[r].batch_sizes(), {})) for r in RUNTIMES}
+        bare = {
+            r: BareSession(models["ort_int8" if r == "ort_int8" else "ort_fp32"], r)
+            for r in RUNTIMES
+        }
         before = {name: server.batch_sizes() for name, server in servers.items()}
-        reports, bare_ms = _interleave(load, BareSession(onnx), max(1, effective), args)
+        reports, bare_ms = _interleave(load, bare, effective, args)
         sizes = {name: _diff(s.batch_sizes(), before[name]) for name, s in servers.items()}
+        resident = {name: s.resident() for name, s in servers.items()}
     finally:
         for server in servers.values():
             server.stop()
-    return {
-        "service_batched": _service_summary(
-            reports["batched"], sizes["batched"], args.max_batch_size, delay
-        ),
-        "service_batch1": _service_summary(reports["batch1"], sizes["batch1"], 1, 0.0),
-        "bare_ort_effective_batch": _bare_summary(max(1, effective), bare_ms["bare_b"]),
-        "bare_ort_batch1": _bare_summary(1, bare_ms["bare_1"]),
-    }
+    rows: dict[str, Any] = {}
+    for name in servers:
+        rows[f"service_{name}"] = _service_summary(reports[name], sizes[name], resident[name])
+    for runtime in RUNTIMES:
+        rows[f"bare_{runtime}_effective_batch"] = _bare_summary(
+            effective[runtime], bare_ms[f"{runtime}:b"]
+        )
+        rows[f"bare_{runtime}_batch1"] = _bare_summary(1, bare_ms[f"{runtime}:1"])
+    return rows
+
+
+def _mean_batch(sizes: dict[int, int]) -> int:
+    return max(1, round(sum(k * v for k, v in sizes.items()) / max(sum(sizes.values()), 1)))
 
 
 def _interleave(
     load: dict[str, Callable[[int], LoadReport]],
-    bare: BareSession,
-    effective: int,
+    bare: dict[str, BareSession],
+    effective: dict[str, int],
     args: argparse.Namespace,
 ) -> tuple[dict[str, list[LoadReport]], dict[str, list[float]]]:
-    """Every round runs each configuration once, the order reversed on odd rounds.
+    """Every round runs each row once, the order reversed on odd rounds.
 
     The machine is shared, so its speed drifts from minute to minute; interleaving exposes
-    every configuration to the same drift instead of giving each its own time window.
+    every row to the same drift instead of giving each its own time window.
     """
     per_round = max(args.concurrency, args.requests // args.rounds)
     reports: dict[str, list[LoadReport]] = {name: [] for name in load}
-    bare_ms: dict[str, list[float]] = {"bare_b": [], "bare_1": []}
+    bare_ms: dict[str, list[float]] = {f"{r}:{b}": [] for r in bare for b in ("b", "1")}
     steps = [*load, *bare_ms]
     for index in range(args.rounds):
         for step in steps if index % 2 == 0 else steps[::-1]:
             if step in load:
                 reports[step].append(load[step](per_round))
-            elif step == "bare_b":
-                bare_ms[step] += bare.run_ms(effective, per_round)
+                continue
+            runtime, kind = step.split(":")
+            if kind == "b":
+                bare_ms[step] += bare[runtime].run_ms(effective[runtime], per_round)
             else:
-                bare_ms[step] += bare.run_ms(1, per_round // 2)
+                bare_ms[step] += bare[runtime].run_ms(1, per_round // 2)
         print(f"  round {index + 1}/{args.rounds} done", flush=True)
     return reports, bare_ms
 
@@ -238,27 +281,102 @@ def _round_runner(
     return run
 
 
-def run_variant(variant: str, work: Path, image: bytes, args: argparse.Namespace) -> dict[str, Any]:
-    onnx = export_yolo_onnx(variant, work / "models", imgsz=IMGSZ, dynamic=True)
-    print(f"{variant}: exported {onnx.name}", flush=True)
-    load_before = os.getloadavg()
-    measured = measure_variant(onnx, work, image, args)
-    batched, single = measured["service_batched"], measured["service_batch1"]
-    bare, bare_1 = measured["bare_ort_effective_batch"], measured["bare_ort_batch1"]
-    ratios = {
-        "service_over_bare_ort": round(batched["throughput_rps"] / bare["images_per_s"], 3),
-        "batched_over_batch1": round(batched["throughput_rps"] / single["throughput_rps"], 3),
-        "bare_ort_batched_over_batch1": round(bare["images_per_s"] / bare_1["images_per_s"], 3),
+def _models(variant: str, work: Path, calibration: int) -> dict[str, Path]:
+    """The FP32 export and its INT8 copy (calibrated on synthetic frames: speed rows only)."""
+    from services.finetune.ml.quantize import quantize_int8
+    from services.inference.ml.letterbox import to_input_tensor
+
+    fp32 = export_yolo_onnx(variant, work / "models", imgsz=IMGSZ, dynamic=True)
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (IMGSZ, IMGSZ, 3), dtype=np.uint8) for _ in range(calibration)]
+    batches = [to_input_tensor([frame]) for frame in frames]
+    int8 = quantize_int8(fp32, fp32.with_name(f"{fp32.stem}-int8.onnx"), batches)
+    return {"ort_fp32": fp32, "ort_int8": int8}
+
+
+def _ratios(variant: str, rows: dict[str, Any]) -> dict[str, Any]:
+    service_over_bare = {
+        r: round(
+            rows[f"service_{r}"]["throughput_rps"]
+            / rows[f"bare_{r}_effective_batch"]["images_per_s"],
+            3,
+        )
+        for r in RUNTIMES
     }
+    fastest = max(RUNTIMES, key=lambda r: rows[f"service_{r}"]["throughput_rps"])
+    fastest_rps = rows[f"service_{fastest}"]["throughput_rps"]
+    baseline = BASELINE_RPS.get(variant)
+    return {
+        "service_over_bare": service_over_bare,
+        "fastest_service": fastest,
+        "fastest_service_rps": fastest_rps,
+        "fastest_over_baseline": round(fastest_rps / baseline, 3) if baseline else None,
+        "batched_over_batch1": round(
+            rows["service_ort_fp32"]["throughput_rps"]
+            / rows["service_ort_fp32_batch1"]["throughput_rps"],
+            3,
+        ),
+    }
+
+
+def run_variant(variant: str, work: Path, image: bytes, args: argparse.Namespace) -> dict[str, Any]:
+    models = _models(variant, work, args.calibration)
+    print(f"{variant}: exported {', '.join(p.name for p in models.values())}", flush=True)
+    load_before = os.getloadavg()
+    rows = measure_variant(models, work, image, args)
+    ratios = _ratios(variant, rows)
     print(f"{variant}: {json.dumps(ratios)}", flush=True)
+    aims = {
+        f"service_over_bare.{r}": v >= AIMS["service_over_bare"]
+        for r, v in ratios["service_over_bare"].items()
+    }
+    if ratios["fastest_over_baseline"] is not None:
+        aims["fastest_over_baseline"] = (
+            ratios["fastest_over_baseline"] >= AIMS["fastest_over_baseline"]
+        )
     return {
         "variant": variant,
         "imgsz": IMGSZ,
-        **measured,
+        **rows,
         "ratios": ratios,
-        "aims_met": {k: ratios[k] >= aim for k, aim in AIMS.items()},
+        "aims_met": aims,
         "loadavg_before": load_before,
         "loadavg_after": os.getloadavg(),
+    }
+
+
+def measure_tiled(work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Latency of ``/detect?tile=true`` on one 4000x3000 JPEG (YOLOv8n FP32, 640 px tiles)."""
+    onnx = export_yolo_onnx("yolov8n", work / "models", imgsz=IMGSZ, dynamic=True)
+    frame = synthetic_image(TILED_HW[1], TILED_HW[0], seed=3)
+    server = Server(onnx, work, max_batch=args.max_batch_size, delay_ms=args.max_queue_delay_ms)
+    try:
+        server.wait_ready()
+        samples, tiles = [], 0
+        with httpx.Client(timeout=300) as client:
+            for index in range(args.tiled_requests + 1):
+                started = time.perf_counter()
+                response = client.post(
+                    f"{server.url}/v1/detect",
+                    params={"tile": "true"},
+                    content=frame,
+                    headers={"content-type": "image/jpeg"},
+                )
+                response.raise_for_status()
+                if index:  # the first one warms up
+                    samples.append((time.perf_counter() - started) * 1000.0)
+                tiles = int(response.json()["tiles"])
+    finally:
+        server.stop()
+    return {
+        "frame": f"{TILED_HW[1]}x{TILED_HW[0]} JPEG ({len(frame)} bytes)",
+        "model": "yolov8n FP32, ONNX Runtime",
+        "tiles": tiles,
+        "tile_overlap": 0.2,
+        "requests": len(samples),
+        "median_ms": round(statistics.median(samples), 1),
+        "max_ms": round(max(samples), 1),
+        "ms_per_tile": round(statistics.median(samples) / max(tiles, 1), 1),
     }
 
 
@@ -273,26 +391,50 @@ def machine() -> dict[str, Any]:
         "onnxruntime": onnxruntime.__version__,
         "onnxruntime_providers": onnxruntime.get_available_providers(),
     }
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-    except ImportError:
-        info["torch"] = None
+    for module in ("openvino", "torch"):
+        try:
+            info[module] = __import__(module).__version__
+        except ImportError:
+            info[module] = None
     return info
+
+
+QUICK = {
+    "variants": ["yolov8n"],
+    "requests": 32,
+    "rounds": 2,
+    "warmup": 16,
+    "calibration": 4,
+    "tiled_requests": 1,
+    "epochs": 1,
+    "max_train": 48,
+    "imgsz_map": 160,
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", nargs="+", default=["yolov8n", "yolov8s"])
-    parser.add_argument("--requests", type=int, default=192, help="per service configuration")
+    parser.add_argument("--requests", type=int, default=128, help="per service row")
     parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds")
-    parser.add_argument("--duration-s", type=float, default=120.0, help="cap per configuration")
+    parser.add_argument("--warmup", type=int, default=WARMUP_REQUESTS)
+    parser.add_argument("--duration-s", type=float, default=120.0, help="cap per row")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--max-queue-delay-ms", type=float, default=5.0)
+    parser.add_argument("--calibration", type=int, default=32, help="INT8 calibration images")
+    parser.add_argument("--tiled-requests", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=4, help="NEU-DET finetune for the mAP")
+    parser.add_argument("--imgsz-map", type=int, default=224, help="NEU-DET images are 200 px")
+    parser.add_argument("--max-train", type=int, default=None, help="NEU-DET train images")
+    parser.add_argument("--skip-map", action="store_true", help="no NEU-DET mAP section")
+    parser.add_argument("--quick", action="store_true", help="small counts: checks every path")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.quick:
+        for key, value in QUICK.items():
+            setattr(args, key, value)
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -301,11 +443,27 @@ def main(argv: list[str] | None = None) -> None:
     started, load_before = time.time(), os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-detect-") as tmp:
         results = [run_variant(v, Path(tmp), image, args) for v in args.variants]
+        tiled = measure_tiled(Path(tmp), args)
+    print(f"tiled: {json.dumps(tiled)}", flush=True)
+    int8: dict[str, Any] = {"skipped": "--skip-map"}
+    if not args.skip_map:
+        int8 = measure_int8_accuracy(
+            epochs=args.epochs,
+            imgsz=args.imgsz_map,
+            batch=16,
+            calibration=max(args.calibration, 8),
+            max_train=args.max_train,
+        )
+    print(f"int8: {json.dumps(int8)}", flush=True)
+    if "map50_drop_points" in int8:
+        int8["aim_met"] = int8["map50_drop_points"] <= AIMS["int8_map50_drop_points"]
     report = {
-        "benchmark": "detect: service with dynamic batching vs bare ONNX Runtime vs batch 1",
+        "benchmark": "detect: service (ORT FP32, OpenVINO, ORT INT8) vs bare runtimes, "
+        "INT8 accuracy, tiled large frame",
         "command": " ".join(
             ["python -m benchmarks.detect", *(sys.argv[1:] if argv is None else argv)]
         ),
+        "quick": args.quick,
         "machine": machine(),
         "loadavg_before": load_before,
         "loadavg_after": os.getloadavg(),
@@ -313,21 +471,25 @@ def main(argv: list[str] | None = None) -> None:
         "setup": {
             "image": f"synthetic {IMGSZ}x{IMGSZ} JPEG q90 ({len(image)} bytes), one per request",
             "concurrency": args.concurrency,
-            "requests_per_configuration": args.requests,
+            "requests_per_row": args.requests,
             "interleaved_rounds": args.rounds,
             "duration_cap_s": args.duration_s,
-            "warmup_requests_excluded": WARMUP_REQUESTS,
-            "server": "agssp serve inference (uvicorn, one process) on 127.0.0.1, ONNX Runtime "
-            "CPU, default intra-op threads; clients are threads in the benchmark process",
-            "bare_ort": "session.run on a ready float32 (B, 3, 640, 640) tensor in the benchmark "
-            "process (no HTTP, decode, letterbox or NMS), same session options as the service; "
-            "B = the service's effective batch from the warm-up round; as many images per round "
-            "as requests (half that at batch 1)",
-            "method": "configurations interleaved round by round (order reversed on odd rounds) "
-            "so they share the drift of a machine other people use at the same time",
+            "warmup_requests_excluded": args.warmup,
+            "server": "agssp serve inference (uvicorn, one process) on 127.0.0.1, CPU, default "
+            "intra-op threads, INFERENCE_MAX_BATCH_SIZE / MAX_QUEUE_DELAY_MS as given with the "
+            "adaptive delay on; rows: ort_fp32, openvino (INFERENCE_BACKEND=openvino, "
+            "throughput hint), ort_int8 (the INT8 export as a local model), ort_fp32_batch1",
+            "bare": "the runtime on a ready float32 (B, 3, 640, 640) tensor in the benchmark "
+            "process (no HTTP, decode, letterbox or NMS); B = that service's effective batch "
+            "from the warm-up round, and 1",
+            "method": "all rows interleaved round by round (order reversed on odd rounds) so "
+            "they share the drift of a machine other people use at the same time",
         },
         "aims": AIMS,
+        "baseline_rps": BASELINE_RPS,
         "results": results,
+        "int8": int8,
+        "tiled": tiled,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")

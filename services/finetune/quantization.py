@@ -81,7 +81,7 @@ def _compare(
     subset, images = load_split(ctx.store, dataset, params.eval_split, work / "eval")
     found: dict[str, Any] = {}
     for label, path in (("fp32", fp32), ("int8", int8)):
-        forward, seconds = _onnx_forward(path)
+        forward, seconds = onnx_forward(path)
         predictions = predict_with(forward, subset, images, 0.001, 0.7, imgsz, settings.eval_batch)
         found[label] = {**evaluation_doc(evaluate_detections(subset, predictions))}
         found[label]["model_seconds"] = round(sum(seconds), 4)
@@ -103,7 +103,7 @@ def _compare(
     }
 
 
-def _onnx_forward(path: Path) -> tuple[Any, list[float]]:
+def onnx_forward(path: Path) -> tuple[Any, list[float]]:
     """A forward function for ``predict_with`` on ONNX Runtime (CPU), timing every call."""
     import onnxruntime as ort
     import torch
