@@ -1,0 +1,408 @@
+"""Does AGSSP pretraining lift a detector trained on 50 labels? Magnetic-tile, on the real suite.
+
+Magnetic-tile (``../shared/data/magnetic-tile``) is imported with boxes from its masks: a
+fixed validation split (defect and defect-free images, by seed), a labelled training set of
+``--labelled-per-class`` defect images per class (the dataset's ``mini-N`` split: 10 x 5
+classes = 50), and every other image as the unlabelled pool. Anomaly maps of the pool come
+from ToCoAD (fitted on the pool at the anomaly-map service's ``--tocoad-preset``) and, as
+the method's ceiling, from the pool's own masks (oracle). For each map source one pipeline
+runs maps -> pseudo boxes -> AGBP -> AGDP -> finetune; then the same recipe finetunes from
+scratch, from the AGBP backbone only, and from AGSSP (AGBP + AGDP), for every seed.
+
+Everything runs through the suite's public routes (its own ``agssp up`` on a free port with
+a private ``AGSSP_HOME``), so the measured path is the product's. Job ids are kept in a state
+file next to the results: a run that is cut resumes where it stopped (finished jobs are read
+back, running ones are followed). Writes ``benchmarks/results/agssp_lift.json`` with
+``results.<maps>.<init>.{map50_mean,map50_std,map5095_mean,map5095_std,seeds}``.
+
+    python -m benchmarks.agssp_lift [--quick] [--seeds 0 1 2] [--home var/bench-lift]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "magnetic-tile"
+SERVICES = ("anomaly_map", "pretrain", "finetune", "inference")
+INITS = ("scratch", "agbp", "agssp")
+_END = {"SUCCEEDED", "FAILED", "CANCELED"}
+
+
+def _arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--home", type=Path, default=ROOT / "var" / "bench-lift")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/agssp_lift.json")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--maps", nargs="+", default=["tocoad", "oracle"])
+    parser.add_argument("--labelled-per-class", type=int, default=10)
+    parser.add_argument("--val-fraction", type=float, default=0.12)
+    parser.add_argument("--split-seed", type=int, default=0)
+    parser.add_argument("--pool-limit", type=int, default=0, help="0 = every remaining image")
+    parser.add_argument("--tocoad-preset", default="cpu")
+    parser.add_argument("--imgsz", type=int, default=256)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--agbp-epochs", type=int, default=8)
+    parser.add_argument("--agbp-size", type=int, default=160)
+    parser.add_argument("--agdp-epochs", type=int, default=4)
+    parser.add_argument("--oracle-grid", type=int, default=32)
+    parser.add_argument("--quick", action="store_true", help="tiny run that checks the path")
+    parser.add_argument("--fresh", action="store_true", help="forget the state file")
+    args = parser.parse_args()
+    if args.quick:
+        args.labelled_per_class, args.pool_limit, args.tocoad_preset = 2, 40, "tiny"
+        args.imgsz, args.epochs, args.batch = 64, 1, 4
+        args.agbp_epochs, args.agbp_size, args.agdp_epochs = 1, 64, 1
+        args.seeds, args.out = args.seeds[:2], args.out.with_name("agssp_lift_quick.json")
+    return args
+
+
+def recipe(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Per-step configs; they cover every key of the pipeline's ``cpu`` preset on purpose,
+    so a pipeline's finetune and a directly submitted one train with identical configs."""
+    detector = {"epochs": args.epochs, "batch": args.batch, "imgsz": args.imgsz, "patience": 0}
+    return {
+        "tocoad": {},
+        "agbp": {
+            "objective": "distill", "amp": False, "num_workers": 0, "checkpoint_every": 0,
+            "epochs": args.agbp_epochs, "batch_size": args.batch,
+            "input_size": args.agbp_size, "resize_base": args.agbp_size,
+        },
+        "agdp": {"epochs": args.agdp_epochs, "batch": args.batch, "imgsz": args.imgsz},
+        "finetune": detector,
+    }  # fmt: skip
+
+
+# -- the suite ------------------------------------------------------------------------------
+def _free_base(count: int = 6) -> int:
+    for base in range(21000, 29000, 10):
+        if all(_bindable(base + i) for i in range(count)):
+            return base
+    raise RuntimeError("no free block of ports on loopback")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def start_suite(home: Path, log: Path) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+    """``agssp up`` on free ports with ``home`` as AGSSP_HOME; returns it and the URLs."""
+    base = _free_base()
+    env = dict(os.environ, AGSSP_HOME=str(home), YOLO_OFFLINE="1", YOLO_AUTOINSTALL="False")
+    for name in ("REDIS_URL", "S3_ENDPOINT_URL"):
+        env.pop(name, None)
+    argv = [sys.executable, "-m", "shared.cli.main", "up", "--base-port", str(base)]
+    proc = subprocess.Popen(argv, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    urls = {name: f"http://127.0.0.1:{base + i}" for i, name in enumerate(SERVICES)}
+    urls["pipeline"] = f"http://127.0.0.1:{base + 5}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the suite stopped; see {log}")
+        if all(_healthy(u) for u in urls.values()):
+            return proc, urls
+        time.sleep(1)
+    raise RuntimeError(f"the suite did not start in 300 s; see {log}")
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+# -- data -------------------------------------------------------------------------------------
+def import_dataset(args: argparse.Namespace, home: Path) -> tuple[str, dict[str, Any]]:
+    """Magnetic-tile with boxes from masks into the suite's store; returns (ref, splits)."""
+    from services.finetune import service
+    from services.finetune.config import FinetuneSettings
+    from services.finetune.datasets_store import DatasetCatalog, DatasetRef
+    from services.finetune.params import DatasetImportParams
+    from shared.config import CommonSettings, PathSettings
+    from shared.storage.filesystem import FileObjectStore
+
+    store = FileObjectStore(home / "store")
+    settings = FinetuneSettings(common=CommonSettings(paths=PathSettings(home=home)))
+    params = DatasetImportParams(
+        name="magnetic-tile", prefix="local/", format="masks", images=".", annotations=".",
+        val_fraction=args.val_fraction, seed=args.split_seed, mini=[args.labelled_per_class],
+    )  # fmt: skip
+    version = f"lift-s{args.split_seed}-v{int(args.val_fraction * 100)}"
+    ref = DatasetRef("magnetic-tile", version)
+    if not store.exists(ref.key("manifest.json")):
+        service.import_local_dataset(store, args.data, params, version, settings)
+    return str(ref), DatasetCatalog(store).splits(ref)
+
+
+def stage_pool(args: argparse.Namespace, home: Path, ref: str, splits: dict[str, Any]) -> int:
+    """Copy the unlabelled pool (train minus the labelled mini split) and its oracle maps."""
+    from services.finetune.dataset_io import import_folder
+    from services.finetune.datasets_store import DatasetRef
+    from services.finetune.ml.masks import read_mask
+    from shared.storage.filesystem import FileObjectStore
+
+    store = FileObjectStore(home / "store")
+    dataset = DatasetRef(*ref.split(":", 1))
+    labelled = set(splits[f"mini-{args.labelled_per_class}"])
+    pool = [name for name in splits["train"] if name not in labelled]
+    if args.pool_limit:
+        pool = pool[: args.pool_limit]
+    if store.exists("bench/oracle/manifest.json"):
+        return len(pool)
+    _, sources = import_folder(args.data, "masks", images=".", annotations=".")
+    mapping = {}
+    for name in pool:
+        image_key = f"bench/pool/{name}"
+        store.put_bytes(image_key, store.get_bytes(dataset.image_key(name)))
+        mask = read_mask(sources[name].with_suffix(".png")).astype(np.float32)
+        small = Image.fromarray(mask / max(float(mask.max()), 1.0)).resize(
+            (args.oracle_grid, args.oracle_grid), Image.Resampling.BOX
+        )
+        buffer = io.BytesIO()
+        np.save(buffer, np.asarray(small, np.float32))
+        map_key = f"bench/oracle/maps/{Path(name).stem}.npy"
+        store.put_bytes(map_key, buffer.getvalue())
+        mapping[image_key] = map_key
+    manifest = {"category": "magnetic-tile", "count": len(mapping), "maps": mapping}
+    store.put_bytes("bench/oracle/manifest.json", json.dumps(manifest).encode())
+    return len(pool)
+
+
+# -- jobs -------------------------------------------------------------------------------------
+class Runner:
+    """Submits and follows pipelines and finetune jobs; remembers their ids in a state file."""
+
+    def __init__(self, urls: dict[str, str], state_path: Path) -> None:
+        self.urls = urls
+        self.state_path = state_path
+        self.state: dict[str, Any] = (
+            json.loads(state_path.read_text()) if state_path.exists() else {}
+        )
+        self.http = httpx.Client(timeout=60)
+
+    def save(self) -> None:
+        self.state_path.write_text(json.dumps(self.state, indent=1))
+
+    def pipeline(self, key: str, body: dict[str, Any]) -> dict[str, Any]:
+        ids = self.state.setdefault("pipelines", {})
+        if key not in ids:
+            response = self.http.post(f"{self.urls['pipeline']}/v1/pipelines", json=body)
+            response.raise_for_status()
+            ids[key] = response.json()["id"]
+            self.save()
+        return self._wait(f"{self.urls['pipeline']}/v1/pipelines/{ids[key]}", key)
+
+    def finetune(self, key: str, body: dict[str, Any]) -> str:
+        jobs = self.state.setdefault("jobs", {})
+        if key not in jobs:
+            response = self.http.post(f"{self.urls['finetune']}/v1/finetune-jobs", json=body)
+            response.raise_for_status()
+            jobs[key] = response.json()["id"]
+            self.save()
+        return str(jobs[key])
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self._wait(f"{self.urls['finetune']}/v1/jobs/{job_id}", job_id)
+
+    def _wait(self, url: str, what: str) -> dict[str, Any]:
+        last = ""
+        while True:
+            record: dict[str, Any] = self.http.get(url).json()
+            line = f"{what}: {record['state']} {record.get('progress', '')}"
+            if line != last:
+                print(line, flush=True)
+                last = line
+            if record["state"] in _END:
+                if record["state"] != "SUCCEEDED":
+                    raise RuntimeError(f"{what} ended {record['state']}: {record.get('error')}")
+                return record
+            time.sleep(5)
+
+
+def _step(record: dict[str, Any], name: str) -> dict[str, Any]:
+    step: dict[str, Any] = next(s for s in record["steps"] if s["name"] == name)
+    return step
+
+
+def run_maps_source(
+    runner: Runner, args: argparse.Namespace, maps: str, ref: str, rec: dict[str, Any]
+) -> dict[str, Any]:
+    """One pipeline (seed 0) for a map source; returns its artifacts and job ids."""
+    body: dict[str, Any] = {
+        "name": f"lift-{maps}",
+        "category": "magnetic-tile",
+        "category_spec": {"map": "magnetic tile surface", "method": "tocoad"},
+        "unlabelled_prefix": "bench/pool/",
+        "labelled": {
+            "dataset": ref,
+            "split": f"mini-{args.labelled_per_class}",
+            "val_split": "val",
+        },
+        "maps": "tocoad" if maps == "tocoad" else "provided",
+        "maps_prefix": None if maps == "tocoad" else "bench/oracle/",
+        "preset": "cpu",
+        "seed": args.seeds[0],
+        "baseline": False,
+        "overrides": {**rec, "tocoad_preset": args.tocoad_preset},
+    }
+    record = runner.pipeline(maps, body)
+    return {
+        "pipeline": record["id"],
+        "agbp": _step(record, "agbp")["outputs"]["artifact"],
+        "agdp": _step(record, "agdp")["outputs"]["artifact"],
+        "agssp_seed0_job": _step(record, "finetune")["job_id"],
+    }
+
+
+def detector_jobs(
+    runner: Runner, args: argparse.Namespace, ref: str, rec: dict[str, Any], made: dict[str, Any]
+) -> dict[str, dict[str, dict[int, str]]]:
+    """Submit every (maps, init, seed) finetune not yet run; returns their job ids."""
+    jobs: dict[str, dict[str, dict[int, str]]] = {}
+    for maps in args.maps:
+        jobs[maps] = {init: {} for init in INITS}
+        for seed in args.seeds:
+            for init in INITS:
+                jobs[maps][init][seed] = _detector(runner, args, ref, rec, made, maps, init, seed)
+    return jobs
+
+
+def _detector(
+    runner: Runner,
+    args: argparse.Namespace,
+    ref: str,
+    rec: dict[str, Any],
+    made: dict[str, Any],
+    maps: str,
+    init: str,
+    seed: int,
+) -> str:
+    if init == "agssp" and seed == args.seeds[0]:
+        return str(made[maps]["agssp_seed0_job"])
+    if init == "scratch":  # scratch does not depend on the maps: one run per seed
+        maps = "any"
+    start: dict[str, Any] = {"kind": "scratch"}
+    if init != "scratch":
+        kind = "agbp" if init == "agbp" else "agdp"
+        start = {"kind": kind, "artifact": made[maps][kind]}
+    body = {
+        "dataset": ref,
+        "split": f"mini-{args.labelled_per_class}",
+        "val_split": "val",
+        "scale": "n",
+        "config": {**rec["finetune"], "seed": seed},
+        "model_name": f"lift-{maps}-{init}",
+        "init": start,
+    }
+    return runner.finetune(f"{maps}/{init}/{seed}", body)
+
+
+def summarize(runner: Runner, jobs: dict[str, dict[str, dict[int, str]]]) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for maps, inits in jobs.items():
+        results[maps] = {}
+        for init, by_seed in inits.items():
+            rows = []
+            for seed, job_id in sorted(by_seed.items()):
+                metrics = runner.job(job_id)["outputs"]["metrics"]
+                rows.append(
+                    {"seed": seed, "job": job_id, "map50": metrics["map50"],
+                     "map5095": metrics["map50_95"]}
+                )  # fmt: skip
+            results[maps][init] = _stats(rows)
+    return results
+
+
+def _stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    def spread(values: list[float]) -> float:
+        return statistics.stdev(values) if len(values) > 1 else 0.0
+
+    m50 = [r["map50"] for r in rows]
+    m95 = [r["map5095"] for r in rows]
+    return {
+        "map50_mean": statistics.fmean(m50), "map50_std": spread(m50),
+        "map5095_mean": statistics.fmean(m95), "map5095_std": spread(m95), "seeds": rows,
+    }  # fmt: skip
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+
+
+def main() -> None:
+    args = _arguments()
+    if not (args.data / "MT_Free").is_dir():
+        sys.exit(f"{args.data} is not Magnetic-tile (no MT_Free folder)")
+    state_path = args.out.with_suffix(".state.json")
+    if args.fresh:
+        state_path.unlink(missing_ok=True)
+        shutil.rmtree(args.home, ignore_errors=True)
+    args.home.mkdir(parents=True, exist_ok=True)
+    started, load_before = time.time(), os.getloadavg()
+    ref, splits = import_dataset(args, args.home)
+    pool = stage_pool(args, args.home, ref, splits)
+    proc, urls = start_suite(args.home, args.home / "suite.log")
+    try:
+        runner = Runner(urls, state_path)
+        rec = recipe(args)
+        made = {maps: run_maps_source(runner, args, maps, ref, rec) for maps in args.maps}
+        results = summarize(runner, detector_jobs(runner, args, ref, rec, made))
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    doc = {
+        "benchmark": "agssp_lift",
+        "command": " ".join(["python -m benchmarks.agssp_lift", *sys.argv[1:]]),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg(),
+        "wall_s": round(time.time() - started, 1),
+        "data": {
+            "dataset": ref,
+            "labelled_split": f"mini-{args.labelled_per_class}",
+            "labelled_images": len(splits[f"mini-{args.labelled_per_class}"]),
+            "val_images": len(splits["val"]),
+            "pool_images": pool,
+        },
+        "recipe": {**rec, "tocoad_preset": args.tocoad_preset, "scale": "n", "seeds": args.seeds},
+        "artifacts": made,
+        "results": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=2))
+    print(json.dumps(doc["results"], indent=1))
+
+
+if __name__ == "__main__":
+    main()
