@@ -205,6 +205,33 @@ const Console = (() => {
     return answer.items || [];
   }
 
+  // Stored results (maps, overlays, loss curves, reports) through the pipeline API's
+  // /v1/objects. Fetched with the key and shown from a blob: URL, because a plain link or
+  // <img> would not send the X-API-Key header.
+  function objectPath(key) {
+    return `v1/objects/${key.split("/").map(encodeURIComponent).join("/")}`;
+  }
+
+  async function openBlob(service, path) {
+    const blob = await api(service, path, { accept: "*/*" });
+    window.open(URL.createObjectURL(blob), "_blank", "noopener");
+  }
+
+  function fileList(keys, onError) {
+    return el("ul", { class: "files" }, keys.map((item) => {
+      const name = item.key.split("/").slice(-2).join("/");
+      const link = el("a", { href: "#", class: "object", dataset: { key: item.key }, text: name,
+        onclick: (e) => { e.preventDefault(); openBlob("pipeline", objectPath(item.key)).catch(onError); } });
+      const li = el("li", {}, link, el("span", { class: "muted", text: ` ${Math.ceil(item.size / 1024)} KiB` }));
+      if (/\.(png|jpe?g)$/i.test(item.key)) {
+        api("pipeline", objectPath(item.key), { accept: "image/*" })
+          .then((blob) => li.prepend(el("img", { class: "thumb", alt: name, src: URL.createObjectURL(blob) })))
+          .catch(() => null);
+      }
+      return li;
+    }));
+  }
+
   document.addEventListener("DOMContentLoaded", setupKeyForm);
-  return { config, api, ApiError, el, showError, progressBar, duration, when, colour, lineChart, categories };
+  return { config, api, ApiError, el, showError, progressBar, duration, when, colour, lineChart, categories, objectPath, openBlob, fileList };
 })();

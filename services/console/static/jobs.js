@@ -8,12 +8,13 @@
 "use strict";
 
 (() => {
-  const { api, el, showError, progressBar, duration, lineChart } = Console;
+  const { api, el, showError, progressBar, duration, lineChart, fileList } = Console;
   const $ = (id) => document.getElementById(id);
   const JOB_SERVICES = ["anomaly_map", "pretrain", "finetune"];
   const TERMINAL = new Set(["SUCCEEDED", "FAILED", "CANCELED"]);
   const history = new Map(); // job id -> [{x, metrics}] seen while polling
   const serviceOf = new Map(); // job id -> an API that listed it
+  const files = new Map(); // job id -> [{key, size}] of its outputs (read once it finished)
   let jobs = [];
   let selected = null;
 
@@ -129,7 +130,7 @@
       const [name, version] = ref.split(":");
       return version
         ? el("a", { href: `/models?name=${encodeURIComponent(name)}&version=${encodeURIComponent(version)}`, text: ref })
-        : el("code", { text: ref });
+        : el("a", { href: "#", class: "object", text: ref, onclick: (e) => { e.preventDefault(); e.stopPropagation(); Console.openBlob("pipeline", Console.objectPath(ref)).catch((err) => showError("jobs-error", err)); } });
     });
   }
 
@@ -188,6 +189,41 @@
     const drawn = charts(job);
     $("detail-charts").replaceChildren(...(drawn.length ? drawn : [el("p", { class: "muted", text: "No metric curves yet: they are drawn from the metrics the record shows while this page follows the job." })]));
     $("detail-json").textContent = JSON.stringify(job, null, 2);
+    if (TERMINAL.has(job.state)) {
+      showFiles(job);
+    } else if ($("detail-files").dataset.job !== "") {
+      $("detail-files").dataset.job = "";
+      $("detail-files").textContent = "Shown when the job has finished.";
+    }
+  }
+
+  // Where a finished job wrote: its output prefixes, or the folder of each name:version.
+  function prefixes(job) {
+    const found = Object.entries(job.outputs || {})
+      .filter(([k, v]) => /prefix$/.test(k) && typeof v === "string" && v.endsWith("/"))
+      .map(([, v]) => v);
+    for (const ref of job.artifacts || []) {
+      const [name, version] = ref.split(":");
+      if (version) found.push(`models/${name}/${version}/`);
+    }
+    return [...new Set(found)];
+  }
+
+  async function showFiles(job) {
+    if (!files.has(job.id)) {
+      files.set(job.id, null);
+      const lists = await Promise.allSettled(prefixes(job).map((prefix) => api("pipeline", "v1/objects", { query: { prefix, limit: 200 } })));
+      const keys = lists.filter((l) => l.status === "fulfilled").flatMap((l) => l.value.keys);
+      // Pictures first (overlays, examples, loss curves), then the rest, at most 40.
+      keys.sort((a, b) => Number(/\.png$/.test(b.key)) - Number(/\.png$/.test(a.key)));
+      files.set(job.id, keys.slice(0, 40));
+    }
+    const keys = files.get(job.id);
+    const box = $("detail-files");
+    if (keys === null || job.id !== selected) return;
+    if (box.dataset.job === job.id) return; // already shown; thumbnails load once
+    box.dataset.job = job.id;
+    box.replaceChildren(keys.length ? fileList(keys, (err) => showError("detail-error", err)) : el("p", { class: "muted", text: "No stored files found for this job." }));
   }
 
   function render() {

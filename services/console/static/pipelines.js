@@ -88,7 +88,12 @@
       const actions = [];
       if (ACTIVE.has(record.state)) actions.push(el("button", { type: "button", class: "quiet", id: "pl-cancel", text: record.cancel_requested ? "cancelling…" : "Cancel", disabled: record.cancel_requested, onclick: () => act(record.id, "cancel") }));
       if (["FAILED", "CANCELED"].includes(record.state)) actions.push(el("button", { type: "button", class: "quiet", id: "pl-resume", text: "Resume", onclick: () => act(record.id, "resume") }));
-      if (record.report_key) actions.push(el("a", { href: `/api/pipeline/v1/pipelines/${record.id}/report`, target: "_blank", id: "pl-report", text: "HTML report" }));
+      if (record.report_key) {
+        actions.push(el("a", { href: "#", id: "pl-report", text: "HTML report", onclick: (e) => {
+          e.preventDefault();
+          Console.openBlob("pipeline", `v1/pipelines/${record.id}/report`).catch((err) => showError("pipeline-error", err));
+        } }));
+      }
       if (record.error) actions.push(el("span", { class: "error-inline", text: record.error }));
       $("pl-actions").replaceChildren(...actions);
       $("step-table").tBodies[0].replaceChildren(...record.steps.map(stepRow));

@@ -122,6 +122,8 @@ def test_categories_create_version_and_prompt_errors_where_they_occur(
     page.fill("#cat-defect", "{} with a crack, a thin dark line\n{} with a blowhole")
     page.click("#cat-save")
     page.wait_for_function("() => document.querySelectorAll('#cat-version option').length === 2")
+    assert row.locator("td").nth(5).inner_text() == "1"  # the reference carried over
+    assert page.locator("#cat-refs li").count() == 1
     # and a description over the 77-token context is refused, shown under its field and line
     page.fill("#cat-defect", "{} with a blowhole\n{} " + "with a very long rambling crack " * 12)
     page.click("#cat-save")
@@ -140,7 +142,13 @@ def test_a_started_job_shows_progress_advance_and_finish(
     page.select_option("#preset", "maps")
     page.wait_for_selector(f"#field-category option[value='{steel}']", state="attached")
     page.select_option("#field-category", steel)
-    page.fill("#field-prefix", "lines/steel/images/")
+    # and a request the API refuses shows its error code
+    page.click("#job-form details summary")
+    page.fill("#job-body", '{"category": "no-such-category", "prefix": "x/"}')
+    page.click("#start-job")
+    refused = page.wait_for_selector("#job-error .error")
+    assert refused.get_attribute("data-code") == "category_not_found", refused.inner_text()
+    page.fill("#field-prefix", "lines/steel/images/")  # the fields rewrite the body
     # when the job is started from the form
     page.click("#start-job")
     row = page.locator("#job-table tr.job.selected")
@@ -154,6 +162,8 @@ def test_a_started_job_shows_progress_advance_and_finish(
     assert final.get_attribute("data-state") == "SUCCEEDED", suite.tails()
     assert final.locator(".bar .fill").get_attribute("style") == "width:100.0%"
     assert page.locator("#detail-charts svg.chart").count() >= 1
+    # and the files it wrote are listed (through the pipeline API's /v1/objects)
+    page.wait_for_selector("#detail-files a.object[data-key$='/manifest.json']")
     record = httpx.get(f"{suite.urls['anomaly_map']}/v1/jobs/{job_id}", timeout=30).json()
     assert record["state"] == "SUCCEEDED"
     assert record["outputs"]["total"] > 0
