@@ -173,10 +173,14 @@ def test_a_broker_outage_does_not_slow_detect_and_results_arrive_after_it_return
     try:
         with httpx.Client(timeout=30) as client:
             _phase(client, url, "warm")
-            wait_for(lambda: len(subscriber.routing_keys()) == PER_PHASE, 20, "warm-up not delivered")
+            wait_for(
+                lambda: len(subscriber.routing_keys()) == PER_PHASE, 20, "warm-up not delivered"
+            )
             # when: requests with the broker up, then with it down
             up = _phase(client, url, "up")
-            wait_for(lambda: len(subscriber.routing_keys()) == 2 * PER_PHASE, 20, "'up' not delivered")
+            wait_for(
+                lambda: len(subscriber.routing_keys()) == 2 * PER_PHASE, 20, "'up' not delivered"
+            )
             broker.stop()
             time.sleep(0.5)  # the sink notices the lost connection
             down = _phase(client, url, "down")
