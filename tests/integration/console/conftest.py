@@ -169,7 +169,7 @@ def suite(
         senv.env.update({f"CONSOLE_{name.upper()}_URL": url for name, url in urls.items()})
         senv.env["CONSOLE_POLL_INTERVAL_MS"] = "300"
         procs["console"], urls["console"] = start_api(senv, tmp, "console")
-        yield Suite(urls, store, procs)
+        yield Suite(urls, store, procs, senv, tmp)
     finally:
         for proc in procs.values():
             proc.stop()

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from shared.storage.base import ObjectStore
-from tests.integration.suite import ROOT, Proc
+from tests.integration.suite import ROOT, Proc, SuiteEnv
 
 CHROMIUM = os.environ.get("AGSSP_TEST_CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = Path(os.environ.get("AGSSP_SCREENSHOT_DIR", ROOT / "var" / "screenshots" / "console"))
@@ -44,6 +44,8 @@ class Suite:
     urls: dict[str, str]
     store: ObjectStore
     procs: dict[str, Proc]
+    senv: SuiteEnv
+    tmp: Path
 
     @property
     def console(self) -> str:
