@@ -74,8 +74,9 @@ def clip_cases(model_dir: Path) -> dict[str, dict[str, np.ndarray]]:
 
 
 def tocoad_case() -> dict[str, np.ndarray]:
-    """ToCoAD's fused map (bank and D) of padded non-square inputs on seeded networks."""
-    cfg = preset_config("tiny", {"map_source": "fused"})
+    """ToCoAD maps of non-square inputs on seeded networks: fused (bank and D) and bank maps
+    of padded inputs, bank maps of tiled inputs."""
+    cfg = preset_config("tiny", {"map_source": "fused", "aspect": "pad"})
     torch.manual_seed(0)
     backbone = create_backbone(cfg.backbone).eval()
     disc = Discriminator(backbone.channels, backbone.is_bottleneck, cfg.use_f2_skip).eval()
@@ -86,7 +87,16 @@ def tocoad_case() -> dict[str, np.ndarray]:
     maps, scores = model.score(images(2, 50, 90, seed=4))
     bank_model = TocoadModel(cfg.model_copy(update={"map_source": "bank"}), backbone, bank)
     bank_maps, bank_scores = bank_model.score(images(2, 50, 90, seed=4))
-    return {"map": maps, "image_score": scores, "bank_map": bank_maps, "bank_score": bank_scores}
+    tile_cfg = cfg.model_copy(update={"map_source": "bank", "aspect": "tile"})
+    tile_maps, tile_scores = TocoadModel(tile_cfg, backbone, bank).score(images(2, 50, 90, seed=4))
+    return {
+        "map": maps,
+        "image_score": scores,
+        "bank_map": bank_maps,
+        "bank_score": bank_scores,
+        "tile_map": tile_maps,
+        "tile_score": tile_scores,
+    }
 
 
 def compute(model_dir: Path) -> dict[str, dict[str, np.ndarray]]:

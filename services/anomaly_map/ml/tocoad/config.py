@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 BackboneName = Literal["wrn50", "resnet18", "resnet18_quarter"]
 LayerName = Literal["layer1", "layer2", "layer3", "layer4"]
 MapSource = Literal["bank", "segmentation", "fused"]
-AspectMode = Literal["pad", "squash"]
+AspectMode = Literal["tile", "pad", "squash"]
 _MAX_ITERS = 1_000_000
 
 
@@ -154,8 +154,8 @@ class TocoadConfig(_Strict):
     )
     aspect: AspectMode = Field(
         "squash",
-        description="pad: longest side to S, reflect-padded, so thin defects keep their shape; "
-        "squash: resize to S x S (tocoad-spec §2)",
+        description="tile: short side to S, overlapping S x S tiles (thin defects keep the most "
+        "pixels); pad: long side to S, reflect-padded; squash: resize to S x S (tocoad-spec §2)",
     )
     checkpoint_every: int = Field(200, ge=1, le=_MAX_ITERS)
     log_every: int = Field(20, ge=1, le=_MAX_ITERS)

@@ -22,7 +22,16 @@ from .backbone import ResNetFeatures, create_backbone
 from .bank import anomaly_maps, greedy_coreset, nearest_distances, patch_embeddings
 from .common import cpu_state
 from .config import TocoadConfig
-from .data import Box, content_box, normalise, resize_images, to_unit_tensor, uncrop_maps
+from .data import (
+    Box,
+    content_box,
+    cut_tiles,
+    normalise,
+    resize_images,
+    stitch_tiles,
+    to_unit_tensor,
+    uncrop_maps,
+)
 from .discriminator import Discriminator
 
 MODEL_FORMAT = "tocoad-model/1"
@@ -131,6 +140,8 @@ class TocoadModel:
             image_scores: (B,) float32: bank, the maximum raw patch distance; segmentation
                 and fused, the maximum of the map after a local mean (DRAEM's image score).
         """
+        if not isinstance(images, Tensor) and self.cfg.aspect == "tile":
+            return self._score_tiled(images)
         x, boxes = self._as_batch(images)
         maps, scores = [], []
         for chunk in torch.split(x, self.cfg.bank.batch_size):
@@ -141,6 +152,18 @@ class TocoadModel:
         if boxes is not None and self.cfg.aspect == "pad":
             out = uncrop_maps(out, boxes)
         return out.astype(np.float32, copy=False), np.concatenate(scores).astype(np.float32)
+
+    def _score_tiled(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        size = self.image_size
+        cuts = [cut_tiles(_checked(image, i), size) for i, image in enumerate(images)]
+        if not cuts:
+            raise InvalidInputError("no images given")
+        tiles = np.concatenate([tiles for tiles, _ in cuts])
+        x = normalise(to_unit_tensor(tiles, self.device))
+        parts = [self._score_chunk(chunk) for chunk in torch.split(x, self.cfg.bank.batch_size)]
+        maps = np.concatenate([m for m, _ in parts])
+        scores = np.concatenate([s for _, s in parts])
+        return stitch_tiles(maps, scores, [layout for _, layout in cuts], size)
 
     def _score_chunk(self, chunk: Tensor) -> tuple[np.ndarray, np.ndarray]:
         source = self.cfg.source
@@ -223,6 +246,14 @@ class TocoadModel:
             ) from exc
         target = device if isinstance(device, torch.device) else resolve_device(device)
         return cls(cfg, backbone, tensors["bank"], disc, target)
+
+
+def _checked(image: np.ndarray, index: int) -> np.ndarray:
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise InvalidInputError(
+            f"image {index} is {image.shape} {image.dtype}; expected HxWx3 uint8 RGB"
+        )
+    return image
 
 
 def _local_max(prob: Tensor) -> np.ndarray:

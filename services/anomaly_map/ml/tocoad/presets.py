@@ -28,7 +28,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
         "image_size": 64,
         "backbone": "resnet18_quarter",
-        "aspect": "pad",
+        "aspect": "tile",
         "stage1": {"iters": 4, "batch_size": 2, "val_size": 2, "val_every": 4},
         "stage2": {"iters": 2, "batch_size": 2, "proj_dim": 16, "pred_dim": 8},
         "bank": {"coreset_ratio": 0.5, "embed_dim": 32},
