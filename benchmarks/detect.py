@@ -424,7 +424,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-queue-delay-ms", type=float, default=5.0)
     parser.add_argument("--calibration", type=int, default=32, help="INT8 calibration images")
     parser.add_argument("--tiled-requests", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=4, help="NEU-DET finetune for the mAP")
+    parser.add_argument("--epochs", type=int, default=6, help="NEU-DET finetune for the mAP")
     parser.add_argument("--imgsz-map", type=int, default=224, help="NEU-DET images are 200 px")
     parser.add_argument("--max-train", type=int, default=None, help="NEU-DET train images")
     parser.add_argument("--skip-map", action="store_true", help="no NEU-DET mAP section")
