@@ -7,6 +7,7 @@ import io
 import itertools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -176,3 +177,28 @@ def test_tiled_png_draws_the_merged_box_on_the_whole_frame(tmp_path: Path) -> No
     drawn = np.asarray(Image.open(io.BytesIO(png.content)))
     assert drawn.shape == image.shape
     assert png.headers["X-Detections"] == "1"
+
+
+def test_tiled_detect_runs_on_a_real_onnx_export(
+    tmp_path: Path, yolo_files: Any, parity_images: list[np.ndarray]
+) -> None:
+    # given the random YOLOv8n export (320 px input) and a 700x900 frame
+    store = FileObjectStore(tmp_path / "store")
+    publish(store, "v1", yolo_files.dynamic_onnx)
+    frame = np.tile(parity_images[1], (2, 2, 1))[:700, :900]
+    with TestClient(create_app(settings_for(tmp_path), store=store)) as client:
+        response = client.post(
+            "/detect",
+            params={"tile": "true", "conf": "0.1"},
+            content=encode(np.ascontiguousarray(frame)),
+            headers={"content-type": "image/png"},
+        )
+    # then every box lies in the frame and several tiles ran
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["tiles"] == len(tile_grid((700, 900), (320, 320), 0.2))
+    assert body["detections"]
+    for det in body["detections"]:
+        x1, y1, x2, y2 = det["box_xyxy"]
+        assert 0 <= x1 <= x2 <= 900
+        assert 0 <= y1 <= y2 <= 700
