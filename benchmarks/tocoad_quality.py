@@ -191,8 +191,22 @@ def _progress(percent: float, message: str, metrics: Any) -> None:
     print(f"[{percent:5.1f} %] {message}", flush=True)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Fit, score every variant and baseline, and return the report."""
+def _variants(model: TocoadModel, snapshot: Stage1Snapshot, train: list[np.ndarray]) -> Any:
+    cfg = model.cfg
+    models = {"tocoad": model, **snapshot.models(cfg, model_normals(train, cfg), model.device)}
+    # Extra rows from the same fit: the full model's other map sources (tocoad-spec §7.7).
+    for source in ("bank", "segmentation", "fused"):
+        if source != cfg.source and model.discriminator is not None:
+            other = cfg.model_copy(update={"map_source": source, "use_d_map": False})
+            models[f"tocoad_{source}"] = TocoadModel(
+                other, model.backbone, model.bank, model.discriminator, model.device
+            )
+    return models
+
+
+def run(args: argparse.Namespace, save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Score the baselines, fit, score every variant; ``save`` gets the report after each step
+    (so a run stopped by a time limit still leaves what it measured)."""
     overrides = json.loads(args.config) if args.config else {}
     if args.quick:
         overrides = merge(QUICK, overrides)
@@ -204,37 +218,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     train = [read_rgb(p) for p in train_paths]
     test = [read_rgb(p) for p in split.test]
     masks = read_masks(split.masks, cfg.image_size)
-    snapshot = Stage1Snapshot()
-    started = time.perf_counter()
-    model = fit_tocoad(
-        train,
-        cfg,
-        hooks=TrainHooks(on_progress=_progress),
-        device=device or "auto",
-        after_stage1=snapshot,
-    )
-    fit_s = time.perf_counter() - started
-    models = {"tocoad": model, **snapshot.models(cfg, model_normals(train, cfg), model.device)}
-    # Extra rows from the same fit: the full model's other map sources (tocoad-spec §7.7).
-    for source in ("bank", "segmentation", "fused"):
-        if source != cfg.source and model.discriminator is not None:
-            other = cfg.model_copy(update={"map_source": source, "use_d_map": False})
-            models[f"tocoad_{source}"] = TocoadModel(
-                other, model.backbone, model.bank, model.discriminator, model.device
-            )
     results: dict[str, dict[str, float]] = {}
-    for name, variant in models.items():
-        (maps, scores), ms = _timed(partial(variant.score, test), len(test))
-        results[name] = _metrics(maps, scores, split, masks, ms)
-        print(name, results[name], flush=True)
-    size = cfg.image_size
-    (maps, scores), ms = _timed(lambda: median_residual(test, size), len(test))
-    results["median_residual"] = _metrics(maps, scores, split, masks, ms)
-    gaussian = PixelGaussian(train, size)
-    (maps, scores), ms = _timed(lambda: gaussian(test), len(test))
-    results["pixel_gaussian"] = _metrics(maps, scores, split, masks, ms)
-    print("baselines", {k: results[k] for k in ("median_residual", "pixel_gaussian")})
-    return {
+    report: dict[str, Any] = {
         "preset": args.preset,
         "quick": args.quick,
         "overrides": overrides,
@@ -245,10 +230,36 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "test": len(split.test),
             "test_defects": int(sum(split.labels)),
         },
-        "fit_s": round(fit_s, 1),
-        "stage1_s": round(snapshot.at - started, 1),
+        "fit_s": None,
+        "stage1_s": None,
         "results": results,
     }
+    size = cfg.image_size
+    (maps, scores), ms = _timed(lambda: median_residual(test, size), len(test))
+    results["median_residual"] = _metrics(maps, scores, split, masks, ms)
+    gaussian = PixelGaussian(train, size)
+    (maps, scores), ms = _timed(lambda: gaussian(test), len(test))
+    results["pixel_gaussian"] = _metrics(maps, scores, split, masks, ms)
+    print("baselines", dict(results), flush=True)
+    save(report)
+    snapshot = Stage1Snapshot()
+    started = time.perf_counter()
+    model = fit_tocoad(
+        train,
+        cfg,
+        hooks=TrainHooks(on_progress=_progress),
+        device=device or "auto",
+        after_stage1=snapshot,
+    )
+    report["fit_s"] = round(time.perf_counter() - started, 1)
+    report["stage1_s"] = round(snapshot.at - started, 1)
+    save(report)
+    for name, variant in _variants(model, snapshot, train).items():
+        (maps, scores), ms = _timed(partial(variant.score, test), len(test))
+        results[name] = _metrics(maps, scores, split, masks, ms)
+        print(name, results[name], flush=True)
+        save(report)
+    return report
 
 
 def model_normals(images: Sequence[np.ndarray], cfg: TocoadConfig) -> np.ndarray:
@@ -274,7 +285,7 @@ def _append_variant(path: Path, name: str, report: dict[str, Any]) -> None:
         existing = json.loads(path.read_text())
     keep = [
         *("command", "preset", "overrides", "config", "split", "fit_s", "stage1_s", "results"),
-        *("load_average", "machine", "wall_s"),
+        *("load_average", "machine", "wall_s", "complete"),
     ]
     entry = {"name": name, **{k: report[k] for k in keep}, "created_at": report["created_at"]}
     existing["variants"] = [v for v in existing["variants"] if v["name"] != name] + [entry]
@@ -303,26 +314,32 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"Magnetic-tile not found under {args.data} (expected MT_Free/Imgs)")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.quick and not args.variant_name and args.out == RESULTS / "tocoad_quality.json":
+        args.out = Path(tempfile.gettempdir()) / "tocoad_quality_quick.json"
     load_start = os.getloadavg()
     started = time.perf_counter()
-    report = run(args)
-    report = {
-        "benchmark": "tocoad_quality",
-        "command": " ".join(["python -m benchmarks.tocoad_quality", *(argv or sys.argv[1:])]),
-        "machine": machine(),
-        "load_average": {"start": list(load_start), "end": list(os.getloadavg())},
-        **report,
-        "wall_s": round(time.perf_counter() - started, 1),
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    if args.variant_name:
-        _append_variant(args.variants_out, args.variant_name, report)
-    else:
-        if args.quick and args.out == RESULTS / "tocoad_quality.json":
-            args.out = Path(tempfile.gettempdir()) / "tocoad_quality_quick.json"
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {args.variants_out if args.variant_name else args.out} in {report['wall_s']} s")
+    command = " ".join(["python -m benchmarks.tocoad_quality", *(argv or sys.argv[1:])])
+
+    def save(partial_report: dict[str, Any], complete: bool = False) -> None:
+        report = {
+            "benchmark": "tocoad_quality",
+            "command": command,
+            "machine": machine(),
+            "load_average": {"start": list(load_start), "end": list(os.getloadavg())},
+            **partial_report,
+            "complete": complete,
+            "wall_s": round(time.perf_counter() - started, 1),
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        if args.variant_name:
+            _append_variant(args.variants_out, args.variant_name, report)
+        else:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(report, indent=1) + "\n")
+
+    save(run(args, save), complete=True)
+    where = args.variants_out if args.variant_name else args.out
+    print(f"wrote {where} in {round(time.perf_counter() - started, 1)} s")
 
 
 if __name__ == "__main__":
