@@ -478,7 +478,9 @@ def main(argv: list[str] | None = None) -> None:
             "server": "agssp serve inference (uvicorn, one process) on 127.0.0.1, CPU, default "
             "intra-op threads, INFERENCE_MAX_BATCH_SIZE / MAX_QUEUE_DELAY_MS as given with the "
             "adaptive delay on; rows: ort_fp32, openvino (INFERENCE_BACKEND=openvino, "
-            "throughput hint), ort_int8 (the INT8 export as a local model), ort_fp32_batch1",
+            "throughput hint), ort_int8 (the INT8 export as a local model), ort_fp32_batch1; "
+            "the 16 clients are threads in the benchmark process, so their HTTP work shares "
+            "the cores with the server, a cost the bare rows do not carry",
             "bare": "the runtime on a ready float32 (B, 3, 640, 640) tensor in the benchmark "
             "process (no HTTP, decode, letterbox or NMS); B = that service's effective batch "
             "from the warm-up round, and 1",
