@@ -162,7 +162,7 @@ class MapEngine:
         self._banks: LruCache[tuple[str, str, str, str], MemoryBank | None] = LruCache(
             bank_cache_size
         )
-        self._tocoad: LruCache[tuple[str, str], TocoadModel] = LruCache(bank_cache_size)
+        self._tocoad: LruCache[tuple[str, str, str], TocoadModel] = LruCache(bank_cache_size)
 
     def _on_model_thread(self, work: Callable[[], T]) -> T:
         return self._model_thread.submit(work).result()
@@ -291,8 +291,12 @@ class MapEngine:
         return self._tocoad_model(record).image_size
 
     def _tocoad_model(self, record: CategoryRecord) -> TocoadModel:
+        # Keyed by the stored model version too: a refit of the same category version (by a
+        # worker) replaces what this process serves at its next request.
+        version = str(self.tocoad_info(record)["model_version"])
         return self._tocoad.get_or_create(
-            (record.name, record.version), lambda: load_model(self.categories, record, self.device)
+            (record.name, record.version, version),
+            lambda: load_model(self.categories, record, self.device),
         )
 
     def _score_tocoad(self, images: Sequence[np.ndarray], record: CategoryRecord) -> BatchScores:

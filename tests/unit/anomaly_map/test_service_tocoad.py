@@ -255,3 +255,26 @@ def test_absurd_numbers_in_a_fit_config_are_refused(
     with pytest.raises(InvalidInputError) as info:
         _fit(offline_engine, preset="tiny", config=config)
     assert info.value.code == "invalid_config"
+
+
+def test_a_refit_of_the_same_version_is_served_at_the_next_request(
+    offline_engine: MapEngine, tmp_path: Path
+) -> None:
+    # given a map from a first fit
+    settings = make_settings(tmp_path)
+    first_fit = _fit(offline_engine, preset="tiny", config={})
+    first = service.generate_map(
+        offline_engine, image_bytes(seed=5), service.MapRequest("fabric"), settings
+    )
+    # when another fit (another seed) replaces the model of the same category version
+    second_fit = _fit(offline_engine, preset="tiny", config={"seed": 1})
+    second = service.generate_map(
+        offline_engine, image_bytes(seed=5), service.MapRequest("fabric"), settings
+    )
+    # then
+    versions = {
+        ctx.jobs.get(ctx.job_id).outputs["model_version"] for ctx in (first_fit, second_fit)
+    }
+    assert len(versions) == 2
+    assert first.model != second.model
+    assert second.model in versions
