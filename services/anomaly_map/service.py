@@ -36,7 +36,7 @@ from services.anomaly_map.submissions import (
     submit_tocoad_fit,
 )
 from services.anomaly_map.tocoad_fit import TocoadFitParams
-from shared.errors import InvalidInputError
+from shared.errors import InvalidInputError, SuiteError
 from shared.imaging.intake import ImageLimits, decode_image
 from shared.imaging.render import render_heatmap_overlay
 from shared.jobs.context import JobContext
@@ -62,6 +62,7 @@ __all__ = [
     "submit_dataset_maps",
     "submit_evaluation",
     "submit_tocoad_fit",
+    "warm_text_features",
 ]
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,26 @@ def build_engine(settings: AnomalyMapSettings, store: ObjectStore) -> MapEngine:
 def prompt_tokenizer(settings: AnomalyMapSettings) -> Tokenizer:
     """The tokenizer used to check prompt lengths; needs no weights."""
     return text_tokenizer(settings)
+
+
+def warm_text_features(engine: MapEngine, records: Sequence[CategoryRecord]) -> int:
+    """Encode and store the text features of new category versions when CLIP is loaded.
+
+    Never loads CLIP and never fails: without weights (or for ToCoAD categories) the features
+    are computed on first use instead. Returns how many were computed or found stored.
+    """
+    if not engine.clip.is_loaded:
+        return 0
+    done = 0
+    for record in records:
+        if record.method == "tocoad":
+            continue
+        try:
+            engine.text_features(record, record.method)
+            done += 1
+        except SuiteError as exc:
+            log.warning("text features of %s/%s: %s", record.name, record.version, exc.message)
+    return done
 
 
 # -- single-image maps -------------------------------------------------------------------

@@ -63,6 +63,14 @@ def _celery(request: Request) -> Celery:
 
 SettingsDep = Annotated[AnomalyMapSettings, Depends(_settings)]
 EngineDep = Annotated[MapEngine, Depends(_engine)]
+
+
+def _optional_engine(request: Request) -> MapEngine | None:
+    engine: MapEngine | None = getattr(request.app.state, "engine", None)
+    return engine
+
+
+OptionalEngineDep = Annotated[MapEngine | None, Depends(_optional_engine)]
 CategoriesDep = Annotated[CategoryStore, Depends(_categories)]
 TokenizerDep = Annotated[Tokenizer, Depends(_tokenizer)]
 JobsDep = Annotated[JobStore, Depends(_jobs)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query, Response
+from fastapi import APIRouter, BackgroundTasks, Body, Query, Response
 
 from services.anomaly_map import service
 from services.anomaly_map.api.deps import (
@@ -14,6 +14,7 @@ from services.anomaly_map.api.deps import (
     EngineDep,
     JobsDep,
     MapInputDep,
+    OptionalEngineDep,
     ResponseFormatDep,
     SettingsDep,
     TokenizerDep,
@@ -68,8 +69,14 @@ def put_category(
     store: CategoriesDep,
     tokenizer: TokenizerDep,
     settings: SettingsDep,
+    engine: OptionalEngineDep,
+    background: BackgroundTasks,
 ) -> CategoryResponse:
-    """Create a new version of a category (JSON, or multipart with reference image files)."""
+    """Create a new version of a category (JSON, or multipart with reference image files).
+
+    Its text features are encoded right after the reply (when CLIP is loaded) and stored, so
+    even the first map of the new version does no prompt encoding.
+    """
     record = service.put_category(
         store,
         name,
@@ -79,6 +86,8 @@ def put_category(
         limits=service.image_limits(settings),
         max_references=settings.max_references,
     )
+    if engine is not None:
+        background.add_task(service.warm_text_features, engine, [record])
     return CategoryResponse.of(record, versions=store.versions(name))
 
 
@@ -97,6 +106,8 @@ def import_categories(
     store: CategoriesDep,
     tokenizer: TokenizerDep,
     settings: SettingsDep,
+    engine: OptionalEngineDep,
+    background: BackgroundTasks,
     only: Annotated[list[str] | None, Query(description="import only these categories")] = None,
 ) -> ImportResponse:
     """Import a description JSON file; relative ``samples`` are read under ANOMALY_MAP_DATA_ROOT."""
@@ -109,6 +120,8 @@ def import_categories(
         only=only or (),
         max_references=settings.max_references,
     )
+    if engine is not None:
+        background.add_task(service.warm_text_features, engine, result.created)
     return ImportResponse(
         created=[CategoryResponse.of(r) for r in result.created], warnings=result.warnings
     )

@@ -210,3 +210,23 @@ def test_routes_need_their_scope(keyed, method: str, path: str, allowed: set[str
     }
     # then
     assert {scope for scope, status in statuses.items() if status != 403} == allowed
+
+
+def test_a_new_version_has_its_text_features_stored_before_its_first_map(
+    client: TestClient,
+) -> None:
+    # when
+    created = client.put("/v1/categories/tile", json=SPEC).json()
+    # then the background task after the reply encoded and stored them
+    store = client.app.state.store  # type: ignore[attr-defined]
+    stored = store.list(f"categories/tile/{created['version']}/text/")
+    assert len(stored) == 1
+    assert stored[0].split("/")[-1].startswith("kead-")
+
+
+def test_a_tocoad_category_gets_no_text_features(client: TestClient) -> None:
+    # when
+    created = client.put("/v1/categories/tile", json={**SPEC, "method": "tocoad"}).json()
+    # then
+    store = client.app.state.store  # type: ignore[attr-defined]
+    assert store.list(f"categories/tile/{created['version']}/text/") == []
