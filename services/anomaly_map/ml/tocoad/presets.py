@@ -4,16 +4,17 @@ A preset is a partial config; a job's own overrides are merged on top, section b
 
 - ``tiny``: tocoad-spec §10's CI config (64 px, quarter-width ResNet-18, a handful of steps);
   a fit takes seconds and its maps mean nothing.
-- ``cpu``: ResNet-18 from scratch at 128 px on aspect-kept tiles, sized so a fit on a few
-  hundred images takes 11-22 minutes on 2 quiet cores (Stage I 0.34-0.74 s/step, Stage II
-  0.63-1.5 s/step measured, tocoad-spec §10 and issue 11: 1200 x 0.74 + 250 x 1.5 = 1265 s at
-  the slow end), so the whole quality benchmark stays under 30 minutes. Stage I gets most of
-  the budget and the maps come from D's segmentation output: in issue 11's measurements Stage I's own map
-  (pixel AUROC 0.636, image 0.755) beat the from-scratch bank (0.605 / 0.670), and in the
-  bounded variants here (``benchmarks/results/tocoad_variants.json``, 150 + 10 steps) the
-  segmentation map beat the bank and the fused map with tiles (pixel AUROC 0.619 / 0.605 /
-  0.578, AUPRO 0.358 / 0.260 / 0.311), and tiles beat squashing (0.619 vs 0.585 pixel AUROC,
-  0.358 vs 0.288 AUPRO) and matched padding on pixel AUROC with a higher AUPRO (0.322).
+- ``cpu``: ResNet-18 from scratch at 128 px on aspect-kept tiles, Stage I only (1600 steps)
+  with D's segmentation output as the map. A fit on a few hundred images takes 13-20 minutes
+  on 2 quiet cores (Stage I 0.5-0.74 s/step, tocoad-spec §10 and issue 11), so the whole
+  quality benchmark stays under 30 minutes. Chosen from the bounded variants in
+  ``benchmarks/results/tocoad_variants.json`` (1 thread, 200 training normals, 150 test
+  images): at 600 Stage I steps D's map reached image AUROC 0.775 / AUPRO 0.564 / pixel AUROC
+  0.623, and 40 Stage II steps on top lowered it to 0.722 / 0.525 / 0.589, so the CPU budget
+  goes to Stage I (the bank on Stage-I features had the best pixel AUROC, 0.658, but AUPRO
+  0.411 and image AUROC 0.653). Tiles beat squashing (150 steps: pixel AUROC 0.619 vs 0.585,
+  AUPRO 0.358 vs 0.288) and matched padding (0.620, AUPRO 0.322); procedural-only anomaly
+  textures were worse than the 50/50 mix with self-sourced ones (0.552 vs 0.619).
 - ``gpu``: the paper's recipe as far as it is known (tocoad-spec §12: WRN50 at 256 px, 20k
   Stage I steps as §5 suggests for a GPU, 2k Stage II steps, 10 % coreset, bank maps).
 """
@@ -43,8 +44,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "backbone": "resnet18",
         "aspect": "tile",
         "map_source": "segmentation",
-        "stage1": {"iters": 1200, "batch_size": 8, "val_size": 16, "val_every": 400},
-        "stage2": {"iters": 250, "batch_size": 8},
+        "stage1": {"iters": 1600, "batch_size": 8, "val_size": 16, "val_every": 400},
+        "stage2": {"iters": 0, "batch_size": 8},
         "bank": {"coreset_ratio": 0.01},
         "generator": {"n_procedural_textures": 100},
         "checkpoint_every": 250,
