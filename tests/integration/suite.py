@@ -3,6 +3,7 @@ processes started exactly as ``agssp worker`` / ``agssp serve`` start them."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -35,7 +36,19 @@ class SuiteEnv:
     settings: CommonSettings
 
 
+# Every suite gets a Redis database of its own (1..15 in turn): workers left from another
+# module must never take this suite's tasks, whose records live in another bucket.
+_REDIS_DBS = itertools.count()
+
+
+def own_redis_db(redis_url: str) -> str:
+    """``redis_url`` pointed at the next database of the shared test server."""
+    base = redis_url.rsplit("/", 1)[0] if redis_url.count("/") > 2 else redis_url
+    return f"{base}/{1 + next(_REDIS_DBS) % 15}"
+
+
 def suite_env(tmp: Path, *, redis_url: str, s3_url: str, lease_ttl_s: float = 3.0) -> SuiteEnv:
+    redis_url = own_redis_db(redis_url)
     bucket = f"it-{uuid.uuid4().hex[:10]}"
     env = dict(os.environ)
     env.update(

@@ -142,7 +142,7 @@ def _healthy(url: str) -> bool:
         return False
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="module")
 def suite(
     tmp_path_factory: pytest.TempPathFactory, redis_server: ServerHandle, s3_server: ServerHandle
 ) -> Iterator[Suite]:
@@ -175,7 +175,7 @@ def suite(
             proc.stop()
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
