@@ -39,9 +39,6 @@ class PipelineState(StrEnum):
     CANCELED = "CANCELED"
 
 
-ACTIVE_STATES = frozenset({PipelineState.RUNNING})
-
-
 class LabelledSet(BaseModel):
     """The few labelled images: a store prefix to import, or a dataset already stored.
 
