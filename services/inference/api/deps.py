@@ -10,11 +10,11 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
+from services.inference.api.metrics import InferenceMetrics
 from services.inference.api.schemas import DetectQuery
 from services.inference.config import InferenceSettings
-from services.inference.metrics import InferenceMetrics
-from services.inference.runtime import ModelRuntime
-from services.inference.sinks import SinkDispatcher
+from services.inference.runtime.model_runtime import ModelRuntime
+from services.inference.usecases.sinks import SinkDispatcher
 from shared.errors import InvalidInputError, SuiteError, UnsupportedMediaError
 from shared.http.body import read_limited
 from shared.http.deps import state_object

@@ -9,13 +9,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from services.inference import service
+from services.inference.api.metrics import install_metrics
 from services.inference.api.routes import router
 from services.inference.config import InferenceSettings, get_settings
-from services.inference.metrics import install_metrics
-from services.inference.runtime import DetectorFactory, ModelRuntime
-from services.inference.sinks import SinkDispatcher, SinkStats, build_dispatcher
-from services.inference.slots import ResidentModel
+from services.inference.runtime.build import build_runtime
+from services.inference.runtime.model_runtime import DetectorFactory, ModelRuntime
+from services.inference.runtime.slots import ResidentModel
+from services.inference.usecases.sinks import SinkDispatcher, SinkStats, build_dispatcher
 from shared.http.app import create_service_app
 from shared.http.auth import ScopeRule
 from shared.http.infra import attach_infrastructure
@@ -40,7 +40,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         attach_infrastructure(app, settings.common, store=store, with_jobs=False)
-        runtime = service.build_runtime(
+        runtime = build_runtime(
             settings,
             app.state.store,
             factory=detector_factory,

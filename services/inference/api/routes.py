@@ -6,7 +6,6 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
-from services.inference import service
 from services.inference.api.deps import (
     DetectInputDep,
     MetricsDep,
@@ -20,7 +19,8 @@ from services.inference.api.schemas import (
     ModelsResponse,
     SinksResponse,
 )
-from services.inference.service import DetectResult
+from services.inference.usecases import detect as service
+from services.inference.usecases.detect import DetectResult
 
 router = APIRouter(tags=["inference"])
 

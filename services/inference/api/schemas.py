@@ -8,10 +8,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from services.inference.config import InferenceSettings
-from services.inference.runtime import ModelRuntime
-from services.inference.service import DetectOptions, DetectResult
-from services.inference.sinks import SinkStats
-from services.inference.slots import ResidentModel
+from services.inference.runtime.model_runtime import ModelRuntime
+from services.inference.runtime.slots import ResidentModel
+from services.inference.usecases.detect import DetectOptions, DetectResult
+from services.inference.usecases.sinks import SinkStats
 
 MAX_DET_LIMIT = 1000
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.inference import service
 from services.inference.ml.batching_policy import MIN_GAIN, measure_batch_gain, queue_delay_ms
 from services.inference.ml.detections import Detections, DetectParams
+from services.inference.runtime.build import build_runtime
 from shared.storage.filesystem import FileObjectStore
 from tests.unit.inference.serving import publish, settings_for
 
@@ -59,7 +59,7 @@ def test_a_slot_of_a_compute_bound_model_does_not_wait(tmp_path: Path) -> None:
     settings = settings_for(tmp_path, max_queue_delay_ms=50.0)
 
     async def scenario() -> tuple[float, float | None]:
-        runtime = service.build_runtime(settings, store, factory=lambda _: CostModel(0.0, 0.01))
+        runtime = build_runtime(settings, store, factory=lambda _: CostModel(0.0, 0.01))
         await runtime.refresh()
         (model,) = runtime.resident()
         await runtime.close()

@@ -11,9 +11,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.inference import service
-from services.inference.registry import ModelTarget
-from services.inference.service import DetectOptions, class_filter, target_for
+from services.inference.runtime.build import build_runtime
+from services.inference.stores.models import ModelTarget
+from services.inference.usecases.detect import (
+    DetectOptions,
+    DetectResult,
+    class_filter,
+    detect,
+    target_for,
+)
 from shared.errors import InvalidInputError
 from shared.storage.filesystem import FileObjectStore
 from tests.unit.inference.serving import MODEL, FakeDetector, encode, publish, settings_for
@@ -64,11 +70,11 @@ def test_detect_reports_boxes_model_and_timings_and_draws_the_png(tmp_path: Path
     settings = settings_for(tmp_path)
     image = np.full((48, 64, 3), 40, np.uint8)
 
-    async def scenario() -> service.DetectResult:
-        runtime = service.build_runtime(settings, store, factory=lambda _: FakeDetector())
+    async def scenario() -> DetectResult:
+        runtime = build_runtime(settings, store, factory=lambda _: FakeDetector())
         await runtime.refresh()
         options = DetectOptions(conf=0.25, iou=0.7, max_det=300, annotate=True)
-        result = await service.detect(runtime, encode(image), options, settings=settings)
+        result = await detect(runtime, encode(image), options, settings=settings)
         await runtime.close()
         return result
 

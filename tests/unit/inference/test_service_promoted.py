@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from services.inference import service
 from services.inference.api.main import create_app
-from services.inference.registry import ModelKey
-from services.inference.service import DetectOptions
+from services.inference.runtime.build import build_runtime
+from services.inference.stores.models import ModelKey
+from services.inference.usecases.detect import DetectOptions, detect
 from shared.errors import UnavailableError
 from shared.storage.filesystem import FileObjectStore
 from tests.unit.inference.serving import FakeDetector, encode, publish, settings_for
@@ -27,20 +27,20 @@ def test_the_default_follows_the_latest_promotion_across_models(tmp_path: Path) 
     served: list[ModelKey | None] = []
 
     async def scenario() -> None:
-        runtime = service.build_runtime(settings, store, factory=lambda _: FakeDetector())
+        runtime = build_runtime(settings, store, factory=lambda _: FakeDetector())
         await runtime.refresh()  # nothing promoted yet
         with pytest.raises(UnavailableError, match="none promoted to 'production'"):
-            await service.detect(runtime, IMAGE, OPTIONS, settings=settings)
+            await detect(runtime, IMAGE, OPTIONS, settings=settings)
         publish(store, "v1", b"a1", name="alpha")
         publish(store, "v1", b"b1", name="beta", stage=None)  # published, never promoted
         await runtime.refresh()
-        served.append((await service.detect(runtime, IMAGE, OPTIONS, settings=settings)).model)
+        served.append((await detect(runtime, IMAGE, OPTIONS, settings=settings)).model)
         publish(store, "v1", b"b1", name="beta")  # promoting beta moves its pointer
         await runtime.refresh()
-        served.append((await service.detect(runtime, IMAGE, OPTIONS, settings=settings)).model)
+        served.append((await detect(runtime, IMAGE, OPTIONS, settings=settings)).model)
         publish(store, "v2", b"a2", name="alpha")  # then alpha again, a new version
         await runtime.refresh()
-        served.append((await service.detect(runtime, IMAGE, OPTIONS, settings=settings)).model)
+        served.append((await detect(runtime, IMAGE, OPTIONS, settings=settings)).model)
         await runtime.close()
 
     asyncio.run(scenario())
@@ -73,11 +73,11 @@ def test_a_configured_model_name_is_never_replaced_by_promotions(tmp_path: Path)
     settings = settings_for(tmp_path)
 
     async def scenario() -> ModelKey:
-        runtime = service.build_runtime(settings, store, factory=lambda _: FakeDetector())
+        runtime = build_runtime(settings, store, factory=lambda _: FakeDetector())
         await runtime.refresh()
         publish(store, "v1", b"o1", name="other")
         await runtime.refresh()
-        result = await service.detect(runtime, IMAGE, OPTIONS, settings=settings)
+        result = await detect(runtime, IMAGE, OPTIONS, settings=settings)
         await runtime.close()
         return result.model
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from services.inference.registry import (
+from services.inference.stores.models import (
     ModelKey,
     ModelRegistry,
     ModelTarget,

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from services.inference.ml.detections import DetectParams
-from services.inference.registry import ModelFiles, ModelKey, ModelRegistry, ModelTarget
-from services.inference.runtime import ModelRuntime
-from services.inference.slots import BatchingConfig, Outcome
+from services.inference.runtime.model_runtime import ModelRuntime
+from services.inference.runtime.slots import BatchingConfig, Outcome
+from services.inference.stores.models import ModelFiles, ModelKey, ModelRegistry, ModelTarget
 from shared.errors import NotFoundError, OverloadedError, UnavailableError
 from shared.storage.artifacts import ArtifactStore
 from shared.storage.filesystem import FileObjectStore

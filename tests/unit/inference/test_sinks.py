@@ -10,9 +10,9 @@ import pytest
 
 from services.inference.config import SinkSpec
 from services.inference.ml.detections import Detections
-from services.inference.registry import ModelKey
-from services.inference.sink_transports import PermanentSinkError, TransientSinkError
-from services.inference.sinks import SinkDispatcher, event_now
+from services.inference.stores.models import ModelKey
+from services.inference.usecases.sink_transports import PermanentSinkError, TransientSinkError
+from services.inference.usecases.sinks import SinkDispatcher, event_now
 
 BOX = Detections(np.array([[1, 2, 30, 40]], np.float32), np.array([0.5]), np.array([1]), (48, 64))
 

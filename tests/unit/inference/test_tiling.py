@@ -14,11 +14,11 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from services.inference import service
 from services.inference.api.main import create_app
 from services.inference.ml.detections import Detections, DetectParams
 from services.inference.ml.tiling import Tile, merge_tiles, tile_grid
-from services.inference.service import DetectOptions
+from services.inference.runtime.build import build_runtime
+from services.inference.usecases.detect import DetectOptions, DetectResult, detect
 from shared.storage.filesystem import FileObjectStore
 from tests.unit.inference.serving import encode, publish, settings_for
 
@@ -115,18 +115,18 @@ def test_boxes_of_other_classes_or_far_apart_stay_separate() -> None:
 
 def _tiled(
     tmp_path: Path, image: np.ndarray, **options: object
-) -> tuple[service.DetectResult, BlobDetector]:
+) -> tuple[DetectResult, BlobDetector]:
     store = FileObjectStore(tmp_path / "store")
     publish(store, "v1", b"1")
     settings = settings_for(tmp_path, max_batch_size=4)
     detector = BlobDetector()
 
-    async def scenario() -> service.DetectResult:
-        runtime = service.build_runtime(settings, store, factory=lambda _: detector)
+    async def scenario() -> DetectResult:
+        runtime = build_runtime(settings, store, factory=lambda _: detector)
         await runtime.refresh()
         opts = DetectOptions(conf=0.25, iou=0.7, max_det=300, tile=True, **options)  # type: ignore[arg-type]
         try:
-            return await service.detect(runtime, encode(image), opts, settings=settings)
+            return await detect(runtime, encode(image), opts, settings=settings)
         finally:
             await runtime.close()
 

@@ -15,7 +15,7 @@ from typing import Protocol
 from services.inference.ml.batcher import BatcherStats, DynamicBatcher
 from services.inference.ml.batching_policy import queue_delay_ms
 from services.inference.ml.detections import DetectionRequest, Detections, Detector
-from services.inference.registry import ModelFiles, ModelKey, ModelTarget
+from services.inference.stores.models import ModelFiles, ModelKey, ModelTarget
 
 Runner = Callable[[Sequence[DetectionRequest]], list["Outcome"]]
 

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from services.inference.annotate import render_annotated
 from services.inference.config import InferenceSettings, SinkSpec
+from services.inference.ml.annotate import render_annotated
 from services.inference.ml.detections import Detections, Image
-from services.inference.registry import ModelKey
-from services.inference.sink_transports import (
+from services.inference.stores.models import ModelKey
+from services.inference.usecases.sink_transports import (
     PermanentSinkError,
     Transport,
     open_transport,

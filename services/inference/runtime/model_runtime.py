@@ -19,14 +19,7 @@ from datetime import UTC, datetime
 
 from services.inference.ml.batching_policy import measure_batch_gain
 from services.inference.ml.detections import DetectionRequest, Detector, DetectParams, Image
-from services.inference.registry import (
-    ModelFiles,
-    ModelKey,
-    ModelRegistry,
-    ModelTarget,
-    PromotionWatch,
-)
-from services.inference.slots import (
+from services.inference.runtime.slots import (
     BatchingConfig,
     BatchObserver,
     LoadedModel,
@@ -34,6 +27,13 @@ from services.inference.slots import (
     ResidentModel,
     Slot,
     describe,
+)
+from services.inference.stores.models import (
+    ModelFiles,
+    ModelKey,
+    ModelRegistry,
+    ModelTarget,
+    PromotionWatch,
 )
 from shared.errors import NotFoundError, OverloadedError, SuiteError, UnavailableError
 

@@ -11,9 +11,9 @@ from collections.abc import Callable, Iterator
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from services.inference.registry import ModelKey
-from services.inference.sinks import SinkStats
-from services.inference.slots import ResidentModel
+from services.inference.runtime.slots import ResidentModel
+from services.inference.stores.models import ModelKey
+from services.inference.usecases.sinks import SinkStats
 
 BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256)
 SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

@@ -1,0 +1,1 @@
+"""What the inference service reads from the object store: published detector versions."""
