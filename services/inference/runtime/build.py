@@ -46,7 +46,7 @@ def open_detector(files: ModelFiles, settings: InferenceSettings) -> Detector:
         spinning=settings.ort_spinning,
     )
     # One pass at full size allocates ORT's arenas now, not on a camera's first request, and
-    # fails a model whose classes.json disagrees with its outputs before it is served.
+    # fails a model whose ``classes.json`` disagrees with its outputs before it is served.
     height, width = detector.imgsz
     detector.detect([np.full((height, width, 3), PAD_VALUE, np.uint8)])
     return detector

@@ -1,13 +1,14 @@
 """Which detector to serve: registry pointers (stage, LATEST, version) and verified local copies.
 
-Only ``model.onnx`` and ``classes.json`` are ever read from storage: ONNX carries no code, so
-nothing fetched from the registry is unpickled. A trusted local ``.pt`` is a separate path.
+The reader of the detector-artifact seam (``shared.schemas.detector_artifact``, written by
+finetune): only its ``SERVED_FILES`` (``model.onnx`` and ``classes.json``) are ever read from
+storage. ONNX carries no code, so nothing fetched from the registry is unpickled. A trusted
+local ``.pt`` is a separate path.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import shutil
 from dataclasses import dataclass
@@ -17,13 +18,12 @@ from typing import Literal
 
 from shared.errors import InvalidInputError, NotFoundError
 from shared.schemas.artifacts import ArtifactRef
+from shared.schemas.detector_artifact import CLASSES_FILE, ONNX_FILE, parse_classes
 from shared.storage.artifacts import ArtifactStore
 from shared.storage.filesystem import write_atomically
 
 logger = logging.getLogger(__name__)
 
-MODEL_FILE = "model.onnx"
-CLASSES_FILE = "classes.json"
 LATEST = "LATEST"  # a pseudo stage: the newest published version
 _HASH_CHUNK = 1 << 20
 
@@ -143,20 +143,20 @@ class ModelRegistry:
         """
         ref = _ref(key.name, key.version)
         manifest = self._artifacts.manifest(ref)
-        entry = manifest.files.get(MODEL_FILE)
+        entry = manifest.files.get(ONNX_FILE)
         if entry is None:
             raise NotFoundError(
-                f"{ref} has no {MODEL_FILE}; only ONNX detector exports can be served",
+                f"{ref} has no {ONNX_FILE}; only ONNX detector exports can be served",
                 code="model_not_servable",
             )
-        path = self._cache_dir / key.name / key.version / MODEL_FILE
+        path = self._cache_dir / key.name / key.version / ONNX_FILE
         if not (path.is_file() and _sha256(path) == entry.sha256):
             # get_file_bytes checks size and SHA-256 against the manifest before we keep it.
-            write_atomically(path, [self._artifacts.get_file_bytes(ref, MODEL_FILE)])
+            write_atomically(path, [self._artifacts.get_file_bytes(ref, ONNX_FILE)])
             logger.info("fetched %s into %s", ref, path)
         names = None
         if CLASSES_FILE in manifest.files:
-            names = parse_class_names(self._artifacts.get_file_bytes(ref, CLASSES_FILE))
+            names = parse_classes(self._artifacts.get_file_bytes(ref, CLASSES_FILE))
         return ModelFiles(key=key, path=path, names=names, runtime="onnx", source="registry")
 
     def drop(self, key: ModelKey) -> None:
@@ -202,7 +202,7 @@ class PromotionWatch:
         for name in self._artifacts.list_models():
             ref = self._artifacts.stage(name, self._stage)
             try:
-                servable = ref is not None and MODEL_FILE in self._artifacts.manifest(ref).files
+                servable = ref is not None and ONNX_FILE in self._artifacts.manifest(ref).files
             except NotFoundError:  # a stage left pointing at a deleted version
                 servable = False
             if servable and ref is not None:
@@ -241,7 +241,7 @@ def local_model(path: Path, name: str, *, allow_pickle: bool) -> ModelFiles:
     names = None
     sidecar = path.with_name(CLASSES_FILE)
     if sidecar.is_file():
-        names = parse_class_names(sidecar.read_bytes())
+        names = parse_classes(sidecar.read_bytes())
     return ModelFiles(
         key=ModelKey(name, f"local-{_sha256(path)[:12]}"),
         path=path,
@@ -249,17 +249,6 @@ def local_model(path: Path, name: str, *, allow_pickle: bool) -> ModelFiles:
         runtime="torch" if suffix == ".pt" else "onnx",
         source="local",
     )
-
-
-def parse_class_names(raw: bytes) -> dict[int, str]:
-    """``classes.json`` (a JSON list of names, index = class id) as id -> name."""
-    try:
-        value = json.loads(raw)
-    except ValueError as exc:
-        raise InvalidInputError(f"{CLASSES_FILE} is not JSON: {exc}", code="bad_classes") from exc
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise InvalidInputError(f"{CLASSES_FILE} must be a list of names", code="bad_classes")
-    return dict(enumerate(value))
 
 
 def _ref(name: str, version: str) -> ArtifactRef:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from shared.schemas.detector_artifact import CLASSES_FILE, ONNX_FILE, classes_json
 from shared.storage.artifacts import ArtifactStore
 from shared.storage.factory import create_store
 from tests.integration.inference.support import Exports, Publish, Serve
@@ -49,8 +49,8 @@ def publish(senv: SuiteEnv) -> Publish:
     artifacts = ArtifactStore(create_store(senv.settings))
 
     def publish_and_promote(version: str, path: Path) -> None:
-        classes = json.dumps([f"class{i}" for i in range(80)]).encode()
-        artifacts.publish(MODEL, {"model.onnx": path, "classes.json": classes}, version=version)
+        classes = classes_json([f"class{i}" for i in range(80)])
+        artifacts.publish(MODEL, {ONNX_FILE: path, CLASSES_FILE: classes}, version=version)
         artifacts.promote(MODEL, version, "production")
 
     return publish_and_promote

@@ -4,13 +4,13 @@ detector most recently promoted to production, and follows the next promotion.""
 from __future__ import annotations
 
 import io
-import json
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
+from shared.schemas.detector_artifact import CLASSES_FILE, ONNX_FILE, classes_json
 from shared.storage.artifacts import ArtifactStore
 from shared.storage.factory import create_store
 from tests.integration.inference.conftest import MODEL
@@ -36,9 +36,9 @@ def test_no_configured_model_follows_the_latest_promotion(
         first = client.post(f"{url}/detect", content=_png(), headers={"content-type": "image/png"})
         # when another detector is promoted later
         artifacts = ArtifactStore(create_store(senv.settings))
-        classes = json.dumps([f"class{i}" for i in range(80)]).encode()
+        classes = classes_json([f"class{i}" for i in range(80)])
         artifacts.publish(
-            "other-line", {"model.onnx": exports.v2, "classes.json": classes}, version="v7"
+            "other-line", {ONNX_FILE: exports.v2, CLASSES_FILE: classes}, version="v7"
         )
         artifacts.promote("other-line", "v7", "production")
         reload = client.post(f"{url}/v1/models/reload")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -15,6 +14,7 @@ from PIL import Image
 from services.inference.config import InferenceSettings
 from services.inference.ml.detections import Detections, DetectParams, params_per_image
 from shared.config import AuthSettings, CommonSettings, PathSettings
+from shared.schemas.detector_artifact import CLASSES_FILE, METRICS_FILE, ONNX_FILE, classes_json
 from shared.storage.artifacts import ArtifactStore
 from shared.storage.base import ObjectStore
 
@@ -31,11 +31,11 @@ def publish(
     classes: Sequence[str] | None = None,
     stage: str | None = "production",
 ) -> None:
-    """Publish a detector the way the finetune service does, optionally promoting it."""
-    files: dict[str, Path | bytes] = {"model.onnx": model}
+    """Publish a detector the way the finetune service does (the detector-artifact seam)."""
+    files: dict[str, Path | bytes] = {ONNX_FILE: model}
     if classes is not None:
-        files["classes.json"] = json.dumps(list(classes)).encode()
-    files["metrics.json"] = b"{}"
+        files[CLASSES_FILE] = classes_json(classes)
+    files[METRICS_FILE] = b"{}"
     artifacts = ArtifactStore(store)
     artifacts.publish(name, files, version=version)
     if stage is not None:

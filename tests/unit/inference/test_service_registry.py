@@ -12,9 +12,9 @@ from services.inference.stores.models import (
     ModelRegistry,
     ModelTarget,
     local_model,
-    parse_class_names,
 )
 from shared.errors import ConflictError, InvalidInputError, NotFoundError
+from shared.schemas.detector_artifact import CLASSES_FILE, ONNX_FILE
 from shared.storage.artifacts import ArtifactStore
 from shared.storage.filesystem import FileObjectStore
 from tests.unit.inference.serving import MODEL, publish
@@ -113,7 +113,7 @@ def test_fetch_refuses_a_stored_file_that_does_not_match_its_manifest(
     store: FileObjectStore, registry: ModelRegistry
 ) -> None:
     publish(store, "v1", b"onnx-bytes")
-    store.put_bytes(f"models/{MODEL}/v1/model.onnx", b"swapped behind the manifest")
+    store.put_bytes(f"models/{MODEL}/v1/{ONNX_FILE}", b"swapped behind the manifest")
     with pytest.raises(ConflictError):
         registry.fetch(ModelKey(MODEL, "v1"))
 
@@ -161,6 +161,19 @@ def test_a_local_pickle_needs_explicit_consent(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("raw", [b"not json", b'{"0": "scratch"}', b'["ok", 3]'])
-def test_malformed_class_files_are_refused(raw: bytes) -> None:
-    with pytest.raises(InvalidInputError):
-        parse_class_names(raw)
+def test_malformed_class_files_are_refused(
+    store: FileObjectStore, registry: ModelRegistry, tmp_path: Path, raw: bytes
+) -> None:
+    # given a published version and a local model, each with a bad class file
+    ArtifactStore(store).publish(MODEL, {ONNX_FILE: b"onnx", CLASSES_FILE: raw}, version="v1")
+    local = tmp_path / "local" / "line.onnx"
+    local.parent.mkdir()
+    local.write_bytes(b"onnx")
+    local.with_name(CLASSES_FILE).write_bytes(raw)
+
+    # when / then both readers refuse it with the seam's code
+    with pytest.raises(InvalidInputError) as fetched:
+        registry.fetch(ModelKey(MODEL, "v1"))
+    with pytest.raises(InvalidInputError) as described:
+        local_model(local, "line", allow_pickle=False)
+    assert fetched.value.code == described.value.code == "bad_classes"
