@@ -115,7 +115,7 @@ EOF
 # The `agssp` console script, run from the sources in /app (PYTHONPATH) rather than a wheel.
 COPY --chmod=755 <<'EOF' /usr/local/bin/agssp
 #!/bin/sh
-exec python -m shared.cli.main "$@"
+exec python -m agssp.main "$@"
 EOF
 COPY pyproject.toml /opt/agssp-build/pyproject.toml
 WORKDIR /app
@@ -177,6 +177,7 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 # ---- anomaly_map ----
 FROM anomaly-map-api-deps AS anomaly-map-api
 COPY --from=weights /models/ /models/
+COPY agssp/ /app/agssp/
 COPY shared/ /app/shared/
 COPY services/__init__.py /app/services/__init__.py
 COPY services/anomaly_map/ /app/services/anomaly_map/
@@ -190,6 +191,7 @@ CMD ["serve", "anomaly_map", "--host", "0.0.0.0", "--port", "8000"]
 
 FROM anomaly-map-worker-deps AS maps-worker
 COPY --from=weights /models/ /models/
+COPY agssp/ /app/agssp/
 COPY shared/ /app/shared/
 COPY services/__init__.py /app/services/__init__.py
 COPY services/anomaly_map/ /app/services/anomaly_map/
@@ -200,6 +202,7 @@ CMD ["worker", "maps", "default", "--pool", "solo"]
 
 # ---- pretrain ----
 FROM jobs-api-deps AS pretrain-api
+COPY agssp/ /app/agssp/
 COPY shared/ /app/shared/
 COPY services/__init__.py /app/services/__init__.py
 COPY services/pretrain/ /app/services/pretrain/
@@ -212,6 +215,7 @@ CMD ["serve", "pretrain", "--host", "0.0.0.0", "--port", "8000"]
 
 FROM yolo-worker-deps AS pretrain-worker
 COPY --from=weights /models/ /models/
+COPY agssp/ /app/agssp/
 COPY shared/ /app/shared/
 COPY services/__init__.py /app/services/__init__.py
 COPY services/pretrain/ /app/services/pretrain/
@@ -222,6 +226,7 @@ CMD ["worker", "pretrain", "--pool", "solo"]
 
 # ---- finetune ----
 FROM jobs-api-deps AS finetune-api
+COPY agssp/ /app/agssp/
 COPY shared/ /app/shared/
 COPY services/__init__.py /app/services/__init__.py
 COPY services/finetune/ /app/services/finetune/
@@ -234,6 +239,7 @@ CMD ["serve", "finetune", "--host", "0.0.0.0", "--port", "8000"]
 
 FROM yolo-worker-deps AS finetune-worker
 COPY --from=weights /models/ /models/
+COPY agssp/ /app/agssp/
 COPY shared/ /app/shared/
 COPY services/__init__.py /app/services/__init__.py
 COPY services/finetune/ /app/services/finetune/
@@ -245,6 +251,7 @@ CMD ["worker", "finetune", "--pool", "solo"]
 # ---- inference ----
 FROM inference-api-deps AS inference-api
 COPY --from=weights /models/ /models/
+COPY agssp/ /app/agssp/
 COPY shared/ /app/shared/
 COPY services/__init__.py /app/services/__init__.py
 COPY services/inference/ /app/services/inference/
@@ -259,6 +266,7 @@ CMD ["serve", "inference", "--host", "0.0.0.0", "--port", "8000"]
 # Pages and static assets of its own, API calls forwarded to the four APIs (CONSOLE_*_URL);
 # it reads no store and runs no jobs.
 FROM jobs-api-deps AS console
+COPY agssp/ /app/agssp/
 COPY shared/ /app/shared/
 COPY services/__init__.py /app/services/__init__.py
 COPY services/console/ /app/services/console/
@@ -273,6 +281,7 @@ CMD ["serve", "console", "--host", "0.0.0.0", "--port", "8000"]
 # Drives maps -> boxes -> AGBP -> AGDP -> finetune through the four APIs (PIPELINE_*_URL);
 # its records live in the store, its steps run on the other services' workers.
 FROM jobs-api-deps AS pipeline-api
+COPY agssp/ /app/agssp/
 COPY shared/ /app/shared/
 COPY services/__init__.py /app/services/__init__.py
 COPY services/pipeline/ /app/services/pipeline/

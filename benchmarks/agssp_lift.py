@@ -115,7 +115,7 @@ def start_suite(home: Path, log: Path) -> tuple[subprocess.Popen[bytes], dict[st
     env = dict(os.environ, AGSSP_HOME=str(home), YOLO_OFFLINE="1", YOLO_AUTOINSTALL="False")
     for name in ("REDIS_URL", "S3_ENDPOINT_URL"):
         env.pop(name, None)
-    argv = [sys.executable, "-m", "shared.cli.main", "up", "--base-port", str(base)]
+    argv = [sys.executable, "-m", "agssp.main", "up", "--base-port", str(base)]
     proc = subprocess.Popen(argv, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
     urls = {name: f"http://127.0.0.1:{base + i}" for i, name in enumerate(SERVICES)}
     urls["pipeline"] = f"http://127.0.0.1:{base + 5}"

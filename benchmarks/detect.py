@@ -36,7 +36,7 @@ import numpy as np
 
 from benchmarks.detect_accuracy import measure_int8_accuracy
 from benchmarks.detect_core import export_yolo_onnx
-from shared.cli.bench import LoadReport, combine, percentile, run_load, synthetic_image
+from benchmarks.loadgen import LoadReport, combine, percentile, run_load, synthetic_image
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "detect.json"
@@ -74,7 +74,7 @@ class Server:
             INFERENCE_DEVICE="cpu",
             **{f"INFERENCE_{k.upper()}": v for k, v in extra.items()},
         )
-        argv = [sys.executable, "-m", "shared.cli.main", "serve", "inference"]
+        argv = [sys.executable, "-m", "agssp.main", "serve", "inference"]
         self.log = (home / f"serve-{self.port}.log").open("wb")
         self.proc = subprocess.Popen(
             [*argv, "--port", str(self.port)],

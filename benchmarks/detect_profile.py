@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.detect_core import export_yolo_onnx
-from shared.cli.bench import synthetic_image
+from benchmarks.loadgen import synthetic_image
 
 IMGSZ = 640
 

@@ -13,7 +13,7 @@ ruff format --check .
 echo "== lint: import-linter"
 lint-imports
 echo "== lint: mypy (strict)"
-mypy shared services
+mypy agssp shared services
 echo "== tests"
 python -m pytest tests/unit tests/integration -q --timeout=900 "$@"
 echo "test.sh: done in $(( $(date +%s) - start )) s"

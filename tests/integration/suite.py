@@ -121,7 +121,7 @@ class Proc:
 
 
 def start_worker(senv: SuiteEnv, tmp: Path, queues: list[str], name: str) -> Proc:
-    argv = [sys.executable, "-m", "shared.cli.main", "worker", *queues, "--hostname", f"{name}@it"]
+    argv = [sys.executable, "-m", "agssp.main", "worker", *queues, "--hostname", f"{name}@it"]
     return Proc(argv, senv.env, tmp / f"{name}.log")
 
 
@@ -132,7 +132,7 @@ def start_api(
     argv = [
         sys.executable,
         "-m",
-        "shared.cli.main",
+        "agssp.main",
         "serve",
         service,
         "--host",

@@ -76,7 +76,7 @@ def test_base_port_is_outside_the_ephemeral_range() -> None:
 
 
 def _selftest(env: dict[str, str]) -> str:
-    argv = [sys.executable, "-m", "shared.cli.main", "jobs", "selftest", "--steps", "2"]
+    argv = [sys.executable, "-m", "agssp.main", "jobs", "selftest", "--steps", "2"]
     done = subprocess.run(
         [*argv, "--step-s", "0.1"], env=env, cwd=ROOT, check=True, capture_output=True, text=True
     )
@@ -96,7 +96,7 @@ def test_up_serves_all_four_apis_and_runs_a_job_without_servers(tmp_path: Path) 
     base = _base_port(len(SERVICES) + 2)  # then the console (base + 4) and the pipeline API
     log = (tmp_path / "up.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli.main", "up", "--base-port", str(base)],
+        [sys.executable, "-m", "agssp.main", "up", "--base-port", str(base)],
         env=env,
         cwd=ROOT,
         stdout=log,

@@ -141,7 +141,7 @@ def campaign(
 
 def _start_api(senv: SuiteEnv, tmp: Path, service: str) -> tuple[Proc, str]:
     port = free_port()
-    argv = [sys.executable, "-m", "shared.cli.main", "serve", service, "--port", str(port)]
+    argv = [sys.executable, "-m", "agssp.main", "serve", service, "--port", str(port)]
     return Proc(argv, senv.env, tmp / f"api-{service}.log"), f"http://127.0.0.1:{port}"
 
 

@@ -124,7 +124,7 @@ def _start_apis(
     procs = {}
     for service in services:
         port = free_port()
-        argv = [sys.executable, "-m", "shared.cli.main", "serve", service, "--port", str(port)]
+        argv = [sys.executable, "-m", "agssp.main", "serve", service, "--port", str(port)]
         procs[service] = Proc(argv, senv.env, tmp / f"api-{service}.log")
         urls[service] = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from shared.cli.bench import bench_app, run_load
+from benchmarks.loadgen import bench_app, run_load
 from tests.integration.inference.support import Exports, Publish, Serve
 from tests.integration.suite import wait_for
 

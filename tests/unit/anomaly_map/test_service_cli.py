@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from shared.cli import anomaly, models
+from agssp import anomaly, models
 from tests.unit.anomaly_map.test_service_support import FIXTURES, image_bytes, mask_bytes
 
 runner = CliRunner()

@@ -7,8 +7,10 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
+from agssp import processes
+from agssp import services as service_table
+from agssp.services import Role
 from services.console.config import ConsoleSettings
-from shared.cli import processes
 from shared.config import SettingsError, load_settings
 from shared.http import docs
 
@@ -41,8 +43,7 @@ def test_up_points_the_console_at_the_ports_it_chose() -> None:
         "CONSOLE_ANOMALY_MAP_URL": "http://127.0.0.1:9101",
         "CONSOLE_INFERENCE_URL": "http://127.0.0.1:9104",
     }
-    assert processes.CONSOLE in processes.SERVABLE
-    assert processes.CONSOLE not in processes.SERVICES
+    assert service_table.only(Role.CONSOLE).name not in service_table.names(Role.API)
 
 
 @pytest.mark.parametrize("page", ["/docs", "/redoc"])

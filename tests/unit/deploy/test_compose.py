@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.cli.main import QUEUE_MODULES
-from shared.cli.processes import SERVABLE
+from agssp import services as service_table
 from shared.config import JobSettings
 from tests.unit.deploy.manifests import (
     DOCKERFILE,
@@ -53,8 +52,8 @@ def test_every_api_and_every_queue_runs_with_a_plain_up(compose_services: dict[s
     consumed = {queue for role, queues in roles if role == "worker" for queue in queues}
 
     # then
-    assert served == set(SERVABLE)  # the four APIs, the console and the pipeline API
-    assert consumed == set(QUEUE_MODULES)
+    assert served == set(service_table.names())  # the four APIs, the console and the pipeline API
+    assert consumed == set(service_table.task_modules())
 
 
 def test_every_api_listens_on_8000_and_has_a_python_healthcheck(
@@ -168,7 +167,7 @@ def test_each_build_runs_the_role_its_target_was_made_for(
         if role == "api":
             assert names == [service], name
         else:
-            assert {QUEUE_MODULES[q].split(".")[1] for q in names} >= {service}, name
+            assert {service_table.task_modules()[q].split(".")[1] for q in names} >= {service}, name
 
 
 def test_third_party_images_are_pinned(compose_services: dict[str, Doc]) -> None:

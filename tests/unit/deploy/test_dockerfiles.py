@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from shared.cli.main import QUEUE_MODULES
+from agssp import services as service_table
 from tests.unit.deploy.manifests import (
     DOCKERIGNORE,
     ROOT,
@@ -19,7 +19,7 @@ from tests.unit.deploy.manifests import (
 
 TORCH_STACK = {"torch", "torchvision", "ultralytics", "open-clip-torch", "timm"}
 NO_TORCH = {"pretrain-api", "finetune-api", "inference-api", "console", "pipeline-api"}
-SERVICES = {"anomaly_map", "pretrain", "finetune", "inference", "console", "pipeline"}
+SERVICES = set(service_table.names())
 
 
 def test_one_dockerfile_has_a_target_per_image_and_no_service_keeps_its_own(
@@ -64,7 +64,7 @@ def test_dependencies_install_before_the_code_is_copied(dockerfile: Dockerfile) 
         installs = [i for i, ins in enumerate(chain) if "install-deps.sh" in ins.args]
 
         # when
-        code = [i for i, src in sources if src.startswith(("shared", "services"))]
+        code = [i for i, src in sources if src.startswith(("agssp", "shared", "services"))]
         early = [src for i, src in sources if i < max(installs)]
 
         # then
@@ -72,7 +72,13 @@ def test_dependencies_install_before_the_code_is_copied(dockerfile: Dockerfile) 
         assert code, target
         assert max(installs) < min(code), target
         assert early == ["pyproject.toml"], f"{target} copies {early} before installing"
-        allowed = {"pyproject.toml", "shared/", "services/__init__.py", f"services/{svc}/"}
+        allowed = {
+            "pyproject.toml",
+            "agssp/",
+            "shared/",
+            "services/__init__.py",
+            f"services/{svc}/",
+        }
         assert {src for _, src in sources} - {"${WEIGHTS_SRC}/"} == allowed, target
 
 
@@ -112,7 +118,7 @@ def test_commands_match_the_service_and_apis_have_a_python_healthcheck(
             assert "8000" in cmd
         else:
             assert health is None, f"{target}: a worker is no server"
-            assert {QUEUE_MODULES[q].split(".")[1] for q in names} >= {svc}, names
+            assert {service_table.task_modules()[q].split(".")[1] for q in names} >= {svc}, names
             assert "--pool" in cmd
             assert "solo" in cmd
 
@@ -206,7 +212,7 @@ def test_dockerignore_sends_only_what_the_images_copy() -> None:
 
     # then: everything is excluded first, then only the build inputs come back
     assert lines[0] == "*"
-    assert {"pyproject.toml", "shared/", "services/"} <= included
+    assert {"pyproject.toml", "agssp/", "shared/", "services/"} <= included
     assert not included & {".env", ".venv/", "tests/", "var/"}
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.cli.main import QUEUE_MODULES
+from agssp import services as service_table
 from tests.unit.deploy.manifests import (
     ROOT,
     Dockerfile,
@@ -61,9 +61,9 @@ def test_entry_points_import_with_only_the_image_dependencies(
     missing = requirement_names(build_dir, ["all"]) - installed
     blocked = sorted(IMPORT_NAMES.get(d, d.replace("-", "_")) for d in missing)
     role, names = command_role(image_cmd(df, target))
-    app = f"services.{svc}.api.main" if role == "api" else ""
-    modules = [app or "shared.jobs.celery_app"]
-    modules += [QUEUE_MODULES[q] for q in names if role == "worker"]
+    app = service_table.by_name(svc).factory.partition(":")[0] if role == "api" else ""
+    modules = ["agssp.main", app or "shared.jobs.celery_app"]
+    modules += [service_table.task_modules()[q] for q in names if role == "worker"]
 
     # when: the entry points import (and the API app builds) with those hidden
     result = subprocess.run(

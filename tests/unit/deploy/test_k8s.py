@@ -8,8 +8,7 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from shared.cli.main import QUEUE_MODULES
-from shared.cli.processes import SERVABLE
+from agssp import services as service_table
 from shared.config import JobSettings
 from tests.unit.deploy.manifests import (
     APP_IMAGE_PREFIX,
@@ -109,7 +108,7 @@ def test_every_api_has_probes_and_a_service(rendered: dict[str, list[Doc]], over
     services = [d for d in docs if d["kind"] == "Service"]
 
     # when / then
-    assert {_role(c)[1][0] for _, c in apis} == set(SERVABLE)  # + console, pipeline
+    assert {_role(c)[1][0] for _, c in apis} == set(service_table.names())  # + console, pipeline
     for doc, c in apis:
         name = doc["metadata"]["name"]
         port = next(p for p in c["ports"] if p["containerPort"] == 8000)
@@ -138,7 +137,7 @@ def test_every_queue_has_a_worker_deployment(rendered: dict[str, list[Doc]], ove
     consumed = {queue for c in workers for queue in _role(c)[1]}
 
     # then
-    assert consumed == set(QUEUE_MODULES)
+    assert consumed == set(service_table.task_modules())
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -8,7 +8,7 @@ import pytest
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.cli.main import QUEUE_MODULES
+from agssp import services as service_table
 from shared.config import CommonSettings, load_settings
 from tests.unit.deploy.manifests import (
     APP_IMAGE_PREFIX,
@@ -40,7 +40,7 @@ def _services_of(argv: list[str]) -> list[str]:
     if role == "api":
         return names
     # queue -> the service whose worker module serves it ("services.<svc>.worker.tasks")
-    modules = [QUEUE_MODULES[q].split(".") for q in names]
+    modules = [service_table.task_modules()[q].split(".") for q in names]
     return sorted({parts[1] for parts in modules if parts[0] == "services"})
 
 

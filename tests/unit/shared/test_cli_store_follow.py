@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from shared.cli.follow import EXIT_FAILED, EXIT_TIMEOUT, eta_s, follow, render_line
-from shared.cli.main import app
-from shared.cli.store import plan_download, plan_upload, sanitize_segment, upload
+from agssp.follow import EXIT_FAILED, EXIT_TIMEOUT, eta_s, follow, render_line
+from agssp.main import app
+from agssp.store import plan_download, plan_upload, sanitize_segment, upload
 from shared.errors import InvalidInputError
 from shared.jobs.store import JobStore
 from shared.schemas.jobs import JobState, utcnow

@@ -172,7 +172,7 @@ def test_the_stuck_gauge_counts_per_queue_and_survives_a_store_outage(tmp_path: 
 
 
 def test_jobs_list_flags_stuck_jobs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from shared.cli import main
+    from agssp import main
 
     jobs = JobStore(FileObjectStore(tmp_path / "store"))
     old, fresh = _pending(jobs, 5000), _pending(jobs, 1)

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from shared.cli import processes
-from shared.cli.processes import Backoff, Child, _check_child, _Restarts
+from agssp import processes
+from agssp.processes import Backoff, Child, _check_child, _Restarts
 
 CRASH = [sys.executable, "-c", "import sys; sys.exit(3)"]
 SLEEP = [sys.executable, "-c", "import time; time.sleep(60)"]

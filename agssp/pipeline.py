@@ -10,13 +10,15 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import httpx
 import typer
 
-from shared.cli.store import describe_store, plan_upload, upload
+from agssp.store import describe_store, plan_upload, upload
 from shared.config import get_common_settings
+
+if TYPE_CHECKING:  # httpx loads with the command: worker images run `agssp` without it
+    import httpx
 
 app = typer.Typer(help="The AGSSP pipeline: unlabelled images + a few labels -> served detector.")
 
@@ -29,6 +31,8 @@ _END = {"SUCCEEDED", "FAILED", "CANCELED"}
 
 
 def _client(url: str, key: str) -> httpx.Client:
+    import httpx
+
     headers = {"X-API-Key": key} if key else {}
     return httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=60)
 

@@ -10,15 +10,16 @@ from typing import Annotated
 
 import typer
 
-from shared.cli import processes
-from shared.cli.anomaly import app as anomaly_app
-from shared.cli.bench import bench_app
-from shared.cli.demo import app as demo_app
-from shared.cli.finetune import finetune_app
-from shared.cli.follow import follow_command, wait_command
-from shared.cli.models import app as models_app
-from shared.cli.pipeline import app as pipeline_app
-from shared.cli.store import app as store_app
+from agssp import processes
+from agssp import services as table
+from agssp.anomaly import app as anomaly_app
+from agssp.demo import app as demo_app
+from agssp.finetune import finetune_app
+from agssp.follow import follow_command, wait_command
+from agssp.models import app as models_app
+from agssp.pipeline import app as pipeline_app
+from agssp.services import Role
+from agssp.store import app as store_app
 from shared.config import get_common_settings
 from shared.jobs.store import JobStore
 from shared.logging import configure_logging
@@ -31,18 +32,16 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(models_app, name="models")
 app.add_typer(anomaly_app, name="maps")
 app.add_typer(finetune_app, name="finetune")
-app.add_typer(bench_app, name="bench")
 app.add_typer(store_app, name="store")
 app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(demo_app, name="demo")
 jobs_app.command("wait")(wait_command)
 jobs_app.command("follow")(follow_command)
 
-QUEUE_MODULES = {
-    "maps": "services.anomaly_map.worker.tasks",
-    "pretrain": "services.pretrain.worker.tasks",
-    "finetune": "services.finetune.worker.tasks",
-    "default": "shared.jobs.selftest",
+_WHAT = {
+    Role.API: "(/healthz, /readyz, /docs)",
+    Role.CONSOLE: "(web console)",
+    Role.PIPELINE: "(/v1/pipelines)",
 }
 
 
@@ -58,31 +57,16 @@ def up(
     settings = get_common_settings()
     configure_logging(settings.log)
     env = dict(os.environ, AGSSP_HOME=str(settings.paths.resolved_home()))
-    ports = {name: base_port + i for i, name in enumerate(processes.SERVICES)}
-    children = [
-        processes.Child(name, processes.serve_argv(name, host, port))
-        for name, port in ports.items()
-    ]
-    if console:  # the console forwards to the APIs at the ports chosen above
-        pipeline_at = {processes.PIPELINE: base_port + len(processes.SERVICES) + 1}
-        env.update(processes.console_env(host, {**ports, **(pipeline_at if pipeline else {})}))
-        console_port = base_port + len(processes.SERVICES)
-        argv = processes.serve_argv(processes.CONSOLE, host, console_port)
-        children.append(processes.Child(processes.CONSOLE, argv))
-    pipeline_port = base_port + len(processes.SERVICES) + 1
-    if pipeline:  # the pipeline drives the four APIs at the ports chosen above
-        env.update(processes.pipeline_env(host, ports))
-        argv = processes.serve_argv(processes.PIPELINE, host, pipeline_port)
-        children.append(processes.Child(processes.PIPELINE, argv))
+    roles = {Role.API, *([Role.CONSOLE] if console else []), *([Role.PIPELINE] if pipeline else [])}
+    ports = {s.name: base_port + s.port_offset for s in table.SERVICES if s.role in roles}
+    env.update(_wiring(host, ports))
+    children = [processes.Child(n, processes.serve_argv(n, host, p)) for n, p in ports.items()]
     if worker:
-        children.append(processes.Child("worker", processes.worker_argv(list(QUEUE_MODULES))))
+        queues = list(table.task_modules())
+        children.append(processes.Child("worker", processes.worker_argv(queues)))
     processes.start(children, env)
     for name, port in ports.items():
-        typer.echo(f"{name:12s} http://{host}:{port}  (/healthz, /readyz, /docs)")
-    if console:
-        typer.echo(f"{processes.CONSOLE:12s} http://{host}:{console_port}  (web console)")
-    if pipeline:
-        typer.echo(f"{processes.PIPELINE:12s} http://{host}:{pipeline_port}  (/v1/pipelines)")
+        typer.echo(f"{name:12s} http://{host}:{port}  {_WHAT[table.by_name(name).role]}")
     typer.echo(
         f"storage: {settings.storage_backend()}  broker: "
         f"{'redis' if settings.redis.url else 'embedded filesystem'}  "
@@ -91,24 +75,37 @@ def up(
     raise typer.Exit(processes.supervise(children, env))
 
 
+def _wiring(host: str, ports: dict[str, int]) -> dict[str, str]:
+    """Point the console at the APIs and the pipeline, the pipeline at the APIs (if started)."""
+    apis = {name: port for name, port in ports.items() if table.by_name(name).role is Role.API}
+    console, pipeline = table.only(Role.CONSOLE).name, table.only(Role.PIPELINE).name
+    env: dict[str, str] = {}
+    if console in ports:
+        pipeline_at = {pipeline: ports[pipeline]} if pipeline in ports else {}
+        env.update(processes.console_env(host, {**apis, **pipeline_at}))
+    if pipeline in ports:
+        env.update(processes.pipeline_env(host, apis))
+    return env
+
+
 @app.command()
 def serve(
-    service: Annotated[str, typer.Argument(help=", ".join(processes.SERVABLE))],
+    service: Annotated[str, typer.Argument(help=", ".join(table.names()))],
     host: str = "127.0.0.1",
     port: int = 0,
 ) -> None:
     """Serve one service's HTTP API with uvicorn."""
     import uvicorn
 
-    if service not in processes.SERVABLE:
-        raise typer.BadParameter(f"unknown service {service!r}; one of {processes.SERVABLE}")
+    if service not in table.names():
+        raise typer.BadParameter(f"unknown service {service!r}; one of {table.names()}")
     settings = get_common_settings()
     configure_logging(settings.log)
     uvicorn.run(
-        f"services.{service}.api.main:app_factory",
+        table.by_name(service).factory,
         factory=True,
         host=host,
-        port=port or processes.DEFAULT_PORTS[service],
+        port=port or table.default_port(service),
         log_config=None,
         timeout_graceful_shutdown=20,
     )
@@ -124,12 +121,13 @@ def worker(
     """Run a Celery worker on the given queues (solo pool: one process per GPU)."""
     from shared.jobs.celery_app import make_celery
 
-    unknown = set(queues) - set(QUEUE_MODULES)
+    by_queue = table.task_modules()
+    unknown = set(queues) - set(by_queue)
     if unknown:
-        raise typer.BadParameter(f"unknown queues {sorted(unknown)}; one of {list(QUEUE_MODULES)}")
+        raise typer.BadParameter(f"unknown queues {sorted(unknown)}; one of {list(by_queue)}")
     settings = get_common_settings()
     configure_logging(settings.log)
-    modules = {QUEUE_MODULES["default"]} | {QUEUE_MODULES[q] for q in queues}
+    modules = {by_queue[table.SELFTEST_QUEUE]} | {by_queue[q] for q in queues}
     include = sorted(m for m in modules if importlib.util.find_spec(m) is not None)
     celery_app = make_celery(settings, name="agssp-worker", include=include)
     argv = [

@@ -1,4 +1,7 @@
-"""``agssp bench detect``: concurrent clients against a detection URL, bounded in count and time.
+"""``python -m benchmarks.loadgen detect``: concurrent clients against a detection URL.
+
+The run is bounded in count and time; it is a benchmark helper, so it lives beside the benchmarks
+that import it rather than in the installed ``agssp`` command line.
 
 Each client thread keeps one request in flight; the run stops after ``--requests`` requests or
 ``--duration-s`` seconds, whichever comes first. httpx and Pillow load inside the command.
@@ -246,3 +249,7 @@ def detect(
     )
     errors = ", ".join(f"{k}: {v}" for k, v in sorted(report.errors.items())) or "none"
     typer.echo(f"errors       {errors}")
+
+
+if __name__ == "__main__":
+    bench_app()

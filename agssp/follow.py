@@ -12,7 +12,7 @@ from datetime import datetime
 
 import typer
 
-from shared.cli.store import describe_store
+from agssp.store import describe_store
 from shared.config import get_common_settings
 from shared.errors import SuiteError
 from shared.jobs.store import JobStore

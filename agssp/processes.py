@@ -13,22 +13,6 @@ from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
 
-SERVICES = ("anomaly_map", "pretrain", "finetune", "inference")
-# The web console serves pages and forwards API calls to the four APIs above; it has no jobs
-# and reads no store, so it is servable but not one of SERVICES.
-CONSOLE = "console"
-# The pipeline service drives the four APIs over HTTP (it runs no jobs of its own).
-PIPELINE = "pipeline"
-SERVABLE = (*SERVICES, CONSOLE, PIPELINE)
-DEFAULT_PORTS = {
-    "anomaly_map": 8001,
-    "pretrain": 8002,
-    "finetune": 8003,
-    "inference": 8004,
-    CONSOLE: 8005,
-    PIPELINE: 8006,
-}
-
 
 def console_env(host: str, ports: dict[str, int]) -> dict[str, str]:
     """``CONSOLE_<SERVICE>_URL`` variables pointing the console at the APIs ``up`` started."""
@@ -51,7 +35,7 @@ def serve_argv(service: str, host: str, port: int) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "shared.cli.main",
+        "agssp.main",
         "serve",
         service,
         "--host",
@@ -62,7 +46,7 @@ def serve_argv(service: str, host: str, port: int) -> list[str]:
 
 
 def worker_argv(queues: Sequence[str]) -> list[str]:
-    return [sys.executable, "-m", "shared.cli.main", "worker", *queues]
+    return [sys.executable, "-m", "agssp.main", "worker", *queues]
 
 
 def start(children: Sequence[Child], env: dict[str, str]) -> None:
