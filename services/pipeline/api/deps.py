@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from services.pipeline.store import PipelineStore
+from services.pipeline.stores.pipelines import PipelineStore
 from shared.http.deps import state_object
 
 

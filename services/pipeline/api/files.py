@@ -8,8 +8,8 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from services.pipeline import files
 from services.pipeline.api.deps import PipelinesDep
+from services.pipeline.usecases import files
 
 router = APIRouter(prefix="/v1", tags=["files"])
 

@@ -1,7 +1,7 @@
 """``create_app`` for the pipeline service: pipeline records over HTTP and the driver loop.
 
 The service holds no model and runs no training: its driver calls the other four services'
-public routes (see :mod:`services.pipeline.steps`) and keeps the record in the store.
+public routes (see :mod:`services.pipeline.usecases.steps`) and keeps the record in the store.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from fastapi import FastAPI
 
 from services.pipeline.api.files import router as files_router
 from services.pipeline.api.routes import router
-from services.pipeline.clients import ServiceClient
 from services.pipeline.config import PipelineSettings, get_settings
-from services.pipeline.driver import PipelineDriver
-from services.pipeline.store import PipelineStore
+from services.pipeline.stores.pipelines import PipelineStore
+from services.pipeline.usecases.clients import ServiceClient
+from services.pipeline.usecases.driver import PipelineDriver
 from shared.http.app import create_service_app
 from shared.http.auth import ScopeRule
 from shared.storage.base import ObjectStore

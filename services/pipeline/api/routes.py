@@ -8,10 +8,11 @@ from typing import Any
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
-from services.pipeline import service
 from services.pipeline.api.deps import PipelinesDep
-from services.pipeline.presets import PRESETS
-from services.pipeline.records import PipelineRecord, PipelineRequest, PipelineSummary
+from services.pipeline.params import PipelineRequest
+from services.pipeline.stores.pipelines import PipelineRecord, PipelineSummary
+from services.pipeline.usecases import pipelines as service
+from services.pipeline.usecases.presets import PRESETS
 
 router = APIRouter(prefix="/v1", tags=["pipelines"])
 

@@ -15,10 +15,12 @@ from PIL import Image
 
 from services.pipeline.api.main import create_app
 from services.pipeline.config import PipelineSettings
-from services.pipeline.records import PipelineRecord, PipelineRequest, StepState
-from services.pipeline.report import heat_overlay, line_chart_svg, render_report
-from services.pipeline.steps import plan
+from services.pipeline.params import PipelineRequest
+from services.pipeline.stores.pipelines import PipelineRecord, StepState
+from services.pipeline.usecases.report import heat_overlay, line_chart_svg, render_report
+from services.pipeline.usecases.steps import plan
 from shared.config import CommonSettings, PathSettings
+from shared.schemas.dataset_maps import DatasetMapManifest, manifest_key
 from shared.storage.filesystem import FileObjectStore
 
 
@@ -101,8 +103,10 @@ def _finished_record(store: FileObjectStore) -> PipelineRecord:
     request = PipelineRequest.model_validate(_body())
     record = PipelineRecord(id="20261201T000000-abcdef12", request=request, steps=plan(request))
     store.put_bytes("maps/tile/j1/maps/a.npy", _npy(np.linspace(0, 1, 16).reshape(4, 4)))
-    manifest = b'{"maps": {"lines/a.png": "maps/tile/j1/maps/a.npy"}}'
-    store.put_bytes("maps/tile/j1/manifest.json", manifest)
+    manifest = DatasetMapManifest(
+        category="tile", count=1, maps={"lines/a.png": "maps/tile/j1/maps/a.npy"}
+    )
+    store.put_bytes(manifest_key("maps/tile/j1/"), manifest.to_bytes())
     outputs = {
         "maps": {"maps_prefix": "maps/tile/j1/"},
         "finetune": {

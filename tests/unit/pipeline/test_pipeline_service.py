@@ -8,17 +8,22 @@ from typing import Any
 
 import pytest
 
-from services.pipeline.clients import ServiceClient
-from services.pipeline.driver import PipelineDriver
-from services.pipeline.records import PipelineRecord, PipelineRequest, PipelineState, StepState
-from services.pipeline.service import (
+from services.pipeline.params import PipelineRequest
+from services.pipeline.stores.pipelines import (
+    PipelineRecord,
+    PipelineState,
+    PipelineStore,
+    StepState,
+)
+from services.pipeline.usecases.clients import ServiceClient
+from services.pipeline.usecases.driver import PipelineDriver
+from services.pipeline.usecases.pipelines import (
     advance,
     cancel_pipeline,
     create_pipeline,
     resume_pipeline,
 )
-from services.pipeline.steps import plan
-from services.pipeline.store import PipelineStore
+from services.pipeline.usecases.steps import plan
 from shared.errors import ConflictError, InvalidInputError
 from shared.schemas.jobs import utcnow
 from shared.storage.filesystem import FileObjectStore

@@ -14,17 +14,17 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from services.pipeline.clients import ServiceClient
-from services.pipeline.errors import StepCallError
-from services.pipeline.records import (
+from services.pipeline.params import PipelineRequest
+from services.pipeline.stores.pipelines import (
     PipelineRecord,
-    PipelineRequest,
     PipelineState,
+    PipelineStore,
     StepRecord,
     StepState,
 )
-from services.pipeline.steps import SPECS, plan
-from services.pipeline.store import PipelineStore
+from services.pipeline.usecases.clients import ServiceClient
+from services.pipeline.usecases.common import StepCallError
+from services.pipeline.usecases.steps import SPECS, plan
 from shared.errors import ConflictError, InvalidInputError
 from shared.jobs.store import new_job_id
 from shared.schemas.jobs import utcnow

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.pipeline.records import PresetName
+from services.pipeline.params import PresetName
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -19,9 +18,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from services.pipeline.records import PipelineRecord, StepState
-from services.pipeline.steps import baseline_name, map_method, maps_prefix
+from services.pipeline.stores.pipelines import PipelineRecord, StepState
+from services.pipeline.usecases.steps import baseline_name, map_method, maps_prefix
 from shared.errors import SuiteError
+from shared.schemas.dataset_maps import DatasetMapManifest, manifest_key
 from shared.storage.base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -251,10 +251,11 @@ def _maps_section(record: PipelineRecord, store: ObjectStore) -> str:
         return ""
     try:
         prefix = maps_prefix(record)
-        manifest = json.loads(store.get_bytes(f"{prefix}manifest.json"))
+        key = manifest_key(prefix)
+        manifest = DatasetMapManifest.from_bytes(store.get_bytes(key), key)
         figures = [
             _overlay_figure(store, image_key, map_key)
-            for image_key, map_key in list(manifest.get("maps", {}).items())[:OVERLAY_SAMPLES]
+            for image_key, map_key in list(manifest.maps.items())[:OVERLAY_SAMPLES]
         ]
     except (SuiteError, OSError, ValueError, KeyError) as exc:
         log.warning("report %s: no map overlays: %s", record.id, exc)

@@ -1,4 +1,5 @@
-"""The one failure a pipeline step reports: a call that did not succeed, and whether to retry."""
+"""Shared by the pipeline's use cases: the one failure a step reports (a call that did not
+succeed, and whether to retry)."""
 
 from __future__ import annotations
 

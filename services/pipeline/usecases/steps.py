@@ -13,9 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from services.pipeline.errors import StepCallError
-from services.pipeline.presets import PRESETS, step_config
-from services.pipeline.records import PipelineRecord, PipelineRequest, StepRecord
+from services.pipeline.params import PipelineRequest
+from services.pipeline.stores.pipelines import PipelineRecord, StepRecord
+from services.pipeline.usecases.common import StepCallError
+from services.pipeline.usecases.presets import PRESETS, step_config
 
 Kind = Literal["job", "call", "local"]
 

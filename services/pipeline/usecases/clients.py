@@ -13,8 +13,8 @@ from typing import Any
 
 import httpx
 
-from services.pipeline.errors import StepCallError
-from services.pipeline.steps import Call
+from services.pipeline.usecases.common import StepCallError
+from services.pipeline.usecases.steps import Call
 
 _MAX_DETAIL = 800
 

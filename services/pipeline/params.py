@@ -1,19 +1,15 @@
-"""What a pipeline is asked to do and the durable record of how far it got.
+"""What a pipeline is asked to do: the body of ``POST /v1/pipelines`` and its parts.
 
-The record at ``pipelines/<id>/pipeline.json`` is the source of truth, like a job record:
-every step names the job it ran (on which service), its state, progress and the outputs the
-next steps read. A driver that dies loses nothing; the next one reads the record and goes on.
+Torch-free pydantic: the API validates requests with these classes and the stored record
+(``stores.pipelines``) keeps the request as it was accepted.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
-from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from shared.schemas.jobs import utcnow
 from shared.storage.base import prefix_field
 
 MapMethod = Literal["auto", "kead", "tocoad", "provided"]
@@ -21,22 +17,6 @@ PresetName = Literal["cpu-demo", "cpu", "gpu-paper"]
 LabelFormat = Literal["voc", "coco", "yolo", "masks"]
 Stage = Literal["staging", "production"]
 _NAME_PATTERN = r"^[a-z0-9][a-z0-9_\-]{0,62}$"
-
-
-class StepState(StrEnum):
-    PENDING = "PENDING"
-    RUNNING = "RUNNING"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    CANCELED = "CANCELED"
-    SKIPPED = "SKIPPED"
-
-
-class PipelineState(StrEnum):
-    RUNNING = "RUNNING"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    CANCELED = "CANCELED"
 
 
 class LabelledSet(BaseModel):
@@ -120,89 +100,3 @@ class PipelineRequest(BaseModel):
     @classmethod
     def _prefixes(cls, value: str | None) -> str | None:
         return None if value is None else prefix_field(value)
-
-
-class StepRecord(BaseModel):
-    """One step: the job (or call) it made and what it produced."""
-
-    name: str
-    service: str
-    state: StepState = StepState.PENDING
-    job_id: str | None = None
-    progress: float = Field(0.0, ge=0, le=100)
-    message: str = ""
-    outputs: dict[str, Any] = Field(default_factory=dict)
-    error: str | None = None
-    error_code: str | None = None
-    attempts: int = 0
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-
-    @property
-    def done(self) -> bool:
-        return self.state in (StepState.SUCCEEDED, StepState.SKIPPED)
-
-
-class PipelineRecord(BaseModel):
-    """The durable record of one pipeline."""
-
-    id: str
-    request: PipelineRequest
-    state: PipelineState = PipelineState.RUNNING
-    steps: list[StepRecord]
-    created_at: datetime = Field(default_factory=utcnow)
-    updated_at: datetime = Field(default_factory=utcnow)
-    finished_at: datetime | None = None
-    cancel_requested: bool = False
-    driver: str | None = None
-    driver_heartbeat: datetime | None = None
-    report_key: str | None = None
-    error: str | None = None
-
-    @property
-    def current(self) -> StepRecord | None:
-        """The first step not done yet, None when all are."""
-        return next((s for s in self.steps if not s.done), None)
-
-    @property
-    def progress(self) -> float:
-        """Share of the steps done, counting the running one's own progress."""
-        if not self.steps:
-            return 100.0
-        done = sum(1.0 if s.done else s.progress / 100.0 for s in self.steps)
-        return round(100.0 * done / len(self.steps), 1)
-
-    def step(self, name: str) -> StepRecord:
-        """The step called ``name`` (KeyError if the plan has none)."""
-        for step in self.steps:
-            if step.name == name:
-                return step
-        raise KeyError(name)
-
-    def has_step(self, name: str) -> bool:
-        return any(s.name == name for s in self.steps)
-
-
-class PipelineSummary(BaseModel):
-    """A pipeline in listings."""
-
-    id: str
-    name: str
-    state: PipelineState
-    progress: float
-    current_step: str | None
-    created_at: datetime
-    updated_at: datetime
-
-    @classmethod
-    def of(cls, record: PipelineRecord) -> PipelineSummary:
-        current = record.current
-        return cls(
-            id=record.id,
-            name=record.request.name,
-            state=record.state,
-            progress=record.progress,
-            current_step=current.name if current else None,
-            created_at=record.created_at,
-            updated_at=record.updated_at,
-        )

@@ -14,11 +14,10 @@ import socket
 import threading
 from datetime import timedelta
 
-from services.pipeline.clients import ServiceClient
-from services.pipeline.records import PipelineRecord, PipelineState
-from services.pipeline.report import render_report
-from services.pipeline.service import advance
-from services.pipeline.store import PipelineStore
+from services.pipeline.stores.pipelines import PipelineRecord, PipelineState, PipelineStore
+from services.pipeline.usecases.clients import ServiceClient
+from services.pipeline.usecases.pipelines import advance
+from services.pipeline.usecases.report import render_report
 from shared.errors import SuiteError
 from shared.schemas.jobs import utcnow
 

@@ -1,0 +1,1 @@
+"""What the pipeline service keeps in the object store: pipeline records and reports."""
