@@ -35,12 +35,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from services.anomaly_map.api.main import create_app
-from services.anomaly_map.categories import CategoryStore
 from services.anomaly_map.config import AnomalyMapSettings
-from services.anomaly_map.engine import MapEngine
 from services.anomaly_map.ml.prompts import CategoryDescription
-from services.anomaly_map.scorers import ScorerSet, load_scorers
-from services.anomaly_map.service import image_limits
+from services.anomaly_map.runtime.clip import ScorerSet, load_scorers
+from services.anomaly_map.runtime.engine import MapEngine, image_limits
+from services.anomaly_map.stores.categories import CategoryStore
 from shared.config import CommonSettings, PathSettings
 from shared.storage.base import ObjectStore
 from shared.storage.filesystem import FileObjectStore
@@ -172,8 +171,7 @@ def bench_models(scorers: ScorerSet, args: argparse.Namespace) -> dict[str, Any]
     ]
     refs = scorers.kead.preprocess(_images(args.refs, args.image_side, seed=1))
     runners: dict[str, Callable[[Any], object]] = {"bare_encoder": _encoder(scorers)}
-    for mode in ("kead", "winclip"):
-        scorer = scorers.get(mode)  # type: ignore[arg-type]
+    for mode, scorer in (("kead", scorers.kead), ("winclip", scorers.winclip)):
         text, bank = scorer.text_features(DESCRIPTION), scorer.build_memory_bank(refs)
         runners[mode] = partial(scorer.score, text=text, bank=bank)
     # First call of each: warm-up, and the peak memory of one batch.

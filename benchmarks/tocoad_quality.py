@@ -5,7 +5,7 @@ test set is the other 20 % of the normals plus every defect image (``MT_Blowhole
 ``MT_Break``, ``MT_Crack``, ``MT_Fray``, ``MT_Uneven``) with its ``<stem>.png`` mask.
 
 Variants scored on the same test images (maps compared with masks at S x S, masks squashed and
-binarised at 0.5 as in ``services.anomaly_map.evaluation``):
+binarised at 0.5 as in ``services.anomaly_map.usecases.evaluations``):
 
 - ``tocoad``: the full fit (Stage I, Stage II, bank) with the preset's map source;
 - ``stage1_only``: D's segmentation probability right after Stage I;

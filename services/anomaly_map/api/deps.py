@@ -13,10 +13,10 @@ from pydantic import BaseModel, ValidationError
 from starlette.datastructures import FormData, UploadFile
 
 from services.anomaly_map.api.schemas import CategoryRequest, MapParams
-from services.anomaly_map.categories import CategoryStore
 from services.anomaly_map.config import AnomalyMapSettings
-from services.anomaly_map.engine import MapEngine
 from services.anomaly_map.ml.prompts import Tokenizer
+from services.anomaly_map.runtime.engine import MapEngine
+from services.anomaly_map.stores.categories import CategoryStore
 from shared.errors import InvalidInputError, SuiteError, UnavailableError, UnsupportedMediaError
 from shared.http.body import read_limited
 from shared.http.deps import state_object

@@ -14,11 +14,11 @@ from typing import Any
 import anyio
 from fastapi import FastAPI
 
-from services.anomaly_map import service
 from services.anomaly_map.api.routes import categories, maps
-from services.anomaly_map.categories import CategoryStore
 from services.anomaly_map.config import AnomalyMapSettings, get_settings
-from services.anomaly_map.engine import MapEngine
+from services.anomaly_map.runtime.engine import MapEngine, build_engine
+from services.anomaly_map.stores.categories import CategoryStore
+from services.anomaly_map.usecases.categories import prompt_tokenizer
 from shared.errors import UnavailableError
 from shared.http.app import create_service_app
 from shared.http.auth import ScopeRule
@@ -47,13 +47,13 @@ def create_app(
 ) -> FastAPI:
     """Build the app; collaborators are built in the lifespan unless given (tests)."""
     settings = settings or get_settings()
-    loader = load_engine or service.build_engine
+    loader = load_engine or build_engine
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         attach_infrastructure(app, settings.common, store=store)
         app.state.categories = CategoryStore(app.state.store)
-        app.state.tokenizer = service.prompt_tokenizer(settings)
+        app.state.tokenizer = prompt_tokenizer(settings)
         await _load_engine(app, settings, loader)
         yield
         if app.state.engine is not None:

@@ -8,8 +8,8 @@ from fastapi import Response
 
 from services.anomaly_map.api.deps import ResponseFormat
 from services.anomaly_map.api.schemas import AnomalyMapResponse, MapEncoding, MapPayload
-from services.anomaly_map.maps_io import encode_npy, map_payload
-from services.anomaly_map.service import MapResult
+from services.anomaly_map.stores.maps import encode_npy, map_payload
+from services.anomaly_map.usecases.anomaly_maps import MapResult
 
 _NPY_MEDIA = {"npy": "application/x-npy", "octet": "application/octet-stream"}
 

@@ -6,7 +6,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Body, Query, Response
 
-from services.anomaly_map import service
 from services.anomaly_map.api.deps import (
     CategoriesDep,
     CategoryInputDep,
@@ -31,6 +30,9 @@ from services.anomaly_map.api.schemas import (
     category_request_body,
     map_request_body,
 )
+from services.anomaly_map.runtime.engine import image_limits
+from services.anomaly_map.usecases import anomaly_maps, dataset_maps, evaluations, tocoad_fits
+from services.anomaly_map.usecases import categories as category_cases
 from shared.schemas.jobs import JobRecord
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -77,17 +79,17 @@ def put_category(
     Its text features are encoded right after the reply (when CLIP is loaded) and stored, so
     even the first map of the new version does no prompt encoding.
     """
-    record = service.put_category(
+    record = category_cases.put_category(
         store,
         name,
         body.spec,
         body.uploads,
         tokenizer=tokenizer,
-        limits=service.image_limits(settings),
+        limits=image_limits(settings),
         max_references=settings.max_references,
     )
     if engine is not None:
-        background.add_task(service.warm_text_features, engine, [record])
+        background.add_task(category_cases.warm_text_features, engine, [record])
     return CategoryResponse.of(record, versions=store.versions(name))
 
 
@@ -111,17 +113,17 @@ def import_categories(
     only: Annotated[list[str] | None, Query(description="import only these categories")] = None,
 ) -> ImportResponse:
     """Import a description JSON file; relative ``samples`` are read under ANOMALY_MAP_DATA_ROOT."""
-    result = service.import_descriptions(
+    result = category_cases.import_descriptions(
         store,
         data,
         tokenizer=tokenizer,
-        limits=service.image_limits(settings),
+        limits=image_limits(settings),
         data_root=settings.data_root,
         only=only or (),
         max_references=settings.max_references,
     )
     if engine is not None:
-        background.add_task(service.warm_text_features, engine, result.created)
+        background.add_task(category_cases.warm_text_features, engine, result.created)
     return ImportResponse(
         created=[CategoryResponse.of(r) for r in result.created], warnings=result.warnings
     )
@@ -138,14 +140,14 @@ def create_anomaly_map(
 ) -> Response:
     """Anomaly map of one image: JSON (map as base64 float32), ``.npy`` or PNG overlay by Accept."""
     params = body.params
-    request = service.MapRequest(
+    request = anomaly_maps.MapRequest(
         category=params.category,
         mode=params.mode,
         resolution=params.resolution,
         overlay=params.overlay or fmt == "png",
         tile=params.tile,
     )
-    result = service.generate_map(engine, body.data, request, settings)
+    result = anomaly_maps.generate_map(engine, body.data, request, settings)
     return map_response(result, fmt, params.map_encoding)
 
 
@@ -154,7 +156,7 @@ def submit_map_job(
     body: MapJobRequest, celery: CeleryDep, jobs: JobsDep, store: CategoriesDep
 ) -> JobRecord:
     """Queue maps for every image under a prefix (one float32 (G, G) .npy per image)."""
-    return service.submit_dataset_maps(celery, jobs, store, body)
+    return dataset_maps.submit_dataset_maps(celery, jobs, store, body)
 
 
 @maps.post("/evaluations", status_code=202, response_model=JobRecord, tags=["jobs"])
@@ -162,7 +164,7 @@ def submit_evaluation(
     body: EvaluationRequest, celery: CeleryDep, jobs: JobsDep, store: CategoriesDep
 ) -> JobRecord:
     """Queue an evaluation (image AUROC, pixel AUROC, AUPRO) on images and masks in the store."""
-    return service.submit_evaluation(celery, jobs, store, body)
+    return evaluations.submit_evaluation(celery, jobs, store, body)
 
 
 @maps.post("/tocoad-fits", status_code=202, response_model=JobRecord, tags=["jobs"])
@@ -170,4 +172,4 @@ def submit_tocoad_fit(
     body: TocoadFitRequest, celery: CeleryDep, jobs: JobsDep, store: CategoriesDep
 ) -> JobRecord:
     """Queue a ToCoAD fit for a category version (needed before mode=tocoad maps)."""
-    return service.submit_tocoad_fit(celery, jobs, store, body)
+    return tocoad_fits.submit_tocoad_fit(celery, jobs, store, body)

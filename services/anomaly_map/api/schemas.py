@@ -7,11 +7,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.anomaly_map.categories import CategoryRecord, CategorySpec, Method
-from services.anomaly_map.dataset_maps import DatasetMapParams
-from services.anomaly_map.evaluation import EvaluationParams
 from services.anomaly_map.ml.prompts import prompt_counts
-from services.anomaly_map.tocoad_fit import TocoadFitParams
+from services.anomaly_map.params import DatasetMapParams, EvaluationParams, Method, TocoadFitParams
+from services.anomaly_map.stores.categories import CategoryRecord, CategorySpec
 
 MapEncoding = Literal["base64", "list", "none"]
 

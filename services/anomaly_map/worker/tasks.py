@@ -10,10 +10,11 @@ from typing import Any
 
 from celery import Task, shared_task
 
-from services.anomaly_map import service
 from services.anomaly_map.config import get_settings
-from services.anomaly_map.engine import MapEngine
-from services.anomaly_map.tocoad_fit import TOCOAD_FIT_TASK
+from services.anomaly_map.runtime.engine import MapEngine, build_engine
+from services.anomaly_map.usecases.dataset_maps import run_dataset_maps
+from services.anomaly_map.usecases.evaluations import run_evaluation
+from services.anomaly_map.usecases.tocoad_fits import TOCOAD_FIT_TASK, run_tocoad_fit
 from shared.jobs.context import JobContext
 from shared.jobs.worker import run_in_worker, worker_jobs
 from shared.schemas.jobs import TaskName
@@ -22,15 +23,15 @@ from shared.schemas.jobs import TaskName
 @lru_cache(maxsize=1)
 def worker_engine() -> MapEngine:
     """The engine of this worker process (model weights loaded on first use)."""
-    return service.build_engine(get_settings(), worker_jobs().store)
+    return build_engine(get_settings(), worker_jobs().store)
 
 
 def _dataset_maps(ctx: JobContext) -> list[str]:
-    return service.run_dataset_maps(ctx, worker_engine(), get_settings())
+    return run_dataset_maps(ctx, worker_engine(), get_settings())
 
 
 def _evaluate(ctx: JobContext) -> list[str]:
-    return service.run_evaluation(ctx, worker_engine(), get_settings())
+    return run_evaluation(ctx, worker_engine(), get_settings())
 
 
 @shared_task(name=TaskName.ANOMALY_MAP_DATASET.value, bind=True)  # type: ignore[untyped-decorator]
@@ -46,7 +47,7 @@ def evaluate_task(self: Task, job_id: str) -> dict[str, Any]:
 
 
 def _tocoad_fit(ctx: JobContext) -> list[str]:
-    return service.run_tocoad_fit(ctx, worker_engine())
+    return run_tocoad_fit(ctx, worker_engine())
 
 
 @shared_task(name=TOCOAD_FIT_TASK, bind=True)  # type: ignore[untyped-decorator]

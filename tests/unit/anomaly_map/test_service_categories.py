@@ -6,9 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from services.anomaly_map import service
-from services.anomaly_map.categories import CategoryStore
 from services.anomaly_map.ml.prompts import Tokenizer
+from services.anomaly_map.stores.categories import CategoryStore
+from services.anomaly_map.usecases.categories import (
+    import_descriptions,
+    prompt_tokenizer,
+    put_category,
+)
 from shared.errors import InvalidInputError, NotFoundError
 from shared.imaging.intake import ImageLimits
 from shared.storage.filesystem import FileObjectStore
@@ -25,11 +29,11 @@ def categories(tmp_path: Path) -> CategoryStore:
 
 @pytest.fixture
 def tokenizer(tmp_path: Path) -> Tokenizer:
-    return service.prompt_tokenizer(make_settings(tmp_path))
+    return prompt_tokenizer(make_settings(tmp_path))
 
 
 def _put(categories: CategoryStore, tokenizer: Tokenizer, name: str = "tile", **spec: object):
-    return service.put_category(
+    return put_category(
         categories, name, small_spec(**spec), tokenizer=tokenizer, limits=LIMITS, max_references=4
     )
 
@@ -78,7 +82,7 @@ def test_corrupt_reference_upload_is_refused_before_anything_is_written(
 ) -> None:
     # when
     with pytest.raises(InvalidInputError):
-        service.put_category(
+        put_category(
             categories,
             "tile",
             small_spec(),
@@ -96,7 +100,7 @@ def test_too_many_references_are_refused(categories, tokenizer) -> None:
     uploads = [(f"{i}.png", image_bytes(seed=i)) for i in range(5)]
     # when / then
     with pytest.raises(InvalidInputError) as info:
-        service.put_category(
+        put_category(
             categories,
             "tile",
             small_spec(),
@@ -170,7 +174,7 @@ def test_import_reads_relative_samples_under_the_data_root(tmp_path, categories,
     (root / "refs" / "ok.png").write_bytes(image_bytes())
     samples = ["refs/ok.png", "/abs/elsewhere.jpg", "../outside.png", "refs/missing.png"]
     # when
-    result = service.import_descriptions(
+    result = import_descriptions(
         categories, _description_file(samples), tokenizer=tokenizer, limits=LIMITS, data_root=root
     )
     # then
@@ -183,7 +187,7 @@ def test_import_reads_relative_samples_under_the_data_root(tmp_path, categories,
 
 def test_import_without_data_root_ignores_samples_with_a_warning(categories, tokenizer) -> None:
     # when
-    result = service.import_descriptions(
+    result = import_descriptions(
         categories,
         _description_file(["refs/ok.png"]),
         tokenizer=tokenizer,
@@ -201,9 +205,7 @@ def test_import_with_an_overlong_prompt_creates_nothing(categories, tokenizer) -
     data["pipe"] = {"des": {"good": [], "defect": [LONG_DEFECT]}, "map": "pipe", "samples": []}
     # when
     with pytest.raises(InvalidInputError) as info:
-        service.import_descriptions(
-            categories, data, tokenizer=tokenizer, limits=LIMITS, data_root=None
-        )
+        import_descriptions(categories, data, tokenizer=tokenizer, limits=LIMITS, data_root=None)
     # then
     assert info.value.code == "prompt_too_long"
     assert categories.names() == []
@@ -211,7 +213,7 @@ def test_import_with_an_overlong_prompt_creates_nothing(categories, tokenizer) -
 
 def test_import_only_selected_categories(categories, tokenizer) -> None:
     # when
-    result = service.import_descriptions(
+    result = import_descriptions(
         categories,
         _description_file([]),
         tokenizer=tokenizer,
@@ -226,7 +228,7 @@ def test_import_only_selected_categories(categories, tokenizer) -> None:
 def test_import_of_a_malformed_file_is_refused(categories, tokenizer) -> None:
     # when / then
     with pytest.raises(InvalidInputError):
-        service.import_descriptions(
+        import_descriptions(
             categories,
             {"x": {"des": {"good": []}, "map": "m"}},
             tokenizer=tokenizer,

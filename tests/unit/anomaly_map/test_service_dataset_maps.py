@@ -8,15 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.anomaly_map import service
 from services.anomaly_map.config import AnomalyMapSettings
-from services.anomaly_map.dataset_maps import default_output_prefix
-from services.anomaly_map.engine import MapEngine
-from services.anomaly_map.maps_io import decode_npy, read_scores_csv
+from services.anomaly_map.runtime.engine import MapEngine
+from services.anomaly_map.stores.maps import decode_npy
+from services.anomaly_map.usecases.categories import put_category
+from services.anomaly_map.usecases.dataset_maps import default_output_prefix, run_dataset_maps
 from shared.errors import InvalidInputError, JobCanceledError
 from shared.imaging.intake import ImageLimits
 from shared.jobs.context import JobContext
 from shared.jobs.store import JobStore
+from shared.schemas.dataset_maps import read_scores_csv
 from shared.storage.filesystem import FileObjectStore
 from tests.unit.anomaly_map.test_service_support import (
     image_bytes,
@@ -49,7 +50,7 @@ def engine(tmp_path: Path, settings) -> CountingEngine:
     base = make_engine(settings, FileObjectStore(tmp_path / "store"))
     engine = CountingEngine(base.scorers, base.categories, limits=base.limits)
     engine.scored = []
-    service.put_category(
+    put_category(
         engine.categories,
         "tile",
         small_spec(),
@@ -81,7 +82,7 @@ def test_writes_one_raw_map_per_image_with_the_full_stem(engine, settings) -> No
     ctx = _context(engine)
     out = default_output_prefix("tile", ctx.job_id)
     # when
-    artifacts = service.run_dataset_maps(ctx, engine, settings)
+    artifacts = run_dataset_maps(ctx, engine, settings)
     # then
     maps = engine.categories.store.list(f"{out}maps/")
     assert maps == sorted(f"{out}maps/{n.rsplit('.', 1)[0]}.npy" for n in NAMES)
@@ -96,7 +97,7 @@ def test_scores_csv_and_manifest_describe_every_image(engine, settings) -> None:
     ctx = _context(engine)
     out = default_output_prefix("tile", ctx.job_id)
     # when
-    service.run_dataset_maps(ctx, engine, settings)
+    run_dataset_maps(ctx, engine, settings)
     # then
     rows = read_scores_csv(engine.categories.store.get_bytes(f"{out}scores.csv"))
     manifest = json.loads(engine.categories.store.get_bytes(f"{out}manifest.json"))
@@ -113,7 +114,7 @@ def test_progress_and_throughput_are_in_the_job_record(engine, settings) -> None
     # given
     ctx = _context(engine)
     # when
-    service.run_dataset_maps(ctx, engine, settings)
+    run_dataset_maps(ctx, engine, settings)
     # then
     record = ctx.jobs.get(ctx.job_id)
     assert record.metrics["done"] == 5
@@ -136,11 +137,11 @@ def test_resumed_job_skips_images_of_checkpointed_batches(engine, settings) -> N
 
     ctx.check_cancel = cancel_after_two  # type: ignore[method-assign]
     with pytest.raises(JobCanceledError):
-        service.run_dataset_maps(ctx, engine, settings)
+        run_dataset_maps(ctx, engine, settings)
     engine.categories.store.delete(cancel_key)
     engine.scored.clear()
     # when the job runs again
-    service.run_dataset_maps(_resume(ctx), engine, settings)
+    run_dataset_maps(_resume(ctx), engine, settings)
     # then only the last image was scored and every map exists once
     assert engine.scored == [1]
     record = ctx.jobs.get(ctx.job_id)
@@ -158,7 +159,7 @@ def test_cancel_stops_between_batches(engine, settings) -> None:
     ctx.jobs.request_cancel(ctx.job_id)
     # when / then
     with pytest.raises(JobCanceledError):
-        service.run_dataset_maps(ctx, engine, settings)
+        run_dataset_maps(ctx, engine, settings)
     assert engine.scored == []
 
 
@@ -167,7 +168,7 @@ def test_corrupt_image_is_skipped_and_listed(engine, settings) -> None:
     engine.categories.store.put_bytes("data/set/zz.png", b"\x89PNG\r\n\x1a\ntruncated")
     ctx = _context(engine)
     # when
-    service.run_dataset_maps(ctx, engine, settings)
+    run_dataset_maps(ctx, engine, settings)
     # then
     manifest = json.loads(
         engine.categories.store.get_bytes(
@@ -183,7 +184,7 @@ def test_two_images_with_the_same_stem_are_refused(engine, settings) -> None:
     engine.categories.store.put_bytes("data/set/a.jpg", image_bytes(fmt="JPEG"))
     # when / then
     with pytest.raises(InvalidInputError) as info:
-        service.run_dataset_maps(_context(engine), engine, settings)
+        run_dataset_maps(_context(engine), engine, settings)
     assert info.value.code == "map_name_collision"
 
 
@@ -192,7 +193,7 @@ def test_nested_folders_mirror_into_the_maps_folder(engine, settings) -> None:
     engine.categories.store.put_bytes("data/set/sub/a.png", image_bytes(seed=7))
     ctx = _context(engine, output_prefix="out/run1/")
     # when
-    service.run_dataset_maps(ctx, engine, settings)
+    run_dataset_maps(ctx, engine, settings)
     # then
     assert engine.categories.store.exists("out/run1/maps/sub/a.npy")
     assert engine.categories.store.exists("out/run1/maps/a.npy")
@@ -201,5 +202,5 @@ def test_nested_folders_mirror_into_the_maps_folder(engine, settings) -> None:
 def test_empty_prefix_fails_with_a_clear_code(engine, settings) -> None:
     # when / then
     with pytest.raises(InvalidInputError) as info:
-        service.run_dataset_maps(_context(engine, prefix="data/none/"), engine, settings)
+        run_dataset_maps(_context(engine, prefix="data/none/"), engine, settings)
     assert info.value.code == "no_images"

@@ -7,8 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from services.anomaly_map import service
-from services.anomaly_map.evaluation import plan_local_folder, plan_samples
+from services.anomaly_map.usecases.categories import put_category
+from services.anomaly_map.usecases.evaluations import (
+    plan_local_folder,
+    plan_samples,
+    run_evaluation,
+)
 from shared.imaging.intake import ImageLimits
 from shared.jobs.context import JobContext
 from shared.jobs.store import JobStore
@@ -73,7 +77,7 @@ def dataset(tmp_path: Path):
     settings = make_settings(tmp_path)
     engine = make_engine(settings, FileObjectStore(tmp_path / "store"))
     store = engine.categories.store
-    service.put_category(
+    put_category(
         engine.categories,
         "tile",
         small_spec(),
@@ -101,7 +105,7 @@ def _run(settings, engine, **params: object) -> JobContext:
         params={"category": "tile", "images_prefix": "ds/", **params},
     )
     ctx = JobContext(jobs, record, min_interval_s=0.0)
-    service.run_evaluation(ctx, engine, settings)
+    run_evaluation(ctx, engine, settings)
     return ctx
 
 

@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.anomaly_map import service
-from services.anomaly_map.categories import CategoryRecord
 from services.anomaly_map.config import AnomalyMapSettings
-from services.anomaly_map.engine import MapEngine
+from services.anomaly_map.runtime.engine import MapEngine, build_engine
+from services.anomaly_map.stores.categories import CategoryRecord
+from services.anomaly_map.usecases.anomaly_maps import MapRequest, generate_map
+from services.anomaly_map.usecases.categories import put_category
 from shared.errors import InvalidInputError, NotFoundError, OverloadedError, UnavailableError
 from shared.imaging.intake import ImageLimits
 from shared.storage.filesystem import FileObjectStore
@@ -37,7 +38,7 @@ def engine(tmp_path: Path, settings: AnomalyMapSettings) -> MapEngine:
 
 def _category(engine: MapEngine, name: str = "tile", references: int = 2) -> CategoryRecord:
     uploads = [(f"{i}.png", image_bytes(seed=100 + i)) for i in range(references)]
-    return service.put_category(
+    return put_category(
         engine.categories,
         name,
         small_spec(),
@@ -52,7 +53,7 @@ def test_patch_resolution_map_is_the_raw_float32_grid(engine, settings) -> None:
     # given
     record = _category(engine)
     # when
-    result = service.generate_map(engine, image_bytes(seed=1), service.MapRequest("tile"), settings)
+    result = generate_map(engine, image_bytes(seed=1), MapRequest("tile"), settings)
     # then
     assert result.anomaly_map.shape == (GRID, GRID)
     assert result.anomaly_map.dtype == np.float32
@@ -65,9 +66,9 @@ def test_patch_resolution_map_is_the_raw_float32_grid(engine, settings) -> None:
 def test_image_resolution_map_has_the_image_size(engine, settings) -> None:
     # given
     _category(engine)
-    request = service.MapRequest("tile", resolution="image")
+    request = MapRequest("tile", resolution="image")
     # when
-    result = service.generate_map(engine, image_bytes(30, 70, seed=1), request, settings)
+    result = generate_map(engine, image_bytes(30, 70, seed=1), request, settings)
     # then
     assert result.anomaly_map.shape == (30, 70)
 
@@ -76,9 +77,7 @@ def test_winclip_mode_uses_the_same_encoder(engine, settings) -> None:
     # given
     _category(engine)
     # when
-    result = service.generate_map(
-        engine, image_bytes(seed=1), service.MapRequest("tile", mode="winclip"), settings
-    )
+    result = generate_map(engine, image_bytes(seed=1), MapRequest("tile", mode="winclip"), settings)
     # then
     assert result.mode == "winclip"
     assert result.anomaly_map.shape == (GRID, GRID)
@@ -88,7 +87,7 @@ def test_without_references_the_map_is_zero_shot(engine, settings) -> None:
     # given
     _category(engine, references=0)
     # when
-    result = service.generate_map(engine, image_bytes(seed=1), service.MapRequest("tile"), settings)
+    result = generate_map(engine, image_bytes(seed=1), MapRequest("tile"), settings)
     # then
     assert result.image_score == pytest.approx(result.zero_shot_score)
     assert result.anomaly_map.max() < 1.0
@@ -97,9 +96,9 @@ def test_without_references_the_map_is_zero_shot(engine, settings) -> None:
 def test_large_image_is_tiled_and_stitched(engine, settings) -> None:
     # given
     _category(engine)
-    request = service.MapRequest("tile", tile=40)
+    request = MapRequest("tile", tile=40)
     # when
-    result = service.generate_map(engine, image_bytes(40, 200, seed=2), request, settings)
+    result = generate_map(engine, image_bytes(40, 200, seed=2), request, settings)
     # then
     assert result.tiles >= 5
     assert result.anomaly_map.shape == (GRID, 25)
@@ -109,9 +108,9 @@ def test_large_image_is_tiled_and_stitched(engine, settings) -> None:
 def test_tiled_image_resolution_map_matches_the_image(engine, settings) -> None:
     # given
     _category(engine)
-    request = service.MapRequest("tile", tile=40, resolution="image")
+    request = MapRequest("tile", tile=40, resolution="image")
     # when
-    result = service.generate_map(engine, image_bytes(40, 120, seed=2), request, settings)
+    result = generate_map(engine, image_bytes(40, 120, seed=2), request, settings)
     # then
     assert result.anomaly_map.shape == (40, 120)
 
@@ -119,19 +118,19 @@ def test_tiled_image_resolution_map_matches_the_image(engine, settings) -> None:
 def test_too_many_tiles_are_refused(engine, settings) -> None:
     # given
     _category(engine)
-    request = service.MapRequest("tile", tile=8)
+    request = MapRequest("tile", tile=8)
     # when / then
     with pytest.raises(InvalidInputError) as info:
-        service.generate_map(engine, image_bytes(80, 160, seed=2), request, settings)
+        generate_map(engine, image_bytes(80, 160, seed=2), request, settings)
     assert info.value.code == "too_many_tiles"
 
 
 def test_overlay_is_a_png_of_the_image_size(engine, settings) -> None:
     # given
     _category(engine)
-    request = service.MapRequest("tile", overlay=True)
+    request = MapRequest("tile", overlay=True)
     # when
-    result = service.generate_map(engine, image_bytes(seed=1), request, settings)
+    result = generate_map(engine, image_bytes(seed=1), request, settings)
     # then
     assert result.overlay_png is not None
     assert result.overlay_png.startswith(b"\x89PNG")
@@ -140,7 +139,7 @@ def test_overlay_is_a_png_of_the_image_size(engine, settings) -> None:
 def test_unknown_category_is_not_found(engine, settings) -> None:
     # when / then
     with pytest.raises(NotFoundError) as info:
-        service.generate_map(engine, image_bytes(), service.MapRequest("nope"), settings)
+        generate_map(engine, image_bytes(), MapRequest("nope"), settings)
     assert info.value.code == "category_not_found"
 
 
@@ -149,18 +148,18 @@ def test_corrupt_image_is_refused(engine, settings) -> None:
     _category(engine)
     # when / then
     with pytest.raises(InvalidInputError) as info:
-        service.generate_map(engine, image_bytes()[:60], service.MapRequest("tile"), settings)
+        generate_map(engine, image_bytes()[:60], MapRequest("tile"), settings)
     assert info.value.code == "corrupt_image"
 
 
 def test_memory_bank_is_stored_once_and_reused_by_a_new_engine(tmp_path, engine, settings) -> None:
     # given
     record = _category(engine)
-    first = service.generate_map(engine, image_bytes(seed=1), service.MapRequest("tile"), settings)
+    first = generate_map(engine, image_bytes(seed=1), MapRequest("tile"), settings)
     banks = engine.categories.store.list(f"{record.prefix}banks/")
     # when
     fresh = make_engine(settings, engine.categories.store)
-    second = service.generate_map(fresh, image_bytes(seed=1), service.MapRequest("tile"), settings)
+    second = generate_map(fresh, image_bytes(seed=1), MapRequest("tile"), settings)
     # then
     tag = engine.scorers.kead.config_tag
     assert banks == [f"{record.prefix}banks/kead-{engine.model_id}-{tag}.pt"]
@@ -173,9 +172,9 @@ def test_text_features_are_cached_per_category_version_and_mode(engine, settings
     _category(engine)
     # when
     for _ in range(3):
-        service.generate_map(engine, image_bytes(seed=1), service.MapRequest("tile"), settings)
+        generate_map(engine, image_bytes(seed=1), MapRequest("tile"), settings)
     _category(engine)  # a new version
-    service.generate_map(engine, image_bytes(seed=1), service.MapRequest("tile"), settings)
+    generate_map(engine, image_bytes(seed=1), MapRequest("tile"), settings)
     # then
     assert len(engine._text) == 2
 
@@ -192,7 +191,7 @@ def test_requests_beyond_the_waiting_room_are_refused(tmp_path) -> None:
 def test_build_engine_without_weights_names_model_and_folder(tmp_path) -> None:
     # given an engine built without weights (nothing is loaded yet)
     settings = make_settings(tmp_path, allow_random_weights=False)
-    engine = service.build_engine(settings, FileObjectStore(tmp_path / "store"))
+    engine = build_engine(settings, FileObjectStore(tmp_path / "store"))
     # when a CLIP mode needs the encoder
     with pytest.raises(UnavailableError) as info:
         _ = engine.scorers
@@ -215,13 +214,11 @@ def test_first_map_after_a_restart_does_no_prompt_encoding(engine, settings, mon
 
     monkeypatch.setattr(text_features, "encode_prompt_set", counting)
     record = _category(engine)
-    first = service.generate_map(engine, image_bytes(seed=1), service.MapRequest("tile"), settings)
+    first = generate_map(engine, image_bytes(seed=1), MapRequest("tile"), settings)
     encoded_first = len(calls)
     # when a fresh engine (a restarted API or another worker) on the same store maps an image
     restarted = make_engine(settings, engine.categories.store)
-    second = service.generate_map(
-        restarted, image_bytes(seed=1), service.MapRequest("tile"), settings
-    )
+    second = generate_map(restarted, image_bytes(seed=1), MapRequest("tile"), settings)
     # then the first process encoded prompts, the restarted one none
     assert encoded_first == 3  # normal, anomalous and the empty template
     assert len(calls) == encoded_first
@@ -237,7 +234,7 @@ def test_unreadable_stored_text_features_are_encoded_again(engine, settings) -> 
     name = f"text/kead-{engine.model_id}-{engine.scorers.kead.config_tag}.pt"
     engine.categories.put_blob(record, name, b"garbage")
     # when
-    result = service.generate_map(engine, image_bytes(seed=1), service.MapRequest("tile"), settings)
+    result = generate_map(engine, image_bytes(seed=1), MapRequest("tile"), settings)
     # then
     assert np.isfinite(result.anomaly_map).all()
     stored = engine.categories.get_blob(record, name)

@@ -14,11 +14,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from services.anomaly_map import service
-from services.anomaly_map.categories import CategorySpec, CategoryStore
 from services.anomaly_map.config import AnomalyMapSettings
-from services.anomaly_map.engine import MapEngine
-from services.anomaly_map.scorers import ScorerSet, load_scorers
+from services.anomaly_map.runtime.clip import ScorerSet, load_scorers
+from services.anomaly_map.runtime.engine import MapEngine, image_limits
+from services.anomaly_map.stores.categories import CategorySpec, CategoryStore
 from shared.config import CommonSettings, PathSettings
 from shared.storage.base import ObjectStore
 
@@ -50,11 +49,11 @@ def tiny_scorers() -> ScorerSet:
 
 
 def make_engine(settings: AnomalyMapSettings, store: ObjectStore) -> MapEngine:
-    """An engine on the shared tiny scorers (same signature as ``service.build_engine``)."""
+    """An engine on the shared tiny scorers (same signature as ``build_engine``)."""
     return MapEngine(
         tiny_scorers(),
         CategoryStore(store),
-        limits=service.image_limits(settings),
+        limits=image_limits(settings),
         max_pending=settings.max_pending,
     )
 

@@ -10,9 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from services.anomaly_map import service
-from services.anomaly_map.engine import MapEngine
-from services.anomaly_map.tocoad_fit import MODEL_FILE, state_from_bytes
+from services.anomaly_map.runtime.engine import MapEngine, build_engine
+from services.anomaly_map.stores.tocoad_models import MODEL_FILE, state_from_bytes
+from services.anomaly_map.usecases.anomaly_maps import MapRequest, generate_map
+from services.anomaly_map.usecases.categories import prompt_tokenizer, put_category
+from services.anomaly_map.usecases.dataset_maps import run_dataset_maps
+from services.anomaly_map.usecases.evaluations import run_evaluation
+from services.anomaly_map.usecases.tocoad_fits import run_tocoad_fit
 from shared.errors import ConflictError, InvalidInputError, UnavailableError
 from shared.imaging.intake import ImageLimits
 from shared.jobs.context import JobContext
@@ -46,7 +50,7 @@ def engine(tmp_path: Path) -> MapEngine:
     settings = make_settings(tmp_path)
     engine = make_engine(settings, FileObjectStore(tmp_path / "store"))
     uploads = [(f"{i}.png", image_bytes(64, 64, seed=i)) for i in range(3)]
-    service.put_category(
+    put_category(
         engine.categories,
         "fabric",
         small_spec(method="tocoad"),
@@ -67,16 +71,14 @@ def _fit(engine: MapEngine, **params: Any) -> JobContext:
         params={"category": "fabric", "config": TINY_TOCOAD, **params},
     )
     ctx = JobContext(jobs, record, min_interval_s=0.0)
-    service.run_tocoad_fit(ctx, engine)
+    run_tocoad_fit(ctx, engine)
     return ctx
 
 
 def test_map_before_a_fit_is_a_conflict(engine: MapEngine, tmp_path: Path) -> None:
     # when / then
     with pytest.raises(ConflictError) as info:
-        service.generate_map(
-            engine, image_bytes(seed=5), service.MapRequest("fabric"), make_settings(tmp_path)
-        )
+        generate_map(engine, image_bytes(seed=5), MapRequest("fabric"), make_settings(tmp_path))
     assert info.value.code == "tocoad_not_fitted"
 
 
@@ -85,8 +87,8 @@ def test_fit_stores_the_model_and_maps_use_it(engine: MapEngine, tmp_path: Path)
     ctx = _fit(engine)
     record = engine.categories.get("fabric")
     # when
-    result = service.generate_map(
-        engine, image_bytes(seed=5), service.MapRequest("fabric"), make_settings(tmp_path)
+    result = generate_map(
+        engine, image_bytes(seed=5), MapRequest("fabric"), make_settings(tmp_path)
     )
     # then
     assert ctx.jobs.get(ctx.job_id).outputs["model"] == f"{record.prefix}{MODEL_FILE}"
@@ -126,7 +128,7 @@ def test_dataset_maps_with_tocoad_write_maps_of_its_input_side(engine: MapEngine
     )
     ctx = JobContext(jobs, record, min_interval_s=0.0)
     # when
-    service.run_dataset_maps(ctx, engine, make_settings(tmp_path))
+    run_dataset_maps(ctx, engine, make_settings(tmp_path))
     # then
     manifest = json.loads(engine.categories.store.get_bytes("out/f/manifest.json"))
     assert manifest["mode"] == "tocoad"
@@ -138,14 +140,14 @@ def offline_engine(tmp_path: Path) -> MapEngine:
     """An engine exactly as the service builds it, with no CLIP weights and no random weights."""
     torch.set_num_threads(1)
     settings = make_settings(tmp_path, allow_random_weights=False)
-    engine = service.build_engine(settings, FileObjectStore(tmp_path / "store"))
+    engine = build_engine(settings, FileObjectStore(tmp_path / "store"))
     uploads = [(f"{i}.png", image_bytes(48, 96, seed=i)) for i in range(3)]
-    service.put_category(
+    put_category(
         engine.categories,
         "fabric",
         small_spec(method="tocoad"),
         uploads,
-        tokenizer=service.prompt_tokenizer(settings),
+        tokenizer=prompt_tokenizer(settings),
         limits=ImageLimits(),
         max_references=8,
     )
@@ -169,10 +171,10 @@ def test_tocoad_fits_maps_and_evaluates_without_any_clip_weights(
         params={"category": "fabric", "images_prefix": "ev/img/", "masks_prefix": "ev/mask/"},
     )
     # when
-    result = service.generate_map(
-        offline_engine, image_bytes(seed=5), service.MapRequest("fabric"), make_settings(tmp_path)
+    result = generate_map(
+        offline_engine, image_bytes(seed=5), MapRequest("fabric"), make_settings(tmp_path)
     )
-    service.run_evaluation(
+    run_evaluation(
         JobContext(jobs, record, min_interval_s=0.0), offline_engine, make_settings(tmp_path)
     )
     # then maps and the evaluation name the fitted ToCoAD model, and CLIP was never loaded
@@ -228,7 +230,7 @@ def test_fit_progress_reports_phases_and_an_eta(offline_engine: MapEngine) -> No
 
     ctx.progress = spy  # type: ignore[method-assign]
     # when
-    service.run_tocoad_fit(ctx, offline_engine)
+    run_tocoad_fit(ctx, offline_engine)
     # then the first messages name the phase, and the first training step carries an ETA
     assert messages[0] == "loading normal images"
     assert any(m.startswith("building anomaly textures") for m in messages)
@@ -263,14 +265,10 @@ def test_a_refit_of_the_same_version_is_served_at_the_next_request(
     # given a map from a first fit
     settings = make_settings(tmp_path)
     first_fit = _fit(offline_engine, preset="tiny", config={})
-    first = service.generate_map(
-        offline_engine, image_bytes(seed=5), service.MapRequest("fabric"), settings
-    )
+    first = generate_map(offline_engine, image_bytes(seed=5), MapRequest("fabric"), settings)
     # when another fit (another seed) replaces the model of the same category version
     second_fit = _fit(offline_engine, preset="tiny", config={"seed": 1})
-    second = service.generate_map(
-        offline_engine, image_bytes(seed=5), service.MapRequest("fabric"), settings
-    )
+    second = generate_map(offline_engine, image_bytes(seed=5), MapRequest("fabric"), settings)
     # then
     versions = {
         ctx.jobs.get(ctx.job_id).outputs["model_version"] for ctx in (first_fit, second_fit)

@@ -1,4 +1,4 @@
-"""Celery task bodies delegate to the service with the process's engine (service patched)."""
+"""Celery task bodies delegate to their use cases with the process's engine (use cases patched)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from typing import Any
 
 import pytest
 
-from services.anomaly_map import service
 from services.anomaly_map.worker import tasks
 
 
@@ -28,7 +27,7 @@ def recorder(monkeypatch: pytest.MonkeyPatch) -> Recorder:
     monkeypatch.setattr(tasks, "worker_engine", lambda: "engine")
     monkeypatch.setattr(tasks, "get_settings", lambda: "settings")
     for name in ("run_dataset_maps", "run_evaluation", "run_tocoad_fit"):
-        monkeypatch.setattr(service, name, recorder(name))
+        monkeypatch.setattr(tasks, name, recorder(name))
     return recorder
 
 
@@ -40,9 +39,7 @@ def recorder(monkeypatch: pytest.MonkeyPatch) -> Recorder:
         (tasks._tocoad_fit, ("run_tocoad_fit", ("ctx", "engine"))),
     ],
 )
-def test_handler_calls_its_service_function(
-    recorder: Recorder, handler: Any, expected: Any
-) -> None:
+def test_handler_calls_its_use_case(recorder: Recorder, handler: Any, expected: Any) -> None:
     # when
     artifacts = handler("ctx")
     # then

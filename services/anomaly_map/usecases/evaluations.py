@@ -1,4 +1,7 @@
-"""Image AUROC, pixel AUROC and AUPRO of maps against masks, on S x S (agssp-spec §1.9: maps
+"""Evaluation jobs (``anomaly_map_evaluation``) and local-folder evaluations: submission,
+the run, and the metrics.
+
+Image AUROC, pixel AUROC and AUPRO of maps against masks, on S x S (agssp-spec §1.9: maps
 upsampled bilinearly, masks resized and binarised at 0.5). Labels: ``normal_prefixes`` when
 given (anomalous images with empty masks count for image AUROC only), else the mask itself.
 """
@@ -17,36 +20,48 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
-from services.anomaly_map.categories import CategoryRecord
-from services.anomaly_map.engine import BatchScores, MapEngine, Mode, resolve_mode
-from services.anomaly_map.maps_io import is_image_key, relative_stem
+from services.anomaly_map.config import AnomalyMapSettings
 from services.anomaly_map.ml.metrics import aupro, image_auroc, pixel_auroc
 from services.anomaly_map.ml.preprocess import upsample_maps
+from services.anomaly_map.params import EvaluationParams
+from services.anomaly_map.runtime.engine import MapEngine, Mode, resolve_mode
+from services.anomaly_map.runtime.methods import BatchScores, method_for
+from services.anomaly_map.stores.categories import CategoryRecord, CategoryStore
 from shared.errors import InvalidInputError, SuiteError
 from shared.imaging.intake import ImageLimits, decode_image
 from shared.jobs.context import JobContext
-from shared.schemas.jobs import utcnow
-from shared.storage.base import validate_key
+from shared.jobs.producer import TaskSender, submit_job
+from shared.jobs.store import JobStore
+from shared.schemas.dataset_maps import SCORES_FILE, is_image_key, relative_stem
+from shared.schemas.jobs import JobRecord, Queue, TaskName, utcnow
+from shared.storage.base import listing_prefix, validate_key
 
 log = logging.getLogger(__name__)
 MASK_THRESHOLD = 127  # masks are 0/255 with soft edges; magnetic-tile SOURCE.md
 
 
-class EvaluationParams(BaseModel):
-    """Payload of ``anomaly_map.evaluate`` jobs."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    category: str
-    category_version: str | None = None
-    images_prefix: str
-    masks_prefix: str | None = Field(None, description="default: the images prefix")
-    mask_suffix: str = Field(".png", description="mask key = masks prefix + image stem + suffix")
-    normal_prefixes: list[str] = Field(default_factory=list)
-    mode: str | None = None
-    max_images: int | None = Field(None, ge=2, le=1_000_000)
+def submit_evaluation(
+    sender: TaskSender, jobs: JobStore, categories: CategoryStore, params: EvaluationParams
+) -> JobRecord:
+    """Validate and enqueue an evaluation job; the category version is pinned now."""
+    record = categories.get(params.category, params.category_version)
+    payload = params.model_copy(
+        update={
+            "category_version": record.version,
+            "mode": resolve_mode(params.mode, record),
+            "images_prefix": listing_prefix(params.images_prefix),
+            "masks_prefix": listing_prefix(params.masks_prefix) if params.masks_prefix else None,
+        }
+    )
+    return submit_job(
+        sender,
+        jobs,
+        kind="anomaly_map_evaluation",
+        task_name=TaskName.ANOMALY_MAP_EVALUATE,
+        queue=Queue.MAPS,
+        params=payload.model_dump(mode="json"),
+    )
 
 
 @dataclass(frozen=True)
@@ -222,7 +237,7 @@ def evaluate(
 def _model_fields(engine: MapEngine, record: CategoryRecord, mode: Mode) -> dict[str, Any]:
     """What names the model of an evaluation: CLIP id, or ToCoAD version, fit job and config."""
     fields: dict[str, Any] = {"model": engine.model_for(record, mode)}
-    if mode == "tocoad":
+    if method_for(mode).needs.fitted_model:
         info = engine.tocoad_info(record)
         fields["tocoad"] = {k: info.get(k) for k in ("model_version", "fit_job", "preset")}
         fields["tocoad"]["config"] = info.get("config")
@@ -298,7 +313,8 @@ def run_job(ctx: JobContext, engine: MapEngine, *, batch_size: int, max_images: 
         on_batch=on_batch,
     )
     out = f"evaluations/{record.name}/{ctx.job_id}/"
-    ctx.store.put_bytes(f"{out}scores.csv", result.scores_csv, "text/csv")
+    # Named like a dataset map's scores file, with the evaluation's own columns.
+    ctx.store.put_bytes(f"{out}{SCORES_FILE}", result.scores_csv, "text/csv")
     results_key = f"{out}results.json"
     ctx.store.put_bytes(
         results_key, json.dumps(result.summary, indent=1).encode(), "application/json"
@@ -317,3 +333,36 @@ def plan_local_folder(
     files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
     prefixes = [d.rstrip("/") + "/" for d in normal_dirs]
     return plan_samples(files, "", "", mask_suffix, prefixes, set(files))
+
+
+def evaluate_local_folder(
+    engine: MapEngine,
+    record: CategoryRecord,
+    root: Path,
+    *,
+    normal_dirs: Sequence[str],
+    mode: str | None,
+    max_images: int | None,
+    batch_size: int,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> EvaluationResult:
+    """Evaluate a local dataset folder (e.g. magnetic-tile: ``<class>/Imgs/<stem>.jpg|.png``)."""
+    plans = subsample(plan_local_folder(root, normal_dirs), max_images)
+    if len(plans) < 2:
+        raise InvalidInputError(f"fewer than 2 images under {root}", code="no_images")
+    return evaluate(
+        engine,
+        record,
+        resolve_mode(mode, record),
+        plans,
+        lambda key: (root / key).read_bytes(),
+        batch_size=batch_size,
+        on_batch=on_batch,
+    )
+
+
+def run_evaluation(ctx: JobContext, engine: MapEngine, settings: AnomalyMapSettings) -> list[str]:
+    """Worker entry point of ``anomaly_map.evaluate``."""
+    return run_job(
+        ctx, engine, batch_size=settings.max_batch_size, max_images=settings.evaluation_max_images
+    )

@@ -9,11 +9,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.anomaly_map.ml.prompts import CategoryDescription, parse_category
+from services.anomaly_map.params import Method
 from shared.errors import InvalidInputError, NotFoundError
 from shared.schemas.artifacts import new_version
 from shared.schemas.jobs import utcnow
@@ -22,7 +22,6 @@ from shared.storage.base import ObjectNotFoundError, ObjectStore, validate_key
 CATEGORIES_PREFIX = "categories/"
 LATEST = "LATEST"
 RECORD_NAME = "category.json"
-Method = Literal["kead", "winclip", "tocoad"]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _IMAGE_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "BMP": "bmp", "TIFF": "tif"}
 

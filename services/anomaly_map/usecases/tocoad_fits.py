@@ -1,57 +1,40 @@
-"""ToCoAD for a category: a resumable fit job on its normal images, the model stored at
-``categories/<name>/<version>/tocoad/model.pt`` (``torch.save`` of ``TocoadModel.to_state()``,
-read back with ``weights_only``) with ``tocoad/model.json`` beside it: the model version (a
-digest of the stored bytes), the fit job, the preset and the full config, so every map, dataset
-map job and evaluation names the exact ToCoAD model that made it.
+"""ToCoAD fit jobs (``anomaly_map_tocoad_fit``): submission and the resumable run on a
+category's normal images; the fitted model is stored beside the category
+(``stores.tocoad_models``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
-from services.anomaly_map.categories import CategoryRecord, CategoryStore
-from services.anomaly_map.maps_io import is_image_key
 from services.anomaly_map.ml.tocoad.config import TocoadConfig
 from services.anomaly_map.ml.tocoad.fit import fit_tocoad
-from services.anomaly_map.ml.tocoad.model import TocoadModel
 from services.anomaly_map.ml.tocoad.presets import PresetName, preset_config
-from shared.errors import ConflictError, InvalidInputError
+from services.anomaly_map.params import TocoadFitParams
+from services.anomaly_map.runtime.engine import MapEngine
+from services.anomaly_map.stores.categories import CategoryRecord, CategoryStore
+from services.anomaly_map.stores.tocoad_models import (
+    model_version,
+    save_model,
+    state_from_bytes,
+    state_to_bytes,
+)
+from shared.errors import InvalidInputError
 from shared.imaging.intake import ImageLimits, decode_image
 from shared.jobs.context import JobContext
+from shared.jobs.producer import TaskSender, submit_job
+from shared.jobs.store import JobStore
 from shared.ml.hooks import TrainHooks
-from shared.schemas.jobs import TaskName, utcnow
-from shared.storage.base import validate_key
+from shared.schemas.dataset_maps import is_image_key
+from shared.schemas.jobs import JobRecord, Queue, TaskName, utcnow
+from shared.storage.base import listing_prefix, validate_key
 
 TOCOAD_FIT_TASK = TaskName.ANOMALY_MAP_TOCOAD_FIT.value
-MODEL_FILE = "tocoad/model.pt"
-INFO_FILE = "tocoad/model.json"
 CHECKPOINT = "tocoad"
-
-
-class TocoadFitParams(BaseModel):
-    """Payload of ToCoAD fit jobs."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    category: str
-    category_version: str | None = None
-    normal_prefix: str | None = Field(
-        None, description="extra defect-free images under this object-store prefix"
-    )
-    max_images: int = Field(
-        512, ge=2, le=100_000, description="most training images; more are dropped (warned)"
-    )
-    preset: PresetName = Field("cpu", description="cpu (2 cores, < 1 h), gpu (paper), tiny (CI)")
-    config: dict[str, Any] = Field(
-        default_factory=dict, description="TocoadConfig overrides on top of the preset"
-    )
 
 
 def tocoad_config(overrides: dict[str, Any], preset: PresetName = "cpu") -> TocoadConfig:
@@ -62,52 +45,25 @@ def tocoad_config(overrides: dict[str, Any], preset: PresetName = "cpu") -> Toco
         raise InvalidInputError(f"invalid ToCoAD config: {exc}", code="invalid_config") from exc
 
 
-def model_info(categories: CategoryStore, record: CategoryRecord) -> dict[str, Any]:
-    """``tocoad/model.json`` of a category version (version, fit job, preset, config).
-
-    Raises:
-        ConflictError: ``tocoad_not_fitted`` when no fit job has finished for this version.
-    """
-    data = categories.get_blob(record, INFO_FILE)
-    if data is None:
-        raise _not_fitted(record)
-    info: dict[str, Any] = json.loads(data)
-    return info
-
-
-def state_to_bytes(state: dict[str, Any]) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    return buffer.getvalue()
-
-
-def state_from_bytes(data: bytes) -> dict[str, Any]:
-    # weights_only: tensors and plain containers only, never arbitrary pickled objects.
-    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise InvalidInputError("stored ToCoAD state is not a dict", code="bad_model")
-    return state
-
-
-def load_model(
-    categories: CategoryStore, record: CategoryRecord, device: torch.device
-) -> TocoadModel:
-    """The fitted model of a category version.
-
-    Raises:
-        ConflictError: ``tocoad_not_fitted`` when no fit job has finished for this version.
-    """
-    data = categories.get_blob(record, MODEL_FILE)
-    if data is None:
-        raise _not_fitted(record)
-    return TocoadModel.from_state(state_from_bytes(data), device)
-
-
-def _not_fitted(record: CategoryRecord) -> ConflictError:
-    return ConflictError(
-        f"category {record.name!r} version {record.version} has no fitted ToCoAD model; "
-        "run a fit job first (POST /v1/tocoad-fits or agssp maps fit-tocoad)",
-        code="tocoad_not_fitted",
+def submit_tocoad_fit(
+    sender: TaskSender, jobs: JobStore, categories: CategoryStore, params: TocoadFitParams
+) -> JobRecord:
+    """Validate and enqueue a ToCoAD fit of a category version (config checked now)."""
+    record = categories.get(params.category, params.category_version)
+    tocoad_config(params.config)
+    payload = params.model_copy(
+        update={
+            "category_version": record.version,
+            "normal_prefix": listing_prefix(params.normal_prefix) if params.normal_prefix else None,
+        }
+    )
+    return submit_job(
+        sender,
+        jobs,
+        kind="anomaly_map_tocoad_fit",
+        task_name=TOCOAD_FIT_TASK,
+        queue=Queue.MAPS,
+        params=payload.model_dump(mode="json"),
     )
 
 
@@ -162,16 +118,15 @@ def run(
     )
     model = fit_tocoad(images, cfg, hooks=hooks, device=device)
     data = state_to_bytes(model.to_state())
-    key = categories.put_blob(record, MODEL_FILE, data)
     info = {
-        "model_version": f"tocoad-{hashlib.sha256(data).hexdigest()[:16]}",
+        "model_version": model_version(data),
         "fit_job": ctx.job_id,
         "preset": params.preset,
         "images": len(images),
         "config": cfg.model_dump(mode="json"),
         "created_at": utcnow().isoformat(),
     }
-    info_key = categories.put_blob(record, INFO_FILE, json.dumps(info, indent=1).encode())
+    key, info_key = save_model(categories, record, data, info)
     ctx.set_outputs(
         model=key,
         model_info=info_key,
@@ -180,3 +135,8 @@ def run(
         category_version=record.version,
     )
     return [key, info_key]
+
+
+def run_tocoad_fit(ctx: JobContext, engine: MapEngine) -> list[str]:
+    """Worker entry point of ToCoAD fit jobs."""
+    return run(ctx, engine.categories, limits=engine.limits, device=engine.device)

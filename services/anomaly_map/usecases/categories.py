@@ -1,4 +1,5 @@
-"""Category use cases: create versions with reference images, import description files.
+"""Category use cases: create versions with reference images, import description files,
+warm the text features of new versions.
 
 Prompt lengths are checked against the text tower's context here, so a category never
 reaches the model with prompts the tokenizer would cut (agssp-spec §1.1, field-notes §A5).
@@ -6,19 +7,13 @@ reaches the model with prompts the tokenizer would cut (agssp-spec §1.1, field-
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.anomaly_map.categories import (
-    CategoryRecord,
-    CategorySpec,
-    CategoryStore,
-    ReferenceImage,
-    check_name,
-    describe,
-)
+from services.anomaly_map.config import AnomalyMapSettings
 from services.anomaly_map.ml.prompts import (
     CategoryDescription,
     Tokenizer,
@@ -28,11 +23,28 @@ from services.anomaly_map.ml.prompts import (
     parse_descriptions,
     surely_overlong,
 )
-from shared.errors import InvalidInputError, NotFoundError
+from services.anomaly_map.runtime.clip import text_tokenizer
+from services.anomaly_map.runtime.engine import MapEngine
+from services.anomaly_map.runtime.methods import method_for
+from services.anomaly_map.stores.categories import (
+    CategoryRecord,
+    CategorySpec,
+    CategoryStore,
+    ReferenceImage,
+    check_name,
+    describe,
+)
+from shared.errors import InvalidInputError, NotFoundError, SuiteError
 from shared.imaging.intake import ImageLimits, decode_image
 from shared.storage.base import ObjectStore, validate_key
 
+log = logging.getLogger(__name__)
 _SHOWN_CHARS = 120
+
+
+def prompt_tokenizer(settings: AnomalyMapSettings) -> Tokenizer:
+    """The tokenizer used to check prompt lengths; needs no weights."""
+    return text_tokenizer(settings)
 
 
 def _shown(text: str) -> str:
@@ -186,3 +198,23 @@ def import_descriptions(
         )
         result.created.append(categories.create(description.name, spec, refs))
     return result
+
+
+def warm_text_features(engine: MapEngine, records: Sequence[CategoryRecord]) -> int:
+    """Encode and store the text features of new category versions when CLIP is loaded.
+
+    Never loads CLIP and never fails: without weights (or for methods without text) the
+    features are computed on first use instead. Returns how many were computed or found stored.
+    """
+    if not engine.clip.is_loaded:
+        return 0
+    done = 0
+    for record in records:
+        if not method_for(record.method).needs.text:
+            continue
+        try:
+            engine.text_features(record, record.method)
+            done += 1
+        except SuiteError as exc:
+            log.warning("text features of %s/%s: %s", record.name, record.version, exc.message)
+    return done

@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import open_clip
 import torch
@@ -23,14 +22,12 @@ from open_clip.tokenizer import SimpleTokenizer
 from services.anomaly_map.config import AnomalyMapSettings
 from services.anomaly_map.ml.clip_backbone import ClipBundle, load_clip, model_config
 from services.anomaly_map.ml.kead import KeadModel
-from services.anomaly_map.ml.outputs import AnomalyScorer
 from services.anomaly_map.ml.prompts import Tokenizer
 from services.anomaly_map.ml.winclip import WinClipModel
 from shared.errors import InvalidInputError, UnavailableError
 
 log = logging.getLogger(__name__)
 
-ClipMode = Literal["kead", "winclip"]
 _registered: set[Path] = set()
 
 
@@ -73,9 +70,6 @@ class ScorerSet:
     kead: KeadModel
     winclip: WinClipModel
     model_id: str
-
-    def get(self, mode: ClipMode) -> AnomalyScorer:
-        return self.kead if mode == "kead" else self.winclip
 
 
 def _weights_tag(bundle: ClipBundle, seed: int) -> str:

@@ -18,24 +18,34 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from services.anomaly_map.categories import CategoryRecord, CategoryStore
-from services.anomaly_map.ml.outputs import MemoryBank
+from services.anomaly_map.config import AnomalyMapSettings
+from services.anomaly_map.ml.outputs import AnomalyScorer, MemoryBank
 from services.anomaly_map.ml.tiling import score_tiled
 from services.anomaly_map.ml.tocoad.model import TocoadModel
-from services.anomaly_map.scorers import ClipMode, LazyScorers, ScorerSet
-from services.anomaly_map.tocoad_fit import load_model, model_info
+from services.anomaly_map.params import Method
+from services.anomaly_map.runtime.clip import LazyScorers, ScorerSet, load_scorers
+from services.anomaly_map.runtime.methods import (
+    BatchScores,
+    MethodInputs,
+    ScoringMethod,
+    method_for,
+    required,
+)
+from services.anomaly_map.stores.categories import CategoryRecord, CategoryStore
+from services.anomaly_map.stores.tocoad_models import load_model, model_info
 from shared.errors import InvalidInputError, OverloadedError
 from shared.imaging.intake import ImageLimits, decode_image
 from shared.ml.device import resolve_device
+from shared.storage.base import ObjectStore
 
 log = logging.getLogger(__name__)
-Mode = Literal["kead", "winclip", "tocoad"]
+Mode = Method
 K = TypeVar("K")
 T = TypeVar("T")
 V = TypeVar("V")
@@ -43,12 +53,7 @@ V = TypeVar("V")
 
 def resolve_mode(requested: str | None, record: CategoryRecord) -> Mode:
     """The scoring method of a request: the one asked for, else the category's own."""
-    mode = requested or record.method
-    if mode not in ("kead", "winclip", "tocoad"):
-        raise InvalidInputError(
-            f"mode {mode!r} is unknown; use kead, winclip or tocoad", code="mode_unavailable"
-        )
-    return mode  # type: ignore[return-value]
+    return method_for(requested or record.method).name
 
 
 class LruCache(Generic[K, V]):
@@ -74,21 +79,6 @@ class LruCache(Generic[K, V]):
 
     def __len__(self) -> int:
         return len(self._items)
-
-
-@dataclass(frozen=True)
-class BatchScores:
-    """Scores of a batch of images of one category.
-
-    Attributes:
-        maps: float32 (B, G, G) raw fused maps (agssp-spec §1.9); (B, S, S) for ToCoAD.
-        image_scores: float32 (B,) final image scores.
-        zero_shot_scores: float32 (B,) text-only scores s0; None for ToCoAD (no text).
-    """
-
-    maps: np.ndarray
-    image_scores: np.ndarray
-    zero_shot_scores: np.ndarray | None
 
 
 @dataclass(frozen=True)
@@ -182,13 +172,13 @@ class MapEngine:
 
     def model_for(self, record: CategoryRecord, mode: Mode) -> str:
         """Names the model that scores ``mode``: the CLIP id, or the fitted ToCoAD version."""
-        if mode == "tocoad":
+        if method_for(mode).needs.fitted_model:
             return str(self.tocoad_info(record)["model_version"])
         return self.model_id
 
     def eval_size(self, record: CategoryRecord, mode: Mode) -> int:
         """Side on which evaluations compare maps with masks: the model input side S."""
-        if mode == "tocoad":
+        if method_for(mode).needs.fitted_model:
             return self._tocoad_model(record).image_size
         return self.image_size
 
@@ -214,30 +204,37 @@ class MapEngine:
         finally:
             self._pending.release()
 
-    def _key(self, record: CategoryRecord, mode: ClipMode) -> tuple[str, str, str, str]:
+    def _key(self, record: CategoryRecord, mode: str) -> tuple[str, str, str, str]:
         return (self.model_id, mode, record.name, record.version)
 
-    def text_features(self, record: CategoryRecord, mode: ClipMode) -> Tensor:
+    def _clip_scorer(self, mode: str) -> AnomalyScorer:
+        """The scorer of a CLIP method (loads CLIP now if needed)."""
+        scorer = method_for(mode).clip_scorer(self.scorers)
+        if scorer is None:
+            raise InvalidInputError(f"mode {mode!r} uses no CLIP scorer", code="mode_unavailable")
+        return scorer
+
+    def text_features(self, record: CategoryRecord, mode: str) -> Tensor:
         """(Dj, 2) features, cached per (model, mode, category version) in memory and store."""
         return self._text.get_or_create(
             self._key(record, mode), lambda: self._load_or_encode_text(record, mode)
         )
 
-    def _load_or_encode_text(self, record: CategoryRecord, mode: ClipMode) -> Tensor:
-        relative = f"text/{mode}-{self.model_id}-{self.scorers.get(mode).config_tag}.pt"
+    def _load_or_encode_text(self, record: CategoryRecord, mode: str) -> Tensor:
+        relative = f"text/{mode}-{self.model_id}-{self._clip_scorer(mode).config_tag}.pt"
         stored = self.categories.get_blob(record, relative)
         if stored is not None:
             try:
                 return tensor_from_bytes(stored)
             except (RuntimeError, ValueError, EOFError, pickle.UnpicklingError):
                 log.warning("stored text features %s%s unreadable", record.prefix, relative)
-        scorer = self.scorers.get(mode)
+        scorer = self._clip_scorer(mode)
         text = self._on_model_thread(lambda: scorer.text_features(record.description()))
         self.categories.put_blob(record, relative, tensor_to_bytes(text))
         log.info("encoded %s text features for %s/%s", mode, record.name, record.version)
         return text
 
-    def memory_bank(self, record: CategoryRecord, mode: ClipMode) -> MemoryBank | None:
+    def memory_bank(self, record: CategoryRecord, mode: str) -> MemoryBank | None:
         """The few-shot bank of a category version; None without reference images (zero-shot).
 
         Built once per (category version, model, mode) and stored next to the category.
@@ -248,8 +245,8 @@ class MapEngine:
             self._key(record, mode), lambda: self._load_or_build_bank(record, mode)
         )
 
-    def _load_or_build_bank(self, record: CategoryRecord, mode: ClipMode) -> MemoryBank:
-        relative = f"banks/{mode}-{self.model_id}-{self.scorers.get(mode).config_tag}.pt"
+    def _load_or_build_bank(self, record: CategoryRecord, mode: str) -> MemoryBank:
+        relative = f"banks/{mode}-{self.model_id}-{self._clip_scorer(mode).config_tag}.pt"
         stored = self.categories.get_blob(record, relative)
         if stored is not None:
             try:
@@ -259,7 +256,7 @@ class MapEngine:
         images = [
             decode_image(raw, self.limits).array for raw in self.categories.reference_bytes(record)
         ]
-        scorer = self.scorers.get(mode)
+        scorer = self._clip_scorer(mode)
         bank = self._on_model_thread(lambda: scorer.build_memory_bank(scorer.preprocess(images)))
         self.categories.put_blob(record, relative, bank_to_bytes(bank))
         log.info(
@@ -271,22 +268,23 @@ class MapEngine:
         self, images: Sequence[np.ndarray], record: CategoryRecord, mode: Mode
     ) -> BatchScores:
         """Whole-image scores of uint8 (H, W, 3) images, each squashed to S x S (§1.2)."""
-        if mode == "tocoad":
-            return self._score_tocoad(images, record)
-        text, bank = self.text_features(record, mode), self.memory_bank(record, mode)
-        scorer = self.scorers.get(mode)
-        out = self._on_model_thread(
-            lambda: scorer.score(scorer.preprocess(list(images)), text, bank)
-        )
-        return BatchScores(
-            maps=out.anomaly_map.float().cpu().numpy(),
-            image_scores=out.image_score.float().cpu().numpy(),
-            zero_shot_scores=out.zero_shot_image_score.float().cpu().numpy(),
+        method = method_for(mode)
+        inputs = self._inputs(method, record)
+        return self._on_model_thread(lambda: method.score(inputs, list(images)))
+
+    def _inputs(self, method: ScoringMethod, record: CategoryRecord) -> MethodInputs:
+        """Exactly what ``method`` declares it needs (CLIP is never loaded for ToCoAD)."""
+        needs, name = method.needs, method.name
+        return MethodInputs(
+            scorer=self._clip_scorer(name) if needs.clip else None,
+            text=self.text_features(record, name) if needs.text else None,
+            bank=self.memory_bank(record, name) if needs.references else None,
+            fitted=self._tocoad_model(record) if needs.fitted_model else None,
         )
 
     def map_side(self, record: CategoryRecord, mode: Mode) -> int:
         """Side of the maps ``score`` returns: G for CLIP modes, ToCoAD's input side S."""
-        if mode != "tocoad":
+        if not method_for(mode).needs.fitted_model:
             return self.grid_size
         return self._tocoad_model(record).image_size
 
@@ -299,30 +297,33 @@ class MapEngine:
             lambda: load_model(self.categories, record, self.device),
         )
 
-    def _score_tocoad(self, images: Sequence[np.ndarray], record: CategoryRecord) -> BatchScores:
-        model = self._tocoad_model(record)
-        maps, scores = self._on_model_thread(lambda: model.score(list(images)))
-        return BatchScores(maps.astype(np.float32), scores.astype(np.float32), None)
-
     def score_tiled(
         self,
         image: np.ndarray,
         record: CategoryRecord,
-        mode: ClipMode,
+        mode: str,
         *,
         tile: int,
         overlap: int,
         output_size: tuple[int, int],
         batch_size: int,
     ) -> TiledScores:
-        """Stitched map of a large image scored in overlapping square tiles."""
-        text, bank = self.text_features(record, mode), self.memory_bank(record, mode)
+        """Stitched map of a large image scored in overlapping square tiles.
+
+        Raises:
+            InvalidInputError: ``mode_unavailable`` for a method that declares no tiling.
+        """
+        method = method_for(mode)
+        if not method.needs.tiling:
+            raise InvalidInputError(f"mode {mode!r} cannot tile", code="mode_unavailable")
+        inputs = self._inputs(method, record)
+        scorer, text = required(inputs.scorer, "a CLIP scorer"), required(inputs.text, "text")
         result = self._on_model_thread(
             lambda: score_tiled(
-                self.scorers.get(mode),
+                scorer,
                 image,
                 text,
-                bank,
+                inputs.bank,
                 tile_size=tile,
                 overlap=overlap,
                 batch_size=batch_size,
@@ -334,3 +335,28 @@ class MapEngine:
             image_score=result.image_score,
             tiles=len(result.tiles),
         )
+
+
+def image_limits(settings: AnomalyMapSettings) -> ImageLimits:
+    """What the service accepts as an image (bytes and pixel caps from the settings)."""
+    return ImageLimits(
+        max_bytes=int(settings.max_image_mb * 2**20),
+        max_pixels=settings.common.http.max_image_pixels,
+    )
+
+
+def build_engine(settings: AnomalyMapSettings, store: ObjectStore) -> MapEngine:
+    """The engine with caches and the model thread; CLIP loads on the first KeAD/WinCLIP call.
+
+    Nothing here needs weights: ToCoAD serves from a plant with no CLIP file anywhere, and a
+    KeAD request without weights gets 503 ``model_weights_missing`` from ``engine.scorers``.
+    """
+    return MapEngine(
+        LazyScorers(lambda: load_scorers(settings)),
+        CategoryStore(store),
+        limits=image_limits(settings),
+        device=resolve_device(settings.device),
+        text_cache_size=settings.text_cache_size,
+        bank_cache_size=settings.bank_cache_size,
+        max_pending=settings.max_pending,
+    )

@@ -1,4 +1,5 @@
-"""Dataset map job: one raw map per image under a prefix (layout in ``maps_io``). Resumable:
+"""Dataset map jobs (``anomaly_map_dataset``): submission and the run, one raw map per image
+under a prefix, written in the layout of the seam ``shared.schemas.dataset_maps``. Resumable:
 each batch saves a small checkpoint segment listing its maps and scores, the union of the
 segments is the set of done maps, so checkpoint I/O stays linear in the dataset size.
 """
@@ -10,40 +11,54 @@ import logging
 import time
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from services.anomaly_map.engine import MapEngine, Mode, resolve_mode
-from services.anomaly_map.maps_io import (
-    MANIFEST_NAME,
-    SCORES_NAME,
-    ScoreRow,
-    encode_npy,
-    is_image_key,
-    map_keys,
-    scores_csv,
-)
+from services.anomaly_map.config import AnomalyMapSettings
+from services.anomaly_map.params import DatasetMapParams
+from services.anomaly_map.runtime.engine import MapEngine, Mode, resolve_mode
+from services.anomaly_map.runtime.methods import method_for
+from services.anomaly_map.stores.categories import CategoryStore
+from services.anomaly_map.stores.maps import encode_npy
 from shared.errors import InvalidInputError, SuiteError
 from shared.imaging.intake import decode_image
 from shared.jobs.context import JobContext
-from shared.schemas.jobs import utcnow
-from shared.storage.base import validate_key
+from shared.jobs.producer import TaskSender, submit_job
+from shared.jobs.store import JobStore
+from shared.schemas.dataset_maps import (
+    DatasetMapManifest,
+    ScoreRow,
+    is_image_key,
+    manifest_key,
+    map_keys,
+    scores_csv,
+    scores_key,
+)
+from shared.schemas.jobs import JobRecord, Queue, TaskName, utcnow
+from shared.storage.base import listing_prefix, validate_key
 
 log = logging.getLogger(__name__)
 SEGMENTS = "batches/"
 
 
-class DatasetMapParams(BaseModel):
-    """Payload of ``anomaly_map.dataset_maps`` jobs."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    category: str
-    category_version: str | None = None
-    prefix: str = Field(description="object-store prefix of the images (ending with '/')")
-    mode: str | None = Field(
-        None, description="kead, winclip or tocoad; default the category's method"
+def submit_dataset_maps(
+    sender: TaskSender, jobs: JobStore, categories: CategoryStore, params: DatasetMapParams
+) -> JobRecord:
+    """Validate and enqueue a dataset map job; the category version is pinned now."""
+    record = categories.get(params.category, params.category_version)
+    payload = params.model_copy(
+        update={
+            "category_version": record.version,
+            "mode": resolve_mode(params.mode, record),
+            "prefix": listing_prefix(params.prefix),
+            "output_prefix": listing_prefix(params.output_prefix) if params.output_prefix else None,
+        }
     )
-    output_prefix: str | None = Field(None, description="default maps/<category>/<job id>/")
+    return submit_job(
+        sender,
+        jobs,
+        kind="anomaly_map_dataset",
+        task_name=TaskName.ANOMALY_MAP_DATASET,
+        queue=Queue.MAPS,
+        params=payload.model_dump(mode="json"),
+    )
 
 
 def default_output_prefix(category: str, job_id: str) -> str:
@@ -138,11 +153,17 @@ def run(ctx: JobContext, engine: MapEngine, *, batch_size: int) -> list[str]:
     return _finish(ctx, engine, plan, rows, skipped, computed)
 
 
-def _tocoad_fields(engine: MapEngine, plan: _Plan) -> dict[str, Any]:
-    if plan.mode != "tocoad":
-        return {}
+def run_dataset_maps(ctx: JobContext, engine: MapEngine, settings: AnomalyMapSettings) -> list[str]:
+    """Worker entry point of ``anomaly_map.dataset_maps``."""
+    return run(ctx, engine, batch_size=settings.max_batch_size)
+
+
+def _lineage(engine: MapEngine, plan: _Plan) -> dict[str, Any] | None:
+    """Which fitted model made the maps, for methods that declare one."""
+    if not method_for(plan.mode).needs.fitted_model:
+        return None
     info = engine.tocoad_info(plan.record)
-    return {"tocoad": {k: info.get(k) for k in ("model_version", "fit_job", "preset", "config")}}
+    return {k: info.get(k) for k in ("model_version", "fit_job", "preset", "config")}
 
 
 def _finish(
@@ -153,29 +174,30 @@ def _finish(
     skipped: dict[str, str],
     computed: int,
 ) -> list[str]:
-    ctx.store.put_bytes(f"{plan.output}{SCORES_NAME}", scores_csv(rows.values()), "text/csv")
-    manifest = {
-        "category": plan.record.name,
-        "category_version": plan.record.version,
-        "model": engine.model_for(plan.record, plan.mode),
-        "mode": plan.mode,
-        "grid": engine.map_side(plan.record, plan.mode),
-        "map_format": "npy float32 (grid, grid), raw map (agssp-spec §1.9 for kead)",
-        **_tocoad_fields(engine, plan),
-        "count": len(rows),
-        "job_id": ctx.job_id,
-        "created_at": utcnow().isoformat(),
-        "scores": f"{plan.output}{SCORES_NAME}",
-        "maps": {key: plan.targets[key] for key in sorted(rows)},
-        "skipped": skipped,
-    }
-    manifest_key = f"{plan.output}{MANIFEST_NAME}"
-    ctx.store.put_bytes(manifest_key, json.dumps(manifest, indent=1).encode(), "application/json")
+    scores = scores_key(plan.output)
+    ctx.store.put_bytes(scores, scores_csv(rows.values()), "text/csv")
+    manifest = DatasetMapManifest(
+        category=plan.record.name,
+        category_version=plan.record.version,
+        model=engine.model_for(plan.record, plan.mode),
+        mode=plan.mode,
+        grid=engine.map_side(plan.record, plan.mode),
+        map_format="npy float32 (grid, grid), raw map (agssp-spec §1.9 for kead)",
+        tocoad=_lineage(engine, plan),
+        count=len(rows),
+        job_id=ctx.job_id,
+        created_at=utcnow().isoformat(),
+        scores=scores,
+        maps={key: plan.targets[key] for key in sorted(rows)},
+        skipped=skipped,
+    )
+    key = manifest_key(plan.output)
+    ctx.store.put_bytes(key, manifest.to_bytes(), "application/json")
     ctx.set_outputs(
         output_prefix=plan.output,
         count=len(rows),
         skipped=len(skipped),
         computed=computed,  # images scored by this attempt; the rest came from the checkpoint
-        manifest=manifest_key,
+        manifest=key,
     )
-    return [manifest_key]
+    return [key]

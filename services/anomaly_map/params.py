@@ -1,0 +1,63 @@
+"""Job parameters and the scoring-method names of the anomaly_map service.
+
+Torch-free pydantic models, so the API validates a job with the same classes the worker reads
+it with (the API never imports torch for this).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.anomaly_map.ml.tocoad.presets import PresetName
+
+Method = Literal["kead", "winclip", "tocoad"]
+
+
+class DatasetMapParams(BaseModel):
+    """Payload of ``anomaly_map.dataset_maps`` jobs."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    category: str
+    category_version: str | None = None
+    prefix: str = Field(description="object-store prefix of the images (ending with '/')")
+    mode: str | None = Field(
+        None, description="kead, winclip or tocoad; default the category's method"
+    )
+    output_prefix: str | None = Field(None, description="default maps/<category>/<job id>/")
+
+
+class EvaluationParams(BaseModel):
+    """Payload of ``anomaly_map.evaluate`` jobs."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    category: str
+    category_version: str | None = None
+    images_prefix: str
+    masks_prefix: str | None = Field(None, description="default: the images prefix")
+    mask_suffix: str = Field(".png", description="mask key = masks prefix + image stem + suffix")
+    normal_prefixes: list[str] = Field(default_factory=list)
+    mode: str | None = None
+    max_images: int | None = Field(None, ge=2, le=1_000_000)
+
+
+class TocoadFitParams(BaseModel):
+    """Payload of ToCoAD fit jobs."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    category: str
+    category_version: str | None = None
+    normal_prefix: str | None = Field(
+        None, description="extra defect-free images under this object-store prefix"
+    )
+    max_images: int = Field(
+        512, ge=2, le=100_000, description="most training images; more are dropped (warned)"
+    )
+    preset: PresetName = Field("cpu", description="cpu (2 cores, < 1 h), gpu (paper), tiny (CI)")
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="TocoadConfig overrides on top of the preset"
+    )
