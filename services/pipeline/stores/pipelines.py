@@ -3,6 +3,8 @@
 The record at ``pipelines/<id>/pipeline.json`` is the source of truth, like a job record:
 every step names the job it ran (on which service), its state, progress and the outputs the
 next steps read. A driver that dies loses nothing; the next one reads the record and goes on.
+``pipelines/running/<id>`` (one empty marker per running pipeline) indexes the running ones,
+so a driver tick reads those records only, not every pipeline ever run.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ RECORD_FILE = "pipeline.json"
 REPORT_FILE = "report.html"
 # A separate object, so a driver saving the record it holds never overwrites a cancel.
 CANCEL_FILE = "cancel"
+# One object per pipeline, not one shared list: replicas never overwrite each other's entries.
+RUNNING_PREFIX = f"{PREFIX}running/"
 
 
 class StepState(StrEnum):
@@ -138,9 +142,14 @@ class PipelineStore:
         return f"{PREFIX}{pipeline_id}/{name}"
 
     def save(self, record: PipelineRecord) -> PipelineRecord:
+        """Write the record, then its entry in the running index (so a marker has a record)."""
         record.updated_at = utcnow()
         data = record.model_dump_json(indent=2).encode()
         self.store.put_bytes(self.key(record.id), data, "application/json")
+        if record.state is PipelineState.RUNNING:
+            self._mark_running(record.id)
+        else:
+            self.store.delete(f"{RUNNING_PREFIX}{record.id}")
         return record
 
     def get(self, pipeline_id: str) -> PipelineRecord:
@@ -156,6 +165,39 @@ class PipelineStore:
         suffix = f"/{RECORD_FILE}"
         keys = [k for k in self.store.list(PREFIX) if k.endswith(suffix)]
         return sorted((k[len(PREFIX) : -len(suffix)] for k in keys), reverse=True)
+
+    def running_ids(self) -> list[str]:
+        """Ids in the running index, newest first."""
+        keys = self.store.list(RUNNING_PREFIX)
+        return sorted((k[len(RUNNING_PREFIX) :] for k in keys), reverse=True)
+
+    def index_running(self) -> int:
+        """Add every running pipeline to the index (one full scan); returns how many run.
+
+        Covers records written before the index existed and a crash between a record and its
+        marker. It only adds: removing could race a resume saved on another replica.
+        """
+        running = [r.id for r in map(self.get, self.ids()) if r.state is PipelineState.RUNNING]
+        for pipeline_id in running:
+            self._mark_running(pipeline_id)
+        return len(running)
+
+    def unindex(self, pipeline_id: str) -> None:
+        """Drop a pipeline found not running from the index, unless a resume has just run it.
+
+        The marker goes first and the record is read after, so a resume saved in between
+        (record, then marker) always leaves its marker in place.
+        """
+        self.store.delete(f"{RUNNING_PREFIX}{pipeline_id}")
+        try:
+            running = self.get(pipeline_id).state is PipelineState.RUNNING
+        except NotFoundError:
+            return
+        if running:
+            self._mark_running(pipeline_id)
+
+    def _mark_running(self, pipeline_id: str) -> None:
+        self.store.put_bytes(f"{RUNNING_PREFIX}{pipeline_id}", b"1", "text/plain")
 
     def list(self, limit: int = 50) -> list[PipelineRecord]:
         return [self.get(i) for i in self.ids()[:limit]]

@@ -1,6 +1,7 @@
 """The driver: a loop in the pipeline API process that advances every running pipeline.
 
-Each tick reads the running pipelines from the store, takes the ones whose lease is free (no
+Each tick reads the running pipelines from the store (through its running index; the first
+tick of a driver also scans every record once), takes the ones whose lease is free (no
 driver, or one silent for ``lease_ttl_s``), and calls :func:`advance` on each. Several API
 replicas may run drivers: the lease keeps one pipeline with one driver at a time, and a
 replica that dies hands its pipelines over after one lease.
@@ -18,7 +19,7 @@ from services.pipeline.stores.pipelines import PipelineRecord, PipelineState, Pi
 from services.pipeline.usecases.clients import ServiceClient
 from services.pipeline.usecases.pipelines import advance
 from services.pipeline.usecases.report import render_report
-from shared.errors import SuiteError
+from shared.errors import NotFoundError, SuiteError
 from shared.schemas.jobs import utcnow
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class PipelineDriver:
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._indexed = False
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="pipeline-driver", daemon=True)
@@ -64,15 +66,29 @@ class PipelineDriver:
 
     def tick(self) -> int:
         """Advance every running pipeline this driver may hold; returns how many it touched."""
+        if not self._indexed:
+            self.pipelines.index_running()
+            self._indexed = True
         touched = 0
-        for pipeline_id in self.pipelines.ids():
-            record = self.pipelines.get(pipeline_id)
-            if record.state is not PipelineState.RUNNING or not self._claim(record):
+        for pipeline_id in self.pipelines.running_ids():
+            record = self._running(pipeline_id)
+            if record is None or not self._claim(record):
                 continue
             record.cancel_requested = self.pipelines.cancel_requested(pipeline_id)
             advance(record, self.client, self._save, self._report)
             touched += 1
         return touched
+
+    def _running(self, pipeline_id: str) -> PipelineRecord | None:
+        """The record of an indexed pipeline; None (and out of the index) if it is not running."""
+        try:
+            record = self.pipelines.get(pipeline_id)
+        except NotFoundError:  # a record deleted by hand
+            record = None
+        if record is None or record.state is not PipelineState.RUNNING:
+            self.pipelines.unindex(pipeline_id)
+            return None
+        return record
 
     def _claim(self, record: PipelineRecord) -> bool:
         now = utcnow()
