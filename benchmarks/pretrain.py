@@ -29,15 +29,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from services.pretrain.data_store import CachedPairSource, prefetch
-from services.pretrain.ml.agbp_config import AgbpConfig, required, resolve_config
+from services.pretrain.ml.agbp_config import required, resolve_config
 from services.pretrain.ml.augment import normalize_images
 from services.pretrain.ml.model import build_objective
 from services.pretrain.ml.optim import build_optimizer
 from services.pretrain.ml.train import train_agbp
-from services.pretrain.params import SourceSpec
-from services.pretrain.sources import collect_pairs
-from services.pretrain.synthetic import synthetic_pair
+from services.pretrain.params import AgbpConfig, SourceSpec
+from services.pretrain.stores.maps import collect_pairs
+from services.pretrain.stores.pairs import CachedPairSource, prefetch
+from services.pretrain.stores.synthetic import synthetic_pair
 from shared.imaging.intake import ImageLimits
 from shared.ml.backbones import create_backbone
 from shared.ml.hooks import TrainHooks

@@ -1,89 +1,157 @@
 """Parameters of the pretrain jobs: what the API accepts and what workers read from the record.
 
-Torch-free pydantic models; the AGBP ``config`` is checked against ``AgbpConfig`` separately
-(``services.pretrain.submission.agbp_config``) so unknown keys can be listed by name.
+Torch-free pydantic models, so the API and the worker validate with the same classes: the
+AGBP ``AgbpConfig`` checks backbone names against ``shared.schemas.backbones`` and every
+number against a finite range; the recipe (``services.pretrain.ml.agbp_config``) fills what a
+request leaves unset.
 """
 
 from __future__ import annotations
 
 import difflib
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from shared.errors import InvalidInputError
 from shared.schemas.artifacts import check_segment
-from shared.schemas.bounds import FINITE, refuse_non_finite
+from shared.schemas.backbones import BACKBONE_FILE, BACKBONES, backbone_names
+from shared.schemas.bounds import FINITE
 from shared.storage.base import prefix_field
 
 CATEGORY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$"
 MAX_SOURCES = 256
 DEFAULT_BACKBONE = "yolov8s"
-# Field names of ``services.pretrain.ml.agbp_config.AgbpConfig``, kept here so the torch-free
-# API image can refuse unknown keys; a unit test keeps the two in step.
-AGBP_CONFIG_KEYS = (
-    "backbone", "objective", "num_classes", "loss", "stages", "frozen_stages", "weight_mode",
-    "distill_weight", "task_weight", "label_smoothing", "map_resize", "map_interpolation",
-    "epochs", "batch_size", "optimizer", "lr", "weight_decay", "momentum", "betas", "schedule",
-    "milestones", "gamma", "min_lr", "warmup_epochs", "warmup_factor", "grad_clip",
-    "input_size", "resize_base", "drop_path_rate", "amp", "seed", "checkpoint_every",
-    "num_workers", "mean", "std", "stats_sample", "moco_dim", "moco_hidden_dim",
-    "moco_temperature", "moco_momentum", "mask_ratio", "mask_patch_size",
-)  # fmt: skip
-
-
-# Finite range of every numeric AgbpConfig field (elements, for tuples), torch-free, so the
-# API image refuses epochs 1e30 or lr 1e400 at submission: name -> (low, high, low_open,
-# high_open). A unit test keeps it equal to AgbpConfig's own bounds.
-AGBP_NUMERIC_BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
-    "num_classes": (1, 10_000, False, False), "stages": (0, 4, False, False),
-    "frozen_stages": (-1, 4, False, False), "distill_weight": (0, 1000, False, False),
-    "task_weight": (0, 1000, False, False), "label_smoothing": (0, 1, False, True),
-    "epochs": (1, 10_000, False, False), "batch_size": (1, 4096, False, False),
-    "lr": (0, 10, True, False), "weight_decay": (0, 1, False, False),
-    "momentum": (0, 1, False, True), "betas": (0, 1, False, True),
-    "milestones": (0, 10_000, False, False), "gamma": (0, 10, True, False),
-    "min_lr": (0, 10, False, False), "warmup_epochs": (0, 10_000, False, False),
-    "warmup_factor": (0, 1, True, False), "grad_clip": (0, 10_000, False, False),
-    "input_size": (32, 2048, False, False), "resize_base": (32, 4096, False, False),
-    "drop_path_rate": (0, 1, False, True), "seed": (0, 2**32 - 1, False, False),
-    "checkpoint_every": (0, 10_000_000, False, False), "num_workers": (0, 64, False, False),
-    "mean": (0, 255, False, False), "std": (0, 255, True, False),
-    "stats_sample": (1, 100_000, False, False), "moco_dim": (1, 65_536, False, False),
-    "moco_hidden_dim": (1, 65_536, False, False), "moco_temperature": (0, 10, True, False),
-    "moco_momentum": (0, 1, False, False), "mask_ratio": (0, 1, True, True),
-    "mask_patch_size": (1, 1024, False, False),
-}  # fmt: skip
 MAX_NAMED_KEYS = 10  # an error names this many keys, never thousands
+# agssp-spec §4.4: the reference configs freeze the stem and the first two stages (our 2).
+DEFAULT_FROZEN_STAGES = 2
+Objective = Literal["distill", "cls_distill", "mocov3_distill", "simmim_distill"]
+# agssp-spec §4.1: statistics of the industrial pretraining set, RGB, 0-255 scale.
+INDUSTRIAL_MEAN = (110.2955, 113.433, 109.914)
+INDUSTRIAL_STD = (32.028, 30.614, 30.27)
+# Finite ranges for every number (issue 15): mean/std on the 0-255 scale, betas in [0, 1).
+Unit = Annotated[float, Field(ge=0, lt=1)]
+Pixel = Annotated[float, Field(ge=0, le=255)]
+Spread = Annotated[float, Field(gt=0, le=255)]
 
 
-def _outside(value: float, bound: tuple[float, float, bool, bool]) -> bool:
-    low, high, low_open, high_open = bound
-    below = value <= low if low_open else value < low
-    above = value >= high if high_open else value > high
-    return below or above
+class AgbpConfig(BaseModel):
+    """Experiment configuration of one AGBP run; None means "the recipe value"."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    backbone: str = Field(
+        DEFAULT_BACKBONE,
+        description="name from shared.schemas.backbones",
+        json_schema_extra={"enum": list(backbone_names())},
+    )
+    objective: Objective = "cls_distill"
+    num_classes: int | None = Field(
+        None, ge=1, le=10_000, description="categories; cls_distill only (default: the job's)"
+    )
+    loss: Literal["cosine", "l2"] | None = None
+    stages: tuple[Annotated[int, Field(ge=0, le=4)], ...] | None = Field(
+        None, description="distilled stages, 0 = stem (default: the backbone's)"
+    )
+    frozen_stages: int | None = Field(None, ge=-1, le=4)
+    weight_mode: Literal["fixed", "auto"] = Field("fixed", description="paper eq. 8 if auto")
+    distill_weight: float | None = Field(None, ge=0, le=1000)
+    task_weight: float | None = Field(None, ge=0, le=1000)
+    label_smoothing: float | None = Field(None, ge=0, lt=1)
+    map_resize: Literal["chained", "direct"] = "chained"
+    map_interpolation: Literal["nearest", "bilinear"] = "nearest"
+    epochs: int = Field(200, ge=1, le=10_000)
+    batch_size: int | None = Field(None, ge=1, le=4096, description="per process")
+    optimizer: Literal["sgd", "adamw"] | None = None
+    lr: float | None = Field(None, gt=0, le=10)
+    weight_decay: float | None = Field(None, ge=0, le=1)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    betas: tuple[Unit, Unit] = (0.9, 0.999)
+    schedule: Literal["multistep", "cosine", "constant"] | None = None
+    milestones: tuple[Annotated[int, Field(ge=0, le=10_000)], ...] | None = Field(
+        None, description="epochs, multistep"
+    )
+    gamma: float = Field(0.1, gt=0, le=10)
+    min_lr: float = Field(1e-5, ge=0, le=10, description="cosine floor")
+    warmup_epochs: float | None = Field(None, ge=0, le=10_000)
+    warmup_factor: float | None = Field(None, gt=0, le=1)
+    grad_clip: float | None = Field(None, ge=0, le=10_000, description="max grad norm; 0 = off")
+    input_size: int | None = Field(
+        None, ge=32, le=2048, description="crop size, multiple of 32 (default: the backbone's)"
+    )
+    resize_base: int | None = Field(None, ge=32, le=4096, description="s = base * U(0.5, 2)")
+    drop_path_rate: float | None = Field(None, ge=0, lt=1)
+    amp: bool = Field(True, description="fp16 autocast on CUDA; ignored on CPU")
+    seed: int = Field(2024, ge=0, le=2**32 - 1)
+    checkpoint_every: int = Field(
+        1000, ge=0, le=10_000_000, description="steps; 0 = epoch ends only"
+    )
+    num_workers: int = Field(4, ge=0, le=64)
+    mean: tuple[Pixel, Pixel, Pixel] | None = INDUSTRIAL_MEAN
+    std: tuple[Spread, Spread, Spread] | None = INDUSTRIAL_STD
+    stats_sample: int = Field(
+        256, ge=1, le=100_000, description="images used when mean/std are None"
+    )
+    moco_dim: int = Field(256, ge=1, le=65_536)
+    moco_hidden_dim: int = Field(4096, ge=1, le=65_536)
+    moco_temperature: float = Field(0.2, gt=0, le=10)
+    moco_momentum: float = Field(0.99, ge=0, le=1, description="start of the cosine EMA")
+    mask_ratio: float = Field(0.6, gt=0, lt=1)
+    mask_patch_size: int = Field(32, ge=1, le=1024)
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, value: str) -> str:
+        if value not in BACKBONES:
+            raise ValueError(f"backbone {value!r} not in {backbone_names()}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> Self:
+        if self.objective == "simmim_distill" and BACKBONES[self.backbone].family != "swin":
+            raise ValueError("simmim_distill needs a Swin backbone (mask tokens on patches)")
+        if self.stages is not None and not self.stages:
+            raise ValueError("stages must be a non-empty subset of 0..4")
+        if self.input_size is not None and self.input_size % 32:
+            raise ValueError(f"input_size {self.input_size} must be a multiple of 32")
+        return self
+
+    def distilled_stages(self) -> tuple[int, ...]:
+        """The distilled stages, the backbone's default when unset."""
+        return BACKBONES[self.backbone].stages if self.stages is None else self.stages
+
+    def frozen_stage_count(self) -> int:
+        """``frozen_stages``, the recipe's default when unset."""
+        return DEFAULT_FROZEN_STAGES if self.frozen_stages is None else self.frozen_stages
 
 
-def _bound_text(bound: tuple[float, float, bool, bool]) -> str:
-    low, high, low_open, high_open = bound
-    return f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+AGBP_CONFIG_KEYS = tuple(AgbpConfig.model_fields)
 
 
-def refuse_out_of_range_config(config: dict[str, Any]) -> None:
-    """Raise ``InvalidInputError`` (code 'invalid_config') for a non-finite or out-of-range
-    number in an AGBP config; types and combinations are the worker's ``AgbpConfig`` check."""
-    refuse_non_finite(config)
-    problems = []
-    for key, bound in AGBP_NUMERIC_BOUNDS.items():
-        value = config.get(key)
-        values = value if isinstance(value, (list, tuple)) else [value]
-        numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        if any(_outside(float(v), bound) for v in numbers):
-            problems.append(f"{key} must lie in {_bound_text(bound)}")
-    if problems:
+def check_trainable(cfg: AgbpConfig) -> None:
+    """Refuse what validates field by field but cannot train.
+
+    Raises:
+        InvalidInputError: every distilled stage frozen (code 'invalid_input'), or
+            ``cls_distill`` without ``num_classes`` (code 'invalid_config').
+    """
+    stages, frozen = cfg.distilled_stages(), cfg.frozen_stage_count()
+    if frozen >= max(stages):
         raise InvalidInputError(
-            f"invalid AGBP config: {'; '.join(problems[:MAX_NAMED_KEYS])}", code="invalid_config"
+            f"frozen_stages {frozen} freezes every distilled stage {stages}; nothing would train"
         )
+    if cfg.objective == "cls_distill" and cfg.num_classes is None:
+        raise InvalidInputError("objective cls_distill needs num_classes", code="invalid_config")
 
 
 def refuse_unknown_config_keys(config: dict[str, Any]) -> None:
@@ -104,6 +172,27 @@ def refuse_unknown_config_keys(config: dict[str, Any]) -> None:
         f"{', '.join(AGBP_CONFIG_KEYS)}",
         code="unknown_config_keys",
     )
+
+
+def validate_agbp_config(raw: Any) -> AgbpConfig:
+    """An ``AgbpConfig`` from request JSON, with the suite's error codes.
+
+    Raises:
+        InvalidInputError: unknown keys (code 'unknown_config_keys') or invalid values
+            (code 'invalid_config'), all listed in one message.
+    """
+    if isinstance(raw, AgbpConfig):
+        return raw
+    if isinstance(raw, dict):
+        refuse_unknown_config_keys(raw)
+    try:
+        return AgbpConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}"
+            for e in exc.errors()[:MAX_NAMED_KEYS]
+        )
+        raise InvalidInputError(f"invalid AGBP config: {problems}", code="invalid_config") from exc
 
 
 class SourceSpec(BaseModel):
@@ -130,7 +219,8 @@ class StartWeights(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     artifact: str | None = Field(
-        None, description="'name', 'name:latest' or 'name:version' of an artifact with backbone.pt"
+        None,
+        description=f"'name', 'name:latest' or 'name:version' of an artifact with {BACKBONE_FILE}",
     )
     path: str | None = Field(
         None, description="state_dict file, relative to AGSSP_MODEL_DIR (or absolute inside it)"
@@ -163,16 +253,33 @@ class AgbpJobParams(BaseModel):
         max_length=MAX_SOURCES,
         description="category index = position of the category among the distinct categories",
     )
-    config: dict[str, Any] = Field(
-        default_factory=dict, description="AgbpConfig fields; unknown keys are refused"
+    config: AgbpConfig = Field(
+        default_factory=AgbpConfig, description="unset fields take the backbone's recipe"
     )
     start_weights: StartWeights | None = None
     artifact_name: str | None = Field(None, description="default 'agbp-<backbone>'")
+
+    @field_validator("config", mode="wrap")
+    @classmethod
+    def _config(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> AgbpConfig:
+        # InvalidInputError is no ValueError: it leaves pydantic with its own code.
+        config: AgbpConfig = handler(validate_agbp_config(value))
+        return config
+
+    @field_serializer("config")
+    def _dump_config(self, config: AgbpConfig, info: SerializationInfo) -> dict[str, Any]:
+        # The fields the request set, as before: worker defaults apply to the others.
+        return config.model_dump(mode=info.mode, exclude_unset=True)
 
     @field_validator("artifact_name")
     @classmethod
     def _artifact_name(cls, value: str | None) -> str | None:
         return None if value is None else check_segment(value, "name")
+
+    @model_validator(mode="after")
+    def _trainable(self) -> Self:
+        agbp_config(self)
+        return self
 
     def categories(self) -> list[str]:
         """Distinct categories in order of first appearance (index = class label)."""
@@ -180,7 +287,33 @@ class AgbpJobParams(BaseModel):
 
     def backbone(self) -> str:
         """The backbone the config names (the AgbpConfig default when unset)."""
-        return str(self.config.get("backbone", DEFAULT_BACKBONE))
+        return self.config.backbone
+
+
+def agbp_config(params: AgbpJobParams, **runtime: Any) -> AgbpConfig:
+    """The job's ``AgbpConfig``: ``num_classes`` defaults to the number of categories.
+
+    Args:
+        params: the job parameters.
+        runtime: values used only where the request left the field unset (``num_workers``).
+
+    Raises:
+        InvalidInputError: a config that cannot train (see ``check_trainable``).
+    """
+    cfg = params.config
+    categories = params.categories()
+    unset = {k: v for k, v in runtime.items() if k not in cfg.model_fields_set}
+    if cfg.objective == "cls_distill" and cfg.num_classes is None:
+        unset["num_classes"] = len(categories)
+    if unset:
+        cfg = validate_agbp_config(cfg.model_dump(exclude_unset=True) | unset)
+    check_trainable(cfg)
+    if cfg.objective == "cls_distill" and (cfg.num_classes or 0) < len(categories):
+        raise InvalidInputError(
+            f"num_classes {cfg.num_classes} < {len(categories)} categories {categories}",
+            code="invalid_config",
+        )
+    return cfg
 
 
 class PseudoLabelParams(BaseModel):
@@ -201,7 +334,7 @@ class PseudoLabelParams(BaseModel):
         None,
         ge=-1e6,
         le=1e6,
-        description="images whose scores.csv image score is below get no boxes",
+        description="images whose image score (dataset-map scores) is below get no boxes",
     )
     min_area: int | None = Field(
         None, ge=1, le=100_000_000, description="default max((H//100)*(W//100), 10)"

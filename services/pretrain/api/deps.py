@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from services.pretrain.submission import ConfigValidator
+from services.pretrain.usecases.agbp_jobs import ConfigValidator
 from shared.http.deps import state_object
 from shared.jobs.producer import TaskSender
 from shared.jobs.store import JobStore

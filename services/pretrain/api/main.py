@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from services.pretrain.api.routes import router
 from services.pretrain.config import PretrainSettings, get_settings
-from services.pretrain.submission import ConfigValidator
+from services.pretrain.usecases.agbp_jobs import ConfigValidator
 from shared.http.app import create_service_app
 from shared.http.auth import ScopeRule
 from shared.http.infra import attach_infrastructure
@@ -37,7 +37,7 @@ ValidatorLoader = Callable[[], ConfigValidator | None]
 def load_config_validator() -> ConfigValidator | None:
     """``agbp_config`` when torch and the AGBP code import; None in the torch-free image."""
     try:
-        from services.pretrain.job_config import agbp_config
+        from services.pretrain.params import agbp_config
     except ImportError as exc:
         log.info("AGBP config values are checked by the workers only (%s)", exc)
         return None

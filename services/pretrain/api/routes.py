@@ -8,12 +8,8 @@ from fastapi import APIRouter
 
 from services.pretrain.api.deps import JobsDep, SenderDep, ValidatorDep
 from services.pretrain.api.schemas import PretrainJobRequest, PseudoLabelJobRequest
-from services.pretrain.submission import (
-    AGBP_KIND,
-    PSEUDO_LABELS_KIND,
-    submit_agbp_job,
-    submit_pseudo_label_job,
-)
+from services.pretrain.usecases.agbp_jobs import AGBP_KIND, submit_agbp_job
+from services.pretrain.usecases.pseudo_label_jobs import PSEUDO_LABELS_KIND, submit_pseudo_label_job
 from shared.errors import NotFoundError
 from shared.jobs.store import JobStore
 from shared.schemas.jobs import JobRecord

@@ -1,5 +1,5 @@
 """Pure-torch AGBP pretraining: losses, objectives, data pipeline, training loop, pseudo boxes.
 
-Never imports transport or storage libraries; ``services.pretrain.service`` supplies data and
-hooks.
+Never imports transport or storage libraries; the use cases (``services.pretrain.usecases``)
+supply data and hooks, and the worker hands them ``runner.AgbpTrainer`` / ``labeler.BoxLabeler``.
 """

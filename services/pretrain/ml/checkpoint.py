@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from services.pretrain.ml.agbp_config import AgbpConfig
+from services.pretrain.params import AgbpConfig
 from shared.errors import InvalidInputError
 from shared.ml.backbones import Backbone, detector_state_dict
 

@@ -1,13 +1,11 @@
-"""AGBP data: the ``PairSource`` protocol, pairing check, dataset and resumable sampler.
+"""AGBP data: the ``PairSource`` protocol, dataset and resumable sampler.
 
 The service implements ``PairSource`` over object storage; everything here is pure.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import PurePosixPath
+from collections.abc import Iterator
 from typing import Protocol
 
 import numpy as np
@@ -18,9 +16,6 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from services.pretrain.ml.augment import AugmentConfig, joint_augment
 from shared.errors import InvalidInputError
-
-# KeAD writes maps as <stem>_anomaly.npy (agssp-spec §7).
-MAP_SUFFIX = "_anomaly"
 
 
 class PairSource(Protocol):
@@ -33,65 +28,6 @@ class PairSource(Protocol):
     def __getitem__(self, index: int) -> tuple[NDArray[np.uint8], NDArray[np.float32], int]:
         """Image (H, W, 3) uint8 RGB, map (G, G) float32 raw KeAD values, category index."""
         ...
-
-
-@dataclass(frozen=True)
-class PairingReport:
-    """Result of matching image keys with map keys by file stem.
-
-    Attributes:
-        matched: (image key, map key) pairs, sorted by image key.
-        images_without_maps: image keys with no map.
-        maps_without_images: map keys with no image.
-        duplicate_stems: stems seen more than once on either side (ambiguous, not paired).
-    """
-
-    matched: tuple[tuple[str, str], ...]
-    images_without_maps: tuple[str, ...]
-    maps_without_images: tuple[str, ...]
-    duplicate_stems: tuple[str, ...]
-
-    @property
-    def complete(self) -> bool:
-        """True when every image and every map found its partner."""
-        return not (self.images_without_maps or self.maps_without_images or self.duplicate_stems)
-
-
-def validate_pairs(
-    image_keys: Sequence[str], map_keys: Sequence[str], *, map_suffix: str = MAP_SUFFIX
-) -> PairingReport:
-    """Pair ``a/b/foo.jpg`` with ``x/foo_anomaly.npy`` by stem, reporting everything unpaired.
-
-    Args:
-        image_keys: object keys or paths of images.
-        map_keys: keys of maps; ``map_suffix`` is removed from their stems when present.
-        map_suffix: suffix KeAD appends to the image stem.
-    """
-    images = _by_stem(image_keys, "")
-    maps = _by_stem(map_keys, map_suffix)
-    duplicates = {s for s, keys in images.items() if len(keys) > 1}
-    duplicates |= {s for s, keys in maps.items() if len(keys) > 1}
-    matched = sorted(
-        (images[s][0], maps[s][0]) for s in images.keys() & maps.keys() if s not in duplicates
-    )
-    return PairingReport(
-        matched=tuple(matched),
-        images_without_maps=tuple(
-            sorted(k for s in images.keys() - maps.keys() for k in images[s])
-        ),
-        maps_without_images=tuple(sorted(k for s in maps.keys() - images.keys() for k in maps[s])),
-        duplicate_stems=tuple(sorted(duplicates)),
-    )
-
-
-def _by_stem(keys: Sequence[str], suffix: str) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for key in keys:
-        stem = PurePosixPath(key).stem
-        if suffix and stem.endswith(suffix):
-            stem = stem[: -len(suffix)]
-        out.setdefault(stem, []).append(key)
-    return out
 
 
 class AgbpDataset(Dataset[dict[str, Tensor]]):

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from services.pretrain.ml.losses import LossKind, ResizeMode, distill_loss
-from shared.ml.backbones import backbone_family
+from services.pretrain.params import DEFAULT_FROZEN_STAGES
+from shared.schemas.backbones import backbone_spec
 
 
 @dataclass(frozen=True)
@@ -30,18 +31,21 @@ class DistillDefaults:
 
 # agssp-spec §4.4, translated to our stage indexing: mmyolo/mmpretrain frozen_stages=2
 # (CSP, R50) and mmpretrain Swin frozen_stages=1 all freeze the stem plus the first two
-# stages, i.e. our 2; mmpretrain out_indices (2, 3) of ResNet are layer3/layer4 = our (3, 4),
-# Swin (3,) = our (4,). The L2 weight 2.0 is the reference L2Loss's loss_weight.
-DISTILL_DEFAULTS: dict[str, DistillDefaults] = {
-    "cspdarknet": DistillDefaults(stages=(3, 4), frozen_stages=2, loss="cosine", weight=1.0),
-    "resnet": DistillDefaults(stages=(3, 4), frozen_stages=2, loss="cosine", weight=1.0),
-    "swin": DistillDefaults(stages=(4,), frozen_stages=2, loss="l2", weight=2.0),
+# stages, i.e. our 2 (``DEFAULT_FROZEN_STAGES``); the distilled stages are the backbone
+# table's (mmpretrain out_indices (2, 3) of ResNet = our (3, 4), Swin (3,) = our (4,)). The
+# L2 weight 2.0 is the reference L2Loss's loss_weight.
+_FAMILY_LOSS: dict[str, tuple[LossKind, float]] = {
+    "cspdarknet": ("cosine", 1.0),
+    "resnet": ("cosine", 1.0),
+    "swin": ("l2", 2.0),
 }
 
 
 def distill_defaults(backbone_name: str) -> DistillDefaults:
-    """Defaults for a registered backbone name (see ``shared.ml.backbones``)."""
-    return DISTILL_DEFAULTS[backbone_family(backbone_name)]
+    """Defaults for a registered backbone name (see ``shared.schemas.backbones``)."""
+    spec = backbone_spec(backbone_name)
+    loss, weight = _FAMILY_LOSS[spec.family]
+    return DistillDefaults(spec.stages, DEFAULT_FROZEN_STAGES, loss, weight)
 
 
 class DistillHead(nn.Module):

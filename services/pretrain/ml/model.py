@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.pretrain.ml.agbp_config import AgbpConfig, required
+from services.pretrain.ml.agbp_config import required
 from services.pretrain.ml.distill import DistillHead
 from services.pretrain.ml.moco import MocoV3DistillObjective
 from services.pretrain.ml.objectives import (
@@ -12,6 +12,7 @@ from services.pretrain.ml.objectives import (
     LossBalancer,
 )
 from services.pretrain.ml.simmim import SimMIMDistillObjective
+from services.pretrain.params import AgbpConfig
 from shared.ml.backbones import Backbone
 
 

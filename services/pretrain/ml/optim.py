@@ -7,7 +7,8 @@ import math
 from torch import nn
 from torch.optim import SGD, AdamW, Optimizer
 
-from services.pretrain.ml.agbp_config import AgbpConfig, required
+from services.pretrain.ml.agbp_config import required
+from services.pretrain.params import AgbpConfig
 
 # agssp-spec §4.4: Swin runs decay neither norms/biases nor position tables; mask_token is
 # SimMIM's learnable token, which mmpretrain's SimMIM configs also exempt.

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from services.pretrain.ml.agbp_config import AgbpConfig, required, resolve_config
+from services.pretrain.ml.agbp_config import required, resolve_config
 from services.pretrain.ml.augment import AugmentConfig, compute_mean_std, normalize_images
 from services.pretrain.ml.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -34,6 +34,7 @@ from services.pretrain.ml.data import AgbpDataset, PairSource, ResumableSampler
 from services.pretrain.ml.model import build_objective
 from services.pretrain.ml.objectives import AgbpObjective, Batch
 from services.pretrain.ml.optim import build_optimizer, get_lr
+from services.pretrain.params import AgbpConfig
 from shared.errors import InvalidInputError
 from shared.ml.backbones import create_backbone
 from shared.ml.device import seed_everything

@@ -11,12 +11,11 @@ from typing import Any
 
 import pytest
 
-from services.pretrain.data_store import CachedPairSource, prefetch
-from services.pretrain.ddp import train_agbp_ddp
-from services.pretrain.ml.agbp_config import AgbpConfig
-from services.pretrain.params import SourceSpec
-from services.pretrain.sources import collect_pairs
-from services.pretrain.synthetic import write_synthetic_source
+from services.pretrain.ml.ddp import train_agbp_ddp
+from services.pretrain.params import AgbpConfig, SourceSpec
+from services.pretrain.stores.maps import collect_pairs
+from services.pretrain.stores.pairs import CachedPairSource, prefetch
+from services.pretrain.stores.synthetic import write_synthetic_source
 from shared.imaging.intake import ImageLimits
 from shared.ml.hooks import TrainHooks
 from shared.storage.filesystem import FileObjectStore

@@ -2,7 +2,7 @@
 redis-server and moto's S3 server.
 
 The anomaly maps are synthetic (numpy blobs written in the anomaly_map service's dataset-map
-output layout by ``services.pretrain.synthetic``): services never import each other, and the
+output layout by ``services.pretrain.stores.synthetic``): services never import each other, and the
 map job has its own tests.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import torch
 
-from services.pretrain.synthetic import write_synthetic_source
+from services.pretrain.stores.synthetic import write_synthetic_source
 from shared.jobs.store import JobStore
 from shared.schemas.artifacts import ArtifactRef
 from shared.schemas.jobs import JobRecord, JobState

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,11 +14,11 @@ from fastapi.testclient import TestClient
 
 from services.pretrain.api.main import create_app
 from services.pretrain.config import PretrainSettings
-from services.pretrain.ml.agbp_config import AgbpConfig
 from services.pretrain.params import AGBP_CONFIG_KEYS, DEFAULT_BACKBONE
 from shared.config import AuthSettings, CommonSettings, PathSettings
 from shared.http.auth import create_key
 from shared.jobs.store import JobStore
+from shared.schemas.backbones import backbone_names
 from shared.schemas.jobs import JobState
 from shared.storage.artifacts import ArtifactStore
 from shared.storage.filesystem import FileObjectStore
@@ -205,9 +207,29 @@ def test_submitting_jobs_needs_the_train_scope(tmp_path: Path, store: FileObject
     assert allowed.status_code == 202
 
 
-def test_the_torch_free_key_list_matches_agbp_config() -> None:
-    assert set(AGBP_CONFIG_KEYS) == set(AgbpConfig.model_fields)
-    assert AgbpConfig.model_fields["backbone"].default == DEFAULT_BACKBONE
+def test_the_openapi_shows_the_agbp_config_with_the_backbone_table(client: TestClient) -> None:
+    # when
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    # then: config is a typed object (not a free dict), backbones listed from the table
+    config = schemas["PretrainJobRequest"]["properties"]["config"]
+    assert config["$ref"].endswith("/AgbpConfig")
+    backbone = schemas["AgbpConfig"]["properties"]["backbone"]
+    assert backbone["enum"] == list(backbone_names())
+    assert backbone["default"] == DEFAULT_BACKBONE
+    assert set(schemas["AgbpConfig"]["properties"]) == set(AGBP_CONFIG_KEYS)
+
+
+def test_the_api_modules_import_without_the_training_stack() -> None:
+    # when: the API app module is imported in a fresh interpreter
+    code = (
+        "import sys; import services.pretrain.api.main; "
+        "print(sorted(m for m in ('torch', 'cv2', 'matplotlib') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    # then
+    assert done.stdout.strip() == "[]"
 
 
 def test_without_the_training_stack_unknown_keys_are_still_refused(
@@ -219,8 +241,14 @@ def test_without_the_training_stack_unknown_keys_are_still_refused(
         # when
         unknown = client.post("/v1/pretrain-jobs", json=_agbp(config={"lrr": 0.1}))
         bad_value = client.post("/v1/pretrain-jobs", json=_agbp(config={"epochs": 0}))
-    # then: keys and out-of-range numbers are refused at once; combinations are the worker's
+        backbone = client.post("/v1/pretrain-jobs", json=_agbp(config={"backbone": "vgg16"}))
+        frozen = client.post("/v1/pretrain-jobs", json=_agbp(config={"frozen_stages": 4}))
+    # then: keys, values, backbone names and combinations are all refused at once
     assert unknown.status_code == 422
     assert unknown.json()["code"] == "unknown_config_keys"
     assert bad_value.status_code == 422
     assert bad_value.json()["code"] == "invalid_config"
+    assert backbone.status_code == 422
+    assert backbone.json()["code"] == "invalid_config"
+    assert frozen.status_code == 422
+    assert frozen.json()["code"] == "invalid_input"

@@ -6,8 +6,9 @@ import pytest
 from pydantic import ValidationError
 from torch import nn
 
-from services.pretrain.ml.agbp_config import AgbpConfig, resolve_config
+from services.pretrain.ml.agbp_config import resolve_config
 from services.pretrain.ml.optim import build_optimizer, get_lr
+from services.pretrain.params import AgbpConfig
 from shared.errors import InvalidInputError
 
 
@@ -17,8 +18,23 @@ def test_unknown_keys_are_refused() -> None:
 
 
 def test_classification_needs_the_number_of_categories() -> None:
-    with pytest.raises(ValidationError, match="num_classes"):
-        AgbpConfig(objective="cls_distill")
+    # given: num_classes unset means "the job's categories"; the recipe cannot guess them
+    cfg = AgbpConfig(objective="cls_distill")
+    # when / then
+    with pytest.raises(InvalidInputError, match="num_classes"):
+        resolve_config(cfg)
+
+
+def test_unknown_backbones_are_refused_without_torch() -> None:
+    with pytest.raises(ValidationError, match="vgg16"):
+        AgbpConfig(backbone="vgg16")
+
+
+def test_default_input_size_and_stages_come_from_the_backbone_table() -> None:
+    # given: a tiny test backbone whose table entry says 64 px and stages (3, 4)
+    cfg = resolve_config(AgbpConfig(backbone="resnet18-test", num_classes=2))
+    # then
+    assert (cfg.input_size, cfg.stages) == (64, (3, 4))
 
 
 def test_simmim_needs_a_swin_backbone() -> None:

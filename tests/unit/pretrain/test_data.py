@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from services.pretrain.ml.augment import AugmentConfig
-from services.pretrain.ml.data import AgbpDataset, PairSource, ResumableSampler, validate_pairs
+from services.pretrain.ml.data import AgbpDataset, PairSource, ResumableSampler
+from services.pretrain.stores.maps import pair_by_stem
 from shared.errors import InvalidInputError
 
 AUGMENT = AugmentConfig(crop_size=32, resize_base=40)
@@ -18,7 +19,7 @@ def test_pairs_are_matched_by_stem_and_leftovers_reported() -> None:
     images = ["cat/images/a.jpg", "cat/images/b.png", "cat/images/c.jpg"]
     maps = ["maps/cat/a_anomaly.npy", "maps/cat/c_anomaly.npy", "maps/cat/d_anomaly.npy"]
     # when
-    report = validate_pairs(images, maps)
+    report = pair_by_stem(images, maps)
     # then
     assert report.matched == (
         ("cat/images/a.jpg", "maps/cat/a_anomaly.npy"),
@@ -31,14 +32,14 @@ def test_pairs_are_matched_by_stem_and_leftovers_reported() -> None:
 
 def test_duplicate_stems_are_reported_and_not_paired() -> None:
     # when
-    report = validate_pairs(["x/a.jpg", "y/a.jpg"], ["m/a_anomaly.npy"])
+    report = pair_by_stem(["x/a.jpg", "y/a.jpg"], ["m/a_anomaly.npy"])
     # then
     assert report.duplicate_stems == ("a",)
     assert report.matched == ()
 
 
 def test_complete_pairing() -> None:
-    assert validate_pairs(["a.jpg"], ["a_anomaly.npy"]).complete
+    assert pair_by_stem(["a.jpg"], ["a_anomaly.npy"]).complete
 
 
 def test_dataset_item_shapes_and_types(tiny_source: PairSource) -> None:

@@ -14,8 +14,9 @@ import torch
 import yaml
 
 from services.pretrain.config import PretrainSettings
-from services.pretrain.service import run_agbp_job
-from services.pretrain.synthetic import write_synthetic_source
+from services.pretrain.ml.runner import AgbpTrainer
+from services.pretrain.stores.synthetic import write_synthetic_source
+from services.pretrain.usecases.agbp_jobs import run_agbp_job
 from shared.config import CommonSettings, PathSettings
 from shared.jobs.runner import RunnerOptions, run_job
 from shared.jobs.store import JobStore
@@ -84,7 +85,9 @@ def _run(
             kind="agbp", task_name="pretrain.agbp", queue="pretrain", params=params
         ).id
     options = RunnerOptions(worker=worker, lease_ttl_s=1e-6, reraise=(WorkerLost,))
-    return run_job(job_id, jobs, lambda ctx: run_agbp_job(ctx, settings), options)
+    return run_job(
+        job_id, jobs, lambda ctx: run_agbp_job(ctx, settings, AgbpTrainer(settings.device)), options
+    )
 
 
 @pytest.fixture(scope="module")

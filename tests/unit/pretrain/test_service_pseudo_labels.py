@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from services.pretrain.config import PretrainSettings
-from services.pretrain.service import run_pseudo_label_job
+from services.pretrain.ml.labeler import BoxLabeler
+from services.pretrain.usecases.pseudo_label_jobs import run_pseudo_label_job
 from shared.config import CommonSettings, PathSettings
 from shared.imaging.render import encode_png
 from shared.jobs.runner import RunnerOptions, run_job
@@ -54,7 +55,10 @@ def _run(store: FileObjectStore, tmp: Path, **params: Any) -> JobRecord:
         common=CommonSettings(paths=PathSettings(home=tmp / "home")), overlay_examples=2
     )
     return run_job(
-        record.id, jobs, lambda ctx: run_pseudo_label_job(ctx, settings), RunnerOptions("w")
+        record.id,
+        jobs,
+        lambda ctx: run_pseudo_label_job(ctx, settings, BoxLabeler()),
+        RunnerOptions("w"),
     )
 
 

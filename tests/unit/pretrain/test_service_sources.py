@@ -10,17 +10,25 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.pretrain.data_store import (
+from services.pretrain.params import SourceSpec
+from services.pretrain.stores.maps import Pair, collect_pairs, load_scores, pair_source, score_of
+from services.pretrain.stores.pairs import (
     CachedPairSource,
     load_map,
     prefetch,
     read_image_size,
 )
-from services.pretrain.params import SourceSpec
-from services.pretrain.sources import Pair, collect_pairs, load_scores, pair_source, score_of
 from shared.errors import InvalidInputError
 from shared.imaging.intake import ImageLimits
 from shared.imaging.render import encode_png
+from shared.schemas.dataset_maps import (
+    DatasetMapManifest,
+    ScoreRow,
+    manifest_key,
+    map_keys,
+    scores_csv,
+    scores_key,
+)
 from shared.storage.filesystem import FileObjectStore
 
 MAPS = "maps/steel/20260101T120000-1a2b3c4d/"
@@ -65,28 +73,51 @@ def test_stem_pairing_reports_images_without_maps_and_maps_without_images(
     assert (report.images, report.maps, report.matched) == (3, 3, 2)
 
 
-def test_manifest_mapping_pairs_keys_absolute_or_relative_to_the_output(
+def test_the_manifest_the_seam_writes_pairs_same_stems_in_two_folders(
     store: FileObjectStore,
 ) -> None:
-    # given: a manifest naming one map by full key and one relative to the output prefix
-    _touch(store, "img/steel/x/1.png", "img/steel/y/1.png", f"{MAPS}maps/x/1.npy")
-    _touch(store, f"{MAPS}maps/y/1.npy")
-    manifest = {
-        "category": "steel",
-        "job_id": "20260101T120000-1a2b3c4d",
-        "maps": {"img/steel/x/1.png": f"{MAPS}maps/x/1.npy", "img/steel/y/1.png": "maps/y/1.npy"},
-        "skipped": {"img/steel/z.png": "unreadable"},
-    }
-    store.put_bytes(f"{MAPS}manifest.json", json.dumps(manifest).encode())
+    # given: a dataset-map output written with the seam (two images named 1.png)
+    _touch(store, "img/steel/x/1.png", "img/steel/y/1.png")
+    images = ["img/steel/x/1.png", "img/steel/y/1.png"]
+    targets = map_keys(images, "img/steel/", MAPS)
+    _touch(store, *targets.values())
+    manifest = DatasetMapManifest(
+        category="steel", count=2, job_id="20260101T120000-1a2b3c4d", maps=targets
+    )
+    store.put_bytes(manifest_key(MAPS), manifest.to_bytes())
     # when: the maps prefix names the maps/ folder below the output
     matched, report = pair_source(store, _spec(maps=f"{MAPS}maps/"), label=0)
-    # then: same stems in two folders pair correctly through the manifest
+    # then: each image gets its own map through the manifest
     assert matched == [
         ("img/steel/x/1.png", f"{MAPS}maps/x/1.npy"),
         ("img/steel/y/1.png", f"{MAPS}maps/y/1.npy"),
     ]
     assert report.pairing == "manifest"
     assert report.map_job_id == "20260101T120000-1a2b3c4d"
+
+
+def test_a_users_manifest_of_category_count_and_absolute_maps_pairs(
+    store: FileObjectStore,
+) -> None:
+    # given: oracle maps a user brings, listed as {"category", "count", "maps"}
+    _touch(store, "img/steel/a.png", "oracle/steel/a-gt.npy")
+    doc = {"category": "steel", "count": 1, "maps": {"img/steel/a.png": "oracle/steel/a-gt.npy"}}
+    store.put_bytes("oracle/steel/manifest.json", json.dumps(doc).encode())
+    # when
+    matched, report = pair_source(store, _spec(maps="oracle/steel/"), label=0)
+    # then
+    assert matched == [("img/steel/a.png", "oracle/steel/a-gt.npy")]
+    assert report.pairing == "manifest"
+
+
+def test_a_manifest_that_breaks_the_seam_is_refused(store: FileObjectStore) -> None:
+    # given: a manifest without the seam's fields
+    _touch(store, "img/steel/a.png", f"{MAPS}maps/a.npy")
+    store.put_bytes(manifest_key(MAPS), json.dumps({"pairs": []}).encode())
+    # when / then
+    with pytest.raises(InvalidInputError) as caught:
+        pair_source(store, _spec(), label=0)
+    assert caught.value.code == "bad_manifest"
 
 
 def test_category_index_is_the_position_among_distinct_categories(
@@ -126,10 +157,10 @@ def test_pairing_survives_a_round_trip_through_json(store: FileObjectStore) -> N
     assert again == result
 
 
-def test_scores_are_read_by_column_name_and_found_by_key_or_stem(store: FileObjectStore) -> None:
-    # given: the dataset map job's header with the columns in another order
-    text = "zero_shot_score,image_key,map_max,image_score\n0.1,img/steel/a.png,1.2,0.75\n"
-    store.put_bytes(f"{MAPS}scores.csv", text.encode())
+def test_scores_the_seam_writes_are_found_by_key_or_stem(store: FileObjectStore) -> None:
+    # given: scores written with the seam's writer
+    rows = [ScoreRow("img/steel/a.png", 0.75, 0.1, 1.2)]
+    store.put_bytes(scores_key(MAPS), scores_csv(rows))
     # when
     scores = load_scores(store, f"{MAPS}maps/")
     # then
@@ -139,8 +170,16 @@ def test_scores_are_read_by_column_name_and_found_by_key_or_stem(store: FileObje
     assert score_of(scores, "img/steel/b.png") is None
 
 
-def test_a_score_that_is_not_a_number_is_refused(store: FileObjectStore) -> None:
-    store.put_bytes(f"{MAPS}scores.csv", b"image_key,image_score\na.png,high\n")
+@pytest.mark.parametrize(
+    "text",
+    [
+        "image_key,image_score,zero_shot_score,map_max\na.png,high,0.1,1.0\n",
+        "image,score\na.png,0.5\n",
+    ],
+    ids=["not-a-number", "other-header"],
+)
+def test_scores_that_break_the_seam_are_refused(store: FileObjectStore, text: str) -> None:
+    store.put_bytes(scores_key(MAPS), text.encode())
     with pytest.raises(InvalidInputError) as caught:
         load_scores(store, MAPS)
     assert caught.value.code == "bad_scores"

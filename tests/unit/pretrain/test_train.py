@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 import torch
 
-from services.pretrain.ml.agbp_config import AgbpConfig
 from services.pretrain.ml.augment import compute_mean_std
 from services.pretrain.ml.data import PairSource
 from services.pretrain.ml.train import train_agbp
+from services.pretrain.params import AgbpConfig
 from shared.errors import InvalidInputError
 from shared.ml.hooks import TrainHooks
 

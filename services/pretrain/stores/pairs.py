@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from services.pretrain.sources import Pair
+from services.pretrain.stores.maps import Pair
 from shared.errors import InvalidInputError, JobCanceledError
 from shared.imaging.intake import ImageLimits, decode_image
 from shared.storage.base import ObjectStore, validate_key

@@ -1,4 +1,8 @@
-"""Files published with an AGBP backbone: loss curve (CSV and PNG) and the resolved config."""
+"""Files published with an AGBP backbone: loss curve (CSV and PNG) and the resolved config.
+
+matplotlib loads only when a PNG is drawn (in the worker): the API imports the AGBP use case
+and its image has no plotting stack.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import yaml
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 _FIRST_COLUMNS = ("epoch", "lr", "loss", "distill", "task")
 # Fixed PNG metadata: the same history gives the same bytes (a re-publish stays identical).
@@ -41,6 +43,9 @@ def _number(value: float | None) -> str:
 
 def loss_curve_png(history: Sequence[Mapping[str, float]], title: str) -> bytes:
     """Losses per epoch as a PNG (matplotlib's Agg canvas; no pyplot, no display)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(6.4, 4.0), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()

@@ -1,15 +1,13 @@
 """Synthetic images with anomaly maps in the dataset-map output layout (smoke runs, tests).
 
-Each image is textured noise; most carry one bright blob whose map cells are hot. Maps are
-written as the anomaly_map service's dataset map job writes them (``sources`` module docstring),
-so everything downstream runs exactly as on real data.
+Each image is textured noise; most carry one bright blob whose map cells are hot. Maps,
+scores and manifest are written with the seam the anomaly_map service's dataset map job
+writes with (``shared.schemas.dataset_maps``), so everything downstream runs as on real data.
 """
 
 from __future__ import annotations
 
-import csv
 import io
-import json
 from dataclasses import dataclass
 
 import cv2
@@ -17,6 +15,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from shared.imaging.render import encode_png
+from shared.schemas.dataset_maps import (
+    DatasetMapManifest,
+    ScoreRow,
+    manifest_key,
+    map_keys,
+    scores_csv,
+    scores_key,
+)
 from shared.storage.base import ObjectStore
 
 
@@ -59,23 +65,23 @@ def write_synthetic_source(
     seed: int = 0,
     job_id: str | None = None,
 ) -> list[SyntheticImage]:
-    """Write ``count`` PNG images and their maps, ``scores.csv`` and ``manifest.json``.
+    """Write ``count`` PNG images, their maps, the scores and the manifest.
 
     Every third image has no blob (a normal image). Prefixes end with '/'.
     """
     rng = np.random.default_rng(seed)
+    stems = [f"{category}_{i:04d}" for i in range(count)]
+    image_keys = [f"{images_prefix}{stem}.png" for stem in stems]
+    targets = map_keys(image_keys, images_prefix, output_prefix)
     written = []
-    for i in range(count):
+    for i, image_key in enumerate(image_keys):
         image, amap, blob = synthetic_pair(rng, size[0], size[1], grid, with_blob=i % 3 != 2)
-        stem = f"{category}_{i:04d}"
-        image_key = f"{images_prefix}{stem}.png"
-        map_key = f"{output_prefix}maps/{stem}.npy"
         store.put_bytes(image_key, encode_png(image), content_type="image/png")
         buffer = io.BytesIO()
         np.save(buffer, amap, allow_pickle=False)
-        store.put_bytes(map_key, buffer.getvalue())
-        written.append(SyntheticImage(image_key, map_key, blob))
-    _write_index(store, output_prefix, category, written, job_id)
+        store.put_bytes(targets[image_key], buffer.getvalue())
+        written.append(SyntheticImage(image_key, targets[image_key], blob))
+    _write_index(store, output_prefix, category, written, job_id, grid)
     return written
 
 
@@ -85,18 +91,20 @@ def _write_index(
     category: str,
     written: list[SyntheticImage],
     job_id: str | None,
+    grid: int,
 ) -> None:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["image_key", "image_score", "zero_shot_score", "map_max"])
-    for item in written:
-        score = 0.9 if item.blob else 0.1
-        writer.writerow([item.image_key, score, score, 1.5 if item.blob else 0.4])
-    store.put_bytes(f"{output_prefix}scores.csv", out.getvalue().encode())
-    manifest = {
-        "category": category,
-        "count": len(written),
-        "job_id": job_id,
-        "maps": {item.image_key: item.map_key for item in written},
-    }
-    store.put_bytes(f"{output_prefix}manifest.json", json.dumps(manifest).encode())
+    rows = [
+        ScoreRow(item.image_key, score, score, 1.5 if item.blob else 0.4)
+        for item in written
+        for score in [0.9 if item.blob else 0.1]
+    ]
+    store.put_bytes(scores_key(output_prefix), scores_csv(rows))
+    manifest = DatasetMapManifest(
+        category=category,
+        count=len(written),
+        job_id=job_id,
+        maps={item.image_key: item.map_key for item in written},
+        grid=grid,
+        scores=scores_key(output_prefix),
+    )
+    store.put_bytes(manifest_key(output_prefix), manifest.to_bytes())

@@ -1,64 +1,111 @@
-"""Use cases of the pretrain service: the AGBP job and the pseudo-label job (framework-free).
+"""AGBP jobs: submission (validate, pin start weights, enqueue) and the worker's run.
 
-Workers call ``run_agbp_job`` / ``run_pseudo_label_job`` with a ``JobContext``; everything
-they need (settings, store through the context) comes in as arguments.
+Torch-free, so the API imports it without the training stack: the worker hands ``run_agbp_job``
+a ``Trainer`` (``services.pretrain.ml.runner.AgbpTrainer``) for everything torch does.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import shutil
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import Any, Protocol
 
 from services.pretrain.config import PretrainSettings
-from services.pretrain.data_store import CachedPairSource, prefetch
-from services.pretrain.ddp import train_agbp_ddp
-from services.pretrain.job_config import agbp_config
-from services.pretrain.ml.agbp_config import AgbpConfig
-from services.pretrain.ml.train import AgbpResult, train_agbp
-from services.pretrain.params import AgbpJobParams, StartWeights
-from services.pretrain.pseudo_labels import run_pseudo_labels
-from services.pretrain.reports import config_yaml, loss_curve_csv, loss_curve_png
-from services.pretrain.sources import PairingResult, collect_pairs
-from services.pretrain.submission import resolve_artifact
-from shared.errors import InvalidInputError, JobCanceledError, UnavailableError
-from shared.imaging.intake import ImageLimits
+from services.pretrain.params import AgbpConfig, AgbpJobParams, StartWeights, agbp_config
+from services.pretrain.stores.backbones import backbone_weights, resolve_backbone
+from services.pretrain.stores.maps import PairingResult, collect_pairs
+from services.pretrain.stores.pairs import CachedPairSource, prefetch
+from services.pretrain.stores.reports import config_yaml, loss_curve_csv, loss_curve_png
+from services.pretrain.usecases.common import image_limits
+from shared.errors import InvalidInputError, JobCanceledError
 from shared.jobs.context import JobContext
-from shared.ml.device import resolve_device
+from shared.jobs.producer import TaskSender, submit_job
+from shared.jobs.store import JobStore
 from shared.ml.hooks import TrainHooks
 from shared.schemas.artifacts import ArtifactRef
+from shared.schemas.backbones import BACKBONE_FILE, backbone_spec
+from shared.schemas.jobs import JobRecord, Queue, TaskName
 from shared.storage.artifacts import ArtifactStore
 from shared.storage.base import ObjectNotFoundError, ObjectStore
 from shared.storage.filesystem import write_atomically
 
 log = logging.getLogger(__name__)
 
+AGBP_KIND = "agbp"
 CHECKPOINT_NAME = "agbp.pt"
 PAIRING_NAME = "pairing.json"
-WEIGHTS_FILE = "backbone.pt"
+# Raises InvalidInputError for a config the job could not train with.
+ConfigValidator = Callable[[AgbpJobParams], Any]
 
-__all__ = ["run_agbp_job", "run_pseudo_label_job"]
+__all__ = ["AGBP_KIND", "ConfigValidator", "Trainer", "run_agbp_job", "submit_agbp_job"]
 
 
-def image_limits(settings: PretrainSettings) -> ImageLimits:
-    """Caps for images read from the store (bytes from PRETRAIN_MAX_IMAGE_MB)."""
-    return ImageLimits(
-        max_bytes=int(settings.max_image_mb * 2**20),
-        max_pixels=settings.common.http.max_image_pixels,
+class TrainedBackbone(Protocol):
+    """What a training run hands back (``services.pretrain.ml.train.AgbpResult``)."""
+
+    @property
+    def state_dict(self) -> Mapping[str, Any]: ...
+    @property
+    def history(self) -> list[dict[str, float]]: ...
+    @property
+    def config(self) -> AgbpConfig: ...
+    @property
+    def steps(self) -> int: ...
+    @property
+    def stopped(self) -> bool: ...
+
+
+class Trainer(Protocol):
+    """The torch side of the job: train, and turn states into bytes and back."""
+
+    def train(
+        self, cfg: AgbpConfig, data: CachedPairSource, hooks: TrainHooks, weights: Path | None
+    ) -> TrainedBackbone: ...
+    def encode(self, state: Mapping[str, Any]) -> bytes: ...
+    def decode(self, raw: bytes) -> dict[str, Any]: ...
+
+
+def submit_agbp_job(
+    sender: TaskSender,
+    jobs: JobStore,
+    params: AgbpJobParams,
+    validate: ConfigValidator | None = None,
+) -> JobRecord:
+    """Enqueue an AGBP job on the ``pretrain`` queue, start weights pinned to a version.
+
+    ``AgbpJobParams`` already refused a config that cannot train (``agbp_config``);
+    ``validate`` is an extra check a caller may add.
+
+    Raises:
+        InvalidInputError: start weights without a backbone, or what ``validate`` raises.
+        NotFoundError: the start-weights artifact does not exist.
+    """
+    if validate is not None:
+        validate(params)
+    weights = _pinned_start_weights(jobs.store, params.start_weights)
+    name = params.artifact_name or f"agbp-{params.backbone()}"
+    stored = params.model_copy(update={"artifact_name": name, "start_weights": weights})
+    return submit_job(
+        sender,
+        jobs,
+        kind=AGBP_KIND,
+        task_name=TaskName.PRETRAIN_AGBP,
+        queue=Queue.PRETRAIN,
+        params=stored.model_dump(mode="json"),
     )
 
 
-def run_pseudo_label_job(ctx: JobContext, settings: PretrainSettings) -> list[str]:
-    """Pseudo-defect boxes for one category; see ``services.pretrain.pseudo_labels``."""
-    return run_pseudo_labels(ctx, limits=image_limits(settings), examples=settings.overlay_examples)
+def _pinned_start_weights(store: ObjectStore, weights: StartWeights | None) -> StartWeights | None:
+    """An artifact pinned to the version that exists now; a path is checked by the worker."""
+    if weights is None or weights.artifact is None:
+        return weights
+    return StartWeights(artifact=str(resolve_backbone(store, weights.artifact)))
 
 
-def run_agbp_job(ctx: JobContext, settings: PretrainSettings) -> list[str]:
+def run_agbp_job(ctx: JobContext, settings: PretrainSettings, trainer: Trainer) -> list[str]:
     """Pair, cache, train (resuming from the job's checkpoint), publish once.
 
     Returns:
@@ -71,7 +118,6 @@ def run_agbp_job(ctx: JobContext, settings: PretrainSettings) -> list[str]:
     params = AgbpJobParams.model_validate(ctx.params)
     cfg = agbp_config(params, num_workers=settings.num_workers)
     ref = ArtifactRef(name=params.artifact_name or f"agbp-{cfg.backbone}", version=ctx.job_id)
-    artifacts = ArtifactStore(ctx.store)
     if ctx.store.exists(ref.manifest_key):  # an earlier delivery published, then died
         ctx.set_outputs(artifact=str(ref))
         return [str(ref)]
@@ -80,12 +126,14 @@ def run_agbp_job(ctx: JobContext, settings: PretrainSettings) -> list[str]:
         pairing = _pairing(ctx, params)
         data = _cached_data(ctx, pairing, workdir, settings)
         weights = _start_weights(ctx.store, params.start_weights, settings, workdir)
-        result = _train(cfg, data, _hooks(ctx), weights, settings)
+        result = trainer.train(cfg, data, _hooks(ctx, trainer), weights)
         if result.stopped:
             raise JobCanceledError(f"job {ctx.job_id} was canceled at step {result.steps}")
-        files = _artifact_files(result, ref)
-        artifacts.publish(
-            ref.name, files, version=ref.version, metadata=_lineage(ctx, params, result, pairing)
+        ArtifactStore(ctx.store).publish(
+            ref.name,
+            _artifact_files(result, ref, trainer),
+            version=ref.version,
+            metadata=_lineage(ctx, params, result, pairing),
         )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -127,31 +175,28 @@ def _cached_data(
     return data
 
 
-def _hooks(ctx: JobContext) -> TrainHooks:
+def _hooks(ctx: JobContext, trainer: Trainer) -> TrainHooks:
     def on_progress(percent: float, message: str, metrics: Any) -> None:
         ctx.progress(percent, message, force=True, metrics=dict(metrics))
 
     def on_checkpoint(state: dict[str, Any]) -> None:
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        ctx.save_checkpoint(buffer.getvalue(), CHECKPOINT_NAME)
+        ctx.save_checkpoint(trainer.encode(state), CHECKPOINT_NAME)
         ctx.progress(ctx.record.progress, force=True, metrics={"checkpoint_step": state["step"]})
 
     return TrainHooks(
         on_progress=on_progress,
         should_stop=ctx.should_stop,
         on_checkpoint=on_checkpoint,
-        resume_state=_resume_state(ctx),
+        resume_state=_resume_state(ctx, trainer),
     )
 
 
-def _resume_state(ctx: JobContext) -> dict[str, Any] | None:
+def _resume_state(ctx: JobContext, trainer: Trainer) -> dict[str, Any] | None:
     raw = ctx.load_checkpoint(CHECKPOINT_NAME)
     if raw is None:
         return None
     try:
-        # Our own checkpoint in our job prefix; it holds tensors and plain types only.
-        state: dict[str, Any] = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+        state = trainer.decode(raw)  # our own checkpoint in our job prefix
     except Exception:
         log.warning("job %s: unreadable checkpoint, starting over", ctx.job_id, exc_info=True)
         return None
@@ -165,9 +210,8 @@ def _start_weights(
     if weights is None:
         return None
     if weights.artifact is not None:
-        ref = resolve_artifact(store, weights.artifact)
         path = workdir / "start_weights.pt"
-        write_atomically(path, [ArtifactStore(store).get_file_bytes(ref, WEIGHTS_FILE)])
+        write_atomically(path, [backbone_weights(store, resolve_backbone(store, weights.artifact))])
         return path
     # Only files under the model folder: a job request must not name arbitrary local files.
     root = settings.common.paths.resolved_model_dir()
@@ -183,27 +227,9 @@ def _start_weights(
     return path
 
 
-def _train(
-    cfg: AgbpConfig,
-    data: CachedPairSource,
-    hooks: TrainHooks,
-    weights: Path | None,
-    settings: PretrainSettings,
-) -> AgbpResult:
-    try:
-        device = resolve_device(settings.device)
-    except RuntimeError as exc:
-        raise UnavailableError(str(exc), code="device_unavailable") from exc
-    gpus = torch.cuda.device_count() if device.type == "cuda" and device.index is None else 0
-    if settings.ddp and gpus > 1:
-        log.info("AGBP with DDP on %d GPUs", gpus)
-        return train_agbp_ddp(cfg, data, hooks=hooks, world=gpus, weights=weights)
-    return train_agbp(cfg, data, hooks=hooks, device=device, weights=weights)
-
-
-def _artifact_files(result: AgbpResult, ref: ArtifactRef) -> dict[str, bytes | Path]:
-    buffer = io.BytesIO()
-    torch.save(result.state_dict, buffer)
+def _artifact_files(
+    result: TrainedBackbone, ref: ArtifactRef, trainer: Trainer
+) -> dict[str, bytes | Path]:
     metrics = {
         "steps": result.steps,
         "epochs": result.config.epochs,
@@ -212,7 +238,7 @@ def _artifact_files(result: AgbpResult, ref: ArtifactRef) -> dict[str, bytes | P
     }
     title = f"AGBP {result.config.backbone} ({result.config.objective}) {ref.version}"
     return {
-        WEIGHTS_FILE: buffer.getvalue(),
+        BACKBONE_FILE: trainer.encode(result.state_dict),
         "config.yaml": config_yaml(result.config.model_dump(mode="json")),
         "metrics.json": _json(metrics),
         "loss_curve.csv": loss_curve_csv(result.history),
@@ -221,17 +247,19 @@ def _artifact_files(result: AgbpResult, ref: ArtifactRef) -> dict[str, bytes | P
 
 
 def _lineage(
-    ctx: JobContext, params: AgbpJobParams, result: AgbpResult, pairing: PairingResult
+    ctx: JobContext, params: AgbpJobParams, result: TrainedBackbone, pairing: PairingResult
 ) -> dict[str, Any]:
     cfg = result.config
     weights = params.start_weights
     return {
         "job_id": ctx.job_id,
-        "kind": "agbp",
+        "kind": AGBP_KIND,
         "backbone": cfg.backbone,
         "objective": cfg.objective,
         # CSPDarknet weights use the ultralytics detector's keys (model.<i>.…).
-        "key_names": "ultralytics-detector" if cfg.backbone.startswith("yolov8") else "timm",
+        "key_names": (
+            "ultralytics-detector" if backbone_spec(cfg.backbone).family == "cspdarknet" else "timm"
+        ),
         "steps": result.steps,
         "start_weights": None if weights is None else weights.model_dump(),
         "categories": list(pairing.categories),

@@ -20,9 +20,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.multiprocessing.spawn import spawn
 
-from services.pretrain.ml.agbp_config import AgbpConfig
 from services.pretrain.ml.data import PairSource
 from services.pretrain.ml.train import AgbpResult, train_agbp
+from services.pretrain.params import AgbpConfig
 from shared.ml.hooks import TrainHooks
 
 _POLL_S = 1.0

@@ -1,0 +1,83 @@
+"""The compute side of a pseudo-label job (agssp-spec §3), handed to the use case by the worker.
+
+``services.pretrain.usecases.pseudo_label_jobs`` stays free of cv2 so the API can import it;
+everything that needs cv2 runs through a ``BoxLabeler``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from services.pretrain.ml.pseudo_boxes import (
+    ImageBoxes,
+    build_coco,
+    category_threshold,
+    extract_boxes,
+    render_overlay,
+    summarize,
+    yolo_lines,
+)
+from services.pretrain.params import PseudoLabelParams
+from shared.imaging.render import encode_png
+
+OVERLAY_MAX_SIDE = 1024
+
+
+class BoxLabeler:
+    """Threshold, boxes, YOLO lines, overlays, COCO and summary of one category."""
+
+    def threshold(self, maps: Sequence[NDArray[np.float32]], c: float) -> float:
+        """T_c = mean over the category's maps of each map's max, minus ``c`` (§3 step 1)."""
+        return category_threshold(maps, c=c)
+
+    def label(
+        self,
+        amap: NDArray[np.float32],
+        size: tuple[int, int],
+        threshold: float,
+        params: PseudoLabelParams,
+        image_score: float | None,
+        file_name: str,
+    ) -> tuple[ImageBoxes, str]:
+        """Boxes of one (width, height) image and its YOLO label file's text."""
+        width, height = size
+        boxes = extract_boxes(
+            amap,
+            width,
+            height,
+            threshold,
+            regions=params.regions,
+            top_k=params.top_k,
+            iou_threshold=params.nms,
+            min_area=params.min_area,
+            image_score=image_score,
+            score_gate=params.score_gate,
+        )
+        text = "".join(line + "\n" for line in yolo_lines(boxes, width, height))
+        return ImageBoxes(file_name, width, height, tuple(boxes), params.category), text
+
+    def overlay_png(self, image: NDArray[np.uint8], item: ImageBoxes) -> bytes:
+        """PNG of the (H, W, 3) image with its boxes, at most ``OVERLAY_MAX_SIDE`` a side."""
+        return encode_png(_fit(render_overlay(image, item.boxes)))
+
+    def coco(self, items: Sequence[ImageBoxes]) -> dict[str, Any]:
+        """COCO detection dict of the images, in order."""
+        return build_coco(items)
+
+    def summary(self, items: Sequence[ImageBoxes], category: str) -> dict[str, Any]:
+        """Box statistics of the category (``CategorySummary`` fields)."""
+        return asdict(summarize(items)[category])
+
+
+def _fit(image: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    scale = OVERLAY_MAX_SIDE / max(image.shape[:2])
+    if scale >= 1:
+        return image
+    size = (max(round(image.shape[1] * scale), 1), max(round(image.shape[0] * scale), 1))
+    return np.asarray(cv2.resize(image, size, interpolation=cv2.INTER_AREA), dtype=np.uint8)

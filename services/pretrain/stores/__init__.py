@@ -1,0 +1,1 @@
+"""What the pretrain service keeps in and reads from the object store."""

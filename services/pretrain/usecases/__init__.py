@@ -1,0 +1,1 @@
+"""Use cases of the pretrain service: one module per job kind."""
