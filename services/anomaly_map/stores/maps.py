@@ -1,6 +1,6 @@
 """Map files and map payloads: ``.npy`` encoding and the JSON form of a map.
 
-The dataset-map output layout (map keys, ``scores.csv``, the manifest) is the seam in
+The dataset-map output layout (map keys, the scores file, the manifest) is the seam in
 ``shared.schemas.dataset_maps``; this module only encodes the arrays written there and
 returned by the HTTP API.
 """
