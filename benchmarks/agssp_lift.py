@@ -139,10 +139,10 @@ def _healthy(url: str) -> bool:
 # -- data -------------------------------------------------------------------------------------
 def import_dataset(args: argparse.Namespace, home: Path) -> tuple[str, dict[str, Any]]:
     """Magnetic-tile with boxes from masks into the suite's store; returns (ref, splits)."""
-    from services.finetune import service
     from services.finetune.config import FinetuneSettings
-    from services.finetune.datasets_store import DatasetCatalog, DatasetRef
     from services.finetune.params import DatasetImportParams
+    from services.finetune.stores.datasets import DatasetCatalog, DatasetRef
+    from services.finetune.usecases.datasets import import_local_dataset
     from shared.config import CommonSettings, PathSettings
     from shared.storage.filesystem import FileObjectStore
 
@@ -155,15 +155,15 @@ def import_dataset(args: argparse.Namespace, home: Path) -> tuple[str, dict[str,
     version = f"lift-s{args.split_seed}-v{int(args.val_fraction * 100)}"
     ref = DatasetRef("magnetic-tile", version)
     if not store.exists(ref.key("manifest.json")):
-        service.import_local_dataset(store, args.data, params, version, settings)
+        import_local_dataset(store, args.data, params, version, settings)
     return str(ref), DatasetCatalog(store).splits(ref)
 
 
 def stage_pool(args: argparse.Namespace, home: Path, ref: str, splits: dict[str, Any]) -> int:
     """Copy the unlabelled pool (train minus the labelled mini split) and its oracle maps."""
-    from services.finetune.dataset_io import import_folder
-    from services.finetune.datasets_store import DatasetRef
     from services.finetune.ml.masks import read_mask
+    from services.finetune.stores.datasets import DatasetRef
+    from services.finetune.usecases.datasets import import_folder
     from shared.storage.filesystem import FileObjectStore
 
     store = FileObjectStore(home / "store")

@@ -33,44 +33,45 @@ def _settings(work: Path) -> Any:
 
 def _train(data: Path, cache: Path, fields: dict[str, Any], max_train: int | None) -> float:
     """Import NEU-DET, train from scratch, export ``cache/fp32.onnx``; returns seconds."""
-    from services.finetune import service
-    from services.finetune.compare import parse_inits
-    from services.finetune.dataset_io import load_split
+    from services.finetune.ml.checkpoint import DetectorCheckpoint
     from services.finetune.ml.config import FinetuneConfig
     from services.finetune.ml.detector import detector_from_checkpoint
     from services.finetune.ml.export import export_onnx
     from services.finetune.ml.materialize import materialize_yolo
     from services.finetune.params import DatasetImportParams
-    from services.finetune.start_weights import resolve_init
-    from services.finetune.training import prepare_runtime, train_detector
+    from services.finetune.stores.datasets import load_split
+    from services.finetune.usecases.common import TrainRequest
+    from services.finetune.usecases.datasets import import_local_dataset
+    from services.finetune.usecases.evaluations import parse_inits
+    from services.finetune.usecases.training import TORCH
     from shared.ml.hooks import TrainHooks
     from shared.storage.filesystem import FileObjectStore
 
     started = time.perf_counter()
     settings = _settings(cache / "work")
-    prepare_runtime(settings)
+    TORCH.prepare(settings)
     store = FileObjectStore(cache / "store")
     params = DatasetImportParams(
         name="neu-det", prefix="local/", format="voc", val_fraction=0.1, seed=fields["seed"]
     )
-    ref, _ = service.import_local_dataset(store, data, params, "bench", settings)
+    ref, _ = import_local_dataset(store, data, params, "bench", settings)
     train, images = load_split(store, ref, "train", cache / "data")
     if max_train is not None:
         train = train.subset([im.file_name for im in train.images[:max_train]])
     val, _ = load_split(store, ref, "val", cache / "data")
     folder = materialize_yolo(train, val, images, cache / "yolo")
     config = FinetuneConfig(**fields, device="cpu", workers=0)
-    init = resolve_init(store, parse_inits("scratch")[0].init, settings, local_ok=True)
+    init = parse_inits("scratch")[0].init
     report = TrainHooks(on_progress=lambda pct, msg, _: print(f"  finetune: {msg}", flush=True))
-    result = train_detector(init, folder, cache / "run", config, report)
-    detector = detector_from_checkpoint(result.checkpoint)
+    request = TrainRequest(store, init, folder, cache / "run", config, report, settings)
+    run = TORCH.train(request)
+    detector = detector_from_checkpoint(DetectorCheckpoint.from_bytes(run.weights, "run"))
     export_onnx(detector, cache / "fp32.onnx", imgsz=fields["imgsz"], work_dir=cache / "export")
     return time.perf_counter() - started
 
 
 def _subset_dataset(cache: Path, split: str) -> tuple[Any, Path]:
-    from services.finetune.dataset_io import load_split
-    from services.finetune.datasets_store import DatasetCatalog
+    from services.finetune.stores.datasets import DatasetCatalog, load_split
     from shared.storage.filesystem import FileObjectStore
 
     store = FileObjectStore(cache / "store")
@@ -81,7 +82,7 @@ def _subset_dataset(cache: Path, split: str) -> tuple[Any, Path]:
 def _score(onnx: Path, cache: Path, imgsz: int) -> dict[str, float]:
     from services.finetune.ml.evaluate import evaluate_detections
     from services.finetune.ml.predict import predict_with
-    from services.finetune.quantization import onnx_forward
+    from services.finetune.usecases.training import onnx_forward
 
     val, images = _subset_dataset(cache, "val")
     forward, seconds = onnx_forward(onnx)

@@ -23,10 +23,11 @@ from typing import Any
 
 import torch
 
-from services.finetune import service
-from services.finetune.compare import parse_inits, run_comparison
 from services.finetune.config import FinetuneSettings
 from services.finetune.params import DatasetImportParams
+from services.finetune.usecases.datasets import import_local_dataset
+from services.finetune.usecases.evaluations import parse_inits, run_comparison
+from services.finetune.usecases.training import TORCH
 from shared.config import CommonSettings, PathSettings
 from shared.storage.filesystem import FileObjectStore
 
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         seed=args.seed,
     )
     start = time.perf_counter()
-    ref, manifest = service.import_local_dataset(store, args.data, params, "bench", settings)
+    ref, manifest = import_local_dataset(store, args.data, params, "bench", settings)
     import_s = time.perf_counter() - start
     fields = {
         "scale": "n",
@@ -92,6 +93,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         fields,
         work / "run",
         on_progress=lambda _, pct, msg: print(f"{msg} ({time.perf_counter() - start:.0f} s)"),
+        backend=TORCH,
     )
     run_s = time.perf_counter() - start
     return {

@@ -13,9 +13,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from shared.errors import InvalidInputError
 from shared.schemas.artifacts import check_segment
+from shared.schemas.backbones import BACKBONE_FILE
 from shared.schemas.bounds import FINITE, SEED_MAX
 from shared.schemas.detector import AgdpConfig, FinetuneConfig, Scale
+from shared.schemas.pseudo_labels import CLASSES_FILE as YOLO_CLASSES_FILE
 from shared.storage.base import prefix_field, validate_key
+
+CalibrationMethod = Literal["minmax", "percentile"]  # of the INT8 calibration
 
 DatasetFormat = Literal["voc", "coco", "yolo", "masks"]
 TrainKind = Literal["agdp", "finetune"]
@@ -127,7 +131,7 @@ class DatasetImportParams(BaseModel):
         None,
         min_length=1,
         description="class names in id order; VOC default: sorted names found, COCO: its "
-        "categories, YOLO: classes.txt or data.yaml",
+        f"categories, YOLO: {YOLO_CLASSES_FILE} or data.yaml",
     )
     val_fraction: float = Field(0.1, ge=0, lt=1, description="share of images in 'val'")
     seed: int = Field(2024, ge=0, le=SEED_MAX, description="seed of the split and the mini subsets")
@@ -203,7 +207,7 @@ class AgdpJobParams(BaseModel):
         description="output prefix of a pseudo-label job ('pseudo/<category>/<job id>/')"
     )
     backbone_artifact: str | None = Field(
-        None, description="AGBP artifact 'name:version' with backbone.pt; none = random init"
+        None, description=f"AGBP artifact 'name:version' with {BACKBONE_FILE}; none = random init"
     )
     scale: Scale = Field("s", description="YOLOv8 scale")
     config: dict[str, Any] = Field(
@@ -306,7 +310,7 @@ class QuantizeParams(BaseModel):
     calibration_split: str = Field("train", pattern=SPLIT_PATTERN)
     calibration_images: int = Field(64, ge=1, le=2048, description="images used to calibrate")
     eval_split: str = Field("val", pattern=SPLIT_PATTERN, description="mAP of FP32 vs INT8")
-    method: Literal["minmax", "percentile"] = "minmax"
+    method: CalibrationMethod = "minmax"
 
     @field_validator("model", "dataset")
     @classmethod

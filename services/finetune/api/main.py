@@ -11,8 +11,8 @@ from fastapi import FastAPI
 
 from services.finetune.api.routes import datasets, jobs, models
 from services.finetune.config import FinetuneSettings, get_settings
-from services.finetune.datasets_store import DatasetCatalog
-from services.finetune.registry import ModelRegistry
+from services.finetune.stores.datasets import DatasetCatalog
+from services.finetune.stores.models import ModelRegistry
 from shared.http.app import create_service_app
 from shared.http.auth import ScopeRule
 from shared.http.infra import attach_infrastructure

@@ -24,16 +24,14 @@ from services.finetune.api.schemas import (
     PromoteRequest,
     PromoteResponse,
 )
-from services.finetune.datasets_store import DatasetRef
 from services.finetune.params import QuantizeParams
-from services.finetune.registry import artifact_ref
-from services.finetune.submission import (
-    submit_agdp,
-    submit_evaluation,
-    submit_finetune,
-    submit_import,
-    submit_quantization,
-)
+from services.finetune.stores.datasets import DatasetRef
+from services.finetune.stores.models import artifact_ref
+from services.finetune.usecases.agdp_jobs import submit_agdp
+from services.finetune.usecases.datasets import submit_import
+from services.finetune.usecases.evaluations import submit_evaluation
+from services.finetune.usecases.finetune_jobs import submit_finetune
+from services.finetune.usecases.quantize_jobs import submit_quantization
 from shared.errors import NotFoundError
 from shared.schemas.jobs import JobRecord
 

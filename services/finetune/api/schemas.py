@@ -13,7 +13,7 @@ from services.finetune.params import (
     EvaluationParams,
     FinetuneJobParams,
 )
-from services.finetune.registry import ModelDetail, ModelSummary, VersionInfo
+from services.finetune.stores.models import ModelDetail, ModelSummary, VersionInfo
 
 
 class DatasetImportRequest(DatasetImportParams):

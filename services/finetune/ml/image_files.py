@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from shared.errors import InvalidInputError
@@ -27,6 +26,8 @@ def read_image_size(path: Path) -> tuple[int, int]:
     Raises:
         InvalidInputError: the file is missing or not a decodable image.
     """
+    import cv2  # here, not at import: the torch-free API imports the suffixes and hashes
+
     try:
         data = np.frombuffer(path.read_bytes(), dtype=np.uint8)
     except OSError as exc:

@@ -16,6 +16,7 @@ import yaml
 
 from services.finetune.ml.dataset import Box, DetectionDataset, ImageRecord, dataset_error
 from services.finetune.ml.image_files import IMAGE_SUFFIXES, read_image_size, require_dir
+from shared.schemas.pseudo_labels import CLASSES_FILE as YOLO_CLASSES_FILE
 
 
 def import_yolo(
@@ -137,7 +138,7 @@ def export_yolo(dataset: DetectionDataset, labels_dir: Path, decimals: int = 6) 
         path = labels_dir / f"{image.stem}.txt"
         path.write_text(yolo_label_text(image, decimals), encoding="utf-8")
         written.append(path)
-    (labels_dir / "classes.txt").write_text("".join(f"{c}\n" for c in dataset.classes), "utf-8")
+    (labels_dir / YOLO_CLASSES_FILE).write_text("".join(f"{c}\n" for c in dataset.classes), "utf-8")
     return written
 
 

@@ -1,7 +1,7 @@
-"""Celery tasks of the finetune queue: thin wrappers around the service's job functions.
+"""Celery tasks of the finetune queue: thin wrappers around the job kinds' run functions.
 
-torch and ultralytics load with the service module, in the worker process; ultralytics is
-configured offline by the service before its first import.
+torch and ultralytics load with ``usecases.training`` (the backend the runs are given), in
+the worker process; the backend configures ultralytics offline before its first import.
 """
 
 from __future__ import annotations
@@ -10,31 +10,38 @@ from typing import Any
 
 from celery import Task, shared_task
 
-from services.finetune import quantization, service
 from services.finetune.config import get_settings
+from services.finetune.usecases import (
+    agdp_jobs,
+    datasets,
+    evaluations,
+    finetune_jobs,
+    quantize_jobs,
+)
+from services.finetune.usecases.training import TORCH
 from shared.jobs.context import JobContext
 from shared.jobs.worker import run_in_worker
 from shared.schemas.jobs import TaskName
 
 
 def _import(ctx: JobContext) -> list[str]:
-    return service.run_import_job(ctx, get_settings())
+    return datasets.run_import_job(ctx, get_settings())
 
 
 def _agdp(ctx: JobContext) -> list[str]:
-    return service.run_agdp_job(ctx, get_settings())
+    return agdp_jobs.run_agdp_job(ctx, get_settings(), TORCH)
 
 
 def _finetune(ctx: JobContext) -> list[str]:
-    return service.run_finetune_job(ctx, get_settings())
+    return finetune_jobs.run_finetune_job(ctx, get_settings(), TORCH)
 
 
 def _evaluate(ctx: JobContext) -> list[str]:
-    return service.run_evaluation_job(ctx, get_settings())
+    return evaluations.run_evaluation_job(ctx, get_settings(), TORCH)
 
 
 def _quantize(ctx: JobContext) -> list[str]:
-    return quantization.run_quantize_job(ctx, get_settings())
+    return quantize_jobs.run_quantize_job(ctx, get_settings(), TORCH)
 
 
 @shared_task(name=TaskName.FINETUNE_IMPORT_DATASET.value, bind=True)

@@ -12,8 +12,9 @@ from fastapi.testclient import TestClient
 
 from services.finetune.api.main import create_app
 from services.finetune.config import FinetuneSettings
-from services.finetune.datasets_store import DatasetCatalog, DatasetRef
+from services.finetune.stores.datasets import DatasetCatalog, DatasetRef
 from shared.config import CommonSettings, PathSettings, StorageSettings
+from shared.http.state import http_state
 from shared.schemas.jobs import Queue, TaskName
 from shared.storage.artifacts import ArtifactStore
 from shared.storage.filesystem import FileObjectStore
@@ -55,7 +56,7 @@ def client(tmp_path: Path) -> Iterator[tuple[TestClient, FakeSender]]:
     )
     sender = FakeSender()
     with TestClient(create_app(FinetuneSettings(common=common), store=store)) as test_client:
-        test_client.app.state.celery = sender  # type: ignore[attr-defined]
+        http_state(test_client.app).celery = sender  # type: ignore[arg-type]
         yield test_client, sender
 
 
@@ -208,7 +209,7 @@ def test_evaluation_of_a_model_with_other_classes_is_refused(
     client: tuple[TestClient, FakeSender], tmp_path: Path
 ) -> None:
     # given a one-class model and the two-class dataset
-    store: FileObjectStore = client[0].app.state.store  # type: ignore[attr-defined]
+    store: FileObjectStore = http_state(client[0].app).store  # type: ignore[arg-type,assignment]
     manifest = {"classes": ["a", "b"], "images": 2, "boxes": 2, "splits": {"val": 2}}
     DatasetCatalog(store).publish(DatasetRef("two", "v1"), {"splits.json": b"{}"}, manifest)
     # when

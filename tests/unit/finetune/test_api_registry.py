@@ -10,8 +10,8 @@ from fastapi.testclient import TestClient
 
 from services.finetune.api.main import create_app
 from services.finetune.config import FinetuneSettings
-from services.finetune.datasets_store import DatasetCatalog, DatasetRef
-from services.finetune.registry import ModelRegistry
+from services.finetune.stores.datasets import DatasetCatalog, DatasetRef
+from services.finetune.stores.models import ModelRegistry
 from shared.config import AuthSettings, CommonSettings, PathSettings, StorageSettings
 from shared.http.auth import create_key
 from shared.storage.artifacts import ArtifactStore

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from services.finetune.dataset_io import import_folder
 from services.finetune.ml.masks import read_mask
+from services.finetune.usecases.datasets import import_folder
 
 MT_DEFECTS = ["MT_Blowhole", "MT_Break", "MT_Crack", "MT_Fray", "MT_Uneven"]
 

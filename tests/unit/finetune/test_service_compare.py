@@ -9,17 +9,18 @@ from typing import Any
 
 import pytest
 
-from services.finetune import service
-from services.finetune.compare import (
+from services.finetune.config import FinetuneSettings
+from services.finetune.ml.detector import build_detector
+from services.finetune.ml.voc import export_voc
+from services.finetune.params import DatasetImportParams, InitParams
+from services.finetune.usecases.datasets import import_local_dataset
+from services.finetune.usecases.evaluations import (
     CompareRow,
     parse_inits,
     run_comparison,
     write_report,
 )
-from services.finetune.config import FinetuneSettings
-from services.finetune.ml.detector import build_detector
-from services.finetune.ml.voc import export_voc
-from services.finetune.params import DatasetImportParams, InitParams
+from services.finetune.usecases.training import TORCH
 from shared.config import CommonSettings, PathSettings
 from shared.errors import InvalidInputError
 from shared.storage.filesystem import FileObjectStore
@@ -39,11 +40,11 @@ def rows(make_dataset: Any, tmp_path_factory: pytest.TempPathFactory) -> list[Co
     )
     store = FileObjectStore(root / "store")
     params = DatasetImportParams(name="s", prefix="x/", format="voc", val_fraction=0.25, seed=0)
-    service.import_local_dataset(store, root / "src", params, "v1", settings)
+    import_local_dataset(store, root / "src", params, "v1", settings)
     checkpoint = build_detector("n", 2, seed=9).to_checkpoint().save(root / "start.pt")
     # when
     choices = parse_inits(f"scratch,checkpoint:{checkpoint}")
-    return run_comparison(store, settings, "s:v1", choices, TINY, root / "out")
+    return run_comparison(store, settings, "s:v1", choices, TINY, root / "out", backend=TORCH)
 
 
 def test_every_init_is_trained_and_scored(rows: list[CompareRow]) -> None:

@@ -9,14 +9,13 @@ from typing import Any
 
 import pytest
 
-from services.finetune import service
 from services.finetune.config import FinetuneSettings
-from services.finetune.dataset_io import load_split
-from services.finetune.datasets_store import DatasetCatalog, DatasetRef
 from services.finetune.ml.coco import write_coco
 from services.finetune.ml.dataset import DetectionDataset, ImageRecord
 from services.finetune.ml.voc import export_voc
 from services.finetune.params import DatasetImportParams
+from services.finetune.stores.datasets import DatasetCatalog, DatasetRef, load_split
+from services.finetune.usecases.datasets import import_local_dataset
 from shared.config import CommonSettings, PathSettings
 from shared.errors import InvalidInputError, NotFoundError
 from shared.storage.filesystem import FileObjectStore
@@ -56,7 +55,7 @@ def _import(store: FileObjectStore, root: Path, version: str, **fields: Any) -> 
     params = DatasetImportParams(
         name="set", prefix="unused/", **{"format": "voc", "val_fraction": 0.5, **fields}
     )
-    _, manifest = service.import_local_dataset(store, root, params, version, SETTINGS)
+    _, manifest = import_local_dataset(store, root, params, version, SETTINGS)
     return manifest
 
 

@@ -19,7 +19,6 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from services.finetune import service
 from services.finetune.config import FinetuneSettings
 from services.finetune.ml.dataset import DetectionDataset
 from services.finetune.ml.detector import build_detector
@@ -31,12 +30,11 @@ from services.finetune.params import (
     FinetuneJobParams,
     InitParams,
 )
-from services.finetune.submission import (
-    submit_agdp,
-    submit_evaluation,
-    submit_finetune,
-    submit_import,
-)
+from services.finetune.usecases.agdp_jobs import run_agdp_job, submit_agdp
+from services.finetune.usecases.datasets import run_import_job, submit_import
+from services.finetune.usecases.evaluations import run_evaluation_job, submit_evaluation
+from services.finetune.usecases.finetune_jobs import run_finetune_job, submit_finetune
+from services.finetune.usecases.training import TORCH
 from shared.config import CommonSettings, PathSettings
 from shared.errors import JobCanceledError
 from shared.jobs.context import JobContext
@@ -75,9 +73,9 @@ class World:
     jobs: JobStore
     settings: FinetuneSettings
 
-    def run(self, record: JobRecord, handler: Callable[..., list[str]]) -> JobRecord:
+    def run(self, record: JobRecord, handler: Callable[..., list[str]], *args: Any) -> JobRecord:
         def call(ctx: JobContext) -> list[str]:
-            return handler(ctx, self.settings)
+            return handler(ctx, self.settings, *args)
 
         return run_job(record.id, self.jobs, call, RunnerOptions(worker="unit"))
 
@@ -141,7 +139,7 @@ def agdp_job(world: World, agbp: ArtifactRef, make_dataset: Any) -> JobRecord:
         val_fraction=0.25,
     )
     record = submit_agdp(FakeSender(), world.jobs, params)
-    return world.run(record, service.run_agdp_job)
+    return world.run(record, run_agdp_job, TORCH)
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +153,7 @@ def dataset_job(
         name="shapes", prefix="uploads/two-class/", format="yolo", val_fraction=0.25, seed=0
     )
     record = submit_import(FakeSender(), world.jobs, params)
-    return world.run(record, service.run_import_job)
+    return world.run(record, run_import_job)
 
 
 @pytest.fixture(scope="module")
@@ -168,14 +166,14 @@ def finetune_job(world: World, agdp_job: JobRecord, dataset_job: JobRecord) -> J
         model_name="shapes-yolov8n",
     )
     record = submit_finetune(FakeSender(), world.jobs, params)
-    return world.run(record, service.run_finetune_job)
+    return world.run(record, run_finetune_job, TORCH)
 
 
 @pytest.fixture(scope="module")
 def evaluation_job(world: World, finetune_job: JobRecord) -> JobRecord:
     params = EvaluationParams(model="shapes-yolov8n", dataset="shapes", split="val")
     record = submit_evaluation(FakeSender(), world.jobs, params)
-    return world.run(record, service.run_evaluation_job)
+    return world.run(record, run_evaluation_job, TORCH)
 
 
 def _ref(record: JobRecord) -> ArtifactRef:
@@ -294,7 +292,7 @@ def test_a_redelivered_finetune_job_does_not_train_again(
     ctx = JobContext(world.jobs, world.jobs.get(finetune_job.id))
     before = ArtifactStore(world.store).manifest(_ref(finetune_job))
     # when
-    refs = service.run_finetune_job(ctx, world.settings)
+    refs = run_finetune_job(ctx, world.settings, TORCH)
     # then
     assert refs == finetune_job.artifacts
     assert ArtifactStore(world.store).manifest(_ref(finetune_job)) == before
@@ -320,11 +318,11 @@ def test_an_interrupted_run_resumes_from_the_stored_last_pt(
     )
     record = submit_finetune(FakeSender(), world.jobs, params)
     with pytest.raises(WorkerLostError):
-        service.run_finetune_job(DyingContext(world.jobs, record), world.settings)
+        run_finetune_job(DyingContext(world.jobs, record), world.settings, TORCH)
     assert not ArtifactStore(world.store).versions("resumed")
     # when the job is delivered again
     ctx = JobContext(world.jobs, world.jobs.get(record.id))
-    refs = service.run_finetune_job(ctx, world.settings)
+    refs = run_finetune_job(ctx, world.settings, TORCH)
     # then only the second epoch ran, and the model was published once
     assert [entry["epoch"] for entry in ctx.record.outputs["history"]] == [2.0]
     assert refs == [f"resumed:{record.id}"]
@@ -339,5 +337,5 @@ def test_a_job_canceled_before_training_publishes_nothing(
     world.store.put_bytes(world.jobs.cancel_key(record.id), b"cancel")
     # when / then
     with pytest.raises(JobCanceledError):
-        service.run_finetune_job(JobContext(world.jobs, record), world.settings)
+        run_finetune_job(JobContext(world.jobs, record), world.settings, TORCH)
     assert ArtifactStore(world.store).versions("canceled") == []

@@ -11,8 +11,12 @@ import onnxruntime as ort
 import pytest
 
 from services.finetune.params import QuantizeParams
-from services.finetune.quantization import INT8_KIND, run_quantize_job
-from services.finetune.submission import submit_quantization
+from services.finetune.usecases.quantize_jobs import (
+    INT8_KIND,
+    run_quantize_job,
+    submit_quantization,
+)
+from services.finetune.usecases.training import TORCH
 from shared.errors import InvalidInputError
 from shared.schemas.artifacts import ArtifactRef
 from shared.schemas.jobs import JobRecord, JobState, TaskName
@@ -35,7 +39,7 @@ def quantize_job(world: World, finetune_job: JobRecord) -> tuple[JobRecord, Fake
         model="shapes-yolov8n", dataset="shapes", calibration_split="train", calibration_images=4
     )
     record = submit_quantization(sender, world.jobs, params)
-    return world.run(record, run_quantize_job), sender
+    return world.run(record, run_quantize_job, TORCH), sender
 
 
 def test_the_int8_model_is_a_new_version_with_both_maps(

@@ -20,9 +20,11 @@ from services.finetune.ml.detector import (
     InitSpec,
 )
 from services.finetune.params import InitParams
-from services.finetune.registry import BACKBONE_FILE, WEIGHTS_FILE, ModelRegistry
+from services.finetune.stores.models import ModelRegistry
 from shared.errors import InvalidInputError
 from shared.schemas.artifacts import ArtifactRef
+from shared.schemas.backbones import BACKBONE_FILE
+from shared.schemas.detector_artifact import WEIGHTS_FILE
 from shared.storage.base import ObjectStore
 
 

@@ -1,27 +1,33 @@
 """AGDP training data: images under a prefix paired with a pseudo-label job's YOLO labels.
 
-The pretrain service's pseudo-label job writes ``labels/<image stem>.txt`` (``0 xc yc w h``,
-normalised by the upright image size), ``classes.txt`` and a ``manifest.json`` whose
-``images`` maps each stem to its image key (agssp-spec §3, §5.2: one class "anomaly").
+The reader side of ``shared.schemas.pseudo_labels`` (the pretrain service writes it): a
+prefix ``<out>/`` or ``<out>/labels/`` of a pseudo-label output, whose ``manifest.json`` maps
+each stem to its image key. A folder of label files made by hand (no manifest) pairs its
+labels with the images under the images prefix by file stem.
 """
 
 from __future__ import annotations
 
-import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from services.finetune.dataset_io import download_all
 from services.finetune.ml.dataset import DetectionDataset, ImageRecord
 from services.finetune.ml.image_files import IMAGE_SUFFIXES
 from services.finetune.ml.yolo_format import parse_yolo_labels
+from services.finetune.stores.datasets import download_all
 from shared.errors import InvalidInputError
 from shared.imaging.intake import ImageLimits, decode_image
-from shared.storage.base import ObjectNotFoundError, ObjectStore
-
-CLASS_NAME = "anomaly"
+from shared.schemas.pseudo_labels import (
+    CLASS_NAMES,
+    LABEL_SUFFIX,
+    LABELS_DIR,
+    PseudoLabelManifest,
+    manifest_key,
+    output_prefix,
+)
+from shared.storage.base import ObjectStore
 
 
 @dataclass(frozen=True)
@@ -50,12 +56,12 @@ def load_pseudo_labels(
         InvalidInputError: no labelled image, repeated stems, images outside
             ``images_prefix``, undecodable images or malformed label lines.
     """
-    manifest = _json_or_none(store, labels_prefix + "manifest.json")
+    manifest = _manifest(store, labels_prefix)
     labels_dir = _labels_dir(store, labels_prefix)
     labels = {
         PurePosixPath(key).stem: key
         for key in store.list(labels_dir)
-        if key.endswith(".txt") and "/" not in key[len(labels_dir) :]
+        if key.endswith(LABEL_SUFFIX) and "/" not in key[len(labels_dir) :]
     }
     images = _image_keys(store, images_prefix, manifest)
     stems = sorted(set(labels) & set(images))
@@ -72,25 +78,33 @@ def load_pseudo_labels(
     source = {
         "images_prefix": images_prefix,
         "labels_prefix": labels_prefix,
-        "pseudo_label_job_id": (manifest or {}).get("job_id"),
-        "category": (manifest or {}).get("category"),
+        "pseudo_label_job_id": manifest.job_id if manifest else None,
+        "category": manifest.category if manifest else None,
         "images": len(records),
         "images_without_labels": len(images) - len(stems),
     }
-    dataset = DetectionDataset(classes=[CLASS_NAME], images=records)
+    dataset = DetectionDataset(classes=list(CLASS_NAMES), images=records)
     return PseudoLabelData(dataset, images_dir, source)
 
 
+def _manifest(store: ObjectStore, labels_prefix: str) -> PseudoLabelManifest | None:
+    """The output's manifest, or None for a hand-made label folder (none written)."""
+    key = manifest_key(output_prefix(labels_prefix))
+    if not store.exists(key):
+        return None
+    return PseudoLabelManifest.from_bytes(store.get_bytes(key), key)
+
+
 def _labels_dir(store: ObjectStore, labels_prefix: str) -> str:
-    nested = labels_prefix + "labels/"
+    nested = output_prefix(labels_prefix) + LABELS_DIR
     return nested if store.list(nested) else labels_prefix
 
 
 def _image_keys(
-    store: ObjectStore, images_prefix: str, manifest: dict[str, Any] | None
+    store: ObjectStore, images_prefix: str, manifest: PseudoLabelManifest | None
 ) -> dict[str, str]:
-    if manifest is not None and isinstance(manifest.get("images"), dict):
-        keys: dict[str, str] = dict(manifest["images"])
+    if manifest is not None:
+        keys = dict(manifest.images)
         outside = [k for k in keys.values() if not k.startswith(images_prefix)]
         if outside:
             raise InvalidInputError(
@@ -118,15 +132,9 @@ def _record(store: ObjectStore, image: Path, label_key: str, limits: ImageLimits
     except InvalidInputError as exc:
         raise InvalidInputError(f"{image.name}: {exc.message}", code=exc.code) from exc
     text = store.get_bytes(label_key).decode("utf-8", errors="replace")
-    boxes = parse_yolo_labels(text, decoded.width, decoded.height, 1, source=label_key)
+    boxes = parse_yolo_labels(
+        text, decoded.width, decoded.height, len(CLASS_NAMES), source=label_key
+    )
     return ImageRecord(
         file_name=image.name, width=decoded.width, height=decoded.height, boxes=boxes
     )
-
-
-def _json_or_none(store: ObjectStore, key: str) -> dict[str, Any] | None:
-    try:
-        value = json.loads(store.get_bytes(key))
-    except (ObjectNotFoundError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None

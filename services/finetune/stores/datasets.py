@@ -7,18 +7,22 @@ Layout of a version (torch-free, readable by the API)::
     images/<file>  the image files, flat
     manifest.json  written LAST: counts, classes, split sizes, source; marks a complete version
 
-``datasets/<name>/LATEST`` moves after the manifest, as for model artifacts.
+``datasets/<name>/LATEST`` moves after the manifest, as for model artifacts. Reading a split
+back (``load_split``) lives here too: every job that trains or evaluates downloads one.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from services.finetune.ml.dataset import DetectionDataset
+from services.finetune.ml.splits import mini_subset
 from shared.errors import InvalidInputError, NotFoundError
 from shared.schemas.artifacts import check_segment
 from shared.storage.base import ObjectNotFoundError, ObjectStore
@@ -178,3 +182,47 @@ class DatasetCatalog:
                 f"dataset {ref} has no {filename}", code="dataset_not_found"
             ) from exc
         return value
+
+
+def load_split(
+    store: ObjectStore, ref: DatasetRef, split: str, dest: Path, threads: int = 8
+) -> tuple[DetectionDataset, Path]:
+    """The images of one split, downloaded into ``dest/images``; ``mini-N`` may be computed.
+
+    A ``mini-N`` split that was not stored at import is drawn from ``train`` with the
+    dataset's split seed, so it is the subset the import would have stored.
+    """
+    catalog = DatasetCatalog(store)
+    dataset = DetectionDataset.model_validate_json(catalog.dataset_bytes(ref))
+    splits = catalog.splits(ref)
+    if split in splits:
+        subset = dataset.subset(splits[split])
+    elif (n := mini_size(split)) is not None:
+        subset = mini_subset(dataset.subset(splits["train"]), n, catalog.split_seed(ref))
+    else:
+        raise InvalidInputError(f"dataset {ref} has no split {split!r}", code="unknown_split")
+    images_dir = dest / "images"
+    pairs = [(ref.image_key(im.file_name), images_dir / im.file_name) for im in subset.images]
+    download_all(store, pairs, threads)
+    return subset, images_dir
+
+
+def download_all(
+    store: ObjectStore,
+    pairs: Sequence[tuple[str, Path]],
+    threads: int,
+    check: Callable[[str], None] | None = None,
+) -> None:
+    """Download ``(key, path)`` pairs in parallel; files already present are kept."""
+
+    def fetch(pair: tuple[str, Path]) -> None:
+        key, path = pair
+        if path.is_file():
+            return
+        if check is not None:
+            check(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        store.get_file(key, path)
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(fetch, pairs))

@@ -1,8 +1,8 @@
 """The detector model registry on top of ``ArtifactStore``: listings, stages, lineage, evaluations.
 
 Torch-free, so the API reads it without loading the training stack. A detector version
-holds ``model.onnx``, ``classes.json``, ``model.pt``, ``weights.pt``, ``config.yaml`` and
-``metrics.json``; its manifest metadata carries ``kind``, ``metrics`` and ``lineage``.
+holds the files of ``shared.schemas.detector_artifact`` (the seam inference reads); its
+manifest metadata carries ``kind``, ``metrics`` and ``lineage``.
 Evaluations live beside it under ``evaluations/`` (outside the manifest, added later).
 """
 
@@ -22,17 +22,10 @@ from shared.schemas.artifacts import (
     check_segment,
     model_prefix,
 )
+from shared.schemas.detector_artifact import CLASSES_FILE, ONNX_FILE
 from shared.storage.artifacts import ArtifactStore
 from shared.storage.base import ObjectStore
 
-ONNX_FILE = "model.onnx"
-CLASSES_FILE = "classes.json"
-PT_FILE = "model.pt"
-WEIGHTS_FILE = "weights.pt"  # tensors only (weights_only load): what later jobs start from
-CONFIG_FILE = "config.yaml"
-METRICS_FILE = "metrics.json"
-BACKBONE_FILE = "backbone.pt"  # AGBP artifacts of the pretrain service
-DETECTOR_FILES = (ONNX_FILE, CLASSES_FILE, PT_FILE, WEIGHTS_FILE, CONFIG_FILE, METRICS_FILE)
 EVALUATIONS_DIR = "evaluations"
 
 

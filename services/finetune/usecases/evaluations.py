@@ -1,5 +1,6 @@
-"""Init comparison: the same YOLOv8 trained on the same split with the same seed from several
-start weights (scratch, AGBP, AGSSP = AGBP + AGDP, a checkpoint), in-process; a CSV and
+"""Evaluations: COCO mAP of a registered model on a stored split (a job), and the comparison
+of start weights (the CLI): the same YOLOv8 trained on the same split with the same seed from
+several inits (scratch, AGBP, AGSSP = AGBP + AGDP, a checkpoint), in-process; a CSV and
 Markdown table and a bar plot of COCO mAP@0.5 and mAP@0.5:0.95 (the paper's Table 2 setup).
 """
 
@@ -12,28 +13,107 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from services.finetune.config import FinetuneSettings
-from services.finetune.dataset_io import load_split
-from services.finetune.datasets_store import DatasetCatalog
-from services.finetune.ml.config import FinetuneConfig
 from services.finetune.ml.materialize import materialize_yolo
-from services.finetune.params import InitParams
-from services.finetune.start_weights import resolve_init
-from services.finetune.training import (
-    evaluate_result,
-    evaluation_doc,
-    prepare_runtime,
-    train_detector,
-    transfer_summary,
+from services.finetune.params import EvaluationParams, InitParams
+from services.finetune.stores.datasets import DatasetCatalog, load_split
+from services.finetune.stores.models import ModelRegistry
+from services.finetune.usecases.common import (
+    DetectorBackend,
+    TrainRequest,
+    detector_ref,
+    submit,
+    workspace,
 )
 from shared.errors import InvalidInputError
+from shared.jobs.context import JobContext
+from shared.jobs.producer import TaskSender
+from shared.jobs.store import JobStore
 from shared.ml.hooks import TrainHooks
+from shared.schemas.detector import FinetuneConfig
+from shared.schemas.detector_artifact import WEIGHTS_FILE
+from shared.schemas.jobs import JobRecord, TaskName
 from shared.storage.base import ObjectStore
 
 log = logging.getLogger(__name__)
+EVALUATION_KIND = "evaluation"
+
+
+def submit_evaluation(sender: TaskSender, jobs: JobStore, params: EvaluationParams) -> JobRecord:
+    """Queue an evaluation; model and dataset must exist and share their classes.
+
+    Raises:
+        InvalidInputError: unknown split, no weights, class mismatch.
+        NotFoundError: unknown model or dataset.
+    """
+    registry, catalog = ModelRegistry(jobs.store), DatasetCatalog(jobs.store)
+    model = detector_ref(registry, params.model)
+    dataset = catalog.resolve(params.dataset)
+    catalog.check_split(dataset, params.split)
+    model_classes = registry.classes(model)
+    dataset_classes = catalog.manifest(dataset).get("classes")
+    if model_classes != dataset_classes:
+        raise InvalidInputError(
+            f"model {model} predicts {model_classes}, dataset {dataset} has {dataset_classes}",
+            code="class_mismatch",
+        )
+    stored = params.model_copy(update={"model": str(model), "dataset": str(dataset)})
+    task = TaskName.FINETUNE_EVALUATE
+    return submit(sender, jobs, EVALUATION_KIND, task, stored.model_dump(mode="json"))
+
+
+def run_evaluation_job(
+    ctx: JobContext, settings: FinetuneSettings, backend: DetectorBackend
+) -> list[str]:
+    """Evaluate a registered model on a stored split; saved with the model and in outputs."""
+    params = EvaluationParams.model_validate(ctx.params)
+    with workspace(settings, ctx.job_id) as work:
+        ctx.progress(5, "downloading the split and the model", force=True)
+        doc, key = evaluate_model(ctx.store, params, settings, work, backend)
+    ctx.set_outputs(**doc, saved_to=key)
+    return [key]
+
+
+def evaluate_model(
+    store: ObjectStore,
+    params: EvaluationParams,
+    settings: FinetuneSettings,
+    work: Path,
+    backend: DetectorBackend,
+) -> tuple[dict[str, Any], str]:
+    """COCO mAP of ``params.model`` on a dataset split; returns the document and its key.
+
+    Raises:
+        InvalidInputError: the model's classes differ from the dataset's (class_mismatch).
+    """
+    backend.prepare(settings)
+    registry = ModelRegistry(store)
+    model = registry.resolve(params.model)
+    weights = registry.artifacts.get_file_bytes(model, WEIGHTS_FILE)
+    info = backend.read_weights(weights, source=f"{model}/{WEIGHTS_FILE}")
+    dataset = DatasetCatalog(store).resolve(params.dataset)
+    subset, images = load_split(store, dataset, params.split, work / "data")
+    if info.classes != subset.classes:
+        raise InvalidInputError(
+            f"model classes {info.classes} differ from dataset classes {subset.classes}",
+            code="class_mismatch",
+        )
+    doc = {
+        "model": str(model),
+        "dataset": str(dataset),
+        "split": params.split,
+        "images": len(subset.images),
+        "imgsz": info.imgsz,
+        **backend.evaluate(weights, subset, images, info.imgsz, settings),
+        "evaluated_at": datetime.now(UTC).isoformat(),
+    }
+    name = f"{dataset.name}-{dataset.version}-{params.split}"
+    return doc, registry.save_evaluation(model, name, doc)
+
 
 # "agssp" is the paper's name for AGBP followed by AGDP: a detector artifact.
 _KINDS: dict[str, Literal["agbp", "agdp"]] = {"agbp": "agbp", "agssp": "agdp", "agdp": "agdp"}
@@ -95,6 +175,8 @@ def run_comparison(
     split: str = "train",
     val_split: str = "val",
     on_progress: Callable[[str, float, str], None] | None = None,
+    *,
+    backend: DetectorBackend,
 ) -> list[CompareRow]:
     """Train and evaluate one detector per init; every run sees identical data and seed.
 
@@ -102,7 +184,7 @@ def run_comparison(
         config_fields: ``FinetuneConfig`` fields (epochs, seed, scale, imgsz, batch, ...).
         on_progress: ``(label, percent, message)`` per epoch.
     """
-    prepare_runtime(settings)
+    backend.prepare(settings)
     ref = DatasetCatalog(store).resolve(dataset)
     train, images = load_split(store, ref, split, out_dir / "data")
     val, _ = load_split(store, ref, val_split, out_dir / "data")
@@ -112,22 +194,24 @@ def run_comparison(
     )
     rows = []
     for index, choice in enumerate(choices):
-        init = resolve_init(store, choice.init, settings, local_ok=True)
         hooks = TrainHooks(on_progress=_reporter(choice.label, on_progress))
-        start = time.perf_counter()
         run_dir = out_dir / "runs" / f"{index}-{_slug(choice.label)}"
-        result = train_detector(init, folder, run_dir, config, hooks)
+        request = TrainRequest(
+            store, choice.init, folder, run_dir, config, hooks, settings, local_ok=True
+        )
+        start = time.perf_counter()
+        run = backend.train(request)
         seconds = time.perf_counter() - start
-        doc = evaluation_doc(evaluate_result(result, val, images, config, settings))
+        doc = backend.evaluate(run.weights, val, images, config.imgsz, settings)
         rows.append(
             CompareRow(
                 label=choice.label,
                 map50=doc["map50"],
                 map50_95=doc["map50_95"],
                 per_class=doc["per_class"],
-                epochs=result.epochs_completed,
+                epochs=run.epochs_completed,
                 train_s=seconds,
-                transfer=transfer_summary(result.transfer),
+                transfer=run.transfer,
             )
         )
         log.info("%s: mAP50 %.4f mAP50-95 %.4f", choice.label, doc["map50"], doc["map50_95"])

@@ -1,40 +1,48 @@
-"""Datasets between folders, the object store and training: import, splits, downloads.
+"""Dataset imports: VOC/COCO/YOLO folders or images + pixel masks into stored versions.
 
 One import path for the CLI (a local folder) and the import job (a store prefix, downloaded
-first): parse VOC/COCO/YOLO or images + pixel masks with ``ml``, decode every image once (size check and content
-hash), split deterministically with duplicates kept together, publish a stored version.
+first): parse with ``ml``, decode every image once (size check and content hash), split
+deterministically with duplicates kept together, publish a stored version.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from services.finetune.datasets_store import (
-    DATASET_FILE,
-    IMAGES_DIR,
-    SPLITS_FILE,
-    DatasetCatalog,
-    DatasetRef,
-    mini_size,
-)
+from services.finetune.config import FinetuneSettings
 from services.finetune.ml.coco import import_coco
 from services.finetune.ml.dataset import DetectionDataset
 from services.finetune.ml.image_files import IMAGE_SUFFIXES, content_hash
-from services.finetune.ml.masks import import_masks
 from services.finetune.ml.splits import mini_subset, split_train_val
 from services.finetune.ml.voc import import_voc
 from services.finetune.ml.yolo_format import import_yolo, read_class_names
 from services.finetune.params import DatasetFormat, DatasetImportParams
+from services.finetune.stores.datasets import (
+    DATASET_FILE,
+    IMAGES_DIR,
+    MANIFEST_FILE,
+    SPLITS_FILE,
+    DatasetCatalog,
+    DatasetRef,
+    download_all,
+)
+from services.finetune.usecases.common import image_limits, submit, workspace
 from shared.errors import InvalidInputError
 from shared.imaging.intake import ImageLimits, decode_image
+from shared.jobs.context import JobContext
+from shared.jobs.producer import TaskSender
+from shared.jobs.store import JobStore
+from shared.schemas.jobs import JobRecord, TaskName
+from shared.schemas.pseudo_labels import CLASSES_FILE as YOLO_CLASSES_FILE
 from shared.storage.base import ObjectStore, validate_key
 
 log = logging.getLogger(__name__)
+
+IMPORT_KIND = "dataset-import"
 
 DEFAULT_ANNOTATIONS: dict[DatasetFormat, str] = {
     "voc": "annotations",
@@ -42,7 +50,58 @@ DEFAULT_ANNOTATIONS: dict[DatasetFormat, str] = {
     "yolo": "labels",
     "masks": "masks",
 }
-_CLASS_FILES = ("classes.txt", "data.yaml", "data.yml")
+# A YOLO folder's class names: its list file (the pseudo-label output is such a folder and
+# names it the same), or an ultralytics data file.
+_CLASS_FILES = (YOLO_CLASSES_FILE, "data.yaml", "data.yml")
+
+
+def submit_import(sender: TaskSender, jobs: JobStore, params: DatasetImportParams) -> JobRecord:
+    """Queue a dataset import; the prefix must hold something.
+
+    Raises:
+        InvalidInputError: nothing under ``prefix`` (code source_empty).
+    """
+    if not jobs.store.list(params.prefix):
+        raise InvalidInputError(f"nothing is stored under {params.prefix!r}", code="source_empty")
+    task = TaskName.FINETUNE_IMPORT_DATASET
+    return submit(sender, jobs, IMPORT_KIND, task, params.model_dump(mode="json"))
+
+
+def run_import_job(ctx: JobContext, settings: FinetuneSettings) -> list[str]:
+    """Download a VOC/COCO/YOLO folder from the store and publish it as ``name:<job id>``."""
+    params = DatasetImportParams.model_validate(ctx.params)
+    ref = DatasetRef(params.name, ctx.job_id)
+    if not ctx.store.exists(ref.key(MANIFEST_FILE)):
+        with workspace(settings, ctx.job_id) as work:
+            ctx.progress(5, f"downloading {params.prefix}", force=True)
+            source = work / "source"
+            max_bytes = int(settings.max_image_mb * 2**20)
+            download_prefix(ctx.store, params.prefix, source, max_bytes, settings.download_threads)
+            ctx.check_cancel()
+            ctx.progress(50, "parsing annotations, checking images", force=True)
+            import_dataset(
+                ctx.store, source, params, ctx.job_id, image_limits(settings), params.prefix
+            )
+    manifest = DatasetCatalog(ctx.store).manifest(ref)
+    ctx.set_outputs(
+        dataset=str(ref),
+        classes=manifest["classes"],
+        images=manifest["images"],
+        boxes=manifest["boxes"],
+        splits=manifest["splits"],
+    )
+    return [ref.key(MANIFEST_FILE)]
+
+
+def import_local_dataset(
+    store: ObjectStore,
+    root: Path,
+    params: DatasetImportParams,
+    version: str,
+    settings: FinetuneSettings,
+) -> tuple[DatasetRef, dict[str, Any]]:
+    """The CLI's import: a local folder straight into a stored version."""
+    return import_dataset(store, root, params, version, image_limits(settings), str(root))
 
 
 def import_folder(
@@ -61,6 +120,9 @@ def import_folder(
     images_dir = root / images
     target = root / (annotations or DEFAULT_ANNOTATIONS[fmt])
     if fmt == "masks":
+        # cv2 loads here, in the worker or the CLI: the API imports this module to submit.
+        from services.finetune.ml.masks import import_masks
+
         # Masks may sit in nested class folders, so the files are named one by one.
         return import_masks(images_dir, target, classes)
     if fmt == "voc":
@@ -94,7 +156,8 @@ def _yolo_classes(root: Path, labels_dir: Path) -> list[str]:
             if (folder / name).is_file():
                 return read_class_names(folder / name)
     raise InvalidInputError(
-        f"YOLO import needs class names: classes.txt or data.yaml in {root} or {labels_dir}, "
+        f"YOLO import needs class names: {YOLO_CLASSES_FILE} or data.yaml in {root} or "
+        f"{labels_dir}, "
         "or the 'classes' parameter",
         code="invalid_dataset",
     )
@@ -200,50 +263,6 @@ def import_dataset(
     }
     ref = DatasetRef(params.name, version)
     return ref, store_dataset(store, ref, dataset, sources, splits, info)
-
-
-def load_split(
-    store: ObjectStore, ref: DatasetRef, split: str, dest: Path, threads: int = 8
-) -> tuple[DetectionDataset, Path]:
-    """The images of one split, downloaded into ``dest/images``; ``mini-N`` may be computed.
-
-    A ``mini-N`` split that was not stored at import is drawn from ``train`` with the
-    dataset's split seed, so it is the subset the import would have stored.
-    """
-    catalog = DatasetCatalog(store)
-    dataset = DetectionDataset.model_validate_json(catalog.dataset_bytes(ref))
-    splits = catalog.splits(ref)
-    if split in splits:
-        subset = dataset.subset(splits[split])
-    elif (n := mini_size(split)) is not None:
-        subset = mini_subset(dataset.subset(splits["train"]), n, catalog.split_seed(ref))
-    else:
-        raise InvalidInputError(f"dataset {ref} has no split {split!r}", code="unknown_split")
-    images_dir = dest / "images"
-    pairs = [(ref.image_key(im.file_name), images_dir / im.file_name) for im in subset.images]
-    download_all(store, pairs, threads)
-    return subset, images_dir
-
-
-def download_all(
-    store: ObjectStore,
-    pairs: Sequence[tuple[str, Path]],
-    threads: int,
-    check: Callable[[str], None] | None = None,
-) -> None:
-    """Download ``(key, path)`` pairs in parallel; files already present are kept."""
-
-    def fetch(pair: tuple[str, Path]) -> None:
-        key, path = pair
-        if path.is_file():
-            return
-        if check is not None:
-            check(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        store.get_file(key, path)
-
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        list(pool.map(fetch, pairs))
 
 
 def download_prefix(

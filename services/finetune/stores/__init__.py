@@ -1,0 +1,1 @@
+"""What the finetune service keeps in the object store: datasets, models, pseudo labels read."""

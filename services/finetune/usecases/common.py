@@ -1,0 +1,364 @@
+"""Steps shared by the job kinds of the finetune service; torch-free, so the API submits jobs.
+
+The torch side (start weights, training, ONNX export, evaluation, quantisation) is a
+``DetectorBackend`` that the worker passes in (``usecases.training.TORCH``): each job kind's
+module reads top-down from submission to published artifact, and the API that imports it
+for the submission never loads torch. Every job publishes with its job id as version and
+first checks whether that version exists, so a redelivered job never trains twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from pydantic import ValidationError
+
+from services.finetune.config import FinetuneSettings
+from services.finetune.ml.dataset import DetectionDataset
+from services.finetune.ml.materialize import YoloDataFolder
+from services.finetune.params import CalibrationMethod, InitParams
+from services.finetune.stores.models import ModelRegistry
+from shared.errors import InvalidInputError, JobCanceledError
+from shared.imaging.intake import ImageLimits
+from shared.jobs.context import JobContext
+from shared.jobs.producer import TaskSender, submit_job
+from shared.jobs.store import JobStore
+from shared.ml.hooks import TrainHooks
+from shared.schemas.artifacts import ArtifactRef
+from shared.schemas.backbones import BACKBONE_FILE, BACKBONES
+from shared.schemas.detector import AgdpConfig, DetectorTrainConfig, FinetuneConfig
+from shared.schemas.detector_artifact import WEIGHTS_FILE, DetectorMetadata
+from shared.schemas.jobs import JobRecord, Queue
+from shared.storage.artifacts import ArtifactStore
+from shared.storage.base import ObjectStore
+
+log = logging.getLogger(__name__)
+TrainConfig = TypeVar("TrainConfig", AgdpConfig, FinetuneConfig)
+
+LAST_PT = "last.pt"
+LAST_META = "last.json"
+TRAIN_SPAN = (5.0, 90.0)  # share of job progress the training epochs take
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """One detector run: start weights, data, scratch folder, config and the job's hooks.
+
+    ``on_transfer`` sees the transfer summary before the first epoch (not on a resume), so
+    a job records it even when its worker dies mid-run. ``local_ok`` lets a checkpoint path
+    outside AGSSP_MODEL_DIR start the run (the CLI, run by the user).
+    """
+
+    store: ObjectStore
+    init: InitParams
+    data: YoloDataFolder
+    work: Path
+    config: DetectorTrainConfig
+    hooks: TrainHooks
+    settings: FinetuneSettings
+    on_transfer: Callable[[dict[str, Any] | None], None] = lambda summary: None
+    local_ok: bool = False
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """What a run left: its best tensors (``weights.pt`` bytes) and ultralytics ``.pt`` file."""
+
+    weights: bytes
+    pt_file: Path
+    classes: list[str]
+    epochs_completed: int
+    canceled: bool
+    history: list[dict[str, float]]
+    transfer: dict[str, Any] | None
+    checkpoint_metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class PackagedDetector:
+    """Files of a detector artifact and the metrics that go into its metrics file."""
+
+    files: dict[str, bytes | Path]
+    metrics: dict[str, Any]
+    classes: list[str]
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """What a stored ``weights.pt`` says about itself."""
+
+    classes: list[str]
+    imgsz: int
+
+
+class DetectorBackend(Protocol):
+    """The torch side of the detector jobs; ``usecases.training`` implements it."""
+
+    def prepare(self, settings: FinetuneSettings) -> None:
+        """ultralytics offline and the device checked (UnavailableError when absent)."""
+
+    def train(self, request: TrainRequest) -> TrainedRun:
+        """Resume the job's run or start it from ``request.init``, and train."""
+
+    def package(
+        self,
+        run: TrainedRun,
+        val: DetectionDataset,
+        images_dir: Path,
+        work: Path,
+        settings: FinetuneSettings,
+        config: DetectorTrainConfig,
+    ) -> PackagedDetector:
+        """ONNX export checked against torch, evaluation on ``val``, the artifact files."""
+
+    def read_weights(self, weights: bytes, source: str) -> WeightsInfo:
+        """Classes and input size of stored tensors (InvalidInputError when unreadable)."""
+
+    def evaluate(
+        self,
+        weights: bytes,
+        subset: DetectionDataset,
+        images_dir: Path,
+        imgsz: int,
+        settings: FinetuneSettings,
+    ) -> dict[str, Any]:
+        """COCO mAP@0.5 and mAP@0.5:0.95, overall and per class, of ``weights``."""
+
+    def quantize(
+        self,
+        fp32: Path,
+        out: Path,
+        calibration: list[Path],
+        imgsz: int,
+        method: CalibrationMethod,
+    ) -> Path:
+        """An INT8 (QDQ) copy of ``fp32`` calibrated on the images ``calibration``."""
+
+    def evaluate_onnx(
+        self,
+        model: Path,
+        subset: DetectionDataset,
+        images_dir: Path,
+        imgsz: int,
+        settings: FinetuneSettings,
+    ) -> tuple[dict[str, Any], float]:
+        """COCO mAP of an ONNX graph on ONNX Runtime (CPU) and its seconds in the model."""
+
+
+def submit(
+    sender: TaskSender, jobs: JobStore, kind: str, task: str, params: dict[str, Any]
+) -> JobRecord:
+    """Enqueue a job of this service's queue."""
+    return submit_job(sender, jobs, kind=kind, task_name=task, queue=Queue.FINETUNE, params=params)
+
+
+def backbone_ref(registry: ModelRegistry, spec: str, scale: str) -> ArtifactRef:
+    """A pinned AGBP artifact whose backbone fits a YOLOv8-``scale`` detector.
+
+    Raises:
+        InvalidInputError: no backbone file, not a CSPDarknet one, or of another scale.
+    """
+    ref = registry.resolve(spec)
+    manifest = registry.artifacts.manifest(ref)
+    if BACKBONE_FILE not in manifest.files:
+        raise InvalidInputError(f"{ref} has no {BACKBONE_FILE}", code="not_a_backbone")
+    meta = manifest.metadata
+    if meta.get("key_names") not in (None, "ultralytics-detector"):
+        raise InvalidInputError(
+            f"{ref} is a {meta.get('backbone')} backbone; YOLOv8 needs a CSPDarknet (yolov8*) one",
+            code="backbone_incompatible",
+        )
+    spec_of = BACKBONES.get(str(meta.get("backbone", "")))
+    have = spec_of.detector_scale if spec_of is not None else None
+    if have is not None and have != scale:
+        raise InvalidInputError(
+            f"{ref} is a YOLOv8-{have} backbone, the job asks for scale {scale!r}",
+            code="scale_mismatch",
+        )
+    return ref
+
+
+def detector_ref(registry: ModelRegistry, spec: str, scale: str | None = None) -> ArtifactRef:
+    """A pinned detector artifact (with tensors to start from), optionally of a given scale."""
+    ref = registry.resolve(spec)
+    manifest = registry.artifacts.manifest(ref)
+    if WEIGHTS_FILE not in manifest.files:
+        raise InvalidInputError(
+            f"{ref} is not a detector (no {WEIGHTS_FILE})", code="not_a_detector"
+        )
+    have = manifest.metadata.get("scale")
+    if scale is not None and have is not None and have != scale:
+        raise InvalidInputError(
+            f"{ref} is a YOLOv8-{have} detector, the job asks for scale {scale!r}",
+            code="scale_mismatch",
+        )
+    return ref
+
+
+def pinned_init(registry: ModelRegistry, init: InitParams, scale: str) -> InitParams:
+    """``init`` with its artifact pinned to the version that exists now."""
+    if init.artifact is None:
+        return init
+    if init.kind == "agbp":
+        ref = backbone_ref(registry, init.artifact, scale)
+    else:
+        ref = detector_ref(registry, init.artifact, scale)
+    return init.model_copy(update={"artifact": str(ref)})
+
+
+def image_limits(settings: FinetuneSettings) -> ImageLimits:
+    """Caps for images read from the store."""
+    return ImageLimits(
+        max_bytes=int(settings.max_image_mb * 2**20),
+        max_pixels=settings.common.http.max_image_pixels,
+    )
+
+
+@contextmanager
+def workspace(settings: FinetuneSettings, name: str) -> Iterator[Path]:
+    """A scratch folder per job, removed afterwards unless FINETUNE_KEEP_WORK_DIR is set.
+
+    The path is fixed per job id: ultralytics' ``last.pt`` names its run folder, so a
+    resumed job on the same worker finds it again.
+    """
+    path = settings.resolved_work_dir() / name
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    finally:
+        if not settings.keep_work_dir:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def train_config(
+    cls: type[TrainConfig], raw: dict[str, Any], scale: str, settings: FinetuneSettings
+) -> TrainConfig:
+    """The job's config with the worker's device and data loader settings."""
+    values = {**raw, "scale": scale, "device": settings.device, "workers": settings.workers}
+    try:
+        return cls.model_validate(values)
+    except ValidationError as exc:
+        raise InvalidInputError(f"invalid training config: {exc}", code="invalid_config") from exc
+
+
+def published(ctx: JobContext, ref: ArtifactRef) -> bool:
+    """True (and the outputs say so) when an earlier delivery published ``ref``, then died."""
+    if ctx.store.exists(ref.manifest_key):
+        log.info("job %s: %s is already published", ctx.job_id, ref)
+        ctx.set_outputs(artifact=str(ref))
+        return True
+    return False
+
+
+def train_request(
+    ctx: JobContext,
+    init: InitParams,
+    data: YoloDataFolder,
+    work: Path,
+    config: DetectorTrainConfig,
+    settings: FinetuneSettings,
+) -> TrainRequest:
+    """A run of a job: hooks on its record, the transfer summary saved in its outputs."""
+
+    def record(summary: dict[str, Any] | None) -> None:
+        ctx.set_outputs(transfer=summary)
+
+    hooks = job_hooks(ctx, work)
+    return TrainRequest(ctx.store, init, data, work / "train", config, hooks, settings, record)
+
+
+def check_canceled(ctx: JobContext, run: TrainedRun) -> None:
+    """Raises JobCanceledError when the run stopped on the job's cancel flag."""
+    if run.canceled:
+        raise JobCanceledError(f"job {ctx.job_id} was canceled; nothing was published")
+
+
+def lineage(ctx: JobContext, kind: str, init: InitParams, **inputs: Any) -> dict[str, Any]:
+    """What a detector was made from: inputs, start weights with their own chain, transfer."""
+    registry = ModelRegistry(ctx.store)
+    chain = registry.chain_entry(registry.resolve(init.artifact)) if init.artifact else []
+    return {
+        "kind": kind,
+        "job_id": ctx.job_id,
+        **inputs,
+        "init": init.model_dump(mode="json"),
+        "transfer": ctx.record.outputs.get("transfer"),
+        "chain": chain,
+    }
+
+
+def publish_detector(
+    store: ObjectStore,
+    ref: ArtifactRef,
+    packaged: PackagedDetector,
+    kind: str,
+    config: DetectorTrainConfig,
+    lineage: dict[str, Any],
+) -> ArtifactRef:
+    """Publish the files as ``ref`` with kind, metrics summary and lineage in the manifest."""
+    metadata = DetectorMetadata(
+        kind=kind,
+        job_id=lineage.get("job_id"),
+        scale=config.scale,
+        imgsz=config.imgsz,
+        classes=packaged.classes,
+        metrics={k: packaged.metrics[k] for k in ("map50", "map50_95")},
+        lineage=lineage,
+    )
+    return ArtifactStore(store).publish(
+        ref.name, packaged.files, version=ref.version, metadata=metadata.model_dump(mode="json")
+    )
+
+
+def finish(ctx: JobContext, ref: ArtifactRef, packaged: PackagedDetector, run: TrainedRun) -> None:
+    """Final progress and the outputs of a published detector job."""
+    ctx.progress(100, f"published {ref}", metrics={"map50": packaged.metrics["map50"]})
+    ctx.set_outputs(
+        artifact=str(ref),
+        metrics={k: packaged.metrics[k] for k in ("map50", "map50_95", "per_class")},
+        epochs_completed=run.epochs_completed,
+        history=run.history,
+    )
+
+
+def job_hooks(ctx: JobContext, work: Path, span: tuple[float, float] = TRAIN_SPAN) -> TrainHooks:
+    """TrainHooks writing progress and metrics to the job record and ``last.pt`` to the store."""
+    low, high = span
+
+    def on_progress(percent: float, message: str, metrics: Mapping[str, float]) -> None:
+        ctx.progress(low + (high - low) * percent / 100.0, message, force=True, metrics=metrics)
+
+    def on_checkpoint(state: dict[str, Any]) -> None:
+        ctx.store.put_file(ctx.jobs.checkpoint_key(ctx.job_id, LAST_PT), Path(state["path"]))
+        meta = {"epoch": state["epoch"], "epochs": state["config"]["epochs"]}
+        ctx.save_checkpoint(json.dumps(meta).encode(), LAST_META)
+
+    return TrainHooks(
+        on_progress=on_progress,
+        should_stop=ctx.should_stop,
+        on_checkpoint=on_checkpoint,
+        resume_state=_resume_state(ctx, work),
+    )
+
+
+def _resume_state(ctx: JobContext, work: Path) -> dict[str, Any] | None:
+    raw = ctx.load_checkpoint(LAST_META)
+    if raw is None:
+        return None
+    meta = json.loads(raw)
+    if meta["epoch"] >= meta["epochs"]:
+        # ultralytics refuses to resume a finished run; its best.pt died with the worker.
+        log.warning("job %s: stored last.pt is from the final epoch, training again", ctx.job_id)
+        return None
+    path = work / "resume" / LAST_PT
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ctx.store.get_file(ctx.jobs.checkpoint_key(ctx.job_id, LAST_PT), path)
+    ctx.progress(TRAIN_SPAN[0], f"resuming after epoch {meta['epoch']}", force=True)
+    return {"path": str(path)}
