@@ -41,6 +41,13 @@ class UnsupportedMediaError(InvalidInputError):
     http_status = 415
 
 
+class NotAcceptableError(InvalidInputError):
+    """The Accept header names no representation the route can produce."""
+
+    code = "not_acceptable"
+    http_status = 406
+
+
 class NotFoundError(SuiteError):
     """A named resource (category, job, model, object) does not exist."""
 

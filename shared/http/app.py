@@ -8,7 +8,7 @@ It wires request ids, the body cap, API-key scopes, Prometheus metrics, the erro
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -18,27 +18,29 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from shared.config import CommonSettings
-from shared.http.auth import ApiKeyMiddleware, ScopeRule, parse_keys, request_scopes
+from shared.http.auth import parse_keys, request_scopes
 from shared.http.body import BodyLimitMiddleware
 from shared.http.context import DecodeBudgetMiddleware, RequestIdMiddleware
-from shared.http.docs import install_offline_docs
+from shared.http.docs import DOCS_ACCESS, install_offline_docs
 from shared.http.errors import install_error_handlers
+from shared.http.gate import ScopeGate
 from shared.http.jsonguard import JsonGuardMiddleware, JsonLimits
 from shared.http.metrics import HttpMetrics, MetricsMiddleware
 from shared.http.openapi import install_error_responses
 from shared.http.quiet import HeadAsGetMiddleware, RelativeRedirectMiddleware
+from shared.http.scopes import open_route
+from shared.http.state import HttpState, ReadinessCheck, http_state
 from shared.imaging.budget import DecodeBounds, PixelBudget
 
 log = logging.getLogger(__name__)
 
-ReadinessCheck = Callable[[FastAPI], str | None]
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 
 def _readiness(app: FastAPI) -> dict[str, str | None]:
-    results: dict[str, str | None] = dict(getattr(app.state, "not_ready", {}) or {})
-    checks: dict[str, ReadinessCheck] = app.state.readiness_checks
-    for name, check in checks.items():
+    state = http_state(app)
+    results: dict[str, str | None] = dict(state.not_ready)
+    for name, check in state.readiness_checks.items():
         try:
             results[name] = check(app)
         except Exception as exc:  # a check that throws means "not ready", with the reason
@@ -51,13 +53,14 @@ def create_service_app(
     service: str,
     settings: CommonSettings,
     lifespan: Lifespan | None,
-    scope_rules: Sequence[ScopeRule],
     readiness_checks: dict[str, ReadinessCheck] | None = None,
     version: str = "0.1.0",
     json_route_max_bytes: Mapping[str, int] | None = None,
 ) -> FastAPI:
     """A FastAPI app with the suite's common parts; add routers to it.
 
+    Every router added must declare its scope (``shared.http.scopes.require_scope``) or
+    ``open_route()``; with keys configured, a route declaring neither answers 403 to every key.
     ``json_route_max_bytes`` (path prefix -> bytes) overrides ``HTTP_MAX_JSON_KB`` for routes
     whose JSON bodies are legitimately larger or smaller.
     """
@@ -70,12 +73,16 @@ def create_service_app(
         redoc_url=None,
     )
     install_offline_docs(app)
-    app.state.service = service
-    app.state.settings = settings
-    app.state.readiness_checks = dict(readiness_checks or {})
-    app.state.not_ready = {}
     metrics = HttpMetrics(service)
-    app.state.http_metrics = metrics
+    budget = PixelBudget(
+        DecodeBounds(
+            max_pixels=settings.http.image_pixel_cap(service),
+            budget_pixels=settings.http.decode_budget_pixels,
+        )
+    )
+    app.state.http = HttpState(
+        service, settings, metrics, budget, readiness_checks=dict(readiness_checks or {})
+    )
     install_error_handlers(app)
     install_error_responses(app)
     _add_probes(app, metrics)
@@ -91,18 +98,9 @@ def create_service_app(
     )
     app.add_middleware(HeadAsGetMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    budget = PixelBudget(
-        DecodeBounds(
-            max_pixels=settings.http.image_pixel_cap(service),
-            budget_pixels=settings.http.decode_budget_pixels,
-        )
-    )
-    app.state.pixel_budget = budget
     app.add_middleware(DecodeBudgetMiddleware, budget=budget)
     app.add_middleware(BodyLimitMiddleware, max_bytes=int(settings.http.max_body_mb * 2**20))
-    app.add_middleware(
-        ApiKeyMiddleware, keys=parse_keys(settings.auth.api_keys), rules=list(scope_rules)
-    )
+    app.add_middleware(ScopeGate, keys=parse_keys(settings.auth.api_keys), fixed=DOCS_ACCESS)
     app.add_middleware(RelativeRedirectMiddleware)
     app.add_middleware(RequestIdMiddleware)
     if settings.http.cors_origins:
@@ -119,13 +117,18 @@ def create_service_app(
     return app
 
 
+OPEN = open_route()
+
+
 def _add_probes(app: FastAPI, metrics: HttpMetrics) -> None:
-    @app.get("/healthz", tags=["probes"], include_in_schema=False)
+    """Probes are open: orchestrators and Prometheus carry no key."""
+
+    @app.get("/healthz", tags=["probes"], include_in_schema=False, dependencies=[OPEN])
     def healthz() -> dict[str, Any]:
         """The process is up."""
-        return {"status": "ok", "service": app.state.service}
+        return {"status": "ok", "service": http_state(app).service}
 
-    @app.get("/readyz", tags=["probes"], include_in_schema=False)
+    @app.get("/readyz", tags=["probes"], include_in_schema=False, dependencies=[OPEN])
     def readyz(request: Request) -> JSONResponse:
         """Ready when every dependency check passes; lists what is missing otherwise.
 
@@ -134,23 +137,21 @@ def _add_probes(app: FastAPI, metrics: HttpMetrics) -> None:
         """
         results = _readiness(app)
         missing = {name: why for name, why in results.items() if why}
-        scopes = request_scopes(request.scope, bool(app.state.settings.auth.api_keys))
+        state = http_state(app)
+        scopes = request_scopes(request.scope, bool(state.settings.auth.api_keys))
         quiet = scopes is not None and not scopes
         body: dict[str, Any] = {
             "ready": not missing,
-            "service": app.state.service,
+            "service": state.service,
             "missing": dict.fromkeys(missing, "not ready") if quiet else missing,
             "checks": sorted(results),
         }
         # Optional service detail that does not decide readiness (e.g. anomaly_map: per method).
-        details: Callable[[FastAPI], dict[str, Any]] | None = getattr(
-            app.state, "readiness_details", None
-        )
-        if details is not None and not quiet:
-            body["details"] = details(app)
+        if state.readiness_details is not None and not quiet:
+            body["details"] = state.readiness_details(app)
         return JSONResponse(body, status_code=200 if not missing else 503)
 
-    @app.get("/metrics", tags=["probes"], include_in_schema=False)
+    @app.get("/metrics", tags=["probes"], include_in_schema=False, dependencies=[OPEN])
     def metrics_endpoint(request: Request) -> Response:
         """Prometheus text format."""
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -27,12 +27,17 @@ from fastapi.openapi.docs import (
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
+from shared.http.scopes import ADMIN_ONLY, Access, require_scope
+
 ASSETS_PREFIX = "/docs-assets"
 ASSET_PACKAGE = "fastapi_offline"
 SWAGGER_JS = "swagger-ui-bundle.js"
 SWAGGER_CSS = "swagger-ui.css"
 REDOC_JS = "redoc.standalone.js"
 FAVICON = "favicon.png"
+# The schema route and the asset mount are no FastAPI routes: their access is declared here.
+DOCS_ACCESS: dict[str, Access] = {"/openapi.json": ADMIN_ONLY, ASSETS_PREFIX: ADMIN_ONLY}
+ADMIN = [require_scope("admin")]
 # 'unsafe-inline': both pages start their bundle from an inline <script> and style inline.
 DOCS_CSP = (
     "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
@@ -81,7 +86,7 @@ def install_offline_docs(app: FastAPI) -> None:
         root = request.scope.get("root_path", "").rstrip("/")
         return f"{root}{app.openapi_url}", f"{root}{ASSETS_PREFIX}"
 
-    @app.get("/docs", include_in_schema=False)
+    @app.get("/docs", include_in_schema=False, dependencies=ADMIN)
     def swagger_ui(request: Request) -> HTMLResponse:
         openapi_url, assets = _urls(request)
         if folder is None:
@@ -96,11 +101,11 @@ def install_offline_docs(app: FastAPI) -> None:
         )
         return _local_only(page)
 
-    @app.get("/docs/oauth2-redirect", include_in_schema=False)
+    @app.get("/docs/oauth2-redirect", include_in_schema=False, dependencies=ADMIN)
     def swagger_redirect() -> HTMLResponse:
         return _local_only(get_swagger_ui_oauth2_redirect_html())
 
-    @app.get("/redoc", include_in_schema=False)
+    @app.get("/redoc", include_in_schema=False, dependencies=ADMIN)
     def redoc(request: Request) -> HTMLResponse:
         openapi_url, assets = _urls(request)
         if folder is None:

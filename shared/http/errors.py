@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from shared.errors import SuiteError, UnavailableError
+from shared.errors import SuiteError, UnauthorizedError, UnavailableError
 from shared.http.context import request_id_of
 from shared.http.quiet import public_outage
 
@@ -22,18 +22,28 @@ def error_body(request: Request, detail: str, code: str, **extra: object) -> dic
     return {"detail": detail, "code": code, "request_id": request_id_of(request.scope), **extra}
 
 
-async def _suite_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, SuiteError)
+def suite_error_response(request: Request, exc: SuiteError) -> JSONResponse:
+    """The answer to a domain error: its status, ``code`` and the headers its kind needs.
+
+    Also used by the key check, which runs before routing (outside the exception handlers).
+    """
     headers = {}
     detail = exc.message
     if isinstance(exc, UnavailableError):
         headers["Retry-After"] = str(exc.retry_after_s)
+    if isinstance(exc, UnauthorizedError):
+        headers["WWW-Authenticate"] = "Bearer"
     if exc.http_status >= 500:
         log.warning("%s on %s: %s", exc.code, request.scope.get("path"), exc.message)
         detail = public_outage(exc.code, exc.message)
     return JSONResponse(
         error_body(request, detail, exc.code), status_code=exc.http_status, headers=headers
     )
+
+
+async def _suite_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, SuiteError)
+    return suite_error_response(request, exc)
 
 
 MAX_ERRORS = 20

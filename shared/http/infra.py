@@ -1,7 +1,7 @@
 """Infrastructure every API needs: the object store, job records and a Celery producer.
 
-Built in the lifespan (never at import) and exposed on ``app.state`` as ``store``, ``jobs``,
-``celery``; readiness checks report storage and broker problems by name.
+Built in the lifespan (never at import) and kept on the app's :class:`HttpState` as ``store``,
+``jobs``, ``celery``; readiness checks report storage and broker problems by name.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from shared.config import CommonSettings
+from shared.http.state import http_state
 from shared.jobs.celery_app import make_celery
 from shared.jobs.store import JobStore
 from shared.jobs.stuck import StuckJobsCollector
@@ -23,29 +24,33 @@ def attach_infrastructure(
     store: ObjectStore | None = None,
     with_jobs: bool = True,
 ) -> None:
-    """Put ``store``, ``jobs`` and (optionally) ``celery`` on ``app.state``; add checks."""
-    app.state.store = store or create_store(settings)
-    app.state.jobs = JobStore(app.state.store)
-    app.state.readiness_checks["storage"] = storage_check
-    metrics = getattr(app.state, "http_metrics", None)
-    if metrics is not None:
-        metrics.registry.register(StuckJobsCollector(app.state.jobs, settings.jobs))
+    """Set ``store``, ``jobs`` and (optionally) ``celery`` on the app's state; add checks."""
+    state = http_state(app)
+    state.store = store or create_store(settings)
+    state.jobs = JobStore(state.store)
+    state.readiness_checks["storage"] = storage_check
+    state.metrics.registry.register(StuckJobsCollector(state.jobs, settings.jobs))
     if with_jobs:
-        app.state.celery = make_celery(settings, name=f"{app.state.service}-producer")
-        app.state.readiness_checks["broker"] = broker_check
+        state.celery = make_celery(settings, name=f"{state.service}-producer")
+        state.readiness_checks["broker"] = broker_check
 
 
 def storage_check(app: FastAPI) -> str | None:
-    store: ObjectStore = app.state.store
+    store = http_state(app).store
+    if store is None:
+        return "no object store attached"
     store.ping()
     return None
 
 
 def broker_check(app: FastAPI) -> str | None:
-    settings: CommonSettings = app.state.settings
+    state = http_state(app)
+    settings = state.settings
     if not settings.redis.url:
         folder = settings.broker_dir() / "queue"
         return None if folder.is_dir() else f"embedded broker folder {folder} is missing"
-    with app.state.celery.connection_for_write() as conn:
+    if state.celery is None:
+        return "no job producer attached"
+    with state.celery.connection_for_write() as conn:
         conn.ensure_connection(max_retries=1, timeout=2)
     return None

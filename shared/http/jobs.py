@@ -8,7 +8,8 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from shared.errors import ForbiddenError
 from shared.http.auth import request_scopes
-from shared.http.deps import state_object
+from shared.http.scopes import require_scope
+from shared.http.state import http_state, jobs_of
 from shared.jobs.store import JobStore
 from shared.schemas.jobs import JobRecord, JobState, Queue
 
@@ -22,11 +23,11 @@ SERVICE_QUEUES: dict[str, frozenset[str]] = {
 
 def check_cancel_scope(request: Request, record: JobRecord) -> None:
     """Raise ``ForbiddenError`` unless this service owns the job's queue or the key is admin."""
-    app = request.app
-    scopes = request_scopes(request.scope, bool(app.state.settings.auth.api_keys))
+    state = http_state(request.app)
+    scopes = request_scopes(request.scope, bool(state.settings.auth.api_keys))
     if scopes is None or "admin" in scopes:
         return
-    if record.queue not in SERVICE_QUEUES.get(app.state.service, frozenset()):
+    if record.queue not in SERVICE_QUEUES.get(state.service, frozenset()):
         raise ForbiddenError(
             f"job {record.id} is a {record.kind} job of another service; cancel it there "
             "or with an admin key",
@@ -34,17 +35,12 @@ def check_cancel_scope(request: Request, record: JobRecord) -> None:
         )
 
 
-def _jobs(request: Request) -> JobStore:
-    store: JobStore = state_object(request, "jobs")
-    return store
-
-
-JobsDep = Annotated[JobStore, Depends(_jobs)]
+JobsDep = Annotated[JobStore, Depends(jobs_of)]
 
 
 def jobs_router() -> APIRouter:
-    """Routes reading durable job records; they work while the broker is down."""
-    router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+    """Routes reading durable job records (scope train); they work while the broker is down."""
+    router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[require_scope("train")])
 
     @router.get("", response_model=list[JobRecord])
     def list_jobs(

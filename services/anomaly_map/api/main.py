@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 from fastapi import FastAPI
 
+from services.anomaly_map.api.deps import AnomalyMapState
 from services.anomaly_map.api.routes import categories, maps
 from services.anomaly_map.config import AnomalyMapSettings, get_settings
 from services.anomaly_map.runtime.engine import MapEngine, build_engine
@@ -21,20 +22,10 @@ from services.anomaly_map.stores.categories import CategoryStore
 from services.anomaly_map.usecases.categories import prompt_tokenizer
 from shared.errors import UnavailableError
 from shared.http.app import create_service_app
-from shared.http.auth import ScopeRule
 from shared.http.infra import attach_infrastructure
 from shared.http.jobs import jobs_router
+from shared.http.state import http_state, service_state, set_service_state
 from shared.storage.base import ObjectStore
-
-SCOPE_RULES = [
-    ScopeRule("/v1/anomaly-maps", "inspect"),
-    ScopeRule("/v1/categories", "inspect", frozenset({"GET"})),
-    ScopeRule("/v1/anomaly-map-jobs", "train"),
-    ScopeRule("/v1/evaluations", "train"),
-    ScopeRule("/v1/tocoad-fits", "train"),
-    ScopeRule("/v1/jobs", "train"),
-]
-
 
 EngineLoader = Callable[[AnomalyMapSettings, ObjectStore], MapEngine]
 
@@ -48,46 +39,51 @@ def create_app(
     """Build the app; collaborators are built in the lifespan unless given (tests)."""
     settings = settings or get_settings()
     loader = load_engine or build_engine
+    state = AnomalyMapState(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         attach_infrastructure(app, settings.common, store=store)
-        app.state.categories = CategoryStore(app.state.store)
-        app.state.tokenizer = prompt_tokenizer(settings)
-        await _load_engine(app, settings, loader)
+        state.categories = CategoryStore(_store(app))
+        state.tokenizer = prompt_tokenizer(settings)
+        await _load_engine(app, state, loader)
         yield
-        if app.state.engine is not None:
-            app.state.engine.close()
-        app.state.engine = None
+        if state.engine is not None:
+            state.engine.close()
+        state.engine = None
 
-    app = create_service_app(
-        service="anomaly_map", settings=settings.common, lifespan=lifespan, scope_rules=SCOPE_RULES
-    )
-    app.state.service_settings = settings
+    app = create_service_app(service="anomaly_map", settings=settings.common, lifespan=lifespan)
+    set_service_state(app, state)
     app.include_router(categories)
     app.include_router(maps)
     app.include_router(jobs_router())
     return app
 
 
-async def _load_engine(app: FastAPI, settings: AnomalyMapSettings, loader: EngineLoader) -> None:
+def _store(app: FastAPI) -> ObjectStore:
+    store = http_state(app).store
+    assert store is not None  # attach_infrastructure ran first
+    return store
+
+
+async def _load_engine(app: FastAPI, state: AnomalyMapState, loader: EngineLoader) -> None:
     """Build the engine and try CLIP off the event loop; missing weights only disable CLIP."""
-    app.state.engine = None
-    app.state.engine_error = None
-    app.state.readiness_details = method_readiness
+    state.engine = None
+    state.engine_error = None
+    http_state(app).readiness_details = method_readiness
     try:
-        engine = await anyio.to_thread.run_sync(loader, settings, app.state.store)
+        engine = await anyio.to_thread.run_sync(loader, state.settings, _store(app))
     except UnavailableError as exc:  # a custom loader that needs weights (tests)
-        app.state.engine_error = exc
-        app.state.not_ready["clip_weights"] = exc.message
+        state.engine_error = exc
+        http_state(app).not_ready["clip_weights"] = exc.message
         return
-    app.state.engine = engine
+    state.engine = engine
     await anyio.to_thread.run_sync(engine.clip.problem)  # load now when weights exist
 
 
 def method_readiness(app: FastAPI) -> dict[str, Any]:
     """Which scoring methods can serve now (does not load anything)."""
-    engine: MapEngine | None = getattr(app.state, "engine", None)
+    engine = service_state(app, AnomalyMapState).engine
     if engine is None:
         return {"methods": {}}
     problem = engine.clip.last_problem()

@@ -26,13 +26,15 @@ from services.anomaly_map.api.schemas import (
     EvaluationRequest,
     ImportResponse,
     MapJobRequest,
+    MapParams,
     TocoadFitRequest,
     category_request_body,
-    map_request_body,
 )
 from services.anomaly_map.runtime.engine import image_limits
 from services.anomaly_map.usecases import anomaly_maps, dataset_maps, evaluations, tocoad_fits
 from services.anomaly_map.usecases import categories as category_cases
+from shared.http.scopes import require_scope
+from shared.http.uploads import image_upload_openapi
 from shared.schemas.jobs import JobRecord
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -43,17 +45,21 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"description": "model weights missing (code model_weights_missing) or storage down"},
 }
 
+INSPECT = [require_scope("inspect")]
+TRAIN = [require_scope("train")]
+ADMIN = [require_scope("admin")]
+
 categories = APIRouter(prefix="/v1/categories", tags=["categories"], responses=_ERRORS)
 maps = APIRouter(prefix="/v1", tags=["anomaly maps"], responses=_ERRORS)
 
 
-@categories.get("", response_model=CategoryList)
+@categories.get("", response_model=CategoryList, dependencies=INSPECT)
 def list_categories(store: CategoriesDep) -> CategoryList:
     """Latest version of every category."""
     return CategoryList(items=[CategoryResponse.of(store.get(name)) for name in store.names()])
 
 
-@categories.get("/{name}", response_model=CategoryResponse)
+@categories.get("/{name}", response_model=CategoryResponse, dependencies=INSPECT)
 def get_category(name: str, store: CategoriesDep, version: str | None = None) -> CategoryResponse:
     """One category (latest version unless ``version`` is given) with its version list."""
     return CategoryResponse.of(store.get(name, version), versions=store.versions(name))
@@ -64,6 +70,7 @@ def get_category(name: str, store: CategoriesDep, version: str | None = None) ->
     status_code=201,
     response_model=CategoryResponse,
     openapi_extra=category_request_body(),
+    dependencies=ADMIN,
 )
 def put_category(
     name: str,
@@ -93,7 +100,7 @@ def put_category(
     return CategoryResponse.of(record, versions=store.versions(name))
 
 
-@categories.delete("/{name}", status_code=204)
+@categories.delete("/{name}", status_code=204, dependencies=ADMIN)
 def delete_category(name: str, store: CategoriesDep) -> Response:
     """Delete a category with all its versions, reference images and memory banks."""
     store.delete(name)
@@ -101,7 +108,11 @@ def delete_category(name: str, store: CategoriesDep) -> Response:
 
 
 @maps.post(
-    "/categories:import", status_code=201, response_model=ImportResponse, tags=["categories"]
+    "/categories:import",
+    status_code=201,
+    response_model=ImportResponse,
+    tags=["categories"],
+    dependencies=ADMIN,
 )
 def import_categories(
     data: Annotated[dict[str, Any], Body(description="a description file as is (agssp-spec §2)")],
@@ -132,8 +143,9 @@ def import_categories(
 @maps.post(
     "/anomaly-maps",
     response_model=AnomalyMapResponse,
-    openapi_extra=map_request_body(),
+    openapi_extra=image_upload_openapi(MapParams),
     responses={200: {"content": {"application/x-npy": {}, "image/png": {}}}},
+    dependencies=INSPECT,
 )
 def create_anomaly_map(
     engine: EngineDep, fmt: ResponseFormatDep, body: MapInputDep, settings: SettingsDep
@@ -151,7 +163,13 @@ def create_anomaly_map(
     return map_response(result, fmt, params.map_encoding)
 
 
-@maps.post("/anomaly-map-jobs", status_code=202, response_model=JobRecord, tags=["jobs"])
+@maps.post(
+    "/anomaly-map-jobs",
+    status_code=202,
+    response_model=JobRecord,
+    tags=["jobs"],
+    dependencies=TRAIN,
+)
 def submit_map_job(
     body: MapJobRequest, celery: CeleryDep, jobs: JobsDep, store: CategoriesDep
 ) -> JobRecord:
@@ -159,7 +177,9 @@ def submit_map_job(
     return dataset_maps.submit_dataset_maps(celery, jobs, store, body)
 
 
-@maps.post("/evaluations", status_code=202, response_model=JobRecord, tags=["jobs"])
+@maps.post(
+    "/evaluations", status_code=202, response_model=JobRecord, tags=["jobs"], dependencies=TRAIN
+)
 def submit_evaluation(
     body: EvaluationRequest, celery: CeleryDep, jobs: JobsDep, store: CategoriesDep
 ) -> JobRecord:
@@ -167,7 +187,9 @@ def submit_evaluation(
     return evaluations.submit_evaluation(celery, jobs, store, body)
 
 
-@maps.post("/tocoad-fits", status_code=202, response_model=JobRecord, tags=["jobs"])
+@maps.post(
+    "/tocoad-fits", status_code=202, response_model=JobRecord, tags=["jobs"], dependencies=TRAIN
+)
 def submit_tocoad_fit(
     body: TocoadFitRequest, celery: CeleryDep, jobs: JobsDep, store: CategoriesDep
 ) -> JobRecord:

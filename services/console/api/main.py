@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import httpx
 from fastapi import APIRouter, FastAPI, Request, Response
@@ -13,6 +14,8 @@ from fastapi.staticfiles import StaticFiles
 from services.console import pages, proxy
 from services.console.config import ConsoleSettings, get_settings
 from shared.http.app import create_service_app
+from shared.http.scopes import open_route
+from shared.http.state import available, service_state, set_service_state
 
 PROXY_METHODS = ["GET", "POST", "PUT", "DELETE"]
 # Pages load only what the console serves: the browser refuses anything from another host.
@@ -23,14 +26,24 @@ PAGE_CSP = (
 )
 
 
+@dataclass
+class ConsoleState:
+    """The console's settings, and the proxy's HTTP client while the app runs."""
+
+    settings: ConsoleSettings
+    client: httpx.AsyncClient | None = None
+
+
+def _state(request: Request) -> ConsoleState:
+    return service_state(request.app, ConsoleState)
+
+
 def _client(request: Request) -> httpx.AsyncClient:
-    client: httpx.AsyncClient = request.app.state.proxy_client
-    return client
+    return available(request, _state(request).client, "proxy_client")
 
 
 def _settings(request: Request) -> ConsoleSettings:
-    settings: ConsoleSettings = request.app.state.console_settings
-    return settings
+    return _state(request).settings
 
 
 def _page_config(settings: ConsoleSettings) -> dict[str, object]:
@@ -47,7 +60,7 @@ def _page_endpoint(slug: str) -> Callable[[Request], HTMLResponse]:
 
 
 def page_router() -> APIRouter:
-    router = APIRouter(include_in_schema=False)
+    router = APIRouter(include_in_schema=False, dependencies=[open_route()])
 
     @router.get("/")
     def home() -> RedirectResponse:
@@ -76,7 +89,8 @@ async def _forward(service: str, path: str, request: Request) -> Response:
 
 
 def proxy_router() -> APIRouter:
-    router = APIRouter(tags=["proxy"])
+    # Open here: the API behind the proxy checks the forwarded key.
+    router = APIRouter(tags=["proxy"], dependencies=[open_route()])
     for method in PROXY_METHODS:  # one route per method: each gets its own operation id
         router.add_api_route(
             "/api/{service}/{path:path}",
@@ -97,13 +111,14 @@ def create_app(
     ``transport`` replaces the network under the proxy (tests hand in a fake upstream).
     """
     settings = settings or get_settings()
+    state = ConsoleState(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         timeout = httpx.Timeout(settings.proxy_timeout_s, connect=5.0)
         client = httpx.AsyncClient(timeout=timeout, follow_redirects=False, transport=transport)
         async with client:
-            app.state.proxy_client = client
+            state.client = client
             yield
 
     # The console checks no key itself: pages and assets are public, and every API call is
@@ -111,8 +126,8 @@ def create_app(
     common = settings.common.model_copy(
         update={"auth": settings.common.auth.model_copy(update={"api_keys": []})}
     )
-    app = create_service_app(service="console", settings=common, lifespan=lifespan, scope_rules=[])
-    app.state.console_settings = settings
+    app = create_service_app(service="console", settings=common, lifespan=lifespan)
+    set_service_state(app, state)
     app.mount("/static", StaticFiles(directory=pages.STATIC_DIR), name="static")
     app.include_router(proxy_router())
     app.include_router(page_router())

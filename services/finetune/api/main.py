@@ -9,25 +9,16 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from services.finetune.api.deps import FinetuneState
 from services.finetune.api.routes import datasets, jobs, models
 from services.finetune.config import FinetuneSettings, get_settings
 from services.finetune.stores.datasets import DatasetCatalog
 from services.finetune.stores.models import ModelRegistry
 from shared.http.app import create_service_app
-from shared.http.auth import ScopeRule
 from shared.http.infra import attach_infrastructure
 from shared.http.jobs import jobs_router
+from shared.http.state import http_state, set_service_state
 from shared.storage.base import ObjectStore
-
-# Promotion (POST /v1/models/...) matches no rule and so needs admin.
-SCOPE_RULES = [
-    ScopeRule("/v1/datasets", "train"),
-    ScopeRule("/v1/agdp-jobs", "train"),
-    ScopeRule("/v1/finetune-jobs", "train"),
-    ScopeRule("/v1/evaluations", "train"),
-    ScopeRule("/v1/models", "train", frozenset({"GET"})),
-    ScopeRule("/v1/jobs", "train"),
-]
 
 
 def create_app(
@@ -35,18 +26,19 @@ def create_app(
 ) -> FastAPI:
     """Build the app; collaborators are built in the lifespan unless given (tests)."""
     settings = settings or get_settings()
+    state = FinetuneState(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         attach_infrastructure(app, settings.common, store=store)
-        app.state.registry = ModelRegistry(app.state.store)
-        app.state.datasets = DatasetCatalog(app.state.store)
+        objects = http_state(app).store
+        assert objects is not None  # attach_infrastructure set it
+        state.registry = ModelRegistry(objects)
+        state.datasets = DatasetCatalog(objects)
         yield
 
-    app = create_service_app(
-        service="finetune", settings=settings.common, lifespan=lifespan, scope_rules=SCOPE_RULES
-    )
-    app.state.service_settings = settings
+    app = create_service_app(service="finetune", settings=settings.common, lifespan=lifespan)
+    set_service_state(app, state)
     app.include_router(datasets)
     app.include_router(jobs)
     app.include_router(models)

@@ -33,6 +33,7 @@ from services.finetune.usecases.evaluations import submit_evaluation
 from services.finetune.usecases.finetune_jobs import submit_finetune
 from services.finetune.usecases.quantize_jobs import submit_quantization
 from shared.errors import NotFoundError
+from shared.http.scopes import require_scope
 from shared.schemas.jobs import JobRecord
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -41,8 +42,14 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"description": "storage or job broker unavailable"},
 }
 
+TRAIN = [require_scope("train")]
+# Quantisation and promotion publish or move what inference serves: admin.
+ADMIN = [require_scope("admin")]
+
 jobs = APIRouter(prefix="/v1", tags=["jobs"], responses=_ERRORS)
-datasets = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=_ERRORS)
+datasets = APIRouter(
+    prefix="/v1/datasets", tags=["datasets"], responses=_ERRORS, dependencies=TRAIN
+)
 models = APIRouter(prefix="/v1/models", tags=["models"], responses=_ERRORS)
 
 
@@ -77,43 +84,43 @@ def get_dataset(name: str, catalog: DatasetsDep) -> DatasetDetail:
     return DatasetDetail(name=name, latest=latest and latest.version, versions=items)
 
 
-@jobs.post("/agdp-jobs", status_code=202, response_model=JobRecord)
+@jobs.post("/agdp-jobs", status_code=202, response_model=JobRecord, dependencies=TRAIN)
 def create_agdp_job(body: AgdpJobRequest, jobs: JobsDep, sender: SenderDep) -> JobRecord:
     """Queue AGDP detector pretraining on pseudo-defect boxes."""
     return submit_agdp(sender, jobs, body)
 
 
-@jobs.post("/finetune-jobs", status_code=202, response_model=JobRecord)
+@jobs.post("/finetune-jobs", status_code=202, response_model=JobRecord, dependencies=TRAIN)
 def create_finetune_job(body: FinetuneJobRequest, jobs: JobsDep, sender: SenderDep) -> JobRecord:
     """Queue YOLOv8 finetuning on a stored dataset."""
     return submit_finetune(sender, jobs, body)
 
 
-@jobs.post("/evaluations", status_code=202, response_model=JobRecord)
+@jobs.post("/evaluations", status_code=202, response_model=JobRecord, dependencies=TRAIN)
 def create_evaluation(body: EvaluationRequest, jobs: JobsDep, sender: SenderDep) -> JobRecord:
     """Queue a COCO mAP evaluation of a model version on a dataset split."""
     return submit_evaluation(sender, jobs, body)
 
 
-@jobs.post("/quantize-jobs", status_code=202, response_model=JobRecord)
+@jobs.post("/quantize-jobs", status_code=202, response_model=JobRecord, dependencies=ADMIN)
 def create_quantize_job(body: QuantizeParams, jobs: JobsDep, sender: SenderDep) -> JobRecord:
     """Queue INT8 quantisation of a detector calibrated on a dataset (a new model version)."""
     return submit_quantization(sender, jobs, body)
 
 
-@models.get("", response_model=ModelList)
+@models.get("", response_model=ModelList, dependencies=TRAIN)
 def list_models(registry: RegistryDep) -> ModelList:
     """Model names with latest version, version count, stages and kind."""
     return ModelList(items=[ModelSummaryResponse.of(s) for s in registry.list_models()])
 
 
-@models.get("/{name}", response_model=ModelDetailResponse)
+@models.get("/{name}", response_model=ModelDetailResponse, dependencies=TRAIN)
 def get_model(name: str, registry: RegistryDep) -> ModelDetailResponse:
     """Every version of a model with metrics, lineage, stages and evaluations."""
     return ModelDetailResponse.of(registry.detail(name))
 
 
-@models.get("/{name}/versions/{version}", response_model=ModelVersionDetail)
+@models.get("/{name}/versions/{version}", response_model=ModelVersionDetail, dependencies=TRAIN)
 def get_model_version(name: str, version: str, registry: RegistryDep) -> ModelVersionDetail:
     """One version, with its saved evaluation results."""
     ref = artifact_ref(name, version)
@@ -122,7 +129,9 @@ def get_model_version(name: str, version: str, registry: RegistryDep) -> ModelVe
     return ModelVersionDetail(**info.model_dump(), evaluation_results=evaluations)
 
 
-@models.post("/{name}/versions/{version}/promote", response_model=PromoteResponse)
+@models.post(
+    "/{name}/versions/{version}/promote", response_model=PromoteResponse, dependencies=ADMIN
+)
 def promote_model(
     name: str, version: str, body: PromoteRequest, registry: RegistryDep
 ) -> PromoteResponse:

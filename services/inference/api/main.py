@@ -9,23 +9,18 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from services.inference.api.deps import InferenceState
 from services.inference.api.metrics import install_metrics
 from services.inference.api.routes import router
 from services.inference.config import InferenceSettings, get_settings
 from services.inference.runtime.build import build_runtime
-from services.inference.runtime.model_runtime import DetectorFactory, ModelRuntime
+from services.inference.runtime.model_runtime import DetectorFactory
 from services.inference.runtime.slots import ResidentModel
-from services.inference.usecases.sinks import SinkDispatcher, SinkStats, build_dispatcher
+from services.inference.usecases.sinks import SinkStats, build_dispatcher
 from shared.http.app import create_service_app
-from shared.http.auth import ScopeRule
 from shared.http.infra import attach_infrastructure
+from shared.http.state import http_state, set_service_state
 from shared.storage.base import ObjectStore
-
-# /v1/models and /v1/models/reload match no rule, so they need admin (deny by default).
-SCOPE_RULES = [
-    ScopeRule("/detect", "inspect"),
-    ScopeRule("/v1/detect", "inspect"),
-]
 
 
 def create_app(
@@ -40,16 +35,18 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         attach_infrastructure(app, settings.common, store=store, with_jobs=False)
+        infra = http_state(app)
+        assert infra.store is not None  # attach_infrastructure set it
         runtime = build_runtime(
             settings,
-            app.state.store,
+            infra.store,
             factory=detector_factory,
-            observer=app.state.inference_metrics,
+            observer=state.metrics,
             on_default_status=lambda reason: _model_status(app, reason),
         )
         await runtime.refresh()  # the first load; failures leave the app up but not ready
-        app.state.runtime = runtime
-        app.state.sinks = build_dispatcher(settings)
+        state.runtime = runtime
+        state.sinks = build_dispatcher(settings)
         poller = asyncio.create_task(runtime.poll_forever(settings.poll_interval_s))
         try:
             yield
@@ -57,21 +54,18 @@ def create_app(
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
-            app.state.runtime = None
+            state.runtime = None
             await runtime.close()
-            if app.state.sinks is not None:
-                await app.state.sinks.close()
-            app.state.sinks = None
+            if state.sinks is not None:
+                await state.sinks.close()
+            state.sinks = None
 
-    app = create_service_app(
-        service="inference", settings=settings.common, lifespan=lifespan, scope_rules=SCOPE_RULES
-    )
-    app.state.service_settings = settings
-    app.state.runtime = None
-    app.state.sinks = None
-    app.state.not_ready["model"] = "starting"
-    app.state.inference_metrics = install_metrics(
-        app.state.http_metrics.registry, lambda: _resident(app), lambda: _sink_stats(app)
+    app = create_service_app(service="inference", settings=settings.common, lifespan=lifespan)
+    state = InferenceState(settings)
+    set_service_state(app, state)
+    http_state(app).not_ready["model"] = "starting"
+    state.metrics = install_metrics(
+        http_state(app).metrics.registry, lambda: _resident(state), lambda: _sink_stats(state)
     )
     app.include_router(router)
     return app
@@ -79,20 +73,19 @@ def create_app(
 
 def _model_status(app: FastAPI, reason: str | None) -> None:
     """Readiness: /readyz answers 503 naming the reason while no default model is served."""
+    not_ready = http_state(app).not_ready
     if reason is None:
-        app.state.not_ready.pop("model", None)
+        not_ready.pop("model", None)
     else:
-        app.state.not_ready["model"] = reason
+        not_ready["model"] = reason
 
 
-def _resident(app: FastAPI) -> list[ResidentModel]:
-    runtime: ModelRuntime | None = getattr(app.state, "runtime", None)
-    return runtime.resident() if runtime is not None else []
+def _resident(state: InferenceState) -> list[ResidentModel]:
+    return state.runtime.resident() if state.runtime is not None else []
 
 
-def _sink_stats(app: FastAPI) -> dict[str, SinkStats]:
-    sinks: SinkDispatcher | None = getattr(app.state, "sinks", None)
-    return sinks.stats() if sinks is not None else {}
+def _sink_stats(state: InferenceState) -> dict[str, SinkStats]:
+    return state.sinks.stats() if state.sinks is not None else {}
 
 
 def app_factory() -> FastAPI:

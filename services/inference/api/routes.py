@@ -21,8 +21,13 @@ from services.inference.api.schemas import (
 )
 from services.inference.usecases import detect as service
 from services.inference.usecases.detect import DetectResult
+from shared.http.scopes import require_scope
+from shared.http.uploads import image_upload_openapi
 
 router = APIRouter(tags=["inference"])
+INSPECT = [require_scope("inspect")]
+# Model listing, reload and sink counters are for operators.
+ADMIN = [require_scope("admin")]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "Unknown model, version or stage."},
@@ -32,29 +37,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     429: {"description": "The model's queue is full; retry after Retry-After seconds."},
     503: {"description": "No model loaded (or it failed to load)."},
 }
-_BINARY = {"type": "string", "format": "binary"}
-
-
-def _query_parameters() -> list[dict[str, Any]]:
-    """DetectQuery's fields as documented query parameters (the route parses them itself)."""
-    properties = DetectQuery.model_json_schema()["properties"]
-    return [
-        {"name": name, "in": "query", "required": False, "schema": schema}
-        | ({"description": schema["description"]} if "description" in schema else {})
-        for name, schema in properties.items()
-    ]
-
-
-_DETECT_BODY: dict[str, Any] = {
-    "parameters": _query_parameters(),
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {"schema": {"type": "object", "properties": {"image": _BINARY}}},
-            "image/*": {"schema": _BINARY},
-        },
-    },
-}
+_DETECT_BODY = image_upload_openapi(DetectQuery)
 _PNG: dict[int | str, dict[str, Any]] = {
     200: {"content": {"image/png": {}}, "description": "JSON, or the annotated PNG."}
 }
@@ -65,6 +48,7 @@ _PNG: dict[int | str, dict[str, Any]] = {
     response_model=DetectResponse,
     responses={**_PNG, **_ERRORS},
     openapi_extra=_DETECT_BODY,
+    dependencies=INSPECT,
 )
 @router.post(
     "/detect",
@@ -72,6 +56,7 @@ _PNG: dict[int | str, dict[str, Any]] = {
     response_model=DetectResponse,
     responses={**_PNG, **_ERRORS},
     openapi_extra=_DETECT_BODY,
+    dependencies=INSPECT,
 )
 async def detect(
     payload: DetectInputDep,
@@ -90,19 +75,19 @@ async def detect(
     return DetectResponse.of(result)
 
 
-@router.get("/v1/models", response_model=ModelsResponse)
+@router.get("/v1/models", response_model=ModelsResponse, dependencies=ADMIN)
 async def list_models(runtime: RuntimeDep, settings: SettingsDep) -> ModelsResponse:
     """Resident models and the followed stage."""
     return ModelsResponse.of(runtime, settings)
 
 
-@router.get("/v1/sinks", response_model=SinksResponse)
+@router.get("/v1/sinks", response_model=SinksResponse, dependencies=ADMIN)
 async def list_sinks(sinks: SinksDep) -> SinksResponse:
     """Delivery counters and queue depth of every configured result sink."""
     return SinksResponse.of(sinks.stats() if sinks is not None else {})
 
 
-@router.post("/v1/models/reload", response_model=ModelsResponse)
+@router.post("/v1/models/reload", response_model=ModelsResponse, dependencies=ADMIN)
 async def reload_models(runtime: RuntimeDep, settings: SettingsDep) -> ModelsResponse:
     """Re-read the registry now: followed stages that moved are loaded and swapped in."""
     await runtime.refresh(forget_failures=True)

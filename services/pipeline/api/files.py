@@ -10,8 +10,9 @@ from starlette.concurrency import run_in_threadpool
 
 from services.pipeline.api.deps import PipelinesDep
 from services.pipeline.usecases import files
+from shared.http.scopes import require_scope
 
-router = APIRouter(prefix="/v1", tags=["files"])
+router = APIRouter(prefix="/v1", tags=["files"], dependencies=[require_scope("train")])
 
 
 @router.put(

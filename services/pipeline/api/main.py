@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from services.pipeline.api.deps import PipelineState
 from services.pipeline.api.files import router as files_router
 from services.pipeline.api.routes import router
 from services.pipeline.config import PipelineSettings, get_settings
@@ -18,22 +19,10 @@ from services.pipeline.stores.pipelines import PipelineStore
 from services.pipeline.usecases.clients import ServiceClient
 from services.pipeline.usecases.driver import PipelineDriver
 from shared.http.app import create_service_app
-from shared.http.auth import ScopeRule
+from shared.http.infra import storage_check
+from shared.http.state import http_state, set_service_state
 from shared.storage.base import ObjectStore
 from shared.storage.factory import create_store
-
-SCOPE_RULES = [
-    ScopeRule("/v1/pipelines", "train"),
-    ScopeRule("/v1/uploads", "train"),
-    ScopeRule("/v1/objects", "train"),
-    ScopeRule("/v1/presets", "inspect"),
-]
-
-
-def _storage_check(app: FastAPI) -> str | None:
-    store: ObjectStore = app.state.store
-    store.ping()
-    return None
 
 
 def create_app(
@@ -44,31 +33,32 @@ def create_app(
 ) -> FastAPI:
     """Build the app; the store, client and driver are built in the lifespan unless given."""
     settings = settings or get_settings()
+    state = PipelineState(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.store = store or create_store(settings.common)
-        app.state.readiness_checks["storage"] = _storage_check
-        app.state.pipelines = PipelineStore(app.state.store)
+        # Only the store: the pipeline keeps its own records and queues no Celery jobs.
+        infra = http_state(app)
+        infra.store = store or create_store(settings.common)
+        infra.readiness_checks["storage"] = storage_check
+        state.pipelines = PipelineStore(infra.store)
         service_client = client or ServiceClient(
             settings.urls(), settings.api_key.get_secret_value(), settings.http_timeout_s
         )
         driver = PipelineDriver(
-            app.state.pipelines, service_client, settings.poll_interval_s, settings.lease_ttl_s
+            state.pipelines, service_client, settings.poll_interval_s, settings.lease_ttl_s
         )
         if settings.driver:
             driver.start()
-        app.state.driver = driver
+        state.driver = driver
         try:
             yield
         finally:
             driver.stop()
             service_client.close()
 
-    app = create_service_app(
-        service="pipeline", settings=settings.common, lifespan=lifespan, scope_rules=SCOPE_RULES
-    )
-    app.state.service_settings = settings
+    app = create_service_app(service="pipeline", settings=settings.common, lifespan=lifespan)
+    set_service_state(app, state)
     app.include_router(router)
     app.include_router(files_router)
     return app

@@ -13,17 +13,19 @@ from services.pipeline.params import PipelineRequest
 from services.pipeline.stores.pipelines import PipelineRecord, PipelineSummary
 from services.pipeline.usecases import pipelines as service
 from services.pipeline.usecases.presets import PRESETS
+from shared.http.scopes import require_scope
 
 router = APIRouter(prefix="/v1", tags=["pipelines"])
+TRAIN = [require_scope("train")]
 
 
-@router.post("/pipelines", status_code=202, response_model=PipelineRecord)
+@router.post("/pipelines", status_code=202, response_model=PipelineRecord, dependencies=TRAIN)
 def create_pipeline(body: PipelineRequest, pipelines: PipelinesDep) -> PipelineRecord:
     """Start a pipeline: (fit) -> maps -> pseudo boxes -> AGBP -> AGDP -> finetune -> baseline."""
     return service.create_pipeline(pipelines, body)
 
 
-@router.get("/pipelines", response_model=list[PipelineSummary])
+@router.get("/pipelines", response_model=list[PipelineSummary], dependencies=TRAIN)
 def list_pipelines(
     pipelines: PipelinesDep, limit: int = Query(50, ge=1, le=500)
 ) -> list[PipelineSummary]:
@@ -31,19 +33,19 @@ def list_pipelines(
     return [PipelineSummary.of(r) for r in pipelines.list(limit)]
 
 
-@router.get("/pipelines/{pipeline_id}", response_model=PipelineRecord)
+@router.get("/pipelines/{pipeline_id}", response_model=PipelineRecord, dependencies=TRAIN)
 def get_pipeline(pipeline_id: str, pipelines: PipelinesDep) -> PipelineRecord:
     """One pipeline with every step's state, progress, job and outputs."""
     return pipelines.get(pipeline_id)
 
 
-@router.post("/pipelines/{pipeline_id}/cancel", response_model=PipelineRecord)
+@router.post("/pipelines/{pipeline_id}/cancel", response_model=PipelineRecord, dependencies=TRAIN)
 def cancel_pipeline(pipeline_id: str, pipelines: PipelinesDep) -> PipelineRecord:
     """Stop after canceling the running step's job."""
     return service.cancel_pipeline(pipelines, pipeline_id)
 
 
-@router.post("/pipelines/{pipeline_id}/resume", response_model=PipelineRecord)
+@router.post("/pipelines/{pipeline_id}/resume", response_model=PipelineRecord, dependencies=TRAIN)
 def resume_pipeline(pipeline_id: str, pipelines: PipelinesDep) -> PipelineRecord:
     """Run a failed or canceled pipeline again from the step where it stopped."""
     return service.resume_pipeline(pipelines, pipeline_id)
@@ -53,6 +55,7 @@ def resume_pipeline(pipeline_id: str, pipelines: PipelinesDep) -> PipelineRecord
     "/pipelines/{pipeline_id}/report",
     response_class=Response,
     responses={200: {"content": {"text/html": {}}}},
+    dependencies=TRAIN,
 )
 def pipeline_report(pipeline_id: str, pipelines: PipelinesDep) -> Response:
     """The self-contained HTML report (written when the pipeline's last step ran)."""
@@ -60,7 +63,7 @@ def pipeline_report(pipeline_id: str, pipelines: PipelinesDep) -> Response:
     return Response(pipelines.report(pipeline_id), media_type="text/html; charset=utf-8")
 
 
-@router.get("/presets")
+@router.get("/presets", dependencies=[require_scope("inspect")])
 def presets() -> dict[str, Any]:
     """What each preset sends to the training steps (before a request's overrides)."""
     return {name: asdict(preset) for name, preset in PRESETS.items()}

@@ -1,33 +1,34 @@
-"""``Annotated`` dependencies of the pretrain API: objects the lifespan put on ``app.state``."""
+"""``Annotated`` dependencies of the pretrain API: its typed state and the shared infrastructure."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 
+from services.pretrain.config import PretrainSettings
 from services.pretrain.usecases.agbp_jobs import ConfigValidator
-from shared.http.deps import state_object
+from shared.http.state import celery_of, jobs_of, service_state
 from shared.jobs.producer import TaskSender
 from shared.jobs.store import JobStore
 
 
-def _jobs(request: Request) -> JobStore:
-    jobs: JobStore = state_object(request, "jobs")
-    return jobs
+@dataclass
+class PretrainState:
+    """Settings from ``create_app``; the AGBP config check from the lifespan.
 
+    ``config_validator`` None is a valid state: the torch-free image has no full check.
+    """
 
-def _sender(request: Request) -> TaskSender:
-    sender: TaskSender = state_object(request, "celery")
-    return sender
+    settings: PretrainSettings
+    config_validator: ConfigValidator | None = None
 
 
 def _validator(request: Request) -> ConfigValidator | None:
-    # None is a valid state: the torch-free image has no full config check.
-    validator: ConfigValidator | None = getattr(request.app.state, "config_validator", None)
-    return validator
+    return service_state(request.app, PretrainState).config_validator
 
 
-JobsDep = Annotated[JobStore, Depends(_jobs)]
-SenderDep = Annotated[TaskSender, Depends(_sender)]
+JobsDep = Annotated[JobStore, Depends(jobs_of)]
+SenderDep = Annotated[TaskSender, Depends(celery_of)]
 ValidatorDep = Annotated[ConfigValidator | None, Depends(_validator)]

@@ -13,22 +13,17 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from services.pretrain.api.deps import PretrainState
 from services.pretrain.api.routes import router
 from services.pretrain.config import PretrainSettings, get_settings
 from services.pretrain.usecases.agbp_jobs import ConfigValidator
 from shared.http.app import create_service_app
-from shared.http.auth import ScopeRule
 from shared.http.infra import attach_infrastructure
 from shared.http.jobs import jobs_router
+from shared.http.state import set_service_state
 from shared.storage.base import ObjectStore
 
 log = logging.getLogger(__name__)
-
-SCOPE_RULES = [
-    ScopeRule("/v1/pretrain-jobs", "train"),
-    ScopeRule("/v1/pseudo-label-jobs", "train"),
-    ScopeRule("/v1/jobs", "train"),
-]
 
 
 ValidatorLoader = Callable[[], ConfigValidator | None]
@@ -52,17 +47,16 @@ def create_app(
 ) -> FastAPI:
     """Build the app; collaborators are built in the lifespan unless given (tests)."""
     settings = settings or get_settings()
+    state = PretrainState(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         attach_infrastructure(app, settings.common, store=store)
-        app.state.config_validator = load_validator()
+        state.config_validator = load_validator()
         yield
 
-    app = create_service_app(
-        service="pretrain", settings=settings.common, lifespan=lifespan, scope_rules=SCOPE_RULES
-    )
-    app.state.service_settings = settings
+    app = create_service_app(service="pretrain", settings=settings.common, lifespan=lifespan)
+    set_service_state(app, state)
     app.include_router(jobs_router())
     app.include_router(router)
     return app

@@ -11,6 +11,7 @@ from services.pretrain.api.schemas import PretrainJobRequest, PseudoLabelJobRequ
 from services.pretrain.usecases.agbp_jobs import AGBP_KIND, submit_agbp_job
 from services.pretrain.usecases.pseudo_label_jobs import PSEUDO_LABELS_KIND, submit_pseudo_label_job
 from shared.errors import NotFoundError
+from shared.http.scopes import require_scope
 from shared.jobs.store import JobStore
 from shared.schemas.jobs import JobRecord
 
@@ -21,7 +22,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"description": "storage or job broker unavailable"},
 }
 
-router = APIRouter(prefix="/v1", tags=["pretrain"], responses=_ERRORS)
+router = APIRouter(
+    prefix="/v1", tags=["pretrain"], responses=_ERRORS, dependencies=[require_scope("train")]
+)
 
 
 def _job_of_kind(jobs: JobStore, job_id: str, kind: str) -> JobRecord:

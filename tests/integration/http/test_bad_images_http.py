@@ -47,9 +47,7 @@ def _app(tmp: Path) -> FastAPI:
         storage=StorageSettings(backend="file"),
         http=HttpSettings(max_body_mb=MAX_BODY / 2**20),
     )
-    app = create_service_app(
-        service="intake-probe", settings=settings, lifespan=None, scope_rules=[]
-    )
+    app = create_service_app(service="intake-probe", settings=settings, lifespan=None)
     limits = ImageLimits(max_bytes=MAX_BODY, max_pixels=4_000_000)
 
     @app.post("/v1/probe")

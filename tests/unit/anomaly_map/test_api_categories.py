@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from services.anomaly_map.api.main import create_app
 from shared.config import AuthSettings, CommonSettings, PathSettings
 from shared.http.auth import create_key
+from shared.http.state import http_state
 from shared.storage.filesystem import FileObjectStore
 from tests.unit.anomaly_map.test_service_support import image_bytes, make_engine, make_settings
 
@@ -218,7 +219,7 @@ def test_a_new_version_has_its_text_features_stored_before_its_first_map(
     # when
     created = client.put("/v1/categories/tile", json=SPEC).json()
     # then the background task after the reply encoded and stored them
-    store = client.app.state.store  # type: ignore[attr-defined]
+    store = http_state(client.app).store  # type: ignore[arg-type]
     stored = store.list(f"categories/tile/{created['version']}/text/")
     assert len(stored) == 1
     assert stored[0].split("/")[-1].startswith("kead-")
@@ -228,5 +229,5 @@ def test_a_tocoad_category_gets_no_text_features(client: TestClient) -> None:
     # when
     created = client.put("/v1/categories/tile", json={**SPEC, "method": "tocoad"}).json()
     # then
-    store = client.app.state.store  # type: ignore[attr-defined]
+    store = http_state(client.app).store  # type: ignore[arg-type]
     assert store.list(f"categories/tile/{created['version']}/text/") == []

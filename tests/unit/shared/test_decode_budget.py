@@ -15,6 +15,7 @@ from PIL import Image
 from shared.config import CommonSettings, HttpSettings, PathSettings, StorageSettings
 from shared.errors import PayloadTooLargeError, UnavailableError
 from shared.http.app import create_service_app
+from shared.http.state import http_state
 from shared.imaging import budget as pixel_budget
 from shared.imaging.budget import DecodeBounds, PixelBudget
 from shared.imaging.intake import ImageLimits, decode_image
@@ -32,7 +33,7 @@ def _app(tmp_path: Path, service: str, **http: object) -> FastAPI:
         storage=StorageSettings(backend="file"),
         http=HttpSettings(**http),  # type: ignore[arg-type]
     )
-    app = create_service_app(service=service, settings=settings, lifespan=None, scope_rules=[])
+    app = create_service_app(service=service, settings=settings, lifespan=None)
 
     @app.post("/v1/decode")
     async def decode(request: Request) -> dict[str, int]:
@@ -67,7 +68,7 @@ def test_a_full_budget_answers_503_with_retry_after(tmp_path: Path) -> None:
     # given an app whose budget is held by other decodes
     app = _app(tmp_path, "inference", decode_budget_pixels=20_000_000)
     client = TestClient(app)
-    budget: PixelBudget = app.state.pixel_budget
+    budget: PixelBudget = http_state(app).pixel_budget
     with budget.reserve(15_000_000):
         # when one more image does not fit
         response = client.post("/v1/decode", content=_png(3000, 3000))

@@ -15,11 +15,12 @@ from fastapi.testclient import TestClient
 from shared.config import AuthSettings, CommonSettings, HttpSettings, PathSettings, StorageSettings
 from shared.errors import UnavailableError
 from shared.http.app import create_service_app
-from shared.http.auth import ScopeRule, create_key
+from shared.http.auth import create_key
 from shared.http.infra import attach_infrastructure
 from shared.http.jobs import jobs_router
 from shared.http.quiet import relative_location, scrub
-from shared.jobs.store import JobStore
+from shared.http.scopes import require_scope
+from shared.http.state import http_state
 
 Keys = dict[str, tuple[str, str]]
 SECRET = "storage at http://10.1.2.3:9000 bucket 'plant-7' failed: ConnectTimeout(minio:9000)"
@@ -48,29 +49,25 @@ def _app(tmp_path: Path, keys: Keys, service: str = "pretrain") -> FastAPI:
         service=service,
         settings=settings,
         lifespan=lifespan,
-        scope_rules=[
-            ScopeRule("/v1/things", "inspect", frozenset({"GET"})),
-            ScopeRule("/v1/jobs", "train"),
-        ],
     )
     app.include_router(jobs_router())
 
-    @app.get("/v1/things/")
+    @app.get("/v1/things/", dependencies=[require_scope("inspect")])
     def things() -> list[str]:
         return ["a"]
 
-    @app.get("/v1/down")
+    @app.get("/v1/down", dependencies=[require_scope("admin")])
     def down() -> None:
         raise UnavailableError(SECRET, code="storage_unavailable")
 
-    @app.get("/v1/weird-down")
+    @app.get("/v1/weird-down", dependencies=[require_scope("admin")])
     def weird() -> None:
         raise UnavailableError(SECRET, code="model_unavailable")
 
     def broken(app: FastAPI) -> str | None:
         return SECRET
 
-    app.state.readiness_checks["storage_probe"] = broken
+    http_state(app).readiness_checks["storage_probe"] = broken
     return app
 
 
@@ -141,7 +138,8 @@ def test_cors_is_applied_from_the_setting(client: TestClient) -> None:
 
 
 def test_a_train_key_cancels_only_its_own_services_jobs(client: TestClient, keys: Keys) -> None:
-    jobs: JobStore = client.app.state.jobs  # type: ignore[attr-defined]
+    jobs = http_state(client.app).jobs  # type: ignore[arg-type]
+    assert jobs is not None
     own = jobs.create(kind="agbp", task_name="pretrain.agbp", queue="pretrain", params={})
     other = jobs.create(kind="finetune", task_name="finetune.train", queue="finetune", params={})
     trainer, boss = _h(keys, "trainer"), _h(keys, "boss")

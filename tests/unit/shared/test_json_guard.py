@@ -32,7 +32,6 @@ def _app(tmp_path: Path, **http: Any) -> FastAPI:
         service="demo",
         settings=settings,
         lifespan=None,
-        scope_rules=[],
         json_route_max_bytes={"/v1/big": 8192},
     )
 

@@ -17,7 +17,7 @@ def _app(tmp_path: Path) -> FastAPI:
     settings = CommonSettings(
         paths=PathSettings(home=tmp_path), storage=StorageSettings(backend="file")
     )
-    app = create_service_app(service="demo", settings=settings, lifespan=None, scope_rules=[])
+    app = create_service_app(service="demo", settings=settings, lifespan=None)
 
     @app.get("/v1/things/{name}", responses={404: {"description": "no such thing"}})
     def thing(name: str, limit: int = 3) -> dict[str, str]:
