@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from services.pretrain.config import PretrainSettings
 from services.pretrain.params import AgbpConfig, AgbpJobParams, StartWeights, agbp_config
 from services.pretrain.stores.backbones import backbone_weights, resolve_backbone
-from services.pretrain.stores.maps import PairingResult, collect_pairs
+from services.pretrain.stores.maps import PairingResult, collect_pairs, read_manifest
 from services.pretrain.stores.pairs import CachedPairSource, prefetch
 from services.pretrain.stores.reports import config_yaml, loss_curve_csv, loss_curve_png
 from services.pretrain.usecases.common import image_limits
@@ -85,6 +85,7 @@ def submit_agbp_job(
     """
     if validate is not None:
         validate(params)
+    _refuse_batch_over_data(jobs.store, params)
     weights = _pinned_start_weights(jobs.store, params.start_weights)
     name = params.artifact_name or f"agbp-{params.backbone()}"
     stored = params.model_copy(update={"artifact_name": name, "start_weights": weights})
@@ -96,6 +97,28 @@ def submit_agbp_job(
         queue=Queue.PRETRAIN,
         params=stored.model_dump(mode="json"),
     )
+
+
+def _refuse_batch_over_data(store: ObjectStore, params: AgbpJobParams) -> None:
+    """Refuse a ``batch_size`` above the maps the sources' manifests list (one GET each).
+
+    Pairs never outnumber the maps a dataset-map manifest lists; maps a user brings without a
+    manifest are counted by the worker, which refuses the same thing after pairing.
+    """
+    batch = params.config.batch_size
+    if batch is None:
+        return
+    maps = 0
+    for spec in params.sources:
+        manifest = read_manifest(store, spec.maps_prefix)
+        if manifest is None:
+            return
+        maps += len(manifest.maps)
+    if maps < batch:
+        raise InvalidInputError(
+            f"batch_size {batch} is larger than the {maps} maps the sources' manifests list",
+            code="invalid_config",
+        )
 
 
 def _pinned_start_weights(store: ObjectStore, weights: StartWeights | None) -> StartWeights | None:

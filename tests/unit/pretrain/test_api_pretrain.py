@@ -19,6 +19,7 @@ from shared.config import AuthSettings, CommonSettings, PathSettings
 from shared.http.auth import create_key
 from shared.jobs.store import JobStore
 from shared.schemas.backbones import backbone_names
+from shared.schemas.dataset_maps import DatasetMapManifest, manifest_key
 from shared.schemas.jobs import JobState
 from shared.storage.artifacts import ArtifactStore
 from shared.storage.filesystem import FileObjectStore
@@ -95,6 +96,28 @@ def test_fewer_classes_than_categories_are_refused(client: TestClient) -> None:
     )
     assert response.status_code == 422
     assert "num_classes 1 < 2 categories" in response.json()["detail"]
+
+
+def test_a_batch_larger_than_the_listed_maps_is_refused_at_submission(
+    client: TestClient, store: FileObjectStore
+) -> None:
+    # given: the source's dataset-map manifest lists two maps
+    maps = {f"img/steel/{i}.png": f"maps/steel/j1/maps/{i}.npy" for i in range(2)}
+    manifest = DatasetMapManifest(category="steel", count=2, maps=maps)
+    store.put_bytes(manifest_key(SOURCE["maps_prefix"]), manifest.to_bytes())
+    # when
+    big = client.post("/v1/pretrain-jobs", json=_agbp(config={"batch_size": 8}))
+    fits = client.post("/v1/pretrain-jobs", json=_agbp(config={"batch_size": 2}))
+    # then
+    assert big.status_code == 422
+    assert big.json()["code"] == "invalid_config"
+    assert "batch_size 8" in big.json()["detail"]
+    assert fits.status_code == 202, fits.text
+
+
+def test_without_a_manifest_the_batch_is_left_to_the_worker(client: TestClient) -> None:
+    response = client.post("/v1/pretrain-jobs", json=_agbp(config={"batch_size": 8}))
+    assert response.status_code == 202, response.text
 
 
 @pytest.mark.parametrize(

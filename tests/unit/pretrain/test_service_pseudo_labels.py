@@ -18,6 +18,7 @@ from shared.imaging.render import encode_png
 from shared.jobs.runner import RunnerOptions, run_job
 from shared.jobs.store import JobStore
 from shared.schemas.jobs import JobRecord, JobState
+from shared.schemas.pseudo_labels import PseudoLabelManifest, label_key, manifest_key
 from shared.storage.filesystem import FileObjectStore
 
 IMAGES = "img/steel/"
@@ -118,6 +119,30 @@ def test_summary_and_manifest_describe_the_output(store: FileObjectStore, tmp_pa
     assert manifest["map_job_id"] == "20260101T120000-1a2b3c4d"
     assert manifest["images"] == {n: f"{IMAGES}{n}.png" for n in "abc"}
     assert record.artifacts == [f"{out}manifest.json"]
+
+
+def test_the_manifest_keeps_its_stored_layout_and_reads_with_the_seam(
+    store: FileObjectStore, tmp_path: Path
+) -> None:
+    # when
+    record = _run(store, tmp_path)
+    out = record.outputs["out_prefix"]
+    raw = store.get_bytes(manifest_key(out))
+    # then: the fields of the stored layout, in order, and the reader's view of them
+    assert list(json.loads(raw)) == [
+        "kind", "format", "job_id", "category", "images_prefix", "maps_prefix", "map_job_id",
+        "classes", "threshold", "count", "images_with_boxes", "files", "images",
+    ]  # fmt: skip
+    manifest = PseudoLabelManifest.from_bytes(raw)
+    assert (manifest.kind, manifest.format, manifest.classes) == ("pseudo-labels", 1, ["anomaly"])
+    assert manifest.files.model_dump(exclude={"examples"}) == {
+        "labels": "labels/",
+        "classes": "classes.txt",
+        "annotations": "annotations.json",
+        "summary": "summary.json",
+    }
+    assert all(store.exists(label_key(out, stem)) for stem in manifest.images)
+    assert store.get_bytes(f"{out}{manifest.files.classes}") == b"anomaly\n"
 
 
 def test_example_overlays_show_the_images_with_boxes_first(
