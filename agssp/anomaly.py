@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 if TYPE_CHECKING:
-    from services.anomaly_map.categories import CategoryRecord
-    from services.anomaly_map.category_admin import ImportResult
     from services.anomaly_map.config import AnomalyMapSettings
-    from services.anomaly_map.engine import MapEngine
+    from services.anomaly_map.runtime.engine import MapEngine
+    from services.anomaly_map.stores.categories import CategoryRecord
+    from services.anomaly_map.usecases.categories import ImportResult
 
 app = typer.Typer(help="Anomaly maps: categories and evaluation.", no_args_is_help=True)
 
@@ -91,15 +91,16 @@ def import_file(
 
 
 def _import(settings: AnomalyMapSettings, descriptions: Path, only: list[str]) -> ImportResult:
-    from services.anomaly_map import service
-    from services.anomaly_map.categories import CategoryStore
+    from services.anomaly_map.runtime.engine import image_limits
+    from services.anomaly_map.stores.categories import CategoryStore
+    from services.anomaly_map.usecases.categories import import_descriptions, prompt_tokenizer
     from shared.storage.factory import create_store
 
-    return service.import_descriptions(
+    return import_descriptions(
         CategoryStore(create_store(settings.common)),
         _read_json(descriptions),
-        tokenizer=service.prompt_tokenizer(settings),
-        limits=service.image_limits(settings),
+        tokenizer=prompt_tokenizer(settings),
+        limits=image_limits(settings),
         data_root=settings.data_root,
         only=only,
         max_references=settings.max_references,
@@ -110,12 +111,12 @@ def _import_category(
     engine: MapEngine, settings: AnomalyMapSettings, descriptions: Path, category: str
 ) -> CategoryRecord:
     """Put one category of a description file into the engine's (scratch) store."""
-    from services.anomaly_map import service
+    from services.anomaly_map.usecases.categories import import_descriptions, prompt_tokenizer
 
-    imported = service.import_descriptions(
+    imported = import_descriptions(
         engine.categories,
         _read_json(descriptions),
-        tokenizer=service.prompt_tokenizer(settings),
+        tokenizer=prompt_tokenizer(settings),
         limits=engine.limits,
         data_root=settings.data_root,
         only=[category],
@@ -132,16 +133,16 @@ def _engine_and_category(
 ) -> Iterator[tuple[MapEngine, CategoryRecord]]:
     """With ``descriptions``: a scratch store holding that one category (KeAD/WinCLIP tries);
     without: the configured store and its latest version of ``category`` (e.g. a fitted one)."""
-    from services.anomaly_map import service
+    from services.anomaly_map.runtime.engine import build_engine
     from shared.storage.factory import create_store
     from shared.storage.filesystem import FileObjectStore
 
     if descriptions is None:
-        engine = service.build_engine(settings, create_store(settings.common))
+        engine = build_engine(settings, create_store(settings.common))
         yield engine, engine.categories.get(category)
         return
     with tempfile.TemporaryDirectory(prefix="agssp-eval-") as scratch:
-        engine = service.build_engine(settings, FileObjectStore(Path(scratch)))
+        engine = build_engine(settings, FileObjectStore(Path(scratch)))
         yield engine, _import_category(engine, settings, descriptions, category)
 
 
@@ -167,7 +168,7 @@ def evaluate(
     Without ``--descriptions`` the category is read from the configured store, which is where
     ``agssp maps fit-tocoad`` (or a fit job) put its ToCoAD model: ``--mode tocoad`` needs that.
     """
-    from services.anomaly_map import service
+    from services.anomaly_map.usecases.evaluations import evaluate_local_folder
 
     root = data.expanduser().resolve()
     settings = _settings(
@@ -179,7 +180,7 @@ def evaluate(
             "drop --descriptions (fit first with agssp maps fit-tocoad)"
         )
     with _clear_errors(), _engine_and_category(settings, descriptions, category) as (eng, rec):
-        result = service.evaluate_local_folder(
+        result = evaluate_local_folder(
             eng,
             rec,
             root,
@@ -197,7 +198,7 @@ def evaluate(
 
 def _upload_normals(store: Any, folders: list[Path], prefix: str) -> int:
     """Copy the image files of local folders under ``prefix``; returns how many."""
-    from services.anomaly_map.maps_io import is_image_key
+    from shared.schemas.dataset_maps import is_image_key
 
     count = 0
     for folder in folders:
@@ -231,9 +232,10 @@ def fit_tocoad(
     Needs no CLIP weights. The model lands beside the category in the configured store, so the
     running suite's API and workers serve ``mode=tocoad`` maps with it at once.
     """
-    from services.anomaly_map import service
     from services.anomaly_map.config import AnomalyMapSettings
-    from services.anomaly_map.tocoad_fit import TOCOAD_FIT_TASK
+    from services.anomaly_map.params import TocoadFitParams
+    from services.anomaly_map.runtime.engine import build_engine
+    from services.anomaly_map.usecases.tocoad_fits import TOCOAD_FIT_TASK, run_tocoad_fit
     from shared.config import load_settings
     from shared.jobs.runner import RunnerOptions, run_job
     from shared.jobs.store import JobStore
@@ -242,7 +244,7 @@ def fit_tocoad(
 
     settings = load_settings(AnomalyMapSettings)
     with _clear_errors():
-        engine = service.build_engine(settings, create_store(settings.common))
+        engine = build_engine(settings, create_store(settings.common))
         jobs = JobStore(engine.categories.store)
         record = engine.categories.get(category)
         params: dict[str, Any] = {
@@ -260,11 +262,11 @@ def fit_tocoad(
             params["normal_prefix"] = f"uploads/tocoad/{category}/{job.id}/"
             count = _upload_normals(jobs.store, normal_dir, params["normal_prefix"])
             typer.echo(f"uploaded {count} normal images to {params['normal_prefix']}", err=True)
-        job.params = service.TocoadFitParams.model_validate(params).model_dump(mode="json")
+        job.params = TocoadFitParams.model_validate(params).model_dump(mode="json")
         jobs.save(job)
         typer.echo(f"job {job.id}: fitting {category} {record.version} ({preset})", err=True)
         opts = RunnerOptions(worker=f"cli@{socket.gethostname()}")
-        final = run_job(job.id, jobs, lambda ctx: service.run_tocoad_fit(ctx, engine), opts)
+        final = run_job(job.id, jobs, lambda ctx: run_tocoad_fit(ctx, engine), opts)
     typer.echo(json.dumps({"job": final.id, "state": final.state, **final.outputs}, indent=1))
     if final.state != JobState.SUCCEEDED:
         typer.echo(f"error ({final.error_code}): {final.error}", err=True)
