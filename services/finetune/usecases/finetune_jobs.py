@@ -8,6 +8,8 @@ publishes name exact versions. The run (the worker) trains, exports and publishe
 
 from __future__ import annotations
 
+from typing import Any
+
 from services.finetune.config import FinetuneSettings
 from services.finetune.ml.materialize import materialize_yolo
 from services.finetune.params import FinetuneJobParams, check_train_config
@@ -48,6 +50,7 @@ def submit_finetune(sender: TaskSender, jobs: JobStore, params: FinetuneJobParam
     catalog = DatasetCatalog(jobs.store)
     dataset = catalog.resolve(params.dataset)
     _check_splits(catalog, dataset, params)
+    _check_batch(catalog, dataset, _train_split(params), config.get("batch"))
     init = pinned_init(ModelRegistry(jobs.store), params.init, params.scale)
     stored = params.model_copy(update={"config": config, "dataset": str(dataset), "init": init})
     return submit(
@@ -97,3 +100,18 @@ def _check_splits(catalog: DatasetCatalog, ref: DatasetRef, params: FinetuneJobP
         )
     catalog.check_split(ref, split)
     catalog.check_split(ref, params.val_split, allow_mini=False)
+
+
+def _check_batch(catalog: DatasetCatalog, ref: DatasetRef, split: str, batch: Any) -> None:
+    """Refuse, before the job queues, a batch that the training split cannot fill.
+
+    Only a stored split's size is known at submission; a ``mini-N`` drawn at training time
+    and the default batch (not resolved here) are left to the worker.
+    """
+    size = catalog.manifest(ref).get("splits", {}).get(split)
+    if isinstance(batch, int) and isinstance(size, int) and batch > size:
+        raise InvalidInputError(
+            f"batch {batch} is larger than split {split!r} of {ref} ({size} images); "
+            f"use a batch of at most {size}",
+            code="batch_too_large",
+        )
