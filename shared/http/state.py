@@ -11,21 +11,31 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from celery import Celery
 from fastapi import FastAPI, Request
 
 from shared.config import CommonSettings
 from shared.errors import UnavailableError
 from shared.http.metrics import HttpMetrics
 from shared.imaging.budget import PixelBudget
+from shared.jobs.producer import TaskSender
 from shared.jobs.store import JobStore
 from shared.storage.base import ObjectStore
 
 S = TypeVar("S")
 T = TypeVar("T")
 ReadinessCheck = Callable[[FastAPI], str | None]
+
+
+class JobProducer(TaskSender, Protocol):
+    """What an API needs of its Celery app: send tasks, and a broker connection to probe.
+
+    A protocol, so this module (and the pipeline API, which queues nothing) never imports
+    celery.
+    """
+
+    def connection_for_write(self) -> Any: ...
 
 
 @dataclass
@@ -42,7 +52,7 @@ class HttpState:
     readiness_details: Callable[[FastAPI], dict[str, Any]] | None = None
     store: ObjectStore | None = None
     jobs: JobStore | None = None
-    celery: Celery | None = None
+    celery: JobProducer | None = None
 
 
 def http_state(app: FastAPI) -> HttpState:
@@ -81,5 +91,5 @@ def jobs_of(request: Request) -> JobStore:
     return available(request, http_state(request.app).jobs, "jobs")
 
 
-def celery_of(request: Request) -> Celery:
+def celery_of(request: Request) -> JobProducer:
     return available(request, http_state(request.app).celery, "celery")

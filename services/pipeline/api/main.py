@@ -19,10 +19,17 @@ from services.pipeline.stores.pipelines import PipelineStore
 from services.pipeline.usecases.clients import ServiceClient
 from services.pipeline.usecases.driver import PipelineDriver
 from shared.http.app import create_service_app
-from shared.http.infra import storage_check
 from shared.http.state import http_state, set_service_state
 from shared.storage.base import ObjectStore
 from shared.storage.factory import create_store
+
+
+def _storage_check(app: FastAPI) -> str | None:
+    store = http_state(app).store
+    if store is None:
+        return "no object store attached"
+    store.ping()
+    return None
 
 
 def create_app(
@@ -40,7 +47,7 @@ def create_app(
         # Only the store: the pipeline keeps its own records and queues no Celery jobs.
         infra = http_state(app)
         infra.store = store or create_store(settings.common)
-        infra.readiness_checks["storage"] = storage_check
+        infra.readiness_checks["storage"] = _storage_check
         state.pipelines = PipelineStore(infra.store)
         service_client = client or ServiceClient(
             settings.urls(), settings.api_key.get_secret_value(), settings.http_timeout_s

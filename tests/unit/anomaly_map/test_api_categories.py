@@ -219,7 +219,7 @@ def test_a_new_version_has_its_text_features_stored_before_its_first_map(
     # when
     created = client.put("/v1/categories/tile", json=SPEC).json()
     # then the background task after the reply encoded and stored them
-    store = http_state(client.app).store  # type: ignore[arg-type]
+    store: FileObjectStore = http_state(client.app).store  # type: ignore[arg-type,assignment]
     stored = store.list(f"categories/tile/{created['version']}/text/")
     assert len(stored) == 1
     assert stored[0].split("/")[-1].startswith("kead-")
@@ -229,5 +229,5 @@ def test_a_tocoad_category_gets_no_text_features(client: TestClient) -> None:
     # when
     created = client.put("/v1/categories/tile", json={**SPEC, "method": "tocoad"}).json()
     # then
-    store = http_state(client.app).store  # type: ignore[arg-type]
+    store: FileObjectStore = http_state(client.app).store  # type: ignore[arg-type,assignment]
     assert store.list(f"categories/tile/{created['version']}/text/") == []

@@ -56,7 +56,7 @@ def client(tmp_path: Path) -> Iterator[tuple[TestClient, FakeSender]]:
     )
     sender = FakeSender()
     with TestClient(create_app(FinetuneSettings(common=common), store=store)) as test_client:
-        http_state(test_client.app).celery = sender  # type: ignore[arg-type]
+        http_state(test_client.app).celery = sender  # type: ignore[arg-type,assignment]
         yield test_client, sender
 
 
