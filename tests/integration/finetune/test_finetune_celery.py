@@ -23,6 +23,14 @@ import pytest
 import torch
 
 from shared.schemas.artifacts import ArtifactRef
+from shared.schemas.pseudo_labels import (
+    CLASSES_FILE,
+    PseudoLabelManifest,
+    classes_text,
+    file_key,
+    label_key,
+    manifest_key,
+)
 from shared.storage.artifacts import ArtifactStore
 from shared.storage.base import ObjectStore
 from shared.storage.factory import create_store
@@ -34,6 +42,7 @@ pytestmark = pytest.mark.timeout(300)
 TINY = {"epochs": 1, "batch": 4, "imgsz": 64, "seed": 0}
 AGBP_VERSION = "20260101T000000-0000abcd"
 SIZE = 64
+PSEUDO = "pseudo/steel/pl-1/"  # output prefix of the pseudo-label job the AGDP job reads
 
 
 def _image(rng: np.random.Generator, shade: int) -> tuple[bytes, tuple[float, ...]]:
@@ -58,11 +67,20 @@ def _seed_store(store: ObjectStore) -> None:
     for i in range(8):  # AGDP input: images + a pseudo-label job's output
         png, box = _image(rng, 230)
         store.put_bytes(f"uploads/steel/img_{i}.png", png)
-        store.put_bytes(f"pseudo/steel/pl-1/labels/img_{i}.txt", _line(0, box))
+        store.put_bytes(label_key(PSEUDO, f"img_{i}"), _line(0, box))
         images[f"img_{i}"] = f"uploads/steel/img_{i}.png"
-    store.put_bytes("pseudo/steel/pl-1/classes.txt", b"anomaly\n")
-    manifest = {"job_id": "pl-1", "category": "steel", "images": images}
-    store.put_bytes("pseudo/steel/pl-1/manifest.json", json.dumps(manifest).encode())
+    store.put_bytes(file_key(PSEUDO, CLASSES_FILE), classes_text())
+    manifest = PseudoLabelManifest(  # as the pretrain service's pseudo-label job writes it
+        job_id="pl-1",
+        category="steel",
+        images_prefix="uploads/steel/",
+        maps_prefix="maps/steel/m-1/",
+        threshold=0.5,
+        count=len(images),
+        images_with_boxes=len(images),
+        images=images,
+    )
+    store.put_bytes(manifest_key(PSEUDO), manifest.to_bytes())
     for i in range(8):  # a two-class YOLO dataset to finetune on
         png, box = _image(rng, 250 if i % 2 == 0 else 150)
         store.put_bytes(f"uploads/shapes/images/s_{i}.png", png)
@@ -159,7 +177,7 @@ def finished(pipeline: Pipeline) -> Pipeline:
         "/v1/agdp-jobs",
         {
             "images_prefix": "uploads/steel/",
-            "labels_prefix": "pseudo/steel/pl-1/",
+            "labels_prefix": PSEUDO,
             "backbone_artifact": "agbp-yolov8n",
             "scale": "n",
             "config": TINY,
