@@ -40,7 +40,7 @@ def _train(data: Path, cache: Path, fields: dict[str, Any], max_train: int | Non
     from services.finetune.ml.materialize import materialize_yolo
     from services.finetune.params import DatasetImportParams
     from services.finetune.stores.datasets import load_split
-    from services.finetune.usecases.common import TrainRequest
+    from services.finetune.usecases.backend import TrainRequest
     from services.finetune.usecases.datasets import import_local_dataset
     from services.finetune.usecases.evaluations import parse_inits
     from services.finetune.usecases.training import TORCH

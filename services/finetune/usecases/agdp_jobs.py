@@ -18,8 +18,8 @@ from services.finetune.ml.splits import split_train_val
 from services.finetune.params import AgdpJobParams, InitParams, check_train_config, frozen_layers
 from services.finetune.stores.models import ModelRegistry
 from services.finetune.stores.pseudo_labels import load_pseudo_labels
+from services.finetune.usecases.backend import DetectorBackend
 from services.finetune.usecases.common import (
-    DetectorBackend,
     backbone_ref,
     check_canceled,
     finish,

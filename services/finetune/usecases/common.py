@@ -1,9 +1,8 @@
 """Steps shared by the job kinds of the finetune service; torch-free, so the API submits jobs.
 
-The torch side (start weights, training, ONNX export, evaluation, quantisation) is a
-``DetectorBackend`` that the worker passes in (``usecases.training.TORCH``): each job kind's
-module reads top-down from submission to published artifact, and the API that imports it
-for the submission never loads torch. Every job publishes with its job id as version and
+The torch side is a ``usecases.backend.DetectorBackend`` that the worker passes in: each job
+kind's module reads top-down from submission to published artifact, and the API that
+imports it for the submission never loads torch. Every job publishes with its job id as version and
 first checks whether that version exists, so a redelivered job never trains twice.
 """
 
@@ -12,19 +11,18 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
 from services.finetune.config import FinetuneSettings
-from services.finetune.ml.dataset import DetectionDataset
 from services.finetune.ml.materialize import YoloDataFolder
-from services.finetune.params import CalibrationMethod, InitParams
+from services.finetune.params import InitParams
 from services.finetune.stores.models import ModelRegistry
+from services.finetune.usecases.backend import PackagedDetector, TrainedRun, TrainRequest
 from shared.errors import InvalidInputError, JobCanceledError
 from shared.imaging.intake import ImageLimits
 from shared.jobs.context import JobContext
@@ -45,111 +43,6 @@ TrainConfig = TypeVar("TrainConfig", AgdpConfig, FinetuneConfig)
 LAST_PT = "last.pt"
 LAST_META = "last.json"
 TRAIN_SPAN = (5.0, 90.0)  # share of job progress the training epochs take
-
-
-@dataclass(frozen=True)
-class TrainRequest:
-    """One detector run: start weights, data, scratch folder, config and the job's hooks.
-
-    ``on_transfer`` sees the transfer summary before the first epoch (not on a resume), so
-    a job records it even when its worker dies mid-run. ``local_ok`` lets a checkpoint path
-    outside AGSSP_MODEL_DIR start the run (the CLI, run by the user).
-    """
-
-    store: ObjectStore
-    init: InitParams
-    data: YoloDataFolder
-    work: Path
-    config: DetectorTrainConfig
-    hooks: TrainHooks
-    settings: FinetuneSettings
-    on_transfer: Callable[[dict[str, Any] | None], None] = lambda summary: None
-    local_ok: bool = False
-
-
-@dataclass(frozen=True)
-class TrainedRun:
-    """What a run left: its best tensors (``weights.pt`` bytes) and ultralytics ``.pt`` file."""
-
-    weights: bytes
-    pt_file: Path
-    classes: list[str]
-    epochs_completed: int
-    canceled: bool
-    history: list[dict[str, float]]
-    transfer: dict[str, Any] | None
-    checkpoint_metrics: dict[str, float]
-
-
-@dataclass(frozen=True)
-class PackagedDetector:
-    """Files of a detector artifact and the metrics that go into its metrics file."""
-
-    files: dict[str, bytes | Path]
-    metrics: dict[str, Any]
-    classes: list[str]
-
-
-@dataclass(frozen=True)
-class WeightsInfo:
-    """What a stored ``weights.pt`` says about itself."""
-
-    classes: list[str]
-    imgsz: int
-
-
-class DetectorBackend(Protocol):
-    """The torch side of the detector jobs; ``usecases.training`` implements it."""
-
-    def prepare(self, settings: FinetuneSettings) -> None:
-        """ultralytics offline and the device checked (UnavailableError when absent)."""
-
-    def train(self, request: TrainRequest) -> TrainedRun:
-        """Resume the job's run or start it from ``request.init``, and train."""
-
-    def package(
-        self,
-        run: TrainedRun,
-        val: DetectionDataset,
-        images_dir: Path,
-        work: Path,
-        settings: FinetuneSettings,
-        config: DetectorTrainConfig,
-    ) -> PackagedDetector:
-        """ONNX export checked against torch, evaluation on ``val``, the artifact files."""
-
-    def read_weights(self, weights: bytes, source: str) -> WeightsInfo:
-        """Classes and input size of stored tensors (InvalidInputError when unreadable)."""
-
-    def evaluate(
-        self,
-        weights: bytes,
-        subset: DetectionDataset,
-        images_dir: Path,
-        imgsz: int,
-        settings: FinetuneSettings,
-    ) -> dict[str, Any]:
-        """COCO mAP@0.5 and mAP@0.5:0.95, overall and per class, of ``weights``."""
-
-    def quantize(
-        self,
-        fp32: Path,
-        out: Path,
-        calibration: list[Path],
-        imgsz: int,
-        method: CalibrationMethod,
-    ) -> Path:
-        """An INT8 (QDQ) copy of ``fp32`` calibrated on the images ``calibration``."""
-
-    def evaluate_onnx(
-        self,
-        model: Path,
-        subset: DetectionDataset,
-        images_dir: Path,
-        imgsz: int,
-        settings: FinetuneSettings,
-    ) -> tuple[dict[str, Any], float]:
-        """COCO mAP of an ONNX graph on ONNX Runtime (CPU) and its seconds in the model."""
 
 
 def submit(

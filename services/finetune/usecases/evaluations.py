@@ -22,13 +22,8 @@ from services.finetune.ml.materialize import materialize_yolo
 from services.finetune.params import EvaluationParams, InitParams
 from services.finetune.stores.datasets import DatasetCatalog, load_split
 from services.finetune.stores.models import ModelRegistry
-from services.finetune.usecases.common import (
-    DetectorBackend,
-    TrainRequest,
-    detector_ref,
-    submit,
-    workspace,
-)
+from services.finetune.usecases.backend import DetectorBackend, TrainRequest
+from services.finetune.usecases.common import detector_ref, submit, workspace
 from shared.errors import InvalidInputError
 from shared.jobs.context import JobContext
 from shared.jobs.producer import TaskSender

@@ -15,8 +15,8 @@ from services.finetune.ml.materialize import materialize_yolo
 from services.finetune.params import FinetuneJobParams, check_train_config
 from services.finetune.stores.datasets import DatasetCatalog, DatasetRef, load_split
 from services.finetune.stores.models import ModelRegistry
+from services.finetune.usecases.backend import DetectorBackend
 from services.finetune.usecases.common import (
-    DetectorBackend,
     check_canceled,
     finish,
     lineage,

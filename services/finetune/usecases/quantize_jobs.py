@@ -19,7 +19,8 @@ from services.finetune.config import FinetuneSettings
 from services.finetune.params import QuantizeParams
 from services.finetune.stores.datasets import DatasetCatalog, load_split
 from services.finetune.stores.models import ModelRegistry
-from services.finetune.usecases.common import DetectorBackend, detector_ref, submit, workspace
+from services.finetune.usecases.backend import DetectorBackend
+from services.finetune.usecases.common import detector_ref, submit, workspace
 from shared.errors import InvalidInputError
 from shared.jobs.context import JobContext
 from shared.jobs.producer import TaskSender

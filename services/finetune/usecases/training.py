@@ -29,7 +29,7 @@ from services.finetune.ml.predict import evaluate_detector, letterbox_batch, pre
 from services.finetune.ml.quantize import quantize_int8
 from services.finetune.ml.train import TrainResult, resume_training, run_training
 from services.finetune.params import CalibrationMethod
-from services.finetune.usecases.common import (
+from services.finetune.usecases.backend import (
     PackagedDetector,
     TrainedRun,
     TrainRequest,

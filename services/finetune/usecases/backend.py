@@ -1,0 +1,126 @@
+"""The seam between the torch-free job kinds and the torch side of the detector jobs.
+
+A job kind's run is given a ``DetectorBackend`` by the worker (``usecases.training.TORCH``)
+and hands it plain data (datasets, folders, bytes of tensors), so the modules the API
+imports to submit jobs never load torch or ultralytics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from services.finetune.config import FinetuneSettings
+from services.finetune.ml.dataset import DetectionDataset
+from services.finetune.ml.materialize import YoloDataFolder
+from services.finetune.params import CalibrationMethod, InitParams
+from shared.ml.hooks import TrainHooks
+from shared.schemas.detector import DetectorTrainConfig
+from shared.storage.base import ObjectStore
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """One detector run: start weights, data, scratch folder, config and the job's hooks.
+
+    ``on_transfer`` sees the transfer summary before the first epoch (not on a resume), so
+    a job records it even when its worker dies mid-run. ``local_ok`` lets a checkpoint path
+    outside AGSSP_MODEL_DIR start the run (the CLI, run by the user).
+    """
+
+    store: ObjectStore
+    init: InitParams
+    data: YoloDataFolder
+    work: Path
+    config: DetectorTrainConfig
+    hooks: TrainHooks
+    settings: FinetuneSettings
+    on_transfer: Callable[[dict[str, Any] | None], None] = lambda summary: None
+    local_ok: bool = False
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """What a run left: its best tensors (``weights.pt`` bytes) and ultralytics ``.pt`` file."""
+
+    weights: bytes
+    pt_file: Path
+    classes: list[str]
+    epochs_completed: int
+    canceled: bool
+    history: list[dict[str, float]]
+    transfer: dict[str, Any] | None
+    checkpoint_metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class PackagedDetector:
+    """Files of a detector artifact and the metrics that go into its metrics file."""
+
+    files: dict[str, bytes | Path]
+    metrics: dict[str, Any]
+    classes: list[str]
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """What a stored ``weights.pt`` says about itself."""
+
+    classes: list[str]
+    imgsz: int
+
+
+class DetectorBackend(Protocol):
+    """The torch side of the detector jobs; ``usecases.training`` implements it."""
+
+    def prepare(self, settings: FinetuneSettings) -> None:
+        """ultralytics offline and the device checked (UnavailableError when absent)."""
+
+    def train(self, request: TrainRequest) -> TrainedRun:
+        """Resume the job's run or start it from ``request.init``, and train."""
+
+    def package(
+        self,
+        run: TrainedRun,
+        val: DetectionDataset,
+        images_dir: Path,
+        work: Path,
+        settings: FinetuneSettings,
+        config: DetectorTrainConfig,
+    ) -> PackagedDetector:
+        """ONNX export checked against torch, evaluation on ``val``, the artifact files."""
+
+    def read_weights(self, weights: bytes, source: str) -> WeightsInfo:
+        """Classes and input size of stored tensors (InvalidInputError when unreadable)."""
+
+    def evaluate(
+        self,
+        weights: bytes,
+        subset: DetectionDataset,
+        images_dir: Path,
+        imgsz: int,
+        settings: FinetuneSettings,
+    ) -> dict[str, Any]:
+        """COCO mAP@0.5 and mAP@0.5:0.95, overall and per class, of ``weights``."""
+
+    def quantize(
+        self,
+        fp32: Path,
+        out: Path,
+        calibration: list[Path],
+        imgsz: int,
+        method: CalibrationMethod,
+    ) -> Path:
+        """An INT8 (QDQ) copy of ``fp32`` calibrated on the images ``calibration``."""
+
+    def evaluate_onnx(
+        self,
+        model: Path,
+        subset: DetectionDataset,
+        images_dir: Path,
+        imgsz: int,
+        settings: FinetuneSettings,
+    ) -> tuple[dict[str, Any], float]:
+        """COCO mAP of an ONNX graph on ONNX Runtime (CPU) and its seconds in the model."""
