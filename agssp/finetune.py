@@ -51,8 +51,8 @@ def datasets_import(
     mini: Annotated[list[int] | None, typer.Option(help="store mini-N subsets of train")] = None,
 ) -> None:
     """Import a VOC/COCO/YOLO or images + masks folder as a stored dataset version."""
-    from services.finetune import service
     from services.finetune.params import DatasetImportParams
+    from services.finetune.usecases.datasets import import_local_dataset
     from shared.errors import SuiteError
     from shared.jobs.store import new_job_id
 
@@ -71,9 +71,7 @@ def datasets_import(
                 "mini": mini or [],
             }
         )
-        ref, manifest = service.import_local_dataset(
-            store, path.resolve(), params, new_job_id(), settings
-        )
+        ref, manifest = import_local_dataset(store, path.resolve(), params, new_job_id(), settings)
     except (SuiteError, ValueError) as exc:
         raise _fail(exc) from exc
     typer.echo(str(ref))
@@ -83,7 +81,7 @@ def datasets_import(
 @datasets_app.command("list")
 def datasets_list() -> None:
     """Stored datasets and their latest version."""
-    from services.finetune.datasets_store import DatasetCatalog
+    from services.finetune.stores.datasets import DatasetCatalog
 
     _, store = _context()
     catalog = DatasetCatalog(store)
@@ -99,9 +97,10 @@ def evaluate(
     split: str = "val",
 ) -> None:
     """COCO mAP of a model on a dataset split; saved with the model, printed as JSON."""
-    from services.finetune import service
     from services.finetune.params import EvaluationParams
-    from services.finetune.training import workspace
+    from services.finetune.usecases.common import workspace
+    from services.finetune.usecases.evaluations import evaluate_model
+    from services.finetune.usecases.training import TORCH
     from shared.errors import SuiteError
     from shared.jobs.store import new_job_id
 
@@ -109,7 +108,7 @@ def evaluate(
     try:
         params = EvaluationParams(model=model, dataset=dataset, split=split)
         with workspace(settings, f"cli-evaluate-{new_job_id()}") as work:
-            doc, key = service.evaluate_model(store, params, settings, work)
+            doc, key = evaluate_model(store, params, settings, work, TORCH)
     except (SuiteError, ValueError) as exc:
         raise _fail(exc) from exc
     typer.echo(json.dumps({**doc, "saved_to": key}, indent=1))
@@ -132,7 +131,8 @@ def compare(
     out: Annotated[Path, typer.Option(help="output folder")] = Path("finetune-compare"),
 ) -> None:
     """Train the same detector from each init on one split and seed; table and bar plot."""
-    from services.finetune.compare import parse_inits, run_comparison, write_report
+    from services.finetune.usecases.evaluations import parse_inits, run_comparison, write_report
+    from services.finetune.usecases.training import TORCH
     from shared.errors import SuiteError
 
     settings, store = _context()
@@ -149,6 +149,7 @@ def compare(
             split=f"mini-{mini}" if mini else split,
             val_split=val_split,
             on_progress=lambda label, pct, msg: typer.echo(f"[{label}] {msg}", err=True),
+            backend=TORCH,
         )
     except (SuiteError, ValueError) as exc:
         raise _fail(exc) from exc
