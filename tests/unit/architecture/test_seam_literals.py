@@ -20,10 +20,11 @@ from shared.schemas import backbones, dataset_maps, detector_artifact, pseudo_la
 ROOT = Path(__file__).resolve().parents[3]
 PRODUCT = ("services", "shared", "agssp")
 
-# Names distinctive enough to belong to one seam (``manifest.json`` is every store's).
+# Names distinctive enough to belong to one seam (``manifest.json`` is every store's, and
+# ``model.pt`` / ``annotations.json`` name other things too).
 SEAM_FILES = {
     dataset_maps: (dataset_maps.SCORES_FILE,),
-    pseudo_labels: (pseudo_labels.CLASSES_FILE, pseudo_labels.COCO_FILE),
+    pseudo_labels: (pseudo_labels.CLASSES_FILE,),  # annotations.json is any COCO set's
     detector_artifact: (
         detector_artifact.ONNX_FILE,
         detector_artifact.CLASSES_FILE,
