@@ -1,6 +1,6 @@
 """Callbacks through which pure-torch training loops talk to the job system.
 
-``ml/`` code never sees storage or Celery: ``service.py`` builds a ``TrainHooks`` whose
+``ml/`` code never sees storage or Celery: a job's use case builds a ``TrainHooks`` whose
 callables write progress to the job record, save checkpoints to the object store and read
 the cooperative cancel flag.
 """
