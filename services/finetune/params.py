@@ -9,7 +9,15 @@ from __future__ import annotations
 import difflib
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from shared.errors import InvalidInputError
 from shared.schemas.artifacts import check_segment
@@ -57,6 +65,15 @@ def _ref_spec(value: str) -> str:
     if version is not None:
         check_segment(version, "version")
     return value
+
+
+def published_config(kind: TrainKind) -> WithJsonSchema:
+    """OpenAPI schema of a job's ``config``: the config class's fields less the worker's
+    runtime keys. Validation stays in ``check_train_config`` (it names unknown keys with
+    close matches), so the schema documents exactly what that check accepts."""
+    schema = _FIELDS[kind].model_json_schema()
+    schema["properties"] = {k: v for k, v in schema["properties"].items() if k not in RUNTIME_KEYS}
+    return WithJsonSchema(schema)
 
 
 def frozen_layers(frozen: Literal["backbone"] | int) -> int:
@@ -210,7 +227,7 @@ class AgdpJobParams(BaseModel):
         None, description=f"AGBP artifact 'name:version' with {BACKBONE_FILE}; none = random init"
     )
     scale: Scale = Field("s", description="YOLOv8 scale")
-    config: dict[str, Any] = Field(
+    config: Annotated[dict[str, Any], published_config("agdp")] = Field(
         default_factory=dict, description="AgdpConfig fields; unknown keys are refused"
     )
     frozen: Literal["backbone"] | Annotated[int, Field(ge=-1, le=4)] | None = Field(
@@ -269,7 +286,7 @@ class FinetuneJobParams(BaseModel):
     )
     init: InitParams = Field(default_factory=InitParams)
     scale: Scale = Field("s", description="YOLOv8 scale")
-    config: dict[str, Any] = Field(
+    config: Annotated[dict[str, Any], published_config("finetune")] = Field(
         default_factory=dict, description="FinetuneConfig fields; unknown keys are refused"
     )
     model_name: str = Field(description="registry name the model is published under")

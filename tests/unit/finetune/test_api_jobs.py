@@ -262,3 +262,19 @@ def test_a_non_json_body_is_a_422_and_the_app_keeps_serving(
     assert broken.status_code == 422
     assert after.status_code == 200
     assert json.loads(after.text)["status"] == "ok"
+
+
+@pytest.mark.parametrize(
+    ("schema_name", "default_epochs"), [("FinetuneJobRequest", 500), ("AgdpJobRequest", 10)]
+)
+def test_openapi_publishes_the_training_config_schema(
+    client: tuple[TestClient, FakeSender], schema_name: str, default_epochs: int
+) -> None:
+    """The config is documented field by field, without the worker's runtime keys."""
+    test_client, _ = client
+    schemas = test_client.get("/openapi.json").json()["components"]["schemas"]
+    config = schemas[schema_name]["properties"]["config"]
+    assert config["additionalProperties"] is False
+    assert config["properties"]["epochs"]["default"] == default_epochs
+    assert {"lr0", "imgsz", "freeze"} <= set(config["properties"])
+    assert not {"device", "workers"} & set(config["properties"])
