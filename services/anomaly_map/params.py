@@ -6,13 +6,38 @@ it with (the API never imports torch for this).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
+from services.anomaly_map.ml.tocoad.config import TocoadConfig
 from services.anomaly_map.ml.tocoad.presets import PresetName
 
 Method = Literal["kead", "winclip", "tocoad"]
+
+
+def _inlined(node: Any, defs: dict[str, Any]) -> Any:
+    """``node`` with ``$ref``s to ``defs`` replaced by their schema and no ``required`` list:
+    overrides lay over a preset, so every field of every section is optional."""
+    if isinstance(node, list):
+        return [_inlined(v, defs) for v in node]
+    if not isinstance(node, dict):
+        return node
+    ref = node.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/$defs/"):
+        return _inlined(defs[ref.removeprefix("#/$defs/")], defs)
+    return {
+        k: _inlined(v, defs)
+        for k, v in node.items()
+        if not (k == "required" and isinstance(v, list))
+    }
+
+
+def tocoad_overrides_schema() -> WithJsonSchema:
+    """OpenAPI of a fit's ``config``: TocoadConfig's sections and fields, all optional."""
+    schema = TocoadConfig.model_json_schema()
+    defs = schema.pop("$defs", {})
+    return WithJsonSchema(_inlined(schema, defs))
 
 
 class DatasetMapParams(BaseModel):
@@ -58,6 +83,6 @@ class TocoadFitParams(BaseModel):
         512, ge=2, le=100_000, description="most training images; more are dropped (warned)"
     )
     preset: PresetName = Field("cpu", description="cpu (2 cores, < 1 h), gpu (paper), tiny (CI)")
-    config: dict[str, Any] = Field(
+    config: Annotated[dict[str, Any], tocoad_overrides_schema()] = Field(
         default_factory=dict, description="TocoadConfig overrides on top of the preset"
     )

@@ -156,3 +156,15 @@ def test_absurd_tile_sizes_are_422(client: TestClient, tile: str) -> None:
     )
     # then
     assert response.status_code == 422
+
+
+def test_openapi_publishes_the_tocoad_fit_config_as_optional_sections(client: TestClient) -> None:
+    """Overrides lay over a preset: every section and field is documented, none required."""
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    config = schemas["TocoadFitRequest"]["properties"]["config"]
+    stage1 = config["properties"]["stage1"]
+    assert {"iters", "batch_size"} <= set(stage1["properties"])
+    assert stage1["additionalProperties"] is False
+    text = json.dumps(config)
+    assert "$ref" not in text
+    assert '"required"' not in text
