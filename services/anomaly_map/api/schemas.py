@@ -128,27 +128,6 @@ class EvaluationRequest(EvaluationParams):
     """Body of ``POST /v1/evaluations``: images (and masks) under object-store prefixes."""
 
 
-def map_request_body() -> dict[str, Any]:
-    """OpenAPI description of the two accepted bodies of ``POST /v1/anomaly-maps``."""
-    form = {
-        "type": "object",
-        "required": ["image", "category"],
-        "properties": {
-            "image": {"type": "string", "format": "binary"},
-            **MapParams.model_json_schema()["properties"],
-        },
-    }
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "multipart/form-data": {"schema": form},
-                "image/*": {"schema": {"type": "string", "format": "binary"}},
-            },
-        }
-    }
-
-
 def category_request_body() -> dict[str, Any]:
     """OpenAPI description of the two accepted bodies of ``PUT /v1/categories/{name}``."""
     return {
