@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from services.pretrain.api.deps import JobsDep, SenderDep, ValidatorDep
+from services.pretrain.api.deps import JobsDep, SenderDep
 from services.pretrain.api.schemas import PretrainJobRequest, PseudoLabelJobRequest
 from services.pretrain.usecases.agbp_jobs import AGBP_KIND, submit_agbp_job
 from services.pretrain.usecases.pseudo_label_jobs import PSEUDO_LABELS_KIND, submit_pseudo_label_job
@@ -35,11 +35,9 @@ def _job_of_kind(jobs: JobStore, job_id: str, kind: str) -> JobRecord:
 
 
 @router.post("/pretrain-jobs", status_code=202, response_model=JobRecord)
-def create_pretrain_job(
-    body: PretrainJobRequest, jobs: JobsDep, sender: SenderDep, validate: ValidatorDep
-) -> JobRecord:
+def create_pretrain_job(body: PretrainJobRequest, jobs: JobsDep, sender: SenderDep) -> JobRecord:
     """Queue an AGBP backbone pretraining job."""
-    return submit_agbp_job(sender, jobs, body, validate)
+    return submit_agbp_job(sender, jobs, body)
 
 
 @router.get("/pretrain-jobs/{job_id}", response_model=JobRecord)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -38,9 +38,8 @@ AGBP_KIND = "agbp"
 CHECKPOINT_NAME = "agbp.pt"
 PAIRING_NAME = "pairing.json"
 # Raises InvalidInputError for a config the job could not train with.
-ConfigValidator = Callable[[AgbpJobParams], Any]
 
-__all__ = ["AGBP_KIND", "ConfigValidator", "Trainer", "run_agbp_job", "submit_agbp_job"]
+__all__ = ["AGBP_KIND", "Trainer", "run_agbp_job", "submit_agbp_job"]
 
 
 class TrainedBackbone(Protocol):
@@ -68,23 +67,15 @@ class Trainer(Protocol):
     def decode(self, raw: bytes) -> dict[str, Any]: ...
 
 
-def submit_agbp_job(
-    sender: TaskSender,
-    jobs: JobStore,
-    params: AgbpJobParams,
-    validate: ConfigValidator | None = None,
-) -> JobRecord:
+def submit_agbp_job(sender: TaskSender, jobs: JobStore, params: AgbpJobParams) -> JobRecord:
     """Enqueue an AGBP job on the ``pretrain`` queue, start weights pinned to a version.
 
-    ``AgbpJobParams`` already refused a config that cannot train (``agbp_config``);
-    ``validate`` is an extra check a caller may add.
+    ``AgbpJobParams`` already refused a config that cannot train (``agbp_config``).
 
     Raises:
-        InvalidInputError: start weights without a backbone, or what ``validate`` raises.
+        InvalidInputError: start weights without a backbone, or a batch above the data.
         NotFoundError: the start-weights artifact does not exist.
     """
-    if validate is not None:
-        validate(params)
     _refuse_batch_over_data(jobs.store, params)
     weights = _pinned_start_weights(jobs.store, params.start_weights)
     name = params.artifact_name or f"agbp-{params.backbone()}"

@@ -259,7 +259,7 @@ def test_without_the_training_stack_unknown_keys_are_still_refused(
     tmp_path: Path, store: FileObjectStore
 ) -> None:
     # given: an API like the torch-free image, with no full config check
-    app = create_app(_settings(tmp_path), store=store, load_validator=lambda: None)
+    app = create_app(_settings(tmp_path), store=store)
     with TestClient(app) as client:
         # when
         unknown = client.post("/v1/pretrain-jobs", json=_agbp(config={"lrr": 0.1}))

@@ -85,9 +85,7 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
 @pytest.fixture
 def torch_free(tmp_path: Path) -> Iterator[TestClient]:
     settings = PretrainSettings(common=CommonSettings(paths=PathSettings(home=tmp_path / "h")))
-    app = create_app(
-        settings, store=FileObjectStore(tmp_path / "store"), load_validator=lambda: None
-    )
+    app = create_app(settings, store=FileObjectStore(tmp_path / "store"))
     with TestClient(app) as test_client:
         yield test_client
 

@@ -43,9 +43,7 @@ def pretrain_app(tmp_path: Path, common: CommonSettings) -> FastAPI:
     from services.pretrain.api.main import create_app
     from services.pretrain.config import PretrainSettings
 
-    return create_app(
-        PretrainSettings(common=common), store=_store(tmp_path), load_validator=lambda: None
-    )
+    return create_app(PretrainSettings(common=common), store=_store(tmp_path))
 
 
 def finetune_app(tmp_path: Path, common: CommonSettings) -> FastAPI:
