@@ -2,9 +2,10 @@
 # The suite's main job on this machine, with the embedded defaults (a local folder for storage,
 # Celery on kombu's filesystem transport, one worker; no Redis or S3 server needed):
 #   1. start the suite (`agssp up`: four APIs, console, pipeline service, one worker),
-#   2. run the AGSSP pipeline at the cpu-demo preset on Magnetic-tile from ../shared/data
-#      when it is there, else on generated textured images with defects,
-#   3. print the report's address and keep serving the new detector on /detect.
+#   2. run the AGSSP pipeline at the cpu-demo preset on NEU-DET from ../shared/data when it
+#      is there, else on generated textured images with defects,
+#   3. send the unlabelled images to the new detector's /detect and count the answers with
+#      boxes, print the report's address and keep serving.
 # `scripts/run.sh --serve-only` starts the suite without the demo. Point REDIS_URL and S3_* at
 # real servers to run the same suite on them.
 set -euo pipefail
@@ -41,16 +42,13 @@ started=$(date +%s)
 "$AGSSP" pipeline run --url "$PIPELINE_URL" \
   --name demo-det --category demo-surface --describe "metal surface" \
   --images "$DEMO/unlabelled" --labelled "$DEMO/labelled" \
-  --format masks --labelled-images images --annotations masks \
+  --format voc --labelled-images images --annotations annotations \
   --preset cpu-demo --promote production
 echo "run.sh: pipeline finished in $(( $(date +%s) - started )) s"
-# A labelled defect image (a defect-free one would rightly come back empty).
-SAMPLE=$(find "$DEMO/labelled/images" -type f ! -path '*/MT_Free/*' | sort | head -1)
+# The pool's images were never labelled: what the served detector finds there.
+"$AGSSP" demo detect "$DEMO/unlabelled" --url "http://127.0.0.1:$((BASE_PORT + 3))"
 cat <<EOF
-The suite keeps serving (Ctrl-C stops it). Try the new detector on a defect image (a few
-CPU minutes of training: on the generated set it finds the defects, on Magnetic-tile's 50
-labels it is still too weak to report any, see the report's mAP):
-  curl -s -F image=@$SAMPLE http://127.0.0.1:$((BASE_PORT + 3))/detect
+The suite keeps serving the new detector on http://127.0.0.1:$((BASE_PORT + 3))/detect (Ctrl-C stops it).
 Console: http://127.0.0.1:$((BASE_PORT + 4))   Suite log: $LOG
 EOF
 wait "$UP"
