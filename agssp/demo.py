@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
@@ -222,18 +223,43 @@ def data(
     typer.echo(f"labelled set flags for `agssp pipeline run`: {flags}")
 
 
-def detect_folder(client: httpx.Client, images: list[Path], conf: float | None) -> list[Any]:
-    """``POST /detect`` every image; returns one ``(image, detections)`` pair per image."""
+def detect_folder(
+    client: httpx.Client, images: list[Path], conf: float | None, wait_s: float
+) -> list[Any]:
+    """``POST /detect`` every image; returns one ``(image, answer)`` pair per image.
+
+    A 503 (no model served yet: the service re-reads the registry every
+    ``INFERENCE_POLL_INTERVAL_S``) is retried for up to ``wait_s`` seconds.
+    """
     params = {} if conf is None else {"conf": conf}
+    deadline = time.monotonic() + wait_s
     answers = []
     for image in images:
-        with image.open("rb") as handle:
-            response = client.post("/detect", params=params, files={"image": handle})
+        response = _post_image(client, image, params)
+        while response.status_code == 503 and time.monotonic() < deadline:
+            time.sleep(1.0)
+            response = _post_image(client, image, params)
         if not response.is_success:
             typer.echo(f"error {response.status_code} on {image}: {response.text[:500]}", err=True)
             raise typer.Exit(2)
         answers.append((image, response.json()))
     return answers
+
+
+def _post_image(client: httpx.Client, image: Path, params: dict[str, float]) -> httpx.Response:
+    with image.open("rb") as handle:
+        return client.post("/detect", params=params, files={"image": handle})
+
+
+def reload_models(client: httpx.Client) -> None:
+    """Ask the service to re-read the registry now, so a just-promoted model is the one served.
+
+    Needs the admin scope where API keys are on; without it the service's own poll (and the
+    503 retries of :func:`detect_folder`) picks the model up instead.
+    """
+    response = client.post("/v1/models/reload")
+    if not response.is_success:
+        typer.echo(f"models reload answered {response.status_code}; waiting for the service's poll")
 
 
 def _summary(image: Path, body: dict[str, Any]) -> str:
@@ -250,6 +276,7 @@ def detect(
     ] = "http://127.0.0.1:8004",
     api_key: Annotated[str, typer.Option(envvar="AGSSP_API_KEY", help="API key")] = "",
     conf: Annotated[float | None, typer.Option(help="confidence threshold")] = None,
+    wait: Annotated[float, typer.Option(help="seconds to wait for a served model")] = 60.0,
     show: int = 5,
 ) -> None:
     """Send every image under FOLDER to the served detector and count the answers with boxes."""
@@ -260,7 +287,8 @@ def detect(
         raise typer.BadParameter(f"no images under {folder}", param_hint="FOLDER")
     headers = {"X-API-Key": api_key} if api_key else {}
     with httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=60) as client:
-        answers = detect_folder(client, images, conf)
+        reload_models(client)
+        answers = detect_folder(client, images, conf, wait)
     hits = [(image, body) for image, body in answers if body["detections"]]
     model = answers[0][1]["model"]
     typer.echo(

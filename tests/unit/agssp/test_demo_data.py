@@ -143,6 +143,8 @@ def _detect_server(boxes_for: dict[str, int]) -> httpx.MockTransport:
     """A stand-in /detect: ``boxes_for[file name]`` boxes, 404 for names it does not know."""
 
     def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/models/reload":
+            return httpx.Response(403, json={"error": {"code": "forbidden"}})
         body = request.content.decode("latin-1")
         name = next((n for n in boxes_for if f'filename="{n}"' in body), None)
         if request.url.path != "/detect" or name is None:
@@ -189,8 +191,32 @@ def test_detect_command_stops_on_an_error_answer(
     monkeypatch.setattr(httpx, "Client", lambda **kw: real_client(transport=transport, **kw))
 
     # when
-    result = CliRunner().invoke(demo.app, ["detect", str(tmp_path)])
+    result = CliRunner().invoke(demo.app, ["detect", str(tmp_path), "--wait", "0"])
 
     # then
     assert result.exit_code == 2
     assert "error 404" in result.output
+
+
+def test_detect_waits_while_the_service_has_no_model_yet(tmp_path: Path) -> None:
+    # given
+    Image.new("L", (8, 8)).save(tmp_path / "a.png")
+    calls: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        if request.url.path == "/v1/models/reload":
+            return httpx.Response(200, json={})
+        if calls.count("/detect") < 3:
+            return httpx.Response(503, json={"code": "model_not_loaded"})
+        return httpx.Response(200, json={"detections": [], "model": {"name": "m", "version": "1"}})
+
+    client = httpx.Client(transport=httpx.MockTransport(handle), base_url="http://svc")
+
+    # when
+    demo.reload_models(client)
+    answers = demo.detect_folder(client, [tmp_path / "a.png"], conf=0.1, wait_s=30)
+
+    # then
+    assert calls == ["/v1/models/reload", "/detect", "/detect", "/detect"]
+    assert answers[0][1]["model"] == {"name": "m", "version": "1"}
