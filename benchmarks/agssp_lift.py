@@ -1,11 +1,13 @@
-"""Does AGSSP pretraining lift a detector trained on 50 labels? Magnetic-tile, on the real suite.
+"""Does AGSSP pretraining lift a detector trained on a few labels? Measured on the real suite.
 
-Magnetic-tile (``../shared/data/magnetic-tile``) is imported with boxes from its masks: a
-fixed validation split (defect and defect-free images, by seed), a labelled training set of
-``--labelled-per-class`` defect images per class (the dataset's ``mini-N`` split: 10 x 5
-classes = 50), and every other image as the unlabelled pool. Anomaly maps of the pool come
-from ToCoAD (fitted on the pool at the anomaly-map service's ``--tocoad-preset``) and, as
-the method's ceiling, from the pool's own masks (oracle). For each map source one pipeline
+``--dataset magnetic-tile`` (the default, ``../shared/data/magnetic-tile``) is imported with
+boxes from its masks; ``--dataset neu-det`` with its VOC boxes. Either way: a fixed
+validation split (by seed; Magnetic-tile's holds defect-free images too), a labelled
+training set of ``--labelled-per-class`` defect images per class (the dataset's ``mini-N``
+split: 10 x 5 classes = 50 on Magnetic-tile), and every other image as the unlabelled pool.
+Anomaly maps of the pool come from ToCoAD (fitted on the pool at the anomaly-map service's
+``--tocoad-preset``) and, as the method's ceiling, from the pool's own labels (oracle: the
+masks, or the boxes filled in where a dataset has no masks). For each map source one pipeline
 runs maps -> pseudo boxes -> AGBP -> AGDP -> finetune; then the same recipe finetunes from
 scratch, from the AGBP backbone only, and from AGSSP (AGBP + AGDP), for every seed.
 
@@ -16,6 +18,7 @@ back, running ones are followed). Writes ``benchmarks/results/agssp_lift.json`` 
 ``results.<maps>.<init>.{map50_mean,map50_std,map5095_mean,map5095_std,seeds}``.
 
     python -m benchmarks.agssp_lift [--quick] [--seeds 0 1 2] [--home var/bench-lift]
+    python -m benchmarks.agssp_lift --dataset neu-det    # -> results/agssp_lift_neu-det.json
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,17 +44,35 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "magnetic-tile"
+SHARED_DATA = ROOT.parent / "shared" / "data"
 SERVICES = ("anomaly_map", "pretrain", "finetune", "inference")
 INITS = ("scratch", "agbp", "agssp")
 _END = {"SUCCEEDED", "FAILED", "CANCELED"}
 
 
+@dataclass(frozen=True)
+class Source:
+    """A labelled data set the benchmark knows how to import (finetune's import formats)."""
+
+    marker: str  # a folder that identifies the data set
+    format: str
+    images: str
+    annotations: str
+    describe: str  # the category's surface description for the anomaly-map step
+
+
+SOURCES = {
+    "magnetic-tile": Source("MT_Free", "masks", ".", ".", "magnetic tile surface"),
+    "neu-det": Source("annotations", "voc", "images", "annotations", "steel strip surface"),
+}
+
+
 def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--home", type=Path, default=ROOT / "var" / "bench-lift")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/agssp_lift.json")
+    parser.add_argument("--dataset", choices=sorted(SOURCES), default="magnetic-tile")
+    parser.add_argument("--data", type=Path, help="default: ../shared/data/<dataset>")
+    parser.add_argument("--home", type=Path, help="default: var/bench-lift[-<dataset>]")
+    parser.add_argument("--out", type=Path, help="default: results/agssp_lift[_<dataset>].json")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--maps", nargs="+", default=["tocoad", "oracle"])
     parser.add_argument("--labelled-per-class", type=int, default=10)
@@ -77,11 +99,17 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny run that checks the path")
     parser.add_argument("--fresh", action="store_true", help="forget the state file")
     args = parser.parse_args()
+    suffix = "" if args.dataset == "magnetic-tile" else f"-{args.dataset}"
+    args.data = args.data or SHARED_DATA / args.dataset
+    args.home = args.home or ROOT / "var" / f"bench-lift{suffix}"
+    args.out = (
+        args.out or ROOT / "benchmarks/results" / f"agssp_lift{suffix.replace('-', '_', 1)}.json"
+    )
     if args.quick:
         args.labelled_per_class, args.pool_limit, args.tocoad_preset = 2, 40, "tiny"
         args.imgsz, args.epochs, args.batch, args.finetune_batch = 64, 1, 4, 4
         args.agbp_epochs, args.agbp_size, args.agdp_epochs = 1, 64, 1
-        args.seeds, args.out = args.seeds[:2], args.out.with_name("agssp_lift_quick.json")
+        args.seeds, args.out = args.seeds[:2], args.out.with_name(f"{args.out.stem}_quick.json")
     return args
 
 
@@ -150,7 +178,8 @@ def _healthy(url: str) -> bool:
 
 # -- data -------------------------------------------------------------------------------------
 def import_dataset(args: argparse.Namespace, home: Path) -> tuple[str, dict[str, Any]]:
-    """Magnetic-tile with boxes from masks into the suite's store; returns (ref, splits)."""
+    """The labelled data set into the suite's store (boxes from masks or annotation files);
+    returns (ref, splits)."""
     from services.finetune.config import FinetuneSettings
     from services.finetune.params import DatasetImportParams
     from services.finetune.stores.datasets import DatasetCatalog, DatasetRef
@@ -160,12 +189,14 @@ def import_dataset(args: argparse.Namespace, home: Path) -> tuple[str, dict[str,
 
     store = FileObjectStore(home / "store")
     settings = FinetuneSettings(common=CommonSettings(paths=PathSettings(home=home)))
+    source = SOURCES[args.dataset]
     params = DatasetImportParams(
-        name="magnetic-tile", prefix="local/", format="masks", images=".", annotations=".",
-        val_fraction=args.val_fraction, seed=args.split_seed, mini=[args.labelled_per_class],
+        name=args.dataset, prefix="local/", format=source.format, images=source.images,
+        annotations=source.annotations, val_fraction=args.val_fraction, seed=args.split_seed,
+        mini=[args.labelled_per_class],
     )  # fmt: skip
     version = f"lift-s{args.split_seed}-v{int(args.val_fraction * 100)}"
-    ref = DatasetRef("magnetic-tile", version)
+    ref = DatasetRef(args.dataset, version)
     if not store.exists(ref.key("manifest.json")):
         import_local_dataset(store, args.data, params, version, settings)
     return str(ref), DatasetCatalog(store).splits(ref)
@@ -173,25 +204,24 @@ def import_dataset(args: argparse.Namespace, home: Path) -> tuple[str, dict[str,
 
 def stage_pool(args: argparse.Namespace, home: Path, ref: str, splits: dict[str, Any]) -> int:
     """Copy the unlabelled pool (train minus the labelled mini split) and its oracle maps."""
-    from services.finetune.ml.masks import read_mask
     from services.finetune.stores.datasets import DatasetRef
-    from services.finetune.usecases.datasets import import_folder
     from shared.storage.filesystem import FileObjectStore
 
     store = FileObjectStore(home / "store")
     dataset = DatasetRef(*ref.split(":", 1))
     labelled = set(splits[f"mini-{args.labelled_per_class}"])
     pool = [name for name in splits["train"] if name not in labelled]
-    if args.pool_limit:
-        pool = pool[: args.pool_limit]
+    if args.pool_limit and len(pool) > args.pool_limit:
+        # every k-th image: the split lists may be grouped by class, a prefix would not be
+        pool = pool[:: len(pool) // args.pool_limit][: args.pool_limit]
     if store.exists("bench/oracle/manifest.json"):
         return len(pool)
-    _, sources = import_folder(args.data, "masks", images=".", annotations=".")
+    masks = _oracle_masks(args, store, dataset, pool)
     mapping = {}
     for name in pool:
         image_key = f"bench/pool/{name}"
         store.put_bytes(image_key, store.get_bytes(dataset.image_key(name)))
-        mask = read_mask(sources[name].with_suffix(".png")).astype(np.float32)
+        mask = masks[name]
         small = Image.fromarray(mask / max(float(mask.max()), 1.0)).resize(
             (args.oracle_grid, args.oracle_grid), Image.Resampling.BOX
         )
@@ -200,9 +230,35 @@ def stage_pool(args: argparse.Namespace, home: Path, ref: str, splits: dict[str,
         map_key = f"bench/oracle/maps/{Path(name).stem}.npy"
         store.put_bytes(map_key, buffer.getvalue())
         mapping[image_key] = map_key
-    manifest = {"category": "magnetic-tile", "count": len(mapping), "maps": mapping}
+    manifest = {"category": args.dataset, "count": len(mapping), "maps": mapping}
     store.put_bytes("bench/oracle/manifest.json", json.dumps(manifest).encode())
     return len(pool)
+
+
+def _oracle_masks(
+    args: argparse.Namespace, store: Any, dataset: Any, pool: list[str]
+) -> dict[str, np.ndarray]:
+    """Per pool image, the oracle's defect mask: the pixel mask where the data set has one,
+    else its labelled boxes filled in (float32, 0 = normal)."""
+    from services.finetune.ml.dataset import DetectionDataset
+    from services.finetune.stores.datasets import DatasetCatalog
+
+    if SOURCES[args.dataset].format == "masks":
+        from services.finetune.ml.masks import read_mask
+        from services.finetune.usecases.datasets import import_folder
+
+        _, files = import_folder(args.data, "masks", images=".", annotations=".")
+        return {n: read_mask(files[n].with_suffix(".png")).astype(np.float32) for n in pool}
+    records = DetectionDataset.model_validate_json(DatasetCatalog(store).dataset_bytes(dataset))
+    by_name = {im.file_name: im for im in records.images}
+    masks = {}
+    for name in pool:
+        image = by_name[name]
+        mask = np.zeros((image.height, image.width), np.float32)
+        for box in image.boxes:
+            mask[int(box.y1) : int(np.ceil(box.y2)), int(box.x1) : int(np.ceil(box.x2))] = 1.0
+        masks[name] = mask
+    return masks
 
 
 # -- jobs -------------------------------------------------------------------------------------
@@ -287,8 +343,8 @@ def run_maps_source(
     """One pipeline (seed 0) for a map source; returns its artifacts and job ids."""
     body: dict[str, Any] = {
         "name": f"lift-{maps}",
-        "category": "magnetic-tile",
-        "category_spec": {"map": "magnetic tile surface", "method": "tocoad"},
+        "category": args.dataset,
+        "category_spec": {"map": SOURCES[args.dataset].describe, "method": "tocoad"},
         "unlabelled_prefix": "bench/pool/",
         "labelled": {
             "dataset": ref,
@@ -393,8 +449,9 @@ def machine() -> dict[str, Any]:
 
 def main() -> None:
     args = _arguments()
-    if not (args.data / "MT_Free").is_dir():
-        sys.exit(f"{args.data} is not Magnetic-tile (no MT_Free folder)")
+    marker = SOURCES[args.dataset].marker
+    if not (args.data / marker).is_dir():
+        sys.exit(f"{args.data} is not {args.dataset} (no {marker} folder)")
     state_path = args.out.with_suffix(".state.json")
     if args.fresh:
         state_path.unlink(missing_ok=True)
@@ -416,6 +473,7 @@ def main() -> None:
         proc.wait(60)
     doc = {
         "benchmark": "agssp_lift",
+        "dataset": args.dataset,
         "command": " ".join(["python -m benchmarks.agssp_lift", *sys.argv[1:]]),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
