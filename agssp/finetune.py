@@ -131,7 +131,7 @@ def compare(
     out: Annotated[Path, typer.Option(help="output folder")] = Path("finetune-compare"),
 ) -> None:
     """Train the same detector from each init on one split and seed; table and bar plot."""
-    from services.finetune.usecases.evaluations import parse_inits, run_comparison, write_report
+    from services.finetune.usecases.comparisons import parse_inits, run_comparison, write_report
     from services.finetune.usecases.training import TORCH
     from shared.errors import SuiteError
 

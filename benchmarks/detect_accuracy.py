@@ -41,8 +41,8 @@ def _train(data: Path, cache: Path, fields: dict[str, Any], max_train: int | Non
     from services.finetune.params import DatasetImportParams
     from services.finetune.stores.datasets import load_split
     from services.finetune.usecases.backend import TrainRequest
+    from services.finetune.usecases.comparisons import parse_inits
     from services.finetune.usecases.datasets import import_local_dataset
-    from services.finetune.usecases.evaluations import parse_inits
     from services.finetune.usecases.training import TORCH
     from shared.ml.hooks import TrainHooks
     from shared.storage.filesystem import FileObjectStore

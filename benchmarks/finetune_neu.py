@@ -25,8 +25,8 @@ import torch
 
 from services.finetune.config import FinetuneSettings
 from services.finetune.params import DatasetImportParams
+from services.finetune.usecases.comparisons import parse_inits, run_comparison
 from services.finetune.usecases.datasets import import_local_dataset
-from services.finetune.usecases.evaluations import parse_inits, run_comparison
 from services.finetune.usecases.training import TORCH
 from shared.config import CommonSettings, PathSettings
 from shared.storage.filesystem import FileObjectStore

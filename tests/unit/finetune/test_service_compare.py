@@ -13,13 +13,13 @@ from services.finetune.config import FinetuneSettings
 from services.finetune.ml.detector import build_detector
 from services.finetune.ml.voc import export_voc
 from services.finetune.params import DatasetImportParams, InitParams
-from services.finetune.usecases.datasets import import_local_dataset
-from services.finetune.usecases.evaluations import (
+from services.finetune.usecases.comparisons import (
     CompareRow,
     parse_inits,
     run_comparison,
     write_report,
 )
+from services.finetune.usecases.datasets import import_local_dataset
 from services.finetune.usecases.training import TORCH
 from shared.config import CommonSettings, PathSettings
 from shared.errors import InvalidInputError
