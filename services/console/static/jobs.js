@@ -58,10 +58,17 @@
     $("job-body").value = JSON.stringify(step.body(presetValues(step)), null, 2);
   }
 
+  // The page load, a preset change and a new key each start a choosePreset; only the latest
+  // may draw, or a slow answer to an earlier one would redraw the fields and the body over
+  // what the user has chosen or typed since.
+  let presetTicket = 0;
+
   async function choosePreset() {
+    const ticket = ++presetTicket;
     const step = STEPS[$("preset").value];
     $("preset-help").textContent = step.help;
     const names = (await Console.categories().catch(() => [])).map((c) => c.name);
+    if (ticket !== presetTicket) return;
     $("preset-fields").replaceChildren(...step.fields.map(([name, label, placeholder]) => {
       const input = name === "category" && names.length
         ? el("select", { id: `field-${name}` }, names.map((n) => el("option", { value: n, text: n })))
