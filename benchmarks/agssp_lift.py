@@ -37,11 +37,15 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:  # the suite's modules load lazily, after the argument check
+    from services.finetune.stores.datasets import DatasetRef
+    from shared.storage.base import ObjectStore
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -99,12 +103,15 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny run that checks the path")
     parser.add_argument("--fresh", action="store_true", help="forget the state file")
     args = parser.parse_args()
-    suffix = "" if args.dataset == "magnetic-tile" else f"-{args.dataset}"
+    named = args.dataset != "magnetic-tile"  # Magnetic-tile keeps the first run's names
     args.data = args.data or SHARED_DATA / args.dataset
-    args.home = args.home or ROOT / "var" / f"bench-lift{suffix}"
-    args.out = (
-        args.out or ROOT / "benchmarks/results" / f"agssp_lift{suffix.replace('-', '_', 1)}.json"
+    home, out = (
+        (f"bench-lift-{args.dataset}", f"agssp_lift_{args.dataset}.json")
+        if named
+        else ("bench-lift", "agssp_lift.json")
     )
+    args.home = args.home or ROOT / "var" / home
+    args.out = args.out or ROOT / "benchmarks" / "results" / out
     if args.quick:
         args.labelled_per_class, args.pool_limit, args.tocoad_preset = 2, 40, "tiny"
         args.imgsz, args.epochs, args.batch, args.finetune_batch = 64, 1, 4, 4
@@ -236,7 +243,7 @@ def stage_pool(args: argparse.Namespace, home: Path, ref: str, splits: dict[str,
 
 
 def _oracle_masks(
-    args: argparse.Namespace, store: Any, dataset: Any, pool: list[str]
+    args: argparse.Namespace, store: ObjectStore, dataset: DatasetRef, pool: list[str]
 ) -> dict[str, np.ndarray]:
     """Per pool image, the oracle's defect mask: the pixel mask where the data set has one,
     else its labelled boxes filled in (float32, 0 = normal)."""

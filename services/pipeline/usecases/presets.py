@@ -29,9 +29,9 @@ _CPU_AGBP = {"objective": "distill", "amp": False, "num_workers": 0, "checkpoint
 # A few dozen labels give 4-7 steps an epoch, and ultralytics warms up for at least 100
 # iterations whenever warmup_epochs > 0: 20 epochs were all warm-up and every demo detector
 # stayed at mAP 0. Without warm-up, at lr0 0.01 and 80 epochs, the demo's generated set
-# reaches mAP@0.5 0.77 (0.67 from scratch), NEU-DET 0.29 and a Magnetic-tile draw 0.05. The `cpu` finetune drops the warm-up
-# for the same reason: in benchmarks/agssp_lift.py its 100-iteration floor kept a 30-epoch
-# run on 50 labels flat at mAP 0 for 28 epochs.
+# reaches mAP@0.5 0.77 (0.67 from scratch), NEU-DET 0.29 and a Magnetic-tile draw 0.05. The
+# `cpu` finetune drops the warm-up for the same reason: in benchmarks/agssp_lift.py its
+# 100-iteration floor kept a 30-epoch run on 50 labels flat at mAP 0 for 28 epochs.
 _DEMO_FINETUNE = {
     "epochs": 80, "batch": 8, "imgsz": 160, "patience": 0,
     "lr0": 0.01, "warmup_epochs": 0, "close_mosaic": 20,
