@@ -20,7 +20,7 @@ from agssp.models import app as models_app
 from agssp.pipeline import app as pipeline_app
 from agssp.services import Role
 from agssp.store import app as store_app
-from shared.config import get_common_settings
+from shared.config import configure_offline_environment, get_common_settings
 from shared.jobs.store import JobStore
 from shared.logging import configure_logging
 
@@ -37,6 +37,17 @@ app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(demo_app, name="demo")
 jobs_app.command("wait")(wait_command)
 jobs_app.command("follow")(follow_command)
+log = logging.getLogger(__name__)
+
+
+@app.callback()
+def _offline_first() -> None:
+    # Runs before every command, so ultralytics is offline in this process and in every child
+    # it starts (up, worker, serve) whatever the caller exported; no docstring: it would
+    # replace the app's help text.
+    for name, value in configure_offline_environment().items():
+        log.warning("%s=%s ignored: the suite runs ultralytics offline", name, value)
+
 
 _WHAT = {
     Role.API: "(/healthz, /readyz, /docs)",

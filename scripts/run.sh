@@ -11,8 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-export YOLO_OFFLINE=1 YOLO_AUTOINSTALL=False
-export YOLO_CONFIG_DIR="${YOLO_CONFIG_DIR:-$PWD/var/agssp/ultralytics}"
+# No YOLO_* exports: every agssp command makes ultralytics offline itself (issue 27).
 AGSSP=.venv/bin/agssp
 BASE_PORT=${AGSSP_BASE_PORT:-8001}
 PIPELINE_URL="http://127.0.0.1:$((BASE_PORT + 5))"

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Set up (if needed), lint (ruff, mypy, import-linter), then run the unit and integration
 # tiers. Integration tests start their own redis-server and S3 server on free loopback ports.
+# Tests run in a random order (pytest-randomly) so hidden coupling between them shows at once;
+# the seed is printed, and AGSSP_TEST_SEED=<seed> scripts/test.sh replays that order.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 source .venv/bin/activate
-export YOLO_OFFLINE=1 YOLO_AUTOINSTALL=False
+seed=${AGSSP_TEST_SEED:-$(( (RANDOM << 15) | RANDOM ))}
 start=$(date +%s)
 echo "== lint: ruff"
 ruff check .
@@ -14,6 +16,6 @@ echo "== lint: import-linter"
 lint-imports
 echo "== lint: mypy (strict)"
 mypy agssp shared services
-echo "== tests"
-python -m pytest tests/unit tests/integration -q --timeout=900 "$@"
+echo "== tests (random order, seed $seed: replay with AGSSP_TEST_SEED=$seed scripts/test.sh)"
+python -m pytest tests/unit tests/integration -q --timeout=900 -p randomly --randomly-seed="$seed" "$@"
 echo "test.sh: done in $(( $(date +%s) - start )) s"

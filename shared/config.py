@@ -8,6 +8,7 @@ or build the classes explicitly (tests). ``load_settings`` turns a validation fa
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -16,6 +17,10 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _SETTINGS_CLASSES: dict[str, type[BaseSettings]] = {}
+
+# ultralytics reads these once, at its first import; a process that imported it with its
+# defaults (online checks, pip auto-install) cannot be made offline later (field-notes §B2).
+ULTRALYTICS_OFFLINE_ENV = {"YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "False"}
 
 S = TypeVar("S", bound=BaseSettings)
 
@@ -298,3 +303,29 @@ def load_settings(cls: type[S], **overrides: Any) -> S:
 def get_common_settings() -> CommonSettings:
     """The process-wide infrastructure settings (cached)."""
     return load_settings(CommonSettings)
+
+
+def configure_offline_environment(paths: PathSettings | None = None) -> dict[str, str]:
+    """Put ultralytics' offline variables into this process's environment; children inherit it.
+
+    Entry points (every ``agssp`` command, ``make_celery``) call this before anything can
+    import ultralytics, whatever environment they were started with: ``YOLO_OFFLINE=1`` and
+    ``YOLO_AUTOINSTALL=False`` are forced (the suite never lets ultralytics reach the network
+    or pip), and ``YOLO_CONFIG_DIR`` defaults to ``AGSSP_HOME/ultralytics`` (a value already
+    set is kept). Idempotent.
+
+    Args:
+        paths: Where ``AGSSP_HOME`` is; read from the environment when None.
+
+    Returns:
+        The offline variables that held another value before, with that value.
+    """
+    overridden = {
+        name: os.environ[name]
+        for name, value in ULTRALYTICS_OFFLINE_ENV.items()
+        if os.environ.get(name, value) != value
+    }
+    os.environ.update(ULTRALYTICS_OFFLINE_ENV)
+    home = (paths or PathSettings()).resolved_home()
+    os.environ.setdefault("YOLO_CONFIG_DIR", str(home / "ultralytics"))
+    return overridden

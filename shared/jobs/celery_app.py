@@ -12,7 +12,7 @@ from typing import Any
 
 from celery import Celery
 
-from shared.config import CommonSettings
+from shared.config import CommonSettings, configure_offline_environment
 from shared.schemas.jobs import Queue
 
 
@@ -42,7 +42,12 @@ def broker_options(settings: CommonSettings) -> tuple[str, dict[str, Any]]:
 def make_celery(
     settings: CommonSettings, *, name: str = "agssp", include: Sequence[str] = ()
 ) -> Celery:
-    """A Celery app for producers (no ``include``) or workers (task modules in ``include``)."""
+    """A Celery app for producers (no ``include``) or workers (task modules in ``include``).
+
+    ultralytics is made offline first (before ``include`` imports any task module), so a
+    worker is offline however it was started.
+    """
+    configure_offline_environment(settings.paths)
     url, transport = broker_options(settings)
     app = Celery(name, broker=url, include=list(include))
     embedded = url.startswith("filesystem://")

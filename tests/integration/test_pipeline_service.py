@@ -209,8 +209,9 @@ def test_a_pipeline_runs_every_step_to_a_served_detector_across_a_worker_kill(
 
 
 def test_cancel_stops_a_pipeline_and_its_running_job(suite: Suite) -> None:
-    # given a pipeline that has started its first job
-    body = _body("tile-cancel", category_spec=None, maps="tocoad", promote=None)
+    # given a pipeline that has started its first job, on a category it creates itself (the
+    # test runs alone or in any order: it must not lean on the other test's category)
+    body = _body("tile-cancel", category="tile-cancel", maps="tocoad", promote=None)
     started = httpx.post(f"{suite.urls['pipeline']}/v1/pipelines", json=body)
     assert started.status_code == 202, started.text
     pipeline_id = started.json()["id"]
