@@ -10,13 +10,14 @@ A detector version under ``models/<name>/<version>/`` holds::
     metrics.json  validation metrics
 
 Its manifest metadata is a ``DetectorMetadata``. Quantised versions carry ``model.onnx``,
-``classes.json`` and ``metrics.json`` only.
+``classes.json`` and ``metrics.json`` only, and name their INT8 scheme (``int8_scheme``) in
+the manifest metadata and in the ONNX metadata; ``lineage.quantized_from`` is the FP32 version.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -32,6 +33,19 @@ METRICS_FILE = "metrics.json"
 DETECTOR_FILES = (ONNX_FILE, CLASSES_FILE, PT_FILE, WEIGHTS_FILE, CONFIG_FILE, METRICS_FILE)
 SERVED_FILES = (ONNX_FILE, CLASSES_FILE)
 
+INT8_KIND = "detector-int8"  # DetectorMetadata.kind of a quantised version
+INT8_SCHEME_KEY = "int8_scheme"  # manifest metadata and ONNX metadata_props key
+QUANTIZATION_KEY = "quantization"  # ONNX metadata_props key; INT8_QDQ on every INT8 export
+INT8_QDQ = "int8-qdq"
+# INT8 schemes (activations/weights of ONNX Runtime's QDQ quantisation). On x86-64 without
+# VNNI, ORT's U8S8 kernels add pairs of u8*s8 products in saturating int16 (vpmaddubsw):
+# 2 * 255 * 127 overflows, so full-range U8S8 is wrong there. With 7-bit weights (reduce
+# range) a pair is at most 2 * 255 * 64 = 32640 and fits: U8S8_RR7 never saturates.
+U8S8 = "u8s8"  # full-range int8 weights: exact only where the CPU has VNNI
+U8S8_RR7 = "u8s8-rr7"  # weights in [-64, 64]: safe on every x86-64 CPU
+UNRECORDED = "unrecorded"  # an INT8 version published before schemes were recorded (was U8S8)
+NEEDS_VNNI = frozenset({U8S8, UNRECORDED})
+
 
 class DetectorMetadata(BaseModel):
     """Manifest metadata of a detector version: what serving and lineage read."""
@@ -45,6 +59,22 @@ class DetectorMetadata(BaseModel):
     classes: list[str] = Field(default_factory=list)
     metrics: dict[str, float] = Field(default_factory=dict)
     lineage: dict[str, Any] = Field(default_factory=dict)
+    int8_scheme: str | None = Field(None, description="INT8 versions: u8s8-rr7, ...")
+
+
+def int8_scheme(metadata: Mapping[str, Any]) -> str | None:
+    """The INT8 scheme that manifest or ONNX metadata records.
+
+    Returns:
+        The recorded scheme; ``UNRECORDED`` for an INT8 version that names none (published
+        before schemes were recorded); None for a version that is not INT8.
+    """
+    scheme = metadata.get(INT8_SCHEME_KEY)
+    if scheme:
+        return str(scheme)
+    if metadata.get("kind") == INT8_KIND or metadata.get(QUANTIZATION_KEY) == INT8_QDQ:
+        return UNRECORDED
+    return None
 
 
 def classes_json(names: Sequence[str]) -> bytes:

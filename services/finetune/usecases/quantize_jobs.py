@@ -1,9 +1,13 @@
-"""The INT8 quantisation job: calibrate on the user's images, measure mAP of FP32 and INT8 on
-the same split, publish the INT8 export as a new version of the same model.
+"""The INT8 quantisation job: calibrate on the user's images, check the INT8 model against FP32
+on them, measure mAP of FP32 and INT8 on the same split, publish the INT8 export as a new
+version of the same model.
 
 The new version carries the served files of ``shared.schemas.detector_artifact`` (an INT8,
-QDQ graph) and its metrics file with both mAPs and the measured speed-up, so promoting it is a decision made on numbers.
-It has no torch weights: it is for serving, not for further training.
+QDQ graph in a scheme exact on every CPU, named in its metadata) and its metrics file with
+both mAPs, the measured speed-up and the calibration-image errors, so promoting it is a
+decision made on numbers. A model off FP32 beyond the stated tolerance is not published: the
+job fails with code ``int8_accuracy``. It has no torch weights: it is for serving, not for
+further training.
 """
 
 from __future__ import annotations
@@ -19,15 +23,16 @@ from services.finetune.config import FinetuneSettings
 from services.finetune.params import QuantizeParams
 from services.finetune.stores.datasets import DatasetCatalog, load_split
 from services.finetune.stores.models import ModelRegistry
-from services.finetune.usecases.backend import DetectorBackend
+from services.finetune.usecases.backend import DetectorBackend, QuantizedDetector
 from services.finetune.usecases.common import detector_ref, submit, workspace
-from shared.errors import InvalidInputError
+from shared.errors import InvalidInputError, SuiteError
 from shared.jobs.context import JobContext
 from shared.jobs.producer import TaskSender
 from shared.jobs.store import JobStore
 from shared.schemas.artifacts import ArtifactRef
 from shared.schemas.detector_artifact import (
     CLASSES_FILE,
+    INT8_KIND,
     METRICS_FILE,
     ONNX_FILE,
     DetectorMetadata,
@@ -37,7 +42,6 @@ from shared.schemas.jobs import JobRecord, TaskName
 from shared.storage.artifacts import ArtifactStore
 
 QUANTIZE_KIND = "quantize-int8"
-INT8_KIND = "detector-int8"
 
 
 def submit_quantization(sender: TaskSender, jobs: JobStore, params: QuantizeParams) -> JobRecord:
@@ -75,13 +79,46 @@ def run_quantize_job(
         imgsz = int(registry.artifacts.manifest(source).metadata.get("imgsz", 640))
         ctx.progress(10, "calibrating on the user's images", force=True)
         calibration = _calibration(ctx, params, work)
-        int8 = backend.quantize(fp32, work / ONNX_FILE, calibration, imgsz, params.method)
+        quantized = backend.quantize(fp32, work / ONNX_FILE, calibration, imgsz, params.method)
+        _check_accuracy(ctx, quantized)
         ctx.progress(50, f"evaluating FP32 and INT8 on {params.eval_split!r}", force=True)
-        metrics = _compare(ctx, params, (fp32, int8), imgsz, settings, work, backend)
-        ref = _publish(ctx, registry, source, int8, metrics, params)
+        metrics = _compare(ctx, params, (fp32, quantized.path), imgsz, settings, work, backend)
+        metrics["int8_check"] = _check_doc(quantized)
+        ref = _publish(ctx, registry, source, quantized, metrics, params)
     outputs = {"model": str(ref), "source": str(source), **_summary(metrics)}
     ctx.set_outputs(**outputs)
     return [str(ref)]
+
+
+def _check_doc(quantized: QuantizedDetector) -> dict[str, Any]:
+    return {
+        "scheme": quantized.scheme,
+        "images": quantized.images,
+        "errors": {k: round(v, 6) for k, v in quantized.errors.items()},
+        "tolerance": quantized.tolerance,
+    }
+
+
+def _check_accuracy(ctx: JobContext, quantized: QuantizedDetector) -> None:
+    """Record the INT8 errors on the calibration images; refuse a model beyond tolerance.
+
+    Raises:
+        SuiteError: code ``int8_accuracy``, naming each measure over its limit.
+    """
+    errors = {f"int8_{k}": round(v, 6) for k, v in quantized.errors.items()}
+    ctx.progress(40, f"INT8 ({quantized.scheme}) checked against FP32", metrics=errors)
+    if not quantized.over_tolerance:
+        return
+    over = ", ".join(
+        f"{k} {v:.4g} > {quantized.tolerance[k]:g}" for k, v in quantized.over_tolerance.items()
+    )
+    measured = ", ".join(f"{k} {v:.4g}" for k, v in quantized.errors.items())
+    raise SuiteError(
+        f"the INT8 model ({quantized.scheme}) is off its FP32 source beyond the stated "
+        f"tolerance on {quantized.images} calibration images ({over}; measured {measured}); "
+        "it was not published",
+        code="int8_accuracy",
+    )
 
 
 def _calibration(ctx: JobContext, params: QuantizeParams, work: Path) -> list[Path]:
@@ -130,14 +167,14 @@ def _publish(
     ctx: JobContext,
     registry: ModelRegistry,
     source: ArtifactRef,
-    int8: Path,
+    quantized: QuantizedDetector,
     metrics: dict[str, Any],
     params: QuantizeParams,
 ) -> ArtifactRef:
     manifest = registry.artifacts.manifest(source)
     classes = registry.classes(source)
     files: dict[str, bytes | Path] = {
-        ONNX_FILE: int8,
+        ONNX_FILE: quantized.path,
         CLASSES_FILE: classes_json(classes),
         METRICS_FILE: json.dumps(metrics, indent=1).encode(),
     }
@@ -149,6 +186,7 @@ def _publish(
         classes=classes,
         metrics={"map50": metrics["map50"], "map50_95": metrics["map50_95"]},
         map50_fp32=metrics["fp32"]["map50"],
+        int8_scheme=quantized.scheme,
         lineage={
             "job_id": ctx.job_id,
             "quantized_from": str(source),
@@ -167,4 +205,5 @@ def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
         "map50_int8": metrics["int8"]["map50"],
         "map50_drop": metrics["map50_drop"],
         "speedup": metrics["speedup"],
+        "int8_scheme": metrics["int8_check"]["scheme"],
     }

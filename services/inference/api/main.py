@@ -20,6 +20,7 @@ from services.inference.usecases.sinks import SinkStats, build_dispatcher
 from shared.http.app import create_service_app
 from shared.http.infra import attach_infrastructure
 from shared.http.state import http_state, set_service_state
+from shared.ml.cpu_features import CpuFeatures
 from shared.storage.base import ObjectStore
 
 
@@ -28,8 +29,12 @@ def create_app(
     *,
     store: ObjectStore | None = None,
     detector_factory: DetectorFactory | None = None,
+    cpu: CpuFeatures | None = None,
 ) -> FastAPI:
-    """Build the app; collaborators are built in the lifespan unless given (tests)."""
+    """Build the app; collaborators are built in the lifespan unless given (tests).
+
+    ``cpu`` stands for this machine's CPU (tests give the flags of another host).
+    """
     settings = settings or get_settings()
 
     @asynccontextmanager
@@ -43,6 +48,7 @@ def create_app(
             factory=detector_factory,
             observer=state.metrics,
             on_default_status=lambda reason: _model_status(app, reason),
+            cpu=cpu,
         )
         await runtime.refresh()  # the first load; failures leave the app up but not ready
         state.runtime = runtime

@@ -139,6 +139,11 @@ class DetectResponse(BaseModel):
         )
 
 
+class FallbackOut(BaseModel):
+    version: str = Field(description="The FP32 version whose model.onnx answers instead.")
+    reason: str = Field(description="Why the INT8 version is not served on this CPU.")
+
+
 class ResidentModelOut(BaseModel):
     slot: str = Field(description="'default', or the target this slot serves.")
     name: str
@@ -160,10 +165,16 @@ class ResidentModelOut(BaseModel):
     batch_gain: float | None = Field(
         None, description="Per-image speed-up of a batch measured at load (adaptive delay)."
     )
+    fallback: FallbackOut | None = Field(
+        None,
+        description="Set when 'version' is an INT8 version this CPU cannot run exactly "
+        "(no VNNI): its FP32 source runs in its place.",
+    )
 
     @classmethod
     def of(cls, model: ResidentModel) -> ResidentModelOut:
         s = model.stats
+        fallback = model.fallback
         return cls(
             slot=model.slot,
             name=model.key.name,
@@ -183,6 +194,9 @@ class ResidentModelOut(BaseModel):
             batch_sizes=s.batch_sizes,
             queue_delay_ms=model.queue_delay_ms,
             batch_gain=None if model.batch_gain is None else round(model.batch_gain, 3),
+            fallback=None
+            if fallback is None
+            else FallbackOut(version=fallback.version, reason=fallback.reason),
         )
 
 

@@ -100,6 +100,7 @@ class OnnxDetector:
             self._session = _create_session(
                 Path(path), device, intra_op_threads, precision, spinning=spinning
             )
+        self._metadata: dict[str, str] = dict(self._session.get_modelmeta().custom_metadata_map)
         meta = _read_metadata(self._session)
         if meta.get("task", "detect") != "detect" or meta.get("end2end", False):
             raise InvalidInputError(
@@ -128,6 +129,11 @@ class OnnxDetector:
     def names(self) -> Mapping[int, str]:
         """Class id to class name (read-only)."""
         return MappingProxyType(self._names)
+
+    @property
+    def metadata(self) -> Mapping[str, str]:
+        """The export's raw ONNX metadata (ultralytics' keys, an INT8 export's scheme)."""
+        return MappingProxyType(self._metadata)
 
     @property
     def imgsz(self) -> tuple[int, int]:

@@ -15,14 +15,25 @@ from services.inference.runtime.model_runtime import DetectorFactory, ModelRunti
 from services.inference.runtime.slots import BatchingConfig, BatchObserver
 from services.inference.stores.models import ModelFiles, ModelRegistry, ModelTarget, PromotionWatch
 from services.inference.stores.models import local_model as describe_local_model
+from shared.errors import UnavailableError
+from shared.ml.cpu_features import CpuFeatures, host_cpu, int8_problem
+from shared.schemas.detector_artifact import int8_scheme
 from shared.storage.artifacts import ArtifactStore
 from shared.storage.base import ObjectStore
 
 PAD_VALUE = 114  # ultralytics' letterbox grey; a warm-up image like a padded frame
 
 
-def open_detector(files: ModelFiles, settings: InferenceSettings) -> Detector:
-    """Open ``files`` with ONNX Runtime (or, for a trusted local ``.pt``, ultralytics) and warm it."""
+def open_detector(
+    files: ModelFiles, settings: InferenceSettings, cpu: CpuFeatures | None = None
+) -> Detector:
+    """Open ``files`` with ONNX Runtime (or, for a trusted local ``.pt``, ultralytics) and warm it.
+
+    Raises:
+        UnavailableError: an INT8 export whose scheme is unsafe on ``cpu`` (default: this
+            machine's), code ``int8_unsupported_cpu``; the registry serves such a version's
+            FP32 source instead, so this is a local file (or a version with none).
+    """
     if files.runtime == "torch":
         # Deferred: torch and ultralytics are not in the ONNX-only serving image.
         from services.inference.ml.torch_detector import TorchDetector
@@ -45,6 +56,11 @@ def open_detector(files: ModelFiles, settings: InferenceSettings) -> Detector:
         openvino_hint=settings.openvino_hint,
         spinning=settings.ort_spinning,
     )
+    problem = int8_problem(int8_scheme(detector.metadata), cpu or host_cpu())
+    if problem is not None:
+        raise UnavailableError(
+            f"{files.key} is not served on this CPU: {problem}", code="int8_unsupported_cpu"
+        )
     # One pass at full size allocates ORT's arenas now, not on a camera's first request, and
     # fails a model whose ``classes.json`` disagrees with its outputs before it is served.
     height, width = detector.imgsz
@@ -59,8 +75,14 @@ def build_runtime(
     factory: DetectorFactory | None = None,
     observer: BatchObserver | None = None,
     on_default_status: Callable[[str | None], None] = lambda _: None,
+    cpu: CpuFeatures | None = None,
 ) -> ModelRuntime:
-    """The runtime the API serves from, wired from settings."""
+    """The runtime the API serves from, wired from settings.
+
+    ``cpu`` (default: this machine's, from ``/proc/cpuinfo``) decides which INT8 versions
+    are served as they are (``shared.ml.cpu_features``).
+    """
+    cpu = cpu or host_cpu()
     default = None
     if settings.model_name:
         default = ModelTarget(
@@ -77,8 +99,8 @@ def build_runtime(
         )
     artifacts = ArtifactStore(store)
     return ModelRuntime(
-        registry=ModelRegistry(artifacts, settings.resolved_cache_dir()),
-        factory=factory or (lambda files: open_detector(files, settings)),
+        registry=ModelRegistry(artifacts, settings.resolved_cache_dir(), cpu),
+        factory=factory or (lambda files: open_detector(files, settings, cpu)),
         batching=BatchingConfig(
             max_batch_size=settings.max_batch_size,
             max_queue_delay_ms=settings.max_queue_delay_ms,

@@ -15,7 +15,7 @@ from typing import Protocol
 from services.inference.ml.batcher import BatcherStats, DynamicBatcher
 from services.inference.ml.batching_policy import queue_delay_ms
 from services.inference.ml.detections import DetectionRequest, Detections, Detector
-from services.inference.stores.models import ModelFiles, ModelKey, ModelTarget
+from services.inference.stores.models import Fallback, ModelFiles, ModelKey, ModelTarget
 
 Runner = Callable[[Sequence[DetectionRequest]], list["Outcome"]]
 
@@ -85,6 +85,7 @@ class ResidentModel:
     stats: BatcherStats
     queue_delay_ms: float = 0.0
     batch_gain: float | None = None
+    fallback: Fallback | None = None  # the FP32 source served in place of an INT8 version
 
 
 class Slot:
@@ -169,4 +170,5 @@ def describe(slot: Slot, *, default: bool) -> ResidentModel:
         stats=slot.batcher.stats(),
         queue_delay_ms=slot.batcher.max_queue_delay_ms,
         batch_gain=slot.model.batch_gain,
+        fallback=slot.model.files.fallback,
     )

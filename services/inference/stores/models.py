@@ -4,6 +4,10 @@ The reader of the detector-artifact seam (``shared.schemas.detector_artifact``, 
 finetune): only its ``SERVED_FILES`` (``model.onnx`` and ``classes.json``) are ever read from
 storage. ONNX carries no code, so nothing fetched from the registry is unpickled. A trusted
 local ``.pt`` is a separate path.
+
+An INT8 version whose scheme is not exact on this CPU (full-range U8S8 without VNNI, see
+``shared.ml.cpu_features``) is never served as is: its FP32 source (``lineage.quantized_from``)
+is served in its place, marked as a ``Fallback``, or it is refused (503).
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from shared.errors import InvalidInputError, NotFoundError
-from shared.schemas.artifacts import ArtifactRef
-from shared.schemas.detector_artifact import CLASSES_FILE, ONNX_FILE, parse_classes
+from shared.errors import InvalidInputError, NotFoundError, UnavailableError
+from shared.ml.cpu_features import CpuFeatures, host_cpu, int8_problem
+from shared.schemas.artifacts import ArtifactManifest, ArtifactRef
+from shared.schemas.detector_artifact import CLASSES_FILE, ONNX_FILE, int8_scheme, parse_classes
 from shared.storage.artifacts import ArtifactStore
 from shared.storage.filesystem import write_atomically
 
@@ -67,6 +72,19 @@ class ModelTarget:
 
 
 @dataclass(frozen=True)
+class Fallback:
+    """The FP32 version served in place of an INT8 version this CPU cannot run exactly.
+
+    Attributes:
+        version: The FP32 version whose ``model.onnx`` is served.
+        reason: Why the INT8 version is not (names the missing CPU feature).
+    """
+
+    version: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class ModelFiles:
     """A local model file ready to open, and where it came from.
 
@@ -76,6 +94,7 @@ class ModelFiles:
         names: Class names from ``classes.json``; None = from the model's own metadata.
         runtime: ``onnx`` (ONNX Runtime) or ``torch`` (ultralytics, trusted files only).
         source: ``registry`` or ``local``.
+        fallback: Set when ``path`` is the FP32 source of the INT8 version ``key`` names.
     """
 
     key: ModelKey
@@ -83,6 +102,7 @@ class ModelFiles:
     names: dict[int, str] | None
     runtime: Runtime
     source: Source
+    fallback: Fallback | None = None
 
 
 class ModelRegistry:
@@ -91,9 +111,12 @@ class ModelRegistry:
     Blocking (storage I/O): call from a worker thread.
     """
 
-    def __init__(self, artifacts: ArtifactStore, cache_dir: Path) -> None:
+    def __init__(
+        self, artifacts: ArtifactStore, cache_dir: Path, cpu: CpuFeatures | None = None
+    ) -> None:
         self._artifacts = artifacts
         self._cache_dir = cache_dir
+        self._cpu = cpu or host_cpu()
 
     def resolve(self, target: ModelTarget) -> ModelKey:
         """The version ``target`` points at now.
@@ -137,19 +160,37 @@ class ModelRegistry:
     def fetch(self, key: ModelKey) -> ModelFiles:
         """A verified local copy of ``key``'s ONNX file and its class names.
 
+        An INT8 version whose scheme is unsafe on this CPU comes back as its FP32 source
+        (``ModelFiles.fallback`` says so), still under ``key``.
+
         Raises:
             NotFoundError: the version has no ``model.onnx`` (code ``model_not_servable``).
             ConflictError: a stored file does not match its manifest.
+            UnavailableError: an INT8 version unsafe on this CPU with no FP32 source to serve
+                instead (code ``int8_unsupported_cpu``; the message names the CPU feature).
         """
         ref = _ref(key.name, key.version)
         manifest = self._artifacts.manifest(ref)
+        problem = int8_problem(int8_scheme(manifest.metadata), self._cpu)
+        if problem is not None:
+            return self._fp32_instead(key, manifest, problem)
+        path = self._cache_dir / key.name / key.version / ONNX_FILE
+        return self._copy(key, ref, manifest, path)
+
+    def _copy(
+        self,
+        key: ModelKey,
+        ref: ArtifactRef,
+        manifest: ArtifactManifest,
+        path: Path,
+        fallback: Fallback | None = None,
+    ) -> ModelFiles:
         entry = manifest.files.get(ONNX_FILE)
         if entry is None:
             raise NotFoundError(
                 f"{ref} has no {ONNX_FILE}; only ONNX detector exports can be served",
                 code="model_not_servable",
             )
-        path = self._cache_dir / key.name / key.version / ONNX_FILE
         if not (path.is_file() and _sha256(path) == entry.sha256):
             # get_file_bytes checks size and SHA-256 against the manifest before we keep it.
             write_atomically(path, [self._artifacts.get_file_bytes(ref, ONNX_FILE)])
@@ -157,7 +198,39 @@ class ModelRegistry:
         names = None
         if CLASSES_FILE in manifest.files:
             names = parse_classes(self._artifacts.get_file_bytes(ref, CLASSES_FILE))
-        return ModelFiles(key=key, path=path, names=names, runtime="onnx", source="registry")
+        return ModelFiles(key, path, names, runtime="onnx", source="registry", fallback=fallback)
+
+    def _fp32_instead(self, key: ModelKey, manifest: ArtifactManifest, problem: str) -> ModelFiles:
+        source = self._fp32_source(manifest)
+        if source is None:
+            raise UnavailableError(
+                f"{key} is not served on this CPU: {problem} (no FP32 version of it to serve "
+                "instead)",
+                code="int8_unsupported_cpu",
+            )
+        ref, fp32 = source
+        logger.warning("%s: serving its FP32 source %s instead: %s", key, ref, problem)
+        # Kept under the INT8 version's folder: dropping that version drops this copy too.
+        path = self._cache_dir / key.name / key.version / f"fp32-{ref.version}.onnx"
+        return self._copy(key, ref, fp32, path, Fallback(ref.version, problem))
+
+    def _fp32_source(
+        self, manifest: ArtifactManifest
+    ) -> tuple[ArtifactRef, ArtifactManifest] | None:
+        """The version an INT8 version was quantised from, if it is stored, servable and FP32."""
+        lineage = manifest.metadata.get("lineage")
+        spec = lineage.get("quantized_from") if isinstance(lineage, dict) else None
+        name, sep, version = str(spec or "").partition(":")
+        if not sep:
+            return None
+        try:
+            ref = ArtifactRef(name=name, version=version)
+            source = self._artifacts.manifest(ref)
+        except (ValueError, NotFoundError):  # a bad reference, or a deleted version
+            return None
+        if ONNX_FILE not in source.files or int8_scheme(source.metadata) is not None:
+            return None
+        return ref, source
 
     def drop(self, key: ModelKey) -> None:
         """Delete the local copy of ``key`` (an evicted model; fetched again when needed)."""

@@ -10,15 +10,13 @@ import json
 import onnxruntime as ort
 import pytest
 
+from services.finetune.ml.quantize import INT8_TOLERANCE
 from services.finetune.params import QuantizeParams
-from services.finetune.usecases.quantize_jobs import (
-    INT8_KIND,
-    run_quantize_job,
-    submit_quantization,
-)
+from services.finetune.usecases.quantize_jobs import run_quantize_job, submit_quantization
 from services.finetune.usecases.training import TORCH
 from shared.errors import InvalidInputError
 from shared.schemas.artifacts import ArtifactRef
+from shared.schemas.detector_artifact import INT8_KIND, U8S8_RR7
 from shared.schemas.jobs import JobRecord, JobState, TaskName
 from shared.storage.artifacts import ArtifactStore
 from tests.unit.finetune.test_service_pipeline import (  # noqa: F401  (fixtures)
@@ -69,6 +67,59 @@ def test_the_int8_model_is_a_new_version_with_both_maps(
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
     assert "light" in session.get_modelmeta().custom_metadata_map["names"]
     assert json.loads(artifacts.get_file_bytes(ref, "classes.json")) == ["light", "dark"]
+
+
+def test_the_int8_version_records_its_scheme_and_its_check_against_fp32(
+    world: World,  # noqa: F811
+    quantize_job: tuple[JobRecord, FakeSender],
+) -> None:
+    record, _ = quantize_job
+    name, version = record.outputs["model"].split(":")
+    ref = ArtifactRef(name=name, version=version)
+    artifacts = ArtifactStore(world.store)
+    # the scheme safe on every CPU, in the manifest, the ONNX metadata and the outputs
+    assert artifacts.manifest(ref).metadata["int8_scheme"] == U8S8_RR7
+    session = ort.InferenceSession(
+        artifacts.get_file_bytes(ref, "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    assert session.get_modelmeta().custom_metadata_map["int8_scheme"] == U8S8_RR7
+    assert record.outputs["int8_scheme"] == U8S8_RR7
+    # and the errors on the calibration images, within the stated tolerance
+    check = json.loads(artifacts.get_file_bytes(ref, "metrics.json"))["int8_check"]
+    assert check["scheme"] == U8S8_RR7
+    assert check["images"] == 4
+    assert check["tolerance"] == INT8_TOLERANCE
+    assert all(check["errors"][k] <= limit for k, limit in INT8_TOLERANCE.items()), check
+    assert record.metrics["int8_score_p99"] == check["errors"]["score_p99"]
+
+
+def test_a_model_beyond_the_int8_tolerance_is_not_published(
+    world: World,  # noqa: F811
+    finetune_job: JobRecord,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # given a tolerance no INT8 model meets (the real check, measured on the real model)
+    monkeypatch.setitem(INT8_TOLERANCE, "score_p99", 0.0)
+    artifacts = ArtifactStore(world.store)
+    before = artifacts.versions("shapes-yolov8n")
+    params = QuantizeParams(
+        model=f"shapes-yolov8n:{finetune_job.id}",  # the FP32 version (LATEST may be INT8)
+        dataset="shapes",
+        calibration_split="train",
+        calibration_images=4,
+    )
+    # when
+    record = world.run(
+        submit_quantization(FakeSender(), world.jobs, params), run_quantize_job, TORCH
+    )
+    # then the job failed with the code and the measured errors, and published nothing
+    assert record.state == JobState.FAILED
+    assert record.error_code == "int8_accuracy"
+    assert record.error is not None
+    assert "score_p99" in record.error
+    assert "> 0" in record.error
+    assert "not published" in record.error
+    assert artifacts.versions("shapes-yolov8n") == before
 
 
 def test_quantisation_refuses_an_unknown_split(world: World, finetune_job: JobRecord) -> None:  # noqa: F811

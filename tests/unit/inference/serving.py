@@ -14,12 +14,21 @@ from PIL import Image
 from services.inference.config import InferenceSettings
 from services.inference.ml.detections import Detections, DetectParams, params_per_image
 from shared.config import AuthSettings, CommonSettings, PathSettings
+from shared.ml.cpu_features import parse_cpuinfo
 from shared.schemas.detector_artifact import CLASSES_FILE, METRICS_FILE, ONNX_FILE, classes_json
 from shared.storage.artifacts import ArtifactStore
 from shared.storage.base import ObjectStore
 
 MODEL = "detector"
 GUARD_S = 30.0  # only stops a hung test
+# An x86-64 server with AVX2 and no AVX-512 or VNNI, as issue 27's AMD EPYC host, read from
+# its /proc/cpuinfo (only the first processor's entry counts).
+AVX2_ONLY = parse_cpuinfo(
+    "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC Processor\n"
+    "flags\t\t: fpu sse sse2 ssse3 sse4_1 sse4_2 popcnt aes avx f16c fma bmi1 avx2 bmi2\n"
+    "\nprocessor\t: 1\nflags\t\t: avx512_vnni (a second entry is not read)\n",
+    "x86_64",
+)
 
 
 def publish(
