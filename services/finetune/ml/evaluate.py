@@ -3,6 +3,10 @@
 Both numbers follow COCOeval: 101-point interpolated precision, area range "all", up to
 ``max_dets`` detections per image. A class with no ground truth has no AP (None) and is
 left out of the means; detections of such a class therefore cost nothing.
+
+The result also carries the per-image records of the match at IoU 0.5
+(``shared.schemas.evaluation``), read back from COCOeval's own per-image matching, so that
+mAP@0.5 can be recomputed, and bootstrapped, on any resample of the images.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import numpy as np
 from services.finetune.ml.coco import export_coco
 from services.finetune.ml.dataset import DetectionDataset, ScoredBox
 from shared.errors import InvalidInputError
+from shared.schemas.evaluation import ImageEval, PerImageEval, prune_detections
 
 
 @dataclass(frozen=True)
@@ -31,11 +36,13 @@ class ClassAP:
 
 @dataclass(frozen=True)
 class EvalResult:
-    """Mean over classes with ground truth, and the per-class figures by class name."""
+    """Mean over classes with ground truth, the per-class figures by class name, and the
+    per-image records at IoU 0.5 (None only where a caller built the result itself)."""
 
     map50: float
     map50_95: float
     per_class: dict[str, ClassAP]
+    records: PerImageEval | None = None
 
     def as_metrics(self) -> dict[str, float]:
         """Flat ``{"map50": .., "map50_95": .., "map50/<class>": ..}`` for logs and job records."""
@@ -76,8 +83,12 @@ def evaluate_detections(
         [a["category_id"] - 1 for a in gt_doc["annotations"] if not a["iscrowd"]],
         minlength=len(ground_truth.classes),
     )
+    gt_per_image = _gt_per_image(gt_doc, ground_truth)
     if not detections or not gt_doc["annotations"]:
-        return _result(np.zeros((10, 101, len(ground_truth.classes))), num_gt, ground_truth)
+        # nothing can match: AP is 0 and no detection is a true positive (none need keeping)
+        records = _records(ground_truth, gt_per_image, [[] for _ in gt_per_image], max_dets)
+        zeros = np.zeros((10, 101, len(ground_truth.classes)))
+        return _result(zeros, num_gt, ground_truth, records)
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         coco_gt = COCO()
         coco_gt.dataset = gt_doc
@@ -86,8 +97,67 @@ def evaluate_detections(
         evaluator.params.maxDets = [1, 10, max_dets]
         evaluator.evaluate()
         evaluator.accumulate()
+    records = _records(ground_truth, gt_per_image, _matches_at_50(evaluator), max_dets)
     # precision: [iou thresholds 10, recall points 101, classes K, area ranges 4, maxDets 3]
-    return _result(evaluator.eval["precision"][:, :, :, 0, -1], num_gt, ground_truth)
+    return _result(evaluator.eval["precision"][:, :, :, 0, -1], num_gt, ground_truth, records)
+
+
+def _gt_per_image(gt_doc: dict[str, Any], dataset: DetectionDataset) -> list[list[int]]:
+    """Ground-truth boxes that count (not crowd), per image and class id."""
+    counts = [[0] * len(dataset.classes) for _ in dataset.images]
+    for ann in gt_doc["annotations"]:
+        if not ann["iscrowd"]:
+            counts[ann["image_id"] - 1][ann["category_id"] - 1] += 1
+    return counts
+
+
+def _matches_at_50(evaluator: Any) -> list[list[tuple[int, float, bool]]]:
+    """(class id, score, matched) per image from COCOeval's per-image matching at IoU 0.5.
+
+    ``evalImgs`` is ordered category, area range, image (pycocotools' ``evaluate``); area
+    range 0 is "all", and each entry keeps the image's top ``maxDets[-1]`` detections of the
+    class by score. Detections matched to an ignored (crowd) box count for nothing and are
+    left out, as ``accumulate`` does.
+    """
+    params = evaluator.params
+    if not np.isclose(params.iouThrs[0], 0.5):
+        raise AssertionError(f"COCOeval's first IoU threshold is {params.iouThrs[0]}, not 0.5")
+    n_img, n_area = len(params.imgIds), len(params.areaRng)
+    per_image: list[list[tuple[int, float, bool]]] = [[] for _ in range(n_img)]
+    for k in range(len(params.catIds)):
+        for i in range(n_img):
+            entry = evaluator.evalImgs[k * n_area * n_img + i]
+            if entry is None:
+                continue
+            for score, match, ignore in zip(
+                entry["dtScores"], entry["dtMatches"][0], entry["dtIgnore"][0], strict=True
+            ):
+                if not ignore:
+                    per_image[i].append((k, _compact(score), bool(match > 0)))
+    return per_image
+
+
+def _compact(score: float) -> float:
+    # Scores are float32 from the network: their shortest float32 spelling keeps every
+    # order and tie while the file holds "0.9" instead of "0.8999999761581421".
+    return float(str(np.float32(score)))
+
+
+def _records(
+    dataset: DetectionDataset,
+    gt: list[list[int]],
+    dets: list[list[tuple[int, float, bool]]],
+    max_dets: int,
+) -> PerImageEval:
+    images = [
+        ImageEval(file_name=im.file_name, gt=counts, dets=found)
+        for im, counts, found in zip(dataset.images, gt, dets, strict=True)
+    ]
+    return PerImageEval(
+        classes=list(dataset.classes),
+        max_dets=max_dets,
+        images=prune_detections(images, len(dataset.classes)),
+    )
 
 
 def _detections(
@@ -112,7 +182,9 @@ def _detections(
     return detections
 
 
-def _result(precision: np.ndarray, num_gt: np.ndarray, dataset: DetectionDataset) -> EvalResult:
+def _result(
+    precision: np.ndarray, num_gt: np.ndarray, dataset: DetectionDataset, records: PerImageEval
+) -> EvalResult:
     per_class: dict[str, ClassAP] = {}
     for k, name in enumerate(dataset.classes):
         if num_gt[k] == 0:
@@ -125,4 +197,5 @@ def _result(precision: np.ndarray, num_gt: np.ndarray, dataset: DetectionDataset
         map50=float(np.mean([ap.map50 for ap in scored])) if scored else 0.0,
         map50_95=float(np.mean([ap.map50_95 for ap in scored])) if scored else 0.0,
         per_class=per_class,
+        records=records,
     )

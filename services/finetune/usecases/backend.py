@@ -53,6 +53,7 @@ class TrainedRun:
     history: list[dict[str, float]]
     transfer: dict[str, Any] | None
     checkpoint_metrics: dict[str, float]
+    torch_threads: int = 1  # torch intra-op threads the run trained with
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,23 @@ class PackagedDetector:
     files: dict[str, bytes | Path]
     metrics: dict[str, Any]
     classes: list[str]
+
+
+@dataclass(frozen=True)
+class QuantizedDetector:
+    """An INT8 export, its scheme, and how far it is from FP32 on the calibration images.
+
+    ``errors`` are ``ml.quantize.int8_errors``'s measures on ``images`` calibration images;
+    ``over_tolerance`` those of them above the stated tolerance (empty: within it), with the
+    limits in ``tolerance``.
+    """
+
+    path: Path
+    scheme: str
+    errors: dict[str, float]
+    tolerance: dict[str, float]
+    over_tolerance: dict[str, float]
+    images: int
 
 
 @dataclass(frozen=True)
@@ -112,8 +130,9 @@ class DetectorBackend(Protocol):
         calibration: list[Path],
         imgsz: int,
         method: CalibrationMethod,
-    ) -> Path:
-        """An INT8 (QDQ) copy of ``fp32`` calibrated on the images ``calibration``."""
+    ) -> QuantizedDetector:
+        """An INT8 (QDQ) copy of ``fp32`` calibrated on the images ``calibration``, with its
+        error against ``fp32`` on those images."""
 
     def evaluate_onnx(
         self,

@@ -33,6 +33,7 @@ from shared.schemas.artifacts import ArtifactRef
 from shared.schemas.backbones import BACKBONE_FILE, BACKBONES
 from shared.schemas.detector import AgdpConfig, DetectorTrainConfig, FinetuneConfig
 from shared.schemas.detector_artifact import WEIGHTS_FILE, DetectorMetadata
+from shared.schemas.evaluation import PER_IMAGE_FILE
 from shared.schemas.jobs import JobRecord, Queue
 from shared.storage.artifacts import ArtifactStore
 from shared.storage.base import ObjectStore
@@ -211,13 +212,23 @@ def publish_detector(
 
 
 def finish(ctx: JobContext, ref: ArtifactRef, packaged: PackagedDetector, run: TrainedRun) -> None:
-    """Final progress and the outputs of a published detector job."""
+    """Final progress and the outputs of a published detector job.
+
+    ``run`` holds the seed, thread count and device of the training (same machine, same
+    ``run``: same weights); ``eval_per_image`` the key of the per-image validation records
+    (``shared.schemas.evaluation``) that a lift's bootstrap interval is computed from.
+    """
     ctx.progress(100, f"published {ref}", metrics={"map50": packaged.metrics["map50"]})
+    extra = {}
+    if PER_IMAGE_FILE in packaged.files:
+        extra["eval_per_image"] = ref.key(PER_IMAGE_FILE)
     ctx.set_outputs(
         artifact=str(ref),
         metrics={k: packaged.metrics[k] for k in ("map50", "map50_95", "per_class")},
         epochs_completed=run.epochs_completed,
         history=run.history,
+        run=packaged.metrics.get("run"),
+        **extra,
     )
 
 

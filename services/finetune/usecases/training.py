@@ -26,11 +26,19 @@ from services.finetune.ml.evaluate import EvalResult, evaluate_detections
 from services.finetune.ml.export import check_onnx_matches, export_onnx
 from services.finetune.ml.offline import configure_ultralytics_offline
 from services.finetune.ml.predict import evaluate_detector, letterbox_batch, predict_with, read_bgr
-from services.finetune.ml.quantize import quantize_int8
+from services.finetune.ml.quantize import (
+    CHECK_IMAGES,
+    INT8_TOLERANCE,
+    SAFE_SCHEME,
+    measure_int8_errors,
+    over_tolerance,
+    quantize_int8,
+)
 from services.finetune.ml.train import TrainResult, resume_training, run_training
 from services.finetune.params import CalibrationMethod
 from services.finetune.usecases.backend import (
     PackagedDetector,
+    QuantizedDetector,
     TrainedRun,
     TrainRequest,
     WeightsInfo,
@@ -48,6 +56,7 @@ from shared.schemas.detector_artifact import (
     WEIGHTS_FILE,
     classes_json,
 )
+from shared.schemas.evaluation import PER_IMAGE_FILE, PerImageEval, RunInfo
 
 log = logging.getLogger(__name__)
 DEFAULT_IMGSZ = 640  # what ultralytics trains at when a checkpoint's config names none
@@ -94,6 +103,10 @@ class TorchBackend:
     ) -> PackagedDetector:
         """ONNX export (dynamic batch) checked against torch, evaluation on ``val``, files.
 
+        The evaluation's per-image records go into the artifact as ``eval_per_image.json``
+        with the run's seed and thread count (issue 21: a lift with its interval, and runs
+        that can be repeated).
+
         Raises:
             SuiteError: ONNX Runtime disagrees with torch on a val image (code onnx_mismatch).
         """
@@ -108,16 +121,26 @@ class TorchBackend:
             raise SuiteError(
                 f"ONNX export differs from torch by {check.max_abs_diff:.3g}", code="onnx_mismatch"
             )
-        evaluation = self.evaluate(run.weights, val, images_dir, config.imgsz, settings)
+        result = _evaluate(run.weights, val, images_dir, config.imgsz, settings)
+        run_info = RunInfo(
+            seed=config.seed,
+            deterministic=config.deterministic,
+            torch_threads=run.torch_threads,
+            device=str(resolve_device(config.device)),
+        )
+        records = result.records or PerImageEval(classes=list(val.classes), images=[])
         metrics = {
-            **evaluation,
+            **evaluation_doc(result),
+            "run": run_info.model_dump(mode="json"),
             "evaluated_on": {"split": "val", "images": len(val.images)},
             "epochs_completed": run.epochs_completed,
             "ultralytics_val": run.checkpoint_metrics,
             "history": run.history,
             "onnx_check": {"max_abs_diff": check.max_abs_diff, "matches": check.matches},
         }
-        return PackagedDetector(_files(run, onnx, config, metrics), metrics, run.classes)
+        files = _files(run, onnx, config, metrics)
+        files[PER_IMAGE_FILE] = records.model_copy(update={"run": run_info}).to_bytes()
+        return PackagedDetector(files, metrics, run.classes)
 
     def read_weights(self, weights: bytes, source: str) -> WeightsInfo:
         checkpoint = DetectorCheckpoint.from_bytes(weights, source=source)
@@ -133,12 +156,7 @@ class TorchBackend:
         settings: FinetuneSettings,
     ) -> dict[str, Any]:
         """COCO mAP with pycocotools (not ultralytics' own figures)."""
-        checkpoint = DetectorCheckpoint.from_bytes(weights, source=WEIGHTS_FILE)
-        detector = detector_from_checkpoint(checkpoint)
-        result = evaluate_detector(
-            detector, subset, images_dir, imgsz, settings.eval_batch, settings.device
-        )
-        return evaluation_doc(result)
+        return evaluation_doc(_evaluate(weights, subset, images_dir, imgsz, settings))
 
     def quantize(
         self,
@@ -147,9 +165,15 @@ class TorchBackend:
         calibration: list[Path],
         imgsz: int,
         method: CalibrationMethod,
-    ) -> Path:
+    ) -> QuantizedDetector:
+        """INT8 in the scheme safe on every CPU, measured against ``fp32`` on the same images."""
         batches = [letterbox_batch([read_bgr(path)], imgsz).numpy() for path in calibration]
-        return quantize_int8(fp32, out, batches, method=method)
+        int8 = quantize_int8(fp32, out, batches, method=method, scheme=SAFE_SCHEME)
+        checked = batches[:CHECK_IMAGES]
+        errors = measure_int8_errors(fp32, int8, checked, imgsz)
+        return QuantizedDetector(
+            int8, SAFE_SCHEME, errors, dict(INT8_TOLERANCE), over_tolerance(errors), len(checked)
+        )
 
     def evaluate_onnx(
         self,
@@ -169,6 +193,20 @@ class TorchBackend:
 TORCH = TorchBackend()
 
 
+def _evaluate(
+    weights: bytes,
+    subset: DetectionDataset,
+    images_dir: Path,
+    imgsz: int,
+    settings: FinetuneSettings,
+) -> EvalResult:
+    checkpoint = DetectorCheckpoint.from_bytes(weights, source=WEIGHTS_FILE)
+    detector = detector_from_checkpoint(checkpoint)
+    return evaluate_detector(
+        detector, subset, images_dir, imgsz, settings.eval_batch, settings.device
+    )
+
+
 @functools.cache
 def _offline(config_dir: Path) -> Path:
     return configure_ultralytics_offline(config_dir)
@@ -185,6 +223,8 @@ def _trained(result: TrainResult) -> TrainedRun:
         history=result.history,
         transfer=transfer_summary(result.transfer),
         checkpoint_metrics=dict(result.checkpoint.metrics),
+        # the count the run trained with (ultralytics' select_device set it, then ours)
+        torch_threads=torch.get_num_threads(),
     )
 
 

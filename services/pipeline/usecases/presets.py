@@ -59,12 +59,12 @@ def step_config(
 ) -> dict[str, Any]:
     """The ``config`` body of a training step: preset values, then the request's overrides.
 
-    Detector steps carry the seed so the AGSSP run and the scratch baseline share it; AGBP
-    trains the backbone of the requested YOLOv8 scale.
+    Every step carries the request's seed (the AGSSP run and the scratch baseline share it,
+    and another seed is another run end to end); AGBP trains the backbone of the requested
+    YOLOv8 scale.
     """
     base: dict[str, Any] = dict(getattr(PRESETS[preset], step))
     if step == "agbp":
         base["backbone"] = f"yolov8{scale}"
-    else:
-        base["seed"] = seed
+    base["seed"] = seed
     return {**base, **overrides}

@@ -1,9 +1,12 @@
 """The pipeline's HTML report: one self-contained page (images inline, no network).
 
-What a person needs to judge the run: every step with its job, the map overlays on a few
-unlabelled images, pseudo-box examples, the AGBP loss curve, the detector's mAP curves and
-the final mAP table against the scratch baseline (overall and per class), and where every
-artifact lives.
+What a person needs to judge the run: every step with its job, the lift over the scratch
+baseline with its bootstrap 95 % interval over the validation images and what it rests on
+(images, seeds, map method and preset, with a plain caveat when the interval includes zero or
+the maps come from a preset not meant to be meaningful), the seeds and thread counts that
+repeat the run, the map overlays on a few unlabelled images, pseudo-box examples, the AGBP
+loss curve, the detector's mAP curves and the final mAP table against the scratch baseline
+(overall and per class), and where every artifact lives.
 """
 
 from __future__ import annotations
@@ -19,6 +22,12 @@ import numpy as np
 from PIL import Image
 
 from services.pipeline.stores.pipelines import PipelineRecord, StepState
+from services.pipeline.usecases.lift_stats import (
+    LiftSummary,
+    claims,
+    lift_summary,
+    map_provenance,
+)
 from services.pipeline.usecases.steps import baseline_name, map_method, maps_prefix
 from shared.errors import SuiteError
 from shared.schemas.dataset_maps import DatasetMapManifest, manifest_key
@@ -40,7 +49,8 @@ text-align:left}th{background:#eef1f6}.SUCCEEDED{color:#137333}.FAILED{color:#b3
 .CANCELED,.SKIPPED{color:#6b7280}.RUNNING,.PENDING{color:#8a5a00}figure{display:inline-block;
 margin:0 12px 12px 0}figcaption{font-size:12px;color:#4b5563;max-width:256px;overflow:hidden}
 code{background:#f3f4f6;padding:1px 4px}.better{color:#137333;font-weight:600}
-.worse{color:#b3261e;font-weight:600}
+.worse{color:#b3261e;font-weight:600}.headline{font-size:16px}
+.caveat{background:#fff4e5;border-left:4px solid #d97706;padding:6px 10px;max-width:900px}
 """
 
 
@@ -49,7 +59,7 @@ def render_report(record: PipelineRecord, store: ObjectStore) -> bytes:
     sections = [
         _header(record),
         _steps_table(record),
-        _results(record),
+        _results(record, store),
         _curves(record),
         _maps_section(record, store),
         _boxes_section(record, store),
@@ -71,16 +81,16 @@ def _esc(value: object) -> str:
 
 def _header(record: PipelineRecord) -> str:
     req = record.request
-    method = map_method(record) if _done(record, "method") or req.maps != "auto" else "auto"
     rows = {
         "pipeline": record.id,
         "state": record.state.value,
         "category": req.category,
         "unlabelled images": req.unlabelled_prefix,
         "labelled set": _labelled(record),
-        "anomaly maps": method,
+        "anomaly maps": map_provenance(record).text(),
         "preset": req.preset,
-        "detector": f"YOLOv8{req.scale}, seed {req.seed}, val fraction {req.val_fraction}",
+        "detector": f"YOLOv8{req.scale}, seed {req.seed} (one seed), val fraction "
+        f"{req.val_fraction}",
         "created": record.created_at.isoformat(timespec="seconds"),
     }
     table = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in rows.items())
@@ -128,18 +138,18 @@ def _fmt(value: object) -> str:
 
 
 def _delta(ours: object, theirs: object) -> str:
+    # Uncoloured: only the headline, with its interval, may say "better" (issue 21, item 5).
     if not isinstance(ours, int | float) or not isinstance(theirs, int | float):
         return "–"
-    diff = 100 * (ours - theirs)
-    css = "better" if diff > 0 else "worse" if diff < 0 else ""
-    return f"<span class='{css}'>{diff:+.1f}</span>"
+    return f"{100 * (ours - theirs):+.1f}"
 
 
-def _results(record: PipelineRecord) -> str:
+def _results(record: PipelineRecord, store: ObjectStore) -> str:
     ours = _metrics(record, "finetune")
     if ours is None:
         return "<h2>Results</h2><p>The AGSSP detector has not finished yet.</p>"
     base = _metrics(record, "baseline") or {}
+    claims = _claims(record, lift_summary(record, store)) if base else ""
     scratch = baseline_name(record.request)
     head = (
         "<tr><th>class</th><th>AGSSP mAP@0.5</th><th>scratch mAP@0.5</th><th>lift</th>"
@@ -155,7 +165,18 @@ def _results(record: PipelineRecord) -> str:
     )
     if not base:
         note = f"<p>No scratch baseline ({_esc(scratch)}) in this pipeline.</p>"
-    return f"<h2>Results</h2>{note}<table>{head}{''.join(rows)}</table>"
+    return f"<h2>Results</h2>{claims}{note}<table>{head}{''.join(rows)}</table>"
+
+
+def _claims(record: PipelineRecord, summary: LiftSummary) -> str:
+    """The lift with its interval, what it rests on, and the caveats in plain words."""
+    said = claims(record, summary)
+    items = "".join(f"<li>{_esc(f)}</li>" for f in said.facts)
+    warn = "".join(f"<p class='caveat'>{_esc(c)}</p>" for c in said.caveats)
+    repeat = f"<p>{_esc(said.reproducibility)}</p>" if said.reproducibility else ""
+    head = f"<span class='{said.tone}'>{_esc(said.lift)}</span>" if said.lift else ""
+    headline = f"<p class='headline'>{_esc(said.headline)}{head}{_esc(said.tail)}</p>"
+    return f"{headline}<ul>{items}</ul>{warn}{repeat}"
 
 
 def _result_row(label: str, ours: dict[str, Any], base: dict[str, Any]) -> str:

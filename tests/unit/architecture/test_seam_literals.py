@@ -15,7 +15,7 @@ from types import ModuleType
 
 import pytest
 
-from shared.schemas import backbones, dataset_maps, detector_artifact, pseudo_labels
+from shared.schemas import backbones, dataset_maps, detector_artifact, evaluation, pseudo_labels
 
 ROOT = Path(__file__).resolve().parents[3]
 PRODUCT = ("services", "shared", "agssp")
@@ -31,6 +31,7 @@ SEAM_FILES = {
         detector_artifact.WEIGHTS_FILE,
     ),
     backbones: (backbones.BACKBONE_FILE,),
+    evaluation: (evaluation.PER_IMAGE_FILE,),
 }
 
 

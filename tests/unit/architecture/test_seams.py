@@ -18,6 +18,10 @@ from services.finetune.stores.pseudo_labels import load_pseudo_labels
 from services.finetune.usecases.backend import PackagedDetector
 from services.finetune.usecases.common import publish_detector
 from services.inference.stores.models import ModelKey, ModelRegistry
+from services.pipeline.params import PipelineRequest
+from services.pipeline.stores.pipelines import PipelineRecord, StepState
+from services.pipeline.usecases.lift_stats import lift_summary
+from services.pipeline.usecases.steps import plan
 from services.pretrain.config import PretrainSettings
 from services.pretrain.ml.labeler import BoxLabeler
 from services.pretrain.params import AgbpConfig, SourceSpec
@@ -36,6 +40,7 @@ from shared.schemas.backbones import BACKBONES, backbone_spec
 from shared.schemas.dataset_maps import map_keys
 from shared.schemas.detector import FinetuneConfig
 from shared.schemas.detector_artifact import CLASSES_FILE, ONNX_FILE, classes_json
+from shared.schemas.evaluation import PER_IMAGE_FILE, ImageEval, PerImageEval, RunInfo
 from shared.storage.artifacts import ArtifactStore
 from shared.storage.filesystem import FileObjectStore
 from tests.unit.anomaly_map.test_service_support import (
@@ -144,6 +149,52 @@ def test_a_detector_published_by_finetune_is_served_by_inference(tmp_path: Path)
     assert files.names == {0: "crack", 1: "pit"}
     meta = ArtifactStore(store).manifest(ref).metadata
     assert (meta["kind"], meta["imgsz"], meta["classes"]) == ("finetune", 320, ["crack", "pit"])
+
+
+def _publish_with_records(store: FileObjectStore, name: str, hits: list[bool]) -> str:
+    images = [
+        ImageEval(file_name=f"v{i}.png", gt=[1], dets=[(0, 0.9, h)]) for i, h in enumerate(hits)
+    ]
+    run = RunInfo(seed=1, deterministic=True, torch_threads=2, device="cpu")
+    records = PerImageEval(classes=["crack"], images=images, run=run)
+    packaged = PackagedDetector(
+        files={ONNX_FILE: b"onnx", CLASSES_FILE: classes_json(["crack"]),
+               PER_IMAGE_FILE: records.to_bytes()},
+        metrics={"map50": records.map50(), "map50_95": 0.0},
+        classes=["crack"],
+    )  # fmt: skip
+    ref = publish_detector(store, ArtifactRef(name=name, version="v1"), packaged, "finetune",
+                           FinetuneConfig(scale="n"), {"job_id": "j"})  # fmt: skip
+    return str(ref)
+
+
+def test_per_image_records_published_by_finetune_give_the_pipeline_its_interval(
+    tmp_path: Path,
+) -> None:
+    # given: finetune publishes the AGSSP and the scratch detector with their records
+    store = FileObjectStore(tmp_path / "store")
+    ours = _publish_with_records(store, "det", [True] * 20)
+    theirs = _publish_with_records(store, "det-scratch", [True] * 5 + [False] * 15)
+    request = PipelineRequest.model_validate({
+        "name": "det", "category": "tile", "unlabelled_prefix": "lines/",
+        "labelled": {"dataset": "set"}, "maps": "tocoad",
+    })  # fmt: skip
+    record = PipelineRecord(id="20261201T000000-abcdef12", request=request, steps=plan(request))
+    for step in record.steps:
+        step.state = StepState.SUCCEEDED
+    record.step("finetune").outputs = {"artifact": ours}
+    record.step("baseline").outputs = {"artifact": theirs}
+
+    # when: the pipeline's report reads them back
+    summary = lift_summary(record, store)
+
+    # then: the lift with an interval above zero, and both runs' facts
+    assert summary.interval is not None, summary.reason
+    assert summary.interval.lift == pytest.approx(1 - 26 / 101)  # recall 0.25: 26 of 101 points
+    assert summary.interval.low > 0
+    assert summary.earned
+    assert summary.val_images == 20
+    assert summary.runs["AGSSP"].torch_threads == 2
 
 
 def test_the_backbone_table_is_what_the_factory_builds_and_the_api_accepts() -> None:

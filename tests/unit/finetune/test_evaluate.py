@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from services.finetune.ml.dataset import Box, DetectionDataset, ImageRecord, ScoredBox
@@ -109,3 +110,58 @@ def test_prediction_for_unknown_image_is_refused() -> None:
     # when / then
     with pytest.raises(InvalidInputError, match="unknown image"):
         evaluate_detections(_gt([GT_BOX]), {"other.jpg": [_pred(0, 0, 1, 1, 0.5)]})
+
+
+def _random_case(rng: np.random.Generator) -> tuple[DetectionDataset, dict[str, list[ScoredBox]]]:
+    """A few images, 1-3 classes, jittered true boxes, stray boxes, some difficult GT."""
+    k, images, predictions = int(rng.integers(1, 4)), [], {}
+    for i in range(int(rng.integers(1, 10))):
+        boxes = []
+        for _ in range(int(rng.integers(0, 4))):
+            x, y, w, h = (float(v) for v in (*rng.uniform(0, 80, 2), *rng.uniform(5, 20, 2)))
+            c, hard = int(rng.integers(0, k)), bool(rng.random() < 0.15)
+            boxes.append(Box(x1=x, y1=y, x2=x + w, y2=y + h, class_id=c, difficult=hard))
+        found = [
+            _pred(b.x1 + j[0], b.y1 + j[1], b.x2 + 4 + j[2], b.y2 + 4 + j[3], _score(rng),
+                  b.class_id if rng.random() < 0.8 else int(rng.integers(0, k)))
+            for b in boxes if rng.random() < 0.7 for j in [rng.normal(0, 3, 4)]
+        ]  # fmt: skip
+        for x, y in rng.uniform(0, 80, (int(rng.integers(0, 5)), 2)):
+            found.append(_pred(x, y, x + 10, y + 10, _score(rng), int(rng.integers(0, k))))
+        images.append(ImageRecord(file_name=f"i{i}.png", width=100, height=100, boxes=boxes))
+        predictions[f"i{i}.png"] = found
+    return DetectionDataset(classes=[f"c{c}" for c in range(k)], images=images), predictions
+
+
+def _score(rng: np.random.Generator) -> float:
+    return float(np.float32(rng.random()))  # network scores are float32
+
+
+@pytest.mark.parametrize("ignore_difficult", [False, True])
+def test_per_image_records_give_cocoevals_map50_exactly(ignore_difficult: bool) -> None:
+    # given random cases (COCOeval's own matching is what the records keep)
+    rng = np.random.default_rng(11)
+    for _ in range(15):
+        dataset, predictions = _random_case(rng)
+        max_dets = int(rng.choice([2, 100]))
+        # when
+        result = evaluate_detections(dataset, predictions, max_dets, ignore_difficult)
+        # then: one record per image, in order, and the same mAP@0.5 (issue 21, item 5)
+        assert result.records is not None
+        assert [r.file_name for r in result.records.images] == [
+            im.file_name for im in dataset.images
+        ]
+        assert result.records.map50() == pytest.approx(result.map50, abs=1e-12)
+
+
+def test_records_count_ground_truth_and_flag_matches() -> None:
+    # given a TP, an FP above it and a missed difficult box (ignored)
+    hard = Box(x1=50, y1=50, x2=60, y2=60, class_id=0, difficult=True)
+    predictions = {"im.jpg": [_pred(10, 10, 20, 20, 0.8), _pred(70, 70, 80, 80, 0.9)]}
+    # when
+    result = evaluate_detections(_gt([GT_BOX, hard]), predictions, ignore_difficult=True)
+    # then
+    assert result.records is not None
+    (image,) = result.records.images
+    assert image.gt == [1]
+    assert image.dets == [(0, 0.9, False), (0, 0.8, True)]

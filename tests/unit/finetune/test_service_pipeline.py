@@ -41,6 +41,7 @@ from shared.jobs.context import JobContext
 from shared.jobs.runner import RunnerOptions, run_job
 from shared.jobs.store import JobStore
 from shared.schemas.artifacts import ArtifactRef
+from shared.schemas.evaluation import PerImageEval
 from shared.schemas.jobs import JobRecord, JobState
 from shared.storage.artifacts import ArtifactStore
 from shared.storage.filesystem import FileObjectStore
@@ -53,6 +54,7 @@ DETECTOR_FILES = {
     "weights.pt",
     "config.yaml",
     "metrics.json",
+    "eval_per_image.json",
 }
 BACKBONE = re.compile(r"^model\.[0-9]\.")
 
@@ -247,6 +249,44 @@ def test_finetune_metrics_have_overall_and_per_class_map(
     assert {"map50", "map50_95", "num_gt"} <= set(metrics["per_class"]["light"])
     assert metrics["onnx_check"]["matches"] is True
     assert finetune_job.outputs["metrics"]["map50"] == metrics["map50"]
+
+
+def test_finetune_publishes_per_image_records_that_give_its_map50(
+    world: World, finetune_job: JobRecord
+) -> None:
+    # when the pipeline's reader takes the key from the job's outputs
+    key = finetune_job.outputs["eval_per_image"]
+    records = PerImageEval.from_bytes(world.store.get_bytes(key), key)
+    # then: one record per val image, mAP@0.5 recomputed exactly, and the run's facts
+    assert key == f"models/shapes-yolov8n/{finetune_job.id}/eval_per_image.json"
+    assert records.classes == ["light", "dark"]
+    assert len(records.images) == 2
+    assert records.map50() == pytest.approx(finetune_job.outputs["metrics"]["map50"], abs=1e-12)
+    assert records.run is not None
+    assert records.run.seed == TINY["seed"]
+    assert records.run.deterministic is True
+    assert records.run.torch_threads >= 1
+    assert finetune_job.outputs["run"] == records.run.model_dump(mode="json")
+
+
+def test_two_identical_finetune_jobs_give_identical_weights_and_metrics(
+    world: World, dataset_job: JobRecord
+) -> None:
+    # given the same job twice (same dataset, init, config and seed) on this machine
+    params = FinetuneJobParams(
+        dataset="shapes", scale="n", config={**TINY, "epochs": 2}, model_name="twice"
+    )
+    first, second = (
+        world.run(submit_finetune(FakeSender(), world.jobs, params), run_finetune_job, TORCH)
+        for _ in range(2)
+    )
+    # then (issue 21, item 6): bit-identical tensors, the same metrics and records
+    assert first.state == second.state == JobState.SUCCEEDED, (first.error, second.error)
+    assert first.outputs["metrics"] == second.outputs["metrics"]
+    assert first.outputs["history"] == second.outputs["history"]
+    hashes = [ArtifactStore(world.store).manifest(_ref(r)).hashes() for r in (first, second)]
+    assert hashes[0]["weights.pt"] == hashes[1]["weights.pt"]
+    assert hashes[0]["eval_per_image.json"] == hashes[1]["eval_per_image.json"]
 
 
 def test_finetune_lineage_chains_dataset_agdp_and_agbp(

@@ -21,6 +21,7 @@ from services.pipeline.usecases.report import heat_overlay, line_chart_svg, rend
 from services.pipeline.usecases.steps import plan
 from shared.config import CommonSettings, PathSettings
 from shared.schemas.dataset_maps import DatasetMapManifest, manifest_key
+from shared.schemas.evaluation import ImageEval, PerImageEval, RunInfo
 from shared.storage.filesystem import FileObjectStore
 
 
@@ -64,10 +65,10 @@ def test_create_list_get_cancel_and_resume(client: TestClient) -> None:
     assert created.status_code == 202, created.text
     record = created.json()
     assert record["state"] == "RUNNING"
-    assert [s["name"] for s in record["steps"]][:2] == ["tocoad_fit", "maps"]
+    assert [s["name"] for s in record["steps"]][:3] == ["dataset", "tocoad_fit", "maps"]
     listed = client.get("/v1/pipelines").json()
     assert [p["id"] for p in listed] == [record["id"]]
-    assert listed[0]["current_step"] == "tocoad_fit"
+    assert listed[0]["current_step"] in ("dataset", "tocoad_fit")
     assert client.get(f"/v1/pipelines/{record['id']}").json()["id"] == record["id"]
     canceled = client.post(f"/v1/pipelines/{record['id']}/cancel")
     assert canceled.json()["cancel_requested"] is True
@@ -99,15 +100,15 @@ def test_presets_are_published(client: TestClient) -> None:
     assert presets["gpu-paper"]["agbp"] == {}
 
 
-def _finished_record(store: FileObjectStore) -> PipelineRecord:
-    request = PipelineRequest.model_validate(_body())
+def _finished_record(store: FileObjectStore, **changes: Any) -> PipelineRecord:
+    request = PipelineRequest.model_validate(_body(**changes))
     record = PipelineRecord(id="20261201T000000-abcdef12", request=request, steps=plan(request))
     store.put_bytes("maps/tile/j1/maps/a.npy", _npy(np.linspace(0, 1, 16).reshape(4, 4)))
     manifest = DatasetMapManifest(
         category="tile", count=1, maps={"lines/a.png": "maps/tile/j1/maps/a.npy"}
     )
     store.put_bytes(manifest_key("maps/tile/j1/"), manifest.to_bytes())
-    outputs = {
+    outputs: dict[str, dict[str, Any]] = {
         "maps": {"maps_prefix": "maps/tile/j1/"},
         "finetune": {
             "artifact": "line-3:j5",
@@ -143,6 +144,64 @@ def test_the_report_shows_overlays_curves_and_the_baseline(store: FileObjectStor
     assert "line-3-scratch" in page
     assert "+10.0" in page  # 50.0 vs 40.0 mAP@0.5
     assert page.count("<polyline") == 2
+
+
+def _put_records(store: FileObjectStore, artifact: str, hits: list[bool]) -> None:
+    """One defect per image; the detector finds it (score 0.9) or fires beside it."""
+    name, version = artifact.split(":")
+    images = [
+        ImageEval(file_name=f"v{i}.png", gt=[1], dets=[(0, 0.9, hit)]) for i, hit in enumerate(hits)
+    ]
+    run = RunInfo(seed=0, deterministic=True, torch_threads=2, device="cpu")
+    records = PerImageEval(classes=["crack"], images=images, run=run)
+    store.put_bytes(f"models/{name}/{version}/eval_per_image.json", records.to_bytes())
+
+
+def test_the_report_gives_the_lift_with_its_interval_and_says_what_it_rests_on(
+    store: FileObjectStore,
+) -> None:
+    # given 10 validation images, AGSSP finds 5 defects, scratch 4, and tiny-preset maps
+    record = _finished_record(store)
+    _put_records(store, "line-3:j5", [True] * 5 + [False] * 5)
+    _put_records(store, "line-3-scratch:j6", [True] * 4 + [False] * 6)
+    # when
+    page = render_report(record, store).decode()
+    # then the interval, the sample, the seed count, the maps and both caveats are stated
+    assert re.search(r"95 % interval [-+]\d+\.\d to [-+]\d+\.\d", page)
+    assert "10 validation images" in page
+    assert "1 seed (0)" in page
+    assert "1000 resamples" in page
+    assert "ToCoAD preset &#x27;tiny&#x27;" in page
+    assert "not distinguishable from the baseline at this size" in page
+    assert "not meant to be meaningful" in page
+    assert "class='better'" not in page  # no green headline when the interval includes zero
+    assert "seed 0, 2 torch thread(s), deterministic algorithms, cpu" in page
+
+
+def test_the_headline_is_green_only_when_the_interval_is_above_zero(
+    store: FileObjectStore,
+) -> None:
+    # given a clear lift on 30 images, with maps from the cpu preset
+    record = _finished_record(store, overrides={"tocoad_preset": "cpu"})
+    _put_records(store, "line-3:j5", [True] * 30)
+    _put_records(store, "line-3-scratch:j6", [False] * 30)
+    # when
+    page = render_report(record, store).decode()
+    # then
+    assert "<span class='better'>+100.0 mAP@0.5 points, 95 % interval +100.0 to +100.0" in page
+    assert "not distinguishable" not in page
+    assert "not meant to be meaningful" not in page
+
+
+def test_without_per_image_records_the_report_claims_no_interval(store: FileObjectStore) -> None:
+    # given detectors published before the records existed
+    record = _finished_record(store)
+    # when
+    page = render_report(record, store).decode()
+    # then
+    assert "no interval (no per-image validation records of the AGSSP and scratch" in page
+    assert "class='better'" not in page
+    assert "not meant to be meaningful" in page
 
 
 def test_heat_overlay_and_chart_shapes() -> None:
