@@ -69,6 +69,22 @@ class EvaluationParams(BaseModel):
     max_images: int | None = Field(None, ge=2, le=1_000_000)
 
 
+class LabelledDefects(BaseModel):
+    """Labelled defects that Stage I pastes onto the normal images (ToCoAD, issue 21)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    dataset: str = Field(
+        min_length=1,
+        max_length=200,
+        description="a stored detection dataset: name, name:latest or name:version",
+    )
+    split: str = Field("train", min_length=1, max_length=100, description="e.g. train, mini-10")
+    max_images: int = Field(
+        200, ge=1, le=10_000, description="most labelled images cut into exemplars"
+    )
+
+
 class TocoadFitParams(BaseModel):
     """Payload of ToCoAD fit jobs."""
 
@@ -85,4 +101,8 @@ class TocoadFitParams(BaseModel):
     preset: PresetName = Field("cpu", description="cpu (2 cores, < 1 h), gpu (paper), tiny (CI)")
     config: Annotated[dict[str, Any], tocoad_overrides_schema()] = Field(
         default_factory=dict, description="TocoadConfig overrides on top of the preset"
+    )
+    defects: LabelledDefects | None = Field(
+        None,
+        description="labelled defects pasted as Stage I anomalies (boxes: soft-blended crops)",
     )

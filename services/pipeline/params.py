@@ -59,7 +59,7 @@ class StepOverrides(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     tocoad: dict[str, Any] = Field(default_factory=dict)
-    tocoad_preset: Literal["tiny", "cpu", "gpu"] | None = Field(
+    tocoad_preset: Literal["tiny", "demo", "cpu", "gpu"] | None = Field(
         None, description="the anomaly-map service's ToCoAD preset instead of the pipeline's"
     )
     agbp: dict[str, Any] = Field(default_factory=dict)
@@ -88,6 +88,16 @@ class PipelineRequest(BaseModel):
         "auto", description="kead, tocoad, provided (maps_prefix) or auto: KeAD when CLIP is ready"
     )
     maps_prefix: str | None = Field(None, description="a dataset-map output, for maps=provided")
+    labelled_defects: bool = Field(
+        True,
+        description="the ToCoAD fit also pastes the labelled set's defect boxes as Stage I "
+        "anomalies, so the maps learn what this line's defects look like",
+    )
+    gate: Literal["off", "auto"] = Field(
+        "auto",
+        description="pseudo boxes only on images whose score stands out of the pool's "
+        "(label-free, from the image-score distribution); off: every image over the threshold",
+    )
     preset: PresetName = "cpu-demo"
     scale: Literal["n", "s", "m"] = "n"
     seed: int = Field(0, ge=0, le=2**31 - 1)

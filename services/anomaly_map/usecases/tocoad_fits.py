@@ -12,11 +12,17 @@ import torch
 from pydantic import ValidationError
 
 from services.anomaly_map.ml.tocoad.config import TocoadConfig
+from services.anomaly_map.ml.tocoad.defects import DefectExemplar, exemplars_from_boxes
 from services.anomaly_map.ml.tocoad.fit import fit_tocoad
 from services.anomaly_map.ml.tocoad.presets import PresetName, preset_config
-from services.anomaly_map.params import TocoadFitParams
+from services.anomaly_map.params import LabelledDefects, TocoadFitParams
 from services.anomaly_map.runtime.engine import MapEngine
 from services.anomaly_map.stores.categories import CategoryRecord, CategoryStore
+from services.anomaly_map.stores.labelled_defects import (
+    read_defect_images,
+    resolve_dataset,
+    split_files,
+)
 from services.anomaly_map.stores.tocoad_models import (
     model_version,
     save_model,
@@ -51,6 +57,11 @@ def submit_tocoad_fit(
     """Validate and enqueue a ToCoAD fit of a category version (config checked now)."""
     record = categories.get(params.category, params.category_version)
     tocoad_config(params.config)
+    if params.defects is not None:  # unknown dataset or split: 404 / 422 now, not in the job
+        split_files(
+            categories.store, resolve_dataset(categories.store, params.defects.dataset),
+            params.defects.split,
+        )  # fmt: skip
     payload = params.model_copy(
         update={
             "category_version": record.version,
@@ -100,6 +111,24 @@ def _normal_images(
     return images
 
 
+def _defect_exemplars(
+    ctx: JobContext, spec: LabelledDefects | None, cfg: TocoadConfig, limits: ImageLimits
+) -> list[DefectExemplar]:
+    """Exemplars cut from the labelled images' boxes, at the model's scale."""
+    if spec is None:
+        return []
+    ctx.progress(0.0, f"reading labelled defects of {spec.dataset} ({spec.split})", force=True)
+    exemplars: list[DefectExemplar] = []
+    for item in read_defect_images(ctx.store, spec.dataset, spec.split, spec.max_images):
+        image = decode_image(item.data, limits).array
+        exemplars += exemplars_from_boxes(image, item.boxes, cfg.image_size, cfg.aspect)
+    if not exemplars:
+        warning = f"{spec.dataset} ({spec.split}) holds no usable defect box: synthetic only"
+        ctx.set_outputs(warnings=[*ctx.record.outputs.get("warnings", []), warning])
+        ctx.progress(0.0, f"warning: {warning}", force=True)
+    return exemplars
+
+
 def run(
     ctx: JobContext, categories: CategoryStore, *, limits: ImageLimits, device: torch.device
 ) -> list[str]:
@@ -109,6 +138,7 @@ def run(
     cfg = tocoad_config(params.config, params.preset)
     ctx.progress(0.0, "loading normal images", force=True)
     images = _normal_images(ctx, categories, record, params, limits)
+    defects = _defect_exemplars(ctx, params.defects, cfg, limits)
     saved = ctx.load_checkpoint(CHECKPOINT)
     hooks = TrainHooks(
         on_progress=lambda pct, msg, metrics: ctx.progress(0.99 * pct, msg, metrics=dict(metrics)),
@@ -116,13 +146,15 @@ def run(
         on_checkpoint=lambda state: ctx.save_checkpoint(state_to_bytes(state), CHECKPOINT),
         resume_state=state_from_bytes(saved) if saved else None,
     )
-    model = fit_tocoad(images, cfg, hooks=hooks, device=device)
+    model = fit_tocoad(images, cfg, hooks=hooks, device=device, defects=defects)
     data = state_to_bytes(model.to_state())
     info = {
         "model_version": model_version(data),
         "fit_job": ctx.job_id,
         "preset": params.preset,
         "images": len(images),
+        "defects": params.defects.model_dump(mode="json") if params.defects else None,
+        "defect_exemplars": len(defects),
         "config": cfg.model_dump(mode="json"),
         "created_at": utcnow().isoformat(),
     }
@@ -132,6 +164,7 @@ def run(
         model_info=info_key,
         model_version=info["model_version"],
         images=len(images),
+        defect_exemplars=len(defects),
         category_version=record.version,
     )
     return [key, info_key]

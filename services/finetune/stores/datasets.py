@@ -1,11 +1,6 @@
 """Stored detection datasets: ``datasets/<name>/<version>/`` with images, labels and splits.
 
-Layout of a version (torch-free, readable by the API)::
-
-    dataset.json   the ml ``DetectionDataset`` (classes, images, boxes in pixels)
-    splits.json    {"seed", "val_fraction", "splits": {"train": [...], "val": [...], "mini-N": [...]}}
-    images/<file>  the image files, flat
-    manifest.json  written LAST: counts, classes, split sizes, source; marks a complete version
+Layout of a version: ``shared.schemas.detection_dataset`` (the seam its other readers use).
 
 ``datasets/<name>/LATEST`` moves after the manifest, as for model artifacts. Reading a split
 back (``load_split``) lives here too: every job that trains or evaluates downloads one.
@@ -25,14 +20,17 @@ from services.finetune.ml.dataset import DetectionDataset
 from services.finetune.ml.splits import mini_subset
 from shared.errors import InvalidInputError, NotFoundError
 from shared.schemas.artifacts import check_segment
+from shared.schemas.detection_dataset import (
+    DATASET_FILE,
+    DATASETS_PREFIX,
+    IMAGES_DIR,
+    LATEST_FILE,
+    MANIFEST_FILE,
+    SPLITS_FILE,
+    version_prefix,
+)
 from shared.storage.base import ObjectNotFoundError, ObjectStore
 
-DATASETS_PREFIX = "datasets/"
-DATASET_FILE = "dataset.json"
-SPLITS_FILE = "splits.json"
-MANIFEST_FILE = "manifest.json"
-IMAGES_DIR = "images/"
-LATEST_FILE = "LATEST"
 _MINI = re.compile(r"^mini-([1-9][0-9]{0,5})$")
 
 
@@ -52,7 +50,7 @@ class DatasetRef:
 
     @property
     def prefix(self) -> str:
-        return f"{DATASETS_PREFIX}{self.name}/{self.version}/"
+        return version_prefix(self.name, self.version)
 
     def key(self, filename: str) -> str:
         return self.prefix + filename

@@ -21,21 +21,14 @@ from services.finetune.ml.splits import mini_subset, split_train_val
 from services.finetune.ml.voc import import_voc
 from services.finetune.ml.yolo_format import import_yolo, read_class_names
 from services.finetune.params import DatasetFormat, DatasetImportParams
-from services.finetune.stores.datasets import (
-    DATASET_FILE,
-    IMAGES_DIR,
-    MANIFEST_FILE,
-    SPLITS_FILE,
-    DatasetCatalog,
-    DatasetRef,
-    download_all,
-)
+from services.finetune.stores.datasets import DatasetCatalog, DatasetRef, download_all
 from services.finetune.usecases.common import image_limits, submit, workspace
 from shared.errors import InvalidInputError
 from shared.imaging.intake import ImageLimits, decode_image
 from shared.jobs.context import JobContext
 from shared.jobs.producer import TaskSender
 from shared.jobs.store import JobStore
+from shared.schemas.detection_dataset import DATASET_FILE, IMAGES_DIR, MANIFEST_FILE, SPLITS_FILE
 from shared.schemas.jobs import JobRecord, TaskName
 from shared.schemas.pseudo_labels import CLASSES_FILE as YOLO_CLASSES_FILE
 from shared.storage.base import ObjectStore, validate_key

@@ -1,8 +1,8 @@
 """The pipeline's steps: which service each calls, with what body, and what it hands on.
 
 Each step is one public call of a service (agssp-spec §1-§6 in order): (method) -> category
--> (ToCoAD fit) -> dataset maps -> pseudo boxes -> AGBP -> AGDP -> labelled import -> finetune
--> scratch baseline -> (promote) -> report. Jobs are submitted with the same bodies a user
+-> labelled import -> (ToCoAD fit, with the labelled defects) -> dataset maps -> pseudo boxes
+-> AGBP -> AGDP -> finetune -> scratch baseline -> (promote) -> report. Jobs are submitted with the same bodies a user
 would send, so a pipeline exercises exactly the routes the services publish. A step's
 ``outputs`` keep only what later steps and the report read.
 """
@@ -93,8 +93,10 @@ def _fit_call(record: PipelineRecord) -> Call | None:
         "category": req.category,
         "normal_prefix": req.unlabelled_prefix,
         "preset": req.overrides.tocoad_preset or PRESETS[req.preset].tocoad,
-        "config": req.overrides.tocoad,
+        "config": {"seed": req.seed, **req.overrides.tocoad},
     }
+    if req.labelled_defects:  # the dataset step runs first for this (see ``plan``)
+        body["defects"] = {"dataset": dataset_ref(record), "split": req.labelled.split}
     return Call("anomaly_map", "POST", "/v1/tocoad-fits", body)
 
 
@@ -129,13 +131,20 @@ def _source(record: PipelineRecord) -> dict[str, Any]:
 
 
 def _boxes_call(record: PipelineRecord) -> Call:
-    return Call("pretrain", "POST", "/v1/pseudo-label-jobs", _source(record))
+    body = {**_source(record), "gate": record.request.gate}  # only here: AGBP sources refuse it
+    return Call("pretrain", "POST", "/v1/pseudo-label-jobs", body)
+
+
+_BOX_OUTPUTS = (
+    "out_prefix", "images", "boxes", "examples", "threshold", "images_with_boxes",
+    "share_with_boxes", "boxes_per_image", "gate", "gate_threshold", "gate_defect_share",
+    "gate_separation", "gate_reason", "gate_score_source",
+)  # fmt: skip
 
 
 def _boxes_collect(job: dict[str, Any]) -> dict[str, Any]:
     outputs = job["outputs"]
-    keep = ("out_prefix", "images", "boxes", "examples", "threshold")
-    return {k: outputs[k] for k in keep if k in outputs}
+    return {k: outputs[k] for k in _BOX_OUTPUTS if k in outputs}
 
 
 def _train_config(record: PipelineRecord, step: Literal["agbp", "agdp", "finetune"]) -> Any:
@@ -279,11 +288,13 @@ def plan(request: PipelineRequest) -> list[StepRecord]:
         names.append("method")
     if request.category_spec is not None:
         names.append("category")
+    # The labelled import comes before the maps: the ToCoAD fit learns from its defects.
+    names.append("dataset")
     if request.maps in ("auto", "tocoad"):
         names.append("tocoad_fit")
     if request.maps != "provided":
         names.append("maps")
-    names += ["pseudo_boxes", "agbp", "agdp", "dataset", "finetune"]
+    names += ["pseudo_boxes", "agbp", "agdp", "finetune"]
     if request.baseline:
         names.append("baseline")
     if request.promote is not None:

@@ -111,6 +111,25 @@ def test_tocoad_fit_with_a_bad_config_is_422(client: TestClient) -> None:
     assert response.json()["code"] == "invalid_config"
 
 
+@pytest.mark.parametrize(
+    ("defects", "status", "code"),
+    [
+        ({"dataset": "nowhere"}, 404, "dataset_not_found"),
+        ({"dataset": "no/slash"}, 422, "invalid_dataset_ref"),
+        ({"dataset": "x", "max_images": 0}, 422, None),
+    ],
+)
+def test_tocoad_fit_with_unknown_labelled_defects_is_refused_at_submission(
+    client: TestClient, defects: dict[str, object], status: int, code: str | None
+) -> None:
+    # when
+    response = client.post("/v1/tocoad-fits", json={"category": "tile", "defects": defects})
+    # then
+    assert response.status_code == status, response.text
+    if code is not None:
+        assert response.json()["code"] == code
+
+
 _ABSURD = [1e30, 1e9, float("inf"), float("nan")]
 
 

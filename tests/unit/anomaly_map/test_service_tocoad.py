@@ -21,6 +21,17 @@ from shared.errors import ConflictError, InvalidInputError, UnavailableError
 from shared.imaging.intake import ImageLimits
 from shared.jobs.context import JobContext
 from shared.jobs.store import JobStore
+from shared.schemas.detection_dataset import (
+    DATASET_FILE,
+    IMAGES_DIR,
+    MANIFEST_FILE,
+    SPLITS_FILE,
+    Box,
+    DetectionDataset,
+    ImageRecord,
+    latest_key,
+    version_prefix,
+)
 from shared.storage.filesystem import FileObjectStore
 from tests.unit.anomaly_map.test_service_support import (
     image_bytes,
@@ -276,3 +287,61 @@ def test_a_refit_of_the_same_version_is_served_at_the_next_request(
     assert len(versions) == 2
     assert first.model != second.model
     assert second.model in versions
+
+
+def _store_labelled_dataset(store: FileObjectStore, boxes: list[list[float]]) -> str:
+    """A stored detection dataset version in the seam's layout (as finetune's import writes)."""
+    prefix = version_prefix("steel", "v1")
+    images = []
+    for index, box in enumerate(boxes):
+        name = f"d{index}.png"
+        store.put_bytes(prefix + IMAGES_DIR + name, image_bytes(96, 64, seed=10 + index))
+        record = ImageRecord(file_name=name, width=96, height=64, boxes=[])
+        if box:
+            x1, y1, x2, y2 = box
+            record.boxes.append(Box(x1=x1, y1=y1, x2=x2, y2=y2, class_id=0))
+        images.append(record)
+    dataset = DetectionDataset(classes=["scratch"], images=images)
+    store.put_bytes(prefix + DATASET_FILE, dataset.model_dump_json().encode())
+    names = [im.file_name for im in images]
+    store.put_bytes(prefix + SPLITS_FILE, json.dumps({"splits": {"train": names}}).encode())
+    store.put_bytes(prefix + MANIFEST_FILE, b"{}")
+    store.put_bytes(latest_key("steel"), b"v1")
+    return "steel"
+
+
+def test_a_fit_with_labelled_defects_cuts_them_into_exemplars(engine: MapEngine) -> None:
+    # given a stored dataset: two images with a box, one without
+    store = engine.categories.store
+    assert isinstance(store, FileObjectStore)
+    name = _store_labelled_dataset(store, [[10, 10, 40, 30], [50, 20, 90, 60], []])
+    # when
+    ctx = _fit(engine, defects={"dataset": name, "split": "train"})
+    # then both boxes became exemplars, and the model info says which labels taught it
+    outputs = ctx.jobs.get(ctx.job_id).outputs
+    assert outputs["defect_exemplars"] == 2
+    info = json.loads(store.get_bytes(outputs["model_info"]))
+    assert info["defects"]["dataset"] == "steel"
+    assert info["defect_exemplars"] == 2
+
+
+def test_a_fit_whose_labelled_split_holds_no_box_warns_and_fits(engine: MapEngine) -> None:
+    # given
+    store = engine.categories.store
+    assert isinstance(store, FileObjectStore)
+    name = _store_labelled_dataset(store, [[], []])
+    # when
+    ctx = _fit(engine, defects={"dataset": f"{name}:v1"})
+    # then
+    outputs = ctx.jobs.get(ctx.job_id).outputs
+    assert outputs["defect_exemplars"] == 0
+    assert any("no usable defect box" in w for w in outputs["warnings"])
+
+
+def test_a_fit_with_an_unknown_labelled_split_is_refused(engine: MapEngine) -> None:
+    store = engine.categories.store
+    assert isinstance(store, FileObjectStore)
+    name = _store_labelled_dataset(store, [[10, 10, 40, 30]])
+    with pytest.raises(InvalidInputError) as info:
+        _fit(engine, defects={"dataset": name, "split": "mini-3"})
+    assert info.value.code == "unknown_split"

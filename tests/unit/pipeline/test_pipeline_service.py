@@ -67,13 +67,14 @@ def test_plan_follows_the_map_method_and_options() -> None:
     # when / then
     auto = [s.name for s in plan(_request())]
     assert auto == [
-        "method", "category", "tocoad_fit", "maps", "pseudo_boxes", "agbp", "agdp",
-        "dataset", "finetune", "baseline", "promote", "report",
+        "method", "category", "dataset", "tocoad_fit", "maps", "pseudo_boxes", "agbp", "agdp",
+        "finetune", "baseline", "promote", "report",
     ]  # fmt: skip
     provided = plan(_request(maps="provided", maps_prefix="m/", baseline=False, promote=None))
-    assert [s.name for s in provided][:3] == ["category", "pseudo_boxes", "agbp"]
+    assert [s.name for s in provided][:4] == ["category", "dataset", "pseudo_boxes", "agbp"]
     assert "baseline" not in [s.name for s in provided]
-    assert next(s.name for s in plan(_request(maps="kead", category_spec=None))) == "maps"
+    kead = [s.name for s in plan(_request(maps="kead", category_spec=None))]
+    assert kead[:2] == ["dataset", "maps"]
 
 
 def test_a_whole_pipeline_hands_each_output_to_the_next_step(pipelines: PipelineStore) -> None:
@@ -87,8 +88,13 @@ def test_a_whole_pipeline_hands_each_output_to_the_next_step(pipelines: Pipeline
     assert pipelines.get(done.id).state is PipelineState.SUCCEEDED
     assert done.step("method").outputs == {"method": "tocoad"}
     assert suite.bodies("/v1/categories/steel")[0]["method"] == "tocoad"
-    assert suite.bodies("/v1/tocoad-fits")[0]["normal_prefix"] == "lines/steel/"
+    fit = suite.bodies("/v1/tocoad-fits")[0]
+    assert fit["normal_prefix"] == "lines/steel/"
+    # the fit learns from the labelled set, which is imported before it
+    labelled = done.step("dataset").outputs["dataset"]
+    assert fit["defects"] == {"dataset": labelled, "split": _request().labelled.split}
     maps_job = done.step("maps").job_id
+    assert suite.bodies("/v1/pseudo-label-jobs")[0]["gate"] == "auto"  # boxes where maps say so
     [source] = suite.bodies("/v1/pretrain-jobs")[0]["sources"]
     assert source["maps_prefix"] == f"maps/steel/{maps_job}/"
     agdp = suite.bodies("/v1/agdp-jobs")[0]
@@ -176,12 +182,12 @@ def test_a_failed_job_fails_the_pipeline_and_resume_submits_a_new_job(
 
 
 def test_cancel_stops_the_running_job_and_the_pipeline(pipelines: PipelineStore) -> None:
-    # given a pipeline whose ToCoAD fit job is running
+    # given a pipeline whose first job (the labelled import) is running
     suite = FakeSuite(polls=1000)
     record = _run(create_pipeline(pipelines, _request()), pipelines, suite, ticks=5)
     running = record.current
     assert running is not None
-    assert running.name == "tocoad_fit"
+    assert running.name == "dataset"
     assert running.job_id
     # when
     cancel_pipeline(pipelines, record.id)
@@ -189,7 +195,8 @@ def test_cancel_stops_the_running_job_and_the_pipeline(pipelines: PipelineStore)
     # then
     assert done.state is PipelineState.CANCELED
     assert suite.canceled == [running.job_id]
-    assert done.step("tocoad_fit").state is StepState.CANCELED
+    assert done.step("dataset").state is StepState.CANCELED
+    assert suite.bodies("/v1/tocoad-fits") == []
     assert suite.bodies("/v1/anomaly-map-jobs") == []
 
 

@@ -42,6 +42,13 @@ class GeneratorConfig(_Strict):
     p_self_source: float = Field(
         0.5, ge=0.0, le=1.0, description="share of textures cut from other normal images"
     )
+    p_labelled: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="share of synthetic anomalies pasted from labelled defects, when the fit "
+        "is given some (the rest come from `kind`)",
+    )
 
     @field_validator("perlin_scale_exp")
     @classmethod

@@ -24,6 +24,7 @@ from .common import (
 )
 from .config import TocoadConfig
 from .data import resize_images
+from .defects import DefectExemplar
 from .discriminator import Discriminator
 from .generator import AnomalyGenerator
 from .model import TocoadModel, build_memory_bank
@@ -62,6 +63,7 @@ def fit_tocoad(
     device: torch.device | str = "auto",
     textures: Sequence[np.ndarray] | None = None,
     after_stage1: Callable[[ResNetFeatures, Discriminator], None] | None = None,
+    defects: Sequence[DefectExemplar] = (),
 ) -> TocoadModel:
     """Train ToCoAD (Stage I DNP, Stage II NCL) and build the memory bank.
 
@@ -75,6 +77,8 @@ def fit_tocoad(
             None uses procedural + self-sourced textures (tocoad-spec §3).
         after_stage1: called with (F, D) once Stage I is done (benchmarks snapshot the
             Stage-I-only and bank-only variants here); must not change them.
+        defects: labelled defect exemplars (``defects.exemplars_from_mask`` / ``_from_boxes``)
+            that Stage I pastes onto the normals besides its synthetic anomalies.
 
     Returns:
         The trained model (F in eval mode + coreset memory bank).
@@ -91,7 +95,9 @@ def fit_tocoad(
     normals = resize_images(images, cfg.image_size, cfg.aspect)
     backbone, disc = _networks(cfg, target)
     hooks.on_progress(0.0, "building anomaly textures", {})
-    generator = AnomalyGenerator(cfg.generator, cfg.image_size, normals, textures, cfg.seed)
+    generator = AnomalyGenerator(
+        cfg.generator, cfg.image_size, normals, textures, cfg.seed, defects=defects
+    )
     ctx = TrainContext(cfg, target, normals, generator, np.random.default_rng(cfg.seed), hooks)
     ctx.started = started
     spans = phase_spans(cfg, len(normals))

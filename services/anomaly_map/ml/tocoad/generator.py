@@ -1,6 +1,8 @@
-"""Synthetic anomaly generator G: Perlin-mask texture blending and CutPaste (tocoad-spec §3).
+"""Synthetic anomaly generator G: Perlin-mask texture blending and CutPaste (tocoad-spec §3),
+and pasted labelled defects (``defects``).
 
-Invariant (unit-tested): pixels outside the returned mask equal the input image.
+Invariant (unit-tested): pixels outside the returned mask equal the input image (for pasted
+defects: pixels outside the feathered exemplar).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import numpy as np
 from shared.errors import InvalidInputError
 
 from .config import GeneratorConfig
+from .defects import DefectExemplar, augment, paste
 from .perlin import perlin_mask, rotate
 from .textures import augment_texture, procedural_textures
 
@@ -33,6 +36,7 @@ class AnomalyGenerator:
         normals: np.ndarray,
         textures: Sequence[np.ndarray] | None = None,
         seed: int = 0,
+        defects: Sequence[DefectExemplar] = (),
     ) -> None:
         """Prepare the texture sources.
 
@@ -43,10 +47,13 @@ class AnomalyGenerator:
             textures: optional external texture images (any size, uint8 RGB), e.g. DTD loaded by
                 the service layer; replaces the procedural + self-source mix.
             seed: seeds the procedural texture bank only (draws use the rng passed per call).
+            defects: labelled defect exemplars at the model's scale; a ``cfg.p_labelled``
+                share of the synthetic anomalies pastes one of them instead.
         """
         self.cfg = cfg
         self.size = image_size
         self.normals = normals
+        self.defects = list(defects)
         if textures:
             self.external = [self._fit(t) for t in textures]
             self.procedural: list[np.ndarray] = []
@@ -135,8 +142,26 @@ class AnomalyGenerator:
         mask[dy : dy + height, dx : dx + width] = 1.0
         return out, mask
 
+    def labelled(self, image: np.ndarray, rng: Rng) -> tuple[np.ndarray, np.ndarray]:
+        """A labelled defect pasted onto the image (see ``defects.paste``).
+
+        Args:
+            image: (S, S, 3) uint8 normal image.
+            rng: random source.
+
+        Returns:
+            (S, S, 3) uint8 image and (S, S) float32 mask in {0, 1}.
+        """
+        if rng.random() < self.cfg.p_keep_normal:
+            return _normal(image)
+        exemplar = self.defects[int(rng.integers(len(self.defects)))]
+        return paste(image, augment(exemplar, self.size, rng), rng)
+
     def __call__(self, image: np.ndarray, rng: Rng) -> tuple[np.ndarray, np.ndarray]:
-        """One synthetic sample with the configured generator (see ``perlin``)."""
+        """One synthetic sample: a labelled defect (``p_labelled`` of the draws, when there
+        are exemplars), else the configured generator (see ``perlin``)."""
+        if self.defects and rng.random() < self.cfg.p_labelled:
+            return self.labelled(image, rng)
         if self.cfg.kind == "cutpaste":
             return self.cutpaste(image, rng)
         return self.perlin(image, rng)

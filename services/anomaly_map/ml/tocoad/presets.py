@@ -1,9 +1,13 @@
-"""Named ToCoAD schedules (tocoad-spec §10, §12): ``tiny`` for CI, ``cpu`` for 2 cores, ``gpu``.
+"""Named ToCoAD schedules (tocoad-spec §10, §12): ``tiny`` for CI, ``demo`` for a first run on a
+laptop, ``cpu`` for 2 cores, ``gpu``.
 
 A preset is a partial config; a job's own overrides are merged on top, section by section.
 
 - ``tiny``: tocoad-spec §10's CI config (64 px, quarter-width ResNet-18, a handful of steps);
   a fit takes seconds and its maps mean nothing.
+- ``demo``: the ``cpu`` recipe cut to 300 Stage I steps (about 3-4 minutes on 2 cores), for
+  the demo pipeline: meant to be worth looking at when the fit is given labelled defects to
+  paste (``defects``), measured in ``benchmarks/results/tocoad_quality_demo.json``.
 - ``cpu``: ResNet-18 from scratch at 128 px on aspect-kept tiles, Stage I only (1600 steps)
   with D's segmentation output as the map. A fit on a few hundred images takes 13-20 minutes
   on 2 quiet cores (Stage I 0.5-0.74 s/step, tocoad-spec §10 and issue 11), so the whole
@@ -25,7 +29,7 @@ from typing import Any, Literal
 
 from .config import TocoadConfig
 
-PresetName = Literal["tiny", "cpu", "gpu"]
+PresetName = Literal["tiny", "demo", "cpu", "gpu"]
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
@@ -38,6 +42,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         "generator": {"n_procedural_textures": 4},
         "checkpoint_every": 2,
         "log_every": 1,
+    },
+    "demo": {
+        "image_size": 128,
+        "backbone": "resnet18",
+        "aspect": "tile",
+        "map_source": "segmentation",
+        "stage1": {"iters": 300, "batch_size": 8, "val_size": 8, "val_every": 100},
+        "stage2": {"iters": 0, "batch_size": 8},
+        "bank": {"coreset_ratio": 0.01},
+        "generator": {"n_procedural_textures": 50},
+        "checkpoint_every": 100,
+        "log_every": 10,
     },
     "cpu": {
         "image_size": 128,
