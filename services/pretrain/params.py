@@ -36,6 +36,10 @@ MAX_NAMED_KEYS = 10  # an error names this many keys, never thousands
 # agssp-spec §4.4: the reference configs freeze the stem and the first two stages (our 2).
 DEFAULT_FROZEN_STAGES = 2
 Objective = Literal["distill", "cls_distill", "mocov3_distill", "simmim_distill"]
+GateMode = Literal["off", "fixed", "auto"]
+# Pseudo-box gate 'auto' (services.pretrain.ml.gate): Ashman's D > 2 = cleanly separated.
+GATE_MIN_SEPARATION = 2.0
+GATE_MIN_WEIGHT = 0.02
 # agssp-spec §4.1: statistics of the industrial pretraining set, RGB, 0-255 scale.
 INDUSTRIAL_MEAN = (110.2955, 113.433, 109.914)
 INDUSTRIAL_STD = (32.028, 30.614, 30.27)
@@ -330,11 +334,31 @@ class PseudoLabelParams(BaseModel):
     )
     top_k: int = Field(10, ge=1, le=1000, description="boxes kept per image before NMS")
     nms: float = Field(0.8, gt=0.0, le=1.0, description="IoU at which NMS drops a box")
+    gate: GateMode = Field(
+        "off",
+        description=(
+            "image-level gate: 'off' (every image may get boxes, as the reference code), "
+            "'fixed' (score_gate), 'auto' (calibrated on the pool's image scores, no labels)"
+        ),
+    )
     score_gate: float | None = Field(
         None,
         ge=-1e6,
         le=1e6,
-        description="images whose image score (dataset-map scores) is below get no boxes",
+        description="gate 'fixed': images whose image score (dataset-map scores) is below "
+        "get no boxes; given alone, it implies gate 'fixed'",
+    )
+    gate_min_separation: float = Field(
+        GATE_MIN_SEPARATION,
+        ge=0.0,
+        le=100.0,
+        description="gate 'auto': Ashman's D the two score components must reach",
+    )
+    gate_min_weight: float = Field(
+        GATE_MIN_WEIGHT,
+        ge=0.0,
+        lt=0.5,
+        description="gate 'auto': weight the smaller score component must reach",
     )
     min_area: int | None = Field(
         None, ge=1, le=100_000_000, description="default max((H//100)*(W//100), 10)"
@@ -345,6 +369,16 @@ class PseudoLabelParams(BaseModel):
     @classmethod
     def _prefix(cls, value: str) -> str:
         return prefix_field(value)
+
+    @model_validator(mode="after")
+    def _gate_matches_score_gate(self) -> Self:
+        if "gate" not in self.model_fields_set and self.score_gate is not None:
+            self.gate = "fixed"  # requests from before the gate modes keep their meaning
+        if self.gate == "fixed" and self.score_gate is None:
+            raise ValueError("gate 'fixed' needs score_gate")
+        if self.gate != "fixed" and self.score_gate is not None:
+            raise ValueError(f"score_gate applies to gate 'fixed' only, not {self.gate!r}")
+        return self
 
     @field_validator("out_prefix")
     @classmethod

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from services.pretrain.ml.gate import GateDecision, decide_gate
 from services.pretrain.ml.pseudo_boxes import (
     ImageBoxes,
     build_coco,
@@ -36,6 +37,12 @@ class BoxLabeler:
         """T_c = mean over the category's maps of each map's max, minus ``c`` (§3 step 1)."""
         return category_threshold(maps, c=c)
 
+    def gate(
+        self, scores: Sequence[float | None], source: str, params: PseudoLabelParams
+    ) -> GateDecision:
+        """Image-level gate of the pool from one score per image (``ml.gate``)."""
+        return decide_gate(params, scores, source)
+
     def label(
         self,
         amap: NDArray[np.float32],
@@ -44,8 +51,13 @@ class BoxLabeler:
         params: PseudoLabelParams,
         image_score: float | None,
         file_name: str,
+        score_gate: float | None = None,
     ) -> tuple[ImageBoxes, str]:
-        """Boxes of one (width, height) image and its YOLO label file's text."""
+        """Boxes of one (width, height) image and its YOLO label file's text.
+
+        With ``score_gate`` set, an image whose ``image_score`` is below it (or unknown) gets
+        none (the job's gate threshold, ``ml.gate``).
+        """
         width, height = size
         boxes = extract_boxes(
             amap,
@@ -57,7 +69,7 @@ class BoxLabeler:
             iou_threshold=params.nms,
             min_area=params.min_area,
             image_score=image_score,
-            score_gate=params.score_gate,
+            score_gate=score_gate,
         )
         text = "".join(line + "\n" for line in yolo_lines(boxes, width, height))
         return ImageBoxes(file_name, width, height, tuple(boxes), params.category), text

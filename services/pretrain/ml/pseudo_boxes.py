@@ -88,13 +88,14 @@ def extract_boxes(
         iou_threshold: NMS drops a box whose IoU with a kept one is >= this.
         min_area: region area floor; default ``min_box_area(H, W)``.
         image_score: the image-level anomaly score, used only with ``score_gate``.
-        score_gate: when set, an image with ``image_score < score_gate`` gets no boxes (the
-            paper's gating; off by default like the code, agssp-spec §6.4.3).
+        score_gate: when set, an image gets boxes only if ``image_score >= score_gate`` (an
+            unknown or NaN score fails); the paper's gating, off by default like the code
+            (agssp-spec §6.4.3; ``services.pretrain.ml.gate`` chooses it).
 
     Returns:
         Boxes by descending score.
     """
-    if score_gate is not None and (image_score is None or image_score < score_gate):
+    if score_gate is not None and not (image_score is not None and image_score >= score_gate):
         return []
     # cv2 INTER_LINEAR uses half-pixel centres, as the reference script.
     resized = cv2.resize(amap.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)

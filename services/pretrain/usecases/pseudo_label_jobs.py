@@ -2,13 +2,16 @@
 
 Submission (enqueue, refuse a finished ``out_prefix``) and the worker's run. The output is the
 seam ``shared.schemas.pseudo_labels`` (finetune's AGDP job reads it); its manifest is written
-last. cv2-free, so the API imports it: the worker hands ``run_pseudo_label_job`` a
-``Labeler`` (``services.pretrain.ml.labeler.BoxLabeler``).
+last. An image-level gate (``gate``: off, fixed or auto, ``services.pretrain.ml.gate``) decides
+which images may get boxes; its ``gate_*`` fields go on the record and into ``summary.json``.
+cv2-free, so the API imports it: the worker hands ``run_pseudo_label_job`` a ``Labeler``
+(``services.pretrain.ml.labeler.BoxLabeler``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -62,10 +65,22 @@ class LabeledImage(Protocol):
 Item = TypeVar("Item", bound=LabeledImage)
 
 
+class Gate(Protocol):
+    """An image-level gate (``services.pretrain.ml.gate.GateDecision``)."""
+
+    @property
+    def threshold(self) -> float | None: ...
+    def passes(self, score: float | None) -> bool: ...
+    def outputs(self) -> dict[str, Any]: ...
+
+
 class Labeler(Protocol[Item]):
     """The cv2 side of the job (``BoxLabeler``): thresholds, boxes, overlays, COCO, summary."""
 
     def threshold(self, maps: Sequence[NDArray[np.float32]], c: float) -> float: ...
+    def gate(
+        self, scores: Sequence[float | None], source: str, params: PseudoLabelParams
+    ) -> Gate: ...
     def label(
         self,
         amap: NDArray[np.float32],
@@ -74,6 +89,7 @@ class Labeler(Protocol[Item]):
         params: PseudoLabelParams,
         image_score: float | None,
         file_name: str,
+        score_gate: float | None = None,
     ) -> tuple[Item, str]: ...
     def overlay_png(self, image: NDArray[np.uint8], item: Item) -> bytes: ...
     def coco(self, items: Sequence[Item]) -> dict[str, Any]: ...
@@ -120,13 +136,14 @@ def run_pseudo_label_job(
     _check_unique_stems(pairs)
     ctx.set_outputs(out_prefix=out, pairing=report.summary())
     try:
-        items, threshold = _label_all(ctx, params, pairs, out, limits, labeler)
+        items, threshold, gate = _label_all(ctx, params, pairs, out, limits, labeler)
         shown = _write_examples(ctx, items, pairs, out, limits, settings.overlay_examples, labeler)
     except JobCanceledError:
         if params.out_prefix is None:  # our own job prefix; a caller's prefix is left alone
             ctx.store.delete_prefix(out)
         raise
-    summary = _summary(params, threshold, ctx.job_id, labeler.summary(items, params.category))
+    stats = labeler.summary(items, params.category) | gate
+    summary = _summary(params, threshold, ctx.job_id, stats)
     _write_json(ctx, file_key(out, SUMMARY_FILE), summary)
     ctx.store.put_bytes(file_key(out, CLASSES_FILE), classes_text())
     _write_json(ctx, file_key(out, COCO_FILE), _coco(labeler.coco(items), pairs))
@@ -136,6 +153,8 @@ def run_pseudo_label_job(
         threshold=threshold,
         images=len(items),
         images_with_boxes=summary["images_with_boxes"],
+        share_with_boxes=summary["share_with_boxes"],
+        boxes_per_image=summary["boxes_per_image"],
         boxes=sum(len(i.boxes) for i in items),
         annotations=file_key(out, COCO_FILE),
         summary=file_key(out, SUMMARY_FILE),
@@ -176,37 +195,60 @@ def _label_all(
     out: str,
     limits: ImageLimits,
     labeler: Labeler[Item],
-) -> tuple[list[Item], float]:
+) -> tuple[list[Item], float, dict[str, Any]]:
+    """Boxes of every image; returns them, T_c and the gate's outputs (also on the record)."""
     maps = _parallel(
         ctx, pairs, lambda p: load_map(ctx.store.get_bytes(p.map_key), p.map_key), (0, 30), "maps"
     )
     threshold = labeler.threshold(maps, params.c)
-    scores = _scores(ctx, params)
+    scores, source, note = _image_scores(ctx, params, pairs, maps)
+    gate = labeler.gate(scores, source, params)
+    passed = sum(1 for s in scores if gate.passes(s))
+    gate_outputs = gate.outputs() | {"gate_score_note": note, "gate_passed_images": passed}
+    ctx.set_outputs(**gate_outputs)
     rel = len(params.images_prefix)
 
-    def label(item: tuple[Pair, NDArray[np.float32]]) -> Item:
-        pair, amap = item
+    def label(item: tuple[Pair, NDArray[np.float32], float | None]) -> Item:
+        pair, amap, score = item
         size = read_image_size(ctx.store, pair.image_key, limits)
-        score = None if scores is None else score_of(scores, pair.image_key)
-        boxes, text = labeler.label(amap, size, threshold, params, score, pair.image_key[rel:])
+        boxes, text = labeler.label(
+            amap, size, threshold, params, score, pair.image_key[rel:], gate.threshold
+        )
         key = label_key(out, _stem(pair.image_key))
         ctx.store.put_bytes(key, text.encode(), content_type="text/plain")
         return boxes
 
-    items = _parallel(ctx, list(zip(pairs, maps, strict=True)), label, (30, 90), "images")
-    return items, threshold
+    work = list(zip(pairs, maps, scores, strict=True))
+    items = _parallel(ctx, work, label, (30, 90), "images")
+    return items, threshold, gate_outputs
 
 
-def _scores(ctx: JobContext, params: PseudoLabelParams) -> dict[str, float] | None:
-    if params.score_gate is None:
-        return None
+def _image_scores(
+    ctx: JobContext,
+    params: PseudoLabelParams,
+    pairs: Sequence[Pair],
+    maps: Sequence[NDArray[np.float32]],
+) -> tuple[list[float | None], str, str]:
+    """One image score per pair, their source ("scores", "map_max", "none") and a note.
+
+    A fixed gate is in the units of the dataset-map scores, so it needs them. The auto gate
+    takes them when every pool image has a finite one, else each map's maximum for every
+    image: one scale for the whole fit, never a mix of the two.
+    """
+    if params.gate == "off":
+        return [None] * len(pairs), "none", "gate off: no image scores read"
     scores = load_scores(ctx.store, params.maps_prefix)
-    if scores is None:
+    if scores is None and params.gate == "fixed":
         raise InvalidInputError(
             f"score_gate needs image scores, but {params.maps_prefix} has none",
             code="scores_missing",
         )
-    return scores
+    listed = [None if scores is None else score_of(scores, p.image_key) for p in pairs]
+    missing = sum(1 for s in listed if s is None or not math.isfinite(s))
+    if params.gate == "fixed" or missing == 0:
+        return listed, "scores", f"scores.csv: {len(pairs) - missing}/{len(pairs)} images"
+    why = "no scores.csv" if scores is None else f"scores.csv: {missing}/{len(pairs)} unscored"
+    return [float(np.max(m)) for m in maps], "map_max", f"{why}: each map's maximum instead"
 
 
 def _parallel(

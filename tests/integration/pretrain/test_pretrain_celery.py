@@ -203,6 +203,31 @@ def test_pseudo_label_job_writes_yolo_labels_and_coco(stack: Stack) -> None:
     assert store.exists(f"{out}manifest.json")
 
 
+def test_pseudo_label_job_with_the_auto_gate_records_it(stack: Stack) -> None:
+    # given: scores.csv gives 0.9 to the 8 images with a blob and 0.1 to the 4 normal ones
+    body = {
+        "category": "billet",
+        "images_prefix": "img/billet/",
+        "maps_prefix": f"maps/billet/{MAP_JOB}/",
+        "gate": "auto",
+    }
+    # when
+    status, record = _post(f"{stack.url}/v1/pseudo-label-jobs", body)
+    job_id = record["id"]
+    wait_for(lambda: stack.job(job_id).terminal, 120, stack.logs())
+    # then
+    final = stack.job(job_id)
+    out = final.outputs
+    assert status == 202
+    assert final.state == JobState.SUCCEEDED, final.error
+    assert (out["gate"], out["gate_score_source"]) == ("auto", "scores")
+    assert 0.1 < out["gate_threshold"] < 0.9
+    assert out["gate_defect_share"] == pytest.approx(2 / 3, abs=0.01)
+    assert (out["gate_passed_images"], out["images_with_boxes"]) == (8, 8)
+    assert out["share_with_boxes"] == pytest.approx(2 / 3)
+    assert out["boxes_per_image"] > 0
+
+
 def test_the_server_refuses_unknown_config_keys_and_keeps_serving(stack: Stack) -> None:
     # when
     source = {"category": "x", "images_prefix": "a/", "maps_prefix": "b/"}

@@ -191,13 +191,27 @@ def test_a_pseudo_label_job_is_accepted_with_its_defaults(client: TestClient) ->
         0.8,
     )
     assert params["score_gate"] is None
+    assert (params["gate"], params["gate_min_separation"], params["gate_min_weight"]) == (
+        "off",
+        2.0,
+        0.02,
+    )
     assert client.get(f"/v1/pseudo-label-jobs/{response.json()['id']}").status_code == 200
 
 
 @pytest.mark.parametrize(
     "fields",
-    [{"regions": "blobs"}, {"top_k": 0}, {"nms": 1.5}, {"c": "x"}],
-    ids=["regions", "top_k", "nms", "c"],
+    [
+        {"regions": "blobs"},
+        {"top_k": 0},
+        {"nms": 1.5},
+        {"c": "x"},
+        {"gate": "sometimes"},
+        {"gate": "fixed"},
+        {"gate": "auto", "score_gate": 0.5},
+        {"gate_min_weight": 0.5},
+    ],
+    ids=["regions", "top_k", "nms", "c", "gate", "fixed-without-score", "auto-with-score", "w"],
 )
 def test_bad_pseudo_label_parameters_get_422(client: TestClient, fields: dict[str, Any]) -> None:
     response = client.post("/v1/pseudo-label-jobs", json=PSEUDO | fields)

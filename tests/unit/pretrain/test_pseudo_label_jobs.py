@@ -227,3 +227,115 @@ def test_cancel_mid_job_ends_canceled_and_removes_the_partial_output(tmp_path: P
     # then
     assert record.state == JobState.CANCELED
     assert store.list("pseudo/") == []
+
+
+def test_the_record_says_the_gate_is_off_by_default(store: FileObjectStore, tmp_path: Path) -> None:
+    # when
+    record = _run(store, tmp_path)
+    out = record.outputs
+    # then: the reference behaviour, and the fields a benchmark reads
+    assert (out["gate"], out["gate_threshold"], out["gate_score_source"]) == ("off", None, "none")
+    assert out["gate_defect_share"] is None
+    assert out["gate_separation"] is None
+    assert out["gate_reason"] == "gate off: every image may get boxes"
+    assert out["gate_passed_images"] == 3
+    assert (out["images_with_boxes"], out["boxes"]) == (2, 2)
+    assert out["share_with_boxes"] == pytest.approx(2 / 3)
+    assert out["boxes_per_image"] == pytest.approx(2 / 3)
+
+
+def test_an_auto_gate_on_three_images_is_off_and_says_why(
+    store: FileObjectStore, tmp_path: Path
+) -> None:
+    record = _run(store, tmp_path, gate="auto")
+    assert record.state == JobState.SUCCEEDED, record.error
+    assert record.outputs["gate_threshold"] is None
+    assert record.outputs["gate_reason"].startswith("3 images with a finite score")
+    assert record.outputs["gate_score_source"] == "map_max"  # scores.csv lacks b.png
+    assert record.outputs["images_with_boxes"] == 2
+
+
+POOL = 16
+PEAK = 2.0
+
+
+def _pool(store: FileObjectStore, *, scores: bool, low_peak: float = PEAK) -> None:
+    """16 images, each map with one hot blob; images 12-15 'defective' (score 0.8, peak 2.0),
+    the rest 'normal' (score 0.2, peak ``low_peak``), all with a little jitter."""
+    rng = np.random.default_rng(0)
+    rows = "image_key,image_score,zero_shot_score,map_max\n"
+    for i in range(POOL):
+        defective = i >= 12
+        amap = np.zeros((GRID, GRID))
+        amap[2:4, 3:5] = (PEAK if defective else low_peak) + rng.normal(0, 0.02)
+        name = f"p{i:02d}.png"
+        store.put_bytes(f"{IMAGES}{name}", encode_png(np.zeros((HEIGHT, WIDTH, 3), np.uint8)))
+        store.put_bytes(f"{OUT}maps/p{i:02d}.npy", _npy(amap))
+        score = (0.8 if defective else 0.2) + rng.normal(0, 0.03)
+        rows += f"{IMAGES}{name},{score},0,0\n"
+    if scores:
+        store.put_bytes(f"{OUT}scores.csv", rows.encode())
+
+
+@pytest.fixture
+def pool(tmp_path: Path) -> FileObjectStore:
+    store = FileObjectStore(tmp_path / "pool")
+    _pool(store, scores=True)
+    return store
+
+
+def test_the_auto_gate_keeps_boxes_on_the_high_scoring_share_of_the_pool(
+    pool: FileObjectStore, tmp_path: Path
+) -> None:
+    # given: every map exceeds T_c, so without a gate every image gets a box
+    ungated = _run(pool, tmp_path).outputs
+    # when
+    record = _run(pool, tmp_path, gate="auto")
+    out = record.outputs
+    summary = _json(pool, out["summary"])
+    # then
+    assert record.state == JobState.SUCCEEDED, record.error
+    assert ungated["images_with_boxes"] == POOL
+    assert (out["gate"], out["gate_score_source"]) == ("auto", "scores")
+    assert 0.3 < out["gate_threshold"] < 0.7
+    assert out["gate_defect_share"] == pytest.approx(0.25, abs=0.01)
+    assert out["gate_separation"] >= 2
+    assert out["gate_reason"].startswith("two populations")
+    assert (out["gate_passed_images"], out["images_with_boxes"], out["boxes"]) == (4, 4, 4)
+    assert out["share_with_boxes"] == pytest.approx(0.25)
+    assert out["boxes_per_image"] == pytest.approx(0.25)
+    assert [pool.get_bytes(f"{out['out_prefix']}labels/p{i:02d}.txt") != b"" for i in (0, 12)] == [
+        False,
+        True,
+    ]
+    assert summary["gate"] == "auto"
+    assert summary["gate_threshold"] == out["gate_threshold"]
+    assert summary["gate_mixture"]["weights"][1] == pytest.approx(0.25, abs=0.01)
+
+
+def test_the_auto_gate_falls_back_to_map_maxima_without_scores(tmp_path: Path) -> None:
+    # given: no scores.csv; normal maps peak at 1.0, defective ones at 2.0; c = 0.5 puts
+    # T_c = 1.25 - 0.5 below both, so only the gate keeps normal images box-free
+    store = FileObjectStore(tmp_path / "pool")
+    _pool(store, scores=False, low_peak=1.0)
+    # when
+    record = _run(store, tmp_path, gate="auto", c=0.5)
+    out = record.outputs
+    # then
+    assert record.state == JobState.SUCCEEDED, record.error
+    assert out["gate_score_source"] == "map_max"
+    assert out["gate_score_note"] == "no scores.csv: each map's maximum instead"
+    assert 1.0 < out["gate_threshold"] < 2.0
+    assert out["images_with_boxes"] == 4
+
+
+def test_the_auto_gate_on_one_population_gates_nothing(tmp_path: Path) -> None:
+    # given: every image alike (all defective)
+    store = FileObjectStore(tmp_path / "pool")
+    _pool(store, scores=False)
+    # when
+    record = _run(store, tmp_path, gate="auto")
+    # then
+    assert record.outputs["gate_threshold"] is None
+    assert record.outputs["gate_reason"].startswith("one population")
+    assert record.outputs["images_with_boxes"] == POOL
