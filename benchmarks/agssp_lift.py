@@ -5,11 +5,26 @@ boxes from its masks; ``--dataset neu-det`` with its VOC boxes. Either way: a fi
 validation split (by seed; Magnetic-tile's holds defect-free images too), a labelled
 training set of ``--labelled-per-class`` defect images per class (the dataset's ``mini-N``
 split: 10 x 5 classes = 50 on Magnetic-tile), and every other image as the unlabelled pool.
-Anomaly maps of the pool come from ToCoAD (fitted on the pool at the anomaly-map service's
-``--tocoad-preset``) and, as the method's ceiling, from the pool's own labels (oracle: the
-masks, or the boxes filled in where a dataset has no masks). For each map source one pipeline
-runs maps -> pseudo boxes -> AGBP -> AGDP -> finetune; then the same recipe finetunes from
-scratch, from the AGBP backbone only, and from AGSSP (AGBP + AGDP), for every seed.
+Anomaly maps of the pool come from three sources, each run through the same pipeline (maps ->
+pseudo boxes -> AGBP -> AGDP -> finetune):
+
+- ``tocoad``: ToCoAD fitted on the pool at ``--tocoad-preset``, its Stage I also pasting the
+  labelled set's defect boxes (the pipeline's default), pseudo boxes behind the label-free gate;
+- ``random``: the control that asks whether the maps carry information: per pool image the
+  same number of boxes as ToCoAD's pseudo boxes, sizes drawn from ToCoAD's box sizes, placed
+  uniformly at random, given as maps (the boxes filled in);
+- ``oracle``: the method's ceiling, the pool's own labels (the masks, or the boxes filled in).
+
+Then, for every seed, the same finetune recipe from each start (``results.<maps>.<init>``):
+
+- ``tocoad``: ``scratch``; ``scratch_matched`` (scratch with extra epochs whose image-steps
+  equal the AGBP + AGDP pretraining's: more optimisation alone); ``ssl`` (AGBP with a map-free
+  objective, MoCo v3 alone, same epochs: in-domain self-supervision without the maps);
+  ``agbp`` (the distilled backbone only); ``agssp`` (AGBP + AGDP);
+- ``random`` and ``oracle``: ``agssp``.
+
+``pseudo_boxes.<maps>`` reports the share of pool images given boxes and boxes per image
+(the oracle's row is the truth).
 
 Everything runs through the suite's public routes (its own ``agssp up`` on a free port with
 a private ``AGSSP_HOME``), so the measured path is the product's. Job ids are kept in a state
@@ -24,7 +39,6 @@ back, running ones are followed). Writes ``benchmarks/results/agssp_lift.json`` 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -41,7 +55,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
-from PIL import Image
+
+from benchmarks.lift_maps import grid_map, label_stats, stage_random, truth_share, write_maps
 
 if TYPE_CHECKING:  # the suite's modules load lazily, after the argument check
     from services.finetune.stores.datasets import DatasetRef
@@ -50,8 +65,15 @@ if TYPE_CHECKING:  # the suite's modules load lazily, after the argument check
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 SERVICES = ("anomaly_map", "pretrain", "finetune", "inference")
-INITS = ("scratch", "agbp", "agssp")
+# The detector starts measured per map source (see the module docstring).
+ROWS: dict[str, tuple[str, ...]] = {
+    "tocoad": ("scratch", "scratch_matched", "ssl", "agbp", "agssp"),
+    "random": ("agssp",),
+    "oracle": ("agssp",),
+}
+MAPS_FIRST = "tocoad"  # random boxes copy its counts and sizes, so it runs first
 _END = {"SUCCEEDED", "FAILED", "CANCELED"}
+ORACLE, RANDOM = "bench/oracle/", "bench/random/"
 
 
 @dataclass(frozen=True)
@@ -78,7 +100,13 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--home", type=Path, help="default: var/bench-lift[-<dataset>]")
     parser.add_argument("--out", type=Path, help="default: results/agssp_lift[_<dataset>].json")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--maps", nargs="+", default=["tocoad", "oracle"])
+    parser.add_argument("--maps", nargs="+", choices=sorted(ROWS), default=list(ROWS))
+    parser.add_argument(
+        "--no-labelled-defects",
+        action="store_true",
+        help="fit ToCoAD on the pool alone (the maps before issue 21)",
+    )
+    parser.add_argument("--random-grid", type=int, default=64)
     parser.add_argument("--labelled-per-class", type=int, default=10)
     parser.add_argument("--val-fraction", type=float, default=0.12)
     parser.add_argument("--split-seed", type=int, default=0)
@@ -103,6 +131,9 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny run that checks the path")
     parser.add_argument("--fresh", action="store_true", help="forget the state file")
     args = parser.parse_args()
+    if "random" in args.maps and MAPS_FIRST not in args.maps:
+        parser.error("--maps random copies the tocoad boxes: give tocoad too")
+    args.maps = sorted(args.maps, key=list(ROWS).index)
     named = args.dataset != "magnetic-tile"  # Magnetic-tile keeps the first run's names
     args.data = args.data or SHARED_DATA / args.dataset
     home, out = (
@@ -209,8 +240,9 @@ def import_dataset(args: argparse.Namespace, home: Path) -> tuple[str, dict[str,
     return str(ref), DatasetCatalog(store).splits(ref)
 
 
-def stage_pool(args: argparse.Namespace, home: Path, ref: str, splits: dict[str, Any]) -> int:
-    """Copy the unlabelled pool (train minus the labelled mini split) and its oracle maps."""
+def stage_pool(args: argparse.Namespace, home: Path, ref: str, splits: dict[str, Any]) -> list[str]:
+    """Copy the unlabelled pool (train minus the labelled mini split) and write its oracle
+    maps; returns the pool's image keys."""
     from services.finetune.stores.datasets import DatasetRef
     from shared.storage.filesystem import FileObjectStore
 
@@ -221,25 +253,18 @@ def stage_pool(args: argparse.Namespace, home: Path, ref: str, splits: dict[str,
     if args.pool_limit and len(pool) > args.pool_limit:
         # every k-th image: the split lists may be grouped by class, a prefix would not be
         pool = pool[:: len(pool) // args.pool_limit][: args.pool_limit]
-    if store.exists("bench/oracle/manifest.json"):
-        return len(pool)
+    keys = [f"bench/pool/{name}" for name in pool]
+    if store.exists(ORACLE + "manifest.json"):
+        return keys
     masks = _oracle_masks(args, store, dataset, pool)
-    mapping = {}
-    for name in pool:
-        image_key = f"bench/pool/{name}"
-        store.put_bytes(image_key, store.get_bytes(dataset.image_key(name)))
-        mask = masks[name]
-        small = Image.fromarray(mask / max(float(mask.max()), 1.0)).resize(
-            (args.oracle_grid, args.oracle_grid), Image.Resampling.BOX
-        )
-        buffer = io.BytesIO()
-        np.save(buffer, np.asarray(small, np.float32))
-        map_key = f"bench/oracle/maps/{Path(name).stem}.npy"
-        store.put_bytes(map_key, buffer.getvalue())
-        mapping[image_key] = map_key
-    manifest = {"category": args.dataset, "count": len(mapping), "maps": mapping}
-    store.put_bytes("bench/oracle/manifest.json", json.dumps(manifest).encode())
-    return len(pool)
+    for name, key in zip(pool, keys, strict=True):
+        store.put_bytes(key, store.get_bytes(dataset.image_key(name)))
+    maps = {
+        key: grid_map(masks[name], args.oracle_grid) for name, key in zip(pool, keys, strict=True)
+    }
+    store.put_bytes(ORACLE + "truth.json", json.dumps({"share": truth_share(masks)}).encode())
+    write_maps(store, ORACLE, args.dataset, maps)
+    return keys
 
 
 def _oracle_masks(
@@ -316,13 +341,24 @@ class Runner:
         jobs = self.state.setdefault("jobs", {})
         if key not in jobs:
             response = self.http.post(f"{self.urls['finetune']}/v1/finetune-jobs", json=body)
-            response.raise_for_status()
+            if response.is_error:
+                raise RuntimeError(f"finetune {key} refused: {response.text}")
             jobs[key] = response.json()["id"]
             self.save()
         return str(jobs[key])
 
     def job(self, job_id: str) -> dict[str, Any]:
         return self._wait(f"{self.urls['finetune']}/v1/jobs/{job_id}", job_id)
+
+    def pretrain(self, key: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Run (or follow) an AGBP job submitted straight to the pretrain service."""
+        jobs = self.state.setdefault("pretrain", {})
+        if key not in jobs:
+            response = self.http.post(f"{self.urls['pretrain']}/v1/pretrain-jobs", json=body)
+            response.raise_for_status()
+            jobs[key] = response.json()["id"]
+            self.save()
+        return self._wait(f"{self.urls['pretrain']}/v1/jobs/{jobs[key]}", key)
 
     def _wait(self, url: str, what: str) -> dict[str, Any]:
         last = ""
@@ -348,6 +384,7 @@ def run_maps_source(
     runner: Runner, args: argparse.Namespace, maps: str, ref: str, rec: dict[str, Any]
 ) -> dict[str, Any]:
     """One pipeline (seed 0) for a map source; returns its artifacts and job ids."""
+    provided = {"random": RANDOM, "oracle": ORACLE}.get(maps)
     body: dict[str, Any] = {
         "name": f"lift-{maps}",
         "category": args.dataset,
@@ -358,20 +395,54 @@ def run_maps_source(
             "split": f"mini-{args.labelled_per_class}",
             "val_split": "val",
         },
-        "maps": "tocoad" if maps == "tocoad" else "provided",
-        "maps_prefix": None if maps == "tocoad" else "bench/oracle/",
+        "maps": "provided" if provided else "tocoad",
+        "maps_prefix": provided,
+        "labelled_defects": not args.no_labelled_defects,
+        "gate": "auto",
         "preset": "cpu",
         "seed": args.seeds[0],
         "baseline": False,
         "overrides": {**rec, "tocoad_preset": args.tocoad_preset},
     }
     record, same_recipe = runner.pipeline(maps, body)
+    boxes = _step(record, "pseudo_boxes")["outputs"]
     return {
         "pipeline": record["id"],
+        "maps_prefix": boxes.get("maps_prefix") or _maps_prefix(record, provided),
+        "labels": boxes["out_prefix"],
+        "gate": {k: v for k, v in boxes.items() if k.startswith("gate")},
         "agbp": _step(record, "agbp")["outputs"]["artifact"],
         "agdp": _step(record, "agdp")["outputs"]["artifact"],
         "agssp_seed0_job": _step(record, "finetune")["job_id"] if same_recipe else None,
     }
+
+
+def _maps_prefix(record: dict[str, Any], provided: str | None) -> str:
+    return provided or str(_step(record, "maps")["outputs"]["maps_prefix"])
+
+
+def run_ssl(
+    runner: Runner, args: argparse.Namespace, rec: dict[str, Any], tocoad: dict[str, Any]
+) -> str:
+    """AGBP with a map-free objective (MoCo v3 alone: distill weight 0), same recipe
+    otherwise; returns its backbone artifact. The maps are read but weigh nothing."""
+    config = {
+        **rec["agbp"], "backbone": "yolov8n", "objective": "mocov3_distill", "distill_weight": 0.0,
+        "task_weight": 1.0, "seed": args.seeds[0],
+    }  # fmt: skip
+    source = {
+        "category": args.dataset, "images_prefix": "bench/pool/",
+        "maps_prefix": tocoad["maps_prefix"],
+    }  # fmt: skip
+    body = {"sources": [source], "config": config, "artifact_name": "lift-ssl"}
+    return str(runner.pretrain("ssl", body)["artifacts"][0])
+
+
+def matched_epochs(args: argparse.Namespace, pool: int, labelled: int) -> int:
+    """Finetune epochs whose extra image-steps equal AGBP's + AGDP's (AGDP trains on the
+    pool less its validation share, the pipeline's val_fraction of 0.2)."""
+    pretrain_steps = int(args.agbp_epochs) * pool + int(args.agdp_epochs) * round(pool * 0.8)
+    return int(args.epochs) + -(-pretrain_steps // max(1, labelled))
 
 
 def detector_jobs(
@@ -380,11 +451,20 @@ def detector_jobs(
     """Submit every (maps, init, seed) finetune not yet run; returns their job ids."""
     jobs: dict[str, dict[str, dict[int, str]]] = {}
     for maps in args.maps:
-        jobs[maps] = {init: {} for init in INITS}
+        jobs[maps] = {init: {} for init in ROWS[maps]}
         for seed in args.seeds:
-            for init in INITS:
+            for init in ROWS[maps]:
                 jobs[maps][init][seed] = _detector(runner, args, ref, rec, made, maps, init, seed)
     return jobs
+
+
+def _start(made: dict[str, Any], maps: str, init: str) -> dict[str, Any]:
+    if init in ("scratch", "scratch_matched"):
+        return {"kind": "scratch"}
+    if init == "ssl":
+        return {"kind": "agbp", "artifact": made["ssl"]}
+    kind = "agbp" if init == "agbp" else "agdp"
+    return {"kind": kind, "artifact": made[maps][kind]}
 
 
 def _detector(
@@ -399,22 +479,20 @@ def _detector(
 ) -> str:
     if init == "agssp" and seed == args.seeds[0] and made[maps]["agssp_seed0_job"]:
         return str(made[maps]["agssp_seed0_job"])
-    if init == "scratch":  # scratch does not depend on the maps: one run per seed
-        maps = "any"
-    start: dict[str, Any] = {"kind": "scratch"}
-    if init != "scratch":
-        kind = "agbp" if init == "agbp" else "agdp"
-        start = {"kind": kind, "artifact": made[maps][kind]}
+    config = {**rec["finetune"], "seed": seed}
+    if init == "scratch_matched":
+        config["epochs"] = made["matched_epochs"]
+    key_maps = "any" if init.startswith("scratch") else maps  # scratch ignores the maps
     body = {
         "dataset": ref,
         "split": f"mini-{args.labelled_per_class}",
         "val_split": "val",
         "scale": "n",
-        "config": {**rec["finetune"], "seed": seed},
-        "model_name": f"lift-{maps}-{init}",
-        "init": start,
+        "config": config,
+        "model_name": f"lift-{key_maps}-{init}".replace("_", "-"),
+        "init": _start(made, maps, init),
     }
-    return runner.finetune(f"{maps}/{init}/{seed}", body)
+    return runner.finetune(f"{key_maps}/{init}/{seed}", body)
 
 
 def summarize(runner: Runner, jobs: dict[str, dict[str, dict[int, str]]]) -> dict[str, Any]:
@@ -454,6 +532,42 @@ def machine() -> dict[str, Any]:
     }
 
 
+def pretrain_all(
+    runner: Runner, args: argparse.Namespace, ref: str, rec: dict[str, Any], pool: list[str]
+) -> dict[str, Any]:
+    """Every map source's pipeline up to AGDP (random after tocoad: it copies its boxes),
+    and the map-free SSL backbone."""
+    from shared.storage.filesystem import FileObjectStore
+
+    store = FileObjectStore(args.home / "store")
+    made: dict[str, Any] = {}
+    for maps in args.maps:
+        if maps == "random" and not store.exists(RANDOM + "manifest.json"):
+            labels = made[MAPS_FIRST]["labels"]
+            stage_random(
+                store, pool, labels, category=args.dataset, prefix=RANDOM,
+                grid=args.random_grid, seed=args.split_seed,
+            )  # fmt: skip
+        made[maps] = run_maps_source(runner, args, maps, ref, rec)
+    if MAPS_FIRST in made:
+        made["ssl"] = run_ssl(runner, args, rec, made[MAPS_FIRST])
+    return made
+
+
+def box_stats(args: argparse.Namespace, pool: list[str], made: dict[str, Any]) -> dict[str, Any]:
+    """Per map source: pool images with pseudo boxes and boxes per image, its gate; and the
+    share of pool images that truly hold a defect."""
+    from shared.storage.filesystem import FileObjectStore
+
+    store = FileObjectStore(args.home / "store")
+    stats: dict[str, Any] = {
+        maps: {**label_stats(store, made[maps]["labels"], pool), **made[maps]["gate"]}
+        for maps in args.maps
+    }
+    stats["truth_share_with_defects"] = json.loads(store.get_bytes(ORACLE + "truth.json"))["share"]
+    return stats
+
+
 def main() -> None:
     args = _arguments()
     marker = SOURCES[args.dataset].marker
@@ -467,13 +581,15 @@ def main() -> None:
     started, load_before = time.time(), os.getloadavg()
     ref, splits = import_dataset(args, args.home)
     pool = stage_pool(args, args.home, ref, splits)
+    labelled = len(splits[f"mini-{args.labelled_per_class}"])
     proc, urls = start_suite(args.home, args.home / "suite.log")
     try:
         runner = Runner(urls, state_path)
         first_start = runner.state.setdefault("started_at", started)
         runner.save()
         rec = recipe(args)
-        made = {maps: run_maps_source(runner, args, maps, ref, rec) for maps in args.maps}
+        made = pretrain_all(runner, args, ref, rec, pool)
+        made["matched_epochs"] = matched_epochs(args, len(pool), labelled)
         results = summarize(runner, detector_jobs(runner, args, ref, rec, made))
     finally:
         proc.terminate()
@@ -493,8 +609,9 @@ def main() -> None:
             "labelled_split": f"mini-{args.labelled_per_class}",
             "labelled_images": len(splits[f"mini-{args.labelled_per_class}"]),
             "val_images": len(splits["val"]),
-            "pool_images": pool,
+            "pool_images": len(pool),
         },
+        "pseudo_boxes": box_stats(args, pool, made),
         "recipe": {**rec, "tocoad_preset": args.tocoad_preset, "scale": "n", "seeds": args.seeds},
         "artifacts": made,
         "results": results,

@@ -2,7 +2,9 @@
 
 Split (fixed): ``MT_Free`` images in a seeded permutation, the first 80 % fit the model; the
 test set is the other 20 % of the normals plus every defect image (``MT_Blowhole``,
-``MT_Break``, ``MT_Crack``, ``MT_Fray``, ``MT_Uneven``) with its ``<stem>.png`` mask.
+``MT_Break``, ``MT_Crack``, ``MT_Fray``, ``MT_Uneven``) with its ``<stem>.png`` mask, less the
+``--labelled-per-class`` defect images per class (seeded) that go to the fit side as the
+labelled defects: never a test image, and every variant is scored on the same reduced test.
 
 Variants scored on the same test images (maps compared with masks at S x S, masks squashed and
 binarised at 0.5 as in ``services.anomaly_map.usecases.evaluations``):
@@ -12,7 +14,9 @@ binarised at 0.5 as in ``services.anomaly_map.usecases.evaluations``):
 - ``bank_only``: a memory bank on F right after Stage I (no Stage II);
 - ``median_residual``: |grey - median filter(grey)|, smoothed (no training);
 - ``pixel_gaussian``: per-pixel z-score against the mean and std of the training normals;
-- ``tocoad_<source>``: extra rows, the full fit scored with its other map sources.
+- ``tocoad_<source>``: extra rows, the full fit scored with its other map sources;
+- ``tocoad_labelled``: a second full fit whose Stage I also pastes the labelled defects (their
+  mask regions, feathered, with geometric and photometric jitter; ``ml.tocoad.defects``).
 
 Writes ``benchmarks/results/tocoad_quality.json``; with ``--variant-name`` the numbers are also
 appended to ``benchmarks/results/tocoad_variants.json`` (a variant experiment). ``--quick``
@@ -47,6 +51,7 @@ from services.anomaly_map.ml.metrics import aupro, image_auroc, pixel_auroc
 from services.anomaly_map.ml.tocoad.backbone import ResNetFeatures
 from services.anomaly_map.ml.tocoad.config import TocoadConfig
 from services.anomaly_map.ml.tocoad.data import resize_images
+from services.anomaly_map.ml.tocoad.defects import DefectExemplar, exemplars_from_mask
 from services.anomaly_map.ml.tocoad.discriminator import Discriminator
 from services.anomaly_map.ml.tocoad.fit import fit_tocoad
 from services.anomaly_map.ml.tocoad.model import TocoadModel, build_memory_bank
@@ -78,23 +83,39 @@ class Split:
     test: list[Path]
     labels: list[int]
     masks: list[Path | None] = field(default_factory=list)
+    labelled: list[Path] = field(default_factory=list)  # defect images on the fit side
 
 
-def make_split(root: Path, test_limit: int | None) -> Split:
+def make_split(root: Path, test_limit: int | None, labelled_per_class: int = 0) -> Split:
     """The fixed split; ``test_limit`` keeps an evenly spaced subset of the test images."""
     free = sorted((root / "MT_Free" / "Imgs").glob("*.jpg"))
     order = np.random.default_rng(SPLIT_SEED).permutation(len(free))
     cut = round(TRAIN_SHARE * len(free))
     train = [free[i] for i in sorted(order[:cut])]
     normals = [free[i] for i in sorted(order[cut:])]
-    defects = [p for d in DEFECTS for p in sorted((root / d / "Imgs").glob("*.jpg"))]
+    picker = np.random.default_rng(SPLIT_SEED + 1)
+    defects, labelled = [], []
+    for kind in DEFECTS:
+        paths = sorted((root / kind / "Imgs").glob("*.jpg"))
+        chosen = set(picker.choice(len(paths), min(labelled_per_class, len(paths)), replace=False))
+        labelled += [p for i, p in enumerate(paths) if i in chosen]
+        defects += [p for i, p in enumerate(paths) if i not in chosen]
     test = normals + defects
     labels = [0] * len(normals) + [1] * len(defects)
     masks: list[Path | None] = [None] * len(normals) + [p.with_suffix(".png") for p in defects]
     if test_limit is not None and test_limit < len(test):
         picks = sorted({int(i) for i in np.linspace(0, len(test) - 1, test_limit).round()})
         test, labels, masks = ([seq[i] for i in picks] for seq in (test, labels, masks))  # type: ignore[assignment]
-    return Split(train, test, labels, masks)
+    return Split(train, test, labels, masks, labelled)
+
+
+def labelled_exemplars(paths: Sequence[Path], cfg: TocoadConfig) -> list[DefectExemplar]:
+    """The labelled defects' mask regions as exemplars at the model's scale."""
+    out: list[DefectExemplar] = []
+    for path in paths:
+        mask = np.asarray(cv2.imread(str(path.with_suffix(".png")), cv2.IMREAD_GRAYSCALE))
+        out += exemplars_from_mask(read_rgb(path), mask > 127, cfg.image_size, cfg.aspect)
+    return out
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -211,7 +232,9 @@ def run(args: argparse.Namespace, save: Callable[[dict[str, Any]], None]) -> dic
     if args.quick:
         overrides = merge(QUICK, overrides)
     cfg = preset_config(args.preset, overrides)
-    split = make_split(args.data, args.test_limit or (48 if args.quick else None))
+    split = make_split(
+        args.data, args.test_limit or (48 if args.quick else None), args.labelled_per_class
+    )
     train_paths = split.train[: args.train_limit or (32 if args.quick else None)]
     device = torch.device(args.device) if args.device != "auto" else None
     print(f"train {len(train_paths)}, test {len(split.test)} ({sum(split.labels)} defects)")
@@ -229,6 +252,8 @@ def run(args: argparse.Namespace, save: Callable[[dict[str, Any]], None]) -> dic
             "train": len(train_paths),
             "test": len(split.test),
             "test_defects": int(sum(split.labels)),
+            "labelled_defects": len(split.labelled),
+            "labelled_per_class": args.labelled_per_class,
         },
         "fit_s": None,
         "stage1_s": None,
@@ -242,6 +267,36 @@ def run(args: argparse.Namespace, save: Callable[[dict[str, Any]], None]) -> dic
     results["pixel_gaussian"] = _metrics(maps, scores, split, masks, ms)
     print("baselines", dict(results), flush=True)
     save(report)
+    if "plain" in args.fits:
+        _plain_fit(cfg, train, test, split, masks, device, report)
+        save(report)
+    if "labelled" in args.fits:
+        exemplars = labelled_exemplars(split.labelled, cfg)
+        started = time.perf_counter()
+        labelled = fit_tocoad(
+            train, cfg, hooks=TrainHooks(on_progress=_progress), device=device or "auto",
+            defects=exemplars,
+        )  # fmt: skip
+        report["labelled_fit_s"] = round(time.perf_counter() - started, 1)
+        report["labelled_exemplars"] = len(exemplars)
+        (maps, scores), ms = _timed(partial(labelled.score, test), len(test))
+        results["tocoad_labelled"] = _metrics(maps, scores, split, masks, ms)
+        print("tocoad_labelled", results["tocoad_labelled"], flush=True)
+        save(report)
+    return report
+
+
+def _plain_fit(
+    cfg: TocoadConfig,
+    train: list[np.ndarray],
+    test: list[np.ndarray],
+    split: Split,
+    masks: np.ndarray,
+    device: torch.device | None,
+    report: dict[str, Any],
+) -> None:
+    """Today's fit (normals only) and its Stage-I and map-source variants."""
+    results = report["results"]
     snapshot = Stage1Snapshot()
     started = time.perf_counter()
     model = fit_tocoad(
@@ -253,13 +308,10 @@ def run(args: argparse.Namespace, save: Callable[[dict[str, Any]], None]) -> dic
     )
     report["fit_s"] = round(time.perf_counter() - started, 1)
     report["stage1_s"] = round(snapshot.at - started, 1)
-    save(report)
     for name, variant in _variants(model, snapshot, train).items():
         (maps, scores), ms = _timed(partial(variant.score, test), len(test))
         results[name] = _metrics(maps, scores, split, masks, ms)
         print(name, results[name], flush=True)
-        save(report)
-    return report
 
 
 def model_normals(images: Sequence[np.ndarray], cfg: TocoadConfig) -> np.ndarray:
@@ -302,6 +354,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny schedule and test subset")
     parser.add_argument("--test-limit", type=int, default=None, help="evenly spaced subset")
     parser.add_argument("--train-limit", type=int, default=None)
+    parser.add_argument(
+        "--labelled-per-class", type=int, default=10, help="defect images moved to the fit side"
+    )
+    parser.add_argument(
+        "--fits", nargs="+", choices=["plain", "labelled"], default=["plain", "labelled"]
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "tocoad_quality.json")
     parser.add_argument("--variant-name", default=None, help="also record in tocoad_variants.json")
     parser.add_argument("--variants-out", type=Path, default=RESULTS / "tocoad_variants.json")
