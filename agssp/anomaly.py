@@ -223,7 +223,9 @@ def fit_tocoad(
     normal_prefix: Annotated[
         str | None, typer.Option(help="defect-free images already in the store")
     ] = None,
-    preset: Annotated[str, typer.Option(help="tiny (CI), demo (minutes), cpu (2 cores) or gpu")] = "cpu",
+    preset: Annotated[
+        str, typer.Option(help="tiny (CI), demo (minutes), cpu (2 cores) or gpu")
+    ] = "cpu",
     config: Annotated[str | None, typer.Option(help="TocoadConfig overrides as JSON")] = None,
     max_images: Annotated[int, typer.Option(help="most training images")] = 512,
 ) -> None:

@@ -171,3 +171,55 @@ def wait_for(
             return
         time.sleep(interval_s)
     raise AssertionError(message() if callable(message) else message)
+
+
+# -- the whole suite for pipeline tests ------------------------------------------------------
+PIPELINE_SERVICES = ("anomaly_map", "pretrain", "finetune", "inference")
+TINY_DETECTOR = {"epochs": 1, "batch": 4, "imgsz": 64}
+# The smallest training a pipeline accepts: seconds per step on one thread.
+TINY_OVERRIDES = {
+    "tocoad": {},
+    "agbp": {"epochs": 4, "batch_size": 4, "input_size": 64, "resize_base": 64},
+    "agdp": TINY_DETECTOR,
+    "finetune": TINY_DETECTOR,
+}
+
+
+def pipeline_env(base: SuiteEnv, tmp: Path, **extra: str) -> SuiteEnv:
+    """``base`` for a CPU pipeline run: no CLIP model (an empty model directory), one thread,
+    data-loader workers off, a fast pipeline poll; ``extra`` variables on top."""
+    env = {k: v for k, v in base.env.items() if not k.startswith(("ANOMALY_MAP_", "INFERENCE_"))}
+    (tmp / "models").mkdir(exist_ok=True)
+    env.update(
+        {
+            "AGSSP_MODEL_DIR": str(tmp / "models"),
+            "ANOMALY_MAP_DEVICE": "cpu",
+            "PRETRAIN_DEVICE": "cpu",
+            "PRETRAIN_NUM_WORKERS": "0",
+            "FINETUNE_DEVICE": "cpu",
+            "FINETUNE_WORKERS": "0",
+            "FINETUNE_WORK_DIR": str(tmp / "ft"),
+            "PIPELINE_POLL_INTERVAL_S": "0.5",
+            "OMP_NUM_THREADS": "1",
+            **extra,
+        }
+    )
+    return SuiteEnv(env, base.settings)
+
+
+def start_pipeline_apis(senv: SuiteEnv, tmp: Path) -> tuple[list[Proc], dict[str, str]]:
+    """The four APIs, then the pipeline API pointed at them; stops what started on failure."""
+    procs: list[Proc] = []
+    urls: dict[str, str] = {}
+    try:
+        for service in PIPELINE_SERVICES:
+            proc, urls[service] = start_api(senv, tmp, service, timeout_s=120)
+            procs.append(proc)
+        senv.env.update({f"PIPELINE_{s.upper()}_URL": urls[s] for s in PIPELINE_SERVICES})
+        proc, urls["pipeline"] = start_api(senv, tmp, "pipeline", timeout_s=60)
+        procs.append(proc)
+    except BaseException:
+        for proc in procs:
+            proc.stop()
+        raise
+    return procs, urls

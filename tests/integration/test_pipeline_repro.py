@@ -25,18 +25,19 @@ from shared.schemas.evaluation import PER_IMAGE_FILE, PerImageEval
 from shared.storage.artifacts import ArtifactStore
 from shared.storage.base import ObjectStore
 from shared.storage.factory import create_store
-from tests.integration.suite import Proc, SuiteEnv, start_api, start_worker, suite_env, wait_for
+from tests.integration.suite import (
+    TINY_OVERRIDES,
+    Proc,
+    pipeline_env,
+    start_pipeline_apis,
+    start_worker,
+    suite_env,
+    wait_for,
+)
 from tests.servers import ServerHandle
 
 pytestmark = pytest.mark.timeout(900)
-SERVICES = ("anomaly_map", "pretrain", "finetune", "inference")
-TINY = {"epochs": 1, "batch": 4, "imgsz": 64}
-OVERRIDES = {
-    "tocoad": {},
-    "agbp": {"epochs": 4, "batch_size": 4, "input_size": 64, "resize_base": 64},
-    "agdp": TINY,
-    "finetune": TINY,
-}
+OVERRIDES = TINY_OVERRIDES
 DETECTOR_STEPS = ("agdp", "finetune", "baseline")
 
 
@@ -60,35 +61,15 @@ def suite(
     base = suite_env(
         tmp, redis_url=f"redis://127.0.0.1:{redis_server.port}/0", s3_url=s3_server.url
     )
-    env = {k: v for k, v in base.env.items() if not k.startswith(("ANOMALY_MAP_", "INFERENCE_"))}
-    (tmp / "models").mkdir()
-    env.update(
-        {
-            "AGSSP_MODEL_DIR": str(tmp / "models"),
-            "ANOMALY_MAP_DEVICE": "cpu",
-            "PRETRAIN_DEVICE": "cpu",
-            "PRETRAIN_NUM_WORKERS": "0",
-            "FINETUNE_DEVICE": "cpu",
-            "FINETUNE_WORKERS": "0",
-            "FINETUNE_WORK_DIR": str(tmp / "ft"),
-            "PIPELINE_POLL_INTERVAL_S": "0.5",
-            "OMP_NUM_THREADS": "1",
-        }
-    )
-    senv = SuiteEnv(env, base.settings)
+    senv = pipeline_env(base, tmp)
     store = create_store(senv.settings)
     synthetic_demo(tmp / "demo", labelled=16, pool=12, size=64, seed=0)  # the generated set
     _upload(store, tmp / "demo" / "labelled", "demo/labelled/")
     _upload(store, tmp / "demo" / "unlabelled", "demo/unlabelled/")
-    procs, urls = [], {}
     worker = start_worker(senv, tmp, ["maps", "pretrain", "finetune"], "w1")
+    procs: list[Proc] = []
     try:
-        for service in SERVICES:
-            proc, urls[service] = start_api(senv, tmp, service, timeout_s=120)
-            procs.append(proc)
-        senv.env.update({f"PIPELINE_{s.upper()}_URL": urls[s] for s in SERVICES})
-        proc, urls["pipeline"] = start_api(senv, tmp, "pipeline", timeout_s=60)
-        procs.append(proc)
+        procs, urls = start_pipeline_apis(senv, tmp)
         yield Suite(urls, worker, store)
     finally:
         for proc in procs:

@@ -23,19 +23,21 @@ from PIL import Image
 
 from shared.storage.base import ObjectStore
 from shared.storage.factory import create_store
-from tests.integration.suite import Proc, SuiteEnv, start_api, start_worker, suite_env, wait_for
+from tests.integration.suite import (
+    TINY_OVERRIDES,
+    Proc,
+    SuiteEnv,
+    pipeline_env,
+    start_pipeline_apis,
+    start_worker,
+    suite_env,
+    wait_for,
+)
 from tests.servers import ServerHandle
 
 pytestmark = pytest.mark.timeout(900)
 SIZE = 64
-SERVICES = ("anomaly_map", "pretrain", "finetune", "inference")
-TINY = {"epochs": 1, "batch": 4, "imgsz": 64}
-OVERRIDES = {
-    "tocoad": {},
-    "agbp": {"epochs": 4, "batch_size": 4, "input_size": 64, "resize_base": 64},
-    "agdp": TINY,
-    "finetune": TINY,
-}
+OVERRIDES = TINY_OVERRIDES
 
 
 def _png(seed: int, shade: int) -> tuple[bytes, tuple[float, float, float, float]]:
@@ -83,34 +85,13 @@ def suite(
         s3_url=s3_server.url,
         lease_ttl_s=5,
     )
-    env = {k: v for k, v in base.env.items() if not k.startswith(("ANOMALY_MAP_", "INFERENCE_"))}
-    (tmp / "models").mkdir()  # an empty model directory: the offline plant
-    env.update(
-        {
-            "AGSSP_MODEL_DIR": str(tmp / "models"),
-            "ANOMALY_MAP_DEVICE": "cpu",
-            "PRETRAIN_DEVICE": "cpu",
-            "PRETRAIN_NUM_WORKERS": "0",
-            "FINETUNE_DEVICE": "cpu",
-            "FINETUNE_WORKERS": "0",
-            "FINETUNE_WORK_DIR": str(tmp / "ft"),
-            "INFERENCE_POLL_INTERVAL_S": "1",
-            "PIPELINE_POLL_INTERVAL_S": "0.5",
-            "OMP_NUM_THREADS": "1",
-        }
-    )
-    senv = SuiteEnv(env, base.settings)
+    senv = pipeline_env(base, tmp, INFERENCE_POLL_INTERVAL_S="1")  # no model dir: offline
     store = create_store(senv.settings)
     _seed(store)
-    procs, urls = [], {}
     workers = [start_worker(senv, tmp, ["maps", "pretrain", "finetune"], "w1")]
+    procs: list[Proc] = []
     try:
-        for service in SERVICES:
-            proc, urls[service] = start_api(senv, tmp, service, timeout_s=120)
-            procs.append(proc)
-        senv.env.update({f"PIPELINE_{s.upper()}_URL": urls[s] for s in SERVICES})
-        proc, urls["pipeline"] = start_api(senv, tmp, "pipeline", timeout_s=60)
-        procs.append(proc)
+        procs, urls = start_pipeline_apis(senv, tmp)
         yield Suite(senv, tmp, urls, workers, store)
     finally:
         for proc in procs:
