@@ -141,7 +141,8 @@ def _arguments() -> argparse.Namespace:
         if named
         else ("bench-lift", "agssp_lift.json")
     )
-    args.home = args.home or ROOT / "var" / home
+    # --quick imports a mini-2 split: it must never share a home with a full run
+    args.home = args.home or ROOT / "var" / (f"{home}-quick" if args.quick else home)
     args.out = args.out or ROOT / "benchmarks" / "results" / out
     if args.quick:
         args.labelled_per_class, args.pool_limit, args.tocoad_preset = 2, 40, "tiny"
