@@ -48,6 +48,7 @@ import statistics
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -74,6 +75,8 @@ ROWS: dict[str, tuple[str, ...]] = {
 MAPS_FIRST = "tocoad"  # random boxes copy its counts and sizes, so it runs first
 _END = {"SUCCEEDED", "FAILED", "CANCELED"}
 ORACLE, RANDOM = "bench/oracle/", "bench/random/"
+AGDP_VAL_FRACTION = 0.2  # the pipeline's default: AGDP validates on this share of the pool
+AGDP_TRAIN_SHARE = 1 - AGDP_VAL_FRACTION
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,8 @@ SOURCES = {
 }
 
 
-def _arguments() -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The lift's options; ``benchmarks.agssp_budget`` adds its own to the same parser."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", choices=sorted(SOURCES), default="magnetic-tile")
     parser.add_argument("--data", type=Path, help="default: ../shared/data/<dataset>")
@@ -130,7 +134,11 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--oracle-grid", type=int, default=32)
     parser.add_argument("--quick", action="store_true", help="tiny run that checks the path")
     parser.add_argument("--fresh", action="store_true", help="forget the state file")
-    args = parser.parse_args()
+    return parser
+
+
+def resolve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """Defaults that depend on other options (paths, the --quick recipe)."""
     if "random" in args.maps and MAPS_FIRST not in args.maps:
         parser.error("--maps random copies the tocoad boxes: give tocoad too")
     args.maps = sorted(args.maps, key=list(ROWS).index)
@@ -150,6 +158,11 @@ def _arguments() -> argparse.Namespace:
         args.agbp_epochs, args.agbp_size, args.agdp_epochs = 1, 64, 1
         args.seeds, args.out = args.seeds[:2], args.out.with_name(f"{args.out.stem}_quick.json")
     return args
+
+
+def _arguments() -> argparse.Namespace:
+    parser = build_parser()
+    return resolve(parser, parser.parse_args())
 
 
 def recipe(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -296,18 +309,58 @@ def _oracle_masks(
 
 # -- jobs -------------------------------------------------------------------------------------
 class Runner:
-    """Submits and follows pipelines and finetune jobs; remembers their ids in a state file."""
+    """Submits and follows pipelines and jobs, remembering them in a state file.
 
-    def __init__(self, urls: dict[str, str], state_path: Path) -> None:
+    Job ids are valid only in the home (``AGSSP_HOME``) that ran them; finished finetune
+    results (``done``) and what each sitting cost (``sittings``) are not. A state file met
+    with another home (a fresh checkout: ``var/`` is not in git, the state file is) keeps
+    those two and forgets the ids, so a run cut in one checkout resumes in the next, redoing
+    only the pretraining that unfinished rows still need.
+    """
+
+    KEPT_ACROSS_HOMES = ("done", "sittings", "made", "box_stats", "budget_made")
+
+    def __init__(self, urls: dict[str, str], state_path: Path, home: Path) -> None:
         self.urls = urls
         self.state_path = state_path
         self.state: dict[str, Any] = (
             json.loads(state_path.read_text()) if state_path.exists() else {}
         )
+        self._adopt(home)
+        now = time.time()
+        self.sitting = {"started": now, "last_seen": now, "loadavg_start": os.getloadavg()}
+        self.state.setdefault("sittings", []).append(self.sitting)
         self.http = httpx.Client(timeout=60)
 
+    def _adopt(self, home: Path) -> None:
+        marker = home / "bench-home-id"
+        if not marker.exists():
+            marker.write_text(uuid.uuid4().hex)
+        home_id = marker.read_text().strip()
+        if self.state.get("home_id") != home_id:
+            kept = {k: self.state[k] for k in self.KEPT_ACROSS_HOMES if k in self.state}
+            self.state = {**kept, "home_id": home_id}
+
     def save(self) -> None:
+        self.sitting["last_seen"] = time.time()
+        self.sitting["loadavg_last"] = os.getloadavg()
         self.state_path.write_text(json.dumps(self.state, indent=1))
+
+    def is_done(self, key: str) -> bool:
+        return key in self.state.get("done", {})
+
+    def result(self, key: str, job_id: str) -> dict[str, Any]:
+        """A finished finetune's mAP (followed to its end once, then read from the state)."""
+        done = self.state.setdefault("done", {})
+        if key not in done:
+            metrics = self.job(job_id)["outputs"]["metrics"]
+            done[key] = {"job": job_id, "map50": metrics["map50"], "map5095": metrics["map50_95"]}
+            self.save()
+        return dict(done[key])
+
+    def compute_s(self) -> float:
+        """Wall time of every sitting so far (each alone on the machine), cuts excluded."""
+        return float(sum(s["last_seen"] - s["started"] for s in self.state.get("sittings", [])))
 
     def pipeline(self, key: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """Run (or follow) a pipeline; returns its record and whether its finetune step used
@@ -339,6 +392,8 @@ class Runner:
             time.sleep(5)
 
     def finetune(self, key: str, body: dict[str, Any]) -> str:
+        if self.is_done(key):
+            return str(self.state["done"][key]["job"])
         jobs = self.state.setdefault("jobs", {})
         if key not in jobs:
             response = self.http.post(f"{self.urls['finetune']}/v1/finetune-jobs", json=body)
@@ -353,13 +408,18 @@ class Runner:
 
     def pretrain(self, key: str, body: dict[str, Any]) -> dict[str, Any]:
         """Run (or follow) an AGBP job submitted straight to the pretrain service."""
+        return self.submitted(key, "pretrain", "/v1/pretrain-jobs", body)
+
+    def submitted(self, key: str, service: str, route: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Run (or follow) one job of ``service`` posted to ``route``; returns its record."""
         jobs = self.state.setdefault("pretrain", {})
         if key not in jobs:
-            response = self.http.post(f"{self.urls['pretrain']}/v1/pretrain-jobs", json=body)
-            response.raise_for_status()
+            response = self.http.post(f"{self.urls[service]}{route}", json=body)
+            if response.is_error:
+                raise RuntimeError(f"{key} refused: {response.text}")
             jobs[key] = response.json()["id"]
             self.save()
-        return self._wait(f"{self.urls['pretrain']}/v1/jobs/{jobs[key]}", key)
+        return self._wait(f"{self.urls[service]}/v1/jobs/{jobs[key]}", key)
 
     def _wait(self, url: str, what: str) -> dict[str, Any]:
         last = ""
@@ -369,6 +429,7 @@ class Runner:
             if line != last:
                 print(line, flush=True)
                 last = line
+                self.save()  # the sitting's last_seen: a cut run still counts its time
             if record["state"] in _END:
                 if record["state"] != "SUCCEEDED":
                     raise RuntimeError(f"{what} ended {record['state']}: {record.get('error')}")
@@ -442,20 +503,29 @@ def run_ssl(
 def matched_epochs(args: argparse.Namespace, pool: int, labelled: int) -> int:
     """Finetune epochs whose extra image-steps equal AGBP's + AGDP's (AGDP trains on the
     pool less its validation share, the pipeline's val_fraction of 0.2)."""
-    pretrain_steps = int(args.agbp_epochs) * pool + int(args.agdp_epochs) * round(pool * 0.8)
+    pretrain_steps = int(args.agbp_epochs) * pool + int(args.agdp_epochs) * round(
+        pool * AGDP_TRAIN_SHARE
+    )
     return int(args.epochs) + -(-pretrain_steps // max(1, labelled))
+
+
+def row_key(maps: str, init: str, seed: int) -> str:
+    """The state's name of one finetune (scratch rows ignore the maps: one key for all)."""
+    return f"{'any' if init.startswith('scratch') else maps}/{init}/{seed}"
 
 
 def detector_jobs(
     runner: Runner, args: argparse.Namespace, ref: str, rec: dict[str, Any], made: dict[str, Any]
-) -> dict[str, dict[str, dict[int, str]]]:
-    """Submit every (maps, init, seed) finetune not yet run; returns their job ids."""
-    jobs: dict[str, dict[str, dict[int, str]]] = {}
+) -> dict[str, dict[str, dict[int, tuple[str, str]]]]:
+    """Submit every (maps, init, seed) finetune not yet run; returns their (key, job id)."""
+    jobs: dict[str, dict[str, dict[int, tuple[str, str]]]] = {}
     for maps in args.maps:
         jobs[maps] = {init: {} for init in ROWS[maps]}
         for seed in args.seeds:
             for init in ROWS[maps]:
-                jobs[maps][init][seed] = _detector(runner, args, ref, rec, made, maps, init, seed)
+                jobs[maps][init][seed] = detector_job(
+                    runner, args, ref, rec, made, maps, init, seed
+                )
     return jobs
 
 
@@ -468,7 +538,22 @@ def _start(made: dict[str, Any], maps: str, init: str) -> dict[str, Any]:
     return {"kind": kind, "artifact": made[maps][kind]}
 
 
-def _detector(
+def detector_body(
+    args: argparse.Namespace, ref: str, config: dict[str, Any], name: str, init: dict[str, Any]
+) -> dict[str, Any]:
+    """A finetune request on the labelled mini split, evaluated on ``val``."""
+    return {
+        "dataset": ref,
+        "split": f"mini-{args.labelled_per_class}",
+        "val_split": "val",
+        "scale": "n",
+        "config": config,
+        "model_name": name,
+        "init": init,
+    }
+
+
+def detector_job(
     runner: Runner,
     args: argparse.Namespace,
     ref: str,
@@ -477,42 +562,34 @@ def _detector(
     maps: str,
     init: str,
     seed: int,
-) -> str:
+) -> tuple[str, str]:
+    key = row_key(maps, init, seed)
+    if runner.is_done(key):
+        return key, str(runner.state["done"][key]["job"])
     if init == "agssp" and seed == args.seeds[0] and made[maps]["agssp_seed0_job"]:
-        return str(made[maps]["agssp_seed0_job"])
+        return key, str(made[maps]["agssp_seed0_job"])
     config = {**rec["finetune"], "seed": seed}
     if init == "scratch_matched":
         config["epochs"] = made["matched_epochs"]
-    key_maps = "any" if init.startswith("scratch") else maps  # scratch ignores the maps
-    body = {
-        "dataset": ref,
-        "split": f"mini-{args.labelled_per_class}",
-        "val_split": "val",
-        "scale": "n",
-        "config": config,
-        "model_name": f"lift-{key_maps}-{init}".replace("_", "-"),
-        "init": _start(made, maps, init),
-    }
-    return runner.finetune(f"{key_maps}/{init}/{seed}", body)
+    name = f"lift-{key.rsplit('/', 1)[0]}".replace("_", "-").replace("/", "-")
+    return key, runner.finetune(
+        key, detector_body(args, ref, config, name, _start(made, maps, init))
+    )
 
 
-def summarize(runner: Runner, jobs: dict[str, dict[str, dict[int, str]]]) -> dict[str, Any]:
+def summarize(
+    runner: Runner, jobs: dict[str, dict[str, dict[int, tuple[str, str]]]]
+) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for maps, inits in jobs.items():
         results[maps] = {}
         for init, by_seed in inits.items():
-            rows = []
-            for seed, job_id in sorted(by_seed.items()):
-                metrics = runner.job(job_id)["outputs"]["metrics"]
-                rows.append(
-                    {"seed": seed, "job": job_id, "map50": metrics["map50"],
-                     "map5095": metrics["map50_95"]}
-                )  # fmt: skip
-            results[maps][init] = _stats(rows)
+            rows = [{"seed": s, **runner.result(*by_seed[s])} for s in sorted(by_seed)]
+            results[maps][init] = stats(rows)
     return results
 
 
-def _stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
     def spread(values: list[float]) -> float:
         return statistics.stdev(values) if len(values) > 1 else 0.0
 
@@ -533,16 +610,29 @@ def machine() -> dict[str, Any]:
     }
 
 
+def _needs(runner: Runner, args: argparse.Namespace, maps: str) -> bool:
+    """Whether a row built on this map source's pretraining still has a seed to run."""
+    rows = [init for init in ROWS[maps] if not init.startswith("scratch")]
+    return any(not runner.is_done(row_key(maps, i, s)) for i in rows for s in args.seeds)
+
+
 def pretrain_all(
     runner: Runner, args: argparse.Namespace, ref: str, rec: dict[str, Any], pool: list[str]
 ) -> dict[str, Any]:
     """Every map source's pipeline up to AGDP (random after tocoad: it copies its boxes),
-    and the map-free SSL backbone."""
+    and the map-free SSL backbone; a source whose rows are all done is not pretrained again
+    (its artifacts and box statistics are the state's, from the home that made them)."""
     from shared.storage.filesystem import FileObjectStore
 
     store = FileObjectStore(args.home / "store")
-    made: dict[str, Any] = {}
+    made: dict[str, Any] = runner.state.setdefault("made", {})
+    wanted = {maps: _needs(runner, args, maps) for maps in args.maps}
+    if wanted.get("random"):
+        wanted[MAPS_FIRST] = True
     for maps in args.maps:
+        if not wanted[maps]:
+            print(f"{maps}: every row built on it is done; not pretrained again", flush=True)
+            continue
         if maps == "random" and not store.exists(RANDOM + "manifest.json"):
             labels = made[MAPS_FIRST]["labels"]
             stage_random(
@@ -550,69 +640,77 @@ def pretrain_all(
                 grid=args.random_grid, seed=args.split_seed,
             )  # fmt: skip
         made[maps] = run_maps_source(runner, args, maps, ref, rec)
-    if MAPS_FIRST in made:
+        counted = label_stats(store, made[maps]["labels"], pool)
+        runner.state.setdefault("box_stats", {})[maps] = {**counted, **made[maps]["gate"]}
+        runner.save()
+    if any(not runner.is_done(row_key(MAPS_FIRST, "ssl", s)) for s in args.seeds):
         made["ssl"] = run_ssl(runner, args, rec, made[MAPS_FIRST])
     return made
 
 
-def box_stats(args: argparse.Namespace, pool: list[str], made: dict[str, Any]) -> dict[str, Any]:
+def box_stats(runner: Runner, args: argparse.Namespace) -> dict[str, Any]:
     """Per map source: pool images with pseudo boxes and boxes per image, its gate; and the
     share of pool images that truly hold a defect."""
     from shared.storage.filesystem import FileObjectStore
 
     store = FileObjectStore(args.home / "store")
-    stats: dict[str, Any] = {
-        maps: {**label_stats(store, made[maps]["labels"], pool), **made[maps]["gate"]}
-        for maps in args.maps
+    counted = runner.state.get("box_stats", {})
+    found: dict[str, Any] = {maps: counted.get(maps) for maps in args.maps}
+    found["truth_share_with_defects"] = json.loads(store.get_bytes(ORACLE + "truth.json"))["share"]
+    return found
+
+
+def prepare(args: argparse.Namespace) -> tuple[str, dict[str, Any], list[str]]:
+    """Check the data, honour --fresh, import the labelled set and stage the pool."""
+    marker = SOURCES[args.dataset].marker
+    if not (args.data / marker).is_dir():
+        sys.exit(f"{args.data} is not {args.dataset} (no {marker} folder)")
+    if args.fresh:
+        args.out.with_suffix(".state.json").unlink(missing_ok=True)
+        shutil.rmtree(args.home, ignore_errors=True)
+    args.home.mkdir(parents=True, exist_ok=True)
+    ref, splits = import_dataset(args, args.home)
+    return ref, splits, stage_pool(args, args.home, ref, splits)
+
+
+def run_record(runner: Runner, args: argparse.Namespace, name: str) -> dict[str, Any]:
+    """The head of a results file: command, machine, and what every sitting cost."""
+    return {
+        "benchmark": name,
+        "dataset": args.dataset,
+        "command": " ".join([f"python -m benchmarks.{name}", *sys.argv[1:]]),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "compute_s": round(runner.compute_s(), 1),  # every sitting's wall time, cuts excluded
+        "sittings": runner.state.get("sittings", []),
     }
-    stats["truth_share_with_defects"] = json.loads(store.get_bytes(ORACLE + "truth.json"))["share"]
-    return stats
 
 
 def main() -> None:
     args = _arguments()
-    marker = SOURCES[args.dataset].marker
-    if not (args.data / marker).is_dir():
-        sys.exit(f"{args.data} is not {args.dataset} (no {marker} folder)")
-    state_path = args.out.with_suffix(".state.json")
-    if args.fresh:
-        state_path.unlink(missing_ok=True)
-        shutil.rmtree(args.home, ignore_errors=True)
-    args.home.mkdir(parents=True, exist_ok=True)
-    started, load_before = time.time(), os.getloadavg()
-    ref, splits = import_dataset(args, args.home)
-    pool = stage_pool(args, args.home, ref, splits)
+    ref, splits, pool = prepare(args)
     labelled = len(splits[f"mini-{args.labelled_per_class}"])
     proc, urls = start_suite(args.home, args.home / "suite.log")
     try:
-        runner = Runner(urls, state_path)
-        first_start = runner.state.setdefault("started_at", started)
-        runner.save()
+        runner = Runner(urls, args.out.with_suffix(".state.json"), args.home)
         rec = recipe(args)
         made = pretrain_all(runner, args, ref, rec, pool)
         made["matched_epochs"] = matched_epochs(args, len(pool), labelled)
         results = summarize(runner, detector_jobs(runner, args, ref, rec, made))
+        runner.save()
     finally:
         proc.terminate()
         proc.wait(60)
     doc = {
-        "benchmark": "agssp_lift",
-        "dataset": args.dataset,
-        "command": " ".join(["python -m benchmarks.agssp_lift", *sys.argv[1:]]),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "loadavg_before": load_before,
-        "loadavg_after": os.getloadavg(),
-        "wall_s": round(time.time() - first_start, 1),  # from the first start, cuts included
-        "process_wall_s": round(time.time() - started, 1),
+        **run_record(runner, args, "agssp_lift"),
         "data": {
             "dataset": ref,
             "labelled_split": f"mini-{args.labelled_per_class}",
-            "labelled_images": len(splits[f"mini-{args.labelled_per_class}"]),
+            "labelled_images": labelled,
             "val_images": len(splits["val"]),
             "pool_images": len(pool),
         },
-        "pseudo_boxes": box_stats(args, pool, made),
+        "pseudo_boxes": box_stats(runner, args),
         "recipe": {**rec, "tocoad_preset": args.tocoad_preset, "scale": "n", "seeds": args.seeds},
         "artifacts": made,
         "results": results,

@@ -1,0 +1,225 @@
+"""How does AGSSP's lift grow with the pretraining budget? (issue 21, item 4)
+
+The lift benchmark's data, split, ToCoAD maps, pseudo boxes and finetune recipe
+(``benchmarks.agssp_lift``: same home and state file, so the maps, the boxes and the
+scratch rows are shared with it, and a run cut here resumes there or here). For each of
+``--budgets`` (epochs; default 4, 16 and 48) AGBP distils the ToCoAD maps for that many
+epochs and AGDP trains on the pseudo boxes for as many, from that backbone; then every seed
+finetunes from the AGDP detector. Budget 0 is scratch.
+
+Writes ``benchmarks/results/agssp_budget.json`` (per budget: epochs, pretraining image-steps,
+pretraining minutes on this machine, mAP@0.5 and mAP@0.5:0.95 per seed with mean and std,
+the lift over scratch) and ``agssp_budget.png`` beside it, and names the knee: the smallest
+budget whose lift reaches 90 % of the largest measured lift.
+
+    python -m benchmarks.agssp_budget --pool-limit 600 --imgsz 160 --epochs 80
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from benchmarks import agssp_lift as lift
+
+KNEE_SHARE = 0.9  # the knee: the smallest budget with this share of the best lift
+POOL = "bench/pool/"
+
+
+def _arguments() -> argparse.Namespace:
+    parser = lift.build_parser()
+    parser.add_argument("--budgets", type=int, nargs="+", default=[4, 16, 48])
+    parser.add_argument("--budget-out", type=Path, help="default: results/agssp_budget.json")
+    parser.set_defaults(dataset="neu-det", maps=["tocoad"])
+    args = lift.resolve(parser, parser.parse_args())
+    if any(b < 1 for b in args.budgets):
+        parser.error("budgets are epochs >= 1 (budget 0, scratch, is always measured)")
+    if args.quick:
+        args.budgets = args.budgets[:2]
+    quick = "_quick" if args.quick else ""
+    args.budget_out = args.budget_out or args.out.with_name(f"agssp_budget{quick}.json")
+    return args
+
+
+def pretrain_budget(
+    runner: lift.Runner, args: argparse.Namespace, rec: dict[str, Any], maps: dict[str, Any],
+    epochs: int,
+) -> dict[str, Any]:  # fmt: skip
+    """AGBP then AGDP, each for ``epochs``, on the ToCoAD maps and pseudo boxes; returns the
+    artifacts and each job's wall time."""
+    seed = args.seeds[0]
+    agbp_config = {**rec["agbp"], "epochs": epochs, "backbone": "yolov8n", "seed": seed}
+    source = {"category": args.dataset, "images_prefix": POOL, "maps_prefix": maps["maps_prefix"]}
+    agbp = runner.pretrain(
+        f"budget{epochs}/agbp",
+        {"sources": [source], "config": agbp_config, "artifact_name": f"budget{epochs}-agbp"},
+    )
+    agdp_body = {
+        "images_prefix": POOL, "labels_prefix": maps["labels"],
+        "backbone_artifact": agbp["artifacts"][0], "scale": "n",
+        "config": {**rec["agdp"], "epochs": epochs, "seed": seed},
+        "val_fraction": lift.AGDP_VAL_FRACTION, "artifact_name": f"budget{epochs}-agdp",
+    }  # fmt: skip
+    agdp = runner.submitted(f"budget{epochs}/agdp", "finetune", "/v1/agdp-jobs", agdp_body)
+    return {
+        "agbp": agbp["artifacts"][0], "agdp": agdp["artifacts"][0],
+        "agbp_s": _wall(agbp), "agdp_s": _wall(agdp),
+    }  # fmt: skip
+
+
+def _wall(record: dict[str, Any]) -> float:
+    start, end = record.get("started_at"), record.get("finished_at")
+    if not (start and end):
+        return 0.0
+    return round((datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds(), 1)
+
+
+def submit_all(
+    runner: lift.Runner, args: argparse.Namespace, ref: str, rec: dict[str, Any]
+) -> tuple[dict[int, dict[int, tuple[str, str]]], dict[int, dict[str, Any]]]:
+    """Every (budget, seed) finetune not yet done, budget 0 = scratch; returns their
+    (key, job id) and each budget's pretraining record."""
+    jobs: dict[int, dict[int, tuple[str, str]]] = {0: {}}
+    for seed in args.seeds:  # scratch first: the lift's own scratch rows
+        jobs[0][seed] = lift.detector_job(runner, args, ref, rec, {}, "tocoad", "scratch", seed)
+    made: dict[str, dict[str, Any]] = runner.state.setdefault("budget_made", {})
+    maps: dict[str, Any] | None = None
+    for epochs in args.budgets:
+        keys = {seed: f"budget{epochs}/agssp/{seed}" for seed in args.seeds}
+        jobs[epochs] = {}
+        if not all(runner.is_done(k) for k in keys.values()):
+            maps = maps or lift.run_maps_source(runner, args, "tocoad", ref, rec)
+            made[str(epochs)] = pretrain_budget(runner, args, rec, maps, epochs)
+            runner.save()
+        if maps and maps["agssp_seed0_job"]:  # the pipeline's own finetune: the lift's budget
+            runner.state["budget_lift_default"] = maps["agssp_seed0_job"]
+        for seed, key in keys.items():
+            init = {"kind": "agdp", "artifact": made.get(str(epochs), {}).get("agdp")}
+            config = {**rec["finetune"], "seed": seed}
+            body = lift.detector_body(args, ref, config, f"budget{epochs}-agssp", init)
+            jobs[epochs][seed] = key, runner.finetune(key, body)
+    return jobs, {int(k): v for k, v in made.items()}
+
+
+def summarize(
+    runner: lift.Runner, args: argparse.Namespace, jobs: dict[int, dict[int, tuple[str, str]]],
+    made: dict[int, dict[str, Any]], pool: int,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """One row per budget: its cost and its mAP, with the lift over scratch."""
+    rows = []
+    for epochs, by_seed in sorted(jobs.items()):
+        found = lift.stats([{"seed": s, **runner.result(*by_seed[s])} for s in sorted(by_seed)])
+        cost = made.get(epochs, {})
+        rows.append({
+            "epochs": epochs,
+            "image_steps": epochs * pool + epochs * round(pool * lift.AGDP_TRAIN_SHARE),
+            "pretrain_s": round(cost.get("agbp_s", 0.0) + cost.get("agdp_s", 0.0), 1),
+            **found,
+        })  # fmt: skip
+    scratch = rows[0]["map50_mean"]
+    for row in rows:
+        row["lift_map50"] = row["map50_mean"] - scratch
+    return rows
+
+
+def _lift_default(runner: lift.Runner, args: argparse.Namespace) -> dict[str, Any] | None:
+    """The lift benchmark's own budget (its ToCoAD pipeline's finetune, seed 0 only)."""
+    key = lift.row_key("tocoad", "agssp", args.seeds[0])
+    job = runner.state.get("budget_lift_default")
+    if not (runner.is_done(key) or job):
+        return None
+    found = runner.result(key, str(job))
+    return {"agbp_epochs": args.agbp_epochs, "agdp_epochs": args.agdp_epochs, **found}
+
+
+def knee(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The smallest budget whose lift reaches KNEE_SHARE of the largest measured lift."""
+    best = max(rows[1:], key=lambda r: r["lift_map50"])
+    if best["lift_map50"] <= 0:
+        return {"epochs": None, "why": "no budget lifted mAP@0.5 above scratch"}
+    first = next(r for r in rows[1:] if r["lift_map50"] >= KNEE_SHARE * best["lift_map50"])
+    return {
+        "epochs": first["epochs"],
+        "why": f"smallest budget with {KNEE_SHARE:.0%} of the best lift "
+        f"({best['lift_map50'] * 100:.1f} mAP@0.5 points at {best['epochs']} epochs)",
+    }
+
+
+def draw(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    """mAP@0.5 (mean and seed std) against the budget, scratch as a band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    scratch = rows[0]
+    low = (scratch["map50_mean"] - scratch["map50_std"]) * 100
+    high = (scratch["map50_mean"] + scratch["map50_std"]) * 100
+    ax.axhspan(low, high, color="0.85", label="scratch (mean ± std)")
+    ax.axhline(scratch["map50_mean"] * 100, color="0.5", linestyle="--", linewidth=1)
+    pretrained = rows[1:]
+    ax.errorbar(
+        [r["epochs"] for r in pretrained], [r["map50_mean"] * 100 for r in pretrained],
+        yerr=[r["map50_std"] * 100 for r in pretrained], marker="o", capsize=4,
+        label="AGSSP-ToCoAD (mean ± std over seeds)",
+    )  # fmt: skip
+    for r in pretrained:
+        where = (r["epochs"], r["map50_mean"] * 100)
+        label = f"{r['pretrain_s'] / 60:.1f} min"
+        ax.annotate(label, where, textcoords="offset points", xytext=(6, -12), fontsize=8)
+    ax.set_xscale("log")
+    ax.minorticks_off()
+    ax.set_xticks([r["epochs"] for r in pretrained], [str(r["epochs"]) for r in pretrained])
+    ax.set_xlabel("AGBP and AGDP epochs each (labels: pretraining wall time)")
+    ax.set_ylabel("mAP@0.5 on val (%)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main() -> None:
+    args = _arguments()
+    ref, splits, pool = lift.prepare(args)
+    proc, urls = lift.start_suite(args.home, args.home / "suite.log")
+    try:
+        runner = lift.Runner(urls, args.out.with_suffix(".state.json"), args.home)
+        rec = lift.recipe(args)
+        jobs, made = submit_all(runner, args, ref, rec)
+        rows = summarize(runner, args, jobs, made, len(pool))
+        default = _lift_default(runner, args)
+        runner.save()
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    labelled = len(splits[f"mini-{args.labelled_per_class}"])
+    doc = {
+        **lift.run_record(runner, args, "agssp_budget"),
+        "data": {
+            "dataset": ref,
+            "labelled_images": labelled,
+            "val_images": len(splits["val"]),
+            "pool_images": len(pool),
+        },
+        "recipe": {**rec, "tocoad_preset": args.tocoad_preset, "scale": "n", "seeds": args.seeds},
+        "budgets": rows,
+        "lift_budget_seed0": default,
+        "knee": knee(rows),
+    }
+    args.budget_out.parent.mkdir(parents=True, exist_ok=True)
+    args.budget_out.write_text(json.dumps(doc, indent=2))
+    title = (
+        f"{args.dataset}: {labelled} labels, pool {len(pool)}, {args.imgsz} px, "
+        f"{args.epochs} finetune epochs, {len(args.seeds)} seeds"
+    )
+    draw(rows, args.budget_out.with_suffix(".png"), title)
+    print(json.dumps({"budgets": rows, "knee": doc["knee"]}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
