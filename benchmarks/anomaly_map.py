@@ -36,7 +36,7 @@ from PIL import Image
 
 from services.anomaly_map.api.main import create_app
 from services.anomaly_map.config import AnomalyMapSettings
-from services.anomaly_map.ml.prompts import CategoryDescription
+from services.anomaly_map.ml.clip.prompts import CategoryDescription
 from services.anomaly_map.runtime.clip import ScorerSet, load_scorers
 from services.anomaly_map.runtime.engine import MapEngine, image_limits
 from services.anomaly_map.stores.categories import CategoryStore
@@ -166,12 +166,12 @@ def bench_models(scorers: ScorerSet, args: argparse.Namespace) -> dict[str, Any]
     device = scorers.bundle.device
     images = _images(args.images, args.image_side)
     batches = [
-        scorers.kead.preprocess(images[i : i + args.batch_size])
+        scorers["kead"].preprocess(images[i : i + args.batch_size])
         for i in range(0, len(images), args.batch_size)
     ]
-    refs = scorers.kead.preprocess(_images(args.refs, args.image_side, seed=1))
+    refs = scorers["kead"].preprocess(_images(args.refs, args.image_side, seed=1))
     runners: dict[str, Callable[[Any], object]] = {"bare_encoder": _encoder(scorers)}
-    for mode, scorer in (("kead", scorers.kead), ("winclip", scorers.winclip)):
+    for mode, scorer in (("kead", scorers["kead"]), ("winclip", scorers["winclip"])):
         text, bank = scorer.text_features(DESCRIPTION), scorer.build_memory_bank(refs)
         runners[mode] = partial(scorer.score, text=text, bank=bank)
     # First call of each: warm-up, and the peak memory of one batch.
@@ -210,10 +210,10 @@ def bench_service(scorers: ScorerSet, args: argparse.Namespace, tmp: Path) -> di
     against the bare encoder and KeAD on the same images, all one image at a time."""
     device = scorers.bundle.device
     images = _images(args.requests, args.image_side, seed=2)
-    items = [(_jpeg(image), scorers.kead.preprocess([image])) for image in images]
-    text = scorers.kead.text_features(DESCRIPTION)
-    bank = scorers.kead.build_memory_bank(
-        scorers.kead.preprocess(_images(args.refs, args.image_side, 1))
+    items = [(_jpeg(image), scorers["kead"].preprocess([image])) for image in images]
+    text = scorers["kead"].text_features(DESCRIPTION)
+    bank = scorers["kead"].build_memory_bank(
+        scorers["kead"].preprocess(_images(args.refs, args.image_side, 1))
     )
 
     def engine(s: AnomalyMapSettings, store: ObjectStore) -> MapEngine:
@@ -237,7 +237,7 @@ def bench_service(scorers: ScorerSet, args: argparse.Namespace, tmp: Path) -> di
         runners: dict[str, Callable[[Any], object]] = {
             "service_http": post,
             "bare_encoder_batch1": lambda item: encode(item[1]),
-            "kead_batch1": lambda item: scorers.kead.score(item[1], text, bank),
+            "kead_batch1": lambda item: scorers["kead"].score(item[1], text, bank),
         }
         post(items[0])  # text features and the bank of the stored category, outside timing
         peaks = {name: _peak_mb(partial(run, items[0]), device) for name, run in runners.items()}

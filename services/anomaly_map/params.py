@@ -6,14 +6,29 @@ it with (the API never imports torch for this).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
+from services.anomaly_map.ml.catalog import CATALOG
 from services.anomaly_map.ml.tocoad.config import TocoadConfig
 from services.anomaly_map.ml.tocoad.presets import PresetName
 
-Method = Literal["kead", "winclip", "tocoad"]
+
+def known_method(value: str) -> str:
+    """``value`` if the catalogue has a method of that name (``ml.catalog.CATALOG``)."""
+    if value not in CATALOG:
+        raise ValueError(f"unknown method {value!r}; one of {', '.join(CATALOG)}")
+    return value
+
+
+# A method's name: any row of the catalogue (checked when validated, so a row added to
+# CATALOG is accepted everywhere without another list to edit).
+Method = Annotated[
+    str,
+    AfterValidator(known_method),
+    WithJsonSchema({"type": "string", "enum": list(CATALOG)}),
+]
 
 
 def _inlined(node: Any, defs: dict[str, Any]) -> Any:
@@ -49,7 +64,7 @@ class DatasetMapParams(BaseModel):
     category_version: str | None = None
     prefix: str = Field(description="object-store prefix of the images (ending with '/')")
     mode: str | None = Field(
-        None, description="kead, winclip or tocoad; default the category's method"
+        None, description=f"{', '.join(CATALOG)}; default the category's method"
     )
     output_prefix: str | None = Field(None, description="default maps/<category>/<job id>/")
 

@@ -15,9 +15,9 @@ import cv2
 import numpy as np
 import pytest
 
-from services.anomaly_map.ml.clip_backbone import ModelWeightsMissingError, load_clip
-from services.anomaly_map.ml.kead import KeadConfig, KeadModel
-from services.anomaly_map.ml.prompts import parse_category
+from services.anomaly_map.ml.clip.backbone import ModelWeightsMissingError, load_clip
+from services.anomaly_map.ml.clip.prompts import parse_category
+from services.anomaly_map.ml.kead.scorer import KeadConfig, KeadModel
 
 MODEL = "ViT-B-16-plus-240"
 CATEGORY = {

@@ -12,7 +12,7 @@ from starlette.datastructures import UploadFile
 
 from services.anomaly_map.api.schemas import CategoryRequest, MapParams
 from services.anomaly_map.config import AnomalyMapSettings
-from services.anomaly_map.ml.prompts import Tokenizer
+from services.anomaly_map.ml.clip.prompts import Tokenizer
 from services.anomaly_map.runtime.engine import MapEngine
 from services.anomaly_map.stores.categories import CategoryStore
 from shared.errors import InvalidInputError, SuiteError, UnavailableError, UnsupportedMediaError

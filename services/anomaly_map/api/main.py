@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from services.anomaly_map.api.deps import AnomalyMapState
 from services.anomaly_map.api.routes import categories, maps
 from services.anomaly_map.config import AnomalyMapSettings, get_settings
+from services.anomaly_map.ml.catalog import CATALOG
 from services.anomaly_map.runtime.engine import MapEngine, build_engine
 from services.anomaly_map.stores.categories import CategoryStore
 from services.anomaly_map.usecases.categories import prompt_tokenizer
@@ -87,9 +88,14 @@ def method_readiness(app: FastAPI) -> dict[str, Any]:
     if engine is None:
         return {"methods": {}}
     problem = engine.clip.last_problem()
-    clip = {"ready": problem is None, "reason": problem}
-    tocoad = {"ready": True, "reason": None, "note": "needs a finished fit per category version"}
-    return {"methods": {"kead": clip, "winclip": dict(clip), "tocoad": tocoad}}
+    methods = {}
+    for spec in CATALOG.values():
+        blocked = problem if spec.needs.clip else None
+        state: dict[str, Any] = {"ready": blocked is None, "reason": blocked}
+        if spec.needs.fitted_model:
+            state["note"] = "needs a finished fit per category version"
+        methods[spec.name] = {**state, "label": spec.label, "summary": spec.summary}
+    return {"methods": methods}
 
 
 def app_factory() -> FastAPI:

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.anomaly_map.ml.prompts import prompt_counts
+from services.anomaly_map.ml.clip.prompts import prompt_counts
 from services.anomaly_map.params import DatasetMapParams, EvaluationParams, Method, TocoadFitParams
 from services.anomaly_map.stores.categories import CategoryRecord, CategorySpec
 
@@ -66,7 +66,7 @@ class MapParams(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     category: str = Field(description="category name")
-    mode: Literal["kead", "winclip", "tocoad"] | None = Field(
+    mode: Method | None = Field(
         None, description="default: the category's method; tocoad needs a finished fit job"
     )
     resolution: Literal["patch", "image"] = Field(

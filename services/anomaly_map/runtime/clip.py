@@ -1,4 +1,4 @@
-"""Load the CLIP encoder once and build the KeAD and WinCLIP scorers on it.
+"""Load the CLIP encoder once and build every CLIP method's scorer on it (KeAD, WinCLIP).
 
 Also registers extra open_clip model configs (tiny test models), gives a tokenizer that
 works without weights, so categories can be checked while the weights are missing, and
@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,10 +20,10 @@ import torch
 from open_clip.tokenizer import SimpleTokenizer
 
 from services.anomaly_map.config import AnomalyMapSettings
-from services.anomaly_map.ml.clip_backbone import ClipBundle, load_clip, model_config
-from services.anomaly_map.ml.kead import KeadModel
-from services.anomaly_map.ml.prompts import Tokenizer
-from services.anomaly_map.ml.winclip import WinClipModel
+from services.anomaly_map.ml.catalog import CATALOG
+from services.anomaly_map.ml.clip.backbone import ClipBundle, load_clip, model_config
+from services.anomaly_map.ml.clip.outputs import AnomalyScorer
+from services.anomaly_map.ml.clip.prompts import Tokenizer
 from shared.errors import InvalidInputError, UnavailableError
 
 log = logging.getLogger(__name__)
@@ -61,15 +61,17 @@ class ScorerSet:
 
     Attributes:
         bundle: the CLIP model and its geometry.
-        kead: KeAD scorer (agssp-spec §1).
-        winclip: WinCLIP scorer on the same encoder.
+        scorers: per CLIP method of the catalogue (``needs.clip``), its scorer on ``bundle``.
         model_id: names model and weights; keys caches and stored memory banks.
     """
 
     bundle: ClipBundle
-    kead: KeadModel
-    winclip: WinClipModel
+    scorers: Mapping[str, AnomalyScorer]
     model_id: str
+
+    def __getitem__(self, method: str) -> AnomalyScorer:
+        """The scorer of a CLIP method (``KeyError`` for a method without CLIP)."""
+        return self.scorers[method]
 
 
 def _weights_tag(bundle: ClipBundle, seed: int) -> str:
@@ -103,7 +105,10 @@ def load_scorers(settings: AnomalyMapSettings) -> ScorerSet:
     tag = _weights_tag(bundle, settings.random_weights_seed)
     model_id = _sanitise(f"{bundle.model_name}-{tag}")
     log.info("CLIP %s loaded on %s (grid %d)", model_id, bundle.device, bundle.grid_size)
-    return ScorerSet(bundle, KeadModel(bundle), WinClipModel(bundle), model_id)
+    scorers = {
+        spec.name: spec.load_scorer()(bundle) for spec in CATALOG.values() if spec.needs.clip
+    }
+    return ScorerSet(bundle, scorers, model_id)
 
 
 class LazyScorers:

@@ -25,8 +25,8 @@ import torch
 from torch import Tensor
 
 from services.anomaly_map.config import AnomalyMapSettings
-from services.anomaly_map.ml.outputs import AnomalyScorer, MemoryBank
-from services.anomaly_map.ml.tiling import score_tiled
+from services.anomaly_map.ml.clip.outputs import AnomalyScorer, MemoryBank
+from services.anomaly_map.ml.clip.tiling import score_tiled
 from services.anomaly_map.ml.tocoad.model import TocoadModel
 from services.anomaly_map.params import Method
 from services.anomaly_map.runtime.clip import LazyScorers, ScorerSet, load_scorers
@@ -45,13 +45,12 @@ from shared.ml.device import resolve_device
 from shared.storage.base import ObjectStore
 
 log = logging.getLogger(__name__)
-Mode = Method
 K = TypeVar("K")
 T = TypeVar("T")
 V = TypeVar("V")
 
 
-def resolve_mode(requested: str | None, record: CategoryRecord) -> Mode:
+def resolve_mode(requested: str | None, record: CategoryRecord) -> Method:
     """The scoring method of a request: the one asked for, else the category's own."""
     return method_for(requested or record.method).name
 
@@ -170,13 +169,13 @@ class MapEngine:
     def model_id(self) -> str:
         return self.scorers.model_id
 
-    def model_for(self, record: CategoryRecord, mode: Mode) -> str:
+    def model_for(self, record: CategoryRecord, mode: Method) -> str:
         """Names the model that scores ``mode``: the CLIP id, or the fitted ToCoAD version."""
         if method_for(mode).needs.fitted_model:
             return str(self.tocoad_info(record)["model_version"])
         return self.model_id
 
-    def eval_size(self, record: CategoryRecord, mode: Mode) -> int:
+    def eval_size(self, record: CategoryRecord, mode: Method) -> int:
         """Side on which evaluations compare maps with masks: the model input side S."""
         if method_for(mode).needs.fitted_model:
             return self._tocoad_model(record).image_size
@@ -265,7 +264,7 @@ class MapEngine:
         return bank
 
     def score(
-        self, images: Sequence[np.ndarray], record: CategoryRecord, mode: Mode
+        self, images: Sequence[np.ndarray], record: CategoryRecord, mode: Method
     ) -> BatchScores:
         """Whole-image scores of uint8 (H, W, 3) images, each squashed to S x S (§1.2)."""
         method = method_for(mode)
@@ -282,7 +281,7 @@ class MapEngine:
             fitted=self._tocoad_model(record) if needs.fitted_model else None,
         )
 
-    def map_side(self, record: CategoryRecord, mode: Mode) -> int:
+    def map_side(self, record: CategoryRecord, mode: Method) -> int:
         """Side of the maps ``score`` returns: G for CLIP modes, ToCoAD's input side S."""
         if not method_for(mode).needs.fitted_model:
             return self.grid_size

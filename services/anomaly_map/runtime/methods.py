@@ -1,47 +1,27 @@
-"""The scoring methods (KeAD, WinCLIP, ToCoAD) behind one protocol, in one table.
+"""The scoring methods (KeAD, WinCLIP, ToCoAD) behind one protocol, built from the catalogue.
 
-Each method declares what it needs (``Needs``); the engine gathers exactly that, then lets
-the method score. Nothing else tells the methods apart: no caller tests a mode's name, so a
-method that declares no CLIP encoder is never given one (ToCoAD runs where no CLIP weights
-were ever placed), and a new method is one more row in ``METHODS``.
+Each method declares what it needs (``ml.catalog.Needs``); the engine gathers exactly that,
+then lets the method score. Nothing else tells the methods apart: no caller tests a mode's
+name, so a method that declares no CLIP encoder is never given one (ToCoAD runs where no CLIP
+weights were ever placed), and a new method is one more row in ``ml.catalog.CATALOG``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 import numpy as np
 from torch import Tensor
 
-from services.anomaly_map.ml.outputs import AnomalyScorer, MemoryBank
+from services.anomaly_map.ml.catalog import CATALOG, MethodSpec, Needs
+from services.anomaly_map.ml.clip.outputs import AnomalyScorer, MemoryBank
 from services.anomaly_map.ml.tocoad.model import TocoadModel
-from services.anomaly_map.params import Method
 from services.anomaly_map.runtime.clip import ScorerSet
 from shared.errors import InvalidInputError
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Needs:
-    """What a method needs from the engine.
-
-    Attributes:
-        clip: the CLIP encoder at all (loading it may answer 503 without weights).
-        text: text features of the category's prompts.
-        references: the few-shot memory bank of the category's reference images (zero-shot
-            when the category has none).
-        tiling: can score a large image in overlapping tiles.
-        fitted_model: a fitted ToCoAD model of the category version (names the model).
-    """
-
-    clip: bool
-    text: bool
-    references: bool
-    tiling: bool
-    fitted_model: bool
 
 
 @dataclass(frozen=True)
@@ -73,7 +53,7 @@ class ScoringMethod(Protocol):
     """One way to score images of a category."""
 
     @property
-    def name(self) -> Method:
+    def name(self) -> str:
         """The mode string of requests, categories and jobs."""
         ...
 
@@ -102,12 +82,18 @@ def required(value: T | None, what: str) -> T:
 class ClipMethod:
     """A method on the shared CLIP encoder (KeAD, WinCLIP): text features, optional bank."""
 
-    name: Method
-    pick: Callable[[ScorerSet], AnomalyScorer]
-    needs: Needs = Needs(clip=True, text=True, references=True, tiling=True, fitted_model=False)
+    spec: MethodSpec
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def needs(self) -> Needs:
+        return self.spec.needs
 
     def clip_scorer(self, scorers: ScorerSet) -> AnomalyScorer | None:
-        return self.pick(scorers)
+        return scorers[self.name]
 
     def score(self, inputs: MethodInputs, images: Sequence[np.ndarray]) -> BatchScores:
         scorer = required(inputs.scorer, "a CLIP scorer")
@@ -122,36 +108,46 @@ class ClipMethod:
 
 @dataclass(frozen=True)
 class FittedMethod:
-    """ToCoAD: a model fitted on the category's normal images; no CLIP, no text, no tiles."""
+    """A method fitted per category version (ToCoAD): no CLIP, no text, no tiles."""
 
-    name: Method
-    needs: Needs = Needs(clip=False, text=False, references=False, tiling=False, fitted_model=True)
+    spec: MethodSpec
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def needs(self) -> Needs:
+        return self.spec.needs
 
     def clip_scorer(self, scorers: ScorerSet) -> AnomalyScorer | None:
         return None
 
     def score(self, inputs: MethodInputs, images: Sequence[np.ndarray]) -> BatchScores:
-        model = required(inputs.fitted, "a fitted ToCoAD model")
+        model = required(inputs.fitted, "a fitted model")
         maps, scores = model.score(list(images))
         return BatchScores(maps.astype(np.float32), scores.astype(np.float32), None)
 
 
-def _kead(scorers: ScorerSet) -> AnomalyScorer:
-    return scorers.kead
+def behaviour(spec: MethodSpec) -> ScoringMethod:
+    """How the engine runs a catalogue row: on the CLIP encoder, or a fitted model."""
+    return FittedMethod(spec) if spec.needs.fitted_model else ClipMethod(spec)
 
 
-def _winclip(scorers: ScorerSet) -> AnomalyScorer:
-    return scorers.winclip
+class _Methods(Mapping[str, ScoringMethod]):
+    """``CATALOG``'s rows as behaviours, read through on every lookup (no second list)."""
+
+    def __getitem__(self, name: str) -> ScoringMethod:
+        return behaviour(CATALOG[name])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(CATALOG)
+
+    def __len__(self) -> int:
+        return len(CATALOG)
 
 
-METHODS: Mapping[str, ScoringMethod] = {
-    method.name: method
-    for method in (
-        ClipMethod("kead", _kead),
-        ClipMethod("winclip", _winclip),
-        FittedMethod("tocoad"),
-    )
-}
+METHODS: Mapping[str, ScoringMethod] = _Methods()
 
 
 def _listed(names: Sequence[str]) -> str:

@@ -12,7 +12,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.anomaly_map.ml.prompts import CategoryDescription, parse_category
+from services.anomaly_map.ml.clip.prompts import CategoryDescription, parse_category
 from services.anomaly_map.params import Method
 from shared.errors import InvalidInputError, NotFoundError
 from shared.schemas.artifacts import new_version

@@ -13,9 +13,10 @@ import numpy as np
 import torch
 
 from services.anomaly_map.config import AnomalyMapSettings
-from services.anomaly_map.ml.preprocess import upsample_maps
-from services.anomaly_map.ml.tiling import plan_tiles
-from services.anomaly_map.runtime.engine import MapEngine, Mode, resolve_mode
+from services.anomaly_map.ml.clip.preprocess import upsample_maps
+from services.anomaly_map.ml.clip.tiling import plan_tiles
+from services.anomaly_map.params import Method
+from services.anomaly_map.runtime.engine import MapEngine, resolve_mode
 from services.anomaly_map.runtime.methods import method_for, names_with
 from services.anomaly_map.stores.categories import CategoryRecord
 from shared.errors import InvalidInputError
@@ -31,7 +32,7 @@ class MapRequest:
     """Parameters of one anomaly-map request."""
 
     category: str
-    mode: Mode | None = None
+    mode: Method | None = None
     resolution: Resolution = "patch"
     overlay: bool = False
     tile: int | None = None
@@ -63,7 +64,7 @@ def _whole_image(
     engine: MapEngine,
     image: np.ndarray,
     record: CategoryRecord,
-    mode: Mode,
+    mode: Method,
     resolution: Resolution,
 ) -> tuple[np.ndarray, float, float | None, int]:
     scores = engine.score([image], record, mode)
@@ -78,7 +79,7 @@ def _tiled(
     engine: MapEngine,
     image: np.ndarray,
     record: CategoryRecord,
-    mode: Mode,
+    mode: Method,
     resolution: Resolution,
     tile: int,
     settings: AnomalyMapSettings,

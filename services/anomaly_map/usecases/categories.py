@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from services.anomaly_map.config import AnomalyMapSettings
-from services.anomaly_map.ml.prompts import (
+from services.anomaly_map.ml.clip.prompts import (
     CategoryDescription,
     Tokenizer,
     build_prompts,

@@ -12,8 +12,8 @@ import time
 from typing import Any
 
 from services.anomaly_map.config import AnomalyMapSettings
-from services.anomaly_map.params import DatasetMapParams
-from services.anomaly_map.runtime.engine import MapEngine, Mode, resolve_mode
+from services.anomaly_map.params import DatasetMapParams, Method
+from services.anomaly_map.runtime.engine import MapEngine, resolve_mode
 from services.anomaly_map.runtime.methods import method_for
 from services.anomaly_map.stores.categories import CategoryStore
 from services.anomaly_map.stores.maps import encode_npy
@@ -116,7 +116,7 @@ class _Plan:
     def __init__(self, ctx: JobContext, engine: MapEngine) -> None:
         params = DatasetMapParams.model_validate(ctx.params)
         self.record = engine.categories.get(params.category, params.category_version)
-        self.mode: Mode = resolve_mode(params.mode, self.record)
+        self.mode: Method = resolve_mode(params.mode, self.record)
         self.prefix = validate_key(params.prefix, prefix=True)
         self.output = params.output_prefix or default_output_prefix(self.record.name, ctx.job_id)
         validate_key(self.output, prefix=True)

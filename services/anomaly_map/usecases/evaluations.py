@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 from services.anomaly_map.config import AnomalyMapSettings
+from services.anomaly_map.ml.clip.preprocess import upsample_maps
 from services.anomaly_map.ml.metrics import aupro, image_auroc, pixel_auroc
-from services.anomaly_map.ml.preprocess import upsample_maps
-from services.anomaly_map.params import EvaluationParams
-from services.anomaly_map.runtime.engine import MapEngine, Mode, resolve_mode
+from services.anomaly_map.params import EvaluationParams, Method
+from services.anomaly_map.runtime.engine import MapEngine, resolve_mode
 from services.anomaly_map.runtime.methods import BatchScores, method_for
 from services.anomaly_map.stores.categories import CategoryRecord, CategoryStore
 from shared.errors import InvalidInputError, SuiteError
@@ -209,7 +209,7 @@ def _load_batch(
 def evaluate(
     engine: MapEngine,
     record: CategoryRecord,
-    mode: Mode,
+    mode: Method,
     plans: Sequence[SamplePlan],
     read: Callable[[str], bytes],
     *,
@@ -234,7 +234,7 @@ def evaluate(
     return _result(engine, record, mode, acc, skipped)
 
 
-def _model_fields(engine: MapEngine, record: CategoryRecord, mode: Mode) -> dict[str, Any]:
+def _model_fields(engine: MapEngine, record: CategoryRecord, mode: Method) -> dict[str, Any]:
     """What names the model of an evaluation: CLIP id, or ToCoAD version, fit job and config."""
     fields: dict[str, Any] = {"model": engine.model_for(record, mode)}
     if method_for(mode).needs.fitted_model:
@@ -247,7 +247,7 @@ def _model_fields(engine: MapEngine, record: CategoryRecord, mode: Mode) -> dict
 def _result(
     engine: MapEngine,
     record: CategoryRecord,
-    mode: Mode,
+    mode: Method,
     acc: _Accumulator,
     skipped: dict[str, str],
 ) -> EvaluationResult:

@@ -7,6 +7,7 @@
   const { api, el, showError } = Console;
   const $ = (id) => document.getElementById(id);
   let current = null; // the category record in the editor, or null for a new one
+  let methods = []; // the anomaly-map methods, as /readyz publishes them
 
   const lines = (id) => $(id).value.split("\n").map((s) => s.trim()).filter(Boolean);
 
@@ -32,7 +33,9 @@
     $("cat-name").value = record ? record.name : "";
     $("cat-name").readOnly = Boolean(record);
     $("cat-map").value = record ? record.map : "";
-    $("cat-method").value = record ? record.method : "kead";
+    // a new category starts on the first method that can serve now (ToCoAD without CLIP weights)
+    const ready = methods.find((m) => m.ready) || methods[0];
+    $("cat-method").value = record ? record.method : (ready ? ready.name : "");
     $("cat-good").value = record ? record.good.join("\n") : "";
     $("cat-defect").value = record ? record.defect.join("\n") : "";
     $("cat-delete").disabled = !record;
@@ -111,6 +114,15 @@
   $("cat-files").addEventListener("change", () => {
     $("cat-files-names").textContent = [...$("cat-files").files].map((f) => f.name).join(", ");
   });
-  document.addEventListener("console:key", refresh);
-  refresh().then(() => { if (location.hash.length > 1) open(decodeURIComponent(location.hash.slice(1))); });
+  async function loadMethods() {
+    try {
+      methods = await Console.fillMethods($("cat-method"), 0);
+      if (!current) fill(null);
+    } catch (err) {
+      showError("cat-error", err);
+    }
+  }
+
+  document.addEventListener("console:key", () => { refresh(); loadMethods(); });
+  loadMethods().then(refresh).then(() => { if (location.hash.length > 1) open(decodeURIComponent(location.hash.slice(1))); });
 })();

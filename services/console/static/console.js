@@ -205,6 +205,26 @@ const Console = (() => {
     return answer.items || [];
   }
 
+  // The anomaly-map methods as the service publishes them (/readyz details.methods, built
+  // from its method catalogue), in its order: the console keeps no list of its own. A 503
+  // answer (a dependency missing) still carries them.
+  async function methods() {
+    const response = await fetch("/api/anomaly_map/readyz", { headers: headers({ Accept: "application/json" }) });
+    const body = await response.json().catch(() => ({}));
+    const found = (body.details && body.details.methods) || {};
+    return Object.entries(found).map(([name, m]) => ({ name, label: m.label || name, ready: Boolean(m.ready), reason: m.reason || "" }));
+  }
+
+  // Fill a <select> with the methods, keeping its leading options (e.g. "category default");
+  // a method that cannot serve now stays selectable, marked with the reason.
+  async function fillMethods(select, keep) {
+    const items = await methods();
+    const fixed = [...select.options].slice(0, keep || 0);
+    const options = items.map((m) => el("option", { value: m.name, text: m.ready ? m.label : `${m.label} (not ready)`, title: m.reason }));
+    select.replaceChildren(...fixed, ...options);
+    return items;
+  }
+
   // Stored results (maps, overlays, loss curves, reports) through the pipeline API's
   // /v1/objects. Fetched with the key and shown from a blob: URL, because a plain link or
   // <img> would not send the X-API-Key header.
@@ -233,5 +253,5 @@ const Console = (() => {
   }
 
   document.addEventListener("DOMContentLoaded", setupKeyForm);
-  return { config, api, ApiError, el, showError, progressBar, duration, when, colour, lineChart, categories, objectPath, openBlob, fileList };
+  return { config, api, ApiError, el, showError, progressBar, duration, when, colour, lineChart, categories, methods, fillMethods, objectPath, openBlob, fileList };
 })();

@@ -184,6 +184,15 @@
   $("inspect-form").addEventListener("submit", run);
   $("alpha").addEventListener("input", () => view.image && drawMap());
   $("threshold").addEventListener("input", () => view.image && drawDetections());
-  document.addEventListener("console:key", loadCategories);
+  async function loadMethods() {
+    try {
+      await Console.fillMethods($("mode"), 1);
+    } catch (err) {
+      showError("inspect-status", err);
+    }
+  }
+
+  document.addEventListener("console:key", () => { loadCategories(); loadMethods(); });
   loadCategories();
+  loadMethods();
 })();

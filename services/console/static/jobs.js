@@ -23,7 +23,7 @@
     maps: {
       label: "1 · Dataset anomaly maps (KeAD)", service: "anomaly_map", path: "v1/anomaly-map-jobs",
       help: "a map for every image under a store prefix",
-      fields: [["category", "category", ""], ["prefix", "images prefix", "lines/steel/images/"], ["mode", "mode (kead/winclip)", ""]],
+      fields: [["category", "category", ""], ["prefix", "images prefix", "lines/steel/images/"], ["mode", "method (blank: the category's)", ""]],
       body: (v) => ({ category: v.category, prefix: v.prefix, mode: v.mode || undefined }),
     },
     pseudo: {

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from services.anomaly_map.ml.clip_backbone import ClipBundle, load_clip
+from services.anomaly_map.ml.clip.backbone import ClipBundle, load_clip
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 TINY_MODEL = "tiny-vit"  # open_clip registers a config file under its stem

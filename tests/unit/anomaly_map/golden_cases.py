@@ -17,16 +17,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from services.anomaly_map.ml.clip_backbone import load_clip
-from services.anomaly_map.ml.kead import KeadModel
-from services.anomaly_map.ml.outputs import AnomalyScorer
-from services.anomaly_map.ml.prompts import CategoryDescription
+from services.anomaly_map.ml.clip.backbone import load_clip
+from services.anomaly_map.ml.clip.outputs import AnomalyScorer
+from services.anomaly_map.ml.clip.prompts import CategoryDescription
+from services.anomaly_map.ml.kead.scorer import KeadModel
 from services.anomaly_map.ml.tocoad.backbone import create_backbone
 from services.anomaly_map.ml.tocoad.data import resize_images
 from services.anomaly_map.ml.tocoad.discriminator import Discriminator
 from services.anomaly_map.ml.tocoad.model import TocoadModel, build_memory_bank
 from services.anomaly_map.ml.tocoad.presets import preset_config
-from services.anomaly_map.ml.winclip import WinClipModel
+from services.anomaly_map.ml.winclip.scorer import WinClipModel
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 GOLDEN = FIXTURES / "golden"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from services.anomaly_map.ml.clip_backbone import (
+from services.anomaly_map.ml.clip.backbone import (
     ClipBundle,
     ModelWeightsMissingError,
     default_quick_gelu,

@@ -10,8 +10,8 @@ import torch
 from open_clip.transformer import ResidualAttentionBlock
 from torch import Tensor, nn
 
-from services.anomaly_map.ml.clip_backbone import ClipBundle
-from services.anomaly_map.ml.encoder import (
+from services.anomaly_map.ml.clip.backbone import ClipBundle
+from services.anomaly_map.ml.clip.encoder import (
     default_feature_layers,
     default_vv_start,
     dual_attention,

@@ -7,11 +7,11 @@ import torch
 from pydantic import ValidationError
 from torch import Tensor
 
-from services.anomaly_map.ml.clip_backbone import ClipBundle
-from services.anomaly_map.ml.kead import KeadConfig, KeadModel
-from services.anomaly_map.ml.outputs import MemoryBank
-from services.anomaly_map.ml.prompts import CategoryDescription
-from services.anomaly_map.ml.scoring import anomaly_probability
+from services.anomaly_map.ml.clip.backbone import ClipBundle
+from services.anomaly_map.ml.clip.outputs import MemoryBank
+from services.anomaly_map.ml.clip.prompts import CategoryDescription
+from services.anomaly_map.ml.clip.scoring import anomaly_probability
+from services.anomaly_map.ml.kead.scorer import KeadConfig, KeadModel
 from shared.errors import InvalidInputError
 
 DESCRIPTION = CategoryDescription(

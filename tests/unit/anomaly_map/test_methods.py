@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 
 from services.anomaly_map.api.schemas import MapParams
-from services.anomaly_map.params import Method
+from services.anomaly_map.ml.catalog import CATALOG
 from services.anomaly_map.runtime.clip import LazyScorers, ScorerSet
 from services.anomaly_map.runtime.engine import MapEngine, resolve_mode
 from services.anomaly_map.runtime.methods import METHODS, MethodInputs, method_for
@@ -33,14 +34,6 @@ from tests.unit.anomaly_map.test_service_support import (
 )
 
 IMAGES = [np.random.default_rng(i).integers(0, 256, (48, 64, 3), dtype=np.uint8) for i in range(2)]
-
-
-def _literal_names(annotation: Any) -> set[str]:
-    """The strings of a ``Literal[...]`` annotation, also inside ``Optional``."""
-    found: set[str] = set()
-    for arg in get_args(annotation):
-        found |= _literal_names(arg) if get_args(arg) else {arg} if isinstance(arg, str) else set()
-    return found
 
 
 def _no_clip() -> ScorerSet:
@@ -98,13 +91,24 @@ def _declared(mode: str) -> list[str]:
 
 
 def test_the_registry_names_exactly_the_modes_the_api_accepts() -> None:
-    # then
-    accepted = _literal_names(MapParams.model_fields["mode"].annotation)
-    assert accepted == {"kead", "winclip", "tocoad"}
-    assert set(METHODS) == accepted
-    assert set(get_args(Method)) == accepted
-    assert _literal_names(CategorySpec.model_fields["method"].annotation) == accepted
+    # given
+    schema = MapParams.model_json_schema()["properties"]["mode"]
+    # then the API publishes the catalogue's names and accepts each of them
+    enum = next(option["enum"] for option in schema["anyOf"] if "enum" in option)
+    assert enum == ["kead", "winclip", "tocoad"] == list(CATALOG)
+    assert list(METHODS) == enum
+    for name in enum:
+        assert MapParams(category="c", mode=name).mode == name
+        assert CategorySpec(map="steel", method=name).method == name
     assert all(name == method.name for name, method in METHODS.items())
+
+
+def test_the_api_refuses_a_mode_outside_the_catalogue() -> None:
+    # when / then
+    with pytest.raises(ValidationError, match="unknown method 'patchcore'; one of kead, winclip"):
+        MapParams(category="c", mode="patchcore")
+    with pytest.raises(ValidationError, match="unknown method"):
+        CategorySpec(map="steel", method="patchcore")
 
 
 def test_an_unknown_mode_is_refused_with_the_list_of_methods() -> None:

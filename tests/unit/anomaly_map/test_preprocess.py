@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from services.anomaly_map.ml.preprocess import preprocess, to_rgb, upsample_maps
+from services.anomaly_map.ml.clip.preprocess import preprocess, to_rgb, upsample_maps
 from shared.errors import InvalidInputError
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)

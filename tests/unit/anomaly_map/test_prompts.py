@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from open_clip.tokenizer import SimpleTokenizer
 
-from services.anomaly_map.ml.prompts import (
+from services.anomaly_map.ml.clip.prompts import (
     TEMPLATES,
     CategoryDescription,
     build_prompts,

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from services.anomaly_map.ml.scoring import (
+from services.anomaly_map.ml.clip.scoring import (
     anomaly_probability,
     combine_image_score,
     few_shot_distance,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from services.anomaly_map.ml.prompts import Tokenizer
+from services.anomaly_map.ml.clip.prompts import Tokenizer
 from services.anomaly_map.stores.categories import CategoryStore
 from services.anomaly_map.usecases.categories import (
     import_descriptions,

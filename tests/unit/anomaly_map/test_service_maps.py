@@ -161,7 +161,7 @@ def test_memory_bank_is_stored_once_and_reused_by_a_new_engine(tmp_path, engine,
     fresh = make_engine(settings, engine.categories.store)
     second = generate_map(fresh, image_bytes(seed=1), MapRequest("tile"), settings)
     # then
-    tag = engine.scorers.kead.config_tag
+    tag = engine.scorers["kead"].config_tag
     assert banks == [f"{record.prefix}banks/kead-{engine.model_id}-{tag}.pt"]
     assert engine.categories.store.list(f"{record.prefix}banks/") == banks
     np.testing.assert_allclose(first.anomaly_map, second.anomaly_map, rtol=1e-5)
@@ -203,7 +203,7 @@ def test_build_engine_without_weights_names_model_and_folder(tmp_path) -> None:
 
 def test_first_map_after_a_restart_does_no_prompt_encoding(engine, settings, monkeypatch) -> None:
     # given text features computed by one process (stored beside the category version)
-    from services.anomaly_map.ml import text_features
+    from services.anomaly_map.ml.clip import text_features
 
     calls: list[int] = []
     encode = text_features.encode_prompt_set
@@ -223,7 +223,7 @@ def test_first_map_after_a_restart_does_no_prompt_encoding(engine, settings, mon
     assert encoded_first == 3  # normal, anomalous and the empty template
     assert len(calls) == encoded_first
     stored = engine.categories.store.list(f"{record.prefix}text/")
-    tag = engine.scorers.kead.config_tag
+    tag = engine.scorers["kead"].config_tag
     assert stored == [f"{record.prefix}text/kead-{engine.model_id}-{tag}.pt"]
     np.testing.assert_allclose(first.anomaly_map, second.anomaly_map, rtol=1e-6)
 
@@ -231,7 +231,7 @@ def test_first_map_after_a_restart_does_no_prompt_encoding(engine, settings, mon
 def test_unreadable_stored_text_features_are_encoded_again(engine, settings) -> None:
     # given
     record = _category(engine)
-    name = f"text/kead-{engine.model_id}-{engine.scorers.kead.config_tag}.pt"
+    name = f"text/kead-{engine.model_id}-{engine.scorers['kead'].config_tag}.pt"
     engine.categories.put_blob(record, name, b"garbage")
     # when
     result = generate_map(engine, image_bytes(seed=1), MapRequest("tile"), settings)

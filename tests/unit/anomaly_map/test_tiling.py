@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch import Tensor
 
-from services.anomaly_map.ml.clip_backbone import ClipBundle
-from services.anomaly_map.ml.kead import KeadModel
-from services.anomaly_map.ml.outputs import KeadOutput, MemoryBank
-from services.anomaly_map.ml.preprocess import preprocess
-from services.anomaly_map.ml.prompts import CategoryDescription
-from services.anomaly_map.ml.tiling import Tile, plan_tiles, score_tiled, stitch
+from services.anomaly_map.ml.clip.backbone import ClipBundle
+from services.anomaly_map.ml.clip.outputs import KeadOutput, MemoryBank
+from services.anomaly_map.ml.clip.preprocess import preprocess
+from services.anomaly_map.ml.clip.prompts import CategoryDescription
+from services.anomaly_map.ml.clip.tiling import Tile, plan_tiles, score_tiled, stitch
+from services.anomaly_map.ml.kead.scorer import KeadModel
 from shared.errors import InvalidInputError
 
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import Tensor
 
-from services.anomaly_map.ml.clip_backbone import ClipBundle
-from services.anomaly_map.ml.kead import KeadModel
-from services.anomaly_map.ml.outputs import KeadOutput
-from services.anomaly_map.ml.prompts import CategoryDescription
-from services.anomaly_map.ml.winclip import (
+from services.anomaly_map.ml.clip.backbone import ClipBundle
+from services.anomaly_map.ml.clip.outputs import KeadOutput
+from services.anomaly_map.ml.clip.prompts import CategoryDescription
+from services.anomaly_map.ml.kead.scorer import KeadModel
+from services.anomaly_map.ml.winclip.scorer import (
     WinClipConfig,
     WinClipModel,
     coverage_matrix,

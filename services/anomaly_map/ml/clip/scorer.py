@@ -9,15 +9,15 @@ from typing import Protocol
 import numpy as np
 from torch import Tensor
 
-from services.anomaly_map.ml.clip_backbone import ClipBundle
-from services.anomaly_map.ml.preprocess import Resampler, preprocess
-from services.anomaly_map.ml.prompts import (
+from services.anomaly_map.ml.clip.backbone import ClipBundle
+from services.anomaly_map.ml.clip.preprocess import Resampler, preprocess
+from services.anomaly_map.ml.clip.prompts import (
     CategoryDescription,
     OverlongPrompt,
     build_prompts,
     find_overlong_prompts,
 )
-from services.anomaly_map.ml.text_features import description_text_features
+from services.anomaly_map.ml.clip.text_features import description_text_features
 
 
 class TextOptions(Protocol):

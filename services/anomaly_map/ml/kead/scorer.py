@@ -10,9 +10,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor
 
-from services.anomaly_map.ml.clip_backbone import ClipBundle
-from services.anomaly_map.ml.clip_scorer import ClipScorerBase
-from services.anomaly_map.ml.encoder import (
+from services.anomaly_map.ml.clip.backbone import ClipBundle
+from services.anomaly_map.ml.clip.encoder import (
     EncodedImages,
     LevelMode,
     check_supported,
@@ -20,9 +19,10 @@ from services.anomaly_map.ml.encoder import (
     default_vv_start,
     encode_dual_stream,
 )
-from services.anomaly_map.ml.outputs import KeadOutput, MemoryBank
-from services.anomaly_map.ml.preprocess import Resampler
-from services.anomaly_map.ml.scoring import (
+from services.anomaly_map.ml.clip.outputs import KeadOutput, MemoryBank
+from services.anomaly_map.ml.clip.preprocess import Resampler
+from services.anomaly_map.ml.clip.scorer import ClipScorerBase
+from services.anomaly_map.ml.clip.scoring import (
     FewShotReduction,
     FusionMode,
     ImageScoreMode,

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from services.anomaly_map.ml.outputs import AnomalyScorer, MemoryBank
-from services.anomaly_map.ml.preprocess import to_rgb, upsample_maps
+from services.anomaly_map.ml.clip.outputs import AnomalyScorer, MemoryBank
+from services.anomaly_map.ml.clip.preprocess import to_rgb, upsample_maps
 from shared.errors import InvalidInputError
 
 StitchMode = Literal["max", "mean"]

@@ -14,12 +14,16 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor
 
-from services.anomaly_map.ml.clip_backbone import ClipBundle
-from services.anomaly_map.ml.clip_scorer import ClipScorerBase
-from services.anomaly_map.ml.encoder import check_supported, embed_tokens, encode_tokens
-from services.anomaly_map.ml.outputs import KeadOutput, MemoryBank
-from services.anomaly_map.ml.preprocess import Resampler
-from services.anomaly_map.ml.scoring import anomaly_probability, few_shot_distance, harmonic_mean
+from services.anomaly_map.ml.clip.backbone import ClipBundle
+from services.anomaly_map.ml.clip.encoder import check_supported, embed_tokens, encode_tokens
+from services.anomaly_map.ml.clip.outputs import KeadOutput, MemoryBank
+from services.anomaly_map.ml.clip.preprocess import Resampler
+from services.anomaly_map.ml.clip.scorer import ClipScorerBase
+from services.anomaly_map.ml.clip.scoring import (
+    anomaly_probability,
+    few_shot_distance,
+    harmonic_mean,
+)
 from shared.errors import InvalidInputError
 
 

@@ -19,7 +19,7 @@ from open_clip.tokenizer import SimpleTokenizer
 from safetensors import SafetensorError
 from torch import nn
 
-from services.anomaly_map.ml.prompts import Tokenizer
+from services.anomaly_map.ml.clip.prompts import Tokenizer
 from shared.errors import InvalidInputError, NotFoundError, UnavailableError
 from shared.ml.device import resolve_device
 

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from services.anomaly_map.ml.clip_backbone import ClipBundle
-from services.anomaly_map.ml.prompts import (
+from services.anomaly_map.ml.clip.backbone import ClipBundle
+from services.anomaly_map.ml.clip.prompts import (
     CategoryDescription,
     build_prompts,
     check_prompt_lengths,

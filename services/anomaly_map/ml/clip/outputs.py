@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from services.anomaly_map.ml.prompts import CategoryDescription
+from services.anomaly_map.ml.clip.prompts import CategoryDescription
 from shared.errors import InvalidInputError
 
 Method = Literal["kead", "winclip"]
