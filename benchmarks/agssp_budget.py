@@ -88,7 +88,8 @@ def submit_all(
     made: dict[str, dict[str, Any]] = runner.state.setdefault("budget_made", {})
     maps: dict[str, Any] | None = None
     for epochs in args.budgets:
-        keys = {seed: f"budget{epochs}/agssp/{seed}" for seed in args.seeds}
+        # the lift's own key at this budget: a lift run at (epochs, epochs) reuses these rows
+        keys = {s: lift.row_key("tocoad", "agssp", s, f"{epochs}-{epochs}") for s in args.seeds}
         jobs[epochs] = {}
         if not all(runner.is_done(k) for k in keys.values()):
             maps = maps or lift.run_maps_source(runner, args, "tocoad", ref, rec)
@@ -127,7 +128,7 @@ def summarize(
 
 def _lift_default(runner: lift.Runner, args: argparse.Namespace) -> dict[str, Any] | None:
     """The lift benchmark's own budget (its ToCoAD pipeline's finetune, seed 0 only)."""
-    key = lift.row_key("tocoad", "agssp", args.seeds[0])
+    key = lift.row_key("tocoad", "agssp", args.seeds[0], lift.budget_tag(args))
     job = runner.state.get("budget_lift_default")
     if not (runner.is_done(key) or job):
         return None
@@ -188,7 +189,8 @@ def main() -> None:
     ref, splits, pool = lift.prepare(args)
     proc, urls = lift.start_suite(args.home, args.home / "suite.log")
     try:
-        runner = lift.Runner(urls, args.out.with_suffix(".state.json"), args.home)
+        state = args.out.with_suffix(".state.json")  # the lift's: maps and scratch are shared
+        runner = lift.Runner(urls, state, args.home, benchmark="agssp_budget")
         rec = lift.recipe(args)
         jobs, made = submit_all(runner, args, ref, rec)
         rows = summarize(runner, args, jobs, made, len(pool))

@@ -320,7 +320,9 @@ class Runner:
 
     KEPT_ACROSS_HOMES = ("done", "sittings", "made", "box_stats", "budget_made")
 
-    def __init__(self, urls: dict[str, str], state_path: Path, home: Path) -> None:
+    def __init__(
+        self, urls: dict[str, str], state_path: Path, home: Path, benchmark: str = "agssp_lift"
+    ) -> None:
         self.urls = urls
         self.state_path = state_path
         self.state: dict[str, Any] = (
@@ -328,7 +330,11 @@ class Runner:
         )
         self._adopt(home)
         now = time.time()
-        self.sitting = {"started": now, "last_seen": now, "loadavg_start": os.getloadavg()}
+        self.benchmark = benchmark  # the state is shared with agssp_budget: sittings say whose
+        self.sitting = {
+            "benchmark": benchmark, "started": now, "last_seen": now,
+            "loadavg_start": os.getloadavg(),
+        }  # fmt: skip
         self.state.setdefault("sittings", []).append(self.sitting)
         self.http = httpx.Client(timeout=60)
 
@@ -358,14 +364,22 @@ class Runner:
             self.save()
         return dict(done[key])
 
-    def compute_s(self) -> float:
-        """Wall time of every sitting so far (each alone on the machine), cuts excluded."""
-        return float(sum(s["last_seen"] - s["started"] for s in self.state.get("sittings", [])))
+    def sittings(self) -> list[dict[str, Any]]:
+        """This benchmark's sittings so far (each alone on the machine)."""
+        found = self.state.get("sittings", [])
+        return [s for s in found if s.get("benchmark", "agssp_lift") == self.benchmark]
 
-    def pipeline(self, key: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    def compute_s(self) -> float:
+        """Wall time of this benchmark's sittings so far, the cuts between them excluded."""
+        return float(sum(s["last_seen"] - s["started"] for s in self.sittings()))
+
+    def pipeline(
+        self, key: str, body: dict[str, Any], finetune: bool = True
+    ) -> tuple[dict[str, Any], bool]:
         """Run (or follow) a pipeline; returns its record and whether its finetune step used
-        today's finetune recipe (then that job is the AGSSP seed-0 run; otherwise the
-        pipeline is followed only to its AGDP step and stopped there)."""
+        today's finetune recipe (then that job is the AGSSP seed-0 run; otherwise, or when
+        ``finetune`` is False because that row is already done, the pipeline is followed
+        only to its AGDP step and stopped there)."""
         ids = self.state.setdefault("pipelines", {})
         recipes = self.state.setdefault("pipeline_finetune", {})
         if key not in ids:
@@ -375,7 +389,7 @@ class Runner:
             recipes[key] = body["overrides"]["finetune"]
             self.save()
         url = f"{self.urls['pipeline']}/v1/pipelines/{ids[key]}"
-        if recipes.get(key) == body["overrides"]["finetune"]:
+        if finetune and recipes.get(key) == body["overrides"]["finetune"]:
             return self._wait(url, key), True
         return self._wait_step(url, key, "agdp"), False
 
@@ -466,7 +480,9 @@ def run_maps_source(
         "baseline": False,
         "overrides": {**rec, "tocoad_preset": args.tocoad_preset},
     }
-    record, same_recipe = runner.pipeline(maps, body)
+    tag = budget_tag(args)
+    seed0_done = runner.is_done(row_key(maps, "agssp", args.seeds[0], tag))
+    record, same_recipe = runner.pipeline(f"{maps}@{tag}", body, finetune=not seed0_done)
     boxes = _step(record, "pseudo_boxes")["outputs"]
     return {
         "pipeline": record["id"],
@@ -497,7 +513,7 @@ def run_ssl(
         "maps_prefix": tocoad["maps_prefix"],
     }  # fmt: skip
     body = {"sources": [source], "config": config, "artifact_name": "lift-ssl"}
-    return str(runner.pretrain("ssl", body)["artifacts"][0])
+    return str(runner.pretrain(f"ssl@{budget_tag(args)}", body)["artifacts"][0])
 
 
 def matched_epochs(args: argparse.Namespace, pool: int, labelled: int) -> int:
@@ -509,9 +525,17 @@ def matched_epochs(args: argparse.Namespace, pool: int, labelled: int) -> int:
     return int(args.epochs) + -(-pretrain_steps // max(1, labelled))
 
 
-def row_key(maps: str, init: str, seed: int) -> str:
-    """The state's name of one finetune (scratch rows ignore the maps: one key for all)."""
-    return f"{'any' if init.startswith('scratch') else maps}/{init}/{seed}"
+def budget_tag(args: argparse.Namespace) -> str:
+    """The pretraining budget in state keys: '<AGBP epochs>-<AGDP epochs>'."""
+    return f"{args.agbp_epochs}-{args.agdp_epochs}"
+
+
+def row_key(maps: str, init: str, seed: int, tag: str) -> str:
+    """The state's name of one finetune. Scratch ignores the maps and the pretraining (one
+    key for all); every other row is named with the budget ``tag`` it was pretrained at."""
+    if init == "scratch":
+        return f"any/scratch/{seed}"
+    return f"{'any' if init == 'scratch_matched' else maps}/{init}@{tag}/{seed}"
 
 
 def detector_jobs(
@@ -563,7 +587,7 @@ def detector_job(
     init: str,
     seed: int,
 ) -> tuple[str, str]:
-    key = row_key(maps, init, seed)
+    key = row_key(maps, init, seed, budget_tag(args))
     if runner.is_done(key):
         return key, str(runner.state["done"][key]["job"])
     if init == "agssp" and seed == args.seeds[0] and made[maps]["agssp_seed0_job"]:
@@ -613,7 +637,8 @@ def machine() -> dict[str, Any]:
 def _needs(runner: Runner, args: argparse.Namespace, maps: str) -> bool:
     """Whether a row built on this map source's pretraining still has a seed to run."""
     rows = [init for init in ROWS[maps] if not init.startswith("scratch")]
-    return any(not runner.is_done(row_key(maps, i, s)) for i in rows for s in args.seeds)
+    tag = budget_tag(args)
+    return any(not runner.is_done(row_key(maps, i, s, tag)) for i in rows for s in args.seeds)
 
 
 def pretrain_all(
@@ -625,7 +650,8 @@ def pretrain_all(
     from shared.storage.filesystem import FileObjectStore
 
     store = FileObjectStore(args.home / "store")
-    made: dict[str, Any] = runner.state.setdefault("made", {})
+    tag = budget_tag(args)  # what was made at another budget is not this run's
+    made: dict[str, Any] = runner.state.setdefault("made", {}).setdefault(tag, {})
     wanted = {maps: _needs(runner, args, maps) for maps in args.maps}
     if wanted.get("random"):
         wanted[MAPS_FIRST] = True
@@ -641,9 +667,10 @@ def pretrain_all(
             )  # fmt: skip
         made[maps] = run_maps_source(runner, args, maps, ref, rec)
         counted = label_stats(store, made[maps]["labels"], pool)
-        runner.state.setdefault("box_stats", {})[maps] = {**counted, **made[maps]["gate"]}
+        found = runner.state.setdefault("box_stats", {}).setdefault(tag, {})
+        found[maps] = {**counted, **made[maps]["gate"]}
         runner.save()
-    if any(not runner.is_done(row_key(MAPS_FIRST, "ssl", s)) for s in args.seeds):
+    if any(not runner.is_done(row_key(MAPS_FIRST, "ssl", s, tag)) for s in args.seeds):
         made["ssl"] = run_ssl(runner, args, rec, made[MAPS_FIRST])
     return made
 
@@ -654,7 +681,7 @@ def box_stats(runner: Runner, args: argparse.Namespace) -> dict[str, Any]:
     from shared.storage.filesystem import FileObjectStore
 
     store = FileObjectStore(args.home / "store")
-    counted = runner.state.get("box_stats", {})
+    counted = runner.state.get("box_stats", {}).get(budget_tag(args), {})
     found: dict[str, Any] = {maps: counted.get(maps) for maps in args.maps}
     found["truth_share_with_defects"] = json.loads(store.get_bytes(ORACLE + "truth.json"))["share"]
     return found
@@ -682,7 +709,7 @@ def run_record(runner: Runner, args: argparse.Namespace, name: str) -> dict[str,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "compute_s": round(runner.compute_s(), 1),  # every sitting's wall time, cuts excluded
-        "sittings": runner.state.get("sittings", []),
+        "sittings": runner.sittings(),
     }
 
 
