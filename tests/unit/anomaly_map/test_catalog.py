@@ -22,7 +22,12 @@ from services.anomaly_map.api.schemas import MapParams
 from services.anomaly_map.ml.catalog import CATALOG, CLIP_NEEDS, MethodSpec
 from services.anomaly_map.runtime.methods import method_for
 from shared.storage.filesystem import FileObjectStore
-from tests.unit.anomaly_map.test_service_support import image_bytes, make_engine, make_settings
+from tests.unit.anomaly_map.test_service_support import (
+    image_bytes,
+    make_engine,
+    make_settings,
+    tiny_scorers,
+)
 
 SPEC = {"map": "metal surface", "good": ["{} without holes"], "defect": ["{} with a crack"]}
 HALF = MethodSpec(
@@ -53,9 +58,13 @@ def _map(client: TestClient, mode: str) -> tuple[np.ndarray, float]:
     return values, float(body["image_score"])
 
 
-def test_a_new_method_is_one_catalogue_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_new_method_is_one_catalogue_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
     # given one row, added before the service starts (as a module-level row would be)
     monkeypatch.setitem(cast(MutableMapping[str, MethodSpec], CATALOG), HALF.name, HALF)
+    tiny_scorers.cache_clear()  # the shared scorers were built from the catalogue without it
+    request.addfinalizer(tiny_scorers.cache_clear)
     settings = make_settings(tmp_path)
     app = create_app(settings, store=FileObjectStore(tmp_path / "store"), load_engine=make_engine)
     with TestClient(app) as client:
