@@ -79,8 +79,8 @@ def required(value: T | None, what: str) -> T:
 
 
 @dataclass(frozen=True)
-class ClipMethod:
-    """A method on the shared CLIP encoder (KeAD, WinCLIP): text features, optional bank."""
+class _Row:
+    """A catalogue row: its name and needs are the spec's."""
 
     spec: MethodSpec
 
@@ -91,6 +91,11 @@ class ClipMethod:
     @property
     def needs(self) -> Needs:
         return self.spec.needs
+
+
+@dataclass(frozen=True)
+class ClipMethod(_Row):
+    """A method on the shared CLIP encoder (KeAD, WinCLIP): text features, optional bank."""
 
     def clip_scorer(self, scorers: ScorerSet) -> AnomalyScorer | None:
         return scorers[self.name]
@@ -107,18 +112,8 @@ class ClipMethod:
 
 
 @dataclass(frozen=True)
-class FittedMethod:
+class FittedMethod(_Row):
     """A method fitted per category version (ToCoAD): no CLIP, no text, no tiles."""
-
-    spec: MethodSpec
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def needs(self) -> Needs:
-        return self.spec.needs
 
     def clip_scorer(self, scorers: ScorerSet) -> AnomalyScorer | None:
         return None
