@@ -18,6 +18,21 @@ from services.anomaly_map.ml.clip.prompts import (
     find_overlong_prompts,
 )
 from services.anomaly_map.ml.clip.text_features import description_text_features
+from shared.errors import InvalidInputError
+
+
+def bank_references(ref_images: Tensor, k_shot: int | None) -> Tensor:
+    """The references a memory bank is built from: the first ``k_shot`` (all when None).
+
+    Raises:
+        InvalidInputError: ``k_shot`` is 0 (zero-shot), or no reference image is left.
+    """
+    if k_shot == 0:
+        raise InvalidInputError("k_shot is 0 (zero-shot): no memory bank is used")
+    refs = ref_images if k_shot is None else ref_images[:k_shot]
+    if refs.shape[0] == 0:
+        raise InvalidInputError("a memory bank needs at least one reference image")
+    return refs
 
 
 class TextOptions(Protocol):

@@ -21,7 +21,7 @@ from services.anomaly_map.ml.clip.encoder import (
 )
 from services.anomaly_map.ml.clip.outputs import KeadOutput, MemoryBank
 from services.anomaly_map.ml.clip.preprocess import Resampler
-from services.anomaly_map.ml.clip.scorer import ClipScorerBase
+from services.anomaly_map.ml.clip.scorer import ClipScorerBase, bank_references
 from services.anomaly_map.ml.clip.scoring import (
     FewShotReduction,
     FusionMode,
@@ -128,12 +128,7 @@ class KeadModel(ClipScorerBase):
         Returns:
             Bank with one (K * G*G, Dj) unit-norm matrix per feature level.
         """
-        k = self.config.k_shot
-        if k == 0:
-            raise InvalidInputError("k_shot is 0 (zero-shot): no memory bank is used")
-        refs = ref_images if k is None else ref_images[:k]
-        if refs.shape[0] == 0:
-            raise InvalidInputError("a memory bank needs at least one reference image")
+        refs = bank_references(ref_images, self.config.k_shot)
         encoded = self.encode(refs)
         levels = tuple(
             torch.nn.functional.normalize(level.flatten(0, 1), dim=-1) for level in encoded.levels

@@ -18,7 +18,7 @@ from services.anomaly_map.ml.clip.backbone import ClipBundle
 from services.anomaly_map.ml.clip.encoder import check_supported, embed_tokens, encode_tokens
 from services.anomaly_map.ml.clip.outputs import KeadOutput, MemoryBank
 from services.anomaly_map.ml.clip.preprocess import Resampler
-from services.anomaly_map.ml.clip.scorer import ClipScorerBase
+from services.anomaly_map.ml.clip.scorer import ClipScorerBase, bank_references
 from services.anomaly_map.ml.clip.scoring import (
     anomaly_probability,
     few_shot_distance,
@@ -148,12 +148,7 @@ class WinClipModel(ClipScorerBase):
     @torch.inference_mode()
     def build_memory_bank(self, ref_images: Tensor) -> MemoryBank:
         """Bank of patch and per-scale window embeddings of (K, 3, S, S) normal references."""
-        k = self.config.k_shot
-        if k == 0:
-            raise InvalidInputError("k_shot is 0 (zero-shot): no memory bank is used")
-        refs = ref_images if k is None else ref_images[:k]
-        if refs.shape[0] == 0:
-            raise InvalidInputError("a memory bank needs at least one reference image")
+        refs = bank_references(ref_images, self.config.k_shot)
         feats = self.encode(refs)
         levels = (feats.patches, *feats.windows)
         normed = tuple(F.normalize(level.flatten(0, 1), dim=-1) for level in levels)
