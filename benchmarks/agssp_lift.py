@@ -595,7 +595,8 @@ def detector_job(
     config = {**rec["finetune"], "seed": seed}
     if init == "scratch_matched":
         config["epochs"] = made["matched_epochs"]
-    name = f"lift-{key.rsplit('/', 1)[0]}".replace("_", "-").replace("/", "-")
+    # a registry name: the key's '@' (the budget tag) and '/' are not allowed there
+    name = f"lift-{key.rsplit('/', 1)[0]}".replace("_", "-").replace("/", "-").replace("@", "-at-")
     return key, runner.finetune(
         key, detector_body(args, ref, config, name, _start(made, maps, init))
     )
