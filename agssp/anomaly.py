@@ -91,9 +91,9 @@ def import_file(
 
 
 def _import(settings: AnomalyMapSettings, descriptions: Path, only: list[str]) -> ImportResult:
-    from services.anomaly_map.runtime.engine import image_limits
     from services.anomaly_map.stores.categories import CategoryStore
     from services.anomaly_map.usecases.categories import import_descriptions, prompt_tokenizer
+    from shared.imaging.intake import image_limits
     from shared.storage.factory import create_store
 
     return import_descriptions(

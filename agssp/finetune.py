@@ -97,10 +97,10 @@ def evaluate(
     split: str = "val",
 ) -> None:
     """COCO mAP of a model on a dataset split; saved with the model, printed as JSON."""
+    from services.finetune.ml.backend import load_backend
     from services.finetune.params import EvaluationParams
     from services.finetune.usecases.common import workspace
     from services.finetune.usecases.evaluations import evaluate_model
-    from services.finetune.usecases.training import TORCH
     from shared.errors import SuiteError
     from shared.jobs.store import new_job_id
 
@@ -108,7 +108,7 @@ def evaluate(
     try:
         params = EvaluationParams(model=model, dataset=dataset, split=split)
         with workspace(settings, f"cli-evaluate-{new_job_id()}") as work:
-            doc, key = evaluate_model(store, params, settings, work, TORCH)
+            doc, key = evaluate_model(store, params, settings, work, load_backend)
     except (SuiteError, ValueError) as exc:
         raise _fail(exc) from exc
     typer.echo(json.dumps({**doc, "saved_to": key}, indent=1))
@@ -131,8 +131,8 @@ def compare(
     out: Annotated[Path, typer.Option(help="output folder")] = Path("finetune-compare"),
 ) -> None:
     """Train the same detector from each init on one split and seed; table and bar plot."""
+    from services.finetune.ml.backend import load_backend
     from services.finetune.usecases.comparisons import parse_inits, run_comparison, write_report
-    from services.finetune.usecases.training import TORCH
     from shared.errors import SuiteError
 
     settings, store = _context()
@@ -149,7 +149,7 @@ def compare(
             split=f"mini-{mini}" if mini else split,
             val_split=val_split,
             on_progress=lambda label, pct, msg: typer.echo(f"[{label}] {msg}", err=True),
-            backend=TORCH,
+            backends=load_backend,
         )
     except (SuiteError, ValueError) as exc:
         raise _fail(exc) from exc

@@ -16,6 +16,7 @@ import typer
 
 from agssp.store import describe_store, plan_upload, upload
 from shared.config import get_common_settings
+from shared.schemas.detector_families import DEFAULT_FAMILY, FAMILIES
 
 if TYPE_CHECKING:  # httpx loads with the command: worker images run `agssp` without it
     import httpx
@@ -126,6 +127,9 @@ def run(
     maps: Annotated[str, typer.Option(help="auto, kead, tocoad or provided")] = "auto",
     maps_prefix: Annotated[str | None, typer.Option(help="maps for --maps provided")] = None,
     preset: Annotated[str, typer.Option(help="cpu-demo, cpu or gpu-paper")] = "cpu-demo",
+    detector: Annotated[
+        str, typer.Option(help=f"detector family: {', '.join(FAMILIES)}")
+    ] = DEFAULT_FAMILY,
     scale: Annotated[str, typer.Option(help="YOLOv8 scale n, s or m")] = "n",
     seed: int = 0,
     baseline: Annotated[bool, typer.Option(help="also train from scratch")] = True,
@@ -149,6 +153,7 @@ def run(
         "maps": maps,
         "maps_prefix": maps_prefix,
         "preset": preset,
+        "detector": detector,
         "scale": scale,
         "seed": seed,
         "baseline": baseline,

@@ -58,6 +58,7 @@ import httpx
 import numpy as np
 
 from benchmarks.lift_maps import grid_map, label_stats, stage_random, truth_share, write_maps
+from shared.schemas.detector_families import DEFAULT_FAMILY, FAMILIES, agbp_backbone
 
 if TYPE_CHECKING:  # the suite's modules load lazily, after the argument check
     from services.finetune.stores.datasets import DatasetRef
@@ -106,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--maps", nargs="+", choices=sorted(ROWS), default=list(ROWS))
     parser.add_argument(
+        "--detector",
+        choices=list(FAMILIES),
+        default=DEFAULT_FAMILY,
+        help="detector family of every row; AGBP pretrains the backbone it builds on",
+    )
+    parser.add_argument(
         "--no-labelled-defects",
         action="store_true",
         help="fit ToCoAD on the pool alone (the maps before issue 21)",
@@ -145,10 +152,13 @@ def resolve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argpar
     named = args.dataset != "magnetic-tile"  # Magnetic-tile keeps the first run's names
     args.data = args.data or SHARED_DATA / args.dataset
     home, out = (
-        (f"bench-lift-{args.dataset}", f"agssp_lift_{args.dataset}.json")
+        (f"bench-lift-{args.dataset}", f"agssp_lift_{args.dataset}")
         if named
-        else ("bench-lift", "agssp_lift.json")
+        else ("bench-lift", "agssp_lift")
     )
+    if args.detector != DEFAULT_FAMILY:  # another family: its own home, state and results
+        home, out = f"{home}-{args.detector}", f"{out}_{args.detector}"
+    out = f"{out}.json"
     # --quick imports a mini-2 split: it must never share a home with a full run
     args.home = args.home or ROOT / "var" / (f"{home}-quick" if args.quick else home)
     args.out = args.out or ROOT / "benchmarks" / "results" / out
@@ -172,6 +182,9 @@ def recipe(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         "epochs": args.epochs, "batch": args.finetune_batch, "imgsz": args.imgsz, "patience": 0,
         "lr0": args.lr0, "warmup_epochs": args.warmup_epochs,
     }  # fmt: skip
+    agdp: dict[str, Any] = {"epochs": args.agdp_epochs, "batch": args.batch, "imgsz": args.imgsz}
+    if args.detector != DEFAULT_FAMILY:
+        detector["family"] = agdp["family"] = args.detector
     return {
         "tocoad": {},
         "agbp": {
@@ -179,7 +192,7 @@ def recipe(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             "epochs": args.agbp_epochs, "batch_size": args.batch,
             "input_size": args.agbp_size, "resize_base": args.agbp_size,
         },
-        "agdp": {"epochs": args.agdp_epochs, "batch": args.batch, "imgsz": args.imgsz},
+        "agdp": agdp,
         "finetune": detector,
     }  # fmt: skip
 
@@ -476,6 +489,7 @@ def run_maps_source(
         "labelled_defects": not args.no_labelled_defects,
         "gate": "auto",
         "preset": "cpu",
+        "detector": args.detector,
         "seed": args.seeds[0],
         "baseline": False,
         "overrides": {**rec, "tocoad_preset": args.tocoad_preset},
@@ -505,7 +519,8 @@ def run_ssl(
     """AGBP with a map-free objective (MoCo v3 alone: distill weight 0), same recipe
     otherwise; returns its backbone artifact. The maps are read but weigh nothing."""
     config = {
-        **rec["agbp"], "backbone": "yolov8n", "objective": "mocov3_distill", "distill_weight": 0.0,
+        **rec["agbp"], "backbone": agbp_backbone(args.detector, "n"),
+        "objective": "mocov3_distill", "distill_weight": 0.0,
         "task_weight": 1.0, "seed": args.seeds[0],
     }  # fmt: skip
     source = {
@@ -739,7 +754,13 @@ def main() -> None:
             "pool_images": len(pool),
         },
         "pseudo_boxes": box_stats(runner, args),
-        "recipe": {**rec, "tocoad_preset": args.tocoad_preset, "scale": "n", "seeds": args.seeds},
+        "recipe": {
+            **rec,
+            "tocoad_preset": args.tocoad_preset,
+            "detector": args.detector,
+            "scale": "n",
+            "seeds": args.seeds,
+        },
         "artifacts": made,
         "results": results,
     }

@@ -38,9 +38,10 @@ from services.anomaly_map.api.main import create_app
 from services.anomaly_map.config import AnomalyMapSettings
 from services.anomaly_map.ml.clip.prompts import CategoryDescription
 from services.anomaly_map.runtime.clip import ScorerSet, load_scorers
-from services.anomaly_map.runtime.engine import MapEngine, image_limits
+from services.anomaly_map.runtime.engine import MapEngine
 from services.anomaly_map.stores.categories import CategoryStore
 from shared.config import CommonSettings, PathSettings
+from shared.imaging.intake import image_limits
 from shared.storage.base import ObjectStore
 from shared.storage.filesystem import FileObjectStore
 

@@ -33,17 +33,17 @@ def _settings(work: Path) -> Any:
 
 def _train(data: Path, cache: Path, fields: dict[str, Any], max_train: int | None) -> float:
     """Import NEU-DET, train from scratch, export ``cache/fp32.onnx``; returns seconds."""
+    from services.finetune.ml.backend import TrainRequest
     from services.finetune.ml.checkpoint import DetectorCheckpoint
     from services.finetune.ml.config import FinetuneConfig
     from services.finetune.ml.detector import detector_from_checkpoint
     from services.finetune.ml.export import export_onnx
     from services.finetune.ml.materialize import materialize_yolo
     from services.finetune.params import DatasetImportParams
+    from services.finetune.runtime.yolo_backend import TORCH
     from services.finetune.stores.datasets import load_split
-    from services.finetune.usecases.backend import TrainRequest
     from services.finetune.usecases.comparisons import parse_inits
     from services.finetune.usecases.datasets import import_local_dataset
-    from services.finetune.usecases.training import TORCH
     from shared.ml.hooks import TrainHooks
     from shared.storage.filesystem import FileObjectStore
 
@@ -82,7 +82,7 @@ def _subset_dataset(cache: Path, split: str) -> tuple[Any, Path]:
 def _score(onnx: Path, cache: Path, imgsz: int) -> dict[str, float]:
     from services.finetune.ml.evaluate import evaluate_detections
     from services.finetune.ml.predict import predict_with
-    from services.finetune.usecases.training import onnx_forward
+    from services.finetune.runtime.yolo_backend import onnx_forward
 
     val, images = _subset_dataset(cache, "val")
     forward, seconds = onnx_forward(onnx)

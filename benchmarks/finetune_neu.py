@@ -25,9 +25,9 @@ import torch
 
 from services.finetune.config import FinetuneSettings
 from services.finetune.params import DatasetImportParams
+from services.finetune.runtime.yolo_backend import TORCH
 from services.finetune.usecases.comparisons import parse_inits, run_comparison
 from services.finetune.usecases.datasets import import_local_dataset
-from services.finetune.usecases.training import TORCH
 from shared.config import CommonSettings, PathSettings
 from shared.storage.filesystem import FileObjectStore
 
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         fields,
         work / "run",
         on_progress=lambda _, pct, msg: print(f"{msg} ({time.perf_counter() - start:.0f} s)"),
-        backend=TORCH,
+        backends=lambda family: TORCH,
     )
     run_s = time.perf_counter() - start
     return {

@@ -49,13 +49,13 @@ from scipy import ndimage
 
 from services.anomaly_map.ml.metrics import aupro, image_auroc, pixel_auroc
 from services.anomaly_map.ml.tocoad.backbone import ResNetFeatures
-from services.anomaly_map.ml.tocoad.config import TocoadConfig
 from services.anomaly_map.ml.tocoad.data import resize_images
 from services.anomaly_map.ml.tocoad.defects import DefectExemplar, exemplars_from_mask
 from services.anomaly_map.ml.tocoad.discriminator import Discriminator
 from services.anomaly_map.ml.tocoad.fit import fit_tocoad
 from services.anomaly_map.ml.tocoad.model import TocoadModel, build_memory_bank
 from services.anomaly_map.ml.tocoad.presets import PRESETS, merge, preset_config
+from services.anomaly_map.params.tocoad import TocoadConfig
 from shared.ml.hooks import TrainHooks
 
 ROOT = Path(__file__).resolve().parents[1]

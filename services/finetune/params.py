@@ -24,6 +24,7 @@ from shared.schemas.artifacts import check_segment
 from shared.schemas.backbones import BACKBONE_FILE
 from shared.schemas.bounds import FINITE, SEED_MAX
 from shared.schemas.detector import AgdpConfig, FinetuneConfig, Scale
+from shared.schemas.detector_families import DEFAULT_FAMILY, detector_family
 from shared.schemas.pseudo_labels import CLASSES_FILE as YOLO_CLASSES_FILE
 from shared.storage.base import prefix_field, validate_key
 
@@ -267,8 +268,12 @@ class AgdpJobParams(BaseModel):
         return self
 
     def output_name(self) -> str:
-        """The artifact this job publishes."""
-        return self.artifact_name or f"agdp-{self.scale}"
+        """The artifact this job publishes: ``agdp-<scale>`` for a family sized by scale,
+        else ``agdp-<family>``."""
+        if self.artifact_name:
+            return self.artifact_name
+        family = detector_family(str(self.config.get("family") or DEFAULT_FAMILY))
+        return f"agdp-{self.scale if family.uses_scale else family.name}"
 
 
 class FinetuneJobParams(BaseModel):

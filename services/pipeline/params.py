@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from shared.schemas.detector import FamilyName
+from shared.schemas.detector_families import DEFAULT_FAMILY
 from shared.storage.base import prefix_field
 
 MapMethod = Literal["auto", "kead", "tocoad", "provided"]
@@ -99,7 +101,12 @@ class PipelineRequest(BaseModel):
         "(label-free, from the image-score distribution); off: every image over the threshold",
     )
     preset: PresetName = "cpu-demo"
-    scale: Literal["n", "s", "m"] = "n"
+    detector: FamilyName = Field(
+        DEFAULT_FAMILY,
+        description="detector family (GET /v1/detector-families on the finetune service); AGBP "
+        "pretrains the backbone it builds on",
+    )
+    scale: Literal["n", "s", "m"] = Field("n", description="size of families sized by scale")
     seed: int = Field(0, ge=0, le=2**31 - 1)
     val_fraction: float = Field(0.2, gt=0, lt=1, allow_inf_nan=False)
     baseline: bool = Field(True, description="also train from scratch on the same split and seed")

@@ -25,7 +25,7 @@ from pydantic import (
 
 from shared.errors import InvalidInputError
 from shared.schemas.artifacts import check_segment
-from shared.schemas.backbones import BACKBONE_FILE, BACKBONES, backbone_names
+from shared.schemas.backbones import BACKBONE_FILE, BACKBONES, backbone_names, family_traits
 from shared.schemas.bounds import FINITE
 from shared.storage.base import prefix_field
 
@@ -122,7 +122,7 @@ class AgbpConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Self:
-        if self.objective == "simmim_distill" and BACKBONES[self.backbone].family != "swin":
+        if self.objective == "simmim_distill" and not family_traits(self.backbone).masked_patches:
             raise ValueError("simmim_distill needs a Swin backbone (mask tokens on patches)")
         if self.stages is not None and not self.stages:
             raise ValueError("stages must be a non-empty subset of 0..4")

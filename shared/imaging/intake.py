@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
-from typing import Literal, NoReturn
+from typing import TYPE_CHECKING, Literal, NoReturn, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -18,6 +18,9 @@ from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from shared.errors import InvalidInputError, PayloadTooLargeError, UnsupportedMediaError
 from shared.imaging import budget as pixel_budget
+
+if TYPE_CHECKING:
+    from shared.config import CommonSettings
 
 OutputMode = Literal["rgb", "gray"]
 
@@ -68,6 +71,25 @@ class ImageLimits:
             )
         if self.output_mode not in ("rgb", "gray"):
             raise ValueError("output_mode must be 'rgb' or 'gray'")
+
+
+class ServiceImageSettings(Protocol):
+    """The settings every service's images are capped by: its own ``max_image_mb`` and the
+    suite-wide pixel cap (``AGSSP_HTTP_MAX_IMAGE_PIXELS``)."""
+
+    @property
+    def max_image_mb(self) -> float: ...
+
+    @property
+    def common(self) -> CommonSettings: ...
+
+
+def image_limits(settings: ServiceImageSettings) -> ImageLimits:
+    """What a service accepts as an image: its byte cap and the suite's pixel cap."""
+    return ImageLimits(
+        max_bytes=int(settings.max_image_mb * 2**20),
+        max_pixels=settings.common.http.max_image_pixels,
+    )
 
 
 @dataclass(frozen=True, eq=False)

@@ -8,7 +8,9 @@ holds the distilled backbone's state_dict as ``BACKBONE_FILE``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Literal
 
 from shared.errors import InvalidInputError
@@ -48,6 +50,48 @@ BACKBONES: dict[str, BackboneSpec] = {
         BackboneSpec("swin-tiny-test", "swin", "test", 64, (4,), test_only=True),
     )
 }
+
+
+DETECTOR_KEYS = "ultralytics-detector"  # AGBP tensors named as in the YOLOv8 detector
+TIMM_KEYS = "timm"
+
+
+@dataclass(frozen=True)
+class BackboneFamily:
+    """What differs between backbone families, for the code that must know (torch-free).
+
+    Attributes:
+        key_names: how an AGBP artifact of the family names its tensors (``DETECTOR_KEYS``:
+            the YOLOv8 detector's ``model.<i>.*``, ready to load into a detector).
+        recipe: the AGBP recipe it trains with (agssp-spec §4.4: conv or Swin column).
+        masked_patches: its tokens are patches SimMIM can mask (``simmim_distill``).
+        distill_loss, distill_weight: the distillation loss of agssp-spec §4.4.
+    """
+
+    name: Family
+    key_names: str
+    recipe: Literal["conv", "swin"]
+    masked_patches: bool
+    distill_loss: Literal["cosine", "l2"]
+    distill_weight: float
+
+
+# The L2 weight 2.0 is the reference L2Loss's loss_weight (agssp-spec §4.4).
+BACKBONE_FAMILIES: Mapping[str, BackboneFamily] = MappingProxyType(
+    {
+        row.name: row
+        for row in (
+            BackboneFamily("cspdarknet", DETECTOR_KEYS, "conv", False, "cosine", 1.0),
+            BackboneFamily("resnet", TIMM_KEYS, "conv", False, "cosine", 1.0),
+            BackboneFamily("swin", TIMM_KEYS, "swin", True, "l2", 2.0),
+        )
+    }
+)
+
+
+def family_traits(name: str) -> BackboneFamily:
+    """The family row of backbone ``name`` (InvalidInputError when the name is unknown)."""
+    return BACKBONE_FAMILIES[backbone_spec(name).family]
 
 
 def backbone_names() -> tuple[str, ...]:

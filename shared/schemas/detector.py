@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field, model_validator
 
+from shared.errors import InvalidInputError
+from shared.schemas.backbones import BACKBONES
 from shared.schemas.bounds import FINITE, SEED_MAX
+from shared.schemas.detector_families import DEFAULT_FAMILY, FAMILIES, check_backbone
 
 Scale = Literal["n", "s", "m"]
 # Finite ranges for every number (issue 15): far above any real run, far below overflow.
@@ -18,6 +21,17 @@ MAX_EPOCHS = 10_000
 MAX_BATCH = 4096
 MAX_LR = 10.0
 LayerIndex = Annotated[int, Field(ge=0, le=1000)]
+
+
+def _known_family(name: str) -> str:
+    if name not in FAMILIES:
+        raise ValueError(f"unknown detector family {name!r}; choose one of {sorted(FAMILIES)}")
+    return name
+
+
+FamilyName = Annotated[
+    str, AfterValidator(_known_family), Field(json_schema_extra={"enum": list(FAMILIES)})
+]
 FrozenLayers = LayerIndex | Annotated[list[LayerIndex], Field(max_length=1000)]
 
 
@@ -31,6 +45,12 @@ class DetectorTrainConfig(BaseModel):
 
     model_config = FINITE
 
+    family: FamilyName = Field(
+        DEFAULT_FAMILY, description="detector family (shared.schemas.detector_families)"
+    )
+    backbone: str | None = Field(
+        None, description="backbone name for families that take one (default: the family's)"
+    )
     scale: Scale = Field("s", description="YOLOv8 scale n/s/m (agssp-spec §5: s)")
     epochs: int = Field(100, ge=1, le=MAX_EPOCHS)
     batch: int = Field(16, ge=1, le=MAX_BATCH, description="images per step")
@@ -76,9 +96,30 @@ class DetectorTrainConfig(BaseModel):
         None, gt=0, le=24 * 366, description="wall-clock cap for the run"
     )
 
+    @model_validator(mode="after")
+    def _backbone_fits(self) -> DetectorTrainConfig:
+        """A backbone the family takes, of the config's scale where the backbone has one."""
+        try:
+            check_backbone(self.family, self.backbone)
+        except InvalidInputError as exc:
+            raise ValueError(str(exc)) from None
+        spec = BACKBONES.get(self.backbone or "")
+        if spec is not None and spec.detector_scale not in (None, self.scale):
+            raise ValueError(
+                f"backbone {self.backbone!r} is of scale {spec.detector_scale!r}, "
+                f"the config asks for {self.scale!r}"
+            )
+        return self
+
+    def resolved_backbone(self) -> str | None:
+        """The backbone the run builds on: the config's, else the family's default."""
+        return check_backbone(self.family, self.backbone)
+
     def ultralytics_args(self, device: str) -> dict[str, Any]:
         """Keyword arguments for ``YOLO.train``; ``device`` in ultralytics' spelling."""
-        args = self.model_dump(exclude={"scale", "select_metric", "aug_scale", "time_hours"})
+        args = self.model_dump(
+            exclude={"family", "backbone", "scale", "select_metric", "aug_scale", "time_hours"}
+        )
         args.update(
             device=device,
             scale=self.aug_scale,

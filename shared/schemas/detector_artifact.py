@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.errors import InvalidInputError
+from shared.schemas.detector_families import DEFAULT_FAMILY
 
 ONNX_FILE = "model.onnx"
 CLASSES_FILE = "classes.json"
@@ -54,6 +55,8 @@ class DetectorMetadata(BaseModel):
 
     kind: str = Field(description="finetune, agdp, quantized, ...")
     job_id: str | None = None
+    family: str = Field(DEFAULT_FAMILY, description="detector family (detector_families)")
+    backbone: str | None = Field(None, description="backbone name, for families that take one")
     scale: str | None = Field(None, description="YOLOv8 scale n/s/m")
     imgsz: int | None = Field(None, ge=32, description="square input size the graph expects")
     classes: list[str] = Field(default_factory=list)

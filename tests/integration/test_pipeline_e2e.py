@@ -206,3 +206,66 @@ def test_maps_to_boxes_to_pretraining_to_detector_to_detect(suite: Suite) -> Non
     # and the lineage of the served model goes back to the maps
     assert maps["outputs"]["total"] == 12
     assert agbp["artifacts"][0].startswith("agbp-yolov8n:")
+
+
+def test_a_faster_rcnn_on_the_agbp_resnet_is_served_by_detect(suite: Suite) -> None:
+    # given maps and pseudo boxes of the same line images
+    httpx.put(f"{suite.urls['anomaly_map']}/v1/categories/steel", json=CATEGORY, timeout=60)
+    maps = _job(
+        suite, "anomaly_map", "/v1/anomaly-map-jobs",
+        {"category": "steel", "prefix": "lines/steel/images/"},
+    )  # fmt: skip
+    source = {
+        "category": "steel",
+        "images_prefix": "lines/steel/images/",
+        "maps_prefix": maps["outputs"]["output_prefix"],
+    }
+    boxes = _job(suite, "pretrain", "/v1/pseudo-label-jobs", source)
+    # when AGBP pretrains a ResNet and the second detector family trains on it
+    resnet = {**AGBP, "backbone": "resnet18-test"}
+    agbp = _job(suite, "pretrain", "/v1/pretrain-jobs", {"sources": [source], "config": resnet})
+    family = {**TINY, "family": "faster-rcnn", "backbone": "resnet18-test"}
+    agdp = _job(
+        suite, "finetune", "/v1/agdp-jobs",
+        {
+            "images_prefix": "lines/steel/images/",
+            "labels_prefix": boxes["outputs"]["out_prefix"],
+            "backbone_artifact": agbp["artifacts"][0],
+            "config": family,
+            "val_fraction": 0.25,
+        },
+    )  # fmt: skip
+    _job(
+        suite, "finetune", "/v1/datasets",
+        {"name": "steel-frcnn-set", "prefix": "labelled/", "format": "yolo", "val_fraction": 0.25},
+    )  # fmt: skip
+    tuned = _job(
+        suite, "finetune", "/v1/finetune-jobs",
+        {
+            "dataset": "steel-frcnn-set", "config": family, "model_name": "steel-frcnn",
+            "init": {"kind": "agdp", "artifact": agdp["artifacts"][0]},
+        },
+    )  # fmt: skip
+    # then /detect serves its ONNX export with the same response schema
+    name, version = tuned["artifacts"][0].split(":")
+    detect = httpx.post(
+        f"{suite.urls['inference']}/detect",
+        params={"model": name, "version": version, "conf": 0.0},
+        content=_png(7, 200)[0],
+        headers={"content-type": "image/png"},
+        timeout=120,
+    )
+    assert detect.status_code == 200, detect.text
+    body = detect.json()
+    assert body["model"]["name"] == name
+    assert body["model"]["version"] == version
+    assert body["detections"], "a conf-0 request returns the graph's boxes"
+    assert {d["class_name"] for d in body["detections"]} <= {"bright", "dark"}
+    # and a backbone the family does not take is refused before any job is queued
+    refused = httpx.post(
+        f"{suite.urls['finetune']}/v1/finetune-jobs",
+        json={"dataset": "steel-frcnn-set", "model_name": "bad",
+              "config": {**family, "backbone": "yolov8n"}},
+        timeout=30,
+    )  # fmt: skip
+    assert refused.status_code == 422, refused.text

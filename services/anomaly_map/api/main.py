@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from services.anomaly_map.api.deps import AnomalyMapState
 from services.anomaly_map.api.routes import categories, maps
 from services.anomaly_map.config import AnomalyMapSettings, get_settings
-from services.anomaly_map.ml.catalog import CATALOG
+from services.anomaly_map.params.catalog import CATALOG
 from services.anomaly_map.runtime.engine import MapEngine, build_engine
 from services.anomaly_map.stores.categories import CategoryStore
 from services.anomaly_map.usecases.categories import prompt_tokenizer

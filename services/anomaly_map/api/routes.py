@@ -30,11 +30,11 @@ from services.anomaly_map.api.schemas import (
     TocoadFitRequest,
     category_request_body,
 )
-from services.anomaly_map.runtime.engine import image_limits
 from services.anomaly_map.usecases import anomaly_maps, dataset_maps, evaluations, tocoad_fits
 from services.anomaly_map.usecases import categories as category_cases
 from shared.http.scopes import require_scope
 from shared.http.uploads import image_upload_openapi
+from shared.imaging.intake import image_limits
 from shared.schemas.jobs import JobRecord
 
 _ERRORS: dict[int | str, dict[str, Any]] = {

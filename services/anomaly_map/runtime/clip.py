@@ -20,10 +20,10 @@ import torch
 from open_clip.tokenizer import SimpleTokenizer
 
 from services.anomaly_map.config import AnomalyMapSettings
-from services.anomaly_map.ml.catalog import CATALOG
 from services.anomaly_map.ml.clip.backbone import ClipBundle, load_clip, model_config
 from services.anomaly_map.ml.clip.outputs import AnomalyScorer
 from services.anomaly_map.ml.clip.prompts import Tokenizer
+from services.anomaly_map.params.catalog import CATALOG
 from shared.errors import InvalidInputError, UnavailableError
 
 log = logging.getLogger(__name__)

@@ -40,7 +40,7 @@ from services.anomaly_map.runtime.methods import (
 from services.anomaly_map.stores.categories import CategoryRecord, CategoryStore
 from services.anomaly_map.stores.tocoad_models import load_model, model_info
 from shared.errors import InvalidInputError, OverloadedError
-from shared.imaging.intake import ImageLimits, decode_image
+from shared.imaging.intake import ImageLimits, decode_image, image_limits
 from shared.ml.device import resolve_device
 from shared.storage.base import ObjectStore
 
@@ -334,14 +334,6 @@ class MapEngine:
             image_score=result.image_score,
             tiles=len(result.tiles),
         )
-
-
-def image_limits(settings: AnomalyMapSettings) -> ImageLimits:
-    """What the service accepts as an image (bytes and pixel caps from the settings)."""
-    return ImageLimits(
-        max_bytes=int(settings.max_image_mb * 2**20),
-        max_pixels=settings.common.http.max_image_pixels,
-    )
 
 
 def build_engine(settings: AnomalyMapSettings, store: ObjectStore) -> MapEngine:

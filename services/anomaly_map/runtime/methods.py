@@ -1,9 +1,9 @@
 """The scoring methods (KeAD, WinCLIP, ToCoAD) behind one protocol, built from the catalogue.
 
-Each method declares what it needs (``ml.catalog.Needs``); the engine gathers exactly that,
+Each method declares what it needs (``params.catalog.Needs``); the engine gathers exactly that,
 then lets the method score. Nothing else tells the methods apart: no caller tests a mode's
 name, so a method that declares no CLIP encoder is never given one (ToCoAD runs where no CLIP
-weights were ever placed), and a new method is one more row in ``ml.catalog.CATALOG``.
+weights were ever placed), and a new method is one more row in ``params.catalog.CATALOG``.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Protocol, TypeVar
 import numpy as np
 from torch import Tensor
 
-from services.anomaly_map.ml.catalog import CATALOG, MethodSpec, Needs
 from services.anomaly_map.ml.clip.outputs import AnomalyScorer, MemoryBank
 from services.anomaly_map.ml.tocoad.model import TocoadModel
+from services.anomaly_map.params.catalog import CATALOG, MethodSpec, Needs
 from services.anomaly_map.runtime.clip import ScorerSet
 from shared.errors import InvalidInputError
 

@@ -11,11 +11,11 @@ import numpy as np
 import torch
 from pydantic import ValidationError
 
-from services.anomaly_map.ml.tocoad.config import TocoadConfig
 from services.anomaly_map.ml.tocoad.defects import DefectExemplar, exemplars_from_boxes
 from services.anomaly_map.ml.tocoad.fit import fit_tocoad
-from services.anomaly_map.ml.tocoad.presets import PresetName, preset_config
+from services.anomaly_map.ml.tocoad.presets import preset_config
 from services.anomaly_map.params import LabelledDefects, TocoadFitParams
+from services.anomaly_map.params.tocoad import PresetName, TocoadConfig
 from services.anomaly_map.runtime.engine import MapEngine
 from services.anomaly_map.stores.categories import CategoryRecord, CategoryStore
 from services.anomaly_map.stores.labelled_defects import (

@@ -225,6 +225,13 @@ const Console = (() => {
     return items;
   }
 
+  // The detector families as the finetune service publishes them (/v1/detector-families,
+  // built from its family table): the console keeps no list of its own.
+  async function detectorFamilies() {
+    const answer = await api("finetune", "v1/detector-families");
+    return { default: answer.default, items: answer.items || [] };
+  }
+
   // Stored results (maps, overlays, loss curves, reports) through the pipeline API's
   // /v1/objects. Fetched with the key and shown from a blob: URL, because a plain link or
   // <img> would not send the X-API-Key header.
@@ -253,5 +260,5 @@ const Console = (() => {
   }
 
   document.addEventListener("DOMContentLoaded", setupKeyForm);
-  return { config, api, ApiError, el, showError, progressBar, duration, when, colour, lineChart, categories, methods, fillMethods, objectPath, openBlob, fileList };
+  return { config, api, ApiError, el, showError, progressBar, duration, when, colour, lineChart, categories, methods, fillMethods, detectorFamilies, objectPath, openBlob, fileList };
 })();

@@ -20,6 +20,7 @@
       baseline: $("pl-baseline").checked,
     };
     if ($("pl-promote").value) body.promote = $("pl-promote").value;
+    if ($("pl-detector").value) body.detector = $("pl-detector").value;
     return body;
   }
 
@@ -30,6 +31,7 @@
   async function loadForm() {
     const names = (await Console.categories().catch(() => [])).map((c) => c.name);
     $("pl-category").replaceChildren(...names.map((n) => el("option", { value: n, text: n })));
+    await fillDetectors();
     syncBody();
     try {
       const presets = await api("pipeline", "v1/presets");
@@ -37,6 +39,14 @@
     } catch (err) {
       $("pl-presets").textContent = `presets unavailable: ${err.message}`;
     }
+  }
+
+  // The finetune service's families; without an answer the select stays empty and the
+  // request leaves `detector` out (the pipeline's default family).
+  async function fillDetectors() {
+    const families = await Console.detectorFamilies().catch(() => ({ items: [] }));
+    $("pl-detector").replaceChildren(...families.items.map((f) => el("option", { value: f.name, text: f.label, title: f.summary })));
+    if (families.default) $("pl-detector").value = families.default;
   }
 
   async function start(event) {

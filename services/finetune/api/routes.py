@@ -14,6 +14,8 @@ from services.finetune.api.schemas import (
     DatasetList,
     DatasetSummary,
     DatasetVersion,
+    DetectorFamilyInfo,
+    DetectorFamilyList,
     EvaluationRequest,
     FinetuneJobRequest,
     ModelDetailResponse,
@@ -34,6 +36,8 @@ from services.finetune.usecases.finetune_jobs import submit_finetune
 from services.finetune.usecases.quantize_jobs import submit_quantization
 from shared.errors import NotFoundError
 from shared.http.scopes import require_scope
+from shared.schemas.backbones import BACKBONES
+from shared.schemas.detector_families import DEFAULT_FAMILY, FAMILIES
 from shared.schemas.jobs import JobRecord
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -43,6 +47,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 TRAIN = [require_scope("train")]
+# Lists that describe the service, not its data (the console reads them with any key).
+INSPECT = [require_scope("inspect")]
 # Quantisation and promotion publish or move what inference serves: admin.
 ADMIN = [require_scope("admin")]
 
@@ -90,9 +96,32 @@ def create_agdp_job(body: AgdpJobRequest, jobs: JobsDep, sender: SenderDep) -> J
     return submit_agdp(sender, jobs, body)
 
 
+@jobs.get("/detector-families", response_model=DetectorFamilyList, dependencies=INSPECT)
+def list_detector_families() -> DetectorFamilyList:
+    """The detector families a finetune or AGDP job's ``config.family`` may name."""
+    items = [
+        DetectorFamilyInfo(
+            name=row.name,
+            label=row.label,
+            summary=row.summary,
+            backbones=[b for b in row.backbone_names() if not _test_only(b)],
+            default_backbone=row.default_backbone,
+            uses_scale=row.uses_scale,
+            default_imgsz=row.default_imgsz,
+            int8=row.int8,
+        )
+        for row in FAMILIES.values()
+    ]
+    return DetectorFamilyList(default=DEFAULT_FAMILY, items=items)
+
+
+def _test_only(backbone: str) -> bool:
+    return BACKBONES[backbone].test_only
+
+
 @jobs.post("/finetune-jobs", status_code=202, response_model=JobRecord, dependencies=TRAIN)
 def create_finetune_job(body: FinetuneJobRequest, jobs: JobsDep, sender: SenderDep) -> JobRecord:
-    """Queue YOLOv8 finetuning on a stored dataset."""
+    """Queue detector finetuning (any family, ``config.family``) on a stored dataset."""
     return submit_finetune(sender, jobs, body)
 
 

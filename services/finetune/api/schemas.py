@@ -149,6 +149,24 @@ class ModelList(BaseModel):
     items: list[ModelSummaryResponse]
 
 
+class DetectorFamilyInfo(BaseModel):
+    """One row of the detector-family table (``shared.schemas.detector_families``)."""
+
+    name: str
+    label: str
+    summary: str
+    backbones: list[str] = Field(description="backbone names config.backbone accepts")
+    default_backbone: str | None
+    uses_scale: bool = Field(description="whether scale n/s/m sizes the detector")
+    default_imgsz: int
+    int8: bool = Field(description="whether /v1/quantize-jobs takes its versions")
+
+
+class DetectorFamilyList(BaseModel):
+    default: str
+    items: list[DetectorFamilyInfo]
+
+
 class ModelDetailResponse(BaseModel):
     name: str
     latest: str | None

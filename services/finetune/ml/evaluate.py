@@ -44,6 +44,18 @@ class EvalResult:
     per_class: dict[str, ClassAP]
     records: PerImageEval | None = None
 
+    def summary(self) -> dict[str, Any]:
+        """COCO mAP@0.5 and mAP@0.5:0.95, overall and per class (agssp-spec §5.4): the
+        document evaluations, job outputs and ``metrics.json`` carry."""
+        return {
+            "map50": self.map50,
+            "map50_95": self.map50_95,
+            "per_class": {
+                name: {"map50": ap.map50, "map50_95": ap.map50_95, "num_gt": ap.num_gt}
+                for name, ap in self.per_class.items()
+            },
+        }
+
     def as_metrics(self) -> dict[str, float]:
         """Flat ``{"map50": .., "map50_95": .., "map50/<class>": ..}`` for logs and job records."""
         flat = {"map50": self.map50, "map50_95": self.map50_95}

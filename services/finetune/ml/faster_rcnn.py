@@ -16,12 +16,14 @@ caller's pixel coordinates. The ONNX export takes one (1, 3, imgsz, imgsz) float
 
 from __future__ import annotations
 
+import io
 import math
 import random
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -33,6 +35,7 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from services.finetune.ml.dataset import ScoredBox
+from shared.errors import InvalidInputError
 from shared.ml.backbones.base import Backbone
 from shared.ml.backbones.factory import create_backbone
 from shared.ml.backbones.weights import DEFAULT_MIN_MATCH
@@ -56,6 +59,8 @@ class FasterRcnnConfig:
         epochs, batch, lr, momentum, weight_decay: SGD with a cosine schedule.
         warmup_iters: linear learning-rate warm-up at the start.
         hflip: probability of a horizontal flip per image in training.
+        rois_per_image: proposals per image the box head trains on (torchvision's 512; the
+            box head's 12544 x 1024 layer over them is most of a step's cost on a CPU).
         score_thresh: lowest score kept at prediction (low, for mAP).
         max_dets: detections kept per image.
         mean, std: input normalisation (the start weights' own when they record them).
@@ -72,6 +77,7 @@ class FasterRcnnConfig:
     weight_decay: float = 1e-4
     warmup_iters: int = 50
     hflip: float = 0.5
+    rois_per_image: int = 512
     score_thresh: float = 0.001
     max_dets: int = 100
     mean: tuple[float, float, float] = DEFAULT_MEAN
@@ -90,10 +96,20 @@ class Sample:
 
 @dataclass
 class EpochLog:
-    """Mean losses of one epoch (torchvision's four, and their sum)."""
+    """Mean losses of one epoch (torchvision's four, and their sum), and the optimiser's
+    state after it (what a checkpoint needs to resume at the next epoch)."""
 
     epoch: int
     losses: dict[str, float] = field(default_factory=dict)
+    optimiser: dict[str, Any] | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where an interrupted run goes on: epochs done and the optimiser's saved state."""
+
+    epochs_done: int
+    optimiser: dict[str, Any]
 
 
 class FpnBackbone(nn.Module):
@@ -147,6 +163,7 @@ def build_faster_rcnn(
         image_std=list(config.std),
         rpn_anchor_generator=anchors,
         box_score_thresh=config.score_thresh,
+        box_batch_size_per_image=config.rois_per_image,
         box_detections_per_img=config.max_dets,
     )
 
@@ -196,25 +213,34 @@ def train_faster_rcnn(
     *,
     on_epoch: Callable[[EpochLog], bool] | None = None,
     device: torch.device | None = None,
+    resume: Resume | None = None,
 ) -> list[EpochLog]:
     """SGD over ``samples`` for ``config.epochs``; ``on_epoch`` returning False stops early.
 
+    Each epoch seeds its own shuffle and torch's generator from ``(seed, epoch)``, so a run
+    resumed after epoch k (``resume``, with the model's tensors from that epoch's checkpoint)
+    trains the remaining epochs as the uninterrupted run would.
+
     Returns:
-        The per-epoch mean losses.
+        The per-epoch mean losses of the epochs trained here.
     """
     if not samples:
         raise ValueError("no training images")
     device = device or torch.device("cpu")
-    torch.manual_seed(config.seed)
-    rng = random.Random(config.seed)
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.SGD(
         params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
+    first = 0
+    if resume is not None:
+        optimiser.load_state_dict(resume.optimiser)
+        first = resume.epochs_done
     steps_per_epoch = math.ceil(len(samples) / config.batch)
-    total, step, logs = steps_per_epoch * config.epochs, 0, []
-    for epoch in range(config.epochs):
+    total, step, logs = steps_per_epoch * config.epochs, steps_per_epoch * first, []
+    for epoch in range(first, config.epochs):
+        rng = random.Random(config.seed * 100_003 + epoch)
+        torch.manual_seed(config.seed * 100_003 + epoch)
         order = list(range(len(samples)))
         rng.shuffle(order)
         sums: dict[str, float] = {}
@@ -233,7 +259,9 @@ def train_faster_rcnn(
             step += 1
             for name, value in {**losses, "loss": loss}.items():
                 sums[name] = sums.get(name, 0.0) + float(value.detach())
-        log = EpochLog(epoch + 1, {k: v / steps_per_epoch for k, v in sums.items()})
+        log = EpochLog(
+            epoch + 1, {k: v / steps_per_epoch for k, v in sums.items()}, optimiser.state_dict()
+        )
         logs.append(log)
         if on_epoch is not None and on_epoch(log) is False:
             break
@@ -288,14 +316,29 @@ class _OnnxGraph(nn.Module):
 ONNX_OUTPUTS = ("boxes", "labels", "scores")
 
 
-def export_onnx(model: FasterRCNN, path: Path, config: FasterRcnnConfig, opset: int = 17) -> Path:
-    """Write the detector as ONNX (see the module docstring for its inputs and outputs)."""
+def export_onnx(
+    model: FasterRCNN,
+    path: Path,
+    config: FasterRcnnConfig,
+    opset: int = 17,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Write the detector as ONNX (see the module docstring for its inputs and outputs),
+    with ``metadata`` as the graph's metadata_props (inference reads its output layout)."""
     model.cpu().eval()
     example = torch.rand(1, 3, config.imgsz, config.imgsz)
     torch.onnx.export(
         _OnnxGraph(model), (example,), str(path), input_names=["images"],
         output_names=list(ONNX_OUTPUTS), opset_version=opset, dynamo=False,
     )  # fmt: skip
+    if metadata:
+        import onnx
+
+        graph = onnx.load(str(path))
+        for key, value in metadata.items():
+            entry = graph.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(graph, str(path))
     return path
 
 
@@ -309,3 +352,212 @@ def decode_onnx(outputs: Sequence[np.ndarray], sx: float, sy: float) -> list[Sco
     """The exported graph's (boxes, labels, scores) as boxes in the original image's pixels."""
     boxes, labels, scores = (torch.from_numpy(np.asarray(o)) for o in outputs)
     return _scored(boxes.float(), labels, scores.float(), sx, sy)
+
+
+CHECKPOINT_FORMAT = "agssp-faster-rcnn-v1"
+
+
+@dataclass(frozen=True)
+class FasterRcnnCheckpoint:
+    """A trained Faster R-CNN: its tensors, classes, backbone and architecture settings.
+
+    Attributes:
+        classes: class names, index = class id (0-based; torchvision's background is not one).
+        backbone: the ResNet's ``BACKBONES`` name.
+        config: the ``FasterRcnnConfig`` it was built and trained with, as a dict.
+        state_dict: every tensor of the model (float32, CPU).
+        metrics: evaluation figures of this checkpoint.
+        train: the job's training config (style guide §0.4: config beside the weights).
+    """
+
+    classes: tuple[str, ...]
+    backbone: str
+    config: dict[str, Any]
+    state_dict: dict[str, Tensor]
+    metrics: dict[str, float] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+
+    def architecture(self) -> FasterRcnnConfig:
+        """The ``FasterRcnnConfig`` the tensors belong to."""
+        known = {k: v for k, v in self.config.items() if k in FasterRcnnConfig.__dataclass_fields__}
+        for key in ("anchor_sizes", "mean", "std"):
+            if key in known:
+                known[key] = tuple(known[key])
+        return FasterRcnnConfig(**known)
+
+    def payload(self) -> dict[str, Any]:
+        """Tensors and plain data only: what ``torch.save`` writes (``weights_only`` reads)."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "classes": list(self.classes),
+            "backbone": self.backbone,
+            "config": self.config,
+            "state_dict": self.state_dict,
+            "metrics": self.metrics,
+            "train": self.train,
+        }
+
+    def to_bytes(self) -> bytes:
+        """Serialise :meth:`payload` with ``torch.save``."""
+        buffer = io.BytesIO()
+        torch.save(self.payload(), buffer)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_payload(cls, raw: Any, source: str = "<bytes>") -> FasterRcnnCheckpoint:
+        """The checkpoint a :meth:`payload` holds.
+
+        Raises:
+            InvalidInputError: not a checkpoint of this format (code ``bad_weights``).
+        """
+        if not isinstance(raw, dict) or raw.get("format") != CHECKPOINT_FORMAT:
+            raise InvalidInputError(
+                f"{source}: not a {CHECKPOINT_FORMAT} checkpoint", code="bad_weights"
+            )
+        return cls(
+            classes=tuple(raw["classes"]),
+            backbone=str(raw["backbone"]),
+            config=dict(raw["config"]),
+            state_dict=dict(raw["state_dict"]),
+            metrics=dict(raw.get("metrics", {})),
+            train=dict(raw.get("train", {})),
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str = "<bytes>") -> FasterRcnnCheckpoint:
+        """Load bytes written by :meth:`to_bytes`; refuses pickled code (``weights_only``).
+
+        Raises:
+            InvalidInputError: not a checkpoint of this format (code ``bad_weights``).
+        """
+        return cls.from_payload(load_tensors(data, source), source)
+
+
+def load_tensors(data: bytes, source: str) -> Any:
+    """``torch.load`` with ``weights_only`` (no pickled code), on the CPU.
+
+    Raises:
+        InvalidInputError: unreadable (code ``bad_weights``).
+    """
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several unpickling error types
+        raise InvalidInputError(f"{source}: not a readable checkpoint", code="bad_weights") from exc
+
+
+def checkpoint_of(
+    model: FasterRCNN,
+    classes: Sequence[str],
+    backbone: str,
+    config: FasterRcnnConfig,
+    train: Mapping[str, Any] | None = None,
+) -> FasterRcnnCheckpoint:
+    """The model's tensors (copied to the CPU) as a checkpoint."""
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return FasterRcnnCheckpoint(
+        tuple(classes), backbone, _plain(config), state, train=dict(train or {})
+    )
+
+
+def model_from_checkpoint(checkpoint: FasterRcnnCheckpoint) -> FasterRCNN:
+    """The model the checkpoint holds, in eval mode on the CPU."""
+    config = checkpoint.architecture()
+    model = build_faster_rcnn(len(checkpoint.classes), config, backbone=checkpoint.backbone)
+    model.load_state_dict(checkpoint.state_dict)
+    return model.eval()
+
+
+def _plain(config: FasterRcnnConfig) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in vars(config).items()}
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """Counts of a whole-detector start (AGDP -> finetune): tensors loaded out of the
+    model's, and those left fresh (class-specific layers when the class count differs)."""
+
+    loaded: int
+    total: int
+    target_total: int
+    skipped: tuple[tuple[str, str], ...]
+
+    @property
+    def fraction(self) -> float:
+        """Share of the source's tensors that found a place."""
+        return self.loaded / self.total if self.total else 0.0
+
+
+def transfer_detector(
+    model: FasterRCNN, source: Mapping[str, Tensor], min_fraction: float
+) -> Transfer:
+    """Copy the source detector's tensors of the same name and shape into ``model``.
+
+    Tensors whose shapes differ (the box predictor's class logits and box deltas, when the
+    class count differs) keep their fresh init and are listed in ``skipped``.
+
+    Raises:
+        InvalidInputError: fewer than ``min_fraction`` of the source's tensors fit (code
+            ``transfer_too_small``); nothing is copied then.
+    """
+    own = model.state_dict()
+    usable: dict[str, Tensor] = {}
+    skipped: list[tuple[str, str]] = []
+    for key, tensor in source.items():
+        if key not in own:
+            skipped.append((key, "not in the model"))
+        elif own[key].shape != tensor.shape:
+            skipped.append((key, f"shape {tuple(tensor.shape)} != {tuple(own[key].shape)}"))
+        else:
+            usable[key] = tensor
+    report = Transfer(len(usable), len(source), len(own), tuple(skipped))
+    if report.fraction < min_fraction:
+        raise InvalidInputError(
+            f"only {report.loaded}/{report.total} tensors of the start detector fit this "
+            f"Faster R-CNN (needs {min_fraction:.0%}); first skipped: {list(skipped[:3])}",
+            code="transfer_too_small",
+        )
+    model.load_state_dict(usable, strict=False)
+    return report
+
+
+def read_yolo_split(root: Path, split: str) -> list[Sample]:
+    """Training samples of a materialised YOLO folder's ``images/<split>`` (RGB) with the
+    boxes of ``labels/<split>/<stem>.txt`` (``class cx cy w h``, normalised)."""
+    images, labels = root / "images" / split, root / "labels" / split
+    samples = []
+    for path in sorted(p for p in images.rglob("*") if p.is_file() or p.is_symlink()):
+        image = read_rgb(path)
+        h, w = image.shape[:2]
+        label = labels / path.relative_to(images).with_suffix(".txt")
+        rows = _label_rows(label)
+        boxes = np.array(
+            [[(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h]
+             for _, cx, cy, bw, bh in rows], np.float32,
+        ).reshape(-1, 4)  # fmt: skip
+        classes = np.array([int(r[0]) for r in rows], np.int64)
+        samples.append(Sample(image, boxes, classes))
+    return samples
+
+
+def _label_rows(path: Path) -> list[tuple[float, ...]]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        values = line.split()
+        if len(values) == 5:  # a box; segment polygons are boxed by materialize_yolo already
+            rows.append(tuple(float(v) for v in values))
+    return rows
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """Decode an image file to RGB uint8 (H, W, 3); grey images are expanded.
+
+    Raises:
+        InvalidInputError: missing or not a decodable image.
+    """
+    data = np.fromfile(path, dtype=np.uint8) if path.is_file() else np.empty(0, np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise InvalidInputError(f"{path}: missing or not a decodable image")
+    return np.ascontiguousarray(image[..., ::-1])

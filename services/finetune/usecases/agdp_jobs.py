@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Final
 
 from services.finetune.config import FinetuneSettings
+from services.finetune.ml.backend import Backends
 from services.finetune.ml.dataset import DetectionDataset
 from services.finetune.ml.image_files import content_hash
 from services.finetune.ml.materialize import materialize_yolo
@@ -18,12 +19,10 @@ from services.finetune.ml.splits import split_train_val
 from services.finetune.params import AgdpJobParams, InitParams, check_train_config, frozen_layers
 from services.finetune.stores.models import ModelRegistry
 from services.finetune.stores.pseudo_labels import load_pseudo_labels
-from services.finetune.usecases.backend import DetectorBackend
 from services.finetune.usecases.common import (
     backbone_ref,
     check_canceled,
     finish,
-    image_limits,
     lineage,
     publish_detector,
     published,
@@ -33,11 +32,13 @@ from services.finetune.usecases.common import (
     workspace,
 )
 from shared.errors import InvalidInputError
+from shared.imaging.intake import image_limits
 from shared.jobs.context import JobContext
 from shared.jobs.producer import TaskSender
 from shared.jobs.store import JobStore
 from shared.schemas.artifacts import ArtifactRef
 from shared.schemas.detector import AgdpConfig
+from shared.schemas.detector_families import DEFAULT_FAMILY, check_backbone
 from shared.schemas.jobs import JobRecord, TaskName
 
 AGDP_KIND: Final = "agdp"
@@ -56,7 +57,11 @@ def submit_agdp(sender: TaskSender, jobs: JobStore, params: AgdpJobParams) -> Jo
             raise InvalidInputError(f"no {what} under {prefix!r}", code=f"{what}_missing")
     backbone = None
     if params.backbone_artifact is not None:
-        ref = backbone_ref(ModelRegistry(jobs.store), params.backbone_artifact, params.scale)
+        family = str(config.get("family") or DEFAULT_FAMILY)
+        ref = backbone_ref(
+            ModelRegistry(jobs.store), params.backbone_artifact, params.scale, family,
+            check_backbone(family, config.get("backbone")),
+        )  # fmt: skip
         backbone = str(ref)
     stored = params.model_copy(
         update={
@@ -68,9 +73,7 @@ def submit_agdp(sender: TaskSender, jobs: JobStore, params: AgdpJobParams) -> Jo
     return submit(sender, jobs, AGDP_KIND, TaskName.FINETUNE_AGDP, stored.model_dump(mode="json"))
 
 
-def run_agdp_job(
-    ctx: JobContext, settings: FinetuneSettings, backend: DetectorBackend
-) -> list[str]:
+def run_agdp_job(ctx: JobContext, settings: FinetuneSettings, backends: Backends) -> list[str]:
     """Pair images with pseudo labels, split, train, publish ``<output name>:<job id>``."""
     params = AgdpJobParams.model_validate(ctx.params)
     extra = {} if params.frozen is None else {"freeze": frozen_layers(params.frozen)}
@@ -78,6 +81,7 @@ def run_agdp_job(
     ref = ArtifactRef(name=params.output_name(), version=ctx.job_id)
     if published(ctx, ref):
         return [str(ref)]
+    backend = backends(config.family)
     backend.prepare(settings)
     backbone = params.backbone_artifact
     start = InitParams(kind="agbp", artifact=backbone) if backbone else InitParams()

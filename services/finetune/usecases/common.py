@@ -19,20 +19,21 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from services.finetune.config import FinetuneSettings
+from services.finetune.ml.backend import PackagedDetector, TrainedRun, TrainRequest
 from services.finetune.ml.materialize import YoloDataFolder
 from services.finetune.params import InitParams
 from services.finetune.stores.models import ModelRegistry
-from services.finetune.usecases.backend import PackagedDetector, TrainedRun, TrainRequest
 from shared.errors import InvalidInputError, JobCanceledError
-from shared.imaging.intake import ImageLimits
 from shared.jobs.context import JobContext
 from shared.jobs.producer import TaskSender, submit_job
 from shared.jobs.store import JobStore
+from shared.jobs.train_hooks import job_train_hooks
 from shared.ml.hooks import TrainHooks
 from shared.schemas.artifacts import ArtifactRef
 from shared.schemas.backbones import BACKBONE_FILE, BACKBONES
 from shared.schemas.detector import AgdpConfig, DetectorTrainConfig, FinetuneConfig
 from shared.schemas.detector_artifact import WEIGHTS_FILE, DetectorMetadata
+from shared.schemas.detector_families import DEFAULT_FAMILY, check_backbone, detector_family
 from shared.schemas.evaluation import PER_IMAGE_FILE
 from shared.schemas.jobs import JobRecord, Queue
 from shared.storage.artifacts import ArtifactStore
@@ -53,66 +54,83 @@ def submit(
     return submit_job(sender, jobs, kind=kind, task_name=task, queue=Queue.FINETUNE, params=params)
 
 
-def backbone_ref(registry: ModelRegistry, spec: str, scale: str) -> ArtifactRef:
-    """A pinned AGBP artifact whose backbone fits a YOLOv8-``scale`` detector.
+def backbone_ref(
+    registry: ModelRegistry,
+    spec: str,
+    scale: str,
+    family: str = DEFAULT_FAMILY,
+    backbone: str | None = None,
+) -> ArtifactRef:
+    """A pinned AGBP artifact whose backbone a ``family`` detector of ``scale`` builds on.
+
+    ``backbone`` is the one the job's config resolves to (None: the family's scale decides,
+    as YOLOv8's does); an artifact of another backbone is refused, never half-loaded.
 
     Raises:
-        InvalidInputError: no backbone file, not a CSPDarknet one, or of another scale.
+        InvalidInputError: no backbone file, a backbone the family does not take, another
+            backbone than the config's, or one of another scale.
     """
     ref = registry.resolve(spec)
     manifest = registry.artifacts.manifest(ref)
     if BACKBONE_FILE not in manifest.files:
         raise InvalidInputError(f"{ref} has no {BACKBONE_FILE}", code="not_a_backbone")
-    meta = manifest.metadata
-    if meta.get("key_names") not in (None, "ultralytics-detector"):
+    row = detector_family(family)
+    have = str(manifest.metadata.get("backbone") or "")
+    if have and (not row.takes(have) or backbone not in (None, have)):
+        wanted = backbone or f"one of {list(row.backbone_names())}"
         raise InvalidInputError(
-            f"{ref} is a {meta.get('backbone')} backbone; YOLOv8 needs a CSPDarknet (yolov8*) one",
+            f"{ref} is a {have} backbone; this {row.label} job builds on {wanted}",
             code="backbone_incompatible",
         )
-    spec_of = BACKBONES.get(str(meta.get("backbone", "")))
-    have = spec_of.detector_scale if spec_of is not None else None
-    if have is not None and have != scale:
+    spec_of = BACKBONES.get(have)
+    have_scale = spec_of.detector_scale if spec_of is not None else None
+    if have_scale is not None and have_scale != scale:
         raise InvalidInputError(
-            f"{ref} is a YOLOv8-{have} backbone, the job asks for scale {scale!r}",
+            f"{ref} is a {row.label}-{have_scale} backbone, the job asks for scale {scale!r}",
             code="scale_mismatch",
         )
     return ref
 
 
-def detector_ref(registry: ModelRegistry, spec: str, scale: str | None = None) -> ArtifactRef:
-    """A pinned detector artifact (with tensors to start from), optionally of a given scale."""
+def detector_ref(
+    registry: ModelRegistry, spec: str, scale: str | None = None, family: str | None = None
+) -> ArtifactRef:
+    """A pinned detector artifact (with tensors to start from), of the given scale and family."""
     ref = registry.resolve(spec)
     manifest = registry.artifacts.manifest(ref)
     if WEIGHTS_FILE not in manifest.files:
         raise InvalidInputError(
             f"{ref} is not a detector (no {WEIGHTS_FILE})", code="not_a_detector"
         )
+    have_family = str(manifest.metadata.get("family") or DEFAULT_FAMILY)
+    if family is not None and have_family != family:
+        raise InvalidInputError(
+            f"{ref} is a {have_family} detector, the job trains a {family}",
+            code="family_mismatch",
+        )
     have = manifest.metadata.get("scale")
     if scale is not None and have is not None and have != scale:
         raise InvalidInputError(
-            f"{ref} is a YOLOv8-{have} detector, the job asks for scale {scale!r}",
+            f"{ref} is a {have_family}-{have} detector, the job asks for scale {scale!r}",
             code="scale_mismatch",
         )
     return ref
 
 
-def pinned_init(registry: ModelRegistry, init: InitParams, scale: str) -> InitParams:
-    """``init`` with its artifact pinned to the version that exists now."""
+def pinned_init(
+    registry: ModelRegistry, init: InitParams, scale: str, config: Mapping[str, Any] | None = None
+) -> InitParams:
+    """``init`` with its artifact pinned to the version that exists now, checked against the
+    family and backbone the job's ``config`` names (default: YOLOv8)."""
     if init.artifact is None:
         return init
+    family = str((config or {}).get("family") or DEFAULT_FAMILY)
     if init.kind == "agbp":
-        ref = backbone_ref(registry, init.artifact, scale)
+        backbone = check_backbone(family, (config or {}).get("backbone"))
+        ref = backbone_ref(registry, init.artifact, scale, family, backbone)
     else:
-        ref = detector_ref(registry, init.artifact, scale)
+        ref = detector_ref(registry, init.artifact, scale, family)
     return init.model_copy(update={"artifact": str(ref)})
-
-
-def image_limits(settings: FinetuneSettings) -> ImageLimits:
-    """Caps for images read from the store."""
-    return ImageLimits(
-        max_bytes=int(settings.max_image_mb * 2**20),
-        max_pixels=settings.common.http.max_image_pixels,
-    )
 
 
 @contextmanager
@@ -200,7 +218,9 @@ def publish_detector(
     metadata = DetectorMetadata(
         kind=kind,
         job_id=lineage.get("job_id"),
-        scale=config.scale,
+        family=config.family,
+        backbone=config.resolved_backbone(),
+        scale=config.scale if detector_family(config.family).uses_scale else None,
         imgsz=config.imgsz,
         classes=packaged.classes,
         metrics={k: packaged.metrics[k] for k in ("map50", "map50_95")},
@@ -234,22 +254,14 @@ def finish(ctx: JobContext, ref: ArtifactRef, packaged: PackagedDetector, run: T
 
 def job_hooks(ctx: JobContext, work: Path, span: tuple[float, float] = TRAIN_SPAN) -> TrainHooks:
     """TrainHooks writing progress and metrics to the job record and ``last.pt`` to the store."""
-    low, high = span
-
-    def on_progress(percent: float, message: str, metrics: Mapping[str, float]) -> None:
-        ctx.progress(low + (high - low) * percent / 100.0, message, force=True, metrics=metrics)
 
     def on_checkpoint(state: dict[str, Any]) -> None:
         ctx.store.put_file(ctx.jobs.checkpoint_key(ctx.job_id, LAST_PT), Path(state["path"]))
         meta = {"epoch": state["epoch"], "epochs": state["config"]["epochs"]}
         ctx.save_checkpoint(json.dumps(meta).encode(), LAST_META)
 
-    return TrainHooks(
-        on_progress=on_progress,
-        should_stop=ctx.should_stop,
-        on_checkpoint=on_checkpoint,
-        resume_state=_resume_state(ctx, work),
-    )
+    resume = _resume_state(ctx, work)
+    return job_train_hooks(ctx, on_checkpoint=on_checkpoint, resume_state=resume, span=span)
 
 
 def _resume_state(ctx: JobContext, work: Path) -> dict[str, Any] | None:

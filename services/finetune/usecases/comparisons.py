@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from services.finetune.config import FinetuneSettings
+from services.finetune.ml.backend import Backends, TrainRequest
 from services.finetune.ml.materialize import materialize_yolo
 from services.finetune.params import InitParams
 from services.finetune.stores.datasets import DatasetCatalog, load_split
-from services.finetune.usecases.backend import DetectorBackend, TrainRequest
 from shared.errors import InvalidInputError
 from shared.ml.hooks import TrainHooks
 from shared.schemas.detector import FinetuneConfig
@@ -89,7 +89,7 @@ def run_comparison(
     val_split: str = "val",
     on_progress: Callable[[str, float, str], None] | None = None,
     *,
-    backend: DetectorBackend,
+    backends: Backends,
 ) -> list[CompareRow]:
     """Train and evaluate one detector per init; every run sees identical data and seed.
 
@@ -97,14 +97,15 @@ def run_comparison(
         config_fields: ``FinetuneConfig`` fields (epochs, seed, scale, imgsz, batch, ...).
         on_progress: ``(label, percent, message)`` per epoch.
     """
+    config = FinetuneConfig(
+        **{**config_fields, "device": settings.device, "workers": settings.workers}
+    )
+    backend = backends(config.family)
     backend.prepare(settings)
     ref = DatasetCatalog(store).resolve(dataset)
     train, images = load_split(store, ref, split, out_dir / "data")
     val, _ = load_split(store, ref, val_split, out_dir / "data")
     folder = materialize_yolo(train, val, images, out_dir / "yolo")
-    config = FinetuneConfig(
-        **{**config_fields, "device": settings.device, "workers": settings.workers}
-    )
     rows = []
     for index, choice in enumerate(choices):
         hooks = TrainHooks(on_progress=_reporter(choice.label, on_progress))

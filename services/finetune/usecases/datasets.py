@@ -22,9 +22,9 @@ from services.finetune.ml.voc import import_voc
 from services.finetune.ml.yolo_format import import_yolo, read_class_names
 from services.finetune.params import DatasetFormat, DatasetImportParams
 from services.finetune.stores.datasets import DatasetCatalog, DatasetRef, download_all
-from services.finetune.usecases.common import image_limits, submit, workspace
+from services.finetune.usecases.common import submit, workspace
 from shared.errors import InvalidInputError
-from shared.imaging.intake import ImageLimits, decode_image
+from shared.imaging.intake import ImageLimits, decode_image, image_limits
 from shared.jobs.context import JobContext
 from shared.jobs.producer import TaskSender
 from shared.jobs.store import JobStore

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from services.finetune.config import FinetuneSettings
+from services.finetune.ml.backend import Backends, model_family
 from services.finetune.params import EvaluationParams
 from services.finetune.stores.datasets import DatasetCatalog, load_split
 from services.finetune.stores.models import ModelRegistry
-from services.finetune.usecases.backend import DetectorBackend
 from services.finetune.usecases.common import detector_ref, submit, workspace
 from shared.errors import InvalidInputError
 from shared.jobs.context import JobContext
@@ -51,13 +51,13 @@ def submit_evaluation(sender: TaskSender, jobs: JobStore, params: EvaluationPara
 
 
 def run_evaluation_job(
-    ctx: JobContext, settings: FinetuneSettings, backend: DetectorBackend
+    ctx: JobContext, settings: FinetuneSettings, backends: Backends
 ) -> list[str]:
     """Evaluate a registered model on a stored split; saved with the model and in outputs."""
     params = EvaluationParams.model_validate(ctx.params)
     with workspace(settings, ctx.job_id) as work:
         ctx.progress(5, "downloading the split and the model", force=True)
-        doc, key = evaluate_model(ctx.store, params, settings, work, backend)
+        doc, key = evaluate_model(ctx.store, params, settings, work, backends)
     ctx.set_outputs(**doc, saved_to=key)
     return [key]
 
@@ -67,16 +67,17 @@ def evaluate_model(
     params: EvaluationParams,
     settings: FinetuneSettings,
     work: Path,
-    backend: DetectorBackend,
+    backends: Backends,
 ) -> tuple[dict[str, Any], str]:
     """COCO mAP of ``params.model`` on a dataset split; returns the document and its key.
 
     Raises:
         InvalidInputError: the model's classes differ from the dataset's (class_mismatch).
     """
-    backend.prepare(settings)
     registry = ModelRegistry(store)
     model = registry.resolve(params.model)
+    backend = backends(model_family(registry.artifacts.manifest(model).metadata))
+    backend.prepare(settings)
     weights = registry.artifacts.get_file_bytes(model, WEIGHTS_FILE)
     info = backend.read_weights(weights, source=f"{model}/{WEIGHTS_FILE}")
     dataset = DatasetCatalog(store).resolve(params.dataset)

@@ -11,11 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from services.finetune.config import FinetuneSettings
+from services.finetune.ml.backend import Backends
 from services.finetune.ml.materialize import materialize_yolo
 from services.finetune.params import FinetuneJobParams, check_train_config
 from services.finetune.stores.datasets import DatasetCatalog, DatasetRef, load_split
 from services.finetune.stores.models import ModelRegistry
-from services.finetune.usecases.backend import DetectorBackend
 from services.finetune.usecases.common import (
     check_canceled,
     finish,
@@ -51,22 +51,21 @@ def submit_finetune(sender: TaskSender, jobs: JobStore, params: FinetuneJobParam
     dataset = catalog.resolve(params.dataset)
     _check_splits(catalog, dataset, params)
     _check_batch(catalog, dataset, _train_split(params), config.get("batch"))
-    init = pinned_init(ModelRegistry(jobs.store), params.init, params.scale)
+    init = pinned_init(ModelRegistry(jobs.store), params.init, params.scale, config)
     stored = params.model_copy(update={"config": config, "dataset": str(dataset), "init": init})
     return submit(
         sender, jobs, FINETUNE_KIND, TaskName.FINETUNE_TRAIN, stored.model_dump(mode="json")
     )
 
 
-def run_finetune_job(
-    ctx: JobContext, settings: FinetuneSettings, backend: DetectorBackend
-) -> list[str]:
+def run_finetune_job(ctx: JobContext, settings: FinetuneSettings, backends: Backends) -> list[str]:
     """Train on the job's split, validate on its val split, publish ``model_name:<job id>``."""
     params = FinetuneJobParams.model_validate(ctx.params)
     config = train_config(FinetuneConfig, params.config, params.scale, settings)
     ref = ArtifactRef(name=params.model_name, version=ctx.job_id)
     if published(ctx, ref):
         return [str(ref)]
+    backend = backends(config.family)
     backend.prepare(settings)
     dataset = DatasetCatalog(ctx.store).resolve(params.dataset)
     split = _train_split(params)

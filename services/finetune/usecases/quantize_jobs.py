@@ -20,10 +20,15 @@ from typing import Any
 import numpy as np
 
 from services.finetune.config import FinetuneSettings
+from services.finetune.ml.backend import (
+    Backends,
+    DetectorBackend,
+    QuantizedDetector,
+    model_family,
+)
 from services.finetune.params import QuantizeParams
 from services.finetune.stores.datasets import DatasetCatalog, load_split
 from services.finetune.stores.models import ModelRegistry
-from services.finetune.usecases.backend import DetectorBackend, QuantizedDetector
 from services.finetune.usecases.common import detector_ref, submit, workspace
 from shared.errors import InvalidInputError, SuiteError
 from shared.jobs.context import JobContext
@@ -38,6 +43,7 @@ from shared.schemas.detector_artifact import (
     DetectorMetadata,
     classes_json,
 )
+from shared.schemas.detector_families import FAMILIES, detector_family
 from shared.schemas.jobs import JobRecord, TaskName
 from shared.storage.artifacts import ArtifactStore
 
@@ -53,6 +59,13 @@ def submit_quantization(sender: TaskSender, jobs: JobStore, params: QuantizePara
     """
     registry, catalog = ModelRegistry(jobs.store), DatasetCatalog(jobs.store)
     model = detector_ref(registry, params.model)
+    family = detector_family(model_family(registry.artifacts.manifest(model).metadata))
+    if not family.int8:
+        raise InvalidInputError(
+            f"{model} is a {family.label} detector; INT8 quantisation supports "
+            f"{[f.label for f in FAMILIES.values() if f.int8]}",
+            code="int8_unsupported_family",
+        )
     dataset = catalog.resolve(params.dataset)
     for split in (params.calibration_split, params.eval_split):
         catalog.check_split(dataset, split)
@@ -65,15 +78,14 @@ def submit_quantization(sender: TaskSender, jobs: JobStore, params: QuantizePara
     return submit(sender, jobs, QUANTIZE_KIND, task, stored.model_dump(mode="json"))
 
 
-def run_quantize_job(
-    ctx: JobContext, settings: FinetuneSettings, backend: DetectorBackend
-) -> list[str]:
+def run_quantize_job(ctx: JobContext, settings: FinetuneSettings, backends: Backends) -> list[str]:
     """Quantise, evaluate both, publish; outputs name the new version and both mAPs."""
     params = QuantizeParams.model_validate(ctx.params)
+    registry = ModelRegistry(ctx.store)
+    source = registry.resolve(params.model)
+    backend = backends(model_family(registry.artifacts.manifest(source).metadata))
     backend.prepare(settings)
     with workspace(settings, ctx.job_id) as work:
-        registry = ModelRegistry(ctx.store)
-        source = registry.resolve(params.model)
         fp32 = work / "fp32.onnx"
         fp32.write_bytes(registry.artifacts.get_file_bytes(source, ONNX_FILE))
         imgsz = int(registry.artifacts.manifest(source).metadata.get("imgsz", 640))

@@ -1,7 +1,8 @@
 """Celery tasks of the finetune queue: thin wrappers around the job kinds' run functions.
 
-torch and ultralytics load with ``usecases.training`` (the backend the runs are given), in
-the worker process; the backend configures ultralytics offline before its first import.
+torch and ultralytics load with the family's backend (``usecases.backend.load_backend``,
+the runs are given it), in the worker process; the YOLOv8 backend configures ultralytics
+offline before its first import.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 from celery import Task, shared_task
 
 from services.finetune.config import get_settings
+from services.finetune.ml.backend import load_backend
 from services.finetune.usecases import (
     agdp_jobs,
     datasets,
@@ -18,7 +20,6 @@ from services.finetune.usecases import (
     finetune_jobs,
     quantize_jobs,
 )
-from services.finetune.usecases.training import TORCH
 from shared.jobs.context import JobContext
 from shared.jobs.worker import run_in_worker
 from shared.schemas.jobs import TaskName
@@ -29,19 +30,19 @@ def _import(ctx: JobContext) -> list[str]:
 
 
 def _agdp(ctx: JobContext) -> list[str]:
-    return agdp_jobs.run_agdp_job(ctx, get_settings(), TORCH)
+    return agdp_jobs.run_agdp_job(ctx, get_settings(), load_backend)
 
 
 def _finetune(ctx: JobContext) -> list[str]:
-    return finetune_jobs.run_finetune_job(ctx, get_settings(), TORCH)
+    return finetune_jobs.run_finetune_job(ctx, get_settings(), load_backend)
 
 
 def _evaluate(ctx: JobContext) -> list[str]:
-    return evaluations.run_evaluation_job(ctx, get_settings(), TORCH)
+    return evaluations.run_evaluation_job(ctx, get_settings(), load_backend)
 
 
 def _quantize(ctx: JobContext) -> list[str]:
-    return quantize_jobs.run_quantize_job(ctx, get_settings(), TORCH)
+    return quantize_jobs.run_quantize_job(ctx, get_settings(), load_backend)
 
 
 @shared_task(name=TaskName.FINETUNE_IMPORT_DATASET.value, bind=True)
@@ -58,7 +59,7 @@ def agdp_task(self: Task, job_id: str) -> dict[str, Any]:
 
 @shared_task(name=TaskName.FINETUNE_TRAIN.value, bind=True)
 def finetune_task(self: Task, job_id: str) -> dict[str, Any]:
-    """YOLOv8 finetuning; resumes from the job's last.pt after a lost worker."""
+    """Detector finetuning (any family of the table); resumes from the job's last.pt after a lost worker."""
     return run_in_worker(self, job_id, _finetune)
 
 

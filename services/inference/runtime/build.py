@@ -10,7 +10,7 @@ import numpy as np
 
 from services.inference.config import InferenceSettings
 from services.inference.ml.detections import Detector
-from services.inference.ml.onnx_detector import OnnxDetector
+from services.inference.ml.layouts import open_onnx_detector
 from services.inference.runtime.model_runtime import DetectorFactory, ModelRuntime
 from services.inference.runtime.slots import BatchingConfig, BatchObserver
 from services.inference.stores.models import ModelFiles, ModelRegistry, ModelTarget, PromotionWatch
@@ -45,7 +45,7 @@ def open_detector(
             device=settings.device,
             imgsz=settings.imgsz or 640,
         )
-    detector = OnnxDetector(
+    detector = open_onnx_detector(
         files.path,
         device=settings.device,
         intra_op_threads=settings.intra_op_threads or None,

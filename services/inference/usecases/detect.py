@@ -20,7 +20,7 @@ from services.inference.runtime.slots import BatchRun, Outcome
 from services.inference.stores.models import ModelKey, ModelTarget
 from services.inference.usecases.sinks import SinkDispatcher, event_now
 from shared.errors import InvalidInputError, SuiteError
-from shared.imaging.intake import ImageLimits, decode_image
+from shared.imaging.intake import decode_image, image_limits
 
 
 class RequestObserver(Protocol):
@@ -82,13 +82,6 @@ class DetectResult:
     timings: Timings
     png: bytes | None
     tiles: int = 1
-
-
-def image_limits(settings: InferenceSettings) -> ImageLimits:
-    return ImageLimits(
-        max_bytes=int(settings.max_image_mb * 2**20),
-        max_pixels=settings.common.http.max_image_pixels,
-    )
 
 
 def target_for(options: DetectOptions, settings: InferenceSettings) -> ModelTarget | None:

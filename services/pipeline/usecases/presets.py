@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.pipeline.params import PresetName
+from shared.schemas.detector_families import DEFAULT_FAMILY, agbp_backbone
 
 
 @dataclass(frozen=True)
@@ -59,16 +60,24 @@ PRESETS: dict[PresetName, Preset] = {
 
 
 def step_config(
-    preset: PresetName, step: str, scale: str, seed: int, overrides: dict[str, Any]
+    preset: PresetName,
+    step: str,
+    scale: str,
+    seed: int,
+    overrides: dict[str, Any],
+    detector: str = DEFAULT_FAMILY,
 ) -> dict[str, Any]:
     """The ``config`` body of a training step: preset values, then the request's overrides.
 
     Every step carries the request's seed (the AGSSP run and the scratch baseline share it,
-    and another seed is another run end to end); AGBP trains the backbone of the requested
-    YOLOv8 scale.
+    and another seed is another run end to end); AGBP trains the backbone the ``detector``
+    family builds on (for YOLOv8, the one of the requested scale), and the detector steps
+    name a family other than the default.
     """
     base: dict[str, Any] = dict(getattr(PRESETS[preset], step))
     if step == "agbp":
-        base["backbone"] = f"yolov8{scale}"
+        base["backbone"] = agbp_backbone(detector, scale)
+    elif detector != DEFAULT_FAMILY:
+        base["family"] = detector
     base["seed"] = seed
     return {**base, **overrides}

@@ -150,7 +150,7 @@ def _boxes_collect(job: dict[str, Any]) -> dict[str, Any]:
 def _train_config(record: PipelineRecord, step: Literal["agbp", "agdp", "finetune"]) -> Any:
     req = record.request
     overrides = getattr(req.overrides, step)
-    return step_config(req.preset, step, req.scale, req.seed, overrides)
+    return step_config(req.preset, step, req.scale, req.seed, overrides, req.detector)
 
 
 def _agbp_call(record: PipelineRecord) -> Call:

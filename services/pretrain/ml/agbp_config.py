@@ -12,7 +12,7 @@ from typing import Literal, TypeVar
 
 from services.pretrain.ml.distill import distill_defaults
 from services.pretrain.params import AgbpConfig, check_trainable
-from shared.schemas.backbones import backbone_spec
+from shared.schemas.backbones import backbone_spec, family_traits
 
 T = TypeVar("T")
 
@@ -65,9 +65,10 @@ def resolve_config(cfg: AgbpConfig) -> AgbpConfig:
     """
     spec = backbone_spec(cfg.backbone)
     simmim = cfg.objective == "simmim_distill"
-    recipe = _SIMMIM if simmim else _SWIN if spec.family == "swin" else _CONV
+    column = family_traits(cfg.backbone).recipe
+    recipe = _SIMMIM if simmim else _SWIN if column == "swin" else _CONV
     distill = distill_defaults(cfg.backbone)
-    task_weight = _TASK_WEIGHT["swin" if spec.family == "swin" else "conv"]
+    task_weight = _TASK_WEIGHT[column]
     if cfg.objective in ("mocov3_distill", "simmim_distill"):
         task_weight = 1.0
     defaults = asdict(recipe) | {

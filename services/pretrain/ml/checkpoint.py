@@ -12,6 +12,7 @@ from torch import Tensor
 from services.pretrain.params import AgbpConfig
 from shared.errors import InvalidInputError
 from shared.ml.backbones import Backbone, detector_state_dict
+from shared.schemas.backbones import BACKBONE_FAMILIES, DETECTOR_KEYS
 
 CHECKPOINT_FORMAT = "agbp-checkpoint/1"
 # Fields that may change between a checkpoint and its resume; all others must match.
@@ -29,7 +30,7 @@ def check_same_run(cfg: AgbpConfig, saved: Mapping[str, Any]) -> None:
 
 def export_weights(backbone: Backbone) -> dict[str, Tensor]:
     """CPU copy of the backbone weights; detector key names for CSPDarknet."""
-    if backbone.family == "cspdarknet":
+    if BACKBONE_FAMILIES[backbone.family].key_names == DETECTOR_KEYS:
         return detector_state_dict(backbone)
     return {k: v.detach().to("cpu", copy=True) for k, v in backbone.state_dict().items()}
 

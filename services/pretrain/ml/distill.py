@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from services.pretrain.ml.losses import LossKind, ResizeMode, distill_loss
 from services.pretrain.params import DEFAULT_FROZEN_STAGES
-from shared.schemas.backbones import backbone_spec
+from shared.schemas.backbones import BACKBONE_FAMILIES, backbone_spec
 
 
 @dataclass(frozen=True)
@@ -33,18 +33,15 @@ class DistillDefaults:
 # (CSP, R50) and mmpretrain Swin frozen_stages=1 all freeze the stem plus the first two
 # stages, i.e. our 2 (``DEFAULT_FROZEN_STAGES``); the distilled stages are the backbone
 # table's (mmpretrain out_indices (2, 3) of ResNet = our (3, 4), Swin (3,) = our (4,)). The
-# L2 weight 2.0 is the reference L2Loss's loss_weight.
-_FAMILY_LOSS: dict[str, tuple[LossKind, float]] = {
-    "cspdarknet": ("cosine", 1.0),
-    "resnet": ("cosine", 1.0),
-    "swin": ("l2", 2.0),
-}
+# loss and its weight per family are the backbone-family table's
+# (``shared.schemas.backbones.BACKBONE_FAMILIES``).
 
 
 def distill_defaults(backbone_name: str) -> DistillDefaults:
     """Defaults for a registered backbone name (see ``shared.schemas.backbones``)."""
     spec = backbone_spec(backbone_name)
-    loss, weight = _FAMILY_LOSS[spec.family]
+    traits = BACKBONE_FAMILIES[spec.family]
+    loss, weight = traits.distill_loss, traits.distill_weight
     return DistillDefaults(spec.stages, DEFAULT_FROZEN_STAGES, loss, weight)
 
 

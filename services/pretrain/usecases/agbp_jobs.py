@@ -19,14 +19,15 @@ from services.pretrain.stores.backbones import backbone_weights, resolve_backbon
 from services.pretrain.stores.maps import PairingResult, collect_pairs, read_manifest
 from services.pretrain.stores.pairs import CachedPairSource, prefetch
 from services.pretrain.stores.reports import config_yaml, loss_curve_csv, loss_curve_png
-from services.pretrain.usecases.common import image_limits
 from shared.errors import InvalidInputError, JobCanceledError
+from shared.imaging.intake import image_limits
 from shared.jobs.context import JobContext
 from shared.jobs.producer import TaskSender, submit_job
 from shared.jobs.store import JobStore
+from shared.jobs.train_hooks import job_train_hooks
 from shared.ml.hooks import TrainHooks
 from shared.schemas.artifacts import ArtifactRef
-from shared.schemas.backbones import BACKBONE_FILE, backbone_spec
+from shared.schemas.backbones import BACKBONE_FILE, family_traits
 from shared.schemas.jobs import JobRecord, Queue, TaskName
 from shared.storage.artifacts import ArtifactStore
 from shared.storage.base import ObjectNotFoundError, ObjectStore
@@ -190,19 +191,12 @@ def _cached_data(
 
 
 def _hooks(ctx: JobContext, trainer: Trainer) -> TrainHooks:
-    def on_progress(percent: float, message: str, metrics: Any) -> None:
-        ctx.progress(percent, message, force=True, metrics=dict(metrics))
-
     def on_checkpoint(state: dict[str, Any]) -> None:
         ctx.save_checkpoint(trainer.encode(state), CHECKPOINT_NAME)
         ctx.progress(ctx.record.progress, force=True, metrics={"checkpoint_step": state["step"]})
 
-    return TrainHooks(
-        on_progress=on_progress,
-        should_stop=ctx.should_stop,
-        on_checkpoint=on_checkpoint,
-        resume_state=_resume_state(ctx, trainer),
-    )
+    resume = _resume_state(ctx, trainer)
+    return job_train_hooks(ctx, on_checkpoint=on_checkpoint, resume_state=resume)
 
 
 def _resume_state(ctx: JobContext, trainer: Trainer) -> dict[str, Any] | None:
@@ -271,9 +265,7 @@ def _lineage(
         "backbone": cfg.backbone,
         "objective": cfg.objective,
         # CSPDarknet weights use the ultralytics detector's keys (model.<i>.…).
-        "key_names": (
-            "ultralytics-detector" if backbone_spec(cfg.backbone).family == "cspdarknet" else "timm"
-        ),
+        "key_names": family_traits(cfg.backbone).key_names,
         "steps": result.steps,
         "start_weights": None if weights is None else weights.model_dump(),
         "categories": list(pairing.categories),

@@ -25,9 +25,8 @@ from services.pretrain.config import PretrainSettings
 from services.pretrain.params import PseudoLabelParams
 from services.pretrain.stores.maps import Pair, SourceReport, collect_pairs, load_scores, score_of
 from services.pretrain.stores.pairs import load_map, read_image_size
-from services.pretrain.usecases.common import image_limits
 from shared.errors import ConflictError, InvalidInputError, JobCanceledError
-from shared.imaging.intake import ImageLimits, decode_image
+from shared.imaging.intake import ImageLimits, decode_image, image_limits
 from shared.jobs.context import JobContext
 from shared.jobs.producer import TaskSender, submit_job
 from shared.jobs.store import JobStore

@@ -4,48 +4,62 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 from torch import Tensor
 
 from shared.errors import InvalidInputError
 from shared.ml.backbones.base import Backbone
 from shared.ml.backbones.weights import DEFAULT_MIN_MATCH, load_weights
-from shared.schemas.backbones import BackboneSpec, backbone_names, backbone_spec
-
-# (name, out_indices, frozen_stages, img_size, drop_path_rate) -> Backbone
-_Builder = Callable[[str, tuple[int, ...], int, int, float | None], Backbone]
+from shared.schemas.backbones import BackboneSpec, Family, backbone_names, backbone_spec
 
 
-def _csp(spec: BackboneSpec) -> _Builder:
-    def build(
-        name: str, out: tuple[int, ...], frozen: int, img: int, dpr: float | None
-    ) -> Backbone:
-        from shared.ml.backbones.cspdarknet import build_cspdarknet
+@dataclass(frozen=True)
+class BuildRequest:
+    """What ``create_backbone`` asks a family's builder for (random init, not frozen yet)."""
 
-        if dpr is not None:
-            raise InvalidInputError(f"backbone {name!r} has no drop path; leave it unset")
-        return build_cspdarknet(name, spec.variant, out, frozen)
-
-    return build
+    spec: BackboneSpec
+    out_indices: tuple[int, ...]
+    frozen_stages: int
+    img_size: int
+    drop_path_rate: float | None
 
 
-def _timm(spec: BackboneSpec) -> _Builder:
-    def build(
-        name: str, out: tuple[int, ...], frozen: int, img: int, dpr: float | None
-    ) -> Backbone:
-        from shared.ml.backbones import timm_backbones
+def _cspdarknet(req: BuildRequest) -> Backbone:
+    from shared.ml.backbones.cspdarknet import build_cspdarknet
 
-        extra = {} if dpr is None else {"drop_path_rate": dpr}
-        if spec.family == "resnet":
-            return timm_backbones.build_resnet(name, spec.variant, out, frozen, **extra)
-        return timm_backbones.build_swin(name, spec.variant, out, frozen, img_size=img, **extra)
-
-    return build
+    if req.drop_path_rate is not None:
+        raise InvalidInputError(f"backbone {req.spec.name!r} has no drop path; leave it unset")
+    return build_cspdarknet(req.spec.name, req.spec.variant, req.out_indices, req.frozen_stages)
 
 
-def _builder(spec: BackboneSpec) -> _Builder:
-    return _csp(spec) if spec.family == "cspdarknet" else _timm(spec)
+def _resnet(req: BuildRequest) -> Backbone:
+    from shared.ml.backbones.timm_backbones import build_resnet
+
+    return build_resnet(
+        req.spec.name, req.spec.variant, req.out_indices, req.frozen_stages, **_drop_path(req)
+    )
+
+
+def _swin(req: BuildRequest) -> Backbone:
+    from shared.ml.backbones.timm_backbones import build_swin
+
+    return build_swin(
+        req.spec.name, req.spec.variant, req.out_indices, req.frozen_stages,
+        img_size=req.img_size, **_drop_path(req),
+    )  # fmt: skip
+
+
+def _drop_path(req: BuildRequest) -> dict[str, float]:
+    return {} if req.drop_path_rate is None else {"drop_path_rate": req.drop_path_rate}
+
+
+# One builder per backbone family of ``shared.schemas.backbones``; adding a family is a row.
+BUILDERS: Mapping[Family, Callable[[BuildRequest], Backbone]] = MappingProxyType(
+    {"cspdarknet": _cspdarknet, "resnet": _resnet, "swin": _swin}
+)
 
 
 def available_backbones() -> tuple[str, ...]:
@@ -93,7 +107,8 @@ def create_backbone(
     spec = backbone_spec(name)
     indices = spec.stages if out_indices is None else tuple(out_indices)
     size = spec.input_size if img_size is None else img_size
-    backbone = _builder(spec)(name, indices, frozen_stages, size, drop_path_rate)
+    request = BuildRequest(spec, indices, frozen_stages, size, drop_path_rate)
+    backbone = BUILDERS[spec.family](request)
     if weights is not None:
         load_weights(backbone, weights, min_match=min_match)
     backbone.freeze()

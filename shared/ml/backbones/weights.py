@@ -17,6 +17,7 @@ from torch import Tensor
 
 from shared.errors import InvalidInputError
 from shared.ml.backbones.base import Backbone, LoadReport
+from shared.schemas.backbones import BACKBONE_FAMILIES, DETECTOR_KEYS
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def detector_state_dict(backbone: Backbone) -> dict[str, Tensor]:
     Raises:
         InvalidInputError: the backbone is not a CSPDarknet.
     """
-    if backbone.family != "cspdarknet":
+    if BACKBONE_FAMILIES[backbone.family].key_names != DETECTOR_KEYS:
         raise InvalidInputError(
             f"backbone {backbone.name!r} ({backbone.family}) does not fit a YOLOv8 detector; "
             "only yolov8n/s/m backbones can be exported to detector keys"

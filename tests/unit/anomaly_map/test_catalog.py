@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 import services.anomaly_map.ml as ml_package
 from services.anomaly_map.api.main import create_app
 from services.anomaly_map.api.schemas import MapParams
-from services.anomaly_map.ml.catalog import CATALOG, CLIP_NEEDS, MethodSpec
+from services.anomaly_map.params.catalog import CATALOG, CLIP_NEEDS, MethodSpec
 from services.anomaly_map.runtime.methods import method_for
 from shared.storage.filesystem import FileObjectStore
 from tests.unit.anomaly_map.test_service_support import (

@@ -13,7 +13,7 @@ import torch
 from pydantic import ValidationError
 
 from services.anomaly_map.api.schemas import MapParams
-from services.anomaly_map.ml.catalog import CATALOG
+from services.anomaly_map.params.catalog import CATALOG
 from services.anomaly_map.runtime.clip import LazyScorers, ScorerSet
 from services.anomaly_map.runtime.engine import MapEngine, resolve_mode
 from services.anomaly_map.runtime.methods import METHODS, MethodInputs, method_for

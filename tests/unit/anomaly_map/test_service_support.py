@@ -16,9 +16,10 @@ from PIL import Image
 
 from services.anomaly_map.config import AnomalyMapSettings
 from services.anomaly_map.runtime.clip import ScorerSet, load_scorers
-from services.anomaly_map.runtime.engine import MapEngine, image_limits
+from services.anomaly_map.runtime.engine import MapEngine
 from services.anomaly_map.stores.categories import CategorySpec, CategoryStore
 from shared.config import CommonSettings, PathSettings
+from shared.imaging.intake import image_limits
 from shared.storage.base import ObjectStore
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"

@@ -15,9 +15,9 @@ from services.anomaly_map.ml.tocoad.bank import (
     nearest_distances,
     patch_embeddings,
 )
-from services.anomaly_map.ml.tocoad.config import TocoadConfig
 from services.anomaly_map.ml.tocoad.data import normalise, to_unit_tensor
 from services.anomaly_map.ml.tocoad.model import TocoadModel, build_memory_bank
+from services.anomaly_map.params.tocoad import TocoadConfig
 
 S = 64
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.anomaly_map.ml.tocoad.config import GeneratorConfig
 from services.anomaly_map.ml.tocoad.defects import (
     DefectExemplar,
     augment,
@@ -15,6 +14,7 @@ from services.anomaly_map.ml.tocoad.defects import (
     paste,
 )
 from services.anomaly_map.ml.tocoad.generator import AnomalyGenerator
+from services.anomaly_map.params.tocoad import GeneratorConfig
 
 SIZE = 64
 

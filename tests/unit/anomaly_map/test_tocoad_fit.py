@@ -12,10 +12,10 @@ import torch
 from pydantic import ValidationError
 
 from services.anomaly_map.ml.tocoad.backbone import create_backbone
-from services.anomaly_map.ml.tocoad.config import TocoadConfig
 from services.anomaly_map.ml.tocoad.data import preprocess
 from services.anomaly_map.ml.tocoad.fit import fit_tocoad
 from services.anomaly_map.ml.tocoad.model import TocoadModel
+from services.anomaly_map.params.tocoad import TocoadConfig
 from shared.errors import InvalidInputError, JobCanceledError
 from shared.ml.hooks import TrainHooks
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.anomaly_map.ml.tocoad.config import GeneratorConfig
 from services.anomaly_map.ml.tocoad.generator import AnomalyGenerator
 from services.anomaly_map.ml.tocoad.perlin import perlin_mask
 from services.anomaly_map.ml.tocoad.textures import augment_texture, procedural_textures
+from services.anomaly_map.params.tocoad import GeneratorConfig
 
 SIZE = 32
 

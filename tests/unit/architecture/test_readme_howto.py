@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
-# a backticked repository path with an extension, e.g. `services/anomaly_map/ml/catalog.py`
+# a backticked repository path with an extension, e.g. `services/anomaly_map/params/catalog.py`
 PATH = re.compile(r"`((?:services|shared|tests|agssp|benchmarks)/[\w./-]+\.\w+)`")
 
 

@@ -14,8 +14,8 @@ import pytest
 
 from services.anomaly_map.usecases.categories import put_category
 from services.anomaly_map.usecases.dataset_maps import run_dataset_maps
+from services.finetune.ml.backend import PackagedDetector
 from services.finetune.stores.pseudo_labels import load_pseudo_labels
-from services.finetune.usecases.backend import PackagedDetector
 from services.finetune.usecases.common import publish_detector
 from services.inference.stores.models import ModelKey, ModelRegistry
 from services.pipeline.params import PipelineRequest

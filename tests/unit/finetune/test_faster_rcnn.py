@@ -4,6 +4,7 @@ model's on the same inputs."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -11,20 +12,28 @@ import pytest
 import torch
 
 from services.finetune.ml.faster_rcnn import (
+    FasterRcnnCheckpoint,
     FasterRcnnConfig,
+    Resume,
     Sample,
     build_faster_rcnn,
+    checkpoint_of,
     decode_onnx,
     export_onnx,
+    model_from_checkpoint,
     onnx_input,
     predict,
+    read_yolo_split,
     train_faster_rcnn,
+    transfer_detector,
 )
 from shared.errors import InvalidInputError
 from shared.ml.backbones.factory import create_backbone
 
 TINY = "resnet18-test"
-CONFIG = FasterRcnnConfig(imgsz=64, anchor_sizes=(8, 16, 32, 64, 128), epochs=1, batch=2)
+CONFIG = FasterRcnnConfig(
+    imgsz=64, anchor_sizes=(8, 16, 32, 64, 128), epochs=1, batch=2, rois_per_image=32
+)
 
 
 def _squares(count: int, seed: int = 0) -> list[Sample]:
@@ -68,8 +77,9 @@ def test_training_lowers_the_loss_and_boxes_land_in_image_pixels() -> None:
     # given
     samples = _squares(8)
     config = FasterRcnnConfig(
-        imgsz=64, anchor_sizes=(8, 16, 32, 64, 128), epochs=12, batch=4, lr=0.02, warmup_iters=4
-    )
+        imgsz=64, anchor_sizes=(8, 16, 32, 64, 128), epochs=12, batch=4, lr=0.02, warmup_iters=4,
+        rois_per_image=32,
+    )  # fmt: skip
     model = build_faster_rcnn(2, config, backbone=TINY)
     # when
     logs = train_faster_rcnn(model, samples, config)
@@ -86,7 +96,9 @@ def test_training_lowers_the_loss_and_boxes_land_in_image_pixels() -> None:
 
 def test_an_on_epoch_hook_can_stop_training() -> None:
     # given
-    config = FasterRcnnConfig(imgsz=64, anchor_sizes=(8, 16, 32, 64, 128), epochs=5, batch=4)
+    config = FasterRcnnConfig(
+        imgsz=64, anchor_sizes=(8, 16, 32, 64, 128), epochs=5, batch=4, rois_per_image=32
+    )
     model = build_faster_rcnn(2, config, backbone=TINY)
     # when
     logs = train_faster_rcnn(model, _squares(4), config, on_epoch=lambda log: log.epoch < 2)
@@ -99,7 +111,7 @@ def test_the_onnx_export_decodes_to_the_torch_models_boxes(tmp_path: Path) -> No
     # given a model trained a little, so that it finds boxes
     config = FasterRcnnConfig(
         imgsz=64, anchor_sizes=(8, 16, 32, 64, 128), epochs=6, batch=4, lr=0.02,
-        warmup_iters=2, score_thresh=0.0,
+        warmup_iters=2, score_thresh=0.0, rois_per_image=32,
     )  # fmt: skip
     samples = _squares(8, seed=1)
     model = build_faster_rcnn(2, config, backbone=TINY)
@@ -117,3 +129,77 @@ def test_the_onnx_export_decodes_to_the_torch_models_boxes(tmp_path: Path) -> No
             assert a.class_id == b.class_id
             assert a.score == pytest.approx(b.score, abs=1e-4)
             assert (a.x1, a.y1, a.x2, a.y2) == pytest.approx((b.x1, b.y1, b.x2, b.y2), abs=1e-2)
+
+
+def test_a_resumed_run_ends_where_the_uninterrupted_one_does() -> None:
+    # given two identical models
+    config = FasterRcnnConfig(
+        imgsz=64, anchor_sizes=(8, 16, 32, 64, 128), epochs=2, batch=2, rois_per_image=32
+    )
+    samples = _squares(4, seed=3)
+    torch.manual_seed(0)
+    whole = build_faster_rcnn(2, config, backbone=TINY)
+    cut = copy.deepcopy(whole)
+    # when one trains both epochs and the other stops after the first, then resumes
+    train_faster_rcnn(whole, samples, config)
+    first = train_faster_rcnn(cut, samples, config, on_epoch=lambda log: False)
+    assert first[-1].optimiser is not None
+    rest = train_faster_rcnn(cut, samples, config, resume=Resume(1, first[-1].optimiser))
+    # then the resumed run trained epoch 2 only and ends with the same tensors
+    assert [log.epoch for log in rest] == [2]
+    for key, value in whole.state_dict().items():
+        torch.testing.assert_close(cut.state_dict()[key], value, msg=key)
+
+
+def test_a_checkpoint_round_trips_and_rebuilds_the_same_model() -> None:
+    model = build_faster_rcnn(2, CONFIG, backbone=TINY)
+    checkpoint = checkpoint_of(model, ["a", "b"], TINY, CONFIG, {"epochs": 1})
+    again = FasterRcnnCheckpoint.from_bytes(checkpoint.to_bytes())
+    assert again.classes == ("a", "b")
+    assert again.architecture() == CONFIG
+    rebuilt = model_from_checkpoint(again)
+    for key, value in model.state_dict().items():
+        assert torch.equal(rebuilt.state_dict()[key], value), key
+    with pytest.raises(InvalidInputError):
+        FasterRcnnCheckpoint.from_bytes(b"not a checkpoint")
+
+
+def test_a_detector_transfer_counts_and_leaves_the_class_layers_fresh() -> None:
+    # given a one-class detector (AGDP) and a three-class target
+    source = build_faster_rcnn(1, CONFIG, backbone=TINY).state_dict()
+    target = build_faster_rcnn(3, CONFIG, backbone=TINY)
+    # when
+    report = transfer_detector(target, source, min_fraction=0.9)
+    # then every tensor but the predictor's four class-shaped ones moved
+    assert report.loaded == report.total - 4
+    assert {key for key, _ in report.skipped} == {
+        "roi_heads.box_predictor.cls_score.weight", "roi_heads.box_predictor.cls_score.bias",
+        "roi_heads.box_predictor.bbox_pred.weight", "roi_heads.box_predictor.bbox_pred.bias",
+    }  # fmt: skip
+    moved = [k for k in source if k.startswith(("backbone.fpn.", "rpn.", "roi_heads.box_head."))]
+    assert moved
+    for key in moved:
+        assert torch.equal(target.state_dict()[key], source[key]), key
+    # and a source that mostly does not fit is refused, copying nothing
+    with pytest.raises(InvalidInputError) as caught:
+        transfer_detector(target, {"x": torch.zeros(1)}, min_fraction=0.9)
+    assert caught.value.code == "transfer_too_small"
+
+
+def test_a_yolo_folder_reads_back_as_samples_in_pixels(tmp_path: Path) -> None:
+    # given one 96 x 80 image with a box at (10, 20)-(40, 60), class 1, in YOLO txt
+    (tmp_path / "images" / "train").mkdir(parents=True)
+    (tmp_path / "labels" / "train").mkdir(parents=True)
+    image = np.zeros((80, 96, 3), np.uint8)
+    image[..., 0] = 200  # red in RGB
+    cv2 = pytest.importorskip("cv2")
+    cv2.imwrite(str(tmp_path / "images" / "train" / "a.png"), image[..., ::-1])
+    cx, cy, w, h = 25 / 96, 40 / 80, 30 / 96, 40 / 80
+    (tmp_path / "labels" / "train" / "a.txt").write_text(f"1 {cx} {cy} {w} {h}\n")
+    # when
+    [sample] = read_yolo_split(tmp_path, "train")
+    # then
+    assert sample.image.shape == (80, 96, 3)
+    assert sample.image[0, 0, 0] == 200
+    np.testing.assert_allclose(sample.boxes, [[10, 20, 40, 60]], atol=1e-3)
+    assert sample.labels.tolist() == [1]

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from services.finetune.config import FinetuneSettings
+from services.finetune.ml.backend import load_backend
 from services.finetune.ml.detector import build_detector
 from services.finetune.ml.voc import export_voc
 from services.finetune.params import DatasetImportParams, InitParams
@@ -20,7 +21,6 @@ from services.finetune.usecases.comparisons import (
     write_report,
 )
 from services.finetune.usecases.datasets import import_local_dataset
-from services.finetune.usecases.training import TORCH
 from shared.config import CommonSettings, PathSettings
 from shared.errors import InvalidInputError
 from shared.storage.filesystem import FileObjectStore
@@ -44,7 +44,9 @@ def rows(make_dataset: Any, tmp_path_factory: pytest.TempPathFactory) -> list[Co
     checkpoint = build_detector("n", 2, seed=9).to_checkpoint().save(root / "start.pt")
     # when
     choices = parse_inits(f"scratch,checkpoint:{checkpoint}")
-    return run_comparison(store, settings, "s:v1", choices, TINY, root / "out", backend=TORCH)
+    return run_comparison(
+        store, settings, "s:v1", choices, TINY, root / "out", backends=load_backend
+    )
 
 
 def test_every_init_is_trained_and_scored(rows: list[CompareRow]) -> None:

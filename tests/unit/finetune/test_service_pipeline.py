@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from services.finetune.config import FinetuneSettings
+from services.finetune.ml.backend import load_backend
 from services.finetune.ml.dataset import DetectionDataset
 from services.finetune.ml.detector import build_detector
 from services.finetune.ml.yolo_format import yolo_label_text
@@ -34,7 +35,6 @@ from services.finetune.usecases.agdp_jobs import run_agdp_job, submit_agdp
 from services.finetune.usecases.datasets import run_import_job, submit_import
 from services.finetune.usecases.evaluations import run_evaluation_job, submit_evaluation
 from services.finetune.usecases.finetune_jobs import run_finetune_job, submit_finetune
-from services.finetune.usecases.training import TORCH
 from shared.config import CommonSettings, PathSettings
 from shared.errors import JobCanceledError
 from shared.jobs.context import JobContext
@@ -141,7 +141,7 @@ def agdp_job(world: World, agbp: ArtifactRef, make_dataset: Any) -> JobRecord:
         val_fraction=0.25,
     )
     record = submit_agdp(FakeSender(), world.jobs, params)
-    return world.run(record, run_agdp_job, TORCH)
+    return world.run(record, run_agdp_job, load_backend)
 
 
 @pytest.fixture(scope="module")
@@ -168,14 +168,14 @@ def finetune_job(world: World, agdp_job: JobRecord, dataset_job: JobRecord) -> J
         model_name="shapes-yolov8n",
     )
     record = submit_finetune(FakeSender(), world.jobs, params)
-    return world.run(record, run_finetune_job, TORCH)
+    return world.run(record, run_finetune_job, load_backend)
 
 
 @pytest.fixture(scope="module")
 def evaluation_job(world: World, finetune_job: JobRecord) -> JobRecord:
     params = EvaluationParams(model="shapes-yolov8n", dataset="shapes", split="val")
     record = submit_evaluation(FakeSender(), world.jobs, params)
-    return world.run(record, run_evaluation_job, TORCH)
+    return world.run(record, run_evaluation_job, load_backend)
 
 
 def _ref(record: JobRecord) -> ArtifactRef:
@@ -277,7 +277,7 @@ def test_two_identical_finetune_jobs_give_identical_weights_and_metrics(
         dataset="shapes", scale="n", config={**TINY, "epochs": 2}, model_name="twice"
     )
     first, second = (
-        world.run(submit_finetune(FakeSender(), world.jobs, params), run_finetune_job, TORCH)
+        world.run(submit_finetune(FakeSender(), world.jobs, params), run_finetune_job, load_backend)
         for _ in range(2)
     )
     # then (issue 21, item 6): bit-identical tensors, the same metrics and records
@@ -332,7 +332,7 @@ def test_a_redelivered_finetune_job_does_not_train_again(
     ctx = JobContext(world.jobs, world.jobs.get(finetune_job.id))
     before = ArtifactStore(world.store).manifest(_ref(finetune_job))
     # when
-    refs = run_finetune_job(ctx, world.settings, TORCH)
+    refs = run_finetune_job(ctx, world.settings, load_backend)
     # then
     assert refs == finetune_job.artifacts
     assert ArtifactStore(world.store).manifest(_ref(finetune_job)) == before
@@ -358,11 +358,11 @@ def test_an_interrupted_run_resumes_from_the_stored_last_pt(
     )
     record = submit_finetune(FakeSender(), world.jobs, params)
     with pytest.raises(WorkerLostError):
-        run_finetune_job(DyingContext(world.jobs, record), world.settings, TORCH)
+        run_finetune_job(DyingContext(world.jobs, record), world.settings, load_backend)
     assert not ArtifactStore(world.store).versions("resumed")
     # when the job is delivered again
     ctx = JobContext(world.jobs, world.jobs.get(record.id))
-    refs = run_finetune_job(ctx, world.settings, TORCH)
+    refs = run_finetune_job(ctx, world.settings, load_backend)
     # then only the second epoch ran, and the model was published once
     assert [entry["epoch"] for entry in ctx.record.outputs["history"]] == [2.0]
     assert refs == [f"resumed:{record.id}"]
@@ -377,5 +377,5 @@ def test_a_job_canceled_before_training_publishes_nothing(
     world.store.put_bytes(world.jobs.cancel_key(record.id), b"cancel")
     # when / then
     with pytest.raises(JobCanceledError):
-        run_finetune_job(JobContext(world.jobs, record), world.settings, TORCH)
+        run_finetune_job(JobContext(world.jobs, record), world.settings, load_backend)
     assert ArtifactStore(world.store).versions("canceled") == []

@@ -10,10 +10,10 @@ import json
 import onnxruntime as ort
 import pytest
 
+from services.finetune.ml.backend import load_backend
 from services.finetune.ml.quantize import INT8_TOLERANCE
 from services.finetune.params import QuantizeParams
 from services.finetune.usecases.quantize_jobs import run_quantize_job, submit_quantization
-from services.finetune.usecases.training import TORCH
 from shared.errors import InvalidInputError
 from shared.schemas.artifacts import ArtifactRef
 from shared.schemas.detector_artifact import INT8_KIND, U8S8_RR7
@@ -37,7 +37,7 @@ def quantize_job(world: World, finetune_job: JobRecord) -> tuple[JobRecord, Fake
         model="shapes-yolov8n", dataset="shapes", calibration_split="train", calibration_images=4
     )
     record = submit_quantization(sender, world.jobs, params)
-    return world.run(record, run_quantize_job, TORCH), sender
+    return world.run(record, run_quantize_job, load_backend), sender
 
 
 def test_the_int8_model_is_a_new_version_with_both_maps(
@@ -110,7 +110,7 @@ def test_a_model_beyond_the_int8_tolerance_is_not_published(
     )
     # when
     record = world.run(
-        submit_quantization(FakeSender(), world.jobs, params), run_quantize_job, TORCH
+        submit_quantization(FakeSender(), world.jobs, params), run_quantize_job, load_backend
     )
     # then the job failed with the code and the measured errors, and published nothing
     assert record.state == JobState.FAILED

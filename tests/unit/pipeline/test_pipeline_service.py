@@ -115,6 +115,35 @@ def test_a_whole_pipeline_hands_each_output_to_the_next_step(pipelines: Pipeline
     assert done.progress == 100.0
 
 
+def test_the_detector_family_decides_the_agbp_backbone_and_every_detector_config(
+    pipelines: PipelineStore,
+) -> None:
+    # given a pipeline asking for the second detector family
+    suite = FakeSuite()
+    record = create_pipeline(pipelines, _request(detector="faster-rcnn"))
+    # when
+    done = _run(record, pipelines, suite)
+    # then AGBP pretrains the ResNet it builds on, and AGDP, AGSSP and scratch train that family
+    assert done.state is PipelineState.SUCCEEDED, done.error
+    assert suite.bodies("/v1/pretrain-jobs")[0]["config"]["backbone"] == "resnet50"
+    assert suite.bodies("/v1/agdp-jobs")[0]["config"]["family"] == "faster-rcnn"
+    tuned, scratch = suite.bodies("/v1/finetune-jobs")
+    assert tuned["config"]["family"] == scratch["config"]["family"] == "faster-rcnn"
+
+
+def test_the_default_detector_keeps_todays_request_bodies(pipelines: PipelineStore) -> None:
+    suite = FakeSuite()
+    done = _run(create_pipeline(pipelines, _request(scale="s")), pipelines, suite)
+    assert suite.bodies("/v1/pretrain-jobs")[0]["config"]["backbone"] == "yolov8s"
+    assert "family" not in suite.bodies("/v1/agdp-jobs")[0]["config"]
+    assert done.state is PipelineState.SUCCEEDED, done.error
+
+
+def test_an_unknown_detector_family_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown detector family"):
+        _request(detector="no-such-detector")
+
+
 def test_kead_is_chosen_when_its_weights_are_ready(pipelines: PipelineStore) -> None:
     # given CLIP loaded in the anomaly-map service
     suite = FakeSuite(kead_ready=True)

@@ -56,6 +56,7 @@ EXPECTED: dict[str, dict[tuple[str, str], str]] = {
         ("POST", "/v1/finetune-jobs"): "train",
         ("POST", "/v1/evaluations"): "train",
         ("POST", "/v1/quantize-jobs"): "admin",  # no prefix rule covered it
+        ("GET", "/v1/detector-families"): "inspect",  # the family table, no data
         ("GET", "/v1/models"): "train",
         ("GET", "/v1/models/{name}"): "train",
         ("GET", "/v1/models/{name}/versions/{version}"): "train",

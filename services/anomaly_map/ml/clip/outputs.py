@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -14,8 +14,9 @@ from torch import Tensor
 from services.anomaly_map.ml.clip.prompts import CategoryDescription
 from shared.errors import InvalidInputError
 
-Method = Literal["kead", "winclip"]
-_LEVEL_KEY = re.compile(r"^(kead|winclip)\.level\.(\d+)$")
+# The name of the method whose scorer built a bank (a ``params.catalog`` row's name).
+Method = str
+_LEVEL_KEY = re.compile(r"^([a-z][a-z0-9_-]*)\.level\.(\d+)$")
 _NUM_IMAGES_KEY = "num_images"
 
 
@@ -44,7 +45,8 @@ class MemoryBank:
     """Reference embeddings of K normal images, one matrix per feature level.
 
     Attributes:
-        method: which scorer built it ('kead' or 'winclip'); banks are not interchangeable.
+        method: the catalogue name of the method whose scorer built it; banks of different
+            methods are not interchangeable.
         levels: level l holds (K * N_l, Dj) unit-norm rows, image-major (image 0 first).
         num_images: K.
     """
@@ -89,7 +91,7 @@ class MemoryBank:
         indices = sorted(int(m.group(2)) for m in found.values() if m)
         if len(methods) != 1 or indices != list(range(len(indices))):
             raise InvalidInputError(f"inconsistent memory bank keys: {sorted(state)}")
-        method: Method = "kead" if methods == {"kead"} else "winclip"
+        (method,) = methods
         levels = tuple(state[f"{method}.level.{i}"] for i in indices)
         return cls(method=method, levels=levels, num_images=int(state[_NUM_IMAGES_KEY].item()))
 

@@ -13,10 +13,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from services.anomaly_map.params.tocoad import TocoadConfig
 from shared.errors import InvalidInputError, JobCanceledError
 from shared.ml.hooks import TrainHooks
 
-from .config import TocoadConfig
 from .data import normalise, to_unit_tensor
 from .generator import AnomalyGenerator
 

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from services.anomaly_map.params.tocoad import TocoadConfig
 from shared.ml.device import resolve_device, seed_everything
 from shared.ml.hooks import TrainHooks
 
@@ -22,7 +23,6 @@ from .common import (
     phase_spans,
     stop_if_requested,
 )
-from .config import TocoadConfig
 from .data import resize_images
 from .defects import DefectExemplar
 from .discriminator import Discriminator

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from services.anomaly_map.params.tocoad import GeneratorConfig
 from shared.errors import InvalidInputError
 
-from .config import GeneratorConfig
 from .defects import DefectExemplar, augment, paste
 from .perlin import perlin_mask, rotate
 from .textures import augment_texture, procedural_textures

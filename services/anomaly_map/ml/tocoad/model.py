@@ -15,13 +15,13 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import Tensor
 
+from services.anomaly_map.params.tocoad import TocoadConfig
 from shared.errors import InvalidInputError
 from shared.ml.device import resolve_device
 
 from .backbone import ResNetFeatures, create_backbone
 from .bank import anomaly_maps, greedy_coreset, nearest_distances, patch_embeddings
 from .common import cpu_state
-from .config import TocoadConfig
 from .data import (
     Box,
     content_box,

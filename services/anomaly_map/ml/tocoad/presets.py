@@ -28,11 +28,9 @@ A preset is a partial config; a job's own overrides are merged on top, section b
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
-from .config import TocoadConfig
-
-PresetName = Literal["tiny", "demo", "cpu", "gpu"]
+from services.anomaly_map.params.tocoad import PresetName, TocoadConfig
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {

@@ -10,6 +10,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+# The named recipes of ``ml.tocoad.presets`` (their values live there, beside the model).
+PresetName = Literal["tiny", "demo", "cpu", "gpu"]
+
 BackboneName = Literal["wrn50", "resnet18", "resnet18_quarter"]
 LayerName = Literal["layer1", "layer2", "layer3", "layer4"]
 MapSource = Literal["bank", "segmentation", "fused"]

@@ -10,13 +10,12 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
-from services.anomaly_map.ml.catalog import CATALOG
-from services.anomaly_map.ml.tocoad.config import TocoadConfig
-from services.anomaly_map.ml.tocoad.presets import PresetName
+from services.anomaly_map.params.catalog import CATALOG
+from services.anomaly_map.params.tocoad import PresetName, TocoadConfig
 
 
 def known_method(value: str) -> str:
-    """``value`` if the catalogue has a method of that name (``ml.catalog.CATALOG``)."""
+    """``value`` if the catalogue has a method of that name (``params.catalog.CATALOG``)."""
     if value not in CATALOG:
         raise ValueError(f"unknown method {value!r}; one of {', '.join(CATALOG)}")
     return value

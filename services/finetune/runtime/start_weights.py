@@ -46,13 +46,13 @@ def resolve_init(
         registry = ModelRegistry(store)
         ref = registry.resolve(init.artifact)
         if init.kind == "agbp":
-            return BackboneInit(_backbone_tensors(registry, ref), min_fraction=fraction)
+            return BackboneInit(backbone_tensors(registry, ref), min_fraction=fraction)
         return DetectorInit(_detector_checkpoint(registry, ref), min_fraction=fraction)
-    return CheckpointPathInit(_local_path(str(init.path), settings, local_ok), fraction)
+    return CheckpointPathInit(local_checkpoint_path(str(init.path), settings, local_ok), fraction)
 
 
-def _backbone_tensors(registry: ModelRegistry, ref: ArtifactRef) -> dict[str, torch.Tensor]:
-    data = _artifact_file(registry, ref, BACKBONE_FILE)
+def backbone_tensors(registry: ModelRegistry, ref: ArtifactRef) -> dict[str, torch.Tensor]:
+    data = artifact_file(registry, ref, BACKBONE_FILE)
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several unpickling error types
@@ -65,17 +65,17 @@ def _backbone_tensors(registry: ModelRegistry, ref: ArtifactRef) -> dict[str, to
 
 
 def _detector_checkpoint(registry: ModelRegistry, ref: ArtifactRef) -> DetectorCheckpoint:
-    data = _artifact_file(registry, ref, WEIGHTS_FILE)
+    data = artifact_file(registry, ref, WEIGHTS_FILE)
     return DetectorCheckpoint.from_bytes(data, source=f"{ref}/{WEIGHTS_FILE}")
 
 
-def _artifact_file(registry: ModelRegistry, ref: ArtifactRef, filename: str) -> bytes:
+def artifact_file(registry: ModelRegistry, ref: ArtifactRef, filename: str) -> bytes:
     if filename not in registry.artifacts.manifest(ref).files:
         raise InvalidInputError(f"artifact {ref} has no {filename}", code="init_weights_missing")
     return registry.artifacts.get_file_bytes(ref, filename)
 
 
-def _local_path(given: str, settings: FinetuneSettings, local_ok: bool) -> Path:
+def local_checkpoint_path(given: str, settings: FinetuneSettings, local_ok: bool) -> Path:
     root = settings.common.paths.resolved_model_dir()
     raw = Path(given).expanduser()
     path = (raw if raw.is_absolute() else root / raw).resolve()

@@ -1,12 +1,15 @@
 """The seam between the torch-free job kinds and the torch side of the detector jobs.
 
-A job kind's run is given a ``DetectorBackend`` by the worker (``usecases.training.TORCH``)
-and hands it plain data (datasets, folders, bytes of tensors), so the modules the API
-imports to submit jobs never load torch or ultralytics.
+A job kind's run is given ``Backends`` by the worker (``load_backend``: the detector-family
+table's ``backend`` row, imported on first use) and hands the family's ``DetectorBackend``
+plain data (datasets, folders, bytes of tensors), so the modules the API imports to submit
+jobs never load torch or ultralytics.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +21,7 @@ from services.finetune.ml.materialize import YoloDataFolder
 from services.finetune.params import CalibrationMethod, InitParams
 from shared.ml.hooks import TrainHooks
 from shared.schemas.detector import DetectorTrainConfig
+from shared.schemas.detector_families import DEFAULT_FAMILY, detector_family
 from shared.storage.base import ObjectStore
 
 
@@ -143,3 +147,24 @@ class DetectorBackend(Protocol):
         settings: FinetuneSettings,
     ) -> tuple[dict[str, Any], float]:
         """COCO mAP of an ONNX graph on ONNX Runtime (CPU) and its seconds in the model."""
+
+
+# The family name -> that family's backend; the worker passes ``load_backend``.
+Backends = Callable[[str], DetectorBackend]
+
+
+@functools.cache
+def load_backend(family: str = DEFAULT_FAMILY) -> DetectorBackend:
+    """The ``DetectorBackend`` the family table names for ``family``, imported now.
+
+    Raises:
+        InvalidInputError: an unknown family (code ``unknown_detector``).
+    """
+    module, _, attribute = detector_family(family).backend.partition(":")
+    backend: DetectorBackend = getattr(importlib.import_module(module), attribute)
+    return backend
+
+
+def model_family(metadata: dict[str, Any]) -> str:
+    """The family a detector version's manifest metadata records (older versions: YOLOv8)."""
+    return str(metadata.get("family") or DEFAULT_FAMILY)

@@ -1,7 +1,8 @@
-"""The torch side of the detector jobs (``DetectorBackend``): training, export, evaluation, INT8.
+"""The YOLOv8 family's torch side (``DetectorBackend``): training, export, evaluation, INT8.
 
-Only the worker and the CLI import this module; the job kinds receive it as ``TORCH``, so
-the API that submits their jobs never loads torch or ultralytics.
+Only the worker and the CLI import this module; the job kinds receive it through
+``ml.backend.load_backend`` (the detector-family table's row), so the API that submits
+their jobs never loads torch or ultralytics.
 """
 
 from __future__ import annotations
@@ -19,6 +20,13 @@ import torch
 import yaml
 
 from services.finetune.config import FinetuneSettings
+from services.finetune.ml.backend import (
+    PackagedDetector,
+    QuantizedDetector,
+    TrainedRun,
+    TrainRequest,
+    WeightsInfo,
+)
 from services.finetune.ml.checkpoint import DetectorCheckpoint
 from services.finetune.ml.dataset import DetectionDataset
 from services.finetune.ml.detector import TransferReport, build_detector, detector_from_checkpoint
@@ -36,14 +44,7 @@ from services.finetune.ml.quantize import (
 )
 from services.finetune.ml.train import TrainResult, resume_training, run_training
 from services.finetune.params import CalibrationMethod
-from services.finetune.usecases.backend import (
-    PackagedDetector,
-    QuantizedDetector,
-    TrainedRun,
-    TrainRequest,
-    WeightsInfo,
-)
-from services.finetune.usecases.start_weights import resolve_init
+from services.finetune.runtime.start_weights import resolve_init
 from shared.errors import SuiteError, UnavailableError
 from shared.ml.device import resolve_device
 from shared.schemas.detector import DetectorTrainConfig
@@ -259,14 +260,7 @@ def transfer_summary(report: TransferReport | None) -> dict[str, Any] | None:
 
 def evaluation_doc(result: EvalResult) -> dict[str, Any]:
     """COCO mAP@0.5 and mAP@0.5:0.95, overall and per class (agssp-spec §5.4)."""
-    return {
-        "map50": result.map50,
-        "map50_95": result.map50_95,
-        "per_class": {
-            name: {"map50": ap.map50, "map50_95": ap.map50_95, "num_gt": ap.num_gt}
-            for name, ap in result.per_class.items()
-        },
-    }
+    return result.summary()
 
 
 def onnx_forward(path: Path) -> tuple[Callable[[torch.Tensor], torch.Tensor], list[float]]:

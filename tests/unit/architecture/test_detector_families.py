@@ -1,0 +1,81 @@
+"""The detector-family table is the one place that names a family: product code elsewhere
+reads the table, and each family's code is reached only through its row."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+from services.finetune.ml.backend import load_backend
+from services.inference.ml.layouts import DETECTORS
+from shared.schemas.detector_families import FAMILIES
+
+ROOT = Path(__file__).resolve().parents[3]
+PRODUCT = ("services", "shared", "agssp")
+TABLE = "shared/schemas/detector_families.py"
+
+
+def _backend_file(module: str) -> str:
+    return module.replace(".", "/") + ".py"
+
+
+def _product_files() -> list[Path]:
+    return sorted(p for top in PRODUCT for p in (ROOT / top).rglob("*.py"))
+
+
+def _string_constants(path: Path) -> set[str]:
+    """Whole string literals (parts of f-strings, such as ``f"yolov8{scale}.yaml"``, are
+    file names, not a family's id)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    parts = {
+        id(v) for node in ast.walk(tree) if isinstance(node, ast.JoinedStr) for v in node.values
+    }
+    return {
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in parts
+    }
+
+
+def test_only_the_table_and_each_familys_backend_spell_a_family_name() -> None:
+    # given: the table and, for each family, the module its row names
+    allowed = {name: {TABLE, _backend_file(row.backend.partition(":")[0])}
+               for name, row in FAMILIES.items()}  # fmt: skip
+    # when
+    found = {
+        (name, path.relative_to(ROOT).as_posix())
+        for path in _product_files()
+        for name in FAMILIES
+        if name in _string_constants(path)
+    }
+    # then
+    stray = sorted((name, where) for name, where in found if where not in allowed[name])
+    assert not stray, f"family names spelt outside the table and their backends: {stray}"
+
+
+def test_family_model_modules_are_imported_only_by_their_backends() -> None:
+    # given: Faster R-CNN's model module, reached only through its backend
+    backends = {_backend_file(row.backend.partition(":")[0]) for row in FAMILIES.values()}
+    model_module = "services.finetune.ml.faster_rcnn"
+    # when
+    importers = set()
+    for path in _product_files():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == model_module:
+                importers.add(path.relative_to(ROOT).as_posix())
+    # then
+    assert importers, "nothing imports the family's model module"
+    assert importers <= backends, importers
+
+
+def test_every_row_names_a_loadable_backend_and_a_served_layout() -> None:
+    for name, row in FAMILIES.items():
+        module, _, attribute = row.backend.partition(":")
+        backend = getattr(importlib.import_module(module), attribute)
+        assert backend is load_backend(name)
+        for method in ("prepare", "train", "package", "read_weights", "evaluate", "quantize"):
+            assert callable(getattr(backend, method)), (name, method)
+        assert row.output_layout in DETECTORS, (name, row.output_layout)
+        assert row.backbone_names(), f"{name} takes no known backbone"
