@@ -40,8 +40,12 @@ def _fail(exc: Exception) -> typer.Exit:
 def datasets_import(
     path: Annotated[Path, typer.Argument(help="dataset folder", exists=True, file_okay=False)],
     name: Annotated[str, typer.Option(help="dataset name in the store")],
-    fmt: Annotated[str, typer.Option("--format", help="voc, coco, yolo or masks")] = "voc",
-    images: Annotated[str, typer.Option(help="images folder inside PATH")] = "images",
+    fmt: Annotated[
+        str, typer.Option("--format", help="auto (recognise the layout), voc, coco, yolo, masks")
+    ] = "auto",
+    images: Annotated[
+        str | None, typer.Option(help="images folder inside PATH (default: as found)")
+    ] = None,
     annotations: Annotated[
         str | None, typer.Option(help="VOC folder, COCO file, YOLO labels or masks folder in PATH")
     ] = None,
@@ -51,6 +55,7 @@ def datasets_import(
     mini: Annotated[list[int] | None, typer.Option(help="store mini-N subsets of train")] = None,
 ) -> None:
     """Import a VOC/COCO/YOLO or images + masks folder as a stored dataset version."""
+    from services.finetune.ml.dataset_summary import summary_lines
     from services.finetune.params import DatasetImportParams
     from services.finetune.usecases.datasets import import_local_dataset
     from shared.errors import SuiteError
@@ -58,23 +63,27 @@ def datasets_import(
 
     settings, store = _context()
     try:
-        params = DatasetImportParams.model_validate(
-            {
-                "name": name,
-                "prefix": "local/",
-                "format": fmt,
-                "images": images,
-                "annotations": annotations,
-                "classes": classes.split(",") if classes else None,
-                "val_fraction": val_fraction,
-                "seed": seed,
-                "mini": mini or [],
-            }
-        )
+        body: dict[str, Any] = {
+            "name": name,
+            "prefix": "local/",
+            "format": fmt,
+            "annotations": annotations,
+            "classes": classes.split(",") if classes else None,
+            "val_fraction": val_fraction,
+            "seed": seed,
+            "mini": mini or [],
+        }
+        if images is not None:
+            body["images"] = images
+        params = DatasetImportParams.model_validate(body)
         ref, manifest = import_local_dataset(store, path.resolve(), params, new_job_id(), settings)
     except (SuiteError, ValueError) as exc:
         raise _fail(exc) from exc
-    typer.echo(str(ref))
+    typer.echo(f"{ref}: {manifest.get('layout', fmt)}")
+    for line in summary_lines(manifest["summary"]):
+        typer.echo(line)
+    for warning in manifest.get("warnings", []):
+        typer.echo(f"warning: {warning}", err=True)
     typer.echo(json.dumps({k: manifest[k] for k in ("classes", "images", "boxes", "splits")}))
 
 

@@ -14,7 +14,7 @@ from agssp import processes
 from agssp import services as table
 from agssp.anomaly import app as anomaly_app
 from agssp.demo import app as demo_app
-from agssp.finetune import finetune_app
+from agssp.finetune import datasets_app, finetune_app
 from agssp.follow import follow_command, wait_command
 from agssp.models import app as models_app
 from agssp.pipeline import app as pipeline_app
@@ -32,6 +32,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(models_app, name="models")
 app.add_typer(anomaly_app, name="maps")
 app.add_typer(finetune_app, name="finetune")
+app.add_typer(datasets_app, name="data", help="Labelled data sets: import any layout, list.")
 app.add_typer(store_app, name="store")
 app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(demo_app, name="demo")

@@ -115,11 +115,11 @@ def run(
     images: Annotated[str, typer.Option(help="unlabelled images: a local folder or a prefix")],
     labelled: Annotated[str, typer.Option(help="labelled set: a local folder or a prefix")],
     label_format: Annotated[
-        str, typer.Option("--format", help="voc, coco, yolo or masks")
-    ] = "yolo",
-    labelled_images: Annotated[str, typer.Option(help="images folder in the labelled set")] = (
-        "images"
-    ),
+        str, typer.Option("--format", help="auto (recognise the layout), voc, coco, yolo, masks")
+    ] = "auto",
+    labelled_images: Annotated[
+        str | None, typer.Option(help="images folder in the labelled set (default: as found)")
+    ] = None,
     annotations: Annotated[str | None, typer.Option(help="annotations in the labelled set")] = None,
     describe: Annotated[
         str | None, typer.Option(help="create the category: the object, e.g. 'steel strip'")

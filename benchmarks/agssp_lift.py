@@ -259,6 +259,7 @@ def import_dataset(args: argparse.Namespace, home: Path) -> tuple[str, dict[str,
         name=args.dataset, prefix="local/", format=source.format, images=source.images,
         annotations=source.annotations, val_fraction=args.val_fraction, seed=args.split_seed,
         mini=[args.labelled_per_class],
+        split_method="shuffle",  # the split every committed row of the state file was made on
     )  # fmt: skip
     version = f"lift-s{args.split_seed}-v{int(args.val_fraction * 100)}"
     ref = DatasetRef(args.dataset, version)

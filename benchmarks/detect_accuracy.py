@@ -52,7 +52,12 @@ def _train(data: Path, cache: Path, fields: dict[str, Any], max_train: int | Non
     TORCH.prepare(settings)
     store = FileObjectStore(cache / "store")
     params = DatasetImportParams(
-        name="neu-det", prefix="local/", format="voc", val_fraction=0.1, seed=fields["seed"]
+        name="neu-det",
+        prefix="local/",
+        format="voc",
+        val_fraction=0.1,
+        seed=fields["seed"],
+        split_method="shuffle",  # the split of the committed results
     )
     ref, _ = import_local_dataset(store, data, params, "bench", settings)
     train, images = load_split(store, ref, "train", cache / "data")

@@ -73,6 +73,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         format="voc",
         val_fraction=args.val_fraction,
         seed=args.seed,
+        split_method="shuffle",  # the split of the committed results
     )
     start = time.perf_counter()
     ref, manifest = import_local_dataset(store, args.data, params, "bench", settings)

@@ -31,6 +31,7 @@ from shared.storage.base import prefix_field, validate_key
 CalibrationMethod = Literal["minmax", "percentile"]  # of the INT8 calibration
 
 DatasetFormat = Literal["voc", "coco", "yolo", "masks"]
+SplitMethod = Literal["stratified", "shuffle"]
 TrainKind = Literal["agdp", "finetune"]
 # Hardware belongs to the worker (FINETUNE_DEVICE, FINETUNE_WORKERS), not to the request.
 RUNTIME_KEYS = frozenset({"device", "workers"})
@@ -136,8 +137,14 @@ class DatasetImportParams(BaseModel):
 
     name: str = Field(description="dataset name, e.g. 'neu-det'")
     prefix: str = Field(description="store prefix holding the images and annotations")
-    format: DatasetFormat
-    images: str = Field("images", description="images folder, relative to the prefix")
+    format: DatasetFormat | Literal["auto"] = Field(
+        "auto",
+        description="auto: recognise the layout (ultralytics data.yaml, YOLO folders, COCO, "
+        "VOC, masks) and keep the data set's own splits; or name the format",
+    )
+    images: str = Field(
+        "images", description="images folder, relative to the prefix (overrides detection)"
+    )
     annotations: str | None = Field(
         None,
         description="relative to the prefix; default 'annotations' (VOC XML folder), "
@@ -151,7 +158,21 @@ class DatasetImportParams(BaseModel):
         description="class names in id order; VOC default: sorted names found, COCO: its "
         f"categories, YOLO: {YOLO_CLASSES_FILE} or data.yaml",
     )
-    val_fraction: float = Field(0.1, ge=0, lt=1, description="share of images in 'val'")
+    val_fraction: float = Field(
+        0.1, ge=0, lt=1, description="share of images in 'val' (when the set has no val split)"
+    )
+    split_method: SplitMethod = Field(
+        "stratified",
+        description="stratified: every class and defect-free images in val, near duplicates "
+        "grouped; shuffle: the earlier split (groups of identical files only)",
+    )
+    keep_splits: bool = Field(True, description="keep the data set's own train/val/test splits")
+    min_labelled_share: float = Field(
+        0.2, ge=0, le=1, description="warn when fewer images than this carry an annotation"
+    )
+    summary_imgsz: int = Field(
+        640, ge=32, le=8192, description="input size the summary measures box sizes at"
+    )
     seed: int = Field(2024, ge=0, le=SEED_MAX, description="seed of the split and the mini subsets")
     mini: list[Annotated[int, Field(ge=1, le=100_000)]] = Field(
         default_factory=list,

@@ -16,7 +16,7 @@ from shared.storage.base import prefix_field
 
 MapMethod = Literal["auto", "kead", "tocoad", "provided"]
 PresetName = Literal["cpu-demo", "cpu", "gpu-paper"]
-LabelFormat = Literal["voc", "coco", "yolo", "masks"]
+LabelFormat = Literal["auto", "voc", "coco", "yolo", "masks"]
 Stage = Literal["staging", "production"]
 _NAME_PATTERN = r"^[a-z0-9][a-z0-9_\-]{0,62}$"
 
@@ -31,8 +31,12 @@ class LabelledSet(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     prefix: str | None = Field(None, description="store prefix of the labelled set to import")
-    format: LabelFormat = "yolo"
-    images: str = Field("images", description="images folder under the prefix ('.' = itself)")
+    format: LabelFormat = Field(
+        "auto", description="auto: the finetune service recognises the layout and its splits"
+    )
+    images: str | None = Field(
+        None, description="images folder under the prefix ('.' = itself); default: as found"
+    )
     annotations: str | None = Field(None, description="annotations folder/file; format default")
     classes: list[str] | None = Field(None, min_length=1, max_length=1000)
     dataset: str | None = Field(

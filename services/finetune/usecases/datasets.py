@@ -10,17 +10,26 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from services.finetune.config import FinetuneSettings
 from services.finetune.ml.coco import import_coco
 from services.finetune.ml.dataset import DetectionDataset
-from services.finetune.ml.image_files import IMAGE_SUFFIXES, content_hash
-from services.finetune.ml.splits import mini_subset, split_train_val
+from services.finetune.ml.dataset_summary import summarize
+from services.finetune.ml.image_files import (
+    IMAGE_SUFFIXES,
+    Fingerprint,
+    content_hash,
+    duplicate_groups,
+    fingerprint,
+)
+from services.finetune.ml.layout_detect import FoundLayout, SplitSource, detect_layout
+from services.finetune.ml.splits import mini_subset, split_stratified, split_train_val
 from services.finetune.ml.voc import import_voc
 from services.finetune.ml.yolo_format import import_yolo, read_class_names
-from services.finetune.params import DatasetFormat, DatasetImportParams
+from services.finetune.params import DatasetFormat, DatasetImportParams, SplitMethod
 from services.finetune.stores.datasets import DatasetCatalog, DatasetRef, download_all
 from services.finetune.usecases.common import submit, workspace
 from shared.errors import InvalidInputError
@@ -54,14 +63,36 @@ def submit_import(sender: TaskSender, jobs: JobStore, params: DatasetImportParam
     Raises:
         InvalidInputError: nothing under ``prefix`` (code source_empty).
     """
-    if not jobs.store.list(params.prefix):
+    keys = jobs.store.list(params.prefix)
+    if not keys:
         raise InvalidInputError(f"nothing is stored under {params.prefix!r}", code="source_empty")
+    _check_given_folders(params, [key[len(params.prefix) :] for key in keys])
     task = TaskName.FINETUNE_IMPORT_DATASET
     return submit(sender, jobs, IMPORT_KIND, task, params.model_dump(mode="json"))
 
 
+def _check_given_folders(params: DatasetImportParams, names: Sequence[str]) -> None:
+    """Refuse, before the job queues, folders given explicitly that hold nothing.
+
+    Raises:
+        InvalidInputError: code images_missing or annotations_missing, naming the folder.
+    """
+    given = params.model_fields_set
+    checks = [("images", params.images, "images_missing")] if "images" in given else []
+    if params.annotations is not None:
+        checks.append(("annotations", params.annotations, "annotations_missing"))
+    for what, folder, code in checks:
+        if folder == ".":
+            continue
+        inside = folder.rstrip("/") + "/"
+        if not any(n == folder or n.startswith(inside) for n in names):
+            raise InvalidInputError(
+                f"the {what} {folder!r} holds nothing under {params.prefix!r}", code=code
+            )
+
+
 def run_import_job(ctx: JobContext, settings: FinetuneSettings) -> list[str]:
-    """Download a VOC/COCO/YOLO folder from the store and publish it as ``name:<job id>``."""
+    """Download a labelled folder from the store and publish it as ``name:<job id>``."""
     params = DatasetImportParams.model_validate(ctx.params)
     ref = DatasetRef(params.name, ctx.job_id)
     if not ctx.store.exists(ref.key(MANIFEST_FILE)):
@@ -82,6 +113,9 @@ def run_import_job(ctx: JobContext, settings: FinetuneSettings) -> list[str]:
         images=manifest["images"],
         boxes=manifest["boxes"],
         splits=manifest["splits"],
+        layout=manifest.get("layout"),
+        warnings=manifest.get("warnings", []),
+        summary=manifest.get("summary"),
     )
     return [ref.key(MANIFEST_FILE)]
 
@@ -156,24 +190,35 @@ def _yolo_classes(root: Path, labels_dir: Path) -> list[str]:
     )
 
 
+@dataclass(frozen=True)
+class CheckedImages:
+    """Content hashes and fingerprints of the decodable images; names of the others."""
+
+    hashes: dict[str, str]
+    prints: dict[str, Fingerprint]
+    failed: list[str]
+
+
 def check_images(
     dataset: DetectionDataset, sources: Mapping[str, Path], limits: ImageLimits
-) -> dict[str, str]:
-    """Decode every image (format, byte and pixel caps), compare its size with the labels.
-
-    Returns:
-        file name -> SHA-256 of the file, the duplicate groups for :func:`build_splits`.
+) -> CheckedImages:
+    """Decode every image; undecodable ones are listed, not fatal.
 
     Raises:
-        InvalidInputError: an undecodable image or one whose size differs from the labels.
+        InvalidInputError: an image whose size differs from its labels (the labels would be
+            wrong), or not one image decodes (code no_decodable_images).
     """
-    hashes = {}
+    hashes: dict[str, str] = {}
+    prints: dict[str, Fingerprint] = {}
+    failed = []
     for image in dataset.images:
         data = sources[image.file_name].read_bytes()
         try:
             decoded = decode_image(data, limits)
         except InvalidInputError as exc:
-            raise InvalidInputError(f"{image.file_name}: {exc.message}", code=exc.code) from exc
+            log.warning("%s: %s", image.file_name, exc.message)
+            failed.append(image.file_name)
+            continue
         if (decoded.width, decoded.height) != (image.width, image.height):
             raise InvalidInputError(
                 f"{image.file_name}: labels say {image.width}x{image.height}, the image is "
@@ -181,21 +226,56 @@ def check_images(
                 code="image_size_mismatch",
             )
         hashes[image.file_name] = content_hash(data)
-    return hashes
+        prints[image.file_name] = fingerprint(decoded.array)
+    if dataset.images and not hashes:
+        raise InvalidInputError(
+            f"none of the {len(dataset.images)} images could be decoded (e.g. {failed[:3]})",
+            code="no_decodable_images",
+        )
+    return CheckedImages(hashes, prints, failed)
 
 
 def build_splits(
     dataset: DetectionDataset,
-    hashes: dict[str, str],
+    groups: dict[str, str],
     val_fraction: float,
     seed: int,
     mini: Iterable[int] = (),
+    method: SplitMethod = "stratified",
 ) -> dict[str, list[str]]:
-    """``train``/``val`` (byte-identical images stay on one side) and ``mini-N`` of train."""
-    train, val = split_train_val(dataset, val_fraction, seed, groups=hashes)
+    """``train``/``val`` (each duplicate group on one side) and ``mini-N`` of train."""
+    split = split_stratified if method == "stratified" else split_train_val
+    train, val = split(dataset, val_fraction, seed, groups)
     splits = {"train": _names(train), "val": _names(val)}
     for n in mini:
         splits[f"mini-{n}"] = _names(mini_subset(train, n, seed))
+    return splits
+
+
+def own_splits(
+    dataset: DetectionDataset,
+    given: Mapping[str, list[str]],
+    groups: dict[str, str],
+    params: DatasetImportParams,
+) -> dict[str, list[str]]:
+    """The data set's own splits (less undecodable images); a set without a ``val`` split
+    gets one drawn from ``train`` (or from everything) as :func:`build_splits` draws it, and
+    ``mini-N`` subsets come from ``train``."""
+    present = {im.file_name for im in dataset.images}
+    splits = {name: [n for n in names if n in present] for name, names in given.items()}
+    base = "train" if "train" in splits else None
+    if "val" not in splits:
+        pool = dataset.subset(splits.pop(base) if base else sorted(present))
+        drawn = build_splits(
+            pool, groups, params.val_fraction, params.seed, (), params.split_method
+        )
+        splits.update(drawn)
+        base = "train"
+    if base is None:
+        return splits  # val and test only: nothing to train on is stored as given
+    train = dataset.subset(splits[base])
+    for n in params.mini:
+        splits[f"mini-{n}"] = _names(mini_subset(train, n, params.seed))
     return splits
 
 
@@ -241,21 +321,189 @@ def import_dataset(
     limits: ImageLimits,
     source: str,
 ) -> tuple[DatasetRef, dict[str, Any]]:
-    """Folder -> checked, split, stored version ``params.name:version``."""
-    dataset, sources = import_folder(
-        root, params.format, params.images, params.annotations, params.classes
+    """Folder -> recognised, checked, split, summarised, stored version ``params.name:version``.
+
+    Raises:
+        InvalidInputError: no layout recognised (unknown_layout), annotations missing or
+            matching no image (annotations_missing, annotations_unmatched), malformed
+            annotations, or no decodable image.
+    """
+    layout = resolve_layout(root, params)
+    parsed = parse_layout(root, layout, params.classes)
+    warnings = list(layout.notes) + coverage_warnings(parsed, params.min_labelled_share)
+    checked = check_images(parsed.dataset, parsed.sources, limits)
+    if checked.failed:
+        warnings.append(f"{len(checked.failed)} images could not be decoded and were left out: "
+                        f"{checked.failed[:10]}")  # fmt: skip
+    dataset = parsed.dataset.subset(list(checked.hashes))
+    # The shuffle split is the earlier one: byte-identical groups only, so its splits repeat.
+    groups = (
+        duplicate_groups(checked.hashes, checked.prints)
+        if params.split_method == "stratified"
+        else dict(checked.hashes)
     )
-    hashes = check_images(dataset, sources, limits)
-    splits = build_splits(dataset, hashes, params.val_fraction, params.seed, params.mini)
+    if params.keep_splits and parsed.splits is not None:
+        splits = own_splits(dataset, parsed.splits, groups, params)
+    else:
+        splits = build_splits(
+            dataset, groups, params.val_fraction, params.seed, params.mini, params.split_method
+        )
+    summary = summarize(
+        dataset, splits, params.summary_imgsz, labelled=parsed.labelled, groups=groups,
+        failed=checked.failed,
+    )  # fmt: skip
     info = {
-        "format": params.format,
+        "format": layout.format,
+        "layout": layout.description,
         "source": source,
         "seed": params.seed,
         "val_fraction": params.val_fraction,
-        "duplicates": len(hashes) - len(set(hashes.values())),
+        "split_method": params.split_method,
+        "duplicates": len(checked.hashes) - len(set(checked.hashes.values())),
+        "near_duplicate_groups": summary["duplicates"]["groups"],
+        "warnings": warnings,
+        "summary": summary,
     }
+    for warning in warnings:
+        log.warning("import %s: %s", params.name, warning)
     ref = DatasetRef(params.name, version)
-    return ref, store_dataset(store, ref, dataset, sources, splits, info)
+    return ref, store_dataset(store, ref, dataset, parsed.sources, splits, info)
+
+
+def resolve_layout(root: Path, params: DatasetImportParams) -> FoundLayout:
+    """The layout to import: the named format with the given folders, or the one found
+    (``format: auto``), where folders given explicitly still override what was found."""
+    given = {k for k in ("images", "annotations") if getattr(params, k) is not None} & (
+        params.model_fields_set
+    )
+    if params.format != "auto":
+        annotations = params.annotations or DEFAULT_ANNOTATIONS[params.format]
+        split = SplitSource("all", params.images, annotations)
+        return FoundLayout(params.format, (split,), None, None, f"{params.format} (given)")
+    found = detect_layout(root)
+    if not given:
+        return found
+    first = found.splits[0]
+    images = params.images if "images" in given else first.images
+    annotations = params.annotations if params.annotations is not None else first.annotations
+    split = SplitSource("all", images, annotations)
+    return replace(found, splits=(split,), description=f"{found.description}, folders given")
+
+
+@dataclass(frozen=True)
+class ParsedLayout:
+    """Every split of a layout parsed into one dataset.
+
+    ``splits`` holds the data set's own splits (None when it defines none); ``labelled``
+    the images whose annotation file exists (None where the format lists annotated images
+    only).
+    """
+
+    dataset: DetectionDataset
+    sources: dict[str, Path]
+    splits: dict[str, list[str]] | None
+    labelled: set[str] | None
+    where: list[str]
+
+
+def parse_layout(root: Path, layout: FoundLayout, classes: Sequence[str] | None) -> ParsedLayout:
+    """Parse each split with the format's importer; names that collide across splits are
+    prefixed with their split (``val__0001.jpg``)."""
+    names = list(classes) if classes is not None else layout.classes
+    parts = []
+    for split in layout.splits:
+        _require_annotations(root, layout.format, split)
+        dataset, sources = import_folder(
+            root, layout.format, split.images, split.annotations, names
+        )
+        names = names or list(dataset.classes)
+        if list(dataset.classes) != names:
+            raise InvalidInputError(
+                f"split {split.name!r} has classes {dataset.classes}, another has {names}",
+                code="invalid_dataset",
+            )
+        parts.append((split, dataset, sources))
+    return _merge(root, layout, parts)
+
+
+def _require_annotations(root: Path, fmt: str, split: SplitSource) -> None:
+    target = root / split.annotations
+    if fmt in ("yolo", "masks", "voc") and not target.is_dir():
+        raise InvalidInputError(
+            f"the annotations folder {split.annotations!r} does not exist under {root} "
+            f"(images: {split.images!r}); pass --annotations",
+            code="annotations_missing",
+        )
+
+
+def _merge(
+    root: Path,
+    layout: FoundLayout,
+    parts: list[tuple[SplitSource, DetectionDataset, dict[str, Path]]],
+) -> ParsedLayout:
+    seen: dict[str, int] = {}
+    for _, dataset, _ in parts:
+        for image in dataset.images:
+            seen[image.file_name] = seen.get(image.file_name, 0) + 1
+    prefix = len(parts) > 1 and any(count > 1 for count in seen.values())
+    images, sources, splits, labelled = [], {}, {}, set()
+    unmatched = []
+    for split, dataset, found in parts:
+        marks = _annotated(root, layout.format, split, found)
+        if marks is not None and dataset.images and not marks:
+            unmatched.append((split, sorted(found)[:3]))
+        names = []
+        for image in dataset.images:
+            name = f"{split.name}__{image.file_name}" if prefix else image.file_name
+            images.append(image.model_copy(update={"file_name": name}))
+            sources[name] = found[image.file_name]
+            names.append(name)
+            if marks is None or image.file_name in marks:
+                labelled.add(name)
+        splits[split.name] = names
+    if unmatched:
+        split, examples = unmatched[0]
+        raise InvalidInputError(
+            f"no image in {split.images!r} has an annotation in {split.annotations!r} "
+            f"(images such as {examples}): the annotations folder matches none of them; "
+            "check --images and --annotations",
+            code="annotations_unmatched",
+        )
+    dataset = DetectionDataset(classes=parts[0][1].classes, images=images)
+    own = splits if layout.named_splits else None
+    # A YOLO image without a label file may be unlabelled; a masks image without a mask is
+    # defect-free by the layout's own convention, like VOC's and COCO's listed images.
+    marked = labelled if layout.format == "yolo" else None
+    return ParsedLayout(dataset, sources, own, marked, [s.annotations for s, _, _ in parts])
+
+
+def _annotated(
+    root: Path, fmt: str, split: SplitSource, sources: Mapping[str, Path]
+) -> set[str] | None:
+    """Images (by file name) whose annotation file exists (a label file, a mask); None for
+    VOC and COCO, which list annotated images only."""
+    target = root / split.annotations
+    if fmt == "yolo":
+        return {n for n, path in sources.items() if (target / f"{path.stem}.txt").is_file()}
+    if fmt == "masks":
+        from services.finetune.ml.masks import find_mask
+
+        images = root / split.images
+        return {n for n, path in sources.items() if find_mask(path, images, target) is not None}
+    return None
+
+
+def coverage_warnings(parsed: ParsedLayout, min_share: float) -> list[str]:
+    """A warning when fewer than ``min_share`` of the images carry an annotation."""
+    if parsed.labelled is None or not parsed.dataset.images:
+        return []
+    total, have = len(parsed.dataset.images), len(parsed.labelled)
+    if have >= min_share * total:
+        return []
+    return [
+        f"only {have} of {total} images have an annotation in {parsed.where}; the other "
+        f"{total - have} are imported as defect-free. If they are not, check --annotations"
+    ]
 
 
 def download_prefix(

@@ -184,12 +184,13 @@ def _dataset_call(record: PipelineRecord) -> Call | None:
         "name": dataset_name(req),
         "prefix": labelled.prefix,
         "format": labelled.format,
-        "images": labelled.images,
         "annotations": labelled.annotations,
         "classes": labelled.classes,
         "val_fraction": req.val_fraction,
         "seed": req.seed,
     }
+    if labelled.images is not None:
+        body["images"] = labelled.images
     return Call("finetune", "POST", "/v1/datasets", body)
 
 

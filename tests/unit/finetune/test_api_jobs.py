@@ -250,6 +250,23 @@ def test_dataset_import_from_an_empty_prefix_is_a_422(
     assert response.json()["code"] == "source_empty"
 
 
+@pytest.mark.parametrize(
+    ("given", "code"),
+    [({"annotations": "labelz"}, "annotations_missing"), ({"images": "pics"}, "images_missing")],
+)
+def test_a_named_folder_that_holds_nothing_is_a_422_naming_it(
+    client: tuple[TestClient, FakeSender], given: dict[str, str], code: str
+) -> None:
+    # when a folder is named that the uploaded set does not have
+    body = {"name": "steel", "prefix": "uploads/steel", "format": "yolo", **given}
+    response = client[0].post("/v1/datasets", json=body)
+    # then
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == code
+    assert next(iter(given.values())) in response.json()["detail"]
+    assert not client[1].sent
+
+
 def test_a_non_json_body_is_a_422_and_the_app_keeps_serving(
     client: tuple[TestClient, FakeSender],
 ) -> None:

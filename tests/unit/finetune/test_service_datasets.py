@@ -138,16 +138,33 @@ def test_coco_import_keeps_the_category_order(
     assert manifest["boxes"] == 4
 
 
-def test_a_corrupt_image_fails_the_import_and_publishes_nothing(
+def test_a_corrupt_image_is_left_out_and_named(
     store: FileObjectStore, voc_root: Path, tmp_path: Path
 ) -> None:
     # given
     root = shutil.copytree(voc_root, tmp_path / "broken")
     (root / "images" / "img_003.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     # when
-    with pytest.raises(InvalidInputError, match=r"img_003\.png"):
+    manifest = _import(store, root, "v1")
+    # then the rest is stored, and the summary and the warnings name the bad file
+    assert manifest["images"] == 12
+    assert manifest["summary"]["failed_to_decode"] == ["img_003.png"]
+    assert any("img_003.png" in warning for warning in manifest["warnings"])
+    assert not store.exists("datasets/set/v1/images/img_003.png")
+
+
+def test_a_set_with_no_decodable_image_is_refused_and_publishes_nothing(
+    store: FileObjectStore, voc_root: Path, tmp_path: Path
+) -> None:
+    # given
+    root = shutil.copytree(voc_root, tmp_path / "all-broken")
+    for image in (root / "images").glob("*.png"):
+        image.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    # when
+    with pytest.raises(InvalidInputError) as caught:
         _import(store, root, "v1")
     # then
+    assert caught.value.code == "no_decodable_images"
     assert DatasetCatalog(store).names() == []
 
 
