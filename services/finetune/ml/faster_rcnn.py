@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
@@ -40,6 +41,7 @@ from shared.ml.backbones.base import Backbone
 from shared.ml.backbones.factory import create_backbone
 from shared.ml.backbones.weights import DEFAULT_MIN_MATCH
 
+FPN_CHANNELS = 256
 FPN_STAGES = (1, 2, 3, 4)  # ResNet layer1..layer4 (agssp-spec §4.4 stage numbering)
 DEFAULT_MEAN = (0.485, 0.456, 0.406)  # used when the start weights record no statistics
 DEFAULT_STD = (0.229, 0.224, 0.225)
@@ -61,6 +63,8 @@ class FasterRcnnConfig:
         hflip: probability of a horizontal flip per image in training.
         rois_per_image: proposals per image the box head trains on (torchvision's 512; the
             box head's 12544 x 1024 layer over them is most of a step's cost on a CPU).
+        head_dim: width of the box head's two layers (torchvision's 1024: 13 M of the
+            model's weights; test-only backbones get a narrow head, ``head_width``).
         score_thresh: lowest score kept at prediction (low, for mAP).
         max_dets: detections kept per image.
         mean, std: input normalisation (the start weights' own when they record them).
@@ -78,6 +82,7 @@ class FasterRcnnConfig:
     warmup_iters: int = 50
     hflip: float = 0.5
     rois_per_image: int = 512
+    head_dim: int = 1024
     score_thresh: float = 0.001
     max_dets: int = 100
     mean: tuple[float, float, float] = DEFAULT_MEAN
@@ -154,9 +159,11 @@ def build_faster_rcnn(
     anchors = AnchorGenerator(
         sizes=tuple((s,) for s in config.anchor_sizes), aspect_ratios=((0.5, 1.0, 2.0),) * levels
     )
+    pooled = 7  # torchvision's MultiScaleRoIAlign output side
+    head = TwoMLPHead(FPN_CHANNELS * pooled * pooled, config.head_dim)
     return FasterRCNN(
-        FpnBackbone(body),
-        num_classes=num_classes + 1,  # torchvision's class 0 is the background
+        FpnBackbone(body, FPN_CHANNELS),
+        num_classes=None,  # the predictor below has num_classes + 1 (0 is the background)
         min_size=config.imgsz,
         max_size=config.imgsz,
         image_mean=list(config.mean),
@@ -164,6 +171,8 @@ def build_faster_rcnn(
         rpn_anchor_generator=anchors,
         box_score_thresh=config.score_thresh,
         box_batch_size_per_image=config.rois_per_image,
+        box_head=head,
+        box_predictor=FastRCNNPredictor(config.head_dim, num_classes + 1),
         box_detections_per_img=config.max_dets,
     )
 
@@ -561,3 +570,9 @@ def read_rgb(path: Path) -> np.ndarray:
     if image is None:
         raise InvalidInputError(f"{path}: missing or not a decodable image")
     return np.ascontiguousarray(image[..., ::-1])
+
+
+def head_width(test_only: bool) -> int:
+    """The box head's width: torchvision's 1024, or 128 for the tiny test backbones (their
+    checkpoints then stay a few MB, not 100)."""
+    return 128 if test_only else 1024

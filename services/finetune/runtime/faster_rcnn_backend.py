@@ -48,6 +48,7 @@ from services.finetune.ml.faster_rcnn import (
     checkpoint_of,
     decode_onnx,
     export_onnx,
+    head_width,
     load_tensors,
     model_from_checkpoint,
     onnx_input,
@@ -67,6 +68,7 @@ from services.finetune.stores.models import ModelRegistry
 from shared.errors import InvalidInputError, SuiteError, UnavailableError
 from shared.ml.backbones.base import LoadReport
 from shared.ml.device import resolve_device
+from shared.schemas.backbones import BACKBONES
 from shared.schemas.detector import DetectorTrainConfig
 from shared.schemas.detector_artifact import (
     CLASSES_FILE,
@@ -282,7 +284,9 @@ def architecture(config: DetectorTrainConfig) -> FasterRcnnConfig:
             code="invalid_config",
         )
     stages = max(s for layers, s in FROZEN_STAGES.items() if layers <= config.freeze)
+    backbone = BACKBONES[_backbone(config)]
     return FasterRcnnConfig(
+        head_dim=head_width(backbone.test_only),
         imgsz=config.imgsz,
         frozen_stages=stages,
         epochs=config.epochs,
