@@ -378,6 +378,23 @@ class Runner:
             self.save()
         return dict(done[key])
 
+    def harvest(self) -> None:
+        """Record every submitted finetune that has succeeded, whichever row the run waits
+        on: the rows are read in table order, the worker finishes them in queue order, and a
+        sitting cut short must keep every row it paid for (job ids die with the home)."""
+        done = self.state.setdefault("done", {})
+        for key, job_id in self.state.get("jobs", {}).items():
+            if key in done:
+                continue
+            record = self.http.get(f"{self.urls['finetune']}/v1/jobs/{job_id}").json()
+            metrics = record.get("outputs", {}).get("metrics")
+            if record.get("state") == "SUCCEEDED" and metrics:
+                done[key] = {
+                    "job": job_id,
+                    "map50": metrics["map50"],
+                    "map5095": metrics["map50_95"],
+                }
+
     def sittings(self) -> list[dict[str, Any]]:
         """This benchmark's sittings so far (each alone on the machine)."""
         found = self.state.get("sittings", [])
@@ -457,6 +474,7 @@ class Runner:
             if line != last:
                 print(line, flush=True)
                 last = line
+                self.harvest()
                 self.save()  # the sitting's last_seen: a cut run still counts its time
             if record["state"] in _END:
                 if record["state"] != "SUCCEEDED":
