@@ -105,7 +105,8 @@ def measure_int8_accuracy(
     *, epochs: int, imgsz: int, batch: int, calibration: int, max_train: int | None, seed: int = 0
 ) -> dict[str, Any]:
     """Train (or reuse the cached model), quantise, score both; the ``int8`` result block."""
-    from services.finetune.ml.predict import letterbox_batch, read_bgr
+    from services.finetune.ml.image_files import read_bgr
+    from services.finetune.ml.predict import letterbox_batch
     from services.finetune.ml.quantize import quantize_int8
 
     if not (NEU_DET / "annotations").is_dir():

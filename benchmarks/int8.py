@@ -73,7 +73,8 @@ def _versions() -> dict[str, Any]:
 
 def _letterboxed(cache: Path, split: str, imgsz: int, count: int | None) -> list[Any]:
     """Per-image (1, 3, imgsz, imgsz) batches of a split; a seeded sample of ``count``."""
-    from services.finetune.ml.predict import letterbox_batch, read_bgr
+    from services.finetune.ml.image_files import read_bgr
+    from services.finetune.ml.predict import letterbox_batch
 
     subset, images = _subset_dataset(cache, split)
     order = np.random.default_rng(0).permutation(len(subset.images))[:count]

@@ -141,10 +141,6 @@ def check_backbone(family: str, backbone: str | None) -> str | None:
     return backbone
 
 
-def family_names() -> tuple[str, ...]:
-    return tuple(FAMILIES)
-
-
 def agbp_backbone(family: str, scale: str) -> str:
     """The backbone AGBP pretrains for a ``family`` detector of ``scale``: the family's
     default, else its backbone of that scale (YOLOv8-n: ``yolov8n``).

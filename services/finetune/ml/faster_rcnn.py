@@ -36,6 +36,7 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from services.finetune.ml.dataset import ScoredBox
+from services.finetune.ml.image_files import read_bgr
 from shared.errors import InvalidInputError
 from shared.ml.backbones.base import Backbone
 from shared.ml.backbones.factory import create_backbone
@@ -565,11 +566,7 @@ def read_rgb(path: Path) -> np.ndarray:
     Raises:
         InvalidInputError: missing or not a decodable image.
     """
-    data = np.fromfile(path, dtype=np.uint8) if path.is_file() else np.empty(0, np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None:
-        raise InvalidInputError(f"{path}: missing or not a decodable image")
-    return np.ascontiguousarray(image[..., ::-1])
+    return np.ascontiguousarray(read_bgr(path)[..., ::-1])
 
 
 def head_width(test_only: bool) -> int:

@@ -41,6 +41,17 @@ def read_image_size(path: Path) -> tuple[int, int]:
     return int(width), int(height)
 
 
+def read_bgr(path: Path) -> np.ndarray:
+    """Decode an image file to BGR uint8 (H, W, 3); gray images are expanded to 3 channels."""
+    import cv2  # here, not at import: the torch-free API imports this module
+
+    data = np.fromfile(path, dtype=np.uint8) if path.is_file() else np.empty(0, np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise InvalidInputError(f"{path}: missing or not a decodable image")
+    return image
+
+
 def content_hash(data: bytes) -> str:
     """SHA-256 hex digest of a file's bytes; equal digests mark byte-identical duplicates."""
     return hashlib.sha256(data).hexdigest()

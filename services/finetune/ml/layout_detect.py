@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
@@ -73,7 +73,6 @@ class FoundLayout:
     classes: list[str] | None = None
     task: str | None = None
     description: str = ""
-    notes: list[str] = field(default_factory=list)
 
     @property
     def named_splits(self) -> bool:

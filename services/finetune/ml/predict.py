@@ -11,14 +11,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import cast
 
-import cv2
 import numpy as np
 import torch
 
 from services.finetune.ml.dataset import DetectionDataset, ScoredBox
 from services.finetune.ml.detector import Detector
 from services.finetune.ml.evaluate import EvalResult, evaluate_detections
-from shared.errors import InvalidInputError
+from services.finetune.ml.image_files import read_bgr
 from shared.ml.device import resolve_device
 
 # (B, 3, S, S) float in [0, 1] -> raw head output (B, 4 + num_classes, anchors).
@@ -132,12 +131,3 @@ def predict_with(
         for name, boxes in zip(chunk, postprocess(raw, shapes, imgsz, conf, iou), strict=True):
             predictions[name] = boxes
     return predictions
-
-
-def read_bgr(path: Path) -> np.ndarray:
-    """Decode an image file to BGR uint8 (H, W, 3); gray images are expanded to 3 channels."""
-    data = np.fromfile(path, dtype=np.uint8) if path.is_file() else np.empty(0, np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None:
-        raise InvalidInputError(f"{path}: missing or not a decodable image")
-    return image

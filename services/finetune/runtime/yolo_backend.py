@@ -32,8 +32,9 @@ from services.finetune.ml.dataset import DetectionDataset
 from services.finetune.ml.detector import TransferReport, build_detector, detector_from_checkpoint
 from services.finetune.ml.evaluate import EvalResult, evaluate_detections
 from services.finetune.ml.export import check_onnx_matches, export_onnx
+from services.finetune.ml.image_files import read_bgr
 from services.finetune.ml.offline import configure_ultralytics_offline
-from services.finetune.ml.predict import evaluate_detector, letterbox_batch, predict_with, read_bgr
+from services.finetune.ml.predict import evaluate_detector, letterbox_batch, predict_with
 from services.finetune.ml.quantize import (
     CHECK_IMAGES,
     INT8_TOLERANCE,

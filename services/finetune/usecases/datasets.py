@@ -330,7 +330,7 @@ def import_dataset(
     """
     layout = resolve_layout(root, params)
     parsed = parse_layout(root, layout, params.classes)
-    warnings = list(layout.notes) + coverage_warnings(parsed, params.min_labelled_share)
+    warnings = coverage_warnings(parsed, params.min_labelled_share)
     checked = check_images(parsed.dataset, parsed.sources, limits)
     if checked.failed:
         warnings.append(f"{len(checked.failed)} images could not be decoded and were left out: "
