@@ -222,10 +222,13 @@ def train_faster_rcnn(
     config: FasterRcnnConfig,
     *,
     on_epoch: Callable[[EpochLog], bool] | None = None,
+    should_stop: Callable[[], bool] | None = None,
     device: torch.device | None = None,
     resume: Resume | None = None,
 ) -> list[EpochLog]:
-    """SGD over ``samples`` for ``config.epochs``; ``on_epoch`` returning False stops early.
+    """SGD over ``samples`` for ``config.epochs``; ``on_epoch`` returning False stops early,
+    and so does ``should_stop`` (asked before every batch, so a cancel on a slow device
+    does not wait for the epoch's end; the unfinished epoch is dropped, not logged).
 
     Each epoch seeds its own shuffle and torch's generator from ``(seed, epoch)``, so a run
     resumed after epoch k (``resume``, with the model's tensors from that epoch's checkpoint)
@@ -255,6 +258,9 @@ def train_faster_rcnn(
         rng.shuffle(order)
         sums: dict[str, float] = {}
         for start in range(0, len(order), config.batch):
+            if should_stop is not None and should_stop():
+                model.eval()
+                return logs
             chosen = [samples[i] for i in order[start : start + config.batch]]
             images, targets = _batch(chosen, config.imgsz, config.hflip, rng)
             losses = model([i.to(device) for i in images], [

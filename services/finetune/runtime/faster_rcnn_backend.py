@@ -63,6 +63,7 @@ from services.finetune.runtime.start_weights import (
     artifact_file,
     backbone_tensors,
     local_checkpoint_path,
+    transfer_doc,
 )
 from services.finetune.stores.models import ModelRegistry
 from shared.errors import InvalidInputError, SuiteError, UnavailableError
@@ -87,6 +88,7 @@ LAST_STATE = "last_state.pt"
 # ultralytics ``freeze`` (first N layers of YOLOv8) -> frozen ResNet stages (-1: none,
 # 0: the stem, k: the stem and stages 1..k); the inverse of params.FROZEN_STAGE_LAYERS.
 FROZEN_STAGES = {0: -1, 1: 0, 3: 1, 5: 2, 7: 3, 10: 4}
+_SKIPPED_LISTED = 50  # skipped tensors named in a transfer summary
 ONNX_CHECK_PX = 1.0  # largest box difference (px) between ONNX Runtime and torch accepted
 
 
@@ -132,13 +134,17 @@ class FasterRcnnBackend:
             hooks.on_checkpoint({"path": str(state_path), "epoch": epoch.epoch, "config": meta})
             message = f"epoch {epoch.epoch}/{arch.epochs} loss {epoch.losses.get('loss', 0):.3f}"
             hooks.on_progress(100.0 * epoch.epoch / arch.epochs, message, epoch.losses)
-            stopped[0] = hooks.should_stop()
-            return not stopped[0]
+            return not stop_now()
+
+        def stop_now() -> bool:
+            stopped[0] = stopped[0] or hooks.should_stop()
+            return stopped[0]
 
         device = resolve_device(config.device)
         logs = train_faster_rcnn(
-            model, samples, arch, on_epoch=on_epoch, device=device, resume=resume
-        )
+            model, samples, arch, on_epoch=on_epoch, should_stop=stop_now, device=device,
+            resume=resume,
+        )  # fmt: skip
         done = logs[-1].epoch if logs else (resume.epochs_done if resume else 0)
         checkpoint = checkpoint_of(model, classes, backbone, arch, _train_doc(config))
         weights = checkpoint.to_bytes()
@@ -378,28 +384,19 @@ def _start_detector(request: TrainRequest, init: InitParams) -> FasterRcnnCheckp
 def _backbone_summary(report: LoadReport | None, target_total: int) -> dict[str, Any] | None:
     if report is None:
         return None
-    skipped = [[key, "missing"] for key in report.missing] + [
-        [key, "shape"] for key in report.shape_mismatch
+    skipped = [(key, "missing") for key in report.missing] + [
+        (key, "shape") for key in report.shape_mismatch
     ]
-    return {
-        "loaded": report.matched,
-        "total": report.total,
-        "fraction": report.ratio,
-        "target_total": target_total,
-        "fresh": target_total - report.matched,
-        "skipped": skipped[:50],
-    }
+    return transfer_doc(
+        report.matched, report.total, report.ratio, target_total, skipped, _SKIPPED_LISTED
+    )
 
 
 def _detector_summary(transfer: Transfer) -> dict[str, Any]:
-    return {
-        "loaded": transfer.loaded,
-        "total": transfer.total,
-        "fraction": transfer.fraction,
-        "target_total": transfer.target_total,
-        "fresh": transfer.target_total - transfer.loaded,
-        "skipped": [list(item) for item in transfer.skipped[:50]],
-    }
+    return transfer_doc(
+        transfer.loaded, transfer.total, transfer.fraction, transfer.target_total,
+        transfer.skipped, _SKIPPED_LISTED,
+    )  # fmt: skip
 
 
 def _train_doc(config: DetectorTrainConfig) -> dict[str, Any]:

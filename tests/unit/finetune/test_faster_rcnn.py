@@ -106,6 +106,26 @@ def test_an_on_epoch_hook_can_stop_training() -> None:
     assert [log.epoch for log in logs] == [1, 2]
 
 
+def test_a_cancel_stops_within_the_epoch_and_drops_its_partial_losses() -> None:
+    # given 3 batches an epoch, and a cancel asked for before the fifth batch
+    config = FasterRcnnConfig(
+        imgsz=64, anchor_sizes=(8, 16, 32, 64, 128), epochs=5, batch=2, rois_per_image=32
+    )
+    model = build_faster_rcnn(2, config, backbone=TINY)
+    asked = []
+
+    def should_stop() -> bool:
+        asked.append(True)
+        return len(asked) >= 5
+
+    # when
+    logs = train_faster_rcnn(model, _squares(6), config, should_stop=should_stop)
+    # then only the whole first epoch is logged, and no batch ran after the cancel
+    assert [log.epoch for log in logs] == [1]
+    assert len(asked) == 5
+    assert not model.training
+
+
 def test_the_onnx_export_decodes_to_the_torch_models_boxes(tmp_path: Path) -> None:
     ort = pytest.importorskip("onnxruntime")
     # given a model trained a little, so that it finds boxes
