@@ -7,7 +7,9 @@ Tensors from the registry load with ``weights_only`` (no pickled code); a local 
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -87,3 +89,24 @@ def local_checkpoint_path(given: str, settings: FinetuneSettings, local_ok: bool
     if not path.is_file():
         raise InvalidInputError(f"checkpoint {path} does not exist", code="init_weights_missing")
     return path
+
+
+def transfer_doc(
+    loaded: int,
+    total: int,
+    fraction: float,
+    target_total: int,
+    skipped: Sequence[Sequence[str]],
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """A counted weight transfer as job outputs and lineage record it, for every family:
+    tensors loaded of the source's ``total``, the ``target_total`` the model has (``fresh``
+    ones start random), and the skipped source tensors with why (the first ``limit``)."""
+    return {
+        "loaded": loaded,
+        "total": total,
+        "fraction": fraction,
+        "target_total": target_total,
+        "fresh": target_total - loaded,
+        "skipped": [list(item) for item in skipped[:limit]],
+    }

@@ -45,7 +45,7 @@ from services.finetune.ml.quantize import (
 )
 from services.finetune.ml.train import TrainResult, resume_training, run_training
 from services.finetune.params import CalibrationMethod
-from services.finetune.runtime.start_weights import resolve_init
+from services.finetune.runtime.start_weights import resolve_init, transfer_doc
 from shared.errors import SuiteError, UnavailableError
 from shared.ml.device import resolve_device
 from shared.schemas.detector import DetectorTrainConfig
@@ -249,14 +249,9 @@ def transfer_summary(report: TransferReport | None) -> dict[str, Any] | None:
     """A transfer report for job outputs and lineage (None for a random start)."""
     if report is None:
         return None
-    return {
-        "loaded": report.loaded,
-        "total": report.total,
-        "fraction": report.fraction,
-        "target_total": report.target_total,
-        "fresh": report.target_total - report.loaded,
-        "skipped": [list(item) for item in report.skipped],
-    }
+    return transfer_doc(
+        report.loaded, report.total, report.fraction, report.target_total, report.skipped
+    )
 
 
 def evaluation_doc(result: EvalResult) -> dict[str, Any]:
