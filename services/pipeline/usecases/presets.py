@@ -17,12 +17,15 @@ from shared.schemas.detector_families import DEFAULT_FAMILY, agbp_backbone
 
 @dataclass(frozen=True)
 class Preset:
-    """Configs per step; ``tocoad`` names the anomaly-map service's own ToCoAD preset."""
+    """Configs per step; ``tocoad`` names the anomaly-map service's own ToCoAD preset;
+    ``families`` lays a detector family's own values over a step's (family -> step ->
+    values), where the default recipe does not suit it."""
 
     tocoad: str
     agbp: dict[str, Any] = field(default_factory=dict)
     agdp: dict[str, Any] = field(default_factory=dict)
     finetune: dict[str, Any] = field(default_factory=dict)
+    families: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
 
 _CPU_AGBP = {"objective": "distill", "amp": False, "num_workers": 0, "checkpoint_every": 0}
@@ -38,12 +41,17 @@ _DEMO_FINETUNE = {
     "lr0": 0.01, "warmup_epochs": 0, "close_mosaic": 20,
 }  # fmt: skip
 
+_FRCNN_SMOKE = {"epochs": 12, "batch": 4, "imgsz": 160, "patience": 0, "lr0": 0.01}
+
 PRESETS: dict[PresetName, Preset] = {
     "cpu-demo": Preset(
         tocoad="tiny",
         agbp={**_CPU_AGBP, "epochs": 3, "batch_size": 8, "input_size": 128, "resize_base": 128},
         agdp={"epochs": 3, "batch": 8, "imgsz": 160},
         finetune=_DEMO_FINETUNE,
+        # A ResNet-50 Faster R-CNN costs several times a YOLOv8n step on a CPU: the smoke
+        # run keeps its epochs few and its batches small so the demo still ends in minutes.
+        families={"faster-rcnn": {"agdp": {"epochs": 2, "batch": 4}, "finetune": _FRCNN_SMOKE}},
     ),
     # AGBP and AGDP epochs from the knee of benchmarks/results/agssp_budget.json (NEU-DET
     # mini-10, pool 600, 160 px, 3 seeds): mAP@0.5 6.3 +- 2.6 from scratch, 7.9 +- 1.0 after
@@ -74,7 +82,11 @@ def step_config(
     family builds on (for YOLOv8, the one of the requested scale), and the detector steps
     name a family other than the default.
     """
-    base: dict[str, Any] = dict(getattr(PRESETS[preset], step))
+    chosen = PRESETS[preset]
+    base: dict[str, Any] = {
+        **getattr(chosen, step),
+        **chosen.families.get(detector, {}).get(step, {}),
+    }
     if step == "agbp":
         base["backbone"] = agbp_backbone(detector, scale)
     elif detector != DEFAULT_FAMILY:
