@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.pipeline.params import PresetName
-from shared.schemas.detector_families import DEFAULT_FAMILY, agbp_backbone
+from shared.schemas.detector_families import DEFAULT_FAMILY, FASTER_RCNN, agbp_backbone
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ PRESETS: dict[PresetName, Preset] = {
         finetune=_DEMO_FINETUNE,
         # A ResNet-50 Faster R-CNN costs several times a YOLOv8n step on a CPU: the smoke
         # run keeps its epochs few and its batches small so the demo still ends in minutes.
-        families={"faster-rcnn": {"agdp": {"epochs": 2, "batch": 4}, "finetune": _FRCNN_SMOKE}},
+        families={FASTER_RCNN: {"agdp": {"epochs": 2, "batch": 4}, "finetune": _FRCNN_SMOKE}},
     ),
     # AGBP and AGDP epochs from the knee of benchmarks/results/agssp_budget.json (NEU-DET
     # mini-10, pool 600, 160 px, 3 seeds): mAP@0.5 6.3 +- 2.6 from scratch, 7.9 +- 1.0 after
