@@ -22,7 +22,12 @@ FORWARDED_RESPONSE = (
     "retry-after",
     "www-authenticate",
     "x-request-id",
+    "content-disposition",  # with the two below: a stored .html or .svg stays a download,
+    "content-security-policy",  # or a sandboxed report, on the console's origin too
+    "x-content-type-options",
 )
+# Set on every proxied answer whatever the API said: the console's origin never sniffs.
+ALWAYS = {"X-Content-Type-Options": "nosniff"}
 ALLOWED_PATH = re.compile(r"^(v1/[A-Za-z0-9._~:@%+=,\-/]*|detect|healthz|readyz)$")
 
 
@@ -97,4 +102,5 @@ async def forward(
             f"the {service} API is not reachable ({url}): {type(exc).__name__}: {exc}"
         ) from exc
     kept = {k: v for k, v in response.headers.items() if k.lower() in FORWARDED_RESPONSE}
+    kept = {k: v for k, v in kept.items() if k.lower() != "x-content-type-options"} | ALWAYS
     return Forwarded(response.status_code, response.content, kept)

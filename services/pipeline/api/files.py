@@ -48,4 +48,4 @@ def list_objects(
 def get_object(key: str, pipelines: PipelinesDep) -> StreamingResponse:
     """One stored object (an overlay, a loss curve, a map, a report, a model file)."""
     chunks, media = files.read_file(pipelines.store, key)
-    return StreamingResponse(chunks, media_type=media)
+    return StreamingResponse(chunks, media_type=media, headers=files.object_headers(key))

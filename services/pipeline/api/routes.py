@@ -12,8 +12,9 @@ from services.pipeline.api.deps import PipelinesDep
 from services.pipeline.params import PipelineRequest
 from services.pipeline.stores.pipelines import PipelineRecord, PipelineSummary
 from services.pipeline.usecases import pipelines as service
+from services.pipeline.usecases.files import REPORT_HEADERS
 from services.pipeline.usecases.presets import PRESETS
-from shared.http.scopes import require_scope
+from shared.http.scopes import open_route, require_scope
 
 router = APIRouter(prefix="/v1", tags=["pipelines"])
 TRAIN = [require_scope("train")]
@@ -60,10 +61,14 @@ def resume_pipeline(pipeline_id: str, pipelines: PipelinesDep) -> PipelineRecord
 def pipeline_report(pipeline_id: str, pipelines: PipelinesDep) -> Response:
     """The self-contained HTML report (written when the pipeline's last step ran)."""
     pipelines.get(pipeline_id)  # 404 pipeline_not_found before report_not_ready
-    return Response(pipelines.report(pipeline_id), media_type="text/html; charset=utf-8")
+    return Response(
+        pipelines.report(pipeline_id), media_type="text/html; charset=utf-8",
+        headers=REPORT_HEADERS,
+    )  # fmt: skip
 
 
-@router.get("/presets", dependencies=[require_scope("inspect")])
+@router.get("/presets", dependencies=[open_route()])
 def presets() -> dict[str, Any]:
-    """What each preset sends to the training steps (before a request's overrides)."""
+    """What each preset sends to the training steps (before a request's overrides); open to
+    every caller, since a key that may start pipelines must see what they will send."""
     return {name: asdict(preset) for name, preset in PRESETS.items()}

@@ -9,14 +9,20 @@ reports) to anyone holding a ``train`` key.
 from __future__ import annotations
 
 import mimetypes
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from urllib.parse import quote
 
+from services.pipeline.stores.pipelines import PREFIX, REPORT_FILE
 from shared.errors import InvalidInputError
 from shared.storage.base import ObjectStore, listing_prefix, validate_key
 
 UPLOADS = "uploads/"
 MAX_LISTED = 5000
+# A pipeline's report, where the pipeline store writes it.
+_REPORT_KEY = re.compile(f"{re.escape(PREFIX)}[^/]+/{re.escape(REPORT_FILE)}")
+REPORT_HEADERS = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox"}
 
 
 @dataclass(frozen=True)
@@ -51,3 +57,20 @@ def read_file(store: ObjectStore, key: str) -> tuple[Iterator[bytes], str]:
     chunks = store.iter_chunks(validate_key(key))
     media = mimetypes.guess_type(key)[0] or "application/octet-stream"
     return chunks, media
+
+
+def object_headers(key: str) -> dict[str, str]:
+    """Response headers that keep a stored object from running as a page on our origin.
+
+    Anything may be uploaded (an ``.html``, an ``.svg`` with script), so every object is a
+    download (``Content-Disposition: attachment``) that the browser may not re-type
+    (``nosniff``); images still show in ``<img>``, which ignores the disposition. The one
+    exception is a pipeline's own report, shown inline but sandboxed (no script, an opaque
+    origin), as ``GET /v1/pipelines/{id}/report`` serves it.
+    """
+    if _REPORT_KEY.fullmatch(key):
+        return dict(REPORT_HEADERS)
+    name = key.rsplit("/", 1)[-1]
+    ascii_name = name.encode("ascii", "replace").decode().replace('"', "_").replace("?", "_")
+    disposition = f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name)}"
+    return {"X-Content-Type-Options": "nosniff", "Content-Disposition": disposition}

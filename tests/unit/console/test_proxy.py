@@ -48,6 +48,27 @@ def test_a_call_reaches_the_service_with_method_path_query_body_and_key(
     assert answer.headers["x-image-score"] == "0.7"
 
 
+def test_a_stored_page_stays_a_download_on_the_consoles_origin(
+    client: TestClient, upstream: Upstream
+) -> None:
+    # given an API serving an uploaded .html as an attachment (and forgetting nosniff)
+    upstream.handler = lambda request: httpx.Response(
+        200,
+        content=b"<script>alert(1)</script>",
+        headers={
+            "content-type": "text/html",
+            "content-disposition": 'attachment; filename="x.html"',
+            "content-security-policy": "sandbox",
+        },
+    )
+    # when the browser fetches it through the proxy
+    answer = client.get("/api/anomaly_map/v1/objects/uploads/x.html")
+    # then the disposition and policy survive, and the console adds nosniff itself
+    assert answer.headers["content-disposition"] == 'attachment; filename="x.html"'
+    assert answer.headers["content-security-policy"] == "sandbox"
+    assert answer.headers["x-content-type-options"] == "nosniff"
+
+
 def test_upstream_errors_come_back_as_they_are(client: TestClient, upstream: Upstream) -> None:
     # given
     upstream.handler = lambda request: httpx.Response(

@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -240,6 +241,38 @@ def test_uploads_land_under_uploads_and_results_can_be_read_back(
     assert listed["keys"] == [{"key": "uploads/line-3/a.png", "size": 10}]
 
 
+@pytest.mark.parametrize(
+    ("name", "body"),
+    [("page.html", b"<script>alert(1)</script>"), ("logo.svg", b"<svg onload='x()'/>"),
+     ("scan_01.png", b"\x89PNG")],
+)  # fmt: skip
+def test_stored_objects_are_downloads_that_the_browser_may_not_retype(
+    client: TestClient, name: str, body: bytes
+) -> None:
+    # given an upload that a browser would run as a page on the API's origin
+    assert client.put(f"/v1/uploads/x/{name}", content=body).status_code == 201
+    # when it is read back
+    got = client.get(f"/v1/objects/uploads/x/{name}")
+    # then it comes as an attachment named after the file, never sniffed
+    assert got.content == body
+    assert got.headers["x-content-type-options"] == "nosniff"
+    disposition = got.headers["content-disposition"]
+    assert disposition.startswith("attachment; filename=")
+    assert quote(name) in disposition
+    assert "content-security-policy" not in got.headers
+
+
+def test_a_report_is_shown_inline_but_sandboxed(client: TestClient, store: FileObjectStore) -> None:
+    # given a pipeline report where the pipeline store writes it
+    store.put_bytes("pipelines/p1/report.html", b"<html><body>report</body></html>")
+    # when it is read as an object
+    got = client.get("/v1/objects/pipelines/p1/report.html")
+    # then it renders inline, without script or our origin
+    assert got.headers["content-security-policy"] == "sandbox"
+    assert got.headers["x-content-type-options"] == "nosniff"
+    assert "content-disposition" not in got.headers
+
+
 def test_upload_and_read_errors_are_clear(client: TestClient) -> None:
     # when / then
     traversal = client.put("/v1/uploads/a/../../jobs/x.json", content=b"x")
@@ -269,5 +302,7 @@ def test_pipeline_routes_need_a_train_key(tmp_path: Path, store: FileObjectStore
             assert put.status_code == expected
         listed = client.get("/v1/pipelines", headers={"X-API-Key": camera})
         assert listed.status_code == 403
-        assert client.get("/v1/presets", headers={"X-API-Key": camera}).status_code == 200
+        for key in (camera, trainer):  # presets are open: the key that starts pipelines reads them
+            assert client.get("/v1/presets", headers={"X-API-Key": key}).status_code == 200
+        assert client.get("/v1/presets").status_code == 200
         assert client.post("/v1/pipelines", json=_body()).status_code == 401
