@@ -11,6 +11,7 @@ then runs unobserved; the pipeline follows only the job id it recorded).
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 Reporter = Callable[[PipelineRecord], str]
 _JOB_END = {"SUCCEEDED", "FAILED", "CANCELED"}
 _MAX_STEPS_PER_TICK = 20
+_LOCKS = tuple(threading.Lock() for _ in range(64))
 
 
 def check_request(request: PipelineRequest, store: ObjectStore) -> None:
@@ -77,19 +79,31 @@ def resume_pipeline(pipelines: PipelineStore, pipeline_id: str) -> PipelineRecor
     Raises:
         ConflictError: ``pipeline_not_resumable`` for a running or finished pipeline.
     """
-    record = pipelines.get(pipeline_id)
-    if record.state not in (PipelineState.FAILED, PipelineState.CANCELED):
-        raise ConflictError(
-            f"pipeline {pipeline_id} is {record.state.value}; only FAILED or CANCELED resume",
-            code="pipeline_not_resumable",
-        )
-    step = record.current
-    if step is not None:
-        _reset(step)
-    pipelines.clear_cancel(pipeline_id)
-    record.state, record.cancel_requested = PipelineState.RUNNING, False
-    record.error, record.finished_at = None, None
-    return pipelines.save(record)
+    with _record_lock(pipeline_id):  # read, check and write as one: one resume of many wins
+        record = pipelines.get(pipeline_id)
+        if record.state not in (PipelineState.FAILED, PipelineState.CANCELED):
+            raise ConflictError(
+                f"pipeline {pipeline_id} is {record.state.value}; only FAILED or CANCELED resume",
+                code="pipeline_not_resumable",
+            )
+        step = record.current
+        if step is not None:
+            _reset(step)
+        pipelines.clear_cancel(pipeline_id)
+        record.state, record.cancel_requested = PipelineState.RUNNING, False
+        record.error, record.finished_at = None, None
+        return pipelines.save(record)
+
+
+def _record_lock(pipeline_id: str) -> threading.Lock:
+    """The lock that serialises read-check-write of one pipeline's record in this process.
+
+    The pipeline API runs as one process (one replica in compose and k8s: its driver owns
+    the running pipelines), so a process lock makes a transition atomic; the object store
+    has no conditional write to do it across processes. Locks are striped (a fixed set,
+    chosen by the id's hash), so memory does not grow with the number of pipelines.
+    """
+    return _LOCKS[hash(pipeline_id) % len(_LOCKS)]
 
 
 def _reset(step: StepRecord) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,7 @@ from services.pipeline.stores.pipelines import PipelineRecord, PipelineState, Pi
 from services.pipeline.usecases.clients import ServiceClient
 from services.pipeline.usecases.driver import PipelineDriver
 from services.pipeline.usecases.pipelines import create_pipeline, resume_pipeline
+from shared.errors import ConflictError
 from shared.storage.filesystem import FileObjectStore
 from tests.unit.pipeline.fake_suite import URLS, FakeSuite
 
@@ -105,3 +109,36 @@ def test_a_stale_entry_is_dropped_and_a_resume_indexes_again(store: CountingStor
     resume_pipeline(pipelines, record.id)
     assert pipelines.running_ids() == [record.id]
     assert driver.tick() == 1
+
+
+class SlowStore(FileObjectStore):
+    """Takes its time to read a record, as a loaded S3 server does: concurrent callers all
+    read before any of them writes, unless something serialises them."""
+
+    def get_bytes(self, key: str) -> bytes:
+        if key.endswith("/pipeline.json"):
+            time.sleep(0.05)
+        return super().get_bytes(key)
+
+
+def test_ten_concurrent_resumes_start_the_pipeline_once(tmp_path: Path) -> None:
+    # given a failed pipeline in a slow store
+    store = SlowStore(tmp_path / "store")
+    store.put_bytes("lines/steel/a.png", b"x")
+    store.put_bytes("labelled/images/a.png", b"x")
+    pipelines = PipelineStore(store)
+    record = _finished(pipelines, PipelineState.FAILED)
+    # when ten clients resume it at once
+    start = threading.Barrier(10)
+
+    def resume() -> str:
+        start.wait()
+        try:
+            return resume_pipeline(pipelines, record.id).state.value
+        except ConflictError as exc:
+            return exc.code
+
+    with ThreadPoolExecutor(10) as pool:
+        answers = list(pool.map(lambda _: resume(), range(10)))
+    # then exactly one resume went through and nine were told it is running
+    assert sorted(answers) == ["RUNNING"] + ["pipeline_not_resumable"] * 9
