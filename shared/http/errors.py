@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from shared.errors import SuiteError, UnauthorizedError, UnavailableError
 from shared.http.context import request_id_of
 from shared.http.quiet import public_outage
+from shared.redact import public_text
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,9 @@ def suite_error_response(request: Request, exc: SuiteError) -> JSONResponse:
     if exc.http_status >= 500:
         log.warning("%s on %s: %s", exc.code, request.scope.get("path"), exc.message)
         detail = public_outage(exc.code, exc.message)
+    elif public_text(detail) != detail:
+        log.info("%s on %s: %s", exc.code, request.scope.get("path"), exc.message)
+        detail = public_text(detail)
     return JSONResponse(
         error_body(request, detail, exc.code), status_code=exc.http_status, headers=headers
     )

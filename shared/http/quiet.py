@@ -1,6 +1,8 @@
 """Quiet answers: no internal addresses in error bodies, redirects that never use Host.
 
-* 5xx bodies go out without URLs, IP addresses or ``host:port`` pairs; a
+* 4xx bodies and job records go out without URLs, absolute paths or bucket names
+  (``shared.redact.public_text``); 5xx bodies also without IP addresses or ``host:port``
+  pairs (``scrub``); a
   storage or broker outage is named by kind only ("the object store is unavailable"), the
   full message goes to the log.
 * Starlette's trailing-slash redirect builds an absolute ``Location`` from the request's
@@ -10,14 +12,12 @@
 
 from __future__ import annotations
 
-import re
 from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-_URL = re.compile(r"\b[a-z][a-z0-9+.\-]*://[^\s'\"<>]+", re.IGNORECASE)
-_IP = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b")
-_HOST_PORT = re.compile(r"\b[\w.\-]+:\d{2,5}\b")
+from shared.redact import scrub
+
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 PUBLIC_OUTAGES = {
@@ -25,13 +25,6 @@ PUBLIC_OUTAGES = {
     "bucket": "the object store is unavailable; retry later",
     "broker": "the job broker is unavailable; retry later",
 }
-
-
-def scrub(text: str) -> str:
-    """``text`` without URLs, IP addresses and host:port pairs."""
-    for pattern in (_URL, _IP, _HOST_PORT):
-        text = pattern.sub("<hidden>", text)
-    return text
 
 
 def public_outage(code: str, message: str) -> str:

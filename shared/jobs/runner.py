@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from shared.errors import JobCanceledError, SuiteError, UnavailableError
 from shared.jobs.context import JobContext
 from shared.jobs.store import JobStore, heartbeat_is_fresh
+from shared.redact import public_text
 from shared.schemas.jobs import JobRecord, JobState, utcnow
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,9 @@ def _finish(
     ctx: JobContext, state: JobState, *, error: str | None = None, code: str | None = None
 ) -> None:
     record = ctx.record
-    record.state, record.error, record.error_code = state, error, code
+    # Any key that may start a job reads its record: the full message stays in the log.
+    public = public_text(error) if error is not None else None
+    record.state, record.error, record.error_code = state, public, code
     record.finished_at = utcnow()
     if state == JobState.SUCCEEDED:
         record.progress = 100.0

@@ -172,14 +172,14 @@ class FileObjectStore:
         """Object size in bytes. Raises ``ObjectNotFoundError``."""
         path = self._path(key)
         if not path.is_file():
-            raise ObjectNotFoundError(f"object {key!r} not found in {self.root}")
+            raise ObjectNotFoundError(f"object {key!r} not found")
         return self._guard(key, path.stat).st_size
 
     def _guard(self, key: str, action: Callable[[], _T]) -> _T:
         try:
             return action()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
-            raise ObjectNotFoundError(f"object {key!r} not found in {self.root}") from exc
+            raise ObjectNotFoundError(f"object {key!r} not found") from exc
 
     def list(self, prefix: str = "") -> list[str]:
         """All keys starting with ``prefix`` (a string prefix, as on S3), sorted."""

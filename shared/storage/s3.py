@@ -125,7 +125,7 @@ class S3ObjectStore:
             if exc.code == "NoSuchBucket":
                 self._bucket_ready = False
             if exc.code in _NOT_FOUND:
-                raise ObjectNotFoundError(f"{where}: not found ({exc.code})") from exc
+                raise ObjectNotFoundError(f"{what}: no such object ({exc.code})") from exc
             if exc.code in _DENIED:
                 raise UnavailableError(
                     f"{where}: {exc.code}; check S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY",
