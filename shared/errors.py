@@ -6,6 +6,9 @@ Service and storage code raise these; each service's ``api/errors.py`` (through
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class SuiteError(Exception):
     """Base of every expected failure. ``code`` is stable and machine-readable."""
@@ -99,3 +102,16 @@ class JobCanceledError(SuiteError):
 
     code = "canceled"
     http_status = 409
+
+
+@contextmanager
+def naming(subject: str) -> Iterator[None]:
+    """Say which object a ``SuiteError`` raised inside is about (``"<subject>: ..."``), so a
+    refusal met halfway through a dataset names the file, not only what was wrong with it."""
+    try:
+        yield
+    except SuiteError as exc:
+        if not exc.message.startswith(f"{subject}: "):
+            exc.message = f"{subject}: {exc.message}"
+            exc.args = (exc.message,)
+        raise

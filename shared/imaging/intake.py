@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from shared.errors import InvalidInputError, PayloadTooLargeError, UnsupportedMediaError
+from shared.errors import InvalidInputError, PayloadTooLargeError, UnsupportedMediaError, naming
 from shared.imaging import budget as pixel_budget
 
 if TYPE_CHECKING:
@@ -120,6 +120,12 @@ class DecodedImage:
     original_mode: str
     bit_depth: int
     orientation_applied: bool
+
+
+def decode_object(data: bytes, limits: ImageLimits, key: str) -> DecodedImage:
+    """``decode_image`` for a stored object or file: a refusal names ``key``."""
+    with naming(key):
+        return decode_image(data, limits)
 
 
 def decode_image(data: bytes, limits: ImageLimits) -> DecodedImage:

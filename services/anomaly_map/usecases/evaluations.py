@@ -29,7 +29,7 @@ from services.anomaly_map.runtime.engine import MapEngine, resolve_mode
 from services.anomaly_map.runtime.methods import BatchScores, method_for
 from services.anomaly_map.stores.categories import CategoryRecord, CategoryStore
 from shared.errors import InvalidInputError, SuiteError
-from shared.imaging.intake import ImageLimits, decode_image
+from shared.imaging.intake import ImageLimits, decode_object
 from shared.jobs.context import JobContext
 from shared.jobs.producer import TaskSender, submit_job
 from shared.jobs.store import JobStore
@@ -181,11 +181,11 @@ class EvaluationResult:
 def _load(
     read: Callable[[str], bytes], plan: SamplePlan, limits: ImageLimits
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    image = decode_image(read(plan.key), limits).array
+    image = decode_object(read(plan.key), limits, plan.key).array
     mask = None
     if plan.mask_key is not None:
         gray = ImageLimits(limits.max_bytes, limits.max_pixels, output_mode="gray")
-        mask = decode_image(read(plan.mask_key), gray).array > MASK_THRESHOLD
+        mask = decode_object(read(plan.mask_key), gray, plan.mask_key).array > MASK_THRESHOLD
     return image, mask
 
 

@@ -30,7 +30,7 @@ from services.anomaly_map.stores.tocoad_models import (
     state_to_bytes,
 )
 from shared.errors import InvalidInputError
-from shared.imaging.intake import ImageLimits, decode_image
+from shared.imaging.intake import ImageLimits, decode_object
 from shared.jobs.context import JobContext
 from shared.jobs.producer import TaskSender, submit_job
 from shared.jobs.store import JobStore
@@ -101,8 +101,9 @@ def _normal_images(
         )
         ctx.set_outputs(warnings=[warning])
         ctx.progress(0.0, f"warning: {warning}", force=True)
-    raw += [ctx.store.get_bytes(k) for k in keys]
-    images = [decode_image(data, limits).array for data in raw[: params.max_images]]
+    named = [(f"reference {i}", data) for i, data in enumerate(raw)]
+    named += [(k, ctx.store.get_bytes(k)) for k in keys]
+    images = [decode_object(data, limits, key).array for key, data in named[: params.max_images]]
     if len(images) < 2:
         raise InvalidInputError(
             "ToCoAD needs at least 2 normal images (references or normal_prefix)",
@@ -120,7 +121,7 @@ def _defect_exemplars(
     ctx.progress(0.0, f"reading labelled defects of {spec.dataset} ({spec.split})", force=True)
     exemplars: list[DefectExemplar] = []
     for item in read_defect_images(ctx.store, spec.dataset, spec.split, spec.max_images):
-        image = decode_image(item.data, limits).array
+        image = decode_object(item.data, limits, f"{spec.dataset}/{item.file_name}").array
         exemplars += exemplars_from_boxes(image, item.boxes, cfg.image_size, cfg.aspect)
     if not exemplars:
         warning = f"{spec.dataset} ({spec.split}) holds no usable defect box: synthetic only"

@@ -26,7 +26,7 @@ from services.pretrain.params import PseudoLabelParams
 from services.pretrain.stores.maps import Pair, SourceReport, collect_pairs, load_scores, score_of
 from services.pretrain.stores.pairs import load_map, read_image_size
 from shared.errors import ConflictError, InvalidInputError, JobCanceledError
-from shared.imaging.intake import ImageLimits, decode_image, image_limits
+from shared.imaging.intake import ImageLimits, decode_object, image_limits
 from shared.jobs.context import JobContext
 from shared.jobs.producer import TaskSender, submit_job
 from shared.jobs.store import JobStore
@@ -287,7 +287,8 @@ def _write_examples(
     keys = []
     for index in sorted(range(len(items)), key=rank)[:count]:
         ctx.check_cancel()
-        image = decode_image(ctx.store.get_bytes(pairs[index].image_key), limits).array
+        image_key = pairs[index].image_key
+        image = decode_object(ctx.store.get_bytes(image_key), limits, image_key).array
         key = example_key(out, _stem(pairs[index].image_key))
         ctx.store.put_bytes(key, labeler.overlay_png(image, items[index]), content_type="image/png")
         keys.append(key)

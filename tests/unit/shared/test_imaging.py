@@ -456,3 +456,14 @@ def test_intake_bypasses_ultralytics_patched_image_open() -> None:
     # when / then the plain refusal still comes from Pillow's own open
     error = _refusal(data)
     assert (type(error), error.code) == (UnsupportedMediaError, "unsupported_image_format")
+
+
+def test_a_stored_object_that_fails_to_decode_is_named_with_its_code() -> None:
+    from shared.errors import InvalidInputError
+    from shared.imaging.intake import ImageLimits, decode_object
+
+    limits = ImageLimits(max_bytes=1_000_000, max_pixels=1_000_000)
+    with pytest.raises(InvalidInputError) as caught:
+        decode_object(b"\x89PNG\r\n\x1a\nbroken", limits, "lines/steel/img_0042.png")
+    assert caught.value.message.startswith("lines/steel/img_0042.png: ")
+    assert caught.value.code in ("corrupt_image", "unsupported_media_type")
