@@ -49,6 +49,20 @@ class PipelineSettings(BaseSettings):
         le=600,
         description="Timeout of one call to a service (PIPELINE_HTTP_TIMEOUT_S).",
     )
+    max_concurrent_uploads: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description="Uploads stored at once; more get 503 with Retry-After "
+        "(PIPELINE_MAX_CONCURRENT_UPLOADS).",
+    )
+    upload_memory_mb: float = Field(
+        8.0,
+        gt=0,
+        le=1024,
+        description="Bytes of one upload held in memory before it spills to a temporary file "
+        "(PIPELINE_UPLOAD_MEMORY_MB).",
+    )
     driver: bool = Field(
         True, description="Run the driver loop in this API process (PIPELINE_DRIVER)."
     )

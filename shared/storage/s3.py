@@ -28,7 +28,11 @@ _T = TypeVar("_T")
 MIB = 1 << 20
 MAX_PRESIGN_S = 7 * 24 * 3600  # SigV4 limit (field-notes §C4)
 _NOT_FOUND = frozenset({"NoSuchKey", "NoSuchBucket", "NoSuchObject", "ResourceNotFound"})
-_TRANSIENT = frozenset({"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout"})
+# NoSuchUpload: a multipart upload the server lost (restarted, or expired it) while a part
+# was retried; sending the object again is the fix, so it is an outage, not a bug.
+_TRANSIENT = frozenset(
+    {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "NoSuchUpload"}
+)
 _DENIED = frozenset({"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"})
 _BUCKET_EXISTS = frozenset({"BucketAlreadyOwnedByYou", "BucketAlreadyExists"})
 _NETWORK_ERRORS = (Urllib3Error, ConnectionError, TimeoutError)

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from tempfile import SpooledTemporaryFile
+from typing import IO, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
-from services.pipeline.api.deps import PipelinesDep
+from services.pipeline.api.deps import PipelinesDep, UploadGateDep
 from services.pipeline.usecases import files
+from shared.errors import InvalidInputError
 from shared.http.scopes import require_scope
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["files"], dependencies=[require_scope("train")])
 
 
@@ -19,13 +24,43 @@ router = APIRouter(prefix="/v1", tags=["files"], dependencies=[require_scope("tr
     "/uploads/{key:path}",
     status_code=201,
     openapi_extra={"requestBody": {"content": {"application/octet-stream": {}}, "required": True}},
+    responses={503: {"description": "too many uploads at once, or the store is unavailable"}},
 )
-async def upload(key: str, request: Request, pipelines: PipelinesDep) -> dict[str, Any]:
-    """Store the raw body at ``uploads/<key>`` (the images a pipeline will read)."""
-    data = await request.body()
+async def upload(
+    key: str, request: Request, pipelines: PipelinesDep, gate: UploadGateDep
+) -> dict[str, Any]:
+    """Store the body at ``uploads/<key>`` (the images a pipeline will read).
+
+    The body streams to a temporary file (memory up to ``PIPELINE_UPLOAD_MEMORY_MB``) and
+    from there to the store in parts, so a request holds one part in memory whatever its
+    size; past ``PIPELINE_MAX_CONCURRENT_UPLOADS`` uploads at once the answer is 503 with
+    ``Retry-After``. A client that goes away mid-body is logged once and nothing is stored.
+    """
+    files.upload_key(key)  # a bad key is refused before any byte is read
     content_type = request.headers.get("content-type", "application/octet-stream")
-    stored = await run_in_threadpool(files.put_upload, pipelines.store, key, data, content_type)
+    async with gate.slot():
+        with SpooledTemporaryFile(max_size=gate.memory_bytes) as spool:
+            try:
+                size = await _spool(request, spool)
+            except ClientDisconnect as exc:
+                log.info("upload of %s: the client went away mid-body; nothing stored", key)
+                raise InvalidInputError(  # nobody reads the answer; it is no server fault
+                    "the client closed the connection before the body ended",
+                    code="client_disconnected",
+                ) from exc
+            spool.seek(0)
+            stored = await run_in_threadpool(
+                files.put_upload_stream, pipelines.store, key, spool, size, content_type
+            )
     return {"key": stored.key, "size": stored.size}
+
+
+async def _spool(request: Request, spool: IO[bytes]) -> int:
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        spool.write(chunk)
+    return size
 
 
 @router.get("/objects")

@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from services.pipeline.api.deps import PipelineState
+from services.pipeline.api.deps import PipelineState, UploadGate
 from services.pipeline.api.files import router as files_router
 from services.pipeline.api.routes import router
 from services.pipeline.config import PipelineSettings, get_settings
@@ -40,7 +40,8 @@ def create_app(
 ) -> FastAPI:
     """Build the app; the store, client and driver are built in the lifespan unless given."""
     settings = settings or get_settings()
-    state = PipelineState(settings)
+    gate = UploadGate(settings.max_concurrent_uploads, int(settings.upload_memory_mb * 2**20))
+    state = PipelineState(settings, uploads=gate)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -8,10 +8,12 @@ reports) to anyone holding a ``train`` key.
 
 from __future__ import annotations
 
+import io
 import mimetypes
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 from urllib.parse import quote
 
 from services.pipeline.stores.pipelines import PREFIX, REPORT_FILE
@@ -37,12 +39,20 @@ def upload_key(relative: str) -> str:
 
 
 def put_upload(store: ObjectStore, relative: str, data: bytes, content_type: str) -> StoredFile:
-    """Store one uploaded file; returns where it went."""
-    if not data:
+    """Store one uploaded file held in memory; returns where it went."""
+    return put_upload_stream(store, relative, io.BytesIO(data), len(data), content_type)
+
+
+def put_upload_stream(
+    store: ObjectStore, relative: str, stream: BinaryIO, size: int, content_type: str
+) -> StoredFile:
+    """Store ``size`` bytes read from a seekable ``stream`` (multipart above the store's part
+    size, so memory stays one part whatever the file's size); returns where it went."""
+    if size <= 0:
         raise InvalidInputError("an upload needs a non-empty body", code="empty_body")
     key = upload_key(relative)
-    store.put_bytes(key, data, content_type or "application/octet-stream")
-    return StoredFile(key, len(data))
+    store.put_stream(key, stream, size, content_type or "application/octet-stream")
+    return StoredFile(key, size)
 
 
 def list_files(store: ObjectStore, prefix: str, limit: int) -> tuple[list[StoredFile], bool]:
