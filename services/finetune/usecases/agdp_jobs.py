@@ -21,13 +21,13 @@ from services.finetune.stores.models import ModelRegistry
 from services.finetune.stores.pseudo_labels import load_pseudo_labels
 from services.finetune.usecases.common import (
     backbone_ref,
-    check_canceled,
     finish,
     lineage,
     publish_detector,
     published,
     submit,
     train_config,
+    train_once,
     train_request,
     workspace,
 )
@@ -100,8 +100,7 @@ def run_agdp_job(ctx: JobContext, settings: FinetuneSettings, backends: Backends
         folder = materialize_yolo(train, val, data.images_dir, work / "yolo")
         ctx.set_outputs(pseudo_labels=data.source, train_images=len(train.images))
         ctx.check_cancel()
-        run = backend.train(train_request(ctx, start, folder, work, config, settings))
-        check_canceled(ctx, run)
+        run = train_once(ctx, backend, train_request(ctx, start, folder, work, config, settings))
         packaged = backend.package(run, val, data.images_dir, work / "export", settings, config)
         made_of = lineage(ctx, AGDP_KIND, start, pseudo_labels=data.source)
         publish_detector(ctx.store, ref, packaged, AGDP_KIND, config, made_of)

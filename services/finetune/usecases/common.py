@@ -13,13 +13,19 @@ import logging
 import shutil
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
 from services.finetune.config import FinetuneSettings
-from services.finetune.ml.backend import PackagedDetector, TrainedRun, TrainRequest
+from services.finetune.ml.backend import (
+    DetectorBackend,
+    PackagedDetector,
+    TrainedRun,
+    TrainRequest,
+)
 from services.finetune.ml.materialize import YoloDataFolder
 from services.finetune.params import InitParams
 from services.finetune.stores.models import ModelRegistry
@@ -44,6 +50,8 @@ TrainConfig = TypeVar("TrainConfig", AgdpConfig, FinetuneConfig)
 
 LAST_PT = "last.pt"
 LAST_META = "last.json"
+# A finished run (weights, the trainer's .pt, the rest as JSON), kept until the job publishes.
+TRAINED_WEIGHTS, TRAINED_PT, TRAINED_META = "trained_weights.pt", "trained.pt", "trained.json"
 TRAIN_SPAN = (5.0, 90.0)  # share of job progress the training epochs take
 
 
@@ -190,6 +198,47 @@ def check_canceled(ctx: JobContext, run: TrainedRun) -> None:
     """Raises JobCanceledError when the run stopped on the job's cancel flag."""
     if run.canceled:
         raise JobCanceledError(f"job {ctx.job_id} was canceled; nothing was published")
+
+
+def train_once(ctx: JobContext, backend: DetectorBackend, request: TrainRequest) -> TrainedRun:
+    """The job's finished run: trained now, or kept from an earlier delivery of the job.
+
+    A finished run is saved with the job's checkpoints before packaging (export, the final
+    evaluation, publishing), so a worker killed there costs the next delivery the packaging
+    only, never the training again.
+
+    Raises:
+        JobCanceledError: the run stopped on the job's cancel flag.
+    """
+    kept = _kept_run(ctx, request.work)
+    if kept is not None:
+        ctx.progress(TRAIN_SPAN[1], "training finished in an earlier delivery", force=True)
+        return kept
+    run = backend.train(request)
+    check_canceled(ctx, run)
+    _keep_run(ctx, run)
+    return run
+
+
+def _keep_run(ctx: JobContext, run: TrainedRun) -> None:
+    ctx.save_checkpoint(run.weights, TRAINED_WEIGHTS)
+    ctx.store.put_file(ctx.jobs.checkpoint_key(ctx.job_id, TRAINED_PT), run.pt_file)
+    meta = {k: v for k, v in asdict(run).items() if k not in ("weights", "pt_file")}
+    meta["pt_name"] = run.pt_file.name
+    ctx.save_checkpoint(json.dumps(meta).encode(), TRAINED_META)  # last: it marks them whole
+
+
+def _kept_run(ctx: JobContext, work: Path) -> TrainedRun | None:
+    raw = ctx.load_checkpoint(TRAINED_META)
+    weights = ctx.load_checkpoint(TRAINED_WEIGHTS) if raw is not None else None
+    if raw is None or weights is None:
+        return None
+    meta = json.loads(raw)
+    pt_file = work / "kept" / meta.pop("pt_name")
+    pt_file.parent.mkdir(parents=True, exist_ok=True)
+    ctx.store.get_file(ctx.jobs.checkpoint_key(ctx.job_id, TRAINED_PT), pt_file)
+    log.info("job %s: packaging the run an earlier delivery trained", ctx.job_id)
+    return TrainedRun(weights=weights, pt_file=pt_file, **meta)
 
 
 def lineage(ctx: JobContext, kind: str, init: InitParams, **inputs: Any) -> dict[str, Any]:

@@ -17,7 +17,6 @@ from services.finetune.params import FinetuneJobParams, check_train_config
 from services.finetune.stores.datasets import DatasetCatalog, DatasetRef, load_split
 from services.finetune.stores.models import ModelRegistry
 from services.finetune.usecases.common import (
-    check_canceled,
     finish,
     lineage,
     pinned_init,
@@ -25,6 +24,7 @@ from services.finetune.usecases.common import (
     published,
     submit,
     train_config,
+    train_once,
     train_request,
     workspace,
 )
@@ -75,8 +75,9 @@ def run_finetune_job(ctx: JobContext, settings: FinetuneSettings, backends: Back
         val, _ = load_split(ctx.store, dataset, params.val_split, work / "data")
         folder = materialize_yolo(train, val, images, work / "yolo")
         ctx.check_cancel()
-        run = backend.train(train_request(ctx, params.init, folder, work, config, settings))
-        check_canceled(ctx, run)
+        run = train_once(
+            ctx, backend, train_request(ctx, params.init, folder, work, config, settings)
+        )
         packaged = backend.package(run, val, images, work / "export", settings, config)
         inputs = {"dataset": str(dataset), "split": split, "val_split": params.val_split}
         made_of = lineage(ctx, FINETUNE_KIND, params.init, **inputs)
