@@ -143,6 +143,13 @@ class JobSettings(BaseSettings):
             "(JOBS_PENDING_REQUEUE_S)."
         ),
     )
+    storage_patience_s: float = Field(
+        60.0,
+        ge=0,
+        le=3600,
+        description="How long a job's store call retries a storage outage before the job is "
+        "left RUNNING for another delivery (JOBS_STORAGE_PATIENCE_S; 0: no retry).",
+    )
     record_retry_s: float = Field(
         5.0,
         gt=0,

@@ -20,6 +20,7 @@ from shared.jobs.context import JobContext
 from shared.jobs.store import JobStore, heartbeat_is_fresh
 from shared.redact import public_text
 from shared.schemas.jobs import JobRecord, JobState, utcnow
+from shared.storage.patient import is_transient
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,15 @@ def _execute(ctx: JobContext, handler: Handler, opts: RunnerOptions) -> None:
         _finish(ctx, JobState.CANCELED, error="canceled", code="canceled")
     except opts.reraise:
         raise  # e.g. a worker shutdown: leave RUNNING so the job resumes elsewhere
+    except UnavailableError as exc:
+        if not is_transient(exc):
+            log.warning("job %s failed: %s", ctx.job_id, exc.message)
+            _finish(ctx, JobState.FAILED, error=exc.message, code=exc.code)
+            return
+        # An outage outlasted the store's patience: no reason to fail the job. Its record
+        # stays RUNNING; with no heartbeat the reaper hands it to a later delivery, which
+        # resumes from the last checkpoint (attempts still bound the retries).
+        log.warning("job %s: storage unavailable (%s); left RUNNING to resume", ctx.job_id, exc)
     except SuiteError as exc:
         log.warning("job %s failed: %s", ctx.job_id, exc.message)
         _finish(ctx, JobState.FAILED, error=exc.message, code=exc.code)

@@ -25,6 +25,7 @@ from shared.jobs.store import JobStore
 from shared.ml.threads import configure_training_threads
 from shared.schemas.jobs import JobRecord, Queue
 from shared.storage.factory import create_store
+from shared.storage.patient import PatientStore
 
 log = logging.getLogger(__name__)
 _reapers: list[Reaper] = []
@@ -32,8 +33,10 @@ _reapers: list[Reaper] = []
 
 @lru_cache
 def worker_jobs() -> JobStore:
-    """The job store of this worker process (built once per process)."""
-    return JobStore(create_store(get_common_settings()))
+    """The job store of this worker process (built once per process); its store calls ride
+    out short storage outages (``shared.storage.patient``)."""
+    settings = get_common_settings()
+    return JobStore(PatientStore(create_store(settings), settings.jobs.storage_patience_s))
 
 
 def _options(task: Task, settings: CommonSettings) -> RunnerOptions:

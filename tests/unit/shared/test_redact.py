@@ -69,7 +69,7 @@ def test_a_failed_jobs_record_is_as_quiet_as_an_http_body(tmp_path: Path) -> Non
     job_id = jobs.create(kind="selftest", task_name="t", queue="default", params={}).id
 
     def handler(ctx: JobContext) -> list[str]:
-        raise UnavailableError(LEAKY, code="storage_unavailable")
+        raise UnavailableError(LEAKY, code="storage_access_denied")
 
     # when
     opts = RunnerOptions(worker="w1", lease_ttl_s=30, heartbeat_s=5, max_attempts=3)
