@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from shared.errors import ForbiddenError
 from shared.http.auth import request_scopes
@@ -45,12 +45,19 @@ def jobs_router() -> APIRouter:
     @router.get("", response_model=list[JobRecord])
     def list_jobs(
         jobs: JobsDep,
+        response: Response,
         kind: str | None = None,
         state: JobState | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        before: Annotated[str | None, Query(max_length=64, pattern=r"^[\w.\-]+$")] = None,
     ) -> list[JobRecord]:
-        """List jobs, newest first."""
-        return jobs.list(kind=kind, state=state, limit=limit)
+        """List jobs, newest first. A full page sets ``X-Next-Cursor`` to pass as ``before``
+        for the next one; PENDING and RUNNING come from the live index (their cost does
+        not grow with finished jobs)."""
+        page = jobs.list(kind=kind, state=state, limit=limit, before=before)
+        if len(page) == limit:
+            response.headers["X-Next-Cursor"] = page[-1].id
+        return page
 
     @router.get("/{job_id}", response_model=JobRecord)
     def get_job(job_id: str, jobs: JobsDep) -> JobRecord:

@@ -70,7 +70,7 @@ def find_orphans(
     """Jobs on ``queues`` to re-publish: stale RUNNING ones and (optionally) unclaimed PENDING."""
     now = utcnow()
     orphans = []
-    for record in jobs.list(limit=10_000):
+    for record in jobs.live():  # the live index: cost follows the live jobs, not history
         if record.queue not in queues or record.terminal:
             continue
         if record.state == JobState.RUNNING and _running_orphan(record, lease_ttl_s, now):

@@ -3,6 +3,15 @@
 The record lives in the object store, not in Redis, so any API can read it after a broker
 restart. The cancel flag is a separate object so that an API writing it never races with
 the worker rewriting the record.
+
+**The live index.** ``jobs/live/<id>`` is an empty marker for every job that is not finished
+(PENDING or RUNNING): written after the record on its first save by a store instance,
+removed after the record turns terminal. The reaper, the stuck-job gauge and listings of
+PENDING or RUNNING jobs read the marked records only, so their cost follows the live work,
+never the history. A store met without the index (records written before it existed) builds
+it once from the records (``jobs/live.built`` says it was); a marker whose record is gone or
+finished is dropped when met. Listing by recency reads only the page it returns
+(``list(before=<id>)`` continues a page; ids sort by creation time).
 """
 
 from __future__ import annotations
@@ -19,6 +28,9 @@ from shared.storage.base import ObjectNotFoundError, ObjectStore
 log = logging.getLogger(__name__)
 
 JOBS_PREFIX = "jobs/"
+LIVE_PREFIX = f"{JOBS_PREFIX}live/"
+LIVE_BUILT = f"{JOBS_PREFIX}live.built"
+LIVE_STATES = frozenset({JobState.PENDING, JobState.RUNNING})
 
 
 def new_job_id() -> str:
@@ -37,6 +49,8 @@ class JobStore:
 
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
+        self._marked: set[str] = set()  # live markers this instance has written
+        self._index_ready = False
 
     @staticmethod
     def record_key(job_id: str) -> str:
@@ -61,7 +75,16 @@ class JobStore:
             record.model_dump_json(indent=1).encode(),
             content_type="application/json",
         )
+        self._index(record)
         return record
+
+    def _index(self, record: JobRecord) -> None:
+        if record.terminal:
+            self.store.delete(f"{LIVE_PREFIX}{record.id}")
+            self._marked.discard(record.id)
+        elif record.id not in self._marked:  # progress saves do not rewrite the marker
+            self.store.put_bytes(f"{LIVE_PREFIX}{record.id}", b"")
+            self._marked.add(record.id)
 
     def get(self, job_id: str) -> JobRecord:
         try:
@@ -77,22 +100,71 @@ class JobStore:
         return self.save(record)
 
     def list(
-        self, *, kind: str | None = None, state: JobState | None = None, limit: int = 100
+        self,
+        *,
+        kind: str | None = None,
+        state: JobState | None = None,
+        limit: int = 100,
+        before: str | None = None,
     ) -> list[JobRecord]:
-        """Newest first. Reads each record: fine for thousands of jobs, not millions."""
-        keys = [k for k in self.store.list(JOBS_PREFIX) if k.endswith("/job.json")]
+        """Newest first, at most ``limit``, only jobs older than the id ``before`` if given.
+
+        PENDING and RUNNING come from the live index; other listings read records newest
+        first until the page is full (one listing of keys, then only the records shown,
+        plus those a ``kind`` or ``state`` filter skips).
+        """
+        if state in LIVE_STATES:
+            found = [r for r in self.live() if r.state == state]
+            found = [r for r in found if (kind is None or r.kind == kind)]
+            return [r for r in found if before is None or r.id < before][:limit]
         records: list[JobRecord] = []
-        for key in sorted(keys, reverse=True):
-            try:
-                record = JobRecord.model_validate_json(self.store.get_bytes(key))
-            except (ObjectNotFoundError, ValueError):
-                log.warning("skipping unreadable job record %s", key)
+        for job_id in self._ids_newest_first(before):
+            record = self._read(job_id)
+            if record is None:
                 continue
             if (kind is None or record.kind == kind) and (state is None or record.state == state):
                 records.append(record)
             if len(records) >= limit:
                 break
         return records
+
+    def live(self) -> list[JobRecord]:
+        """Every PENDING or RUNNING job, newest first, read through the live index."""
+        self._ensure_live_index()
+        records = []
+        for key in self.store.list(LIVE_PREFIX):
+            job_id = key[len(LIVE_PREFIX) :]
+            record = self._read(job_id)
+            if record is None or record.terminal:  # a marker its record outlived
+                self.store.delete(key)
+                continue
+            records.append(record)
+        return sorted(records, key=lambda r: r.id, reverse=True)
+
+    def _ensure_live_index(self) -> None:
+        if self._index_ready or self.store.exists(LIVE_BUILT):
+            self._index_ready = True
+            return
+        log.info("building the live-job index from the job records (once per store)")
+        for job_id in self._ids_newest_first(None):
+            record = self._read(job_id)
+            if record is not None and not record.terminal:
+                self.store.put_bytes(f"{LIVE_PREFIX}{job_id}", b"")
+        self.store.put_bytes(LIVE_BUILT, utcnow().isoformat().encode())
+        self._index_ready = True
+
+    def _ids_newest_first(self, before: str | None) -> list[str]:
+        suffix = "/job.json"
+        ids = [k[len(JOBS_PREFIX) : -len(suffix)] for k in self.store.list(JOBS_PREFIX)
+               if k.endswith(suffix)]  # fmt: skip
+        return sorted((i for i in ids if before is None or i < before), reverse=True)
+
+    def _read(self, job_id: str) -> JobRecord | None:
+        try:
+            return JobRecord.model_validate_json(self.store.get_bytes(self.record_key(job_id)))
+        except (ObjectNotFoundError, ValueError):
+            log.warning("skipping unreadable job record %s", job_id)
+            return None
 
     # -- cancellation -------------------------------------------------------------------
     def cancel_key(self, job_id: str) -> str:

@@ -24,10 +24,10 @@ from shared.jobs.store import JobStore
 log = logging.getLogger(__name__)
 
 
-def count_stuck(jobs: JobStore, settings: JobSettings, limit: int = 10_000) -> Counter[str]:
-    """Stuck jobs per queue among the newest ``limit`` records."""
+def count_stuck(jobs: JobStore, settings: JobSettings) -> Counter[str]:
+    """Stuck jobs per queue among the live (PENDING or RUNNING) jobs."""
     counts: Counter[str] = Counter()
-    for record in jobs.list(limit=limit):
+    for record in jobs.live():
         reason = stuck_reason(
             record, lease_ttl_s=settings.lease_ttl_s, pending_after_s=settings.pending_requeue_s
         )

@@ -187,3 +187,30 @@ def test_openapi_publishes_the_tocoad_fit_config_as_optional_sections(client: Te
     text = json.dumps(config)
     assert "$ref" not in text
     assert '"required"' not in text
+
+
+def test_job_pages_carry_a_cursor_to_the_next(client: TestClient, tmp_path: Path) -> None:
+    # given five finished jobs in the store
+    from shared.jobs.store import JobStore
+    from shared.schemas.jobs import JobState
+
+    jobs = JobStore(FileObjectStore(tmp_path / "store"))
+    for _ in range(5):
+        record = jobs.create(kind="selftest", task_name="t", queue="default", params={})
+        record.state = JobState.SUCCEEDED
+        jobs.save(record)
+    # when a client walks the pages of two
+    seen, before, pages = [], None, 0
+    while True:
+        params = {"limit": 2, **({"before": before} if before else {})}
+        answer = client.get("/v1/jobs", params=params)
+        seen += [job["id"] for job in answer.json()]
+        pages += 1
+        before = answer.headers.get("x-next-cursor")
+        if before is None:
+            break
+    # then every job came once, newest first, and the cursor stops at the end
+    assert seen == sorted(seen, reverse=True)
+    assert len(seen) == len(set(seen)) == 5
+    assert pages == 3
+    assert client.get("/v1/jobs", params={"before": "../x"}).status_code == 422

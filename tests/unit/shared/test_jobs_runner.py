@@ -179,3 +179,74 @@ def test_reaper_requeues_only_stale_running_jobs_once(jobs: JobStore) -> None:
     assert second == []
     assert sender.sent == [("jobs.selftest", [stale], "default")]
     assert find_orphans(jobs, 60, {"other-queue"}) == []
+
+
+class ReadCounting(FileObjectStore):
+    """Counts record reads."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.record_reads = 0
+
+    def get_bytes(self, key: str) -> bytes:
+        if key.endswith("/job.json"):
+            self.record_reads += 1
+        return super().get_bytes(key)
+
+
+def _finished_jobs(jobs: JobStore, count: int) -> list[str]:
+    ids = []
+    for _ in range(count):
+        record = jobs.create(kind="selftest", task_name="t", queue="default", params={})
+        record.state = JobState.SUCCEEDED
+        jobs.save(record)
+        ids.append(record.id)
+    return ids
+
+
+def test_the_reaper_reads_only_live_jobs_however_long_the_history(tmp_path: Path) -> None:
+    # given 60 finished jobs and 2 live ones
+    store = ReadCounting(tmp_path / "store")
+    jobs = JobStore(store)
+    _finished_jobs(jobs, 60)
+    live = [jobs.create(kind="selftest", task_name="t", queue="default", params={}).id
+            for _ in range(2)]  # fmt: skip
+    # when the reaper looks for orphans (the index is already built by the writes)
+    jobs.live()
+    store.record_reads = 0
+    orphans = find_orphans(jobs, 30, ["default"], pending_after_s=0.0)
+    # then it read the two live records, not the history
+    assert store.record_reads == 2
+    assert sorted(r.id for r in orphans) == sorted(live)
+
+
+def test_a_store_without_the_index_builds_it_once_and_drops_stale_markers(
+    tmp_path: Path,
+) -> None:
+    # given records written before the index existed (no markers), one of them live
+    store = FileObjectStore(tmp_path / "store")
+    old = JobStore(store)
+    _finished_jobs(old, 3)
+    pending = old.create(kind="selftest", task_name="t", queue="default", params={})
+    for key in store.list("jobs/live/"):
+        store.delete(key)
+    # when a new store instance lists live jobs
+    fresh = JobStore(store)
+    assert [r.id for r in fresh.live()] == [pending.id]
+    assert store.exists("jobs/live.built")
+    # and a job finishes behind a marker's back (a record written by an older worker)
+    record = fresh.get(pending.id)
+    record.state = JobState.FAILED
+    store.put_bytes(JobStore.record_key(record.id), record.model_dump_json().encode())
+    # then the marker is dropped when met
+    assert fresh.live() == []
+    assert store.list("jobs/live/") == []
+
+
+def test_pages_continue_from_a_cursor_without_gaps(tmp_path: Path) -> None:
+    jobs = JobStore(FileObjectStore(tmp_path / "store"))
+    ids = sorted(_finished_jobs(jobs, 7), reverse=True)
+    first = jobs.list(limit=3)
+    second = jobs.list(limit=3, before=first[-1].id)
+    third = jobs.list(limit=3, before=second[-1].id)
+    assert [r.id for r in first + second + third] == ids
