@@ -28,10 +28,16 @@ def create_pipeline(body: PipelineRequest, pipelines: PipelinesDep) -> PipelineR
 
 @router.get("/pipelines", response_model=list[PipelineSummary], dependencies=TRAIN)
 def list_pipelines(
-    pipelines: PipelinesDep, limit: int = Query(50, ge=1, le=500)
+    pipelines: PipelinesDep,
+    response: Response,
+    limit: int = Query(50, ge=1, le=500),
+    before: str | None = Query(None, max_length=64, pattern=r"^[\w.\-]+$"),
 ) -> list[PipelineSummary]:
-    """Newest first."""
-    return [PipelineSummary.of(r) for r in pipelines.list(limit)]
+    """Newest first; a full page sets ``X-Next-Cursor`` to pass as ``before`` for the next."""
+    page = pipelines.list(limit, before)
+    if len(page) == limit:
+        response.headers["X-Next-Cursor"] = page[-1].id
+    return [PipelineSummary.of(r) for r in page]
 
 
 @router.get("/pipelines/{pipeline_id}", response_model=PipelineRecord, dependencies=TRAIN)

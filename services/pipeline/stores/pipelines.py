@@ -199,8 +199,11 @@ class PipelineStore:
     def _mark_running(self, pipeline_id: str) -> None:
         self.store.put_bytes(f"{RUNNING_PREFIX}{pipeline_id}", b"1", "text/plain")
 
-    def list(self, limit: int = 50) -> list[PipelineRecord]:
-        return [self.get(i) for i in self.ids()[:limit]]
+    def list(self, limit: int = 50, before: str | None = None) -> list[PipelineRecord]:
+        """Newest first, at most ``limit``, only pipelines older than the id ``before``: one
+        listing of keys, then only the records on the page."""
+        ids = [i for i in self.ids() if before is None or i < before]
+        return [self.get(i) for i in ids[:limit]]
 
     def request_cancel(self, pipeline_id: str) -> None:
         self.store.put_bytes(self.key(pipeline_id, CANCEL_FILE), b"1", "text/plain")

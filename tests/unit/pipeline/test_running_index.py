@@ -142,3 +142,16 @@ def test_ten_concurrent_resumes_start_the_pipeline_once(tmp_path: Path) -> None:
         answers = list(pool.map(lambda _: resume(), range(10)))
     # then exactly one resume went through and nine were told it is running
     assert sorted(answers) == ["RUNNING"] + ["pipeline_not_resumable"] * 9
+
+
+def test_pipeline_pages_follow_a_cursor(tmp_path: Path) -> None:
+    store = FileObjectStore(tmp_path / "store")
+    store.put_bytes("lines/steel/a.png", b"x")
+    store.put_bytes("labelled/images/a.png", b"x")
+    pipelines = PipelineStore(store)
+    made = sorted(
+        (_finished(pipelines, PipelineState.SUCCEEDED).id for _ in range(5)), reverse=True
+    )
+    first = pipelines.list(2)
+    rest = pipelines.list(10, before=first[-1].id)
+    assert [r.id for r in first + rest] == made
