@@ -111,6 +111,8 @@ def serve(
 
     if service not in table.names():
         raise typer.BadParameter(f"unknown service {service!r}; one of {table.names()}")
+    from shared.http.slow_clients import guarded_protocol
+
     settings = get_common_settings()
     configure_logging(settings.log)
     uvicorn.run(
@@ -120,6 +122,7 @@ def serve(
         port=port or table.default_port(service),
         log_config=None,
         timeout_graceful_shutdown=20,
+        http=guarded_protocol(settings.http.header_timeout_s, settings.http.body_idle_s),
     )
 
 

@@ -206,6 +206,19 @@ class HttpSettings(BaseSettings):
         ),
     )
     cors_origins: list[str] = Field(default_factory=list, description="HTTP_CORS_ORIGINS")
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="A request's headers must be complete this long after its first byte "
+        "(HTTP_HEADER_TIMEOUT_S); slower clients are disconnected.",
+    )
+    body_idle_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="Longest pause inside a request body (HTTP_BODY_IDLE_S).",
+    )
 
     def image_pixel_cap(self, service: str) -> int:
         """The pixel cap of one service's API: its own entry, never above the global cap."""
