@@ -9,6 +9,7 @@ base URLs of ``ConsoleSettings``; a path cannot climb out of them.
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import httpx
@@ -47,11 +48,13 @@ class UpstreamTimeoutError(UpstreamError):
 
 @dataclass(frozen=True)
 class Forwarded:
-    """An upstream answer as the proxy hands it back."""
+    """An upstream answer as the proxy hands it back: its body streams from ``chunks``, and
+    ``close`` releases the upstream connection once the body is sent (or abandoned)."""
 
     status: int
-    content: bytes
+    chunks: AsyncIterator[bytes]
     headers: dict[str, str]
+    close: Callable[[], Awaitable[None]]
 
 
 def target_url(upstreams: dict[str, str], service: str, path: str) -> str:
@@ -82,17 +85,16 @@ async def forward(
     url: str,
     query: str,
     headers: dict[str, str],
-    body: bytes,
+    body: bytes | AsyncIterator[bytes],
 ) -> Forwarded:
-    """Send one request upstream and keep the answer's status, body and useful headers."""
+    """Send one request upstream, streaming its body both ways (the proxy holds a chunk, not
+    an upload or a model file), and keep the answer's status and useful headers."""
+    request = client.build_request(
+        method, url, params=httpx.QueryParams(query), headers=request_headers(headers),
+        content=body,
+    )  # fmt: skip
     try:
-        response = await client.request(
-            method,
-            url,
-            params=httpx.QueryParams(query),
-            headers=request_headers(headers),
-            content=body,
-        )
+        response = await client.send(request, stream=True)
     except httpx.TimeoutException as exc:
         raise UpstreamTimeoutError(
             f"the {service} API did not answer in time ({url}): {exc!r}"
@@ -103,4 +105,4 @@ async def forward(
         ) from exc
     kept = {k: v for k, v in response.headers.items() if k.lower() in FORWARDED_RESPONSE}
     kept = {k: v for k, v in kept.items() if k.lower() != "x-content-type-options"} | ALWAYS
-    return Forwarded(response.status_code, response.content, kept)
+    return Forwarded(response.status_code, response.aiter_bytes(), kept, response.aclose)

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 import httpx
 from fastapi import APIRouter, FastAPI, Request, Response
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.background import BackgroundTask
 
 from services.console import pages, proxy
 from services.console.config import ConsoleSettings, get_settings
@@ -83,9 +84,17 @@ async def _forward(service: str, path: str, request: Request) -> Response:
         url=url,
         query=request.url.query,
         headers=dict(request.headers),
-        body=await request.body(),
+        body=request.stream() if _has_body(request) else b"",
     )
-    return Response(answer.content, status_code=answer.status, headers=answer.headers)
+    return StreamingResponse(
+        answer.chunks, status_code=answer.status, headers=answer.headers,
+        background=BackgroundTask(answer.close),
+    )  # fmt: skip
+
+
+def _has_body(request: Request) -> bool:
+    headers = request.headers
+    return "transfer-encoding" in headers or int(headers.get("content-length") or 0) > 0
 
 
 def proxy_router() -> APIRouter:

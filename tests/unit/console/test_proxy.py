@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import httpx
 import pytest
 from fastapi.testclient import TestClient
@@ -67,6 +69,30 @@ def test_a_stored_page_stays_a_download_on_the_consoles_origin(
     assert answer.headers["content-disposition"] == 'attachment; filename="x.html"'
     assert answer.headers["content-security-policy"] == "sandbox"
     assert answer.headers["x-content-type-options"] == "nosniff"
+
+
+def test_large_bodies_stream_through_both_ways(client: TestClient, upstream: Upstream) -> None:
+    # given an upstream answering with a body made of many chunks
+    size, chunk = 24 * 2**20, bytes(range(256)) * 4096
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(size // len(chunk)):
+            yield chunk
+
+    upstream.handler = lambda request: httpx.Response(
+        200, content=chunks(), headers={"content-type": "application/octet-stream"}
+    )
+    # when a client uploads a large body and downloads one
+    body = b"z" * (8 * 2**20)
+    answer = client.put("/api/anomaly_map/v1/objects/x.bin", content=body)
+    # then the upload went upstream as a stream (chunked, no buffered length) and whole,
+    # and the download came back whole
+    (sent,) = upstream.seen
+    assert sent.headers.get("transfer-encoding") == "chunked"
+    assert sent.content == body
+    assert answer.status_code == 200
+    assert len(answer.content) == size
+    assert answer.content[:1024] == chunk[:1024]
 
 
 def test_upstream_errors_come_back_as_they_are(client: TestClient, upstream: Upstream) -> None:
