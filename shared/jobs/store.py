@@ -10,14 +10,20 @@ removed after the record turns terminal. The reaper, the stuck-job gauge and lis
 PENDING or RUNNING jobs read the marked records only, so their cost follows the live work,
 never the history. A store met without the index (records written before it existed) builds
 it once from the records (``jobs/live.built`` says it was); a marker whose record is gone or
-finished is dropped when met. Listing by recency reads only the page it returns
-(``list(before=<id>)`` continues a page; ids sort by creation time).
+finished is dropped when met.
+
+**The day index.** ``jobs/days/<YYYYMMDD>`` marks each day that holds a job (ids start with
+their UTC creation time). Listing by recency walks those days newest first and lists one
+day's keys at a time, reading only the records it returns (``list(before=<id>)`` continues a
+page); a store without it builds it once from its keys (``jobs/days.built``).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import uuid
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -31,6 +37,9 @@ JOBS_PREFIX = "jobs/"
 LIVE_PREFIX = f"{JOBS_PREFIX}live/"
 LIVE_BUILT = f"{JOBS_PREFIX}live.built"
 LIVE_STATES = frozenset({JobState.PENDING, JobState.RUNNING})
+DAYS_PREFIX = f"{JOBS_PREFIX}days/"
+DAYS_BUILT = f"{JOBS_PREFIX}days.built"
+_DAY = re.compile(r"^\d{8}T")  # ids start with their UTC creation day (new_job_id)
 
 
 def new_job_id() -> str:
@@ -51,6 +60,8 @@ class JobStore:
         self.store = store
         self._marked: set[str] = set()  # live markers this instance has written
         self._index_ready = False
+        self._days_marked: set[str] = set()  # day markers this instance has written
+        self._days_ready = False
 
     @staticmethod
     def record_key(job_id: str) -> str:
@@ -79,6 +90,8 @@ class JobStore:
         return record
 
     def _index(self, record: JobRecord) -> None:
+        if _DAY.match(record.id):
+            self._mark_day(record.id[:8])
         if record.terminal:
             self.store.delete(f"{LIVE_PREFIX}{record.id}")
             self._marked.discard(record.id)
@@ -153,11 +166,30 @@ class JobStore:
         self.store.put_bytes(LIVE_BUILT, utcnow().isoformat().encode())
         self._index_ready = True
 
-    def _ids_newest_first(self, before: str | None) -> list[str]:
+    def _ids_newest_first(self, before: str | None) -> Iterator[str]:
+        """Job ids newest first, lazily, one day (a key prefix) at a time over the days that
+        hold jobs (``jobs/days/<YYYYMMDD>``): a page lists the days it shows, not the
+        whole history."""
+        first = before[:8] if before and _DAY.match(before) else None
+        for day in sorted(self._days(), reverse=True):
+            if first is not None and day > first:
+                continue
+            ids = self._ids_of(f"{JOBS_PREFIX}{day}")
+            yield from sorted((i for i in ids if before is None or i < before), reverse=True)
+
+    def _ids_of(self, prefix: str) -> list[str]:
         suffix = "/job.json"
-        ids = [k[len(JOBS_PREFIX) : -len(suffix)] for k in self.store.list(JOBS_PREFIX)
-               if k.endswith(suffix)]  # fmt: skip
-        return sorted((i for i in ids if before is None or i < before), reverse=True)
+        return [k[len(JOBS_PREFIX) : -len(suffix)] for k in self.store.list(prefix)
+                if k.endswith(suffix)]  # fmt: skip
+
+    def _days(self) -> list[str]:
+        """Days that hold jobs; a store without the day index gets it once from its keys."""
+        if not (self._days_ready or self.store.exists(DAYS_BUILT)):
+            for day in {i[:8] for i in self._ids_of(JOBS_PREFIX) if _DAY.match(i)}:
+                self._mark_day(day)
+            self.store.put_bytes(DAYS_BUILT, utcnow().isoformat().encode())
+        self._days_ready = True
+        return [k[len(DAYS_PREFIX) :] for k in self.store.list(DAYS_PREFIX)]
 
     def _read(self, job_id: str) -> JobRecord | None:
         try:
@@ -165,6 +197,11 @@ class JobStore:
         except (ObjectNotFoundError, ValueError):
             log.warning("skipping unreadable job record %s", job_id)
             return None
+
+    def _mark_day(self, day: str) -> None:
+        if day not in self._days_marked:
+            self.store.put_bytes(f"{DAYS_PREFIX}{day}", b"")
+            self._days_marked.add(day)
 
     # -- cancellation -------------------------------------------------------------------
     def cancel_key(self, job_id: str) -> str:

@@ -184,14 +184,23 @@ class FileObjectStore:
     def list(self, prefix: str = "") -> list[str]:
         """All keys starting with ``prefix`` (a string prefix, as on S3), sorted."""
         validate_key(prefix, prefix=True)
-        folder = self.root / prefix.rpartition("/")[0]
+        parent, _, partial = prefix.rpartition("/")
+        folder = self.root / parent
         if not folder.resolve().is_relative_to(self.root) or not folder.is_dir():
             return []
         keys: list[str] = []
-        for dirpath, _dirs, files in os.walk(folder):
-            rel = Path(dirpath).relative_to(self.root).as_posix()
-            base = "" if rel == "." else f"{rel}/"
-            keys.extend(base + f for f in files if not f.startswith(_TMP_PREFIX))
+        base = f"{parent}/" if parent else ""
+        # Only the entries the partial last segment matches are walked: listing
+        # "jobs/20261206" reads one day's folders, not every job's.
+        for entry in os.scandir(folder):
+            if not entry.name.startswith(partial) or entry.name.startswith(_TMP_PREFIX):
+                continue
+            if entry.is_file():
+                keys.append(base + entry.name)
+                continue
+            for dirpath, _dirs, files in os.walk(entry.path):
+                rel = Path(dirpath).relative_to(self.root).as_posix()
+                keys.extend(f"{rel}/{f}" for f in files if not f.startswith(_TMP_PREFIX))
         return sorted(k for k in keys if k.startswith(prefix))
 
     # -- deletes -------------------------------------------------------------------------
