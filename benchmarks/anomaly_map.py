@@ -285,6 +285,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="ViT-B-16-plus-240")
     parser.add_argument("--model-config-dir", type=Path, default=None)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16"], help="fp16: CUDA")
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--refs", type=int, default=2)
@@ -302,6 +303,7 @@ def main(argv: list[str] | None = None) -> None:
         clip_model=args.model,
         allow_random_weights=True,
         device=args.device,
+        precision=args.precision,
         extra_model_config_dir=args.model_config_dir,
     )
     started = time.perf_counter()

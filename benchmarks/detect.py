@@ -58,7 +58,14 @@ class Server:
     """``agssp serve inference`` on a loopback port, serving one local ONNX file."""
 
     def __init__(
-        self, onnx: Path, home: Path, *, max_batch: int, delay_ms: float, **extra: str
+        self,
+        onnx: Path,
+        home: Path,
+        *,
+        max_batch: int,
+        delay_ms: float,
+        device: str = "cpu",
+        **extra: str,
     ) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -71,7 +78,7 @@ class Server:
             INFERENCE_MAX_BATCH_SIZE=str(max_batch),
             INFERENCE_MAX_QUEUE_DELAY_MS=str(delay_ms),
             INFERENCE_MAX_QUEUE="512",
-            INFERENCE_DEVICE="cpu",
+            INFERENCE_DEVICE=device,
             **{f"INFERENCE_{k.upper()}": v for k, v in extra.items()},
         )
         argv = [sys.executable, "-m", "agssp.main", "serve", "inference"]
