@@ -107,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--maps", nargs="+", choices=sorted(ROWS), default=list(ROWS))
     parser.add_argument(
+        "--rows",
+        nargs="+",
+        choices=sorted({row for rows in ROWS.values() for row in rows}),
+        default=None,
+        help="only these rows (e.g. scratch agssp for a slow detector family); default all",
+    )
+    parser.add_argument(
         "--detector",
         choices=list(FAMILIES),
         default=DEFAULT_FAMILY,
@@ -578,13 +585,19 @@ def detector_jobs(
     """Submit every (maps, init, seed) finetune not yet run; returns their (key, job id)."""
     jobs: dict[str, dict[str, dict[int, tuple[str, str]]]] = {}
     for maps in args.maps:
-        jobs[maps] = {init: {} for init in ROWS[maps]}
+        jobs[maps] = {init: {} for init in rows_of(args, maps)}
         for seed in args.seeds:
-            for init in ROWS[maps]:
+            for init in rows_of(args, maps):
                 jobs[maps][init][seed] = detector_job(
                     runner, args, ref, rec, made, maps, init, seed
                 )
     return jobs
+
+
+def rows_of(args: argparse.Namespace, maps: str) -> tuple[str, ...]:
+    """The rows of a map source this run measures (``--rows`` narrows ``ROWS``)."""
+    rows = getattr(args, "rows", None)
+    return tuple(r for r in ROWS[maps] if rows is None or r in rows)
 
 
 def _start(made: dict[str, Any], maps: str, init: str) -> dict[str, Any]:
@@ -671,7 +684,7 @@ def machine() -> dict[str, Any]:
 
 def _needs(runner: Runner, args: argparse.Namespace, maps: str) -> bool:
     """Whether a row built on this map source's pretraining still has a seed to run."""
-    rows = [init for init in ROWS[maps] if not init.startswith("scratch")]
+    rows = [init for init in rows_of(args, maps) if not init.startswith("scratch")]
     tag = budget_tag(args)
     return any(not runner.is_done(row_key(maps, i, s, tag)) for i in rows for s in args.seeds)
 
@@ -705,7 +718,10 @@ def pretrain_all(
         found = runner.state.setdefault("box_stats", {}).setdefault(tag, {})
         found[maps] = {**counted, **made[maps]["gate"]}
         runner.save()
-    if any(not runner.is_done(row_key(MAPS_FIRST, "ssl", s, tag)) for s in args.seeds):
+    ssl_wanted = "ssl" in rows_of(args, MAPS_FIRST)
+    if ssl_wanted and any(
+        not runner.is_done(row_key(MAPS_FIRST, "ssl", s, tag)) for s in args.seeds
+    ):
         made["ssl"] = run_ssl(runner, args, rec, made[MAPS_FIRST])
     return made
 
