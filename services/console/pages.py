@@ -35,6 +35,7 @@ PAGES = (
         "start, follow and cancel pipelines and jobs",
         ("pipelines", "jobs"),
     ),
+    Page("datasets", "Datasets", "imported labelled sets and what they hold"),
     Page("models", "Models", "registry, versions, stages"),
 )
 BY_SLUG = {page.slug: page for page in PAGES}

@@ -133,11 +133,13 @@
   }
 
   function artifactLinks(job) {
+    // One line per artifact: a model version links to Models, a stored object opens.
     return (job.artifacts || []).map((ref) => {
       const [name, version] = ref.split(":");
-      return version
+      const link = version
         ? el("a", { href: `/models?name=${encodeURIComponent(name)}&version=${encodeURIComponent(version)}`, text: ref })
         : el("a", { href: "#", class: "object", text: ref, onclick: (e) => { e.preventDefault(); e.stopPropagation(); Console.openBlob("pipeline", Console.objectPath(ref)).catch((err) => showError("jobs-error", err)); } });
+      return el("div", { class: "artifact" }, link);
     });
   }
 
@@ -150,7 +152,7 @@
       ? el("span", { class: "error-inline" }, el("code", { text: job.error_code || "error" }), " ", job.error)
       : job.message;
     return el("tr", { class: `job clickable ${job.id === selected ? "selected" : ""}`, dataset: { jobId: job.id, state: job.state, progress: String(job.progress) }, onclick: () => { selected = job.id; render(); } },
-      el("td", {}, el("code", { text: job.id.slice(0, 10) })), el("td", { text: job.kind }),
+      el("td", {}, el("code", { class: "id", text: job.id })), el("td", { text: job.kind }),
       el("td", {}, el("span", { class: `state ${job.state.toLowerCase()}`, text: job.state })),
       el("td", {}, progressBar(job.progress, job.state)), el("td", { class: "eta", text: eta(job) }),
       el("td", {}, message), el("td", {}, artifactLinks(job)), el("td", {}, cancel));

@@ -20,7 +20,7 @@
       $("model-table").tBodies[0].replaceChildren(...answer.items.map((m) => el("tr", { class: "clickable", dataset: { model: m.name }, onclick: () => open(m.name) },
         el("td", {}, el("a", { href: `?name=${encodeURIComponent(m.name)}`, onclick: (e) => { e.preventDefault(); open(m.name); }, text: m.name })),
         el("td", { text: m.kind || "" }), el("td", {}, el("code", { text: m.latest || "" })), el("td", { text: String(m.versions) }),
-        el("td", {}, Object.entries(m.stages).map(([s, v]) => el("span", { class: "chip", text: `${s} → ${v.slice(0, 10)}` }))))));
+        el("td", {}, Object.entries(m.stages).map(([s, v]) => el("span", { class: "chip", text: `${s} → ${v}` }))))));
     } catch (err) {
       showError("models-error", err);
     }

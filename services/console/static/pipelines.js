@@ -78,7 +78,7 @@
 
   function stepRow(step) {
     const job = step.job_id
-      ? el("a", { href: "#job-detail", text: step.job_id.slice(0, 10), onclick: () => document.dispatchEvent(new CustomEvent("console:select-job", { detail: step.job_id })) })
+      ? el("a", { href: "#job-detail", text: step.job_id, onclick: () => document.dispatchEvent(new CustomEvent("console:select-job", { detail: step.job_id })) })
       : "";
     const message = step.error
       ? el("span", { class: "error-inline" }, el("code", { text: step.error_code || "error" }), " ", step.error)
@@ -114,7 +114,7 @@
 
   function row(p) {
     return el("tr", { class: `pipeline clickable ${p.id === selected ? "selected" : ""}`, dataset: { pipelineId: p.id, state: p.state, progress: String(p.progress) }, onclick: () => { selected = p.id; render(); } },
-      el("td", {}, el("code", { text: p.id.slice(0, 10) })), el("td", { text: p.name }),
+      el("td", {}, el("code", { class: "id", text: p.id })), el("td", { text: p.name }),
       el("td", {}, el("span", { class: `state ${p.state.toLowerCase()}`, text: p.state })),
       el("td", {}, progressBar(p.progress, p.state)), el("td", { text: p.current_step || "" }),
       el("td", { text: when(p.updated_at) }));

@@ -24,6 +24,7 @@ from shared.storage.base import ObjectStore
 from shared.storage.factory import create_store
 from tests.integration.console.support import (
     CHROMIUM,
+    DATASET,
     JOB_IMAGES,
     LOOPBACK,
     MODEL,
@@ -97,6 +98,28 @@ def _seed(store: ObjectStore) -> None:
     store.put_bytes("labelled/classes.txt", b"scratch\n")
 
 
+def _import_dataset(store: ObjectStore, tmp: Path) -> None:
+    """A labelled set imported as ``agssp data import`` does (its summary stored): six
+    defect images (one stored twice), three labelled defect-free, YOLO flat layout."""
+    from services.finetune.config import FinetuneSettings
+    from services.finetune.params import DatasetImportParams
+    from services.finetune.usecases.datasets import import_local_dataset
+    from shared.config import CommonSettings, PathSettings
+
+    root = tmp / "labelled-set"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    (root / "classes.txt").write_text("scratch\n")
+    for i in range(9):
+        (root / "images" / f"p_{i}.png").write_bytes(steel_png(300 + i))
+        (root / "labels" / f"p_{i}.txt").write_text("0 0.3 0.3 0.2 0.25\n" if i < 6 else "")
+    shutil.copy(root / "images" / "p_0.png", root / "images" / "p_copy.png")
+    shutil.copy(root / "labels" / "p_0.txt", root / "labels" / "p_copy.txt")
+    settings = FinetuneSettings(common=CommonSettings(paths=PathSettings(home=tmp)))
+    params = DatasetImportParams.model_validate({"name": DATASET, "prefix": "x/"})
+    import_local_dataset(store, root, params, "1", settings)
+
+
 def _env(senv: SuiteEnv, tmp: Path) -> None:
     senv.env.update(
         {
@@ -157,6 +180,7 @@ def suite(
     store = create_store(senv.settings)
     _seed(store)
     _publish_models(store, _detecting_onnx(tmp))
+    _import_dataset(store, tmp)
     procs: dict[str, Proc] = {"worker": start_worker(senv, tmp, ["maps", "default"], "console")}
     urls: dict[str, str] = {}
     try:

@@ -18,6 +18,7 @@ CHROMIUM = os.environ.get("AGSSP_TEST_CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = Path(os.environ.get("AGSSP_SCREENSHOT_DIR", ROOT / "var" / "screenshots" / "console"))
 VIEWPORT = {"width": 1280, "height": 800}
 MODEL = "console-det"
+DATASET = "console-labelled"
 JOB_IMAGES = 40  # one per batch (ANOMALY_MAP_MAX_BATCH_SIZE=1): the job lasts several polls
 SIZE = 96
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}

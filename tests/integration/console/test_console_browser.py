@@ -1,6 +1,6 @@
 """The console in headless Chromium against a running suite, with the network cut to loopback:
-inspect an image (map overlay and boxes), manage a category, follow a job to the end, promote
-a model; every API's /docs and /redoc render from local files."""
+inspect an image (map overlay and boxes), manage a category, follow a job to the end, read an
+imported set's summary, promote a model; every API's /docs and /redoc render from local files."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 
 from tests.integration.console.support import (
     CATEGORY,
+    DATASET,
     MODEL,
     Offline,
     Suite,
@@ -216,6 +217,28 @@ def test_promoting_a_version_moves_the_stage(suite: Suite, page: Any) -> None:
     detail = httpx.get(f"{suite.urls['finetune']}/v1/models/{MODEL}", timeout=30).json()
     assert detail["stages"]["production"] == "v2"
     screenshot(page, "console-models")
+
+
+def test_a_dataset_shows_its_import_summary(suite: Suite, page: Any) -> None:
+    # given an imported set with 10 images (one stored twice) and one split of each side
+    page.goto(f"{suite.console}/datasets")
+    page.click(f"#dataset-table tr[data-dataset='{DATASET}'] a")
+    page.wait_for_selector("#split-table tr.split-row")
+    # then each split's counts add up to the stored set, with defects and defect-free ones
+    rows = page.locator("#split-table tr.split-row[data-split='train'], tr[data-split='val']")
+    images = [int(rows.nth(i).get_attribute("data-images")) for i in range(rows.count())]
+    defective = [int(rows.nth(i).get_attribute("data-defective")) for i in range(rows.count())]
+    assert sum(images) == 10
+    assert sum(defective) == 7
+    # and the box sizes are drawn, one bar per bin, holding every box
+    bins = page.locator("#size-histogram tr.size-bin")
+    assert sum(int(bins.nth(i).get_attribute("data-count")) for i in range(bins.count())) == 7
+    # and the duplicate pair is named
+    assert page.locator("#duplicates").get_attribute("data-groups") == "1"
+    assert "p_0.png = p_copy.png" in page.locator("#duplicates").inner_text()
+    detail = httpx.get(f"{suite.urls['finetune']}/v1/datasets/{DATASET}", timeout=30).json()
+    assert detail["versions"][0]["summary"]["images"] == 10
+    screenshot(page, "console-datasets")
 
 
 def wait_ready(suite: Suite, timeout_s: float = 60) -> None:
