@@ -290,7 +290,7 @@ def _round_runner(
 
 def _models(variant: str, work: Path, calibration: int) -> dict[str, Path]:
     """The FP32 export and its INT8 copy (calibrated on synthetic frames: speed rows only)."""
-    from services.finetune.ml.quantize import quantize_int8
+    from services.finetune.ml.yolov8.quantize import quantize_int8
     from services.inference.ml.letterbox import to_input_tensor
 
     fp32 = export_yolo_onnx(variant, work / "models", imgsz=IMGSZ, dynamic=True)

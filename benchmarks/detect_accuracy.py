@@ -3,7 +3,7 @@
 A YOLOv8n is finetuned from scratch for a few CPU epochs through the finetune service's own
 paths (VOC import with its 90/10 split, ultralytics training, ONNX export); enough to compare
 the two precisions, not to reach paper accuracy. The FP32 export is cached under ``var/`` by
-its settings, so a rerun skips the training. INT8 is ``services.finetune.ml.quantize``
+its settings, so a rerun skips the training. INT8 is ``services.finetune.ml.yolov8.quantize``
 calibrated on training images, then both are scored with the same COCO evaluation.
 """
 
@@ -34,11 +34,11 @@ def _settings(work: Path) -> Any:
 def _train(data: Path, cache: Path, fields: dict[str, Any], max_train: int | None) -> float:
     """Import NEU-DET, train from scratch, export ``cache/fp32.onnx``; returns seconds."""
     from services.finetune.ml.backend import TrainRequest
-    from services.finetune.ml.checkpoint import DetectorCheckpoint
     from services.finetune.ml.config import FinetuneConfig
-    from services.finetune.ml.detector import detector_from_checkpoint
-    from services.finetune.ml.export import export_onnx
     from services.finetune.ml.materialize import materialize_yolo
+    from services.finetune.ml.yolov8.checkpoint import DetectorCheckpoint
+    from services.finetune.ml.yolov8.detector import detector_from_checkpoint
+    from services.finetune.ml.yolov8.export import export_onnx
     from services.finetune.params import DatasetImportParams
     from services.finetune.runtime.yolo_backend import TORCH
     from services.finetune.stores.datasets import load_split
@@ -86,7 +86,7 @@ def _subset_dataset(cache: Path, split: str) -> tuple[Any, Path]:
 
 def _score(onnx: Path, cache: Path, imgsz: int) -> dict[str, float]:
     from services.finetune.ml.evaluate import evaluate_detections
-    from services.finetune.ml.predict import predict_with
+    from services.finetune.ml.yolov8.predict import predict_with
     from services.finetune.runtime.yolo_backend import onnx_forward
 
     val, images = _subset_dataset(cache, "val")
@@ -106,8 +106,8 @@ def measure_int8_accuracy(
 ) -> dict[str, Any]:
     """Train (or reuse the cached model), quantise, score both; the ``int8`` result block."""
     from services.finetune.ml.image_files import read_bgr
-    from services.finetune.ml.predict import letterbox_batch
-    from services.finetune.ml.quantize import quantize_int8
+    from services.finetune.ml.yolov8.predict import letterbox_batch
+    from services.finetune.ml.yolov8.quantize import quantize_int8
 
     if not (NEU_DET / "annotations").is_dir():
         return {"skipped": f"NEU-DET not found at {NEU_DET}"}

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.detect_accuracy import CACHE, NEU_DET, ROOT, _score, _subset_dataset, _train
-from services.finetune.ml.quantize import Scheme
+from services.finetune.ml.yolov8.quantize import Scheme
 from shared.config import configure_offline_environment
 from shared.ml.cpu_features import VNNI_FLAGS, host_cpu, int8_problem
 from shared.schemas.detector_artifact import U8S8, U8S8_RR7
@@ -74,7 +74,7 @@ def _versions() -> dict[str, Any]:
 def _letterboxed(cache: Path, split: str, imgsz: int, count: int | None) -> list[Any]:
     """Per-image (1, 3, imgsz, imgsz) batches of a split; a seeded sample of ``count``."""
     from services.finetune.ml.image_files import read_bgr
-    from services.finetune.ml.predict import letterbox_batch
+    from services.finetune.ml.yolov8.predict import letterbox_batch
 
     subset, images = _subset_dataset(cache, split)
     order = np.random.default_rng(0).permutation(len(subset.images))[:count]
@@ -99,7 +99,11 @@ def _model(epochs: int, imgsz: int, max_train: int | None, seed: int = 0) -> tup
 
 def measure_synthetic(work: Path) -> dict[str, Any]:
     """Each scheme on the unit test's detecting random YOLOv8n, on the test's images."""
-    from services.finetune.ml.quantize import measure_int8_errors, over_tolerance, quantize_int8
+    from services.finetune.ml.yolov8.quantize import (
+        measure_int8_errors,
+        over_tolerance,
+        quantize_int8,
+    )
     from services.inference.ml.letterbox import to_input_tensor
     from tests.unit.inference.conftest import IMGSZ, _make_detecting_model, blocky_image
 
@@ -131,7 +135,11 @@ def measure_synthetic(work: Path) -> dict[str, Any]:
 
 def measure(epochs: int, imgsz: int, max_train: int | None, calibration: int) -> dict[str, Any]:
     """FP32 and each scheme's INT8 on the NEU-DET model: errors, mAP, the job's verdict."""
-    from services.finetune.ml.quantize import measure_int8_errors, over_tolerance, quantize_int8
+    from services.finetune.ml.yolov8.quantize import (
+        measure_int8_errors,
+        over_tolerance,
+        quantize_int8,
+    )
 
     cache, model = _model(epochs, imgsz, max_train)
     fp32 = cache / "fp32.onnx"
@@ -183,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"NEU-DET not found at {NEU_DET}")
     setup = QUICK if args.quick else FULL
     started, load_before = time.time(), os.getloadavg()
-    from services.finetune.ml.quantize import INT8_TOLERANCE
+    from services.finetune.ml.yolov8.quantize import INT8_TOLERANCE
 
     with tempfile.TemporaryDirectory(prefix="bench-int8-") as tmp:
         synthetic = measure_synthetic(Path(tmp))

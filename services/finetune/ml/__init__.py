@@ -1,3 +1,4 @@
-"""Pure ML code of the finetune service: dataset formats, YOLOv8 detectors, AGDP/finetune
-training, COCO evaluation and ONNX export (agssp-spec §5). No transport or storage imports.
+"""Pure ML code of the finetune service (agssp-spec §5): dataset formats and layouts, splits,
+the COCO evaluator, the seam to the detector backends (``backend``), and one module or folder
+per detector family (``yolov8/``, ``faster_rcnn``). No transport or storage imports.
 """

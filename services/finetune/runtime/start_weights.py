@@ -1,4 +1,5 @@
-"""Start weights of a detector run: AGBP backbones, detector artifacts, local checkpoints.
+"""Start weights of a detector run, for every family: AGBP backbone tensors, an artifact's
+files, local checkpoint paths, and the counted-transfer summary jobs record.
 
 Tensors from the registry load with ``weights_only`` (no pickled code); a local ultralytics
 ``.pt`` (a pickle) is accepted only from AGSSP_MODEL_DIR, or from anywhere for the CLI.
@@ -14,43 +15,10 @@ from typing import Any
 import torch
 
 from services.finetune.config import FinetuneSettings
-from services.finetune.ml.checkpoint import DetectorCheckpoint
-from services.finetune.ml.detector import (
-    BackboneInit,
-    CheckpointPathInit,
-    DetectorInit,
-    InitSpec,
-)
-from services.finetune.params import InitParams
 from services.finetune.stores.models import ModelRegistry
 from shared.errors import InvalidInputError
 from shared.schemas.artifacts import ArtifactRef
 from shared.schemas.backbones import BACKBONE_FILE
-from shared.schemas.detector_artifact import WEIGHTS_FILE
-from shared.storage.base import ObjectStore
-
-
-def resolve_init(
-    store: ObjectStore, init: InitParams, settings: FinetuneSettings, local_ok: bool = False
-) -> InitSpec:
-    """The ml ``InitSpec`` an ``InitParams`` names; artifact tensors load with weights_only.
-
-    Args:
-        local_ok: accept checkpoint paths outside AGSSP_MODEL_DIR (the CLI, run by the user).
-
-    Raises:
-        InvalidInputError: the artifact lacks the weights file, or the path is not allowed.
-    """
-    fraction = settings.min_transfer_fraction
-    if init.kind == "scratch":
-        return None
-    if init.artifact is not None:
-        registry = ModelRegistry(store)
-        ref = registry.resolve(init.artifact)
-        if init.kind == "agbp":
-            return BackboneInit(backbone_tensors(registry, ref), min_fraction=fraction)
-        return DetectorInit(_detector_checkpoint(registry, ref), min_fraction=fraction)
-    return CheckpointPathInit(local_checkpoint_path(str(init.path), settings, local_ok), fraction)
 
 
 def backbone_tensors(registry: ModelRegistry, ref: ArtifactRef) -> dict[str, torch.Tensor]:
@@ -64,11 +32,6 @@ def backbone_tensors(registry: ModelRegistry, ref: ArtifactRef) -> dict[str, tor
     if not isinstance(state, dict):
         raise InvalidInputError(f"{ref}/{BACKBONE_FILE} is not a state_dict", code="bad_weights")
     return {str(k): v for k, v in state.items() if isinstance(v, torch.Tensor)}
-
-
-def _detector_checkpoint(registry: ModelRegistry, ref: ArtifactRef) -> DetectorCheckpoint:
-    data = artifact_file(registry, ref, WEIGHTS_FILE)
-    return DetectorCheckpoint.from_bytes(data, source=f"{ref}/{WEIGHTS_FILE}")
 
 
 def artifact_file(registry: ModelRegistry, ref: ArtifactRef, filename: str) -> bytes:

@@ -27,15 +27,23 @@ from services.finetune.ml.backend import (
     TrainRequest,
     WeightsInfo,
 )
-from services.finetune.ml.checkpoint import DetectorCheckpoint
 from services.finetune.ml.dataset import DetectionDataset
-from services.finetune.ml.detector import TransferReport, build_detector, detector_from_checkpoint
 from services.finetune.ml.evaluate import EvalResult, evaluate_detections
-from services.finetune.ml.export import check_onnx_matches, export_onnx
 from services.finetune.ml.image_files import read_bgr
-from services.finetune.ml.offline import configure_ultralytics_offline
-from services.finetune.ml.predict import evaluate_detector, letterbox_batch, predict_with
-from services.finetune.ml.quantize import (
+from services.finetune.ml.yolov8.checkpoint import DetectorCheckpoint
+from services.finetune.ml.yolov8.detector import (
+    BackboneInit,
+    CheckpointPathInit,
+    DetectorInit,
+    InitSpec,
+    TransferReport,
+    build_detector,
+    detector_from_checkpoint,
+)
+from services.finetune.ml.yolov8.export import check_onnx_matches, export_onnx
+from services.finetune.ml.yolov8.offline import configure_ultralytics_offline
+from services.finetune.ml.yolov8.predict import evaluate_detector, letterbox_batch, predict_with
+from services.finetune.ml.yolov8.quantize import (
     CHECK_IMAGES,
     INT8_TOLERANCE,
     SAFE_SCHEME,
@@ -43,11 +51,18 @@ from services.finetune.ml.quantize import (
     over_tolerance,
     quantize_int8,
 )
-from services.finetune.ml.train import TrainResult, resume_training, run_training
-from services.finetune.params import CalibrationMethod
-from services.finetune.runtime.start_weights import resolve_init, transfer_doc
+from services.finetune.ml.yolov8.train import TrainResult, resume_training, run_training
+from services.finetune.params import CalibrationMethod, InitParams
+from services.finetune.runtime.start_weights import (
+    artifact_file,
+    backbone_tensors,
+    local_checkpoint_path,
+    transfer_doc,
+)
+from services.finetune.stores.models import ModelRegistry
 from shared.errors import SuiteError, UnavailableError
 from shared.ml.device import resolve_device
+from shared.schemas.artifacts import ArtifactRef
 from shared.schemas.detector import DetectorTrainConfig
 from shared.schemas.detector_artifact import (
     CLASSES_FILE,
@@ -59,6 +74,7 @@ from shared.schemas.detector_artifact import (
     classes_json,
 )
 from shared.schemas.evaluation import PER_IMAGE_FILE, PerImageEval, RunInfo
+from shared.storage.base import ObjectStore
 
 log = logging.getLogger(__name__)
 DEFAULT_IMGSZ = 640  # what ultralytics trains at when a checkpoint's config names none
@@ -243,6 +259,34 @@ def _files(
         CONFIG_FILE: config_doc.encode(),
         METRICS_FILE: json.dumps(metrics, indent=1).encode(),
     }
+
+
+def resolve_init(
+    store: ObjectStore, init: InitParams, settings: FinetuneSettings, local_ok: bool = False
+) -> InitSpec:
+    """The ml ``InitSpec`` an ``InitParams`` names; artifact tensors load with weights_only.
+
+    Args:
+        local_ok: accept checkpoint paths outside AGSSP_MODEL_DIR (the CLI, run by the user).
+
+    Raises:
+        InvalidInputError: the artifact lacks the weights file, or the path is not allowed.
+    """
+    fraction = settings.min_transfer_fraction
+    if init.kind == "scratch":
+        return None
+    if init.artifact is not None:
+        registry = ModelRegistry(store)
+        ref = registry.resolve(init.artifact)
+        if init.kind == "agbp":
+            return BackboneInit(backbone_tensors(registry, ref), min_fraction=fraction)
+        return DetectorInit(_detector_checkpoint(registry, ref), min_fraction=fraction)
+    return CheckpointPathInit(local_checkpoint_path(str(init.path), settings, local_ok), fraction)
+
+
+def _detector_checkpoint(registry: ModelRegistry, ref: ArtifactRef) -> DetectorCheckpoint:
+    data = artifact_file(registry, ref, WEIGHTS_FILE)
+    return DetectorCheckpoint.from_bytes(data, source=f"{ref}/{WEIGHTS_FILE}")
 
 
 def transfer_summary(report: TransferReport | None) -> dict[str, Any] | None:

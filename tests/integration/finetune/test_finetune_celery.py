@@ -90,7 +90,7 @@ def _seed_store(store: ObjectStore) -> None:
 
 
 def _publish_agbp(store: ObjectStore) -> None:
-    from services.finetune.ml.detector import build_detector
+    from services.finetune.ml.yolov8.detector import build_detector
 
     state = {
         k: v

@@ -54,20 +54,29 @@ def test_only_the_table_and_each_familys_backend_spell_a_family_name() -> None:
     assert not stray, f"family names spelt outside the table and their backends: {stray}"
 
 
-def test_family_model_modules_are_imported_only_by_their_backends() -> None:
-    # given: Faster R-CNN's model module, reached only through its backend
+def test_family_model_code_is_imported_only_by_its_backend() -> None:
+    # given: each family's model code (Faster R-CNN's module, YOLOv8's folder)
     backends = {_backend_file(row.backend.partition(":")[0]) for row in FAMILIES.values()}
-    model_module = "services.finetune.ml.faster_rcnn"
+    model_code = {
+        "services.finetune.ml.faster_rcnn": "services/finetune/ml/faster_rcnn.py",
+        "services.finetune.ml.yolov8": "services/finetune/ml/yolov8/",
+    }
     # when
-    importers = set()
+    importers: dict[str, set[str]] = {module: set() for module in model_code}
     for path in _product_files():
+        where = path.relative_to(ROOT).as_posix()
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module == model_module:
-                importers.add(path.relative_to(ROOT).as_posix())
+            if not isinstance(node, ast.ImportFrom) or node.module is None:
+                continue
+            for module, home in model_code.items():
+                inside = where.startswith(home) or where == home
+                if (node.module + ".").startswith(module + ".") and not inside:
+                    importers[module].add(where)
     # then
-    assert importers, "nothing imports the family's model module"
-    assert importers <= backends, importers
+    for module, found in importers.items():
+        assert found, f"nothing imports {module}"
+        assert found <= backends, (module, found - backends)
 
 
 def test_every_row_names_a_loadable_backend_and_a_served_layout() -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from services.finetune.ml.dataset import Box, DetectionDataset, ImageRecord
-from services.finetune.ml.offline import configure_ultralytics_offline
+from services.finetune.ml.yolov8.offline import configure_ultralytics_offline
 
 MakeDataset = Callable[..., tuple[DetectionDataset, Path]]
 

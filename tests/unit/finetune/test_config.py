@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from services.finetune.ml.checkpoint import DetectorCheckpoint
 from services.finetune.ml.config import AgdpConfig, FinetuneConfig
-from services.finetune.ml.detector import DetectorInit
 from services.finetune.ml.materialize import YoloDataFolder
-from services.finetune.ml.train import finetune
+from services.finetune.ml.yolov8.checkpoint import DetectorCheckpoint
+from services.finetune.ml.yolov8.detector import DetectorInit
+from services.finetune.ml.yolov8.train import finetune
 from shared.errors import InvalidInputError
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from services.finetune.ml.checkpoint import DetectorCheckpoint
-from services.finetune.ml.detector import (
+from services.finetune.ml.yolov8.checkpoint import DetectorCheckpoint
+from services.finetune.ml.yolov8.detector import (
     BackboneInit,
     CheckpointPathInit,
     DetectorInit,

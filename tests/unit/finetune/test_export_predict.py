@@ -9,9 +9,9 @@ import numpy as np
 import onnx
 import pytest
 
-from services.finetune.ml.detector import Detector, build_detector
-from services.finetune.ml.export import check_onnx_matches, export_onnx
-from services.finetune.ml.predict import evaluate_detector, predict_dataset
+from services.finetune.ml.yolov8.detector import Detector, build_detector
+from services.finetune.ml.yolov8.export import check_onnx_matches, export_onnx
+from services.finetune.ml.yolov8.predict import evaluate_detector, predict_dataset
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import yaml
 
 from services.finetune.ml.dataset import Box, DetectionDataset, ImageRecord
 from services.finetune.ml.materialize import materialize_yolo
-from services.finetune.ml.offline import configure_ultralytics_offline
+from services.finetune.ml.yolov8.offline import configure_ultralytics_offline
 from shared.errors import InvalidInputError
 
 

@@ -11,8 +11,8 @@ import pytest
 
 from services.finetune.config import FinetuneSettings
 from services.finetune.ml.backend import load_backend
-from services.finetune.ml.detector import build_detector
 from services.finetune.ml.voc import export_voc
+from services.finetune.ml.yolov8.detector import build_detector
 from services.finetune.params import DatasetImportParams, InitParams
 from services.finetune.usecases.comparisons import (
     CompareRow,

@@ -22,8 +22,8 @@ import torch
 from services.finetune.config import FinetuneSettings
 from services.finetune.ml.backend import load_backend
 from services.finetune.ml.dataset import DetectionDataset
-from services.finetune.ml.detector import build_detector
 from services.finetune.ml.yolo_format import yolo_label_text
+from services.finetune.ml.yolov8.detector import build_detector
 from services.finetune.params import (
     AgdpJobParams,
     DatasetImportParams,

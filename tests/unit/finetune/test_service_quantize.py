@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 
 from services.finetune.ml.backend import load_backend
-from services.finetune.ml.quantize import INT8_TOLERANCE
+from services.finetune.ml.yolov8.quantize import INT8_TOLERANCE
 from services.finetune.params import QuantizeParams
 from services.finetune.usecases.quantize_jobs import run_quantize_job, submit_quantization
 from shared.errors import InvalidInputError

@@ -14,10 +14,10 @@ import torch
 
 from services.finetune.ml.config import AgdpConfig, FinetuneConfig
 from services.finetune.ml.dataset import to_single_class
-from services.finetune.ml.detector import BackboneInit, DetectorInit, build_detector
 from services.finetune.ml.materialize import YoloDataFolder, materialize_yolo
 from services.finetune.ml.splits import split_train_val
-from services.finetune.ml.train import TrainResult, finetune, train_agdp
+from services.finetune.ml.yolov8.detector import BackboneInit, DetectorInit, build_detector
+from services.finetune.ml.yolov8.train import TrainResult, finetune, train_agdp
 from shared.ml.hooks import TrainHooks
 
 TINY = {"scale": "n", "batch": 4, "imgsz": 64, "device": "cpu", "workers": 0, "seed": 0}

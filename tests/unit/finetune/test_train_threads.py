@@ -11,11 +11,11 @@ import torch
 
 from services.finetune.ml.config import AgdpConfig
 from services.finetune.ml.dataset import to_single_class
-from services.finetune.ml.detector import BackboneInit, build_detector
 from services.finetune.ml.materialize import materialize_yolo
-from services.finetune.ml.offline import import_ultralytics
 from services.finetune.ml.splits import split_train_val
-from services.finetune.ml.train import train_agdp
+from services.finetune.ml.yolov8.detector import BackboneInit, build_detector
+from services.finetune.ml.yolov8.offline import import_ultralytics
+from services.finetune.ml.yolov8.train import train_agdp
 from shared.ml import threads
 from shared.ml.hooks import TrainHooks
 

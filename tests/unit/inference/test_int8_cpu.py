@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from services.finetune.ml.quantize import quantize_int8
+from services.finetune.ml.yolov8.quantize import quantize_int8
 from services.inference.api.main import create_app
 from services.inference.ml.letterbox import to_input_tensor
 from services.inference.stores.models import ModelKey, ModelRegistry

@@ -24,8 +24,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from services.finetune.ml import quantize
-from services.finetune.ml.quantize import INT8_TOLERANCE, int8_errors, over_tolerance, quantize_int8
+from services.finetune.ml.yolov8 import quantize
+from services.finetune.ml.yolov8.quantize import (
+    INT8_TOLERANCE,
+    int8_errors,
+    over_tolerance,
+    quantize_int8,
+)
 from services.inference.ml.letterbox import to_input_tensor
 from services.inference.ml.onnx_detector import OnnxDetector
 from shared.errors import InvalidInputError

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from services.finetune.ml.dataset import DetectionDataset, ScoredBox
-from services.finetune.ml.detector import Detector
 from services.finetune.ml.evaluate import EvalResult, evaluate_detections
 from services.finetune.ml.image_files import read_bgr
+from services.finetune.ml.yolov8.detector import Detector
 from shared.ml.device import resolve_device
 
 # (B, 3, S, S) float in [0, 1] -> raw head output (B, 4 + num_classes, anchors).

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from services.finetune.ml.offline import import_ultralytics
+from services.finetune.ml.yolov8.offline import import_ultralytics
 
 trainer_module = import_ultralytics("ultralytics.engine.trainer")
 _torch_utils = import_ultralytics("ultralytics.utils.torch_utils")

@@ -16,9 +16,10 @@ from typing import Any
 
 import torch
 
-from services.finetune.ml.checkpoint import DetectorCheckpoint
 from services.finetune.ml.config import AgdpConfig, DetectorTrainConfig, FinetuneConfig
-from services.finetune.ml.detector import (
+from services.finetune.ml.materialize import YoloDataFolder
+from services.finetune.ml.yolov8.checkpoint import DetectorCheckpoint
+from services.finetune.ml.yolov8.detector import (
     BackboneInit,
     Detector,
     DetectorInit,
@@ -26,8 +27,7 @@ from services.finetune.ml.detector import (
     TransferReport,
     build_detector,
 )
-from services.finetune.ml.materialize import YoloDataFolder
-from services.finetune.ml.offline import import_ultralytics
+from services.finetune.ml.yolov8.offline import import_ultralytics
 from shared.errors import InvalidInputError
 from shared.ml.device import resolve_device
 from shared.ml.hooks import TrainHooks
@@ -163,7 +163,7 @@ def _fit(
     resume: Path | None,
     expected: Mapping[str, torch.Tensor] | None,
 ) -> TrainResult:
-    from services.finetune.ml.yolo_trainer import trainer_class, use_training_threads
+    from services.finetune.ml.yolov8.trainer import trainer_class, use_training_threads
 
     use_training_threads(training_threads())
     bridge = _HookBridge(hooks, config, expected)

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from services.finetune.ml.detector import Detector
-from services.finetune.ml.predict import letterbox_batch
+from services.finetune.ml.yolov8.detector import Detector
+from services.finetune.ml.yolov8.predict import letterbox_batch
 from shared.errors import InvalidInputError
 
 ONNX_OPSET = 17  # fixed so artifacts do not change with the installed torch/onnx versions

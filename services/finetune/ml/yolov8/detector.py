@@ -17,8 +17,8 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from services.finetune.ml.checkpoint import SCALES, DetectorCheckpoint, Scale
-from services.finetune.ml.offline import import_ultralytics
+from services.finetune.ml.yolov8.checkpoint import SCALES, DetectorCheckpoint, Scale
+from services.finetune.ml.yolov8.offline import import_ultralytics
 from shared.errors import InvalidInputError
 
 DEFAULT_MIN_FRACTION = 0.9
