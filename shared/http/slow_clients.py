@@ -75,8 +75,11 @@ class _Guard:
         self.transport.close()
 
 
-def _guarded(base: type) -> type:
+def _guarded(base: type, header_s: float, body_s: float) -> type:
     class Guarded(_Guard, base):  # type: ignore[misc, valid-type]
+        header_timeout_s = header_s
+        body_idle_s = body_s
+
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._arm("headers", self.header_timeout_s)
@@ -110,7 +113,4 @@ def guarded_protocol(header_timeout_s: float, body_idle_s: float, base: str = "a
         except ImportError:  # httptools is an optional uvicorn extra
             if base == "httptools":
                 raise
-    protocol = _guarded(chosen)
-    protocol.header_timeout_s = header_timeout_s
-    protocol.body_idle_s = body_idle_s
-    return protocol
+    return _guarded(chosen, header_timeout_s, body_idle_s)

@@ -20,6 +20,7 @@ page); a store without it builds it once from its keys (``jobs/days.built``).
 
 from __future__ import annotations
 
+import builtins
 import logging
 import re
 import uuid
@@ -141,7 +142,7 @@ class JobStore:
                 break
         return records
 
-    def live(self) -> list[JobRecord]:
+    def live(self) -> builtins.list[JobRecord]:
         """Every PENDING or RUNNING job, newest first, read through the live index."""
         self._ensure_live_index()
         records = []
@@ -177,12 +178,12 @@ class JobStore:
             ids = self._ids_of(f"{JOBS_PREFIX}{day}")
             yield from sorted((i for i in ids if before is None or i < before), reverse=True)
 
-    def _ids_of(self, prefix: str) -> list[str]:
+    def _ids_of(self, prefix: str) -> builtins.list[str]:
         suffix = "/job.json"
         return [k[len(JOBS_PREFIX) : -len(suffix)] for k in self.store.list(prefix)
                 if k.endswith(suffix)]  # fmt: skip
 
-    def _days(self) -> list[str]:
+    def _days(self) -> builtins.list[str]:
         """Days that hold jobs; a store without the day index gets it once from its keys."""
         if not (self._days_ready or self.store.exists(DAYS_BUILT)):
             for day in {i[:8] for i in self._ids_of(JOBS_PREFIX) if _DAY.match(i)}:

@@ -250,7 +250,8 @@ def train_faster_rcnn(
         optimiser.load_state_dict(resume.optimiser)
         first = resume.epochs_done
     steps_per_epoch = math.ceil(len(samples) / config.batch)
-    total, step, logs = steps_per_epoch * config.epochs, steps_per_epoch * first, []
+    total, step = steps_per_epoch * config.epochs, steps_per_epoch * first
+    logs: list[EpochLog] = []
     for epoch in range(first, config.epochs):
         rng = random.Random(config.seed * 100_003 + epoch)
         torch.manual_seed(config.seed * 100_003 + epoch)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from tempfile import SpooledTemporaryFile
-from typing import IO, Any
+from typing import IO, Any, BinaryIO, cast
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
@@ -50,7 +50,12 @@ async def upload(
                 ) from exc
             spool.seek(0)
             stored = await run_in_threadpool(
-                files.put_upload_stream, pipelines.store, key, spool, size, content_type
+                files.put_upload_stream,
+                pipelines.store,
+                key,
+                cast(BinaryIO, spool),
+                size,
+                content_type,
             )
     return {"key": stored.key, "size": stored.size}
 
