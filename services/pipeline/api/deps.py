@@ -27,15 +27,19 @@ class UploadGate:
         self.limit, self.memory_bytes, self.retry_after_s = limit, memory_bytes, retry_after_s
         self.active = 0
 
-    @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        if self.active >= self.limit:  # one event loop: the check and the count are atomic
+    def check(self) -> None:
+        """Raises ``UnavailableError`` (503 ``uploads_busy``) when every slot is taken."""
+        if self.active >= self.limit:
             raise UnavailableError(
                 f"{self.active} uploads are in progress (PIPELINE_MAX_CONCURRENT_UPLOADS="
                 f"{self.limit}); send again shortly",
                 code="uploads_busy",
                 retry_after_s=self.retry_after_s,
             )
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        self.check()  # one event loop: the check and the count are atomic
         self.active += 1
         try:
             yield

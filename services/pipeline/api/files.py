@@ -13,7 +13,7 @@ from starlette.requests import ClientDisconnect
 
 from services.pipeline.api.deps import PipelinesDep, UploadGateDep
 from services.pipeline.usecases import files
-from shared.errors import InvalidInputError
+from shared.errors import InvalidInputError, SuiteError
 from shared.http.scopes import require_scope
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,12 @@ async def upload(
     size; past ``PIPELINE_MAX_CONCURRENT_UPLOADS`` uploads at once the answer is 503 with
     ``Retry-After``. A client that goes away mid-body is logged once and nothing is stored.
     """
-    files.upload_key(key)  # a bad key is refused before any byte is read
+    try:
+        files.upload_key(key)  # a bad key or a full house is known before the body...
+        gate.check()
+    except SuiteError:
+        await _discard(request)  # ...but an HTTP client reads no answer before it has sent
+        raise
     content_type = request.headers.get("content-type", "application/octet-stream")
     async with gate.slot():
         with SpooledTemporaryFile(max_size=gate.memory_bytes) as spool:
@@ -58,6 +63,15 @@ async def upload(
                 content_type,
             )
     return {"key": stored.key, "size": stored.size}
+
+
+async def _discard(request: Request) -> None:
+    """Read the body and drop it, so the refusal reaches a client still sending."""
+    try:
+        async for _ in request.stream():
+            pass
+    except ClientDisconnect:
+        pass
 
 
 async def _spool(request: Request, spool: IO[bytes]) -> int:

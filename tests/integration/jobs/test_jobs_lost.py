@@ -105,7 +105,10 @@ def test_a_task_that_cannot_read_its_record_retries_and_the_job_runs_once(
     senv = suite_env(
         tmp_path, redis_url=f"redis://127.0.0.1:{redis_server.port}/0", s3_url=own_s3.url
     )
-    senv.env.update(JOBS_PENDING_REQUEUE_S="3600", JOBS_RECORD_RETRY_S="2")
+    # A short store patience: past it the claim gives up and the task's retry takes over.
+    senv.env.update(
+        JOBS_PENDING_REQUEUE_S="3600", JOBS_RECORD_RETRY_S="2", JOBS_STORAGE_PATIENCE_S="3"
+    )
     store = create_store(senv.settings)
     jobs = JobStore(store)
     store.ping()
