@@ -207,14 +207,14 @@ class HttpSettings(BaseSettings):
     )
     cors_origins: list[str] = Field(default_factory=list, description="HTTP_CORS_ORIGINS")
     header_timeout_s: float = Field(
-        10.0,
+        30.0,
         gt=0,
         le=600,
         description="A request's headers must be complete this long after its first byte "
         "(HTTP_HEADER_TIMEOUT_S); slower clients are disconnected.",
     )
     body_idle_s: float = Field(
-        30.0,
+        60.0,
         gt=0,
         le=3600,
         description="Longest pause inside a request body (HTTP_BODY_IDLE_S).",

@@ -12,7 +12,8 @@ thousand of them hold a service. ``guarded_protocol`` returns uvicorn's HTTP pro
   client cannot send, so the timer waits for the app instead of closing.
 
 On expiry the connection is closed and one INFO line says why; an app reading that body sees
-a disconnect. Timings come from ``HTTP_HEADER_TIMEOUT_S`` and ``HTTP_BODY_IDLE_S``.
+a disconnect. Timings come from ``HTTP_HEADER_TIMEOUT_S`` (30 s) and ``HTTP_BODY_IDLE_S``
+(60 s), nginx's order of magnitude: generous to a slow network, fatal to a slowloris.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ log = logging.getLogger(__name__)
 class _Guard:
     """The timers, mixed into a uvicorn protocol class (which provides the attributes used)."""
 
-    header_timeout_s: float = 10.0
-    body_idle_s: float = 30.0
+    header_timeout_s: float = 30.0
+    body_idle_s: float = 60.0
     transport: asyncio.Transport
     loop: asyncio.AbstractEventLoop
     cycle: Any

@@ -41,23 +41,41 @@ class Pipeline:
     senv: SuiteEnv
 
 
-@pytest.fixture(scope="module")
-def pipeline(
-    tmp_path_factory: pytest.TempPathFactory, redis_server: ServerHandle, s3_server: ServerHandle
+def _serve(
+    tmp: Path, redis_server: ServerHandle, s3_server: ServerHandle, **env: str
 ) -> Iterator[Pipeline]:
-    tmp = tmp_path_factory.mktemp("scale")
     senv = suite_env(
         tmp, redis_url=f"redis://127.0.0.1:{redis_server.port}/0", s3_url=s3_server.url
     )
     senv.env.update({
-        "PIPELINE_DRIVER": "false", "HTTP_HEADER_TIMEOUT_S": "1", "HTTP_BODY_IDLE_S": "5",
-        "S3_TIMEOUT_S": "30", "HTTP_MAX_BODY_MB": str(UPLOAD_MB + 4),
+        "PIPELINE_DRIVER": "false", "S3_TIMEOUT_S": "30", "HTTP_MAX_BODY_MB": str(UPLOAD_MB + 4),
+        **env,
     })  # fmt: skip
     proc, url = start_api(senv, tmp, "pipeline")
     try:
         yield Pipeline(url, proc, senv)
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="module")
+def pipeline(
+    tmp_path_factory: pytest.TempPathFactory, redis_server: ServerHandle, s3_server: ServerHandle
+) -> Iterator[Pipeline]:
+    """The pipeline API with the default slow-client limits (30 s headers, 60 s body pause)."""
+    yield from _serve(tmp_path_factory.mktemp("scale"), redis_server, s3_server)
+
+
+@pytest.fixture(scope="module")
+def impatient(
+    tmp_path_factory: pytest.TempPathFactory, redis_server: ServerHandle, s3_server: ServerHandle
+) -> Iterator[Pipeline]:
+    """The same API with 1 s limits, so the slow-client test waits seconds, not half a minute
+    (under the load test, 1 s would cut clients that are merely starved of CPU)."""
+    yield from _serve(
+        tmp_path_factory.mktemp("impatient"), redis_server, s3_server,
+        HTTP_HEADER_TIMEOUT_S="1", HTTP_BODY_IDLE_S="1",
+    )  # fmt: skip
 
 
 def _peak_rss_mb(pid: int) -> float:
@@ -102,8 +120,8 @@ def _closed_within(sock: socket.socket, seconds: float) -> bool:
         return False
 
 
-def test_half_sent_requests_are_closed_by_the_server(pipeline: Pipeline) -> None:
-    host, port = pipeline.url.removeprefix("http://").split(":")
+def test_half_sent_requests_are_closed_by_the_server(impatient: Pipeline) -> None:
+    host, port = impatient.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as headers_only:
         headers_only.sendall(b"PUT /v1/uploads/slow.bin HTTP/1.1\r\nHost: x\r\n")
         with socket.create_connection((host, int(port))) as half_body:
@@ -114,7 +132,7 @@ def test_half_sent_requests_are_closed_by_the_server(pipeline: Pipeline) -> None
             assert _closed_within(headers_only, 10)
             assert _closed_within(half_body, 10)
     assert time.monotonic() - started < 10
-    assert httpx.get(f"{pipeline.url}/healthz", timeout=10).status_code == 200
+    assert httpx.get(f"{impatient.url}/healthz", timeout=10).status_code == 200
 
 
 def test_an_uploaded_page_comes_back_as_an_attachment(pipeline: Pipeline) -> None:
