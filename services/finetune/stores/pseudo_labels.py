@@ -18,7 +18,7 @@ from services.finetune.ml.image_files import IMAGE_SUFFIXES
 from services.finetune.ml.yolo_format import parse_yolo_labels
 from services.finetune.stores.datasets import download_all
 from shared.errors import InvalidInputError
-from shared.imaging.intake import ImageLimits, decode_image
+from shared.imaging.intake import ImageLimits, decode_object
 from shared.schemas.pseudo_labels import (
     CLASS_NAMES,
     LABEL_SUFFIX,
@@ -127,10 +127,7 @@ def _image_keys(
 
 
 def _record(store: ObjectStore, image: Path, label_key: str, limits: ImageLimits) -> ImageRecord:
-    try:
-        decoded = decode_image(image.read_bytes(), limits)
-    except InvalidInputError as exc:
-        raise InvalidInputError(f"{image.name}: {exc.message}", code=exc.code) from exc
+    decoded = decode_object(image.read_bytes(), limits, image.name)
     text = store.get_bytes(label_key).decode("utf-8", errors="replace")
     boxes = parse_yolo_labels(
         text, decoded.width, decoded.height, len(CLASS_NAMES), source=label_key

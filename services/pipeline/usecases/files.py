@@ -8,7 +8,6 @@ reports) to anyone holding a ``train`` key.
 
 from __future__ import annotations
 
-import io
 import mimetypes
 import re
 from collections.abc import Iterator
@@ -36,11 +35,6 @@ class StoredFile:
 def upload_key(relative: str) -> str:
     """``uploads/<relative>``, validated (no '..', no empty segments, allowed characters)."""
     return validate_key(UPLOADS + relative.lstrip("/"))
-
-
-def put_upload(store: ObjectStore, relative: str, data: bytes, content_type: str) -> StoredFile:
-    """Store one uploaded file held in memory; returns where it went."""
-    return put_upload_stream(store, relative, io.BytesIO(data), len(data), content_type)
 
 
 def put_upload_stream(

@@ -19,7 +19,7 @@ from PIL import Image
 
 from services.pretrain.stores.maps import Pair
 from shared.errors import InvalidInputError, JobCanceledError
-from shared.imaging.intake import ImageLimits, decode_image
+from shared.imaging.intake import ImageLimits, decode_object
 from shared.storage.base import ObjectStore, validate_key
 
 HEADER_PROBE_BYTES = 64 * 1024
@@ -113,10 +113,8 @@ class CachedPairSource:
 
     def __getitem__(self, index: int) -> tuple[NDArray[np.uint8], NDArray[np.float32], int]:
         pair = self.pairs[index]
-        try:
-            image = decode_image(self.path(pair.image_key).read_bytes(), self.limits).array
-        except InvalidInputError as exc:
-            raise InvalidInputError(f"{pair.image_key}: {exc.message}", code=exc.code) from exc
+        data = self.path(pair.image_key).read_bytes()
+        image = decode_object(data, self.limits, pair.image_key).array
         amap = load_map(self.path(pair.map_key).read_bytes(), pair.map_key)
         return image, amap, pair.label
 

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from services.finetune.ml.dataset import Box, DetectionDataset, ImageRecord
+from services.finetune.ml.yolo_format import yolo_label_text
 from services.finetune.ml.yolov8.offline import configure_ultralytics_offline
+from shared.storage.base import ObjectStore
 
 MakeDataset = Callable[..., tuple[DetectionDataset, Path]]
 
@@ -52,3 +54,14 @@ def make_dataset(tmp_path_factory: pytest.TempPathFactory) -> MakeDataset:
         return _draw_dataset(tmp_path_factory.mktemp("images"), n, classes, size, seed)
 
     return make
+
+
+def stage_pseudo_labelled(store: ObjectStore, make_dataset: MakeDataset) -> None:
+    """Eight one-class images under ``uploads/rect/`` and their pseudo boxes under
+    ``pseudo/rect/pl-1/`` (YOLO labels and classes.txt), as an AGDP job reads them."""
+    dataset, images = make_dataset(n=8, classes=("anomaly",), size=64, seed=1)
+    for image in dataset.images:
+        store.put_file(f"uploads/rect/{image.file_name}", images / image.file_name)
+        label = yolo_label_text(image).encode()
+        store.put_bytes(f"pseudo/rect/pl-1/labels/{image.stem}.txt", label)
+    store.put_bytes("pseudo/rect/pl-1/classes.txt", b"anomaly\n")

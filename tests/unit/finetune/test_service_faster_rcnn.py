@@ -51,6 +51,7 @@ from shared.schemas.detector_families import BOXES_LABELS_SCORES, OUTPUT_LAYOUT_
 from shared.schemas.jobs import JobRecord, JobState
 from shared.storage.artifacts import ArtifactStore
 from shared.storage.filesystem import FileObjectStore
+from tests.unit.finetune.conftest import stage_pseudo_labelled
 
 TINY_RESNET = "resnet18-test"
 TINY = {
@@ -115,12 +116,7 @@ def agbp(world: World) -> ArtifactRef:
 
 @pytest.fixture(scope="module")
 def agdp_job(world: World, agbp: ArtifactRef, make_dataset: Any) -> JobRecord:
-    dataset, images = make_dataset(n=8, classes=("anomaly",), size=64, seed=1)
-    for image in dataset.images:
-        world.store.put_file(f"uploads/rect/{image.file_name}", images / image.file_name)
-        label = yolo_label_text(image).encode()
-        world.store.put_bytes(f"pseudo/rect/pl-1/labels/{image.stem}.txt", label)
-    world.store.put_bytes("pseudo/rect/pl-1/classes.txt", b"anomaly\n")
+    stage_pseudo_labelled(world.store, make_dataset)
     params = AgdpJobParams(
         images_prefix="uploads/rect/",
         labels_prefix="pseudo/rect/pl-1/",
