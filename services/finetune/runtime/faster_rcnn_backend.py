@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 
@@ -58,6 +57,7 @@ from services.finetune.ml.faster_rcnn import (
     train_faster_rcnn,
     transfer_detector,
 )
+from services.finetune.ml.faster_rcnn_onnx_check import onnx_agreement
 from services.finetune.params import CalibrationMethod, InitParams
 from services.finetune.runtime.start_weights import (
     artifact_file,
@@ -89,7 +89,6 @@ LAST_STATE = "last_state.pt"
 # 0: the stem, k: the stem and stages 1..k); the inverse of params.FROZEN_STAGE_LAYERS.
 FROZEN_STAGES = {0: -1, 1: 0, 3: 1, 5: 2, 7: 3, 10: 4}
 _SKIPPED_LISTED = 50  # skipped tensors named in a transfer summary
-ONNX_CHECK_PX = 1.0  # largest box difference (px) between ONNX Runtime and torch accepted
 
 
 class FasterRcnnBackend:
@@ -174,20 +173,23 @@ class FasterRcnnBackend:
         """ONNX export checked against torch on val images, evaluation on ``val``, files.
 
         Raises:
-            SuiteError: ONNX Runtime's boxes differ from torch's (code onnx_mismatch).
+            SuiteError: the export's boxes or mAP on val differ from torch's (code
+                onnx_mismatch; see ``ml.faster_rcnn_onnx_check``).
         """
         checkpoint = FasterRcnnCheckpoint.from_bytes(run.weights, source=WEIGHTS_FILE)
         model = model_from_checkpoint(checkpoint)
         arch = checkpoint.architecture()
         work.mkdir(parents=True, exist_ok=True)
         onnx = export_onnx(model, work / ONNX_FILE, arch, metadata=_onnx_metadata(checkpoint))
-        sample = [read_rgb(images_dir / im.file_name) for im in val.images[:2]]
-        difference = onnx_difference(model, onnx, sample, arch)
-        if difference > ONNX_CHECK_PX:
+        boxes = _predictions(model, arch, val, images_dir, config.device)
+        result = evaluate_detections(val, boxes, max_dets=arch.max_dets)
+        agreement = onnx_agreement(onnx, val, images_dir, arch.imgsz, boxes, arch.max_dets)
+        if problems := agreement.problems():
             raise SuiteError(
-                f"ONNX export differs from torch by {difference:.3g} px", code="onnx_mismatch"
+                f"the ONNX export does not do the torch model's job on {agreement.images} val "
+                f"images: {'; '.join(problems)}",
+                code="onnx_mismatch",
             )
-        result = _evaluate(model, arch, val, images_dir, config.device)
         run_info = RunInfo(
             seed=config.seed,
             deterministic=config.deterministic,
@@ -200,7 +202,7 @@ class FasterRcnnBackend:
             "evaluated_on": {"split": "val", "images": len(val.images)},
             "epochs_completed": run.epochs_completed,
             "history": run.history,
-            "onnx_check": {"max_abs_diff": difference, "matches": True},
+            "onnx_check": agreement.as_doc(),
         }
         records = result.records or PerImageEval(classes=list(val.classes), images=[])
         config_doc = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
@@ -304,39 +306,6 @@ def architecture(config: DetectorTrainConfig) -> FasterRcnnConfig:
         max_dets=min(config.max_det, 100),
         seed=config.seed,
     )
-
-
-def onnx_difference(
-    model: torch.nn.Module, onnx: Path, images: list[np.ndarray], arch: FasterRcnnConfig
-) -> float:
-    """Largest distance (px, worst coordinate) from a box of either runtime to the nearest
-    box of the same class from the other, on ``images``; infinite when one finds boxes of a
-    class the other does not. Boxes are matched by place, not by rank: in a barely trained
-    model many scores tie, and float noise between the runtimes reorders them."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    worst = 0.0
-    for image, expected in zip(images, predict(model, images, arch), strict=True):
-        tensor, sx, sy = onnx_input(image, arch.imgsz)
-        got = decode_onnx(session.run(None, {name: tensor}), sx, sy)
-        worst = max(worst, _nearest(expected, got), _nearest(got, expected))
-    return worst
-
-
-def _nearest(boxes: list[ScoredBox], others: list[ScoredBox]) -> float:
-    worst = 0.0
-    for box in boxes:
-        same = [o for o in others if o.class_id == box.class_id]
-        if not same:
-            return float("inf")
-        worst = max(worst, min(_distance(box, other) for other in same))
-    return worst
-
-
-def _distance(a: ScoredBox, b: ScoredBox) -> float:
-    return max(abs(a.x1 - b.x1), abs(a.y1 - b.y1), abs(a.x2 - b.x2), abs(a.y2 - b.y2))
 
 
 def _backbone(config: DetectorTrainConfig) -> str:
@@ -446,9 +415,21 @@ def _evaluate(
     images_dir: Path,
     device: str,
 ) -> EvalResult:
-    predictions: dict[str, list[ScoredBox]] = {}
+    boxes = _predictions(model, arch, subset, images_dir, device)
+    return evaluate_detections(subset, boxes, max_dets=arch.max_dets)
+
+
+def _predictions(
+    model: torch.nn.Module,
+    arch: FasterRcnnConfig,
+    subset: DetectionDataset,
+    images_dir: Path,
+    device: str,
+) -> dict[str, list[ScoredBox]]:
     target = resolve_device(device)
-    for image in subset.images:
-        rgb = read_rgb(images_dir / image.file_name)
-        predictions[image.file_name] = predict(model, [rgb], arch, device=target)[0]
-    return evaluate_detections(subset, predictions, max_dets=arch.max_dets)
+    return {
+        image.file_name: predict(
+            model, [read_rgb(images_dir / image.file_name)], arch, device=target
+        )[0]
+        for image in subset.images
+    }
