@@ -226,6 +226,9 @@ CMD ["worker", "pretrain", "--pool", "solo"]
 
 # ---- finetune ----
 FROM jobs-api-deps AS finetune-api
+# The gallery makes its thumbnails with OpenCV (the headless wheel; still no torch).
+RUN --mount=type=cache,target=/root/.cache/pip \
+    sh /opt/agssp-build/install-deps.sh api imaging:opencv-python-headless
 COPY agssp/ /app/agssp/
 COPY shared/ /app/shared/
 COPY services/__init__.py /app/services/__init__.py

@@ -1,0 +1,124 @@
+"""Gallery routes of the finetune API: stored image sets in pages with their overlays, the
+thumbnails they are shown from, and the anomaly maps drawn over them (scope train, as the
+dataset routes: a gallery shows the same data)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Annotated, Any
+from weakref import WeakKeyDictionary
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import BaseModel
+
+from services.finetune.api.deps import state_of
+from services.finetune.usecases import gallery_media
+from services.finetune.usecases.galleries import Galleries, PoolSummary
+from services.finetune.usecases.gallery_media import MapPayload
+from services.finetune.usecases.gallery_pages import MAX_PAGE, GalleryFilter, GalleryPage, SortOrder
+from shared.http.scopes import require_scope
+from shared.http.state import store_of
+from shared.imaging.intake import image_limits
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"description": "unknown dataset, split, pool, image or map (codes dataset_not_found, "
+          "split_not_found, pool_not_found, image_not_found, map_not_found)"},
+    422: {"description": "invalid parameters (codes validation_error, invalid_key, "
+          "unknown_class, no_scores, invalid_score_range, invalid_side, not_an_image, ...)"},
+    503: {"description": "storage unavailable"},
+}  # fmt: skip
+# Browsers keep a thumbnail a day: its key names the source image and side.
+THUMBNAIL_HEADERS = {"Cache-Control": "private, max-age=86400"}
+
+galleries = APIRouter(
+    prefix="/v1/galleries",
+    tags=["galleries"],
+    responses=_ERRORS,
+    dependencies=[require_scope("train")],
+)
+# One Galleries (with its cached set indexes) per store, i.e. per app.
+_BY_STORE: WeakKeyDictionary[Any, Galleries] = WeakKeyDictionary()
+_LOCK = threading.Lock()
+
+
+def _galleries(request: Request) -> Galleries:
+    store = store_of(request)
+    with _LOCK:
+        found = _BY_STORE.get(store)
+        if found is None:
+            found = _BY_STORE[store] = Galleries(store)
+    return found
+
+
+def _filters(
+    class_name: Annotated[str | None, Query(max_length=200, description="boxes of it")] = None,
+    has_boxes: Annotated[bool | None, Query(description="with (true) or without boxes")] = None,
+    min_score: Annotated[float | None, Query(allow_inf_nan=False)] = None,
+    max_score: Annotated[float | None, Query(allow_inf_nan=False)] = None,
+    sort: Annotated[SortOrder, Query(description="stored order, or highest score first")] = "name",
+) -> GalleryFilter:
+    return GalleryFilter(class_name, has_boxes, min_score, max_score, sort)
+
+
+GalleriesDep = Annotated[Galleries, Depends(_galleries)]
+FilterDep = Annotated[GalleryFilter, Depends(_filters)]
+Offset = Annotated[int, Query(ge=0, description="index of the first image of the page")]
+Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="images per page")]
+
+
+class PoolList(BaseModel):
+    items: list[PoolSummary]
+
+
+@galleries.get("/datasets/{name}/{version}/{split}", response_model=GalleryPage)
+def dataset_gallery(
+    name: str,
+    version: str,
+    split: str,
+    sets: GalleriesDep,
+    filters: FilterDep,
+    offset: Offset = 0,
+    limit: Limit = 100,
+) -> GalleryPage:
+    """A page of a dataset version's split (``latest`` for the newest) with ground-truth boxes."""
+    return sets.dataset_page(name, version, split, filters, offset, limit)
+
+
+@galleries.get("/pools", response_model=PoolList)
+def list_pools(sets: GalleriesDep) -> PoolList:
+    """Finished pseudo-label outputs under ``pseudo/``, newest first."""
+    return PoolList(items=sets.pools())
+
+
+@galleries.get("/prefix", response_model=GalleryPage)
+def prefix_gallery(
+    sets: GalleriesDep,
+    filters: FilterDep,
+    prefix: Annotated[str, Query(min_length=1, max_length=512)],
+    offset: Offset = 0,
+    limit: Limit = 100,
+) -> GalleryPage:
+    """A page of a pseudo-label output (pseudo boxes, scores, maps) or of any image prefix."""
+    return sets.pool_page(prefix, filters, offset, limit)
+
+
+@galleries.get(
+    "/thumbnails/{key:path}",
+    response_class=Response,
+    responses={200: {"content": {"image/jpeg": {}}}},
+)
+def get_thumbnail(
+    key: str,
+    request: Request,
+    side: Annotated[int, Query(description="128, 256, 512 or 1024")] = 256,
+) -> Response:
+    """The JPEG thumbnail of a stored image, made on first use and cached under ``thumbs/``."""
+    limits = image_limits(state_of(request).settings)
+    body = gallery_media.thumbnail(store_of(request), key, side, limits)
+    return Response(body, media_type="image/jpeg", headers=THUMBNAIL_HEADERS)
+
+
+@galleries.get("/maps/{key:path}", response_model=MapPayload)
+def get_map(key: str, request: Request) -> MapPayload:
+    """A stored anomaly map (``.npy``) as its float grid, to draw over its image."""
+    return gallery_media.anomaly_map(store_of(request), key)

@@ -1,0 +1,76 @@
+"""What a gallery draws: thumbnails (made once, then read from the store) and anomaly maps.
+
+Thumbnails come in a few fixed sides, so each image has at most that many cached; the large
+view asks for the biggest. A map goes out as the float grid the anomaly-map API answers with
+(base64 of little-endian float32, row-major), so the console colours it as Inspect does.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel
+
+from services.finetune.ml.thumbnails import read_map, thumbnail_jpeg
+from services.finetune.stores.pools import read_map_bytes
+from services.finetune.stores.thumbnails import ThumbnailStore
+from shared.errors import InvalidInputError
+from shared.imaging.intake import ImageLimits, decode_object
+from shared.schemas.dataset_maps import is_image_key
+from shared.storage.base import ObjectStore, validate_key
+
+ThumbnailSide = Literal[128, 256, 512, 1024]
+THUMBNAIL_SIDES: tuple[int, ...] = (128, 256, 512, 1024)
+
+
+class MapPayload(BaseModel):
+    """One anomaly map: (H, W) float32 values with their range."""
+
+    key: str
+    shape: tuple[int, int]
+    min: float
+    max: float
+    encoding: Literal["base64"] = "base64"
+    dtype: Literal["float32"] = "float32"
+    byte_order: Literal["little"] = "little"
+    data: str
+
+
+def thumbnail(store: ObjectStore, key: str, side: int, limits: ImageLimits) -> bytes:
+    """The JPEG thumbnail of the image at ``key``, longer side at most ``side`` pixels.
+
+    Raises:
+        InvalidInputError: an invalid key (invalid_key), not an image name (not_an_image), a
+            side not in THUMBNAIL_SIDES (invalid_side), or bytes that do not decode.
+        NotFoundError: nothing stored at ``key`` (image_not_found).
+    """
+    validate_key(key)
+    if not is_image_key(key):
+        raise InvalidInputError(f"{key} does not name an image file", code="not_an_image")
+    if side not in THUMBNAIL_SIDES:
+        raise InvalidInputError(f"side must be one of {THUMBNAIL_SIDES}", code="invalid_side")
+
+    def make(raw: bytes) -> bytes:
+        return thumbnail_jpeg(decode_object(raw, limits, key).array, side)
+
+    return ThumbnailStore(store).get_or_make(key, side, make)
+
+
+def anomaly_map(store: ObjectStore, key: str) -> MapPayload:
+    """The stored map at ``key`` as its float grid.
+
+    Raises:
+        InvalidInputError: an invalid key, not a ``.npy`` (not_a_map), not a 2-D map (bad_map).
+        NotFoundError: nothing stored at ``key`` (map_not_found).
+    """
+    values = read_map(read_map_bytes(store, validate_key(key)), key)
+    little = np.ascontiguousarray(values, dtype="<f4")
+    return MapPayload(
+        key=key,
+        shape=(int(values.shape[0]), int(values.shape[1])),
+        min=float(values.min()),
+        max=float(values.max()),
+        data=base64.b64encode(little.tobytes()).decode("ascii"),
+    )

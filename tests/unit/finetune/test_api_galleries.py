@@ -1,0 +1,135 @@
+"""Gallery routes of the finetune API: pages, thumbnails and maps over HTTP; every bad id a
+404 with its code, every bad parameter a 422, and the train scope."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from services.finetune.api.main import create_app
+from services.finetune.config import FinetuneSettings
+from shared.config import AuthSettings, CommonSettings, PathSettings, StorageSettings
+from shared.http.auth import create_key
+from shared.storage.filesystem import FileObjectStore
+from tests.unit.finetune.gallery_support import BUSY_IMAGE, DATASET, import_plates, stage_pool
+
+PAGE = f"/v1/galleries/datasets/{DATASET}/v1/train"
+IMAGE = f"datasets/{DATASET}/v1/images/{BUSY_IMAGE}"
+
+
+@pytest.fixture(scope="module")
+def staged(tmp_path_factory: pytest.TempPathFactory) -> tuple[FileObjectStore, str, Path]:
+    tmp = tmp_path_factory.mktemp("galleries")
+    store = FileObjectStore(tmp / "store")
+    import_plates(store, tmp)
+    return store, stage_pool(store, tmp), tmp
+
+
+def _client(store: FileObjectStore, home: Path, keys: list[str]) -> TestClient:
+    common = CommonSettings(
+        paths=PathSettings(home=home),
+        storage=StorageSettings(backend="file"),
+        auth=AuthSettings(api_keys=keys),
+    )
+    return TestClient(create_app(FinetuneSettings(common=common), store=store))
+
+
+@pytest.fixture(scope="module")
+def client(staged: tuple[FileObjectStore, str, Path]) -> Iterator[TestClient]:
+    store, _, tmp = staged
+    with _client(store, tmp / "home", []) as test_client:
+        yield test_client
+
+
+def test_a_page_of_a_split_lists_boxes_and_pages_on(client: TestClient) -> None:
+    answer = client.get(PAGE, params={"limit": 4})
+    assert answer.status_code == 200, answer.text
+    page = answer.json()
+    assert (page["kind"], page["limit"], page["next_offset"], len(page["items"])) == (
+        "dataset",
+        4,
+        4,
+        4,
+    )
+    busy = next(i for i in page["items"] if i["name"] == BUSY_IMAGE)
+    assert sorted(b["label"] for b in busy["truth"]) == ["pit", "scratch", "scratch"]
+    pits = client.get(PAGE, params={"class_name": "pit"}).json()
+    assert all(any(b["label"] == "pit" for b in i["truth"]) for i in pits["items"])
+
+
+def test_a_pool_page_and_its_listing(
+    client: TestClient, staged: tuple[FileObjectStore, str, Path]
+) -> None:
+    _, pool, _ = staged
+    listed = client.get("/v1/galleries/pools").json()["items"]
+    assert [p["prefix"] for p in listed] == [pool]
+    page = client.get(
+        "/v1/galleries/prefix", params={"prefix": pool, "min_score": 1, "sort": "score"}
+    ).json()
+    assert [i["name"] for i in page["items"]] == ["a.png", "c.png"]
+    assert page["layers"] == ["pseudo", "map"]
+    grid = client.get(f"/v1/galleries/maps/{page['items'][0]['map_key']}").json()
+    assert (grid["shape"], grid["encoding"], grid["max"]) == ([10, 10], "base64", 2.0)
+
+
+def test_a_thumbnail_is_a_cacheable_jpeg(client: TestClient) -> None:
+    answer = client.get(f"/v1/galleries/thumbnails/{IMAGE}", params={"side": 128})
+    assert answer.status_code == 200
+    assert answer.headers["content-type"] == "image/jpeg"
+    assert "max-age" in answer.headers["cache-control"]
+    assert answer.content[:3] == b"\xff\xd8\xff"
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "code"),
+    [
+        ("/v1/galleries/datasets/nope/latest/train", {}, "dataset_not_found"),
+        (f"/v1/galleries/datasets/{DATASET}/v9/train", {}, "dataset_not_found"),
+        (f"/v1/galleries/datasets/{DATASET}/v1/test", {}, "split_not_found"),
+        ("/v1/galleries/prefix", {"prefix": "nothing/here/"}, "pool_not_found"),
+        ("/v1/galleries/thumbnails/uploads/none.png", {}, "image_not_found"),
+        ("/v1/galleries/maps/maps/none/m.npy", {}, "map_not_found"),
+    ],
+)
+def test_unknown_ids_are_404_with_a_code(
+    client: TestClient, path: str, params: dict[str, str], code: str
+) -> None:
+    answer = client.get(path, params=params)
+    assert (answer.status_code, answer.json()["code"]) == (404, code), answer.text
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "code"),
+    [
+        (PAGE, {"limit": 0}, "validation_error"),
+        (PAGE, {"limit": 201}, "validation_error"),
+        (PAGE, {"offset": -1}, "validation_error"),
+        (PAGE, {"sort": "size"}, "validation_error"),
+        (PAGE, {"class_name": "dent"}, "unknown_class"),
+        (PAGE, {"min_score": 0.5}, "no_scores"),
+        (f"/v1/galleries/datasets/{DATASET}/v%201/train", {}, "invalid_dataset_ref"),
+        ("/v1/galleries/prefix", {"prefix": "../x/"}, "invalid_key"),
+        ("/v1/galleries/prefix", {"prefix": "/"}, "invalid_prefix"),
+        (f"/v1/galleries/thumbnails/{IMAGE}", {"side": 300}, "invalid_side"),
+        ("/v1/galleries/thumbnails/datasets/x/manifest.json", {}, "not_an_image"),
+        ("/v1/galleries/maps/maps/x/m.png", {}, "not_a_map"),
+    ],
+)
+def test_bad_parameters_are_422_with_a_code(
+    client: TestClient, path: str, params: dict[str, str | int | float], code: str
+) -> None:
+    answer = client.get(path, params=params)
+    assert (answer.status_code, answer.json()["code"]) == (422, code), answer.text
+
+
+def test_galleries_need_the_train_scope(staged: tuple[FileObjectStore, str, Path]) -> None:
+    store, _, tmp = staged
+    inspect_key, inspect_entry = create_key("viewer", ["inspect"])
+    train_key, train_entry = create_key("trainer", ["train"])
+    with _client(store, tmp / "home-auth", [inspect_entry, train_entry]) as client:
+        assert client.get(PAGE).status_code == 401
+        assert client.get(PAGE, headers={"X-API-Key": inspect_key}).status_code == 403
+        assert client.get(PAGE, headers={"X-API-Key": train_key}).status_code == 200
