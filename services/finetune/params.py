@@ -336,6 +336,13 @@ class EvaluationParams(BaseModel):
     model: str = Field(description="registered model 'name:version' (or 'name' for latest)")
     dataset: str = Field(description="stored dataset 'name:version' (or 'name' for latest)")
     split: str = Field("val", pattern=SPLIT_PATTERN, description="split to evaluate on")
+    conf: float = Field(
+        0.25,
+        gt=0.0,
+        lt=1.0,
+        description="score a detection needs to count as found in the misses, false alarms "
+        "and confusion matrix (the mAP and PR curves use every score down to 0.001)",
+    )
 
     @field_validator("model", "dataset")
     @classmethod

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from services.finetune.config import FinetuneSettings
-from services.finetune.ml.dataset import DetectionDataset
+from services.finetune.ml.dataset import DetectionDataset, ScoredBox
 from services.finetune.ml.materialize import YoloDataFolder
 from services.finetune.params import CalibrationMethod, InitParams
 from shared.ml.hooks import TrainHooks
@@ -87,6 +87,15 @@ class QuantizedDetector:
 
 
 @dataclass(frozen=True)
+class SplitPredictions:
+    """A detector's boxes on every image of a split at the evaluation setting, by file
+    name, and how many per image and class its mAP scores (COCO: 100)."""
+
+    boxes: dict[str, list[ScoredBox]]
+    max_dets: int = 100
+
+
+@dataclass(frozen=True)
 class WeightsInfo:
     """What a stored ``weights.pt`` says about itself."""
 
@@ -126,6 +135,17 @@ class DetectorBackend(Protocol):
         settings: FinetuneSettings,
     ) -> dict[str, Any]:
         """COCO mAP@0.5 and mAP@0.5:0.95, overall and per class, of ``weights``."""
+
+    def predict(
+        self,
+        weights: bytes,
+        subset: DetectionDataset,
+        images_dir: Path,
+        imgsz: int,
+        settings: FinetuneSettings,
+    ) -> SplitPredictions:
+        """The boxes ``evaluate`` scores: every image of ``subset`` at the evaluation
+        setting (scores down to 0.001), in original-image pixels."""
 
     def quantize(
         self,

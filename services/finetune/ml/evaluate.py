@@ -35,14 +35,32 @@ class ClassAP:
 
 
 @dataclass(frozen=True)
+class PrAt50:
+    """COCOeval's precision-recall samples at IoU 0.5: at each of its 101 recall thresholds
+    (``shared.schemas.evaluation.RECALL_THRESHOLDS``) the interpolated precision and the
+    score of the detection where that recall is first reached (both 0 where it never is).
+    AP@0.5 of a class is the mean of its precision column.
+
+    Attributes:
+        precision: (101, K), classes in dataset order.
+        scores: (101, K).
+    """
+
+    precision: np.ndarray
+    scores: np.ndarray
+
+
+@dataclass(frozen=True)
 class EvalResult:
-    """Mean over classes with ground truth, the per-class figures by class name, and the
-    per-image records at IoU 0.5 (None only where a caller built the result itself)."""
+    """Mean over classes with ground truth, the per-class figures by class name, the
+    per-image records at IoU 0.5 and the precision-recall samples at IoU 0.5 (each None only
+    where a caller built the result itself)."""
 
     map50: float
     map50_95: float
     per_class: dict[str, ClassAP]
     records: PerImageEval | None = None
+    pr50: PrAt50 | None = None
 
     def summary(self) -> dict[str, Any]:
         """COCO mAP@0.5 and mAP@0.5:0.95, overall and per class (agssp-spec §5.4): the
@@ -100,7 +118,7 @@ def evaluate_detections(
         # nothing can match: AP is 0 and no detection is a true positive (none need keeping)
         records = _records(ground_truth, gt_per_image, [[] for _ in gt_per_image], max_dets)
         zeros = np.zeros((10, 101, len(ground_truth.classes)))
-        return _result(zeros, num_gt, ground_truth, records)
+        return _result(zeros, num_gt, ground_truth, records, zeros[0])
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         coco_gt = COCO()
         coco_gt.dataset = gt_doc
@@ -110,8 +128,11 @@ def evaluate_detections(
         evaluator.evaluate()
         evaluator.accumulate()
     records = _records(ground_truth, gt_per_image, _matches_at_50(evaluator), max_dets)
-    # precision: [iou thresholds 10, recall points 101, classes K, area ranges 4, maxDets 3]
-    return _result(evaluator.eval["precision"][:, :, :, 0, -1], num_gt, ground_truth, records)
+    # precision, scores: [iou thresholds 10, recall points 101, classes K, area ranges 4,
+    # maxDets 3]
+    precision = evaluator.eval["precision"][:, :, :, 0, -1]
+    scores = evaluator.eval["scores"][0, :, :, 0, -1]
+    return _result(precision, num_gt, ground_truth, records, scores)
 
 
 def _gt_per_image(gt_doc: dict[str, Any], dataset: DetectionDataset) -> list[list[int]]:
@@ -195,7 +216,11 @@ def _detections(
 
 
 def _result(
-    precision: np.ndarray, num_gt: np.ndarray, dataset: DetectionDataset, records: PerImageEval
+    precision: np.ndarray,
+    num_gt: np.ndarray,
+    dataset: DetectionDataset,
+    records: PerImageEval,
+    scores: np.ndarray,
 ) -> EvalResult:
     per_class: dict[str, ClassAP] = {}
     for k, name in enumerate(dataset.classes):
@@ -210,4 +235,5 @@ def _result(
         map50_95=float(np.mean([ap.map50_95 for ap in scored])) if scored else 0.0,
         per_class=per_class,
         records=records,
+        pr50=PrAt50(np.clip(precision[0], 0.0, None), np.clip(scores, 0.0, None)),
     )

@@ -31,6 +31,7 @@ from services.finetune.config import FinetuneSettings
 from services.finetune.ml.backend import (
     PackagedDetector,
     QuantizedDetector,
+    SplitPredictions,
     TrainedRun,
     TrainRequest,
     WeightsInfo,
@@ -233,6 +234,21 @@ class FasterRcnnBackend:
         model = model_from_checkpoint(checkpoint)
         arch = checkpoint.architecture()
         return _evaluate(model, arch, subset, images_dir, settings.device).summary()
+
+    def predict(
+        self,
+        weights: bytes,
+        subset: DetectionDataset,
+        images_dir: Path,
+        imgsz: int,
+        settings: FinetuneSettings,
+    ) -> SplitPredictions:
+        """The boxes ``evaluate`` scores, with the architecture's detections per image."""
+        checkpoint = FasterRcnnCheckpoint.from_bytes(weights, source=WEIGHTS_FILE)
+        arch = checkpoint.architecture()
+        model = model_from_checkpoint(checkpoint)
+        boxes = _predictions(model, arch, subset, images_dir, settings.device)
+        return SplitPredictions(boxes, max_dets=arch.max_dets)
 
     def quantize(
         self,

@@ -23,6 +23,7 @@ from services.finetune.config import FinetuneSettings
 from services.finetune.ml.backend import (
     PackagedDetector,
     QuantizedDetector,
+    SplitPredictions,
     TrainedRun,
     TrainRequest,
     WeightsInfo,
@@ -42,7 +43,12 @@ from services.finetune.ml.yolov8.detector import (
 )
 from services.finetune.ml.yolov8.export import check_onnx_matches, export_onnx
 from services.finetune.ml.yolov8.offline import configure_ultralytics_offline
-from services.finetune.ml.yolov8.predict import evaluate_detector, letterbox_batch, predict_with
+from services.finetune.ml.yolov8.predict import (
+    evaluate_detector,
+    letterbox_batch,
+    predict_dataset,
+    predict_with,
+)
 from services.finetune.ml.yolov8.quantize import (
     CHECK_IMAGES,
     INT8_TOLERANCE,
@@ -175,6 +181,23 @@ class TorchBackend:
     ) -> dict[str, Any]:
         """COCO mAP with pycocotools (not ultralytics' own figures)."""
         return evaluation_doc(_evaluate(weights, subset, images_dir, imgsz, settings))
+
+    def predict(
+        self,
+        weights: bytes,
+        subset: DetectionDataset,
+        images_dir: Path,
+        imgsz: int,
+        settings: FinetuneSettings,
+    ) -> SplitPredictions:
+        """The boxes ``evaluate`` scores (score 0.001, NMS IoU 0.7, agssp-spec §5.1)."""
+        checkpoint = DetectorCheckpoint.from_bytes(weights, source=WEIGHTS_FILE)
+        detector = detector_from_checkpoint(checkpoint)
+        batch, device = settings.eval_batch, settings.device
+        boxes = predict_dataset(
+            detector, subset, images_dir, imgsz=imgsz, batch=batch, device=device
+        )
+        return SplitPredictions(boxes)
 
     def quantize(
         self,

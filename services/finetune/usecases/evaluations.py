@@ -1,5 +1,11 @@
 """Evaluation jobs: COCO mAP of a registered model on a stored split, saved with the model.
 
+The saved document also says where the model fails (``ml.error_analysis``): per-image
+misses and false alarms at the job's ``conf``, with the boxes, the confusion matrix with a
+background row and column, and PR curves per class (``ml.pr_curves``), all from the same
+predictions and the same IoU-0.5 matching as the mAP. The job's outputs carry the mAP
+figures and the error totals; the per-image records stay in the document.
+
 The in-process comparison of start weights (the CLI's ``finetune compare``) lives in
 :mod:`services.finetune.usecases.comparisons`.
 """
@@ -11,7 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from services.finetune.config import FinetuneSettings
-from services.finetune.ml.backend import Backends, model_family
+from services.finetune.ml.backend import Backends, SplitPredictions, model_family
+from services.finetune.ml.dataset import DetectionDataset
+from services.finetune.ml.error_analysis import analyse_errors
+from services.finetune.ml.evaluate import evaluate_detections
+from services.finetune.ml.pr_curves import pr_curves
 from services.finetune.params import EvaluationParams
 from services.finetune.stores.datasets import DatasetCatalog, load_split
 from services.finetune.stores.models import ModelRegistry
@@ -25,6 +35,8 @@ from shared.schemas.jobs import JobRecord, TaskName
 from shared.storage.base import ObjectStore
 
 EVALUATION_KIND = "evaluation"
+# Parts of the saved document too large for a job record (its outputs keep the totals).
+DETAIL_KEYS = ("pr_curves", "errors")
 
 
 def submit_evaluation(sender: TaskSender, jobs: JobStore, params: EvaluationParams) -> JobRecord:
@@ -58,7 +70,8 @@ def run_evaluation_job(
     with workspace(settings, ctx.job_id) as work:
         ctx.progress(5, "downloading the split and the model", force=True)
         doc, key = evaluate_model(ctx.store, params, settings, work, backends)
-    ctx.set_outputs(**doc, saved_to=key)
+    outputs = {k: v for k, v in doc.items() if k not in DETAIL_KEYS}
+    ctx.set_outputs(**outputs, error_totals=doc["errors"]["totals"], saved_to=key)
     return [key]
 
 
@@ -69,7 +82,8 @@ def evaluate_model(
     work: Path,
     backends: Backends,
 ) -> tuple[dict[str, Any], str]:
-    """COCO mAP of ``params.model`` on a dataset split; returns the document and its key.
+    """COCO mAP of ``params.model`` on a dataset split, with PR curves and the misses,
+    false alarms and confusions at ``params.conf``; returns the document and its key.
 
     Raises:
         InvalidInputError: the model's classes differ from the dataset's (class_mismatch).
@@ -87,14 +101,34 @@ def evaluate_model(
             f"model classes {info.classes} differ from dataset classes {subset.classes}",
             code="class_mismatch",
         )
+    predicted = backend.predict(weights, subset, images, info.imgsz, settings)
     doc = {
         "model": str(model),
         "dataset": str(dataset),
         "split": params.split,
         "images": len(subset.images),
         "imgsz": info.imgsz,
-        **backend.evaluate(weights, subset, images, info.imgsz, settings),
+        **evaluation_details(subset, predicted, params.conf),
         "evaluated_at": datetime.now(UTC).isoformat(),
     }
-    name = f"{dataset.name}-{dataset.version}-{params.split}"
-    return doc, registry.save_evaluation(model, name, doc)
+    return doc, registry.save_evaluation(model, evaluation_name(str(dataset), params.split), doc)
+
+
+def evaluation_name(dataset: str, split: str) -> str:
+    """The file name (no suffix) of an evaluation on ``dataset`` ('name:version')."""
+    name, _, version = dataset.partition(":")
+    return f"{name}-{version}-{split}"
+
+
+def evaluation_details(
+    subset: DetectionDataset, predicted: SplitPredictions, conf: float
+) -> dict[str, Any]:
+    """mAP figures, PR curves and the error analysis of one set of predictions."""
+    result = evaluate_detections(subset, predicted.boxes, max_dets=predicted.max_dets)
+    errors = analyse_errors(subset, predicted.boxes, conf, max_dets=predicted.max_dets)
+    return {
+        **result.summary(),
+        "conf": conf,
+        "pr_curves": pr_curves(result, list(subset.classes)).model_dump(mode="json"),
+        "errors": errors.model_dump(mode="json"),
+    }

@@ -319,6 +319,27 @@ def test_evaluation_is_saved_with_the_model(
     saved = json.loads(world.store.get_bytes(key))
     assert saved["map50"] == evaluation_job.outputs["map50"]
     assert set(saved["per_class"]) == {"light", "dark"}
+    # with where it fails: every val image with its boxes, totals that add up, curves
+    errors = saved["errors"]
+    assert saved["conf"] == 0.25
+    assert [im["file_name"] for im in errors["images"]] == saved_val_names(world, dataset_job)
+    assert errors["totals"]["gt"] == sum(len(im["gt"]) for im in errors["images"])
+    assert errors["totals"]["misses"] == sum(im["misses"] for im in errors["images"])
+    assert evaluation_job.outputs["error_totals"] == errors["totals"]
+    assert "errors" not in evaluation_job.outputs
+    assert np.sum(errors["confusion"]["matrix"][:2]) == errors["totals"]["gt"]
+    for name, curve in saved["pr_curves"]["classes"].items():
+        assert np.mean(curve["precision"]) == pytest.approx(
+            saved["per_class"][name]["map50"], abs=1e-6
+        )
+
+
+def saved_val_names(world: World, dataset_job: JobRecord) -> list[str]:
+    """The val split's image names, in the stored dataset's order."""
+    splits = json.loads(world.store.get_bytes(f"datasets/shapes/{dataset_job.id}/splits.json"))
+    dataset = json.loads(world.store.get_bytes(f"datasets/shapes/{dataset_job.id}/dataset.json"))
+    val = set(splits["splits"]["val"])
+    return [im["file_name"] for im in dataset["images"] if im["file_name"] in val]
 
 
 def test_a_redelivered_finetune_job_does_not_train_again(
