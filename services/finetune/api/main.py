@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from services.finetune.api.deps import FinetuneState
+from services.finetune.api.evaluation_routes import router as evaluation_routes
 from services.finetune.api.gallery_routes import galleries
 from services.finetune.api.routes import datasets, jobs, models
 from services.finetune.config import FinetuneSettings, get_settings
@@ -43,6 +44,7 @@ def create_app(
     app.include_router(datasets)
     app.include_router(jobs)
     app.include_router(models)
+    app.include_router(evaluation_routes)
     app.include_router(galleries)
     app.include_router(jobs_router())
     return app

@@ -196,6 +196,20 @@ class ModelRegistry:
         prefix = f"{ref.prefix}{EVALUATIONS_DIR}/"
         return [json.loads(self.store.get_bytes(key)) for key in self.store.list(prefix)]
 
+    def evaluation_names(self, ref: ArtifactRef) -> list[str]:
+        """Names of the saved evaluations of one version (``evaluations/<name>.json``)."""
+        prefix = f"{ref.prefix}{EVALUATIONS_DIR}/"
+        keys = self.store.list(prefix)
+        return sorted(k[len(prefix) : -len(".json")] for k in keys if k.endswith(".json"))
+
+    def evaluation(self, ref: ArtifactRef, name: str) -> dict[str, Any] | None:
+        """One saved evaluation document of a version, None when there is none."""
+        key = f"{ref.prefix}{EVALUATIONS_DIR}/{name}.json"
+        if not self.store.exists(key):
+            return None
+        document: dict[str, Any] = json.loads(self.store.get_bytes(key))
+        return document
+
     def save_evaluation(self, ref: ArtifactRef, name: str, document: dict[str, Any]) -> str:
         """Write ``evaluations/<name>.json`` beside the version; returns the key."""
         key = f"{ref.prefix}{EVALUATIONS_DIR}/{name}.json"

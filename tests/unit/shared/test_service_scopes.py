@@ -66,6 +66,10 @@ EXPECTED: dict[str, dict[tuple[str, str], str | None]] = {  # None: open to ever
         ("GET", "/v1/models/{name}"): "train",
         ("GET", "/v1/models/{name}/versions/{version}"): "train",
         ("POST", "/v1/models/{name}/versions/{version}/promote"): "admin",
+        ("GET", "/v1/models/{name}/versions/{version}/evaluation"): "train",
+        ("GET", "/v1/evaluations/compare"): "train",
+        ("GET", "/v1/review-exports/predictions"): "train",
+        ("GET", "/v1/review-exports/pseudo-labels"): "train",
         **JOBS,
     },
     "inference": {

@@ -1,0 +1,214 @@
+"""Export for review: pseudo boxes or a detector's predictions as a labelled set in a zip.
+
+A person corrects the boxes in the labelling tool the plant runs (CVAT, Label Studio) and
+brings the folder back with the dataset import (``agssp data import`` or
+``POST /v1/datasets``), which recognises both layouts by itself:
+
+* ``coco``: ``annotations.json`` (COCO detection; predictions carry their ``score``) and
+  ``images/``;
+* ``yolo``: ``images/``, ``labels/<stem>.txt`` and ``classes.txt``.
+
+The boxes come back as exported: COCO exactly, YOLO within its 6 decimals (pseudo boxes,
+already YOLO with 6 decimals, exactly). Pseudo boxes are the pseudo-label output's YOLO
+files, the boxes AGDP trains on; predictions are those a saved evaluation holds at its
+``conf`` (``usecases.evaluations``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from services.finetune.config import FinetuneSettings
+from services.finetune.ml.coco import export_coco
+from services.finetune.ml.dataset import Box, DetectionDataset, ImageRecord
+from services.finetune.ml.error_analysis import ErrorAnalysis
+from services.finetune.ml.yolo_format import export_yolo
+from services.finetune.stores.datasets import DatasetCatalog, download_all
+from services.finetune.stores.models import ModelRegistry
+from services.finetune.stores.pseudo_labels import load_pseudo_labels
+from services.finetune.usecases.evaluation_views import error_analysis, find_evaluation
+from shared.errors import InvalidInputError
+from shared.imaging.intake import ImageLimits, image_limits
+from shared.schemas.artifacts import ArtifactRef
+from shared.schemas.pseudo_labels import PseudoLabelManifest, manifest_key, output_prefix
+from shared.storage.base import ObjectStore
+
+ExportFormat = Literal["coco", "yolo"]
+COCO_FILE = "annotations.json"
+CLASSES_FILE = "classes.txt"
+
+
+@dataclass(frozen=True)
+class ExportedZip:
+    """A finished export: the archive, the scratch folder to remove once it is sent, and
+    the name to download it as."""
+
+    path: Path
+    folder: Path
+    name: str
+
+
+@contextmanager
+def _scratch(settings: FinetuneSettings) -> Iterator[Path]:
+    """A fresh folder under the work dir, removed here only when the export fails."""
+    folder = settings.resolved_work_dir() / f"export-{uuid.uuid4().hex}"
+    folder.mkdir(parents=True)
+    try:
+        yield folder
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def predictions_zip(
+    registry: ModelRegistry,
+    catalog: DatasetCatalog,
+    ref: ArtifactRef,
+    where: tuple[str | None, str],
+    fmt: ExportFormat,
+    settings: FinetuneSettings,
+) -> ExportedZip:
+    """The detections of ``ref``'s saved evaluation on ``where`` = (dataset, split).
+
+    Raises:
+        NotFoundError: no such evaluation (code evaluation_not_found).
+        InvalidInputError: it predates per-image records (code evaluation_without_errors).
+    """
+    document = find_evaluation(registry, catalog, ref, *where)
+    errors = error_analysis(document)
+    with _scratch(settings) as work:
+        path = export_predictions(registry.store, document["dataset"], errors, fmt, work)
+    source = f"{ref.name}-{ref.version}-{document['split']}"
+    return ExportedZip(path, work, archive_name(source, fmt))
+
+
+def pseudo_labels_zip(
+    store: ObjectStore,
+    labels_prefix: str,
+    images_prefix: str | None,
+    fmt: ExportFormat,
+    settings: FinetuneSettings,
+) -> ExportedZip:
+    """A pseudo-label output with its images (see :func:`export_pseudo_labels`)."""
+    limits = image_limits(settings)
+    with _scratch(settings) as work:
+        path = export_pseudo_labels(store, labels_prefix, images_prefix, fmt, work, limits)
+    source = "pseudo-" + output_prefix(labels_prefix).rstrip("/").rsplit("/", 1)[-1]
+    return ExportedZip(path, work, archive_name(source, fmt))
+
+
+def predictions_dataset(errors: ErrorAnalysis) -> tuple[DetectionDataset, list[list[float]]]:
+    """A saved evaluation's detections as a labelled set, and each image's scores."""
+    images, scores = [], []
+    for image in errors.images:
+        # boxes are stored to 2 decimals: one thinner than that has no area left to label
+        dets = [d for d in image.dets if d.box[2] > d.box[0] and d.box[3] > d.box[1]]
+        boxes = [
+            Box(x1=d.box[0], y1=d.box[1], x2=d.box[2], y2=d.box[3], class_id=d.class_id)
+            for d in dets
+        ]
+        images.append(
+            ImageRecord(
+                file_name=image.file_name, width=image.width, height=image.height, boxes=boxes
+            )
+        )
+        scores.append([d.score for d in dets])
+    return DetectionDataset(classes=list(errors.classes), images=images), scores
+
+
+def export_predictions(
+    store: ObjectStore,
+    dataset: str,
+    errors: ErrorAnalysis,
+    fmt: ExportFormat,
+    work: Path,
+) -> Path:
+    """The detections of a saved evaluation on ``dataset`` ('name:version') as a zip."""
+    labelled, scores = predictions_dataset(errors)
+    ref = DatasetCatalog(store).resolve(dataset)
+    images = work / "images"
+    pairs = [(ref.image_key(im.file_name), images / im.file_name) for im in labelled.images]
+    download_all(store, pairs, threads=8)
+    return write_zip(labelled, images, fmt, work / "export", scores)
+
+
+def export_pseudo_labels(
+    store: ObjectStore,
+    labels_prefix: str,
+    images_prefix: str | None,
+    fmt: ExportFormat,
+    work: Path,
+    limits: ImageLimits,
+) -> Path:
+    """A pseudo-label output (``<out>/`` or ``<out>/labels/``) with its images as a zip.
+
+    Raises:
+        InvalidInputError: no manifest there and no ``images_prefix`` given
+            (code images_prefix_required), or what ``load_pseudo_labels`` refuses.
+    """
+    if images_prefix is None:
+        images_prefix = _manifest_images_prefix(store, labels_prefix)
+    data = load_pseudo_labels(store, images_prefix, labels_prefix, work / "pseudo", limits)
+    return write_zip(data.dataset, data.images_dir, fmt, work / "export")
+
+
+def _manifest_images_prefix(store: ObjectStore, labels_prefix: str) -> str:
+    key = manifest_key(output_prefix(labels_prefix))
+    if not store.exists(key):
+        raise InvalidInputError(
+            f"no pseudo-label manifest at {key}: name the images with images_prefix",
+            code="images_prefix_required",
+        )
+    return PseudoLabelManifest.from_bytes(store.get_bytes(key), key).images_prefix
+
+
+def write_zip(
+    dataset: DetectionDataset,
+    images_dir: Path,
+    fmt: ExportFormat,
+    folder: Path,
+    scores: list[list[float]] | None = None,
+) -> Path:
+    """Lay the set out in ``folder`` as the import reads it, and zip it beside the folder."""
+    writers: dict[str, Callable[[], None]] = {
+        "coco": lambda: _write_coco(dataset, folder, scores),
+        "yolo": lambda: _write_yolo(dataset, folder),
+    }
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    writers[fmt]()
+    for image in dataset.images:
+        shutil.copyfile(images_dir / image.file_name, folder / "images" / image.file_name)
+    archive = folder.with_suffix(".zip")
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as out:
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            out.write(path, path.relative_to(folder).as_posix())
+    return archive
+
+
+def _write_coco(dataset: DetectionDataset, folder: Path, scores: list[list[float]] | None) -> None:
+    document = export_coco(dataset)
+    if scores is not None:
+        flat = [s for image in scores for s in image]
+        for annotation, score in zip(document["annotations"], flat, strict=True):
+            annotation["score"] = score
+    (folder / COCO_FILE).write_text(json.dumps(document), encoding="utf-8")
+
+
+def _write_yolo(dataset: DetectionDataset, folder: Path) -> None:
+    export_yolo(dataset, folder / "labels")
+    # the import looks for the names beside labels/ as well as in it; tools expect them here
+    shutil.move(folder / "labels" / CLASSES_FILE, folder / CLASSES_FILE)
+
+
+def archive_name(source: str, fmt: ExportFormat) -> str:
+    """A download name from what was exported: ``<source>-<fmt>.zip``, safe characters."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in source).strip("-")
+    return f"{safe or 'export'}-{fmt}.zip"
