@@ -13,9 +13,11 @@ it once from the records (``jobs/live.built`` says it was); a marker whose recor
 finished is dropped when met.
 
 **The day index.** ``jobs/days/<YYYYMMDD>`` marks each day that holds a job (ids start with
-their UTC creation time). Listing by recency walks those days newest first and lists one
-day's keys at a time, reading only the records it returns (``list(before=<id>)`` continues a
-page); a store without it builds it once from its keys (``jobs/days.built``).
+their UTC creation time) and ``jobs/day-ids/<YYYYMMDD>/<id>`` each job of that day. Listing
+by recency walks the days newest first and lists one day's markers at a time, reading only
+the records it returns (``list(before=<id>)`` continues a page): its cost follows the page,
+on S3 and on a local folder alike (a folder cannot list ``jobs/<day>*`` without reading every
+job's name). A store without the index builds it once from its keys (``jobs/day-ids.built``).
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ LIVE_PREFIX = f"{JOBS_PREFIX}live/"
 LIVE_BUILT = f"{JOBS_PREFIX}live.built"
 LIVE_STATES = frozenset({JobState.PENDING, JobState.RUNNING})
 DAYS_PREFIX = f"{JOBS_PREFIX}days/"
-DAYS_BUILT = f"{JOBS_PREFIX}days.built"
+DAY_IDS_PREFIX = f"{JOBS_PREFIX}day-ids/"
+DAY_IDS_BUILT = f"{JOBS_PREFIX}day-ids.built"
 _DAY = re.compile(r"^\d{8}T")  # ids start with their UTC creation day (new_job_id)
 
 
@@ -62,6 +65,7 @@ class JobStore:
         self._marked: set[str] = set()  # live markers this instance has written
         self._index_ready = False
         self._days_marked: set[str] = set()  # day markers this instance has written
+        self._ids_marked: set[str] = set()  # day-id markers this instance has written
         self._days_ready = False
 
     @staticmethod
@@ -92,7 +96,7 @@ class JobStore:
 
     def _index(self, record: JobRecord) -> None:
         if _DAY.match(record.id):
-            self._mark_day(record.id[:8])
+            self._mark_day(record.id)
         if record.terminal:
             self.store.delete(f"{LIVE_PREFIX}{record.id}")
             self._marked.discard(record.id)
@@ -175,7 +179,8 @@ class JobStore:
         for day in sorted(self._days(), reverse=True):
             if first is not None and day > first:
                 continue
-            ids = self._ids_of(f"{JOBS_PREFIX}{day}")
+            marker = f"{DAY_IDS_PREFIX}{day}/"
+            ids = [k[len(marker) :] for k in self.store.list(marker)]
             yield from sorted((i for i in ids if before is None or i < before), reverse=True)
 
     def _ids_of(self, prefix: str) -> builtins.list[str]:
@@ -185,10 +190,12 @@ class JobStore:
 
     def _days(self) -> builtins.list[str]:
         """Days that hold jobs; a store without the day index gets it once from its keys."""
-        if not (self._days_ready or self.store.exists(DAYS_BUILT)):
-            for day in {i[:8] for i in self._ids_of(JOBS_PREFIX) if _DAY.match(i)}:
-                self._mark_day(day)
-            self.store.put_bytes(DAYS_BUILT, utcnow().isoformat().encode())
+        if not (self._days_ready or self.store.exists(DAY_IDS_BUILT)):
+            log.info("building the day index from the job records (once per store)")
+            for job_id in self._ids_of(JOBS_PREFIX):
+                if _DAY.match(job_id):
+                    self._mark_day(job_id)
+            self.store.put_bytes(DAY_IDS_BUILT, utcnow().isoformat().encode())
         self._days_ready = True
         return [k[len(DAYS_PREFIX) :] for k in self.store.list(DAYS_PREFIX)]
 
@@ -199,10 +206,15 @@ class JobStore:
             log.warning("skipping unreadable job record %s", job_id)
             return None
 
-    def _mark_day(self, day: str) -> None:
+    def _mark_day(self, job_id: str) -> None:
+        """The job's day marker and its own marker under that day (each once per instance)."""
+        day = job_id[:8]
         if day not in self._days_marked:
             self.store.put_bytes(f"{DAYS_PREFIX}{day}", b"")
             self._days_marked.add(day)
+        if job_id not in self._ids_marked:
+            self.store.put_bytes(f"{DAY_IDS_PREFIX}{day}/{job_id}", b"")
+            self._ids_marked.add(job_id)
 
     # -- cancellation -------------------------------------------------------------------
     def cancel_key(self, job_id: str) -> str:

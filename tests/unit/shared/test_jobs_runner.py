@@ -250,3 +250,33 @@ def test_pages_continue_from_a_cursor_without_gaps(tmp_path: Path) -> None:
     second = jobs.list(limit=3, before=first[-1].id)
     third = jobs.list(limit=3, before=second[-1].id)
     assert [r.id for r in first + second + third] == ids
+
+
+class ListCounting(FileObjectStore):
+    """Records the prefixes listed."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.listed: list[str] = []
+
+    def list(self, prefix: str = "") -> list[str]:
+        self.listed.append(prefix)
+        return super().list(prefix)
+
+
+def test_a_page_lists_its_days_markers_never_every_job(tmp_path: Path) -> None:
+    # given a history whose records predate the day index (its markers removed)
+    store = ListCounting(tmp_path / "store")
+    ids = sorted(_finished_jobs(JobStore(store), 5), reverse=True)
+    for key in [*store.list("jobs/day-ids/"), "jobs/day-ids.built"]:
+        store.delete(key)
+    # when a new instance lists a page, and another instance a page after that
+    first = JobStore(store)
+    assert [r.id for r in first.list(limit=2)] == ids[:2]
+    assert store.exists("jobs/day-ids.built")  # built once from the keys
+    store.listed.clear()
+    page = JobStore(store).list(limit=2, before=ids[1])
+    # then the second page is right and listed only the day index, never all of jobs/
+    assert [r.id for r in page] == ids[2:4]
+    assert "jobs/" not in store.listed
+    assert all(p.startswith("jobs/day") for p in store.listed), store.listed
