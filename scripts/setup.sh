@@ -23,13 +23,16 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
 fi
 
 # Debian packages the integration tier drives for real: redis-server (broker), mosquitto (an
-# MQTT broker for /detect result sinks) and chromium (headless browser tests of the console).
+# MQTT broker for /detect result sinks) and chromium (headless browser tests of the console);
+# wrk, the load generator of benchmarks/detect.py (C, in its own process: the load it makes
+# costs the server's cores little).
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
 if [ "${#need[@]}" -gt 0 ]; then
-  echo "setup: installing ${need[*]} from Debian packages (integration tests need them)"
+  echo "setup: installing ${need[*]} from Debian packages (tests and benchmarks need them)"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
