@@ -37,6 +37,12 @@ PAGES = (
     ),
     Page("datasets", "Datasets", "imported labelled sets and what they hold"),
     Page("models", "Models", "registry, versions, stages"),
+    Page(
+        "evaluation",
+        "Evaluation",
+        "a model version's errors on a split, compared with another version; exports for review",
+        ("review", "evaluation", "compare"),
+    ),
 )
 BY_SLUG = {page.slug: page for page in PAGES}
 

@@ -30,12 +30,20 @@
     const select = el("select", { class: "stage-select" }, STAGES.map((s) => el("option", { value: s, text: s })));
     const button = el("button", { type: "button", class: "promote", text: "Promote", onclick: () => promote(name, v.version, select.value) });
     const lineage = v.lineage || {};
-    return el("tr", { class: "version", dataset: { version: v.version, stages: v.stages.join(",") } },
-      el("td", {}, el("code", { text: v.version })), el("td", { text: when(v.created_at) }), el("td", { text: v.kind || "" }),
+    const metrics = v.metrics || {};
+    const evaluation = `/evaluation?${new URLSearchParams({ model: name, version: v.version })}`;
+    return el("tr", { class: "version", dataset: { version: v.version, stages: v.stages.join(","), map50: metrics.map50 ?? "" } },
+      el("td", {}, el("code", { class: "id", text: v.version })), el("td", { text: when(v.created_at) }), el("td", { text: v.kind || "" }),
+      el("td", { class: "map" }, percent(metrics.map50), el("span", { class: "muted", text: ` / ${percent(metrics.map50_95)}` })),
       el("td", { text: summary(v.metrics) }),
       el("td", {}, el("details", {}, el("summary", { text: summary(lineage) || "lineage" }), el("pre", { text: JSON.stringify(lineage, null, 2) }))),
       el("td", { class: "stages" }, v.stages.map((s) => el("span", { class: `chip stage-${s}`, text: s }))),
-      el("td", {}, select, " ", button));
+      el("td", {}, select, " ", button),
+      el("td", {}, el("a", { class: "evaluation-link", href: evaluation, text: v.evaluations.length ? "errors, compare" : "evaluate" })));
+  }
+
+  function percent(value) {
+    return typeof value === "number" ? `${(100 * value).toFixed(1)} %` : "–";
   }
 
   async function open(name) {
