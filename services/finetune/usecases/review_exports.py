@@ -38,12 +38,14 @@ from services.finetune.usecases.evaluation_views import error_analysis, find_eva
 from shared.errors import InvalidInputError
 from shared.imaging.intake import ImageLimits, image_limits
 from shared.schemas.artifacts import ArtifactRef
+from shared.schemas.pseudo_labels import CLASSES_FILE as YOLO_CLASSES_FILE
 from shared.schemas.pseudo_labels import PseudoLabelManifest, manifest_key, output_prefix
 from shared.storage.base import ObjectStore
 
 ExportFormat = Literal["coco", "yolo"]
 COCO_FILE = "annotations.json"
-CLASSES_FILE = "classes.txt"
+# a YOLO folder's class list, named as the pseudo-label output (a YOLO folder too) names it
+CLASSES_FILE = YOLO_CLASSES_FILE
 
 
 @dataclass(frozen=True)

@@ -224,7 +224,8 @@ def test_evaluation_is_queued_with_pinned_refs(client: tuple[TestClient, FakeSen
     response = client[0].post("/v1/evaluations", json={"model": "agdp-s", "dataset": "shapes"})
     # then
     assert response.status_code == 202, response.text
-    assert response.json()["params"] == {"model": AGDP, "dataset": "shapes:v1", "split": "val"}
+    params = {"model": AGDP, "dataset": "shapes:v1", "split": "val", "conf": 0.25}
+    assert response.json()["params"] == params
     assert client[1].sent[0][0] == TaskName.FINETUNE_EVALUATE
 
 
