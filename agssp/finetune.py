@@ -109,7 +109,7 @@ def evaluate(
     from services.finetune.ml.backend import load_backend
     from services.finetune.params import EvaluationParams
     from services.finetune.usecases.common import workspace
-    from services.finetune.usecases.evaluations import evaluate_model
+    from services.finetune.usecases.evaluations import DETAIL_KEYS, evaluate_model
     from shared.errors import SuiteError
     from shared.jobs.store import new_job_id
 
@@ -120,7 +120,10 @@ def evaluate(
             doc, key = evaluate_model(store, params, settings, work, load_backend)
     except (SuiteError, ValueError) as exc:
         raise _fail(exc) from exc
-    typer.echo(json.dumps({**doc, "saved_to": key}, indent=1))
+    # the per-image records and curves stay in the saved document (the console shows them)
+    shown = {k: v for k, v in doc.items() if k not in DETAIL_KEYS}
+    totals = doc["errors"]["totals"]
+    typer.echo(json.dumps({**shown, "error_totals": totals, "saved_to": key}, indent=1))
 
 
 @finetune_app.command("compare")

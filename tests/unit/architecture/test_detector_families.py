@@ -84,7 +84,8 @@ def test_every_row_names_a_loadable_backend_and_a_served_layout() -> None:
         module, _, attribute = row.backend.partition(":")
         backend = getattr(importlib.import_module(module), attribute)
         assert backend is load_backend(name)
-        for method in ("prepare", "train", "package", "read_weights", "evaluate", "quantize"):
+        methods = ("prepare", "train", "package", "read_weights", "evaluate", "predict", "quantize")
+        for method in methods:
             assert callable(getattr(backend, method)), (name, method)
         assert row.output_layout in DETECTORS, (name, row.output_layout)
         assert row.backbone_names(), f"{name} takes no known backbone"
