@@ -64,6 +64,9 @@ GalleriesDep = Annotated[Galleries, Depends(_galleries)]
 FilterDep = Annotated[GalleryFilter, Depends(_filters)]
 Offset = Annotated[int, Query(ge=0, description="index of the first image of the page")]
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="images per page")]
+Inline = Annotated[
+    int | None, Query(description="inline each image's thumbnail of this side (128, 256, 512)")
+]
 
 
 class PoolList(BaseModel):
@@ -75,13 +78,23 @@ def dataset_gallery(
     name: str,
     version: str,
     split: str,
+    request: Request,
     sets: GalleriesDep,
     filters: FilterDep,
     offset: Offset = 0,
     limit: Limit = 100,
+    thumbnails: Inline = None,
 ) -> GalleryPage:
     """A page of a dataset version's split (``latest`` for the newest) with ground-truth boxes."""
-    return sets.dataset_page(name, version, split, filters, offset, limit)
+    page = sets.dataset_page(name, version, split, filters, offset, limit)
+    return _inline(request, page, thumbnails)
+
+
+def _inline(request: Request, page: GalleryPage, side: int | None) -> GalleryPage:
+    if side is None:
+        return page
+    limits = image_limits(state_of(request).settings)
+    return gallery_media.with_thumbnails(store_of(request), page, side, limits)
 
 
 @galleries.get("/pools", response_model=PoolList)
@@ -92,14 +105,17 @@ def list_pools(sets: GalleriesDep) -> PoolList:
 
 @galleries.get("/prefix", response_model=GalleryPage)
 def prefix_gallery(
+    request: Request,
     sets: GalleriesDep,
     filters: FilterDep,
     prefix: Annotated[str, Query(min_length=1, max_length=512)],
     offset: Offset = 0,
     limit: Limit = 100,
+    thumbnails: Inline = None,
 ) -> GalleryPage:
     """A page of a pseudo-label output (pseudo boxes, scores, maps) or of any image prefix."""
-    return sets.pool_page(prefix, filters, offset, limit)
+    page = sets.pool_page(prefix, filters, offset, limit)
+    return _inline(request, page, thumbnails)
 
 
 @galleries.get(

@@ -42,6 +42,9 @@ class GalleryItem(BaseModel):
     pseudo: list[GalleryBox] = Field(default_factory=list, description="pseudo boxes")
     score: float | None = Field(None, description="anomaly image score (scores.csv)")
     map_key: str | None = Field(None, description="the image's anomaly map (.npy)")
+    thumbnail: str | None = Field(
+        None, description="the JPEG thumbnail as a data: URI, when the page was asked for them"
+    )
 
 
 class GalleryPage(BaseModel):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,6 +76,17 @@ def test_a_pool_page_and_its_listing(
     assert (grid["shape"], grid["encoding"], grid["max"]) == ([10, 10], "base64", 2.0)
 
 
+def test_a_page_can_bring_its_thumbnails_inlined(client: TestClient) -> None:
+    page = client.get(PAGE, params={"limit": 3, "thumbnails": 128}).json()
+    for item in page["items"]:
+        head, _, body = item["thumbnail"].partition(",")
+        assert head == "data:image/jpeg;base64"
+        assert base64.b64decode(body)[:3] == b"\xff\xd8\xff"
+    assert all(
+        i["thumbnail"] is None for i in client.get(PAGE, params={"limit": 3}).json()["items"]
+    )
+
+
 def test_a_thumbnail_is_a_cacheable_jpeg(client: TestClient) -> None:
     answer = client.get(f"/v1/galleries/thumbnails/{IMAGE}", params={"side": 128})
     assert answer.status_code == 200
@@ -114,6 +126,7 @@ def test_unknown_ids_are_404_with_a_code(
         ("/v1/galleries/prefix", {"prefix": "../x/"}, "invalid_key"),
         ("/v1/galleries/prefix", {"prefix": "/"}, "invalid_prefix"),
         (f"/v1/galleries/thumbnails/{IMAGE}", {"side": 300}, "invalid_side"),
+        (PAGE, {"thumbnails": 1024}, "invalid_side"),
         ("/v1/galleries/thumbnails/datasets/x/manifest.json", {}, "not_an_image"),
         ("/v1/galleries/maps/maps/x/m.png", {}, "not_a_map"),
     ],

@@ -12,7 +12,7 @@ import pytest
 
 from services.finetune.stores.thumbnails import thumbnail_key
 from services.finetune.usecases.galleries import Galleries
-from services.finetune.usecases.gallery_media import anomaly_map, thumbnail
+from services.finetune.usecases.gallery_media import anomaly_map, thumbnail, with_thumbnails
 from services.finetune.usecases.gallery_pages import GalleryFilter
 from shared.errors import InvalidInputError, NotFoundError
 from shared.imaging.intake import ImageLimits
@@ -207,6 +207,23 @@ def test_a_thumbnail_is_made_once_then_read_from_the_store(store: FileObjectStor
     # and a small image is never enlarged
     small = thumbnail(store, f"datasets/{DATASET}/v1/images/{BUSY_IMAGE}", 1024, ImageLimits())
     assert _shape(small) == (60, 80, 3)
+
+
+def test_a_page_inlines_its_thumbnails_and_skips_an_image_it_cannot_show(
+    store: FileObjectStore,
+) -> None:
+    # given a page of the split, one of whose images went missing from the store
+    page = Galleries(store).dataset_page(DATASET, "v1", "val", ALL, 0, 100)
+    store.delete(page.items[0].image_key)
+    # when its thumbnails are inlined
+    inlined = with_thumbnails(store, page, 128, ImageLimits())
+    # then every other image carries its JPEG, the same bytes as its thumbnail route's
+    assert inlined.items[0].thumbnail is None
+    for item in inlined.items[1:]:
+        assert item.thumbnail is not None
+        body = base64.b64decode(item.thumbnail.removeprefix("data:image/jpeg;base64,"))
+        assert body == thumbnail(store, item.image_key, 128, ImageLimits())
+    assert page.items[1].thumbnail is None  # the page asked for is left as it was
 
 
 @pytest.mark.parametrize(
