@@ -87,14 +87,14 @@ def dataset_gallery(
 ) -> GalleryPage:
     """A page of a dataset version's split (``latest`` for the newest) with ground-truth boxes."""
     page = sets.dataset_page(name, version, split, filters, offset, limit)
-    return _inline(request, page, thumbnails)
+    return _inline(request, sets, page, thumbnails)
 
 
-def _inline(request: Request, page: GalleryPage, side: int | None) -> GalleryPage:
+def _inline(request: Request, sets: Galleries, page: GalleryPage, side: int | None) -> GalleryPage:
     if side is None:
         return page
     limits = image_limits(state_of(request).settings)
-    return gallery_media.with_thumbnails(store_of(request), page, side, limits)
+    return gallery_media.with_thumbnails(sets.thumbnails, page, side, limits)
 
 
 @galleries.get("/pools", response_model=PoolList)
@@ -115,7 +115,7 @@ def prefix_gallery(
 ) -> GalleryPage:
     """A page of a pseudo-label output (pseudo boxes, scores, maps) or of any image prefix."""
     page = sets.pool_page(prefix, filters, offset, limit)
-    return _inline(request, page, thumbnails)
+    return _inline(request, sets, page, thumbnails)
 
 
 @galleries.get(
@@ -126,11 +126,12 @@ def prefix_gallery(
 def get_thumbnail(
     key: str,
     request: Request,
+    sets: GalleriesDep,
     side: Annotated[int, Query(description="128, 256, 512 or 1024")] = 256,
 ) -> Response:
     """The JPEG thumbnail of a stored image, made on first use and cached under ``thumbs/``."""
     limits = image_limits(state_of(request).settings)
-    body = gallery_media.thumbnail(store_of(request), key, side, limits)
+    body = gallery_media.thumbnail(sets.thumbnails, key, side, limits)
     return Response(body, media_type="image/jpeg", headers=THUMBNAIL_HEADERS)
 
 

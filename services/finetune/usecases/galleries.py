@@ -19,6 +19,7 @@ from services.finetune.ml.dataset import DetectionDataset, ImageRecord
 from services.finetune.ml.splits import mini_subset
 from services.finetune.stores.datasets import DatasetCatalog, DatasetRef, mini_size
 from services.finetune.stores.pools import PoolImage, PoolSet, list_pool_sets, read_pool
+from services.finetune.stores.thumbnails import ThumbnailStore
 from services.finetune.usecases.gallery_pages import (
     GalleryBox,
     GalleryFilter,
@@ -33,6 +34,7 @@ from shared.schemas.pseudo_labels import CLASS_NAMES
 from shared.storage.base import ObjectStore, listing_prefix
 
 _CACHED_SETS = 8
+_THUMBNAIL_MEMORY = 64 * 2**20  # about 5,000 thumbnails of 256 px
 
 
 class PoolSummary(BaseModel):
@@ -49,10 +51,12 @@ class PoolSummary(BaseModel):
 
 
 class Galleries:
-    """Pages of galleries over one store, with the last few set indexes kept."""
+    """Pages of galleries over one store, with the last few set indexes and the most recent
+    thumbnails kept."""
 
     def __init__(self, store: ObjectStore, cached_sets: int = _CACHED_SETS) -> None:
         self.store = store
+        self.thumbnails = ThumbnailStore(store, memory_bytes=_THUMBNAIL_MEMORY)
         self.catalog = DatasetCatalog(store)
         self._cache: OrderedDict[tuple[str, ...], GalleryIndex] = OrderedDict()
         self._size = cached_sets

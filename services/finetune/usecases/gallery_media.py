@@ -41,7 +41,7 @@ class MapPayload(BaseModel):
     data: str
 
 
-def thumbnail(store: ObjectStore, key: str, side: int, limits: ImageLimits) -> bytes:
+def thumbnail(thumbs: ThumbnailStore, key: str, side: int, limits: ImageLimits) -> bytes:
     """The JPEG thumbnail of the image at ``key``, longer side at most ``side`` pixels.
 
     Raises:
@@ -58,11 +58,11 @@ def thumbnail(store: ObjectStore, key: str, side: int, limits: ImageLimits) -> b
     def make(raw: bytes) -> bytes:
         return thumbnail_jpeg(decode_object(raw, limits, key).array, side)
 
-    return ThumbnailStore(store).get_or_make(key, side, make)
+    return thumbs.get_or_make(key, side, make)
 
 
 def with_thumbnails(
-    store: ObjectStore, page: GalleryPage, side: int, limits: ImageLimits
+    thumbs: ThumbnailStore, page: GalleryPage, side: int, limits: ImageLimits
 ) -> GalleryPage:
     """``page`` with each item's thumbnail inlined as a ``data:`` URI: a page of a hundred
     images in one answer instead of a hundred. Thumbnails are read (or made, the first time)
@@ -79,7 +79,7 @@ def with_thumbnails(
 
     def inline(item: GalleryItem) -> GalleryItem:
         try:
-            body = thumbnail(store, item.image_key, side, limits)
+            body = thumbnail(thumbs, item.image_key, side, limits)
         except SuiteError:
             return item
         uri = "data:image/jpeg;base64," + base64.b64encode(body).decode("ascii")

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from services.finetune.stores.thumbnails import thumbnail_key
+from services.finetune.stores.thumbnails import ThumbnailStore, thumbnail_key
 from services.finetune.usecases.galleries import Galleries
 from services.finetune.usecases.gallery_media import anomaly_map, thumbnail, with_thumbnails
 from services.finetune.usecases.gallery_pages import GalleryFilter
@@ -196,16 +196,18 @@ def test_a_thumbnail_is_made_once_then_read_from_the_store(store: FileObjectStor
     store.put_bytes("uploads/big/x.png", png(640, 320, 7))
 
     # when: its thumbnail is asked for, the source removed, and asked for again
-    first = thumbnail(store, "uploads/big/x.png", 256, ImageLimits())
+    first = thumbnail(ThumbnailStore(store), "uploads/big/x.png", 256, ImageLimits())
     store.delete("uploads/big/x.png")
-    again = thumbnail(store, "uploads/big/x.png", 256, ImageLimits())
+    again = thumbnail(ThumbnailStore(store), "uploads/big/x.png", 256, ImageLimits())
 
     # then: a 256x128 JPEG, cached under thumbs/ and served from there
     assert first[:3] == b"\xff\xd8\xff"
     assert _shape(first) == (128, 256, 3)
     assert store.get_bytes(thumbnail_key("uploads/big/x.png", 256)) == first == again
     # and a small image is never enlarged
-    small = thumbnail(store, f"datasets/{DATASET}/v1/images/{BUSY_IMAGE}", 1024, ImageLimits())
+    small = thumbnail(
+        ThumbnailStore(store), f"datasets/{DATASET}/v1/images/{BUSY_IMAGE}", 1024, ImageLimits()
+    )
     assert _shape(small) == (60, 80, 3)
 
 
@@ -216,14 +218,34 @@ def test_a_page_inlines_its_thumbnails_and_skips_an_image_it_cannot_show(
     page = Galleries(store).dataset_page(DATASET, "v1", "val", ALL, 0, 100)
     store.delete(page.items[0].image_key)
     # when its thumbnails are inlined
-    inlined = with_thumbnails(store, page, 128, ImageLimits())
+    inlined = with_thumbnails(ThumbnailStore(store), page, 128, ImageLimits())
     # then every other image carries its JPEG, the same bytes as its thumbnail route's
     assert inlined.items[0].thumbnail is None
     for item in inlined.items[1:]:
         assert item.thumbnail is not None
         body = base64.b64decode(item.thumbnail.removeprefix("data:image/jpeg;base64,"))
-        assert body == thumbnail(store, item.image_key, 128, ImageLimits())
+        assert body == thumbnail(ThumbnailStore(store), item.image_key, 128, ImageLimits())
     assert page.items[1].thumbnail is None  # the page asked for is left as it was
+
+
+def test_the_most_recent_thumbnails_are_kept_in_memory_up_to_a_size(
+    store: FileObjectStore,
+) -> None:
+    # given a memory for about two thumbnails and three images
+    keys = [f"uploads/m/{i}.png" for i in range(3)]
+    for i, key in enumerate(keys):
+        store.put_bytes(key, png(300, 200, i))
+    size = len(thumbnail(ThumbnailStore(store), keys[0], 128, ImageLimits()))
+    thumbs = ThumbnailStore(store, memory_bytes=2 * size + size // 2)
+    # when all three are shown, then the store's copies go away
+    shown = [thumbnail(thumbs, key, 128, ImageLimits()) for key in keys]
+    store.delete_prefix("thumbs/")
+    for key in keys:
+        store.delete(key)
+    # then the two most recent still come back (from memory), the oldest cannot
+    assert [thumbnail(thumbs, k, 128, ImageLimits()) for k in keys[1:]] == shown[1:]
+    with pytest.raises(NotFoundError):
+        thumbnail(thumbs, keys[0], 128, ImageLimits())
 
 
 @pytest.mark.parametrize(
@@ -239,7 +261,7 @@ def test_thumbnails_refuse_bad_keys_and_sides(
     store: FileObjectStore, key: str, side: int, error: type[Exception], code: str
 ) -> None:
     with pytest.raises(error) as caught:
-        thumbnail(store, key, side, ImageLimits())
+        thumbnail(ThumbnailStore(store), key, side, ImageLimits())
     assert caught.value.code == code  # type: ignore[attr-defined]
 
 
