@@ -35,7 +35,12 @@ PAGES = (
         "start, follow and cancel pipelines and jobs",
         ("pipelines", "jobs"),
     ),
-    Page("datasets", "Datasets", "imported labelled sets and what they hold"),
+    Page(
+        "datasets",
+        "Datasets",
+        "imported labelled sets, what they hold, galleries of any stored image set",
+        ("gallery", "datasets"),
+    ),
     Page("models", "Models", "registry, versions, stages"),
     Page(
         "evaluation",

@@ -43,7 +43,7 @@ const Console = (() => {
     return new ApiError(response.status, code, String(detail), body);
   }
 
-  // One API call. options: method, json, form (FormData), body, query (object), accept.
+  // One API call. options: method, json, form (FormData), body, query (object), accept, signal.
   async function api(service, path, options) {
     const o = options || {};
     const query = new URLSearchParams();
@@ -52,6 +52,7 @@ const Console = (() => {
     }
     const qs = query.toString() ? `?${query}` : "";
     const init = { method: o.method || "GET", headers: headers({ Accept: o.accept || "application/json" }) };
+    if (o.signal) init.signal = o.signal; // an AbortController's: a superseded request stops
     if (o.json !== undefined) {
       init.body = JSON.stringify(o.json);
       init.headers["Content-Type"] = "application/json";
@@ -259,6 +260,37 @@ const Console = (() => {
     }));
   }
 
+  // Where the pipeline and step forms start, from the pipeline API: the newest pipeline's
+  // request (and its maps output), else the demo's uploads when the store holds them
+  // (scripts/run.sh puts them there), else nothing, so the fields show their placeholders.
+  // Looked up once per page and key.
+  const DEMO = { unlabelled: "uploads/demo-det/unlabelled/", labelled: "uploads/demo-det/labelled/", format: "voc", category: "demo-surface" };
+  const NONE = { unlabelled: "", labelled: "", format: "auto", category: "", mapsPrefix: "", source: "none" };
+  let defaults = null;
+
+  async function newestPipeline() {
+    const items = await api("pipeline", "v1/pipelines", { query: { limit: 1 } });
+    return items.length ? api("pipeline", `v1/pipelines/${encodeURIComponent(items[0].id)}`) : null;
+  }
+
+  async function lookUpDefaults() {
+    const record = await newestPipeline().catch(() => null);
+    if (record) {
+      const r = record.request;
+      const maps = (record.steps || []).find((s) => s.name === "maps");
+      const mapsPrefix = (maps && maps.outputs && maps.outputs.maps_prefix) || "";
+      return { unlabelled: r.unlabelled_prefix, labelled: r.labelled.prefix, format: r.labelled.format, category: r.category, mapsPrefix, source: `pipeline ${record.id}` };
+    }
+    const demo = await api("pipeline", "v1/objects", { query: { prefix: DEMO.unlabelled, limit: 1 } }).catch(() => ({ keys: [] }));
+    return demo.keys.length ? { ...DEMO, mapsPrefix: "", source: "demo uploads" } : NONE;
+  }
+
+  function formDefaults() {
+    defaults = defaults || lookUpDefaults();
+    return defaults;
+  }
+
+  document.addEventListener("console:key", () => { defaults = null; });
   document.addEventListener("DOMContentLoaded", setupKeyForm);
-  return { config, api, ApiError, el, showError, progressBar, duration, when, colour, lineChart, categories, methods, fillMethods, detectorFamilies, objectPath, openBlob, fileList };
+  return { config, api, ApiError, el, showError, progressBar, duration, when, colour, lineChart, categories, methods, fillMethods, detectorFamilies, objectPath, openBlob, fileList, formDefaults };
 })();

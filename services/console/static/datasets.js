@@ -61,6 +61,7 @@
   }
 
   function show(version) {
+    if (version) document.dispatchEvent(new CustomEvent("console:dataset-version", { detail: { name: detail.name, version: version.version, splits: version.splits || {} } }));
     const box = $("dataset-summary");
     const summary = version && version.summary;
     if (!summary) {

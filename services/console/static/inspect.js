@@ -192,7 +192,20 @@
     }
   }
 
+  // /inspect?key=<store key> (the gallery's link): the stored image, fetched with the key
+  // through the pipeline API's /v1/objects, is picked as if it had been dropped here.
+  async function pickStored(key) {
+    try {
+      const blob = await api("pipeline", Console.objectPath(key), { accept: "image/*" });
+      pick(new File([blob], key.split("/").pop(), { type: blob.type }));
+    } catch (err) {
+      showError("inspect-status", err);
+    }
+  }
+
   document.addEventListener("console:key", () => { loadCategories(); loadMethods(); });
   loadCategories();
   loadMethods();
+  const stored = new URLSearchParams(location.search).get("key");
+  if (stored) pickStored(stored);
 })();

@@ -21,21 +21,21 @@
   const TINY_AGBP = { backbone: "yolov8n", objective: "distill", epochs: 1, batch_size: 4, input_size: 64, resize_base: 64, amp: false, checkpoint_every: 0, num_workers: 0 };
   const STEPS = {
     maps: {
-      label: "1 · Dataset anomaly maps (KeAD)", service: "anomaly_map", path: "v1/anomaly-map-jobs",
+      label: "1 · Dataset anomaly maps", service: "anomaly_map", path: "v1/anomaly-map-jobs",
       help: "a map for every image under a store prefix",
-      fields: [["category", "category", ""], ["prefix", "images prefix", "lines/steel/images/"], ["mode", "method (blank: the category's)", ""]],
+      fields: [["category", "category", ""], ["prefix", "images prefix", "uploads/line-1/unlabelled/"], ["mode", "method", ""]],
       body: (v) => ({ category: v.category, prefix: v.prefix, mode: v.mode || undefined }),
     },
     pseudo: {
       label: "2 · Pseudo-defect boxes", service: "pretrain", path: "v1/pseudo-label-jobs",
       help: "boxes from a finished map job's output prefix",
-      fields: [["category", "category", ""], ["images_prefix", "images prefix", "lines/steel/images/"], ["maps_prefix", "maps prefix", "maps/steel/<job id>/"]],
+      fields: [["category", "category", ""], ["images_prefix", "images prefix", "uploads/line-1/unlabelled/"], ["maps_prefix", "maps prefix", "maps/<category>/<job id>/"]],
       body: (v) => ({ category: v.category, images_prefix: v.images_prefix, maps_prefix: v.maps_prefix }),
     },
     agbp: {
       label: "3 · AGBP pretraining (cpu-demo: YOLOv8n, 1 epoch, 64 px)", service: "pretrain", path: "v1/pretrain-jobs",
       help: "distil the maps into a backbone",
-      fields: [["category", "category", ""], ["images_prefix", "images prefix", "lines/steel/images/"], ["maps_prefix", "maps prefix", "maps/steel/<job id>/"]],
+      fields: [["category", "category", ""], ["images_prefix", "images prefix", "uploads/line-1/unlabelled/"], ["maps_prefix", "maps prefix", "maps/<category>/<job id>/"]],
       body: (v) => ({ sources: [{ category: v.category, images_prefix: v.images_prefix, maps_prefix: v.maps_prefix }], config: TINY_AGBP }),
     },
     finetune: {
@@ -67,17 +67,33 @@
     const ticket = ++presetTicket;
     const step = STEPS[$("preset").value];
     $("preset-help").textContent = step.help;
-    const names = (await Console.categories().catch(() => [])).map((c) => c.name);
+    const [categories, found] = await Promise.all([Console.categories().catch(() => []), Console.formDefaults()]);
     if (ticket !== presetTicket) return;
+    const names = categories.map((c) => c.name);
     $("preset-fields").replaceChildren(...step.fields.map(([name, label, placeholder]) => {
-      const input = name === "category" && names.length
-        ? el("select", { id: `field-${name}` }, names.map((n) => el("option", { value: n, text: n })))
-        : el("input", { id: `field-${name}`, placeholder, value: placeholder.includes("<") ? "" : placeholder });
+      const input = fieldInput(name, placeholder, names, found);
       input.addEventListener("input", syncBody);
       input.addEventListener("change", syncBody);
       return el("label", {}, `${label} `, input);
     }));
     syncBody();
+    if ($("field-mode")) await Console.fillMethods($("field-mode"), 1).catch(() => null);
+  }
+
+  // Field values from the APIs: categories (selected: the newest pipeline's), the methods
+  // the anomaly-map service publishes, prefixes from Console.formDefaults; blank otherwise.
+  const DEFAULT_OF = { prefix: "unlabelled", images_prefix: "unlabelled", maps_prefix: "mapsPrefix" };
+
+  function fieldInput(name, placeholder, names, found) {
+    const id = `field-${name}`;
+    if (name === "category" && names.length) {
+      const select = el("select", { id }, names.map((n) => el("option", { value: n, text: n })));
+      if (names.includes(found.category)) select.value = found.category;
+      return select;
+    }
+    if (name === "mode") return el("select", { id }, el("option", { value: "", text: "the category's method" }));
+    const value = name in DEFAULT_OF ? found[DEFAULT_OF[name]] || "" : placeholder.includes("<") ? "" : placeholder;
+    return el("input", { id, placeholder, value });
   }
 
   async function start(event) {

@@ -9,6 +9,9 @@
   let selected = null;
   let pipelines = [];
 
+  // The pipeline's `maps` values besides auto (the default) and provided (needs maps_prefix).
+  const PIPELINE_MAPS = ["kead", "tocoad"];
+
   function request() {
     const body = {
       name: $("pl-name").value.trim(),
@@ -16,9 +19,9 @@
       unlabelled_prefix: $("pl-unlabelled").value.trim(),
       labelled: { prefix: $("pl-labelled").value.trim(), format: $("pl-format").value },
       maps: $("pl-maps").value,
-      preset: $("pl-preset").value,
       baseline: $("pl-baseline").checked,
     };
+    if ($("pl-preset").value) body.preset = $("pl-preset").value;
     if ($("pl-promote").value) body.promote = $("pl-promote").value;
     if ($("pl-detector").value) body.detector = $("pl-detector").value;
     return body;
@@ -28,17 +31,43 @@
     $("pl-body").value = JSON.stringify(request(), null, 2);
   }
 
+  // Every choice from the APIs that publish it: categories, presets (pipeline /v1/presets),
+  // map methods (anomaly_map /readyz), detector families; prefixes and format from
+  // Console.formDefaults (the newest pipeline, else the demo's uploads).
   async function loadForm() {
-    const names = (await Console.categories().catch(() => [])).map((c) => c.name);
+    const [categories, found] = await Promise.all([Console.categories().catch(() => []), Console.formDefaults()]);
+    const names = categories.map((c) => c.name);
     $("pl-category").replaceChildren(...names.map((n) => el("option", { value: n, text: n })));
-    await fillDetectors();
+    if (names.includes(found.category)) $("pl-category").value = found.category;
+    $("pl-unlabelled").value = found.unlabelled;
+    $("pl-labelled").value = found.labelled;
+    $("pl-format").value = found.format || "auto";
+    $("pl-defaults").textContent = found.source === "none" ? "" : `prefixes from ${found.source}`;
+    await Promise.all([fillDetectors(), fillPresets(), fillMaps()]);
     syncBody();
+  }
+
+  async function fillPresets() {
     try {
       const presets = await api("pipeline", "v1/presets");
+      const names = Object.keys(presets);
+      $("pl-preset").replaceChildren(...names.map((n) => el("option", { value: n, text: n })));
+      if (names.includes("cpu-demo")) $("pl-preset").value = "cpu-demo";
       $("pl-presets").textContent = JSON.stringify(presets, null, 2);
     } catch (err) {
       $("pl-presets").textContent = `presets unavailable: ${err.message}`;
     }
+  }
+
+  // auto: KeAD when the anomaly-map service says it is ready, else ToCoAD (the pipeline's
+  // own rule); the label says which it is now.
+  async function fillMaps() {
+    const methods = (await Console.methods().catch(() => [])).filter((m) => PIPELINE_MAPS.includes(m.name));
+    const kead = methods.find((m) => m.name === "kead");
+    const now = methods.length ? (kead && kead.ready ? "KeAD" : "ToCoAD") : "";
+    const auto = el("option", { value: "auto", text: now ? `auto (now ${now})` : "auto" });
+    const options = methods.map((m) => el("option", { value: m.name, text: m.ready ? m.label : `${m.label} (not ready)`, title: m.reason }));
+    $("pl-maps").replaceChildren(auto, ...options);
   }
 
   // The finetune service's families; without an answer the select stays empty and the

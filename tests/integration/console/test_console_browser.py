@@ -179,6 +179,9 @@ def test_a_pipeline_started_from_the_form_shows_its_steps_and_cancels(
     page.wait_for_selector(f"#pl-category option[value='{steel}']", state="attached")
     page.select_option("#pl-category", steel)
     page.fill("#pl-name", "console-demo")
+    page.fill("#pl-unlabelled", "lines/steel/images/")
+    page.fill("#pl-labelled", "labelled/")
+    page.select_option("#pl-format", "yolo")
     page.select_option("#pl-preset", "cpu-demo")
     assert '"preset": "cpu-demo"' in page.input_value("#pl-body")
     # when it is started, then its steps are listed and the first one runs a job
