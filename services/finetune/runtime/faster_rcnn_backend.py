@@ -38,27 +38,24 @@ from services.finetune.ml.backend import (
 )
 from services.finetune.ml.dataset import DetectionDataset, ScoredBox
 from services.finetune.ml.evaluate import EvalResult, evaluate_detections
-from services.finetune.ml.faster_rcnn import (
-    EpochLog,
+from services.finetune.ml.faster_rcnn.checkpoint import (
     FasterRcnnCheckpoint,
-    FasterRcnnConfig,
-    Resume,
     Transfer,
-    build_faster_rcnn,
     checkpoint_of,
-    decode_onnx,
-    export_onnx,
-    head_width,
     load_tensors,
     model_from_checkpoint,
-    onnx_input,
-    predict,
-    read_rgb,
-    read_yolo_split,
-    train_faster_rcnn,
     transfer_detector,
 )
-from services.finetune.ml.faster_rcnn_onnx_check import onnx_agreement
+from services.finetune.ml.faster_rcnn.data import read_rgb, read_yolo_split
+from services.finetune.ml.faster_rcnn.export import decode_onnx, export_onnx, onnx_input
+from services.finetune.ml.faster_rcnn.model import (
+    FasterRcnnConfig,
+    build_faster_rcnn,
+    head_width,
+    predict,
+)
+from services.finetune.ml.faster_rcnn.onnx_check import onnx_agreement
+from services.finetune.ml.faster_rcnn.train import EpochLog, Resume, train_faster_rcnn
 from services.finetune.params import CalibrationMethod, InitParams
 from services.finetune.runtime.start_weights import (
     artifact_file,
@@ -175,7 +172,7 @@ class FasterRcnnBackend:
 
         Raises:
             SuiteError: the export's boxes or mAP on val differ from torch's (code
-                onnx_mismatch; see ``ml.faster_rcnn_onnx_check``).
+                onnx_mismatch; see ``ml.faster_rcnn.onnx_check``).
         """
         checkpoint = FasterRcnnCheckpoint.from_bytes(run.weights, source=WEIGHTS_FILE)
         model = model_from_checkpoint(checkpoint)

@@ -58,7 +58,7 @@ def test_family_model_code_is_imported_only_by_its_backend() -> None:
     # given: each family's model code (Faster R-CNN's module, YOLOv8's folder)
     backends = {_backend_file(row.backend.partition(":")[0]) for row in FAMILIES.values()}
     model_code = {
-        "services.finetune.ml.faster_rcnn": "services/finetune/ml/faster_rcnn.py",
+        "services.finetune.ml.faster_rcnn": "services/finetune/ml/faster_rcnn/",
         "services.finetune.ml.yolov8": "services/finetune/ml/yolov8/",
     }
     # when

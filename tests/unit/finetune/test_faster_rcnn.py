@@ -11,22 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from services.finetune.ml.faster_rcnn import (
+from services.finetune.ml.faster_rcnn.checkpoint import (
     FasterRcnnCheckpoint,
-    FasterRcnnConfig,
-    Resume,
-    Sample,
-    build_faster_rcnn,
     checkpoint_of,
-    decode_onnx,
-    export_onnx,
     model_from_checkpoint,
-    onnx_input,
-    predict,
-    read_yolo_split,
-    train_faster_rcnn,
     transfer_detector,
 )
+from services.finetune.ml.faster_rcnn.data import Sample, read_yolo_split
+from services.finetune.ml.faster_rcnn.export import decode_onnx, export_onnx, onnx_input
+from services.finetune.ml.faster_rcnn.model import FasterRcnnConfig, build_faster_rcnn, predict
+from services.finetune.ml.faster_rcnn.train import Resume, train_faster_rcnn
 from shared.errors import InvalidInputError
 from shared.ml.backbones.factory import create_backbone
 

@@ -9,14 +9,10 @@ import cv2
 import pytest
 
 from services.finetune.ml.dataset import Box, DetectionDataset, ImageRecord
-from services.finetune.ml.faster_rcnn import (
-    FasterRcnnConfig,
-    build_faster_rcnn,
-    export_onnx,
-    predict,
-    train_faster_rcnn,
-)
-from services.finetune.ml.faster_rcnn_onnx_check import OnnxAgreement, onnx_agreement
+from services.finetune.ml.faster_rcnn.export import export_onnx
+from services.finetune.ml.faster_rcnn.model import FasterRcnnConfig, build_faster_rcnn, predict
+from services.finetune.ml.faster_rcnn.onnx_check import OnnxAgreement, onnx_agreement
+from services.finetune.ml.faster_rcnn.train import train_faster_rcnn
 from tests.unit.finetune.test_faster_rcnn import TINY, _squares
 
 pytest.importorskip("onnxruntime")

@@ -18,12 +18,9 @@ import torch
 
 from services.finetune.config import FinetuneSettings
 from services.finetune.ml.backend import load_backend
-from services.finetune.ml.faster_rcnn import (
-    FasterRcnnCheckpoint,
-    model_from_checkpoint,
-    predict,
-    read_rgb,
-)
+from services.finetune.ml.faster_rcnn.checkpoint import FasterRcnnCheckpoint, model_from_checkpoint
+from services.finetune.ml.faster_rcnn.data import read_rgb
+from services.finetune.ml.faster_rcnn.model import predict
 from services.finetune.ml.yolo_format import yolo_label_text
 from services.finetune.params import (
     AgdpJobParams,

@@ -2,4 +2,4 @@
 checkpoint (``checkpoint``), training (``train`` with ``trainer``), batched prediction
 (``predict``), ONNX export (``export``), INT8 quantisation (``quantize``) and keeping
 ultralytics offline (``offline``). Reached through ``runtime/yolo_backend.py``, the row of
-``shared.schemas.detector_families``; the Faster R-CNN family is ``ml/faster_rcnn.py``."""
+``shared.schemas.detector_families``; the Faster R-CNN family is ``ml/faster_rcnn/``."""

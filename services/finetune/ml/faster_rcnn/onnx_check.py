@@ -20,7 +20,8 @@ from typing import Any
 
 from services.finetune.ml.dataset import DetectionDataset, ScoredBox
 from services.finetune.ml.evaluate import evaluate_detections
-from services.finetune.ml.faster_rcnn import decode_onnx, onnx_input, read_rgb
+from services.finetune.ml.faster_rcnn.data import read_rgb
+from services.finetune.ml.faster_rcnn.export import decode_onnx, onnx_input
 
 MEDIAN_BOX_PX = 1.0  # the typical box moves by less than a pixel between the runtimes
 # mAP points (absolute, 0-1 scale) the runtimes may differ by: the proposal tail's noise
