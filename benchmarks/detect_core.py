@@ -129,3 +129,71 @@ def _time_runs(session: Any, feed: dict[str, Any], iterations: int, warmup: int)
         session.run(None, feed)
         samples.append((time.perf_counter() - start) * 1000.0)
     return samples
+
+
+TILED_HW = (3000, 4000)
+
+
+def measure_tiled(work: Path, args: Any) -> dict[str, Any]:
+    """Latency of ``/detect?tile=true`` on one 4000x3000 JPEG (YOLOv8n FP32, 640 px tiles).
+
+    ``args`` carries ``max_batch_size``, ``max_queue_delay_ms`` and ``tiled_requests``.
+    """
+    import httpx
+
+    from benchmarks.detect_server import IMGSZ, Server
+    from benchmarks.loadgen import synthetic_image
+
+    onnx = export_yolo_onnx("yolov8n", work / "models", imgsz=IMGSZ, dynamic=True)
+    frame = synthetic_image(TILED_HW[1], TILED_HW[0], seed=3)
+    server = Server(onnx, work, max_batch=args.max_batch_size, delay_ms=args.max_queue_delay_ms)
+    try:
+        server.wait_ready()
+        samples, tiles = [], 0
+        with httpx.Client(timeout=300) as client:
+            for index in range(args.tiled_requests + 1):
+                started = time.perf_counter()
+                response = client.post(
+                    f"{server.url}/v1/detect",
+                    params={"tile": "true"},
+                    content=frame,
+                    headers={"content-type": "image/jpeg"},
+                )
+                response.raise_for_status()
+                if index:  # the first one warms up
+                    samples.append((time.perf_counter() - started) * 1000.0)
+                tiles = int(response.json()["tiles"])
+    finally:
+        server.stop()
+    return {
+        "frame": f"{TILED_HW[1]}x{TILED_HW[0]} JPEG ({len(frame)} bytes)",
+        "model": "yolov8n FP32, ONNX Runtime",
+        "tiles": tiles,
+        "tile_overlap": 0.2,
+        "requests": len(samples),
+        "median_ms": round(statistics.median(samples), 1),
+        "max_ms": round(max(samples), 1),
+        "ms_per_tile": round(statistics.median(samples) / max(tiles, 1), 1),
+    }
+
+
+def machine() -> dict[str, Any]:
+    """Platform, CPU count and the versions of the runtimes compared."""
+    import platform
+
+    import onnxruntime
+
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "onnxruntime": onnxruntime.__version__,
+        "onnxruntime_providers": onnxruntime.get_available_providers(),
+    }
+    for module in ("openvino", "torch"):
+        try:
+            info[module] = __import__(module).__version__
+        except ImportError:
+            info[module] = None
+    return info

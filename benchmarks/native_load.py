@@ -28,12 +28,17 @@ from pathlib import Path
 from typing import Any
 
 GENERATORS = ("auto", "wrk", "python")
-QUANTILE_STEPS = 1000  # wrk prints its latency quantiles every 0.1 %
+# Percentiles each run reports (100 = the maximum). wrk computes one by walking its
+# microsecond histogram up to it, so a fine grid costs seconds of CPU at second-long
+# latencies; 1 % steps plus the tail pool rounds well enough and cost little.
+QUANTILE_GRID: tuple[float, ...] = (*range(1, 100), 99.5, 99.9, 100)
 _LIMIT_MARK = "AGSSP_LIMIT"
+_DONE_MARK = "AGSSP_DONE"
 _RESULT_MARK = "AGSSP_WRK "
 
 # init() reads the body from a file (wrk's own -s script has no other way to get binary
-# data in); response() counts; done() prints wrk's own quantiles as one JSON line.
+# data in); response() counts; done() marks its start (the timed window is over: the CPU
+# wrk used in it is read then), then prints wrk's own percentiles as one JSON line.
 WRK_SCRIPT = r"""
 local limit, seen = 0, 0
 function init(args)
@@ -53,22 +58,26 @@ function response(status, headers, body)
   end
 end
 function done(summary, latency, requests)
-  local q = {}
-  for i = 1, @STEPS@ - 1 do q[i] = latency:percentile(i * 100 / @STEPS@) end
-  q[@STEPS@] = latency.max  -- percentile(100) reads past the last bucket and gives 0
+  io.write("AGSSP_DONE\n")
+  io.flush()
+  local grid, q = {@GRID@}, {}
+  for i, p in ipairs(grid) do
+    -- percentile(100) reads past the last bucket and gives 0
+    if p >= 100 then q[i] = latency.max else q[i] = latency:percentile(p) end
+  end
   local e = summary.errors
-  io.write(string.format('AGSSP_WRK {"requests": %d, "duration_us": %d, "errors": '
-    .. '{"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}, '
-    .. '"quantiles_us": [%s]}\n', summary.requests, summary.duration, e.connect, e.read,
-    e.write, e.status, e.timeout, table.concat(q, ",")))
+  io.write(string.format('AGSSP_WRK {"requests": %d, "duration_us": %d, "mean_us": %.1f, '
+    .. '"errors": {"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}, '
+    .. '"quantiles_us": [%s]}\n', summary.requests, summary.duration, latency.mean,
+    e.connect, e.read, e.write, e.status, e.timeout, table.concat(q, ",")))
   io.flush()
 end
-""".replace("@STEPS@", str(QUANTILE_STEPS))
+""".replace("@GRID@", ", ".join(str(p) for p in QUANTILE_GRID))
 
 
 @dataclass(frozen=True)
 class LoadResult:
-    """One bounded load run. ``quantiles_ms[i]`` is the ``(i + 1) / 10`` th percentile."""
+    """One bounded load run. ``quantiles_ms[i]`` is the ``QUANTILE_GRID[i]`` th percentile."""
 
     generator: str
     concurrency: int
@@ -77,6 +86,7 @@ class LoadResult:
     elapsed_s: float
     errors: dict[str, int]
     loadgen_cpu_s: float
+    mean_ms: float
     quantiles_ms: list[float] = field(repr=False)
 
     @property
@@ -104,38 +114,39 @@ def resolve_generator(wanted: str) -> str:
 
 
 def quantiles_from_samples(sorted_ms: Sequence[float]) -> list[float]:
-    """Nearest-rank quantiles at every 0.1 % of sorted samples (empty -> empty)."""
+    """Nearest-rank percentiles of sorted samples at ``QUANTILE_GRID`` (empty -> empty)."""
     if not sorted_ms:
         return []
     n = len(sorted_ms)
-    return [
-        sorted_ms[min(n, max(1, math.ceil(i * n / QUANTILE_STEPS))) - 1]
-        for i in range(1, QUANTILE_STEPS + 1)
-    ]
+    return [sorted_ms[min(n, max(1, math.ceil(p / 100.0 * n))) - 1] for p in QUANTILE_GRID]
+
+
+def _mixture_cdf(value: float, results: Sequence[LoadResult], total: int) -> float:
+    """Share of all requests at or under ``value``, each run's CDF read off its grid."""
+    share = 0.0
+    for r in results:
+        below = [p for p, q in zip(QUANTILE_GRID, r.quantiles_ms, strict=True) if q <= value]
+        share += r.requests / total * (max(below) / 100.0 if below else 0.0)
+    return share
 
 
 def pooled_latency(results: Sequence[LoadResult]) -> dict[str, float]:
-    """p50/p90/p99 and mean (ms) over several runs, each run weighted by its requests.
+    """p50/p90/p99 and mean (ms) over several runs, each weighted by its requests.
 
-    Each run is represented by its 1,000 quantiles, each standing for ``requests / 1000``
-    requests; for one run this gives back the run's own percentiles.
+    The pooled percentile is the smallest grid value at which the request-weighted mix of
+    the runs' distributions reaches it; for one run these are the run's own percentiles.
     """
-    weighted = sorted(
-        (q, r.requests / QUANTILE_STEPS) for r in results if r.quantiles_ms for q in r.quantiles_ms
-    )
-    total = sum(w for _, w in weighted)
-    if not weighted:
+    runs = [r for r in results if r.quantiles_ms and r.requests]
+    total = sum(r.requests for r in runs)
+    if not runs:
         return {"p50": math.nan, "p90": math.nan, "p99": math.nan, "mean": math.nan}
+    values = sorted({q for r in runs for q in r.quantiles_ms})
     out: dict[str, float] = {}
     for q in (50, 90, 99):
-        target, seen = q / 100.0 * total, 0.0
-        out[f"p{q}"] = weighted[-1][0]
-        for value, weight in weighted:
-            seen += weight
-            if seen >= target - 1e-9:
-                out[f"p{q}"] = value
-                break
-    out["mean"] = sum(v * w for v, w in weighted) / total
+        out[f"p{q}"] = next(
+            (v for v in values if _mixture_cdf(v, runs, total) >= q / 100.0 - 1e-9), values[-1]
+        )
+    out["mean"] = sum(r.requests / total * r.mean_ms for r in runs)
     return {k: round(v, 2) for k, v in out.items()}
 
 
@@ -170,7 +181,7 @@ def wrk_command(
         f"-c{concurrency}",
         f"-d{cap_s}s",
         "--timeout",
-        "120s",
+        "60s",  # wrk sizes its latency histogram by it: one slot per microsecond
         "-s",
         str(script),
         url,
@@ -202,24 +213,37 @@ def _run_wrk(
 
 
 def _drive_wrk(argv: list[str], kill_after_s: float) -> tuple[list[str], float]:
-    """Run wrk, SIGINT it at the Lua limit marker; its output lines and its CPU seconds."""
+    """Run wrk, SIGINT it at the Lua limit marker; its output lines and the CPU seconds it
+    used up to the end of the timed window (read at the done() marker)."""
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     watchdog = threading.Timer(kill_after_s, proc.kill)  # a wrk that hangs past every bound
     watchdog.start()
-    lines = []
+    lines, window_cpu = [], None
     try:
         for line in proc.stdout:
             lines.append(line.rstrip("\n"))
             if line.startswith(_LIMIT_MARK):
                 proc.send_signal(signal.SIGINT)  # ends wrk's sleep: it reports what it counted
+            elif line.startswith(_DONE_MARK):
+                window_cpu = process_cpu_s(proc.pid)
         _, status, usage = os.wait4(proc.pid, 0)
     finally:
         watchdog.cancel()
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"wrk exited with {proc.returncode}: {' '.join(lines[-5:])}")
-    return lines, usage.ru_utime + usage.ru_stime
+    return lines, usage.ru_utime + usage.ru_stime if window_cpu is None else window_cpu
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU of a live process from /proc (None where it cannot be read)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    # After the command name: state is field 3 of stat(5), utime 14 and stime 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def parse_wrk_output(lines: Sequence[str], concurrency: int, cpu_s: float) -> LoadResult:
@@ -238,6 +262,7 @@ def parse_wrk_output(lines: Sequence[str], concurrency: int, cpu_s: float) -> Lo
         elapsed_s=round(int(data["duration_us"]) / 1e6, 3),
         errors=errors,
         loadgen_cpu_s=round(cpu_s, 3),
+        mean_ms=round(float(data["mean_us"]) / 1000.0, 3),
         quantiles_ms=[round(float(v) / 1000.0, 3) for v in data["quantiles_us"]],
     )
 
@@ -271,6 +296,7 @@ def _run_python(
         elapsed_s=report.elapsed_s,
         errors=dict(report.errors),
         loadgen_cpu_s=round(cpu, 3),
+        mean_ms=report.latency_ms["mean"],
         quantiles_ms=quantiles_from_samples(report.samples_ms),
     )
 

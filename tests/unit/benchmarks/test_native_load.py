@@ -56,6 +56,7 @@ def _result(samples: list[float], requests: int | None = None) -> LoadResult:
         elapsed_s=1.0,
         errors={},
         loadgen_cpu_s=0.0,
+        mean_ms=sum(samples) / len(samples),
         quantiles_ms=quantiles_from_samples(sorted(samples)),
     )
 
@@ -78,15 +79,25 @@ def test_runs_are_weighted_by_their_request_counts() -> None:
     assert pooled["mean"] == pytest.approx(109.0)
 
 
+def test_pooled_percentiles_are_those_of_all_requests_together() -> None:
+    low = _result([float(v) for v in range(1, 101)])
+    high = _result([float(v) for v in range(101, 201)])
+    pooled = pooled_latency([low, high])
+    assert (pooled["p50"], pooled["p90"], pooled["p99"]) == (100.0, 180.0, 198.0)
+    assert pooled["mean"] == pytest.approx(100.5)
+
+
 def test_the_wrk_result_line_is_parsed_into_milliseconds() -> None:
     line = (
         'AGSSP_WRK {"requests": 12, "duration_us": 2500000, "errors": {"connect": 0, '
-        '"read": 0, "write": 0, "status": 2, "timeout": 1}, "quantiles_us": [1500, 2500]}'
+        '"read": 0, "write": 0, "status": 2, "timeout": 1}, "mean_us": 2000.0, '
+        '"quantiles_us": [1500, 2500]}'
     )
     result = native_load.parse_wrk_output(["Running 1s test", line], 4, 0.25)
     assert (result.requests, result.ok, result.elapsed_s) == (12, 10, 2.5)
     assert result.errors == {"status": 2, "timeout": 1}
     assert result.quantiles_ms == [1.5, 2.5]
+    assert result.mean_ms == 2.0
     assert result.throughput_rps == pytest.approx(4.0)
     with pytest.raises(RuntimeError, match="no result line"):
         native_load.parse_wrk_output(["wrk: connection refused"], 4, 0.0)
@@ -119,8 +130,10 @@ def test_a_run_stops_at_its_request_bound_and_posts_the_body(server: str, genera
     assert time.monotonic() - started < 10.0  # the request bound ended it, not the 20 s cap
     assert (result.generator, result.errors) == (generator, {})
     assert 30 <= result.ok <= 34  # wrk counts what completed while it was being stopped
-    assert len(result.quantiles_ms) == native_load.QUANTILE_STEPS
-    assert 5.0 <= result.quantiles_ms[499] <= result.quantiles_ms[-1]  # the handler sleeps 5 ms
+    assert len(result.quantiles_ms) == len(native_load.QUANTILE_GRID)
+    median = result.quantiles_ms[native_load.QUANTILE_GRID.index(50)]
+    assert 5.0 <= median <= result.quantiles_ms[-1]  # the handler sleeps 5 ms
+    assert 5.0 <= result.mean_ms <= result.quantiles_ms[-1]
     assert set(_Recorder.bodies) == {("image/jpeg", body)}
 
 
