@@ -6,7 +6,7 @@ YOLOv8s. Then FP32 vs INT8 mAP@0.5 on a NEU-DET validation split (a YOLOv8n fine
 it, cached under var/), and the latency of one tiled 4000x3000 frame.
 Writes benchmarks/results/detect.json.
 
-    python -m benchmarks.detect            # the full run (estimated 11 min on 2 quiet cores
+    python -m benchmarks.detect            # the full run (estimated 13 min on 2 quiet cores
                                            # with the NEU-DET model cached, 7 more to train it)
     python -m benchmarks.detect --quick    # every code path, small counts (a check, not numbers)
     python -m benchmarks.detect --variants yolov8n --runtimes ort_fp32 --skip-map

@@ -41,7 +41,7 @@ QUICK = {
     "rounds": 1, "ft_images": 16, "ft_per_class": 4, "ft_epochs": 1, "ft_batch": 4,
     "ft_imgsz": 64, "agbp_backbone": "yolov8n", "agbp_images": 8, "agbp_image_side": 96,
     "agbp_epochs": 1, "agbp_batch": 4, "agbp_input": 64, "map_images": 6, "map_normals": 4,
-    "map_side": 96, "map_batch": 4, "synthetic": True,
+    "map_side": 96, "map_batch": 4, "synthetic": True, "warmup": False,
 }  # fmt: skip
 
 
@@ -69,6 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--map-normals", type=int, default=16, help="normal images of the ToCoAD fit")
     add("--map-side", type=int, default=256, help="side of the generated JPEGs")
     add("--map-batch", type=int, default=8, help="the map job's batch (max_batch_size)")
+    add("--no-warmup", dest="warmup", action="store_false", help="no untimed first run per arm")
     add("--quick", action="store_true", help="tiny sizes: checks every path in about a minute")
     add("--out", type=Path, default=None, help="default results/train_overhead[-quick].json")
     args = parser.parse_args(argv)
@@ -99,7 +100,7 @@ def run_section(name: str, work: Path, args: argparse.Namespace) -> dict[str, An
     started = time.perf_counter()
     bench = module.setup(work / name, args)
     setup_s = time.perf_counter() - started
-    if name == "maps":  # cheap: a first call of each arm loads caches, and is left out
+    if args.warmup or name == "maps":  # first calls load code and caches: left out
         module.run_job_arm(bench, -1)
         module.run_bare_arm(bench, -1)
     rounds = _alternate(
@@ -167,7 +168,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "aims_met": _aims(sections),
         "sections": sections,
         "notes": "Ratios are job over bare speed (>= 1: the job is as fast), per round, then "
-        "the median of rounds. finetune: time per epoch is ultralytics' own epoch_time "
+        "the median of rounds; each arm first runs once untimed (with --quick or "
+        "--no-warmup only in the map section: elsewhere the first arm then also pays for "
+        "loading code). "
+        "finetune: time per epoch is ultralytics' own epoch_time "
         "(train + val + save) read by one recorder callback in both arms; the job's wall time "
         "also holds the data download, export, final evaluation and publishing. mAP is "
         "ultralytics' validator on the val split; the job keeps best.pt by mAP@0.5, bare "
