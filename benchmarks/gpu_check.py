@@ -188,7 +188,7 @@ def agbp_steps_per_s(backbone: str, sizes: Sizes, device: torch.device) -> float
 
 def step_agbp(sizes: Sizes, work: Path) -> dict[str, Any]:
     device = torch.device(sizes.device)
-    out = {}
+    out: dict[str, Any] = {}
     for backbone in sizes.agbp_backbones:
         rate = agbp_steps_per_s(backbone, sizes, device)
         out[backbone] = {
