@@ -29,6 +29,7 @@ import numpy as np
 import uvicorn
 from fastapi import FastAPI
 
+from benchmarks.provenance import load_average, stamp
 from services.console.api.main import create_app as console_app
 from services.console.config import ConsoleSettings
 from services.finetune.api.main import create_app as finetune_app
@@ -131,7 +132,9 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args()
+    started_load = load_average()
     result = run(max(args.images, 101), args.repeats, args.width, args.height)
+    result = {**stamp("benchmarks.gallery_page", started_load), **result}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
