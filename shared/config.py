@@ -135,8 +135,11 @@ class JobSettings(BaseSettings):
         description="Warm-shutdown grace for checkpointing (JOBS_SOFT_SHUTDOWN_TIMEOUT_S).",
     )
     max_attempts: int = Field(5, ge=1, description="Deliveries before FAILED (JOBS_MAX_ATTEMPTS).")
+    # 60 s, not the 900 s it was: a waiting job's claim delay grows with the queue ahead of
+    # it, so no threshold tells lost from waiting, and a needless re-publish costs one
+    # dropped duplicate (benchmarks/queue_wait.py); a lost message now waits about a minute.
     pending_requeue_s: float = Field(
-        900.0,
+        60.0,
         gt=0,
         description=(
             "A PENDING job unclaimed this long is re-published; the wait doubles per re-publish "
