@@ -1,7 +1,8 @@
 """Server-rendered page shells: one layout, one body per page, settings for the scripts.
 
-Pages are plain HTML with a small script each (``static/<page>.js``) over ``console.js``;
-everything they load comes from the console's own ``/static`` folder.
+Pages are plain HTML with a small ES module each (``static/<page>.js``, ``type="module"``)
+that imports what it needs from ``console.js``; no build step: the browser runs the files as
+they are, and everything they load comes from the console's own ``/static`` folder.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ class Page:
     slug: str
     title: str
     blurb: str
-    scripts: tuple[str, ...] = ()  # static/<name>.js after console.js; default (slug,)
+    scripts: tuple[str, ...] = ()  # modules static/<name>.js after console.js; default (slug,)
 
 
 PAGES = (
@@ -46,7 +47,7 @@ PAGES = (
         "evaluation",
         "Evaluation",
         "a model version's errors on a split, compared with another version; exports for review",
-        ("review", "evaluation", "compare"),
+        ("evaluation", "compare"),
     ),
 )
 BY_SLUG = {page.slug: page for page in PAGES}
@@ -75,7 +76,8 @@ def render(slug: str, config: dict[str, object]) -> str:
         nav=_nav(slug),
         body=body,
         scripts="\n".join(
-            f'<script src="/static/{name}.js"></script>' for name in page.scripts or (slug,)
+            f'<script type="module" src="/static/{name}.js"></script>'
+            for name in page.scripts or (slug,)
         ),
         config=html.escape(json.dumps(config), quote=True),
     )

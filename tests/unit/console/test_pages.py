@@ -19,12 +19,15 @@ class _Refs(HTMLParser):
         super().__init__()
         self.refs: list[str] = []
         self.body: dict[str, str | None] = {}
+        self.scripts: list[dict[str, str | None]] = []
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         found = dict(attrs)
         self.refs += [v for k, v in found.items() if k in {"src", "href"} and v]
         if tag == "body":
             self.body = found
+        if tag == "script":
+            self.scripts.append(found)
 
 
 @pytest.mark.parametrize("slug", SLUGS)
@@ -58,6 +61,45 @@ def test_every_script_and_stylesheet_a_page_names_is_served(client: TestClient, 
         answer = client.get(asset)
         assert answer.status_code == 200, asset
         assert not re.search(r"https?://(?!www\.w3\.org/2000/svg)", answer.text), asset
+
+
+@pytest.mark.parametrize("slug", SLUGS)
+def test_every_script_is_an_es_module_served_as_javascript(client: TestClient, slug: str) -> None:
+    # given
+    parser = _Refs()
+    parser.feed(client.get(f"/{slug}").text)
+    # when
+    answers = [client.get(str(script["src"])) for script in parser.scripts]
+    # then: module scripts, which the browser runs only with a JavaScript content type
+    assert parser.scripts
+    assert all(script.get("type") == "module" for script in parser.scripts), parser.scripts
+    for answer in answers:
+        assert answer.status_code == 200
+        assert answer.headers["content-type"].startswith("text/javascript")
+
+
+_IMPORT = re.compile(r'^(?:import|export)\b[^;]*?\bfrom\s+"([^"]+)"', re.MULTILINE | re.DOTALL)
+
+
+def test_every_module_imports_only_console_files_that_are_served(client: TestClient) -> None:
+    # given
+    scripts = sorted(pages.STATIC_DIR.glob("*.js"))
+    # when
+    imported = {name for path in scripts for name in _IMPORT.findall(path.read_text("utf-8"))}
+    # then: relative, with their extension (the browser resolves no bare names), and there
+    assert "./console.js" in imported
+    for name in imported:
+        assert name.startswith("./"), name
+        assert name.endswith(".js"), name
+        assert client.get(f"/static/{name[2:]}").status_code == 200, name
+
+
+def test_every_script_is_type_checked() -> None:
+    # tsc --checkJs (tsconfig.json) checks every file; `// @ts-check` keeps editors doing so
+    scripts = sorted(pages.STATIC_DIR.glob("*.js"))
+    assert scripts
+    for path in scripts:
+        assert path.read_text("utf-8").startswith("// @ts-check\n"), path.name
 
 
 def test_the_jobs_page_also_runs_the_pipelines_script(client: TestClient) -> None:
