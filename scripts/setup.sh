@@ -36,4 +36,19 @@ if [ "${#need[@]}" -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+# The console's dev tools (TypeScript, openapi-typescript, Biome: package.json, pinned by
+# package-lock.json) into ./node_modules, for the type and lint checks of scripts/test.sh.
+# The console needs none of them to run: the browser loads its files as they are.
+NODE_STAMP=node_modules/.agssp-installed
+if command -v npm >/dev/null 2>&1; then
+  want_node="$(cat package.json package-lock.json | sha256sum | cut -d' ' -f1)"
+  if [ "$(cat "$NODE_STAMP" 2>/dev/null)" != "$want_node" ]; then
+    echo "setup: installing the console's npm dev tools into node_modules (npm ci)"
+    npm ci --no-audit --no-fund --loglevel=error
+    echo "$want_node" > "$NODE_STAMP"
+  fi
+else
+  echo "setup: npm not found: the console's type check (tsc) and linter (Biome) will be" \
+    "skipped; install Node.js and npm (Debian: apt-get install nodejs npm), then rerun this"
+fi
 echo "setup: ready ($VENV)"

@@ -16,6 +16,15 @@ echo "== lint: import-linter"
 lint-imports
 echo "== lint: mypy (strict)"
 mypy agssp shared services
+echo "== lint: console (types from each service's OpenAPI, tsc --checkJs, Biome)"
+if command -v node >/dev/null 2>&1 && [ -x node_modules/.bin/tsc ]; then
+  python scripts/console_types.py
+  node_modules/.bin/tsc -p tsconfig.json
+  echo "tsc: no errors"
+  node_modules/.bin/biome ci --error-on-warnings --colors=off
+else
+  echo "skipped: node/npm not found (scripts/setup.sh installs the console's checks where npm is)"
+fi
 echo "== tests (random order, seed $seed: replay with AGSSP_TEST_SEED=$seed scripts/test.sh)"
 python -m pytest tests/unit tests/integration -q --timeout=900 -p randomly --randomly-seed="$seed" "$@"
 echo "test.sh: done in $(( $(date +%s) - start )) s"
