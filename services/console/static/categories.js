@@ -2,25 +2,11 @@
 // Categories: list, create, edit descriptions and reference images (each save is a new
 // version), browse versions, delete; prompt-length errors are shown under the field and
 // line that caused them.
-import {
-  ApiError,
-  api,
-  byId,
-  categories,
-  el,
-  fillMethods,
-  input,
-  isAbort,
-  Latest,
-  on,
-  select,
-  showError,
-  table,
-  textarea,
-} from "./console.js";
+import { ApiError, api, byId, el, input, isAbort, Latest, on, select, showError, table, textarea } from "./console.js";
+import { categories, fillMethods } from "./lookups.js";
 
-/** @typedef {import("./console.js").Category} Category */
-/** @typedef {import("./console.js").Method} Method */
+/** @typedef {import("./lookups.js").Category} Category */
+/** @typedef {import("./lookups.js").Method} Method */
 /** @typedef {import("@api/anomaly_map").paths["/v1/categories/{name}"]["put"]["requestBody"]} PutBody */
 /** @typedef {NonNullable<PutBody>["content"]["application/json"]} CategorySpec */
 

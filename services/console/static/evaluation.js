@@ -3,22 +3,8 @@
 // class, PR curves, the confusion matrix, misses and false alarms per image with the boxes
 // over the image; an evaluation job started from here; predictions and pseudo boxes
 // exported for review. The compare panel (compare.js) follows the evaluation shown here.
-import {
-  api,
-  byId,
-  el,
-  emit,
-  input,
-  isAbort,
-  Latest,
-  on,
-  pollMs,
-  progressBar,
-  select,
-  showError,
-  svg,
-  table,
-} from "./console.js";
+import { api, byId, el, emit, input, isAbort, Latest, on, pollMs, select, showError, table } from "./console.js";
+import { progressBar, svg } from "./draw.js";
 import { datasetImageKey, figure, pct, save } from "./review.js";
 
 /** @typedef {import("@api/finetune").components["schemas"]["ModelList"]} ModelList */

@@ -5,7 +5,8 @@
 // request for a hundred images). Layers toggle without a redraw (a class on the
 // panel hides them); a click opens the image large with the same layers and a link to
 // Inspect. A new page aborts the requests of the one it replaces.
-import { api, byId, colour, decodeFloats, el, input, isAbort, Latest, on, select, showError, svg } from "./console.js";
+import { api, byId, el, input, isAbort, Latest, on, select, showError } from "./console.js";
+import { colour, decodeFloats, svg } from "./draw.js";
 
 /** @typedef {import("@api/finetune").components["schemas"]["GalleryPage"]} GalleryPage */
 /** @typedef {import("@api/finetune").components["schemas"]["GalleryItem"]} GalleryItem */

@@ -1,22 +1,9 @@
 // @ts-check
 // Inspect: one image -> the anomaly map (drawn over the image with a colour bar, from the
 // float map the anomaly-map API returns) and the served detector's boxes, side by side.
-import {
-  api,
-  byId,
-  categories,
-  colour,
-  decodeFloats,
-  el,
-  fillMethods,
-  formOf,
-  input,
-  objectPath,
-  on,
-  select,
-  showError,
-  table,
-} from "./console.js";
+import { api, byId, el, formOf, input, on, select, showError, table } from "./console.js";
+import { colour, decodeFloats } from "./draw.js";
+import { categories, fillMethods, objectPath } from "./lookups.js";
 
 /** @typedef {import("@api/anomaly_map").components["schemas"]["AnomalyMapResponse"]} AnomalyMapResponse */
 /** @typedef {import("@api/anomaly_map").components["schemas"]["MapPayload"]} MapPayload */

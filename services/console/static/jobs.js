@@ -3,51 +3,20 @@
 // ETA, message, error code, artifacts), cancel, and draw metric curves from the records.
 //
 // The job records (GET /v1/jobs on each API, one shared store) are the source of truth.
-// A step is {service, path, fields, body(values)}; each body is built by a function typed
-// with the request schema of its API, so tsc refuses one that drifts from it.
-import {
-  api,
-  byId,
-  categories,
-  duration,
-  el,
-  fileList,
-  fillMethods,
-  formDefaults,
-  isAbort,
-  Latest,
-  lineChart,
-  objectPath,
-  on,
-  openBlob,
-  pollMs,
-  progressBar,
-  select,
-  showError,
-  table,
-  textarea,
-} from "./console.js";
+// A step (steps.js) is {service, path, fields, body(values)}; each body is built by a function
+// typed with the request schema of its API, so tsc refuses one that drifts from it.
+import { api, byId, el, isAbort, Latest, on, pollMs, select, showError, table, textarea } from "./console.js";
+import { duration, lineChart, progressBar } from "./draw.js";
+import { categories, fileList, fillMethods, formDefaults, objectPath, openBlob } from "./lookups.js";
+import { STEPS } from "./steps.js";
 
-/** @typedef {import("./console.js").FormDefaults} FormDefaults */
-/** @typedef {import("./console.js").Series} Series */
-/** @typedef {import("./console.js").ObjectList} ObjectList */
+/** @typedef {import("./lookups.js").FormDefaults} FormDefaults */
+/** @typedef {import("./draw.js").Series} Series */
+/** @typedef {import("./lookups.js").ObjectList} ObjectList */
+/** @typedef {import("./steps.js").Step} Step */
+/** @typedef {import("./steps.js").Values} Values */
 /** @typedef {import("@api/finetune").components["schemas"]["JobRecord"]} JobRecord */
 /** @typedef {NonNullable<import("@api/finetune").paths["/v1/jobs"]["get"]["parameters"]["query"]>} JobQuery */
-/** @typedef {import("@api/anomaly_map").components["schemas"]["MapJobRequest"]} MapJobRequest */
-/** @typedef {import("@api/pretrain").components["schemas"]["PseudoLabelJobRequest"]} PseudoLabelJobRequest */
-/** @typedef {import("@api/pretrain").components["schemas"]["PretrainJobRequest"]} PretrainJobRequest */
-/** @typedef {import("@api/pretrain").components["schemas"]["AgbpConfig"]} AgbpConfig */
-/** @typedef {import("@api/finetune").components["schemas"]["FinetuneJobRequest"]} FinetuneJobRequest */
-/** @typedef {Record<string, string>} Values */
-/**
- * @typedef {object} Step
- * @property {string} label
- * @property {string} service
- * @property {string} path
- * @property {string} help
- * @property {[string, string, string][]} fields name, label, placeholder
- * @property {(v: Values) => unknown} body
- */
 /** @typedef {{ x: number, updated_at: string | undefined, metrics: Record<string, unknown> }} Seen */
 
 const JOB_SERVICES = ["anomaly_map", "pretrain", "finetune"];
@@ -67,104 +36,6 @@ let selected = null;
 // what the user has chosen or typed since: each aborts the one before.
 const presetting = new Latest();
 const polling = new Latest(); // a poll the user asked for supersedes the one in flight
-
-/** @type {AgbpConfig} */
-const TINY_AGBP = {
-  backbone: "yolov8n",
-  objective: "distill",
-  epochs: 1,
-  batch_size: 4,
-  input_size: 64,
-  resize_base: 64,
-  amp: false,
-  checkpoint_every: 0,
-  num_workers: 0,
-};
-
-/**
- * @param {Values} v
- * @returns {MapJobRequest}
- */
-function mapsBody(v) {
-  return { category: v.category, prefix: v.prefix, mode: v.mode || undefined };
-}
-
-/**
- * @param {Values} v
- * @returns {PseudoLabelJobRequest}
- */
-function pseudoBody(v) {
-  return { category: v.category, images_prefix: v.images_prefix, maps_prefix: v.maps_prefix };
-}
-
-/**
- * @param {Values} v
- * @returns {PretrainJobRequest}
- */
-function agbpBody(v) {
-  return {
-    sources: [{ category: v.category, images_prefix: v.images_prefix, maps_prefix: v.maps_prefix }],
-    config: TINY_AGBP,
-  };
-}
-
-/**
- * @param {Values} v
- * @returns {FinetuneJobRequest}
- */
-function finetuneBody(v) {
-  const config = { epochs: 1, batch: 4, imgsz: 64, seed: 0 };
-  return { dataset: v.dataset, scale: "n", model_name: v.model_name, config };
-}
-
-/** @type {[string, string, string][]} */
-const FROM_MAPS = [
-  ["category", "category", ""],
-  ["images_prefix", "images prefix", "uploads/line-1/unlabelled/"],
-  ["maps_prefix", "maps prefix", "maps/<category>/<job id>/"],
-];
-/** @type {Record<string, Step>} */
-const STEPS = {
-  maps: {
-    label: "1 · Dataset anomaly maps",
-    service: "anomaly_map",
-    path: "v1/anomaly-map-jobs",
-    help: "a map for every image under a store prefix",
-    fields: [
-      ["category", "category", ""],
-      ["prefix", "images prefix", "uploads/line-1/unlabelled/"],
-      ["mode", "method", ""],
-    ],
-    body: mapsBody,
-  },
-  pseudo: {
-    label: "2 · Pseudo-defect boxes",
-    service: "pretrain",
-    path: "v1/pseudo-label-jobs",
-    help: "boxes from a finished map job's output prefix",
-    fields: FROM_MAPS,
-    body: pseudoBody,
-  },
-  agbp: {
-    label: "3 · AGBP pretraining (cpu-demo: YOLOv8n, 1 epoch, 64 px)",
-    service: "pretrain",
-    path: "v1/pretrain-jobs",
-    help: "distil the maps into a backbone",
-    fields: FROM_MAPS,
-    body: agbpBody,
-  },
-  finetune: {
-    label: "4 · Finetune a detector (cpu-demo: YOLOv8n, 1 epoch, 64 px)",
-    service: "finetune",
-    path: "v1/finetune-jobs",
-    help: "train on an imported dataset; the version lands in the registry",
-    fields: [
-      ["dataset", "dataset", ""],
-      ["model_name", "model name", "steel-det"],
-    ],
-    body: finetuneBody,
-  },
-};
 
 const chosenStep = () => STEPS[select("preset").value];
 

@@ -1,7 +1,8 @@
 // @ts-check
 // Models: the detector registry (finetune API), each version's metrics and lineage, and
 // promotion to a stage (the inference service follows 'production').
-import { api, byId, el, isAbort, Latest, on, showError, table, when } from "./console.js";
+import { api, byId, el, isAbort, Latest, on, showError, table } from "./console.js";
+import { when } from "./draw.js";
 
 /** @typedef {import("@api/finetune").components["schemas"]["ModelList"]} ModelList */
 /** @typedef {import("@api/finetune").components["schemas"]["ModelSummaryResponse"]} ModelSummary */

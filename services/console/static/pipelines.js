@@ -4,28 +4,23 @@
 import {
   api,
   byId,
-  categories,
-  detectorFamilies,
   el,
   emit,
-  formDefaults,
   input,
   isAbort,
   Latest,
-  methods,
   on,
-  openBlob,
   pollMs,
-  progressBar,
   select,
   showError,
   table,
   textarea,
-  when,
 } from "./console.js";
+import { progressBar, when } from "./draw.js";
+import { categories, detectorFamilies, formDefaults, methods, openBlob } from "./lookups.js";
 
-/** @typedef {import("./console.js").PipelineRecord} PipelineRecord */
-/** @typedef {import("./console.js").PipelineSummary} PipelineSummary */
+/** @typedef {import("./lookups.js").PipelineRecord} PipelineRecord */
+/** @typedef {import("./lookups.js").PipelineSummary} PipelineSummary */
 /** @typedef {import("@api/pipeline").components["schemas"]["PipelineRequest"]} PipelineRequest */
 /** @typedef {import("@api/pipeline").components["schemas"]["LabelledSet"]} LabelledSet */
 /** @typedef {import("@api/pipeline").components["schemas"]["StepRecord"]} StepRecord */

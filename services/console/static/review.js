@@ -1,7 +1,9 @@
 // @ts-check
 // Helpers of the Evaluation page: boxes drawn as SVG over a stored image (fetched with the
 // key through the pipeline API's /v1/objects), and a fetched zip saved as a download.
-import { api, el, objectPath, svg } from "./console.js";
+import { api, el } from "./console.js";
+import { svg } from "./draw.js";
+import { objectPath } from "./lookups.js";
 
 /** @typedef {{ box: number[], cls: string, title: string }} Mark */
 
