@@ -68,9 +68,7 @@ function fill(record) {
   input("cat-name").value = record ? record.name : "";
   input("cat-name").readOnly = Boolean(record);
   input("cat-map").value = record ? record.map : "";
-  // a new category starts on the first method that can serve now (ToCoAD without CLIP weights)
-  const ready = methods.find((m) => m.ready) || methods[0];
-  select("cat-method").value = record ? record.method : ready ? ready.name : "";
+  select("cat-method").value = record ? record.method : defaultMethod();
   textarea("cat-good").value = record ? record.good.join("\n") : "";
   textarea("cat-defect").value = record ? record.defect.join("\n") : "";
   byId("cat-delete", HTMLButtonElement).disabled = !record;
@@ -177,10 +175,19 @@ async function remove() {
   }
 }
 
+/** A new category starts on the first method that can serve now (ToCoAD without CLIP weights). */
+function defaultMethod() {
+  const ready = methods.find((m) => m.ready) || methods[0];
+  return ready ? ready.name : "";
+}
+
+// Only the method list changes here: a form the user is already filling keeps its fields.
 async function loadMethods() {
   try {
+    const chosen = select("cat-method").value;
     methods = await fillMethods(select("cat-method"), 0);
-    if (!current) fill(null);
+    const keep = current ? current.method : methods.some((m) => m.name === chosen) ? chosen : "";
+    select("cat-method").value = keep || defaultMethod();
   } catch (err) {
     showError("cat-error", err);
   }
