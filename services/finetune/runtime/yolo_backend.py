@@ -35,6 +35,7 @@ from services.finetune.ml.yolov8.checkpoint import DetectorCheckpoint
 from services.finetune.ml.yolov8.detector import (
     BackboneInit,
     CheckpointPathInit,
+    Detector,
     DetectorInit,
     InitSpec,
     TransferReport,
@@ -191,11 +192,9 @@ class TorchBackend:
         settings: FinetuneSettings,
     ) -> SplitPredictions:
         """The boxes ``evaluate`` scores (score 0.001, NMS IoU 0.7, agssp-spec §5.1)."""
-        checkpoint = DetectorCheckpoint.from_bytes(weights, source=WEIGHTS_FILE)
-        detector = detector_from_checkpoint(checkpoint)
         batch, device = settings.eval_batch, settings.device
         boxes = predict_dataset(
-            detector, subset, images_dir, imgsz=imgsz, batch=batch, device=device
+            _detector(weights), subset, images_dir, imgsz=imgsz, batch=batch, device=device
         )
         return SplitPredictions(boxes)
 
@@ -241,11 +240,14 @@ def _evaluate(
     imgsz: int,
     settings: FinetuneSettings,
 ) -> EvalResult:
-    checkpoint = DetectorCheckpoint.from_bytes(weights, source=WEIGHTS_FILE)
-    detector = detector_from_checkpoint(checkpoint)
     return evaluate_detector(
-        detector, subset, images_dir, imgsz, settings.eval_batch, settings.device
+        _detector(weights), subset, images_dir, imgsz, settings.eval_batch, settings.device
     )
+
+
+def _detector(weights: bytes) -> Detector:
+    """The stored weights as a detector (the one place the backend reads a checkpoint)."""
+    return detector_from_checkpoint(DetectorCheckpoint.from_bytes(weights, source=WEIGHTS_FILE))
 
 
 @functools.cache
