@@ -1,24 +1,33 @@
 """Stored sets for the gallery tests: a labelled set imported as ``agssp data import`` does,
-and a pool labelled by pretrain's own pseudo-label job over maps with known blobs."""
+a pool labelled by pretrain's own pseudo-label job over maps with known blobs, and a
+detector's evaluation on the labelled set saved as the evaluation job saves it."""
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
 from services.finetune.config import FinetuneSettings
+from services.finetune.ml.backend import SplitPredictions
+from services.finetune.ml.dataset import DetectionDataset, ScoredBox
 from services.finetune.params import DatasetImportParams
+from services.finetune.stores.datasets import DatasetCatalog
+from services.finetune.stores.models import ModelRegistry
 from services.finetune.usecases.datasets import import_local_dataset
+from services.finetune.usecases.evaluations import evaluation_details, evaluation_name
 from services.pretrain.config import PretrainSettings
 from services.pretrain.ml.labeler import BoxLabeler
 from services.pretrain.usecases.pseudo_label_jobs import run_pseudo_label_job
 from shared.config import CommonSettings, PathSettings
 from shared.jobs.runner import RunnerOptions, run_job
 from shared.jobs.store import JobStore
+from shared.schemas.artifacts import ArtifactRef
 from shared.schemas.dataset_maps import DatasetMapManifest, ScoreRow, manifest_key, scores_csv
+from shared.storage.artifacts import ArtifactStore
 from shared.storage.base import ObjectStore
 
 DATASET = "plates"
@@ -27,6 +36,9 @@ CLASSES = ("scratch", "pit")
 BUSY_IMAGE = "p_00.png"
 POOL_IMAGES = "uploads/pool/"
 MAPS_OUT = "maps/tile/m1/"
+DETECTOR = ArtifactRef(name="plates-det", version="v1")
+CONF = 0.25
+PIT = CLASSES.index("pit")
 
 
 def png(width: int, height: int, seed: int) -> bytes:
@@ -97,3 +109,44 @@ def stage_pool(store: ObjectStore, tmp: Path, with_manifest: bool = True) -> str
     )
     assert done.state == "SUCCEEDED", done.error
     return str(done.outputs["out_prefix"])
+
+
+def publish_detector(store: ObjectStore) -> None:
+    """``plates-det:v1``, a registered version predicting the plates' classes."""
+    files = {"weights.pt": b"w", "classes.json": b'["scratch", "pit"]'}
+    metadata = {"kind": "finetune"}
+    ArtifactStore(store).publish(DETECTOR.name, files, version=DETECTOR.version, metadata=metadata)
+
+
+def predictions(split: DetectionDataset, perfect: bool = False) -> dict[str, list[ScoredBox]]:
+    """By position in the split: 0 mod 3 finds every box (plus a pit under the threshold),
+    1 finds nothing, 2 finds every box and raises a false pit in the top-left corner;
+    ``perfect``: every box found, nothing else."""
+    found: dict[str, list[ScoredBox]] = {}
+    for j, image in enumerate(split.images):
+        hits = [ScoredBox(**b.model_dump(exclude={"difficult"}), score=0.9) for b in image.boxes]
+        stray = ScoredBox(x1=0, y1=0, x2=8, y2=8, class_id=PIT, score=0.6 if j % 3 else 0.1)
+        found[image.file_name] = hits if perfect else [[*hits, stray], [], [*hits, stray]][j % 3]
+    return found
+
+
+def save_evaluation(
+    store: ObjectStore, split: str, evaluated_at: str, perfect: bool = False
+) -> dict[str, Any]:
+    """Evaluate :func:`predictions` on ``split`` of ``plates:v1`` at CONF as the evaluation
+    job does and save the document with ``plates-det:v1``; returns the document."""
+    catalog = DatasetCatalog(store)
+    ref = catalog.resolve(f"{DATASET}:v1")
+    dataset = DetectionDataset.model_validate_json(catalog.dataset_bytes(ref))
+    subset = dataset.subset(catalog.splits(ref)[split])
+    document = {
+        "model": str(DETECTOR),
+        "dataset": str(ref),
+        "split": split,
+        "images": len(subset.images),
+        "imgsz": 80,
+        **evaluation_details(subset, SplitPredictions(predictions(subset, perfect)), CONF),
+        "evaluated_at": evaluated_at,
+    }
+    ModelRegistry(store).save_evaluation(DETECTOR, evaluation_name(str(ref), split), document)
+    return document

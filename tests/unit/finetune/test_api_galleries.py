@@ -1,5 +1,6 @@
-"""Gallery routes of the finetune API: pages, thumbnails and maps over HTTP; every bad id a
-404 with its code, every bad parameter a 422, and the train scope."""
+"""Gallery routes of the finetune API: pages (a split, a pool, a saved evaluation),
+thumbnails and maps over HTTP; every bad id a 404 with its code, every bad parameter a 422,
+and the train scope."""
 
 from __future__ import annotations
 
@@ -15,10 +16,19 @@ from services.finetune.config import FinetuneSettings
 from shared.config import AuthSettings, CommonSettings, PathSettings, StorageSettings
 from shared.http.auth import create_key
 from shared.storage.filesystem import FileObjectStore
-from tests.unit.finetune.gallery_support import BUSY_IMAGE, DATASET, import_plates, stage_pool
+from tests.unit.finetune.gallery_support import (
+    BUSY_IMAGE,
+    DATASET,
+    DETECTOR,
+    import_plates,
+    publish_detector,
+    save_evaluation,
+    stage_pool,
+)
 
 PAGE = f"/v1/galleries/datasets/{DATASET}/v1/train"
 IMAGE = f"datasets/{DATASET}/v1/images/{BUSY_IMAGE}"
+EVALUATION = f"/v1/galleries/evaluations/{DETECTOR.name}/{DETECTOR.version}"
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +36,8 @@ def staged(tmp_path_factory: pytest.TempPathFactory) -> tuple[FileObjectStore, s
     tmp = tmp_path_factory.mktemp("galleries")
     store = FileObjectStore(tmp / "store")
     import_plates(store, tmp)
+    publish_detector(store)
+    save_evaluation(store, "val", "2026-12-01T10:00:00+00:00")  # val: p_03, p_07, p_08
     return store, stage_pool(store, tmp), tmp
 
 
@@ -87,6 +99,30 @@ def test_a_page_can_bring_its_thumbnails_inlined(client: TestClient) -> None:
     )
 
 
+def test_an_evaluation_page_shows_truth_and_predictions_and_filters_by_error(
+    client: TestClient,
+) -> None:
+    # when: the whole evaluation on val (the default split), then its misses and false alarms
+    page = client.get(EVALUATION).json()
+    missed = client.get(EVALUATION, params={"dataset": DATASET, "has_miss": "true"}).json()
+    alarms = client.get(EVALUATION, params={"has_false_alarm": "true", "thumbnails": 128}).json()
+
+    # then
+    assert (page["kind"], page["layers"], page["conf"]) == ("evaluation", ["truth", "pred"], 0.25)
+    assert page["title"] == f"{DETECTOR} on {DATASET}:v1 · val (conf 0.25)"
+    assert [i["name"] for i in page["items"]] == ["p_03.png", "p_07.png", "p_08.png"]
+    (miss,) = missed["items"]
+    assert (miss["name"], miss["misses"], miss["predicted"]) == ("p_07.png", 1, [])
+    assert [b["found"] for b in miss["truth"]] == [False]
+    (alarm,) = alarms["items"]
+    assert (alarm["name"], alarm["misses"], alarm["false_alarms"]) == ("p_08.png", 0, 1)
+    assert sorted((b["label"], b["tp"]) for b in alarm["predicted"]) == [
+        ("pit", False),
+        ("scratch", True),
+    ]
+    assert alarm["thumbnail"].startswith("data:image/jpeg;base64,")
+
+
 def test_a_thumbnail_is_a_cacheable_jpeg(client: TestClient) -> None:
     answer = client.get(f"/v1/galleries/thumbnails/{IMAGE}", params={"side": 128})
     assert answer.status_code == 200
@@ -104,6 +140,10 @@ def test_a_thumbnail_is_a_cacheable_jpeg(client: TestClient) -> None:
         ("/v1/galleries/prefix", {"prefix": "nothing/here/"}, "pool_not_found"),
         ("/v1/galleries/thumbnails/uploads/none.png", {}, "image_not_found"),
         ("/v1/galleries/maps/maps/none/m.npy", {}, "map_not_found"),
+        ("/v1/galleries/evaluations/nope/v1", {}, "artifact_not_found"),
+        ("/v1/galleries/evaluations/nope/latest", {}, "model_not_found"),
+        (EVALUATION, {"split": "train"}, "evaluation_not_found"),
+        (EVALUATION, {"dataset": "nope"}, "dataset_not_found"),
     ],
 )
 def test_unknown_ids_are_404_with_a_code(
@@ -122,6 +162,13 @@ def test_unknown_ids_are_404_with_a_code(
         (PAGE, {"sort": "size"}, "validation_error"),
         (PAGE, {"class_name": "dent"}, "unknown_class"),
         (PAGE, {"min_score": 0.5}, "no_scores"),
+        (PAGE, {"has_miss": "true"}, "no_evaluation"),
+        ("/v1/galleries/prefix", {"prefix": "uploads/", "has_false_alarm": 0}, "no_evaluation"),
+        (EVALUATION, {"has_miss": "maybe"}, "validation_error"),
+        (EVALUATION, {"split": "../val"}, "validation_error"),
+        (EVALUATION, {"class_name": "dent"}, "unknown_class"),
+        (EVALUATION, {"sort": "score"}, "no_scores"),
+        ("/v1/galleries/evaluations/bad%20name/v1", {}, "invalid_model_ref"),
         (f"/v1/galleries/datasets/{DATASET}/v%201/train", {}, "invalid_dataset_ref"),
         ("/v1/galleries/prefix", {"prefix": "../x/"}, "invalid_key"),
         ("/v1/galleries/prefix", {"prefix": "/"}, "invalid_prefix"),
