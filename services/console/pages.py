@@ -34,7 +34,7 @@ PAGES = (
         "jobs",
         "Pipelines & jobs",
         "start, follow and cancel pipelines and jobs",
-        ("pipelines", "jobs"),
+        ("gallery", "pipelines", "jobs"),
     ),
     Page(
         "datasets",
@@ -42,7 +42,12 @@ PAGES = (
         "imported labelled sets, what they hold, galleries of any stored image set",
         ("gallery", "datasets"),
     ),
-    Page("models", "Models", "registry, versions, stages"),
+    Page(
+        "models",
+        "Models",
+        "registry, versions, stages, galleries of a version's predictions",
+        ("gallery", "models"),
+    ),
     Page(
         "evaluation",
         "Evaluation",
@@ -66,10 +71,18 @@ def _nav(current: str) -> str:
     return "\n".join(links)
 
 
+def _gallery(slug: str) -> str:
+    """The gallery panel (``static/gallery.js``) for the pages that show one; the Datasets
+    page also offers every stored pool, the others only the sets their page offers."""
+    if "gallery" not in BY_SLUG[slug].scripts:
+        return ""
+    return _template("gallery.html").substitute(pools="all" if slug == "datasets" else "")
+
+
 def render(slug: str, config: dict[str, object]) -> str:
     """The full HTML of one page; ``config`` is handed to the scripts as JSON."""
     page = BY_SLUG[slug]
-    body = _template(f"{slug}.html").substitute()
+    body = _template(f"{slug}.html").substitute(gallery=_gallery(slug))
     return _template("layout.html").substitute(
         title=html.escape(page.title),
         slug=slug,

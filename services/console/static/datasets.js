@@ -4,6 +4,7 @@
 // unlabelled counts, boxes per class, the box-size histogram at the training input size
 // (boxes that vanish there flagged), duplicate groups and images that did not decode.
 import { api, byId, el, emit, isAbort, Latest, on, select, showError, table } from "./console.js";
+import { datasetGroup } from "./gallery-sources.js";
 
 /** @typedef {import("@api/finetune").components["schemas"]["DatasetList"]} DatasetList */
 /** @typedef {import("@api/finetune").components["schemas"]["DatasetDetail"]} DatasetDetail */
@@ -125,7 +126,8 @@ function sizeHistogram(sizes) {
 /** @param {DatasetVersion | undefined} version */
 function show(version) {
   if (version && detail) {
-    emit("console:dataset-version", { name: detail.name, version: version.version, splits: version.splits || {} });
+    const splits = datasetGroup(detail.name, version.version, version.splits || {});
+    emit("console:gallery-sources", { groups: [splits], choose: true });
   }
   const box = byId("dataset-summary");
   const summary = /** @type {ImportSummary | undefined} */ (version?.summary);

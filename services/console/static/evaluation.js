@@ -4,8 +4,10 @@
 // over the image; an evaluation job started from here; predictions and pseudo boxes
 // exported for review. The compare panel (compare.js) follows the evaluation shown here.
 import { api, byId, el, emit, input, isAbort, Latest, on, pollMs, select, showError, table } from "./console.js";
-import { progressBar, svg } from "./draw.js";
-import { datasetImageKey, figure, pct, save } from "./review.js";
+import { progressBar } from "./draw.js";
+import { classTable, confusion, prCurves } from "./evaluation-charts.js";
+import { exportPredictions, exportPseudo } from "./evaluation-exports.js";
+import { datasetImageKey, figure, pct } from "./review.js";
 
 /** @typedef {import("@api/finetune").components["schemas"]["ModelList"]} ModelList */
 /** @typedef {import("@api/finetune").components["schemas"]["ModelDetailResponse"]} ModelDetail */
@@ -17,8 +19,6 @@ import { datasetImageKey, figure, pct, save } from "./review.js";
 /** @typedef {import("@api/finetune").components["schemas"]["JobRecord"]} JobRecord */
 /** @typedef {import("@api/finetune").paths["/v1/models/{name}/versions/{version}/evaluation"]["get"]} EvaluationRoute */
 /** @typedef {NonNullable<EvaluationRoute["parameters"]["query"]>} EvaluationQuery */
-/** @typedef {import("@api/finetune").paths["/v1/review-exports/predictions"]["get"]["parameters"]["query"]} PredictionsQuery */
-/** @typedef {import("@api/finetune").paths["/v1/review-exports/pseudo-labels"]["get"]["parameters"]["query"]} PseudoQuery */
 /** @typedef {{ name: string, version: string, doc: EvaluationDocument, models: string[] }} Shown */
 
 const enc = encodeURIComponent;
@@ -117,108 +117,6 @@ function render(name, version, doc) {
   /** @type {Shown} */
   const shown = { name, version, doc, models: state.models };
   emit("console:evaluation", shown);
-}
-
-/** @param {EvaluationDocument} doc */
-function classTable(doc) {
-  const errors = doc.errors;
-  const labels = errors ? errors.confusion.labels : [];
-  const rows = Object.entries(doc.per_class).map(([cls, ap]) => {
-    const k = labels.indexOf(cls);
-    const m = errors && k >= 0 ? errors.confusion.matrix : null;
-    const misses = m ? m[k].reduce((s, v, j) => s + (j === k ? 0 : v), 0) : "";
-    const alarms = m ? m.reduce((s, row, i) => s + (i === k ? 0 : row[k]), 0) : "";
-    return el(
-      "tr",
-      { class: "class-row", dataset: { cls } },
-      el("td", { text: cls }),
-      el("td", { text: String(ap.num_gt) }),
-      el("td", { text: ap.map50 === null ? "no boxes" : pct(ap.map50) }),
-      el("td", { text: pct(ap.map50_95) }),
-      el("td", { text: String(misses) }),
-      el("td", { text: String(alarms) }),
-    );
-  });
-  table("class-table").tBodies[0].replaceChildren(...rows);
-}
-
-// One chart, recall 0..1 across, precision 0..1 up; each class up to the recall it reaches.
-/** @param {EvaluationDocument} doc */
-function prCurves(doc) {
-  const curves = doc.pr_curves;
-  if (!curves) {
-    byId("pr-curves").replaceChildren(el("p", { class: "muted", text: "Not saved with this evaluation." }));
-    return;
-  }
-  const [W, H, L, R, T, B] = [300, 230, 36, 10, 22, 30];
-  /** @param {number} r */
-  const sx = (r) => L + r * (W - L - R);
-  /** @param {number} p */
-  const sy = (p) => H - B - p * (H - T - B);
-  const root = svg("svg", {
-    class: "pr",
-    viewBox: `0 0 ${W} ${H}`,
-    role: "img",
-    "aria-label": "precision-recall curves",
-  });
-  root.append(svg("text", { x: L, y: 14, class: "title" }, "Precision-recall, IoU 0.5"));
-  for (const v of [0, 0.5, 1]) {
-    root.append(svg("line", { x1: sx(0), y1: sy(v), x2: sx(1), y2: sy(v), class: v ? "grid" : "axis" }));
-    root.append(svg("text", { x: L - 4, y: sy(v) + 3, "text-anchor": "end" }, String(v)));
-    root.append(svg("text", { x: sx(v), y: H - B + 12, "text-anchor": "middle" }, String(v)));
-  }
-  root.append(svg("line", { x1: sx(0), y1: sy(0), x2: sx(0), y2: sy(1), class: "axis" }));
-  root.append(svg("text", { x: (L + W - R) / 2, y: H - 4, "text-anchor": "middle" }, "recall"));
-  Object.entries(curves.classes).forEach(([cls, curve], i) => {
-    const colour = `hsl(${(i * 137) % 360} 70% 42%)`;
-    const points = curves.recall.map((r, j) => [r, curve.precision[j]]).filter(([r]) => r <= curve.max_recall);
-    const d = points.map(([r, p], j) => `${j ? "L" : "M"}${sx(r).toFixed(1)},${sy(p).toFixed(1)}`).join(" ");
-    if (d) root.append(svg("path", { d, class: "curve", stroke: colour, "data-class": cls }));
-    const ap = doc.per_class[cls]?.map50;
-    root.append(
-      svg("text", { x: W - R - 2, y: T + 12 * (i + 1), "text-anchor": "end", fill: colour }, `${cls} ${pct(ap)}`),
-    );
-  });
-  byId("pr-curves").replaceChildren(root);
-}
-
-/** @param {ErrorAnalysis | null | undefined} errors */
-function confusion(errors) {
-  const target = table("confusion");
-  if (!errors) {
-    target.replaceChildren();
-    return;
-  }
-  const { labels, matrix } = errors.confusion;
-  const peak = Math.max(1, ...matrix.flat());
-  const head = el(
-    "tr",
-    {},
-    el("th", { text: "truth \\ said" }),
-    labels.map((l) => el("th", { text: l })),
-  );
-  /**
-   * @param {number} n
-   * @param {boolean} diagonal
-   */
-  const cell = (n, diagonal) => {
-    const shade = `background: rgba(${diagonal ? "29,127,70" : "179,38,30"}, ${(0.12 + (0.6 * n) / peak).toFixed(2)})`;
-    return el("td", {
-      class: diagonal ? "diagonal" : "",
-      text: String(n),
-      dataset: { count: String(n) },
-      style: n ? shade : "",
-    });
-  };
-  const rows = matrix.map((row, i) =>
-    el(
-      "tr",
-      { dataset: { truth: labels[i] } },
-      el("th", { class: "gt-label", text: labels[i] }),
-      row.map((n, j) => cell(n, i === j)),
-    ),
-  );
-  target.replaceChildren(el("thead", {}, head), el("tbody", {}, rows));
 }
 
 /** @type {Record<string, (im: ImageErrors) => boolean>} */
@@ -355,54 +253,6 @@ async function follow(id, signal) {
   }
 }
 
-/**
- * @param {HTMLElement} status
- * @param {string} path
- * @param {object} query
- * @param {string} name
- */
-async function download(status, path, query, name) {
-  status.replaceChildren(el("span", { class: "muted", text: "preparing the zip…" }));
-  try {
-    /** @type {Blob} */
-    const blob = await api("finetune", path, { query, accept: "application/zip" });
-    save(blob, name);
-    const text = `${name} (${Math.ceil(blob.size / 1024)} KiB)`;
-    status.replaceChildren(el("span", { class: "ok export-done", dataset: { bytes: String(blob.size) }, text }));
-  } catch (err) {
-    showError(status, err);
-  }
-}
-
-function exportPredictions() {
-  const { ref, doc } = state;
-  if (!ref || !doc) return;
-  const format = /** @type {PredictionsQuery["format"]} */ (select("export-format").value);
-  /** @type {PredictionsQuery} */
-  const query = { model: `${ref.name}:${ref.version}`, dataset: doc.dataset, split: doc.split, format };
-  download(
-    byId("export-status"),
-    "v1/review-exports/predictions",
-    query,
-    `${ref.name}-${ref.version}-${doc.split}-${format}.zip`,
-  );
-}
-
-/** @param {SubmitEvent} event */
-function exportPseudo(event) {
-  event.preventDefault();
-  const labels = input("pseudo-labels").value.trim();
-  const format = /** @type {PseudoQuery["format"]} */ (select("pseudo-format").value);
-  /** @type {PseudoQuery} */
-  const query = { labels_prefix: labels, images_prefix: input("pseudo-images").value.trim(), format };
-  const stem =
-    labels
-      .replace(/\/(labels\/)?$/, "")
-      .split("/")
-      .pop() || "pseudo";
-  download(byId("pseudo-status"), "v1/review-exports/pseudo-labels", query, `pseudo-${stem}-${format}.zip`);
-}
-
 byId("eval-form", HTMLFormElement).addEventListener("submit", (e) => {
   e.preventDefault();
   show();
@@ -414,7 +264,7 @@ select("eval-model").addEventListener("change", async () => {
 select("eval-version").addEventListener("change", () => show());
 byId("eval-run").addEventListener("click", () => evaluate());
 select("error-filter").addEventListener("change", () => errorList());
-byId("export-predictions").addEventListener("click", () => exportPredictions());
+byId("export-predictions").addEventListener("click", () => exportPredictions(state.ref, state.doc));
 byId("pseudo-form", HTMLFormElement).addEventListener("submit", exportPseudo);
 on("console:key", () => loadModels().then(show));
 if (wanted.dataset) input("eval-dataset").value = wanted.dataset;

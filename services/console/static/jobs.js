@@ -1,20 +1,16 @@
 // @ts-check
-// Pipelines and jobs: start a step from a preset, follow every job record (progress bar,
-// ETA, message, error code, artifacts), cancel, and draw metric curves from the records.
+// Jobs: follow every job record (progress bar, ETA, message, error code, artifacts), cancel,
+// and draw metric curves from the records; a job started from the form (job-form.js) is
+// selected and followed.
 //
 // The job records (GET /v1/jobs on each API, one shared store) are the source of truth.
-// A step (steps.js) is {service, path, fields, body(values)}; each body is built by a function
-// typed with the request schema of its API, so tsc refuses one that drifts from it.
-import { api, byId, el, isAbort, Latest, on, pollMs, select, showError, table, textarea } from "./console.js";
+import { api, byId, el, isAbort, Latest, on, pollMs, select, showError, table } from "./console.js";
 import { duration, lineChart, progressBar } from "./draw.js";
-import { categories, fileList, fillMethods, formDefaults, objectPath, openBlob } from "./lookups.js";
-import { STEPS } from "./steps.js";
+import { wireJobForm } from "./job-form.js";
+import { fileList, objectPath, openBlob } from "./lookups.js";
 
-/** @typedef {import("./lookups.js").FormDefaults} FormDefaults */
 /** @typedef {import("./draw.js").Series} Series */
 /** @typedef {import("./lookups.js").ObjectList} ObjectList */
-/** @typedef {import("./steps.js").Step} Step */
-/** @typedef {import("./steps.js").Values} Values */
 /** @typedef {import("@api/finetune").components["schemas"]["JobRecord"]} JobRecord */
 /** @typedef {NonNullable<import("@api/finetune").paths["/v1/jobs"]["get"]["parameters"]["query"]>} JobQuery */
 /** @typedef {{ x: number, updated_at: string | undefined, metrics: Record<string, unknown> }} Seen */
@@ -31,99 +27,7 @@ const files = new Map();
 let jobs = [];
 /** @type {string | null} */
 let selected = null;
-// The page load, a preset change and a new key each start a choosePreset; only the latest
-// may draw, or a slow answer to an earlier one would redraw the fields and the body over
-// what the user has chosen or typed since: each aborts the one before.
-const presetting = new Latest();
 const polling = new Latest(); // a poll the user asked for supersedes the one in flight
-
-const chosenStep = () => STEPS[select("preset").value];
-
-/** @param {Step} step */
-function presetValues(step) {
-  /** @type {Values} */
-  const values = {};
-  for (const [name] of step.fields) {
-    const field = document.getElementById(`field-${name}`);
-    values[name] = field instanceof HTMLInputElement || field instanceof HTMLSelectElement ? field.value : "";
-  }
-  return values;
-}
-
-function syncBody() {
-  const step = chosenStep();
-  byId("preset-target").textContent = `POST ${step.service} /${step.path}`;
-  textarea("job-body").value = JSON.stringify(step.body(presetValues(step)), null, 2);
-}
-
-async function choosePreset() {
-  const signal = presetting.next();
-  const step = chosenStep();
-  byId("preset-help").textContent = step.help;
-  const [found, defaults] = await Promise.all([categories(signal).catch(() => []), formDefaults()]);
-  if (signal.aborted) return;
-  const names = found.map((c) => c.name);
-  const fields = step.fields.map(([name, label, placeholder]) => {
-    const field = fieldInput(name, placeholder, names, defaults);
-    field.addEventListener("input", syncBody);
-    field.addEventListener("change", syncBody);
-    return el("label", {}, `${label} `, field);
-  });
-  byId("preset-fields").replaceChildren(...fields);
-  syncBody();
-  const mode = document.getElementById("field-mode");
-  if (mode instanceof HTMLSelectElement) await fillMethods(mode, 1).catch(() => null);
-}
-
-// Field values from the APIs: categories (selected: the newest pipeline's), the methods
-// the anomaly-map service publishes, prefixes from formDefaults; blank otherwise.
-/** @type {Record<string, "unlabelled" | "mapsPrefix">} */
-const DEFAULT_OF = { prefix: "unlabelled", images_prefix: "unlabelled", maps_prefix: "mapsPrefix" };
-
-/**
- * @param {string} name
- * @param {string} placeholder
- * @param {string[]} names
- * @param {FormDefaults} found
- * @returns {HTMLInputElement | HTMLSelectElement}
- */
-function fieldInput(name, placeholder, names, found) {
-  const id = `field-${name}`;
-  if (name === "category" && names.length) {
-    const choice = el(
-      "select",
-      { id },
-      names.map((n) => el("option", { value: n, text: n })),
-    );
-    if (names.includes(found.category)) choice.value = found.category;
-    return choice;
-  }
-  if (name === "mode") return el("select", { id }, el("option", { value: "", text: "the category's method" }));
-  const value = name in DEFAULT_OF ? found[DEFAULT_OF[name]] || "" : placeholder.includes("<") ? "" : placeholder;
-  return el("input", { id, placeholder, value });
-}
-
-/** @param {SubmitEvent} event */
-async function start(event) {
-  event.preventDefault();
-  showError("job-error", null);
-  const step = chosenStep();
-  let body;
-  try {
-    body = JSON.parse(textarea("job-body").value);
-  } catch (err) {
-    return showError("job-error", { code: "bad_json", detail: err instanceof Error ? err.message : String(err) });
-  }
-  try {
-    /** @type {JobRecord} */
-    const record = await api(step.service, step.path, { method: "POST", json: body });
-    serviceOf.set(record.id, step.service);
-    selected = record.id;
-    await poll();
-  } catch (err) {
-    showError("job-error", err);
-  }
-}
 
 /**
  * @param {AbortSignal} signal
@@ -349,19 +253,18 @@ async function loop() {
   setTimeout(loop, busy ? pollMs() : 3 * pollMs());
 }
 
-select("preset").replaceChildren(
-  ...Object.entries(STEPS).map(([key, step]) => el("option", { value: key, text: step.label })),
-);
-select("preset").addEventListener("change", choosePreset);
-byId("job-form", HTMLFormElement).addEventListener("submit", start);
+const form = wireJobForm((service, record) => {
+  serviceOf.set(record.id, service);
+  selected = record.id;
+  return poll();
+});
 select("state-filter").addEventListener("change", poll);
 on("console:key", () => {
-  choosePreset();
+  form.refresh();
   poll();
 });
 on("console:select-job", (/** @type {string} */ id) => {
   selected = id;
   render();
 });
-choosePreset();
 loop();

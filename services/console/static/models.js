@@ -1,8 +1,9 @@
 // @ts-check
 // Models: the detector registry (finetune API), each version's metrics and lineage, and
 // promotion to a stage (the inference service follows 'production').
-import { api, byId, el, isAbort, Latest, on, showError, table } from "./console.js";
+import { api, byId, el, emit, isAbort, Latest, on, showError, table } from "./console.js";
 import { when } from "./draw.js";
+import { evaluationOption } from "./gallery-sources.js";
 
 /** @typedef {import("@api/finetune").components["schemas"]["ModelList"]} ModelList */
 /** @typedef {import("@api/finetune").components["schemas"]["ModelSummaryResponse"]} ModelSummary */
@@ -116,6 +117,24 @@ function versionRow(name, v) {
   );
 }
 
+// An evaluation is saved as `<dataset>-<version>-<split>.json`; the split is the last part (or a
+// `mini-N` subset); a split named with a dash of its own is shown on the Evaluation page.
+const SPLIT_SUFFIX = /-(mini-\d+|[A-Za-z0-9._]+)$/;
+
+/**
+ * Every saved evaluation of the model's versions, newest version first, as gallery sets.
+ * @param {string} name
+ * @param {ModelVersion[]} versions newest first
+ */
+function offerPredictions(name, versions) {
+  const options = versions.flatMap((v) => {
+    const names = v.evaluations.map((e) => e.replace(/\.json$/, ""));
+    const splits = new Set(names.map((e) => SPLIT_SUFFIX.exec(e)?.[1]).filter((x) => x !== undefined));
+    return [...splits].map((split) => evaluationOption(name, v.version, split));
+  });
+  emit("console:gallery-sources", { groups: [{ label: `${name}: predictions`, options }], choose: true });
+}
+
 /** @param {string} name */
 async function open(name) {
   openName = name;
@@ -128,11 +147,9 @@ async function open(name) {
     const detail = await api("finetune", `v1/models/${encodeURIComponent(name)}`, { signal });
     byId("model-detail").hidden = false;
     byId("model-title").textContent = `${detail.name} · latest ${detail.latest || "none"}`;
-    const rows = detail.versions
-      .slice()
-      .reverse()
-      .map((v) => versionRow(name, v));
-    table("version-table").tBodies[0].replaceChildren(...rows);
+    const newest = detail.versions.slice().reverse();
+    table("version-table").tBodies[0].replaceChildren(...newest.map((v) => versionRow(name, v)));
+    offerPredictions(name, newest);
     if (wanted) document.querySelector(`tr.version[data-version="${CSS.escape(wanted)}"]`)?.classList.add("selected");
   } catch (err) {
     if (!isAbort(err)) showError("models-error", err);

@@ -18,6 +18,7 @@ import {
 } from "./console.js";
 import { progressBar, when } from "./draw.js";
 import { categories, detectorFamilies, formDefaults, methods, openBlob } from "./lookups.js";
+import { offerSets } from "./pipeline-sets.js";
 
 /** @typedef {import("./lookups.js").PipelineRecord} PipelineRecord */
 /** @typedef {import("./lookups.js").PipelineSummary} PipelineSummary */
@@ -208,6 +209,7 @@ async function renderDetail() {
     byId("pl-title").textContent = `${record.request.name} · ${record.id} · ${record.state}`;
     byId("pl-actions").replaceChildren(...actions(record));
     table("step-table").tBodies[0].replaceChildren(...record.steps.map(stepRow));
+    offerSets(record);
   } catch (err) {
     if (!isAbort(err)) showError("pipeline-error", err);
   }

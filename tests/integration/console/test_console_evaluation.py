@@ -256,3 +256,103 @@ def test_the_models_page_gives_each_version_its_map_and_stage(
     row.locator("a.evaluation-link").click()
     page.wait_for_selector("#error-table tr.error-row")
     assert page.input_value("#eval-model") == THEIRS
+
+
+def test_the_models_page_gallery_shows_predictions_and_filters_misses(
+    suite: Suite, page: Any, evaluated: Evaluated
+) -> None:
+    # given the evaluation's own records of misses and false alarms
+    images = evaluated.theirs["errors"]["images"]
+    missed = sorted(im["file_name"] for im in images if im["misses"] > 0)
+    alarmed = sorted(im["file_name"] for im in images if im["false_alarms"] > 0)
+    assert missed
+    assert alarmed
+    # when the Models page opens the version and its gallery of predictions is shown
+    page.goto(f"{suite.console}/models?name={THEIRS}")
+    page.wait_for_selector("#gallery-panel:not([hidden]) #gallery-grid[data-state='ready']")
+    source = page.input_value("#gallery-source")
+    assert '"kind":"evaluation"' in source
+    assert page.locator("#gallery-grid .tile").count() == len(evaluated.val)
+    # then every image carries its ground truth and the detector's boxes at the
+    # evaluation's confidence, false alarms and misses marked as the evaluation says
+    for im in images:
+        tile = page.locator(f"#gallery-grid .tile[data-name='{im['file_name']}']")
+        assert tile.locator("rect.box.truth").count() == len(im["gt"])
+        assert tile.locator("rect.box.pred").count() == len(im["dets"])
+        assert tile.locator("rect.box.pred.false-alarm").count() == im["false_alarms"]
+        assert tile.locator("rect.box.truth.miss").count() == im["misses"]
+    page.evaluate("document.getElementById('gallery-panel').scrollIntoView()")
+    screenshot(page, "console-models-gallery")
+    # and "has a miss" keeps exactly the images with a miss, "has a false alarm" those
+    page.select_option("#gallery-errors", "miss")
+    page.wait_for_function(
+        f"() => document.querySelectorAll('#gallery-grid .tile').length === {len(missed)}"
+    )
+    shown = page.locator("#gallery-grid .tile").evaluate_all("ts => ts.map(t => t.dataset.name)")
+    assert sorted(shown) == missed
+    page.select_option("#gallery-errors", "false-alarm")
+    page.wait_for_function(
+        f"() => document.querySelectorAll('#gallery-grid .tile').length === {len(alarmed)}"
+    )
+    shown = page.locator("#gallery-grid .tile").evaluate_all("ts => ts.map(t => t.dataset.name)")
+    assert sorted(shown) == alarmed
+    # and raising the confidence above every prediction's score leaves none drawn
+    page.eval_on_selector(
+        "#gallery-conf", "e => { e.value = '0.9'; e.dispatchEvent(new Event('input')); }"
+    )
+    page.wait_for_function("() => !document.querySelector('#gallery-grid rect.box.pred')")
+
+
+def _pipeline_record(dataset: str) -> dict[str, Any]:
+    """A finished pipeline as the pipeline API returns it, whose steps made the evaluated
+    set and models (the suite here runs no training)."""
+    step = {"service": "finetune", "state": "SUCCEEDED", "progress": 100.0, "message": ""}
+    return {
+        "id": "20261206T120000-feedbeef",
+        "state": "SUCCEEDED",
+        "request": {
+            "name": OURS,
+            "labelled": {"dataset": None, "split": "train", "val_split": "val"},
+        },
+        "steps": [
+            {**step, "name": "dataset", "outputs": {"dataset": dataset}},
+            {**step, "name": "finetune", "outputs": {"artifact": f"{OURS}:v1"}},
+            {**step, "name": "baseline", "outputs": {"artifact": f"{THEIRS}:v1"}},
+        ],
+        "updated_at": "2026-12-06T12:00:00+00:00",
+    }
+
+
+def test_the_pipeline_page_gallery_offers_what_the_pipeline_made(
+    suite: Suite, page: Any, evaluated: Evaluated
+) -> None:
+    import json
+
+    # given a finished pipeline whose dataset and models are the evaluated ones
+    record = _pipeline_record(evaluated.ours["dataset"])
+    summary = {k: record[k] for k in ("id", "state", "updated_at")}
+    summary.update(name=OURS, progress=100.0, current_step=None)
+
+    def answer(route: Any) -> None:
+        listed = route.request.url.split("?")[0].endswith("/v1/pipelines")
+        body = [summary] if listed else record
+        route.fulfill(status=200, content_type="application/json", body=json.dumps(body))
+
+    page.route("**/api/pipeline/v1/pipelines**", answer)
+    # when the Pipelines page selects it
+    page.goto(f"{suite.console}/jobs")
+    page.click(f"#pipeline-table tr.pipeline[data-pipeline-id='{record['id']}']")
+    page.wait_for_selector("#gallery-panel:not([hidden]) #gallery-grid[data-state='ready']")
+    # then its gallery offers both labelled splits and both models' predictions
+    options = page.locator("#gallery-source option").evaluate_all("os => os.map(o => o.value)")
+    kinds = sorted(json.loads(o)["kind"] for o in options)
+    assert kinds == ["dataset", "dataset", "evaluation", "evaluation"]
+    baseline = next(o for o in options if THEIRS in o)
+    page.select_option("#gallery-source", baseline)
+    page.wait_for_selector("#gallery-grid[data-state='ready'] rect.box.pred.false-alarm")
+    assert page.locator("#gallery-grid .tile").count() == len(evaluated.val)
+    # and the page's polling (every few seconds) leaves the chosen set shown
+    page.wait_for_timeout(4000)
+    assert page.input_value("#gallery-source") == baseline
+    page.evaluate("document.getElementById('gallery-panel').scrollIntoView()")
+    screenshot(page, "console-pipeline-gallery")

@@ -102,13 +102,33 @@ def test_every_script_is_type_checked() -> None:
         assert path.read_text("utf-8").startswith("// @ts-check\n"), path.name
 
 
-def test_the_jobs_page_also_runs_the_pipelines_script(client: TestClient) -> None:
+def test_the_jobs_page_also_runs_the_pipelines_and_gallery_scripts(client: TestClient) -> None:
     # when
     parser = _Refs()
     parser.feed(client.get("/jobs").text)
-    # then: console.js first, then pipelines.js, then jobs.js
+    # then: console.js first, the gallery (listening before a page offers it sets), then
+    # pipelines.js, then jobs.js
     scripts = [ref for ref in parser.refs if ref.endswith(".js")]
-    assert scripts == ["/static/console.js", "/static/pipelines.js", "/static/jobs.js"]
+    assert scripts == [
+        "/static/console.js",
+        "/static/gallery.js",
+        "/static/pipelines.js",
+        "/static/jobs.js",
+    ]
+
+
+@pytest.mark.parametrize(("slug", "pools"), [("datasets", "all"), ("models", ""), ("jobs", "")])
+def test_gallery_pages_carry_one_gallery_panel(client: TestClient, slug: str, pools: str) -> None:
+    # when
+    text = client.get(f"/{slug}").text
+    # then the panel is there once, offering every stored pool on the Datasets page only
+    assert text.count('id="gallery-panel"') == 1
+    assert f'data-pools="{pools}"' in text
+    assert "$" not in text.replace("$title", "")
+
+
+def test_pages_without_a_gallery_have_no_panel(client: TestClient) -> None:
+    assert 'id="gallery-panel"' not in client.get("/inspect").text
 
 
 def test_pages_hand_their_settings_to_the_scripts(client: TestClient) -> None:
