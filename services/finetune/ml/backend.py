@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from services.finetune.config import FinetuneSettings
 from services.finetune.ml.dataset import DetectionDataset, ScoredBox
+from services.finetune.ml.evaluate import EvalResult
 from services.finetune.ml.materialize import YoloDataFolder
 from services.finetune.params import CalibrationMethod, InitParams
 from shared.ml.hooks import TrainHooks
@@ -62,11 +63,16 @@ class TrainedRun:
 
 @dataclass(frozen=True)
 class PackagedDetector:
-    """Files of a detector artifact and the metrics that go into its metrics file."""
+    """Files of a detector artifact and the metrics that go into its metrics file.
+
+    ``val`` is how ``metrics`` were computed on val (None: the backend kept nothing), so the
+    job saves the version's evaluation without another pass over val.
+    """
 
     files: dict[str, bytes | Path]
     metrics: dict[str, Any]
     classes: list[str]
+    val: ValEvaluation | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,14 @@ class SplitPredictions:
 
     boxes: dict[str, list[ScoredBox]]
     max_dets: int = 100
+
+
+@dataclass(frozen=True)
+class ValEvaluation:
+    """A packaged detector's boxes on val and the COCO evaluation of them its metrics hold."""
+
+    predictions: SplitPredictions
+    result: EvalResult
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from services.finetune.ml.backend import (
     SplitPredictions,
     TrainedRun,
     TrainRequest,
+    ValEvaluation,
     WeightsInfo,
 )
 from services.finetune.ml.dataset import DetectionDataset, ScoredBox
@@ -212,7 +213,8 @@ class FasterRcnnBackend:
             METRICS_FILE: json.dumps(metrics, indent=1).encode(),
             PER_IMAGE_FILE: records.model_copy(update={"run": run_info}).to_bytes(),
         }
-        return PackagedDetector(files, metrics, run.classes)
+        kept = ValEvaluation(SplitPredictions(boxes, max_dets=arch.max_dets), result)
+        return PackagedDetector(files, metrics, run.classes, kept)
 
     def read_weights(self, weights: bytes, source: str) -> WeightsInfo:
         checkpoint = FasterRcnnCheckpoint.from_bytes(weights, source=source)

@@ -26,6 +26,7 @@ from services.finetune.ml.backend import (
     SplitPredictions,
     TrainedRun,
     TrainRequest,
+    ValEvaluation,
     WeightsInfo,
 )
 from services.finetune.ml.dataset import DetectionDataset
@@ -130,7 +131,7 @@ class TorchBackend:
 
         The evaluation's per-image records go into the artifact as ``eval_per_image.json``
         with the run's seed and thread count (issue 21: a lift with its interval, and runs
-        that can be repeated).
+        that can be repeated); its boxes come back for the version's saved evaluation.
 
         Raises:
             SuiteError: ONNX Runtime disagrees with torch on a val image (code onnx_mismatch).
@@ -146,7 +147,8 @@ class TorchBackend:
             raise SuiteError(
                 f"ONNX export differs from torch by {check.max_abs_diff:.3g}", code="onnx_mismatch"
             )
-        result = _evaluate(run.weights, val, images_dir, config.imgsz, settings)
+        predicted = self.predict(run.weights, val, images_dir, config.imgsz, settings)
+        result = evaluate_detections(val, predicted.boxes, max_dets=predicted.max_dets)
         run_info = RunInfo(
             seed=config.seed,
             deterministic=config.deterministic,
@@ -165,7 +167,7 @@ class TorchBackend:
         }
         files = _files(run, onnx, config, metrics)
         files[PER_IMAGE_FILE] = records.model_copy(update={"run": run_info}).to_bytes()
-        return PackagedDetector(files, metrics, run.classes)
+        return PackagedDetector(files, metrics, run.classes, ValEvaluation(predicted, result))
 
     def read_weights(self, weights: bytes, source: str) -> WeightsInfo:
         checkpoint = DetectorCheckpoint.from_bytes(weights, source=source)

@@ -202,9 +202,13 @@ class ModelRegistry:
         keys = self.store.list(prefix)
         return sorted(k[len(prefix) : -len(".json")] for k in keys if k.endswith(".json"))
 
+    def evaluation_key(self, ref: ArtifactRef, name: str) -> str:
+        """Where the evaluation ``name`` of a version is (or would be) saved."""
+        return f"{ref.prefix}{EVALUATIONS_DIR}/{name}.json"
+
     def evaluation(self, ref: ArtifactRef, name: str) -> dict[str, Any] | None:
         """One saved evaluation document of a version, None when there is none."""
-        key = f"{ref.prefix}{EVALUATIONS_DIR}/{name}.json"
+        key = self.evaluation_key(ref, name)
         if not self.store.exists(key):
             return None
         document: dict[str, Any] = json.loads(self.store.get_bytes(key))
@@ -212,7 +216,7 @@ class ModelRegistry:
 
     def save_evaluation(self, ref: ArtifactRef, name: str, document: dict[str, Any]) -> str:
         """Write ``evaluations/<name>.json`` beside the version; returns the key."""
-        key = f"{ref.prefix}{EVALUATIONS_DIR}/{name}.json"
+        key = self.evaluation_key(ref, name)
         self.store.put_bytes(key, json.dumps(document, indent=1).encode(), "application/json")
         return key
 

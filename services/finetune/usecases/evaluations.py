@@ -4,7 +4,9 @@ The saved document also says where the model fails (``ml.error_analysis``): per-
 misses and false alarms at the job's ``conf``, with the boxes, the confusion matrix with a
 background row and column, and PR curves per class (``ml.pr_curves``), all from the same
 predictions and the same IoU-0.5 matching as the mAP. The job's outputs carry the mAP
-figures and the error totals; the per-image records stay in the document.
+figures and the error totals; the per-image records stay in the document. A finetune job
+saves the same document for the version it publishes (``save_evaluation``, on its val split
+at ``DEFAULT_CONF``), from the val boxes its mAP was computed from.
 
 The in-process comparison of start weights (the CLI's ``finetune compare``) lives in
 :mod:`services.finetune.usecases.comparisons`.
@@ -12,6 +14,7 @@ The in-process comparison of start weights (the CLI's ``finetune compare``) live
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,7 @@ from services.finetune.config import FinetuneSettings
 from services.finetune.ml.backend import Backends, SplitPredictions, model_family
 from services.finetune.ml.dataset import DetectionDataset
 from services.finetune.ml.error_analysis import analyse_errors
-from services.finetune.ml.evaluate import evaluate_detections
+from services.finetune.ml.evaluate import EvalResult, evaluate_detections
 from services.finetune.ml.pr_curves import pr_curves
 from services.finetune.params import EvaluationParams
 from services.finetune.stores.datasets import DatasetCatalog, load_split
@@ -30,6 +33,7 @@ from shared.errors import InvalidInputError
 from shared.jobs.context import JobContext
 from shared.jobs.producer import TaskSender
 from shared.jobs.store import JobStore
+from shared.schemas.artifacts import ArtifactRef
 from shared.schemas.detector_artifact import WEIGHTS_FILE
 from shared.schemas.jobs import JobRecord, TaskName
 from shared.storage.base import ObjectStore
@@ -37,6 +41,8 @@ from shared.storage.base import ObjectStore
 EVALUATION_KIND = "evaluation"
 # Parts of the saved document too large for a job record (its outputs keep the totals).
 DETAIL_KEYS = ("pr_curves", "errors")
+# The score the misses and false alarms count from when a job does not say (the API's).
+DEFAULT_CONF: float = EvaluationParams.model_fields["conf"].default
 
 
 def submit_evaluation(sender: TaskSender, jobs: JobStore, params: EvaluationParams) -> JobRecord:
@@ -102,16 +108,45 @@ def evaluate_model(
             code="class_mismatch",
         )
     predicted = backend.predict(weights, subset, images, info.imgsz, settings)
+    saved = SavedEvaluation(model, str(dataset), params.split, info.imgsz, params.conf)
+    return save_evaluation(registry, saved, subset, predicted)
+
+
+@dataclass(frozen=True)
+class SavedEvaluation:
+    """Which evaluation a document is: model version, dataset 'name:version', split, the
+    input size the predictions were made at and the ``conf`` of its error analysis."""
+
+    model: ArtifactRef
+    dataset: str
+    split: str
+    imgsz: int
+    conf: float = DEFAULT_CONF
+
+
+def save_evaluation(
+    registry: ModelRegistry,
+    saved: SavedEvaluation,
+    subset: DetectionDataset,
+    predicted: SplitPredictions,
+    result: EvalResult | None = None,
+) -> tuple[dict[str, Any], str]:
+    """Save the evaluation document of ``predicted`` (the boxes on ``subset``) beside the
+    model version, under ``evaluation_name``; returns the document and its key.
+
+    ``result``: the COCO evaluation of exactly these boxes, when the caller has it.
+    """
     doc = {
-        "model": str(model),
-        "dataset": str(dataset),
-        "split": params.split,
+        "model": str(saved.model),
+        "dataset": saved.dataset,
+        "split": saved.split,
         "images": len(subset.images),
-        "imgsz": info.imgsz,
-        **evaluation_details(subset, predicted, params.conf),
+        "imgsz": saved.imgsz,
+        **evaluation_details(subset, predicted, saved.conf, result),
         "evaluated_at": datetime.now(UTC).isoformat(),
     }
-    return doc, registry.save_evaluation(model, evaluation_name(str(dataset), params.split), doc)
+    name = evaluation_name(saved.dataset, saved.split)
+    return doc, registry.save_evaluation(saved.model, name, doc)
 
 
 def evaluation_name(dataset: str, split: str) -> str:
@@ -121,10 +156,15 @@ def evaluation_name(dataset: str, split: str) -> str:
 
 
 def evaluation_details(
-    subset: DetectionDataset, predicted: SplitPredictions, conf: float
+    subset: DetectionDataset,
+    predicted: SplitPredictions,
+    conf: float,
+    result: EvalResult | None = None,
 ) -> dict[str, Any]:
-    """mAP figures, PR curves and the error analysis of one set of predictions."""
-    result = evaluate_detections(subset, predicted.boxes, max_dets=predicted.max_dets)
+    """mAP figures, PR curves and the error analysis of one set of predictions (their COCO
+    evaluation is computed unless ``result`` already is it)."""
+    if result is None:
+        result = evaluate_detections(subset, predicted.boxes, max_dets=predicted.max_dets)
     errors = analyse_errors(subset, predicted.boxes, conf, max_dets=predicted.max_dets)
     return {
         **result.summary(),

@@ -6,7 +6,8 @@ baseline with its bootstrap 95 % interval over the validation images and what it
 the maps come from a preset not meant to be meaningful), the seeds and thread counts that
 repeat the run, the map overlays on a few unlabelled images, pseudo-box examples, the AGBP
 loss curve, the detector's mAP curves and the final mAP table against the scratch baseline
-(overall and per class), and where every artifact lives.
+(overall and per class), where each detector fails on val with links to its saved
+evaluation (``report_evaluations``), and where every artifact lives.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from services.pipeline.usecases.lift_stats import (
     lift_summary,
     map_provenance,
 )
+from services.pipeline.usecases.report_evaluations import evaluation_section
 from services.pipeline.usecases.steps import baseline_name, map_method, maps_prefix
 from shared.errors import SuiteError
 from shared.schemas.dataset_maps import DatasetMapManifest, manifest_key
@@ -36,6 +38,10 @@ from shared.storage.base import ObjectStore
 log = logging.getLogger(__name__)
 
 OVERLAY_SAMPLES = 4
+# Step outputs that say where something was stored, listed in the artifacts table.
+ARTIFACT_OUTPUTS = (
+    "artifact", "maps_prefix", "out_prefix", "dataset", "evaluation_key", "report_key", "stage",
+)  # fmt: skip
 _THUMB = 256
 # blue -> cyan -> green -> yellow -> red, for map values 0 .. 1
 _RAMP = np.array(
@@ -60,6 +66,7 @@ def render_report(record: PipelineRecord, store: ObjectStore) -> bytes:
         _header(record),
         _steps_table(record),
         _results(record, store),
+        evaluation_section(record, store),
         _curves(record),
         _maps_section(record, store),
         _boxes_section(record, store),
@@ -336,7 +343,7 @@ def _agbp_section(record: PipelineRecord, store: ObjectStore) -> str:
 def _artifacts(record: PipelineRecord) -> str:
     rows = []
     for step in record.steps:
-        for key in ("artifact", "maps_prefix", "out_prefix", "dataset", "report_key", "stage"):
+        for key in ARTIFACT_OUTPUTS:
             if key in step.outputs:
                 rows.append(
                     f"<tr><td>{_esc(step.name)}</td><td>{key}</td>"

@@ -19,6 +19,7 @@ from services.pipeline.usecases.common import StepCallError
 from services.pipeline.usecases.presets import PRESETS, step_config
 
 Kind = Literal["job", "call", "local"]
+EVALUATION_OUTPUTS = ("evaluation_key", "error_totals", "evaluation_error")
 
 
 @dataclass(frozen=True)
@@ -241,6 +242,8 @@ def _detector_collect(job: dict[str, Any]) -> dict[str, Any]:
         "metrics": outputs.get("metrics", {}),
         "history": outputs.get("history", []),
         "epochs_completed": outputs.get("epochs_completed"),
+        # the version's saved evaluation on val, when the finetune job saved one (or why not)
+        **{k: outputs[k] for k in EVALUATION_OUTPUTS if k in outputs},
     }
 
 

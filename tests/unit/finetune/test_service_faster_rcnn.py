@@ -9,6 +9,7 @@ detector for its layout and gives the torch model's boxes. Tiny random ResNet, 6
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +205,19 @@ def test_finetune_reports_map_with_the_shared_evaluator(finetune_job: JobRecord)
     assert set(metrics["per_class"]) == {"light", "dark"}
     assert finetune_job.outputs["epochs_completed"] == TINY["epochs"]
     assert finetune_job.outputs["eval_per_image"].endswith("eval_per_image.json")
+
+
+def test_finetune_saves_its_val_evaluation_from_the_boxes_its_map_came_from(
+    world: World, finetune_job: JobRecord
+) -> None:
+    # when the version's evaluation on val is read back (before any evaluation job)
+    ref = _ref(finetune_job.outputs["artifact"])
+    doc = json.loads(world.store.get_bytes(finetune_job.outputs["evaluation_key"]))
+    # then the same predictions gave it: the same mAP as the version, exactly
+    metrics = ArtifactStore(world.store).manifest(ref).metadata["metrics"]
+    assert (doc["model"], doc["split"], doc["conf"]) == (str(ref), "val", 0.25)
+    assert doc["map50"] == metrics["map50"] == finetune_job.outputs["metrics"]["map50"]
+    assert finetune_job.outputs["error_totals"] == doc["errors"]["totals"]
 
 
 def test_evaluation_job_reads_the_family_from_the_manifest(
