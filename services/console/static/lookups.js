@@ -83,7 +83,21 @@ export function objectPath(key) {
 export async function openBlob(service, path) {
   /** @type {Blob} */
   const blob = await api(service, path, { accept: "*/*" });
-  window.open(URL.createObjectURL(blob), "_blank", "noopener");
+  window.open(URL.createObjectURL(await withBase(blob)), "_blank", "noopener");
+}
+
+/**
+ * An HTML page opened from a `blob:` address cannot resolve its relative links (a
+ * report's `/evaluation?...`); a `<base>` of the console's origin lets it.
+ * @param {Blob} blob
+ */
+async function withBase(blob) {
+  if (!blob.type.startsWith("text/html")) return blob;
+  const page = await blob.text();
+  const base = `<base href="${location.origin}/">`;
+  const at = page.search(/<head[^>]*>/i);
+  const html = at < 0 ? base + page : page.replace(/<head[^>]*>/i, (head) => head + base);
+  return new Blob([html], { type: blob.type });
 }
 
 /**

@@ -333,9 +333,16 @@ def test_the_pipeline_page_gallery_offers_what_the_pipeline_made(
     summary = {k: record[k] for k in ("id", "state", "updated_at")}
     summary.update(name=OURS, progress=100.0, current_step=None)
 
+    record["report_key"] = f"pipelines/{record['id']}/report.html"
+    link = f"/evaluation?model={OURS}&version=v1"
+    report = f'<html><head><title>r</title></head><body><a id="ev" href="{link}">e</a></body></html>'
+
     def answer(route: Any) -> None:
-        listed = route.request.url.split("?")[0].endswith("/v1/pipelines")
-        body = [summary] if listed else record
+        path = route.request.url.split("?")[0]
+        if path.endswith("/report"):
+            route.fulfill(status=200, content_type="text/html; charset=utf-8", body=report)
+            return
+        body = [summary] if path.endswith("/v1/pipelines") else record
         route.fulfill(status=200, content_type="application/json", body=json.dumps(body))
 
     page.route("**/api/pipeline/v1/pipelines**", answer)
@@ -356,3 +363,11 @@ def test_the_pipeline_page_gallery_offers_what_the_pipeline_made(
     assert page.input_value("#gallery-source") == baseline
     page.evaluate("document.getElementById('gallery-panel').scrollIntoView()")
     screenshot(page, "console-pipeline-gallery")
+    # and the report, opened from a blob, resolves its relative link to the console's page
+    with page.context.expect_page() as opened:
+        page.click("#pl-report")
+    tab = opened.value
+    tab.wait_for_load_state()
+    tab.click("#ev")
+    tab.wait_for_selector("#error-table tr.error-row")
+    assert tab.url.startswith(f"{suite.console}{link}")
