@@ -335,7 +335,9 @@ def test_the_pipeline_page_gallery_offers_what_the_pipeline_made(
 
     record["report_key"] = f"pipelines/{record['id']}/report.html"
     link = f"/evaluation?model={OURS}&version=v1"
-    report = f'<html><head><title>r</title></head><body><a id="ev" href="{link}">e</a></body></html>'
+    report = (
+        f'<html><head><title>r</title></head><body><a id="ev" href="{link}">e</a></body></html>'
+    )
 
     def answer(route: Any) -> None:
         path = route.request.url.split("?")[0]
