@@ -13,6 +13,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
     WithJsonSchema,
     field_validator,
@@ -31,6 +32,7 @@ from shared.storage.base import prefix_field, validate_key
 CalibrationMethod = Literal["minmax", "percentile"]  # of the INT8 calibration
 
 DatasetFormat = Literal["voc", "coco", "yolo", "masks"]
+ExportFormat = Literal["coco", "yolo"]  # of an export for review (usecases.review_exports)
 SplitMethod = Literal["stratified", "shuffle"]
 TrainKind = Literal["agdp", "finetune"]
 # Hardware belongs to the worker (FINETUNE_DEVICE, FINETUNE_WORKERS), not to the request.
@@ -366,3 +368,54 @@ class QuantizeParams(BaseModel):
     @classmethod
     def _ref(cls, value: str) -> str:
         return _ref_spec(value)
+
+
+class PredictionsExportParams(BaseModel):
+    """Export for review: a model version's predictions from its saved evaluation on a split."""
+
+    model_config = FINITE
+
+    source: Literal["predictions"]
+    model: str = Field(description="registered model 'name:version' (or 'name' for latest)")
+    dataset: str | None = Field(
+        None, description="'name' or 'name:version'; default: the newest evaluated"
+    )
+    split: str = Field("val", pattern=SPLIT_PATTERN, description="the evaluated split")
+    format: ExportFormat = "coco"
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        return _ref_spec(value)
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, value: str | None) -> str | None:
+        return None if value is None else _ref_spec(value)
+
+
+class PseudoLabelsExportParams(BaseModel):
+    """Export for review: a pseudo-label output's pseudo boxes with their images."""
+
+    model_config = FINITE
+
+    source: Literal["pseudo-labels"]
+    labels_prefix: str = Field(
+        description="output prefix of a pseudo-label job ('pseudo/<category>/<job id>/') or "
+        "its 'labels/'"
+    )
+    images_prefix: str | None = Field(
+        None, description="store prefix of the images; default: the output's manifest names it"
+    )
+    format: ExportFormat = "coco"
+
+    @field_validator("labels_prefix", "images_prefix")
+    @classmethod
+    def _prefix(cls, value: str | None) -> str | None:
+        return None if value is None else prefix_field(value)
+
+
+# The body of POST /v1/review-exports and the params of its job, told apart by ``source``.
+ExportParams = PredictionsExportParams | PseudoLabelsExportParams
+ReviewExportParams = Annotated[ExportParams, Field(discriminator="source")]
+REVIEW_EXPORT_PARAMS: TypeAdapter[ExportParams] = TypeAdapter(ReviewExportParams)

@@ -45,6 +45,7 @@ class TaskName(StrEnum):
     FINETUNE_EVALUATE = "finetune.evaluate"
     FINETUNE_IMPORT_DATASET = "finetune.import_dataset"
     FINETUNE_QUANTIZE = "finetune.quantize"
+    FINETUNE_REVIEW_EXPORT = "finetune.review_export"
 
 
 def utcnow() -> datetime:

@@ -1,31 +1,34 @@
 """Routes that read evaluations back and export boxes for review (scope train).
 
 A version's saved evaluation on a split, two versions compared image by image, and zips
-of predictions or pseudo boxes in COCO or YOLO layout that the dataset import takes back.
+of predictions or pseudo boxes in COCO or YOLO layout that the dataset import takes back:
+packed inside the request (GET, small sets) or by a job whose zip is fetched once it is done.
 """
 
 from __future__ import annotations
 
 import shutil
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from starlette.background import BackgroundTask
 
-from services.finetune.api.deps import DatasetsDep, RegistryDep, state_of
+from services.finetune.api.deps import DatasetsDep, JobsDep, RegistryDep, SenderDep, state_of
 from services.finetune.api.evaluation_schemas import EvaluationComparison, EvaluationDocument
 from services.finetune.config import FinetuneSettings
-from services.finetune.params import SPLIT_PATTERN
+from services.finetune.params import SPLIT_PATTERN, ExportFormat, ReviewExportParams
 from services.finetune.stores.models import artifact_ref
 from services.finetune.usecases.evaluation_views import compare_evaluations, find_evaluation
+from services.finetune.usecases.review_export_jobs import stored_export, submit_review_export
 from services.finetune.usecases.review_exports import (
     ExportedZip,
-    ExportFormat,
     predictions_zip,
     pseudo_labels_zip,
 )
 from shared.http.scopes import require_scope
+from shared.schemas.jobs import JobRecord
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "unknown model, dataset or version, or no saved evaluation"},
@@ -33,6 +36,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"description": "storage unavailable"},
 }
 _ZIP: dict[int | str, dict[str, Any]] = {200: {"content": {"application/zip": {}}}}
+_STORED_ZIP: dict[int | str, dict[str, Any]] = {
+    **_ZIP,
+    404: {"description": "no review export job of that id (code export_not_found)"},
+    409: {"description": "the job has not finished (export_not_ready) or failed (export_failed)"},
+}
 
 router = APIRouter(
     prefix="/v1", tags=["evaluations"], responses=_ERRORS, dependencies=[require_scope("train")]
@@ -108,6 +116,29 @@ def export_pseudo_labels(
     """A zip of a pseudo-label output's images with their pseudo boxes (COCO or YOLO)."""
     store = registry.store
     return _send(pseudo_labels_zip(store, labels_prefix, images_prefix, fmt, settings))
+
+
+@router.post("/review-exports", status_code=202, response_model=JobRecord)
+def create_review_export(body: ReviewExportParams, jobs: JobsDep, sender: SenderDep) -> JobRecord:
+    """Queue the zip of the GET routes as a job, for sets too large for one request: the
+    evaluation or the labels are checked now, the zip is fetched from ``.../{job_id}/zip``."""
+    return submit_review_export(sender, jobs, body)
+
+
+@router.get("/review-exports/{job_id}/zip", response_class=StreamingResponse, responses=_STORED_ZIP)
+def get_review_export_zip(job_id: str, jobs: JobsDep) -> StreamingResponse:
+    """The zip a finished review export job stored, streamed from the store."""
+    found = stored_export(jobs, job_id)
+    headers = {**_attachment(found.name), "Content-Length": str(found.size)}
+    chunks = jobs.store.iter_chunks(found.key)
+    return StreamingResponse(chunks, media_type="application/zip", headers=headers)
+
+
+def _attachment(name: str) -> dict[str, str]:
+    """A download the browser may not re-type, as every stored object the suite serves."""
+    plain = name.encode("ascii", "replace").decode().replace('"', "_").replace("?", "_")
+    disposition = f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(name)}"
+    return {"X-Content-Type-Options": "nosniff", "Content-Disposition": disposition}
 
 
 def _send(exported: ExportedZip) -> FileResponse:

@@ -8,6 +8,8 @@ labels with the images under the images prefix by file stem.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -39,22 +41,23 @@ class PseudoLabelData:
     source: dict[str, Any]
 
 
-def load_pseudo_labels(
-    store: ObjectStore,
-    images_prefix: str,
-    labels_prefix: str,
-    dest: Path,
-    limits: ImageLimits,
-    threads: int = 8,
-) -> PseudoLabelData:
-    """Pair images with label files, download the images, read boxes in pixels.
+@dataclass(frozen=True)
+class LabelPairing:
+    """Which label file goes with which image key, by stem; found by listing, nothing read."""
 
-    Images without a label file were not pseudo-labelled and are left out; an empty label
-    file is a background image (agssp-spec §6.4 item 10: empty = background).
+    manifest: PseudoLabelManifest | None
+    labels: dict[str, str]
+    images: dict[str, str]
+    stems: list[str]
+
+
+def pair_pseudo_labels(store: ObjectStore, images_prefix: str, labels_prefix: str) -> LabelPairing:
+    """The labelled images of a pseudo-label output: its label files paired with the images
+    under ``images_prefix`` (by its manifest, or by file stem for hand-made labels).
 
     Raises:
-        InvalidInputError: no labelled image, repeated stems, images outside
-            ``images_prefix``, undecodable images or malformed label lines.
+        InvalidInputError: no labelled image, repeated stems or images outside
+            ``images_prefix``.
     """
     manifest = _manifest(store, labels_prefix)
     labels_dir = _labels_dir(store, labels_prefix)
@@ -70,11 +73,49 @@ def load_pseudo_labels(
             f"no image under {images_prefix} has a label file under {labels_dir}",
             code="no_labelled_images",
         )
+    return LabelPairing(manifest, labels, images, stems)
+
+
+def download_counter(
+    progress: Callable[[int, int], None] | None, total: int
+) -> Callable[[str], None] | None:
+    """A ``download_all`` check that reports (downloads started, ``total``) to ``progress``;
+    it runs on the download threads (``itertools.count`` hands out each number once)."""
+    if progress is None:
+        return None
+    started = itertools.count(1)
+    return lambda _key: progress(next(started), total)
+
+
+def load_pseudo_labels(
+    store: ObjectStore,
+    images_prefix: str,
+    labels_prefix: str,
+    dest: Path,
+    limits: ImageLimits,
+    threads: int = 8,
+    progress: Callable[[int, int], None] | None = None,
+) -> PseudoLabelData:
+    """Pair images with label files, download the images, read boxes in pixels.
+
+    Images without a label file were not pseudo-labelled and are left out; an empty label
+    file is a background image (agssp-spec §6.4 item 10: empty = background). ``progress``
+    hears (downloads started, images) from the download threads.
+
+    Raises:
+        InvalidInputError: no labelled image, repeated stems, images outside
+            ``images_prefix``, undecodable images or malformed label lines.
+    """
+    pairing = pair_pseudo_labels(store, images_prefix, labels_prefix)
+    manifest, images, stems = pairing.manifest, pairing.images, pairing.stems
     images_dir = dest / "images"
     local = {stem: images_dir / PurePosixPath(images[stem]).name for stem in stems}
-    download_all(store, [(images[s], local[s]) for s in stems], threads)
+    pairs = [(images[s], local[s]) for s in stems]
+    download_all(store, pairs, threads, download_counter(progress, len(pairs)))
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        records = list(pool.map(lambda s: _record(store, local[s], labels[s], limits), stems))
+        records = list(
+            pool.map(lambda s: _record(store, local[s], pairing.labels[s], limits), stems)
+        )
     source = {
         "images_prefix": images_prefix,
         "labels_prefix": labels_prefix,

@@ -11,7 +11,8 @@ brings the folder back with the dataset import (``agssp data import`` or
 The boxes come back as exported: COCO exactly, YOLO within its 6 decimals (pseudo boxes,
 already YOLO with 6 decimals, exactly). Pseudo boxes are the pseudo-label output's YOLO
 files, the boxes AGDP trains on; predictions are those a saved evaluation holds at its
-``conf`` (``usecases.evaluations``).
+``conf`` (``usecases.evaluations``). The GET routes pack small sets inside the request; a
+job (``usecases.review_export_jobs``) packs large ones with the same functions.
 """
 
 from __future__ import annotations
@@ -24,16 +25,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from services.finetune.config import FinetuneSettings
 from services.finetune.ml.coco import export_coco
 from services.finetune.ml.dataset import Box, DetectionDataset, ImageRecord
 from services.finetune.ml.error_analysis import ErrorAnalysis
 from services.finetune.ml.yolo_format import export_yolo
+from services.finetune.params import ExportFormat
 from services.finetune.stores.datasets import DatasetCatalog, download_all
 from services.finetune.stores.models import ModelRegistry
-from services.finetune.stores.pseudo_labels import load_pseudo_labels
+from services.finetune.stores.pseudo_labels import download_counter, load_pseudo_labels
 from services.finetune.usecases.evaluation_views import error_analysis, find_evaluation
 from shared.errors import InvalidInputError
 from shared.imaging.intake import ImageLimits, image_limits
@@ -42,20 +43,24 @@ from shared.schemas.pseudo_labels import CLASSES_FILE as YOLO_CLASSES_FILE
 from shared.schemas.pseudo_labels import PseudoLabelManifest, manifest_key, output_prefix
 from shared.storage.base import ObjectStore
 
-ExportFormat = Literal["coco", "yolo"]
 COCO_FILE = "annotations.json"
 # a YOLO folder's class list, named as the pseudo-label output (a YOLO folder too) names it
 CLASSES_FILE = YOLO_CLASSES_FILE
+# Reports (stage, done, total): stage "download" (images started, from the download threads,
+# so it must be thread-safe) or "pack" (files written into the zip).
+Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
 class ExportedZip:
-    """A finished export: the archive, the scratch folder to remove once it is sent, and
-    the name to download it as."""
+    """A finished export: the archive, the scratch folder to remove once it is sent, the
+    name to download it as, and the images and boxes it holds."""
 
     path: Path
     folder: Path
     name: str
+    images: int = 0
+    boxes: int = 0
 
 
 @contextmanager
@@ -77,6 +82,7 @@ def predictions_zip(
     where: tuple[str | None, str],
     fmt: ExportFormat,
     settings: FinetuneSettings,
+    progress: Progress | None = None,
 ) -> ExportedZip:
     """The detections of ``ref``'s saved evaluation on ``where`` = (dataset, split).
 
@@ -87,9 +93,11 @@ def predictions_zip(
     document = find_evaluation(registry, catalog, ref, *where)
     errors = error_analysis(document)
     with _scratch(settings) as work:
-        path = export_predictions(registry.store, document["dataset"], errors, fmt, work)
+        path, labelled = export_predictions(
+            registry.store, document["dataset"], errors, fmt, work, progress
+        )
     source = f"{ref.name}-{ref.version}-{document['split']}"
-    return ExportedZip(path, work, archive_name(source, fmt))
+    return _exported(path, work, archive_name(source, fmt), labelled)
 
 
 def pseudo_labels_zip(
@@ -98,13 +106,21 @@ def pseudo_labels_zip(
     images_prefix: str | None,
     fmt: ExportFormat,
     settings: FinetuneSettings,
+    progress: Progress | None = None,
 ) -> ExportedZip:
     """A pseudo-label output with its images (see :func:`export_pseudo_labels`)."""
     limits = image_limits(settings)
     with _scratch(settings) as work:
-        path = export_pseudo_labels(store, labels_prefix, images_prefix, fmt, work, limits)
+        path, labelled = export_pseudo_labels(
+            store, labels_prefix, images_prefix, fmt, work, limits, progress
+        )
     source = "pseudo-" + output_prefix(labels_prefix).rstrip("/").rsplit("/", 1)[-1]
-    return ExportedZip(path, work, archive_name(source, fmt))
+    return _exported(path, work, archive_name(source, fmt), labelled)
+
+
+def _exported(path: Path, work: Path, name: str, labelled: DetectionDataset) -> ExportedZip:
+    boxes = sum(len(image.boxes) for image in labelled.images)
+    return ExportedZip(path, work, name, len(labelled.images), boxes)
 
 
 def predictions_dataset(errors: ErrorAnalysis) -> tuple[DetectionDataset, list[list[float]]]:
@@ -132,14 +148,17 @@ def export_predictions(
     errors: ErrorAnalysis,
     fmt: ExportFormat,
     work: Path,
-) -> Path:
-    """The detections of a saved evaluation on ``dataset`` ('name:version') as a zip."""
+    progress: Progress | None = None,
+) -> tuple[Path, DetectionDataset]:
+    """The detections of a saved evaluation on ``dataset`` ('name:version') as a zip, and
+    the set it holds."""
     labelled, scores = predictions_dataset(errors)
     ref = DatasetCatalog(store).resolve(dataset)
     images = work / "images"
     pairs = [(ref.image_key(im.file_name), images / im.file_name) for im in labelled.images]
-    download_all(store, pairs, threads=8)
-    return write_zip(labelled, images, fmt, work / "export", scores)
+    download_all(store, pairs, threads=8, check=download_counter(_downloads(progress), len(pairs)))
+    path = write_zip(labelled, images, fmt, work / "export", scores, progress)
+    return path, labelled
 
 
 def export_pseudo_labels(
@@ -149,20 +168,38 @@ def export_pseudo_labels(
     fmt: ExportFormat,
     work: Path,
     limits: ImageLimits,
-) -> Path:
-    """A pseudo-label output (``<out>/`` or ``<out>/labels/``) with its images as a zip.
+    progress: Progress | None = None,
+) -> tuple[Path, DetectionDataset]:
+    """A pseudo-label output (``<out>/`` or ``<out>/labels/``) with its images as a zip, and
+    the set it holds.
 
     Raises:
         InvalidInputError: no manifest there and no ``images_prefix`` given
             (code images_prefix_required), or what ``load_pseudo_labels`` refuses.
     """
-    if images_prefix is None:
-        images_prefix = _manifest_images_prefix(store, labels_prefix)
-    data = load_pseudo_labels(store, images_prefix, labels_prefix, work / "pseudo", limits)
-    return write_zip(data.dataset, data.images_dir, fmt, work / "export")
+    images_prefix = pseudo_images_prefix(store, labels_prefix, images_prefix)
+    data = load_pseudo_labels(
+        store, images_prefix, labels_prefix, work / "pseudo", limits, progress=_downloads(progress)
+    )
+    path = write_zip(data.dataset, data.images_dir, fmt, work / "export", None, progress)
+    return path, data.dataset
 
 
-def _manifest_images_prefix(store: ObjectStore, labels_prefix: str) -> str:
+def _downloads(progress: Progress | None) -> Callable[[int, int], None] | None:
+    """``progress`` as the downloads report it: (started, total) of stage "download"."""
+    if progress is None:
+        return None
+    return lambda done, total: progress("download", done, total)
+
+
+def pseudo_images_prefix(store: ObjectStore, labels_prefix: str, given: str | None) -> str:
+    """The images a pseudo-label output describes: ``given``, else its manifest's prefix.
+
+    Raises:
+        InvalidInputError: neither is there (code images_prefix_required).
+    """
+    if given is not None:
+        return given
     key = manifest_key(output_prefix(labels_prefix))
     if not store.exists(key):
         raise InvalidInputError(
@@ -178,8 +215,10 @@ def write_zip(
     fmt: ExportFormat,
     folder: Path,
     scores: list[list[float]] | None = None,
+    progress: Progress | None = None,
 ) -> Path:
-    """Lay the set out in ``folder`` as the import reads it, and zip it beside the folder."""
+    """Lay the set out in ``folder`` as the import reads it, and zip it beside the folder;
+    ``progress`` hears each file written into the zip."""
     writers: dict[str, Callable[[], None]] = {
         "coco": lambda: _write_coco(dataset, folder, scores),
         "yolo": lambda: _write_yolo(dataset, folder),
@@ -189,9 +228,12 @@ def write_zip(
     for image in dataset.images:
         shutil.copyfile(images_dir / image.file_name, folder / "images" / image.file_name)
     archive = folder.with_suffix(".zip")
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as out:
-        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        for done, path in enumerate(files, 1):
             out.write(path, path.relative_to(folder).as_posix())
+            if progress is not None:
+                progress("pack", done, len(files))
     return archive
 
 

@@ -19,6 +19,7 @@ from services.finetune.usecases import (
     evaluations,
     finetune_jobs,
     quantize_jobs,
+    review_export_jobs,
 )
 from shared.jobs.context import JobContext
 from shared.jobs.worker import run_in_worker
@@ -43,6 +44,10 @@ def _evaluate(ctx: JobContext) -> list[str]:
 
 def _quantize(ctx: JobContext) -> list[str]:
     return quantize_jobs.run_quantize_job(ctx, get_settings(), load_backend)
+
+
+def _review_export(ctx: JobContext) -> list[str]:
+    return review_export_jobs.run_review_export_job(ctx, get_settings())
 
 
 @shared_task(name=TaskName.FINETUNE_IMPORT_DATASET.value, bind=True)
@@ -73,3 +78,9 @@ def evaluate_task(self: Task, job_id: str) -> dict[str, Any]:
 def quantize_task(self: Task, job_id: str) -> dict[str, Any]:
     """INT8 quantisation of a detector, published with FP32 and INT8 mAP side by side."""
     return run_in_worker(self, job_id, _quantize)
+
+
+@shared_task(name=TaskName.FINETUNE_REVIEW_EXPORT.value, bind=True)
+def review_export_task(self: Task, job_id: str) -> dict[str, Any]:
+    """Predictions or pseudo boxes as a COCO/YOLO zip for review, stored under the job."""
+    return run_in_worker(self, job_id, _review_export)

@@ -7,98 +7,33 @@ import io
 import json
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
 
-from services.finetune.api.main import create_app
-from services.finetune.config import FinetuneSettings
-from services.finetune.ml.backend import SplitPredictions
-from services.finetune.ml.dataset import DetectionDataset, ScoredBox
+from services.finetune.ml.dataset import DetectionDataset
 from services.finetune.params import DatasetImportParams
-from services.finetune.stores.datasets import DatasetCatalog, DatasetRef
+from services.finetune.stores.datasets import DatasetCatalog
 from services.finetune.stores.models import ModelRegistry
 from services.finetune.stores.pseudo_labels import load_pseudo_labels
-from services.finetune.usecases.datasets import import_local_dataset, store_dataset
-from services.finetune.usecases.evaluations import evaluation_details, evaluation_name
-from shared.config import CommonSettings, PathSettings, StorageSettings
+from services.finetune.usecases.datasets import import_local_dataset
+from services.finetune.usecases.evaluations import evaluation_name
 from shared.imaging.intake import image_limits
-from shared.schemas.artifacts import ArtifactRef
-from shared.schemas.pseudo_labels import PseudoLabelManifest
-from shared.storage.artifacts import ArtifactStore
-from shared.storage.filesystem import FileObjectStore
 from tests.unit.finetune.conftest import MakeDataset, stage_pseudo_labelled
-
-SHAPES = DatasetRef("shapes", "v1")
-OURS, THEIRS = ArtifactRef(name="det", version="v1"), ArtifactRef(name="det-scratch", version="v1")
-
-
-@dataclass
-class World:
-    http: TestClient
-    store: FileObjectStore
-    settings: FinetuneSettings
-    val: DetectionDataset
-
-
-def _hit(dataset: DetectionDataset, i: int, score: float, dx: float = 0.0) -> ScoredBox:
-    box = dataset.images[i].boxes[0]
-    return ScoredBox(
-        x1=box.x1 + dx, y1=box.y1, x2=box.x2 + dx, y2=box.y2, score=score, class_id=box.class_id
-    )
-
-
-def _stray(score: float) -> ScoredBox:
-    return ScoredBox(x1=1.5, y1=2.25, x2=9.75, y2=11.0, score=score, class_id=0)
-
-
-def _predictions(val: DetectionDataset) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Ours: finds all but image 4, a false alarm on image 5. Theirs: misses 0-2, finds the
-    rest, two false alarms on image 3; both miss image 4."""
-    names = [im.file_name for im in val.images]
-    ours = {n: [_hit(val, i, 0.9 - 0.05 * i)] for i, n in enumerate(names) if i != 4}
-    ours[names[5]].append(_stray(0.6))
-    theirs = {n: [_hit(val, i, 0.5, dx=0.5)] for i, n in enumerate(names) if i > 2 and i != 4}
-    theirs[names[3]] += [_stray(0.4), _stray(0.3)]
-    theirs[names[0]] = [_hit(val, 0, 0.1)]  # under the 0.25 threshold: still a miss
-    return ours, theirs
-
-
-def _save(store: FileObjectStore, ref: ArtifactRef, val: DetectionDataset, boxes: Any) -> None:
-    doc = {
-        "model": str(ref),
-        "dataset": str(SHAPES),
-        "split": "val",
-        "images": len(val.images),
-        "imgsz": 64,
-        **evaluation_details(val, SplitPredictions(boxes), 0.25),
-        "evaluated_at": "2026-12-01T10:00:00+00:00",
-    }
-    ModelRegistry(store).save_evaluation(ref, evaluation_name(str(SHAPES), "val"), doc)
+from tests.unit.finetune.review_support import (
+    OURS,
+    SHAPES,
+    THEIRS,
+    World,
+    evaluated_world,
+    stage_with_manifest,
+)
 
 
 @pytest.fixture
 def world(tmp_path: Path, make_dataset: MakeDataset) -> Iterator[World]:
-    store = FileObjectStore(tmp_path / "store")
-    dataset, images = make_dataset(n=6, classes=("light", "dark"), size=64, seed=3)
-    names = [im.file_name for im in dataset.images]
-    sources = {n: images / n for n in names}
-    store_dataset(store, SHAPES, dataset, sources, {"train": names[:2], "val": names}, {})
-    artifacts = ArtifactStore(store)
-    for ref in (OURS, THEIRS):
-        files = {"weights.pt": b"w", "classes.json": b'["light", "dark"]'}
-        artifacts.publish(ref.name, files, version=ref.version, metadata={"kind": "finetune"})
-    for ref, boxes in zip((OURS, THEIRS), _predictions(dataset), strict=True):
-        _save(store, ref, dataset, boxes)
-    common = CommonSettings(
-        paths=PathSettings(home=tmp_path / "home"), storage=StorageSettings(backend="file")
-    )
-    settings = FinetuneSettings(common=common, work_dir=str(tmp_path / "work"))
-    with TestClient(create_app(settings, store=store)) as http:
-        yield World(http, store, settings, dataset)
+    with evaluated_world(tmp_path, make_dataset) as built:
+        yield built
 
 
 def test_a_saved_evaluation_is_served_with_misses_and_false_alarms(world: World) -> None:
@@ -241,27 +176,12 @@ def test_exported_predictions_come_back_from_yolo_within_its_decimals(
             assert got[1:] == pytest.approx(want[1:], abs=64 * 1e-6)
 
 
-def _stage_with_manifest(world: World, make_dataset: MakeDataset) -> None:
-    stage_pseudo_labelled(world.store, make_dataset)
-    stems = {k.rsplit("/", 1)[-1].rsplit(".", 1)[0]: k for k in world.store.list("uploads/rect/")}
-    manifest = PseudoLabelManifest(
-        category="rect",
-        images_prefix="uploads/rect/",
-        maps_prefix="maps/rect/",
-        threshold=0.5,
-        count=len(stems),
-        images_with_boxes=len(stems),
-        images=stems,
-    )
-    world.store.put_bytes("pseudo/rect/pl-1/manifest.json", manifest.to_bytes())
-
-
 @pytest.mark.parametrize("fmt", ["coco", "yolo"])
 def test_exported_pseudo_boxes_come_back_identical(
     world: World, make_dataset: MakeDataset, tmp_path: Path, fmt: str
 ) -> None:
     # given a pseudo-label output with its manifest (which names the images)
-    _stage_with_manifest(world, make_dataset)
+    stage_with_manifest(world, make_dataset)
     limits = image_limits(world.settings)
     source = load_pseudo_labels(
         world.store, "uploads/rect/", "pseudo/rect/pl-1/", tmp_path / "src", limits

@@ -55,6 +55,7 @@ EXPECTED: dict[str, dict[tuple[str, str], str | None]] = {  # None: open to ever
         ("GET", "/v1/galleries/datasets/{name}/{version}/{split}"): "train",
         ("GET", "/v1/galleries/pools"): "train",
         ("GET", "/v1/galleries/prefix"): "train",
+        ("GET", "/v1/galleries/evaluations/{name}/{version}"): "train",
         ("GET", "/v1/galleries/thumbnails/{key}"): "train",
         ("GET", "/v1/galleries/maps/{key}"): "train",
         ("POST", "/v1/agdp-jobs"): "train",
@@ -70,6 +71,8 @@ EXPECTED: dict[str, dict[tuple[str, str], str | None]] = {  # None: open to ever
         ("GET", "/v1/evaluations/compare"): "train",
         ("GET", "/v1/review-exports/predictions"): "train",
         ("GET", "/v1/review-exports/pseudo-labels"): "train",
+        ("POST", "/v1/review-exports"): "train",
+        ("GET", "/v1/review-exports/{job_id}/zip"): "train",
         **JOBS,
     },
     "inference": {
