@@ -1,0 +1,53 @@
+"""The scale benchmark's parts (b) and (c) in quick mode: every arm runs in its child, and the
+report is merged into the results file without losing part (a)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks import scale_maps
+
+pytestmark = pytest.mark.unit
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+def test_quick_mode_merges_maps_and_agbp_loading(tmp_path: Path) -> None:
+    # given part (a)'s report already in the file
+    out = tmp_path / "scale.json"
+    out.write_text(json.dumps({"benchmark": "scale", "rows": [{"records": 1005}]}))
+    # when
+    scale_maps.main(["--quick", "--out", str(out)])
+    # then
+    report = json.loads(out.read_text())
+    assert report["benchmark"] == "scale"
+    assert report["rows"] == [{"records": 1005}]
+    maps, agbp = report["maps"], report["agbp_loading"]
+    assert maps["command"].endswith(f"--quick --out {out}")
+    assert len(maps["load_average"]["start"]) == 3
+    assert maps["setup"]["preset"] == "tiny"
+    assert [r["images"] for r in maps["rows"]] == scale_maps.QUICK["sizes"]
+    for row in maps["rows"]:
+        for arm in ("map_job", "map_bare", "label_job", "label_bare"):
+            assert row[arm]["images"] == row["images"]
+            assert _positive(row[arm]["images_per_s"])
+        for key in ("map_job_over_bare", "label_job_over_bare", "bare_peak_rss_mb"):
+            assert _positive(row[key])
+        assert _positive(row["map_job"]["peak_rss_mb"])
+        assert _positive(row["label_job"]["peak_rss_mb"])
+    assert all(isinstance(aim["reached"], bool) for aim in maps["aims"].values())
+    assert len(maps["aims"]) == 4
+
+    for section in ("cache_fill", "loading", "step"):
+        assert _positive(agbp[section]["images_per_s"])
+    assert _positive(agbp["loading_over_step"])
+    assert agbp["setup"]["batch_size"] == 4
+    assert isinstance(agbp["aim"]["reached"], bool)
+    assert (tmp_path / "scale_maps.png").stat().st_size > 0
