@@ -195,7 +195,7 @@ def _bare_labels(spec: Spec) -> dict[str, Any]:
     source = "none" if params.gate == "off" else "scores"  # as the job's, every score is there
     size, labeler = (spec.image_side, spec.image_side), BoxLabeler()
     started = time.perf_counter()
-    threshold = labeler.threshold(maps, params.c)
+    threshold = labeler.threshold([float(np.max(m)) for m in maps], params.c)
     gate = labeler.gate(image_scores, source, params)
     for pair, amap, score in zip(pairs, maps, image_scores, strict=True):
         name = pair.image_key[len(POOL_PREFIX) :]

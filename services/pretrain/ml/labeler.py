@@ -18,10 +18,10 @@ from services.pretrain.ml.gate import GateDecision, decide_gate
 from services.pretrain.ml.pseudo_boxes import (
     ImageBoxes,
     build_coco,
-    category_threshold,
     extract_boxes,
     render_overlay,
     summarize,
+    threshold_of_maxima,
     yolo_lines,
 )
 from services.pretrain.params import PseudoLabelParams
@@ -33,9 +33,9 @@ OVERLAY_MAX_SIDE = 1024
 class BoxLabeler:
     """Threshold, boxes, YOLO lines, overlays, COCO and summary of one category."""
 
-    def threshold(self, maps: Sequence[NDArray[np.float32]], c: float) -> float:
+    def threshold(self, maxima: Sequence[float], c: float) -> float:
         """T_c = mean over the category's maps of each map's max, minus ``c`` (§3 step 1)."""
-        return category_threshold(maps, c=c)
+        return threshold_of_maxima(maxima, c=c)
 
     def gate(
         self, scores: Sequence[float | None], source: str, params: PseudoLabelParams

@@ -50,7 +50,15 @@ def category_threshold(maps: Iterable[NDArray[np.floating]], c: float = THRESHOL
     Raises:
         ValueError: no map given.
     """
-    maxima = [float(np.max(m)) for m in maps]
+    return threshold_of_maxima([float(np.max(m)) for m in maps], c)
+
+
+def threshold_of_maxima(maxima: Sequence[float], c: float = THRESHOLD_OFFSET) -> float:
+    """T_c from each map's maximum alone (what a job streaming its maps keeps of them).
+
+    Raises:
+        ValueError: no maximum given.
+    """
     if not maxima:
         raise ValueError("category_threshold needs at least one map")
     return float(np.mean(maxima)) - c

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any, Protocol, TypeVar
 
@@ -47,6 +49,9 @@ from shared.schemas.pseudo_labels import (
 PSEUDO_LABELS_KIND = "pseudo_labels"
 _BATCH = 64
 _THREADS = 8
+# Maps kept between the two passes over the pool (agssp-spec §3 needs every map's maximum
+# before the first box): 1,000 maps of 128 x 128; past it, a map is read again.
+MAP_MEMORY = 64 * 2**20
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -76,7 +81,7 @@ class Gate(Protocol):
 class Labeler(Protocol[Item]):
     """The cv2 side of the job (``BoxLabeler``): thresholds, boxes, overlays, COCO, summary."""
 
-    def threshold(self, maps: Sequence[NDArray[np.float32]], c: float) -> float: ...
+    def threshold(self, maxima: Sequence[float], c: float) -> float: ...
     def gate(
         self, scores: Sequence[float | None], source: str, params: PseudoLabelParams
     ) -> Gate: ...
@@ -187,6 +192,34 @@ def _check_unique_stems(pairs: Sequence[Pair]) -> None:
         )
 
 
+class _MapMemory:
+    """Maps kept from the first pass for the second, up to ``budget`` bytes in all."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def keep(self, amap: NDArray[np.float32]) -> NDArray[np.float32] | None:
+        with self._lock:
+            if self.used + amap.nbytes > self.budget:
+                return None
+            self.used += amap.nbytes
+            return amap
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """What the first pass keeps of one map: its maximum, and the map while memory lasts."""
+
+    maximum: float
+    amap: NDArray[np.float32] | None
+
+
+def _read_map(ctx: JobContext, pair: Pair) -> NDArray[np.float32]:
+    return load_map(ctx.store.get_bytes(pair.map_key), pair.map_key)
+
+
 def _label_all(
     ctx: JobContext,
     params: PseudoLabelParams,
@@ -195,20 +228,31 @@ def _label_all(
     limits: ImageLimits,
     labeler: Labeler[Item],
 ) -> tuple[list[Item], float, dict[str, Any]]:
-    """Boxes of every image; returns them, T_c and the gate's outputs (also on the record)."""
-    maps = _parallel(
-        ctx, pairs, lambda p: load_map(ctx.store.get_bytes(p.map_key), p.map_key), (0, 30), "maps"
-    )
-    threshold = labeler.threshold(maps, params.c)
-    scores, source, note = _image_scores(ctx, params, pairs, maps)
+    """Boxes of every image; returns them, T_c and the gate's outputs (also on the record).
+
+    Two passes: T_c and the gate need every map's maximum before any image is labelled,
+    so the first pass keeps only the maxima and as many maps as ``MAP_MEMORY`` holds, and
+    the second reads the others again. Memory stays bounded however large the pool.
+    """
+    memory = _MapMemory(MAP_MEMORY)
+
+    def first(pair: Pair) -> _Seen:
+        amap = _read_map(ctx, pair)
+        return _Seen(float(np.max(amap)), memory.keep(amap))
+
+    seen = _parallel(ctx, pairs, first, (0, 30), "maps")
+    maxima = [s.maximum for s in seen]
+    threshold = labeler.threshold(maxima, params.c)
+    scores, source, note = _image_scores(ctx, params, pairs, maxima)
     gate = labeler.gate(scores, source, params)
     passed = sum(1 for s in scores if gate.passes(s))
     gate_outputs = gate.outputs() | {"gate_score_note": note, "gate_passed_images": passed}
-    ctx.set_outputs(**gate_outputs)
+    ctx.set_outputs(**gate_outputs, maps_kept_in_memory=sum(s.amap is not None for s in seen))
     rel = len(params.images_prefix)
 
-    def label(item: tuple[Pair, NDArray[np.float32], float | None]) -> Item:
-        pair, amap, score = item
+    def label(item: tuple[Pair, _Seen, float | None]) -> Item:
+        pair, kept, score = item
+        amap = kept.amap if kept.amap is not None else _read_map(ctx, pair)
         size = read_image_size(ctx.store, pair.image_key, limits)
         boxes, text = labeler.label(
             amap, size, threshold, params, score, pair.image_key[rel:], gate.threshold
@@ -217,7 +261,7 @@ def _label_all(
         ctx.store.put_bytes(key, text.encode(), content_type="text/plain")
         return boxes
 
-    work = list(zip(pairs, maps, scores, strict=True))
+    work = list(zip(pairs, seen, scores, strict=True))
     items = _parallel(ctx, work, label, (30, 90), "images")
     return items, threshold, gate_outputs
 
@@ -226,7 +270,7 @@ def _image_scores(
     ctx: JobContext,
     params: PseudoLabelParams,
     pairs: Sequence[Pair],
-    maps: Sequence[NDArray[np.float32]],
+    maxima: Sequence[float],
 ) -> tuple[list[float | None], str, str]:
     """One image score per pair, their source ("scores", "map_max", "none") and a note.
 
@@ -247,7 +291,7 @@ def _image_scores(
     if params.gate == "fixed" or missing == 0:
         return listed, "scores", f"scores.csv: {len(pairs) - missing}/{len(pairs)} images"
     why = "no scores.csv" if scores is None else f"scores.csv: {missing}/{len(pairs)} unscored"
-    return [float(np.max(m)) for m in maps], "map_max", f"{why}: each map's maximum instead"
+    return list(maxima), "map_max", f"{why}: each map's maximum instead"
 
 
 def _parallel(

@@ -339,3 +339,25 @@ def test_the_auto_gate_on_one_population_gates_nothing(tmp_path: Path) -> None:
     assert record.outputs["gate_threshold"] is None
     assert record.outputs["gate_reason"].startswith("one population")
     assert record.outputs["images_with_boxes"] == POOL
+
+
+def test_a_pool_larger_than_the_map_memory_labels_the_same(
+    store: FileObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.pretrain.usecases import pseudo_label_jobs
+
+    # given the labels of a run that keeps every map between its two passes
+    whole = _run(store, tmp_path, out_prefix="pseudo/whole/")
+    assert whole.outputs["maps_kept_in_memory"] == 3
+    # when the map memory holds one 10 x 10 map only, so two are read again
+    monkeypatch.setattr(pseudo_label_jobs, "MAP_MEMORY", GRID * GRID * 4)
+    bounded = _run(store, tmp_path, out_prefix="pseudo/bounded/")
+    # then it kept one, and its threshold, gate and every label file are the same
+    assert bounded.state == JobState.SUCCEEDED, bounded.error
+    assert bounded.outputs["maps_kept_in_memory"] == 1
+    for key in ("threshold", "gate_threshold", "boxes", "images_with_boxes"):
+        assert bounded.outputs[key] == whole.outputs[key], key
+    for name in ("a", "b", "c"):
+        assert store.get_bytes(label_key("pseudo/bounded/", name)) == store.get_bytes(
+            label_key("pseudo/whole/", name)
+        )
