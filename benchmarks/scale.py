@@ -165,6 +165,9 @@ def main(argv: list[str] | None = None) -> None:
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    # parts (b) and (c) (benchmarks.scale_maps) keep their sections in the same file
+    kept = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    report |= {k: kept[k] for k in ("maps", "agbp_loading") if k in kept}
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     _plot(rows, args.out.with_suffix(".png"))
     print(f"wrote {args.out}")
