@@ -4,8 +4,9 @@
 // dataset import takes back. A small set is packed inside one request (GET
 // /v1/review-exports/...); a large one by a job (POST /v1/review-exports) whose progress
 // shows here and whose stored zip is then fetched under the same file name.
-import { api, byId, el, input, Latest, pollMs, select, showError } from "./console.js";
+import { api, byId, el, input, Latest, select, showError } from "./console.js";
 import { progressBar } from "./draw.js";
+import { followJob } from "./lookups.js";
 import { save } from "./review.js";
 
 /** @typedef {import("@api/finetune").components["schemas"]["EvaluationDocument"]} EvaluationDocument */
@@ -18,14 +19,10 @@ import { save } from "./review.js";
 // a few thousand images takes minutes, longer than a proxy or the browser waits for one
 // answer, and it would hold an API thread and a scratch folder all that time.
 const DIRECT_MAX_IMAGES = 200;
-const ENDED = ["SUCCEEDED", "FAILED", "CANCELED"];
 const enc = encodeURIComponent;
 // A newer export of the same panel stops the polling of the one before.
 const predictionJobs = new Latest();
 const pseudoJobs = new Latest();
-
-/** @param {number} ms */
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**
  * @param {HTMLElement} status
@@ -85,16 +82,14 @@ async function exportJob(status, body, name, latest) {
 }
 
 /**
- * Poll the job record (as the evaluation job is followed) and show its progress.
+ * Follow the export job, showing its progress.
  * @param {HTMLElement} status
  * @param {string} id
  * @param {AbortSignal} signal
  * @returns {Promise<JobRecord | null>} the ended record; null once a newer export took over
  */
-async function follow(status, id, signal) {
-  while (!signal.aborted) {
-    /** @type {JobRecord} */
-    const job = await api("finetune", `v1/jobs/${enc(id)}`, { signal });
+function follow(status, id, signal) {
+  return followJob("finetune", id, signal, (job) => {
     const state = job.state || "";
     const line = el(
       "div",
@@ -103,10 +98,7 @@ async function follow(status, id, signal) {
       el("span", { class: "muted", text: job.message || state }),
     );
     status.replaceChildren(line);
-    if (ENDED.includes(state)) return job;
-    await sleep(pollMs());
-  }
-  return null;
+  });
 }
 
 /**

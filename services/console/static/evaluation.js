@@ -3,10 +3,11 @@
 // class, PR curves, the confusion matrix, misses and false alarms per image with the boxes
 // over the image; an evaluation job started from here; predictions and pseudo boxes
 // exported for review. The compare panel (compare.js) follows the evaluation shown here.
-import { api, byId, el, emit, input, isAbort, Latest, on, pollMs, select, showError, table } from "./console.js";
+import { api, byId, el, emit, input, isAbort, Latest, on, select, showError, table } from "./console.js";
 import { progressBar } from "./draw.js";
 import { classTable, confusion, prCurves } from "./evaluation-charts.js";
 import { exportPredictions, exportPseudo } from "./evaluation-exports.js";
+import { followJob } from "./lookups.js";
 import { datasetImageKey, figure, pct } from "./review.js";
 
 /** @typedef {import("@api/finetune").components["schemas"]["ModelList"]} ModelList */
@@ -219,37 +220,29 @@ async function evaluate() {
   }
 }
 
-/** @param {number} ms */
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
 /**
- * Poll the evaluation job until it ends; a newer job (or key) aborts this one.
+ * Follow the evaluation job until it ends; a newer job (or key) aborts this one.
  * @param {string} id
  * @param {AbortSignal} signal
  */
 async function follow(id, signal) {
-  while (!signal.aborted) {
-    /** @type {JobRecord} */
-    const job = await api("finetune", `v1/jobs/${enc(id)}`, { signal });
-    const state = job.state || "";
+  const job = await followJob("finetune", id, signal, (record) => {
+    const state = record.state || "";
     const line = el(
       "div",
       { class: "row", dataset: { jobId: id, state } },
       el("code", { class: "id", text: id }),
-      progressBar(job.progress, state),
-      el("span", { class: "muted", text: job.message || state }),
+      progressBar(record.progress, state),
+      el("span", { class: "muted", text: record.message || state }),
     );
     byId("eval-job").replaceChildren(line);
-    if (state === "SUCCEEDED") {
-      input("eval-dataset").value = String(job.params?.dataset ?? "");
-      await show();
-      return;
-    }
-    if (state === "FAILED" || state === "CANCELED") {
-      showError("eval-error", { code: job.error_code || state.toLowerCase(), detail: job.error || state });
-      return;
-    }
-    await sleep(pollMs());
+  });
+  const state = job?.state || "";
+  if (job && state === "SUCCEEDED") {
+    input("eval-dataset").value = String(job.params?.dataset ?? "");
+    await show();
+  } else if (job && (state === "FAILED" || state === "CANCELED")) {
+    showError("eval-error", { code: job.error_code || state.toLowerCase(), detail: job.error || state });
   }
 }
 

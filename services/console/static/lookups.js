@@ -1,7 +1,7 @@
 // @ts-check
 // What the APIs publish that several pages choose from: categories, map methods, detector
 // families, stored objects, and where the pipeline and step forms start.
-import { api, el, headers, on } from "./console.js";
+import { api, el, headers, on, pollMs } from "./console.js";
 
 /** @typedef {import("@api/anomaly_map").components["schemas"]["CategoryResponse"]} Category */
 /** @typedef {import("@api/anomaly_map").components["schemas"]["CategoryList"]} CategoryList */
@@ -196,3 +196,25 @@ export function formDefaults() {
 on("console:key", () => {
   defaults = null;
 });
+
+const JOB_ENDED = new Set(["SUCCEEDED", "FAILED", "CANCELED"]);
+
+/**
+ * Poll a job record until the job ends, handing each record seen to `draw`.
+ * @param {string} service
+ * @param {string} id
+ * @param {AbortSignal} signal a newer job (or key) aborts the polling of this one
+ * @param {(job: import("@api/finetune").components["schemas"]["JobRecord"]) => void} draw
+ * @returns {Promise<import("@api/finetune").components["schemas"]["JobRecord"] | null>}
+ *   the ended record; null once `signal` aborted
+ */
+export async function followJob(service, id, signal, draw) {
+  while (!signal.aborted) {
+    /** @type {import("@api/finetune").components["schemas"]["JobRecord"]} */
+    const job = await api(service, `v1/jobs/${encodeURIComponent(id)}`, { signal });
+    draw(job);
+    if (JOB_ENDED.has(job.state || "")) return job;
+    await new Promise((resolve) => setTimeout(resolve, pollMs()));
+  }
+  return null;
+}
