@@ -179,6 +179,7 @@ TINY_DETECTOR = {"epochs": 1, "batch": 4, "imgsz": 64}
 # The smallest training a pipeline accepts: seconds per step on one thread.
 TINY_OVERRIDES = {
     "tocoad": {},
+    "tocoad_preset": "tiny",  # cpu-demo's own ``demo`` schedule takes minutes
     "agbp": {"epochs": 4, "batch_size": 4, "input_size": 64, "resize_base": 64},
     "agdp": TINY_DETECTOR,
     "finetune": TINY_DETECTOR,

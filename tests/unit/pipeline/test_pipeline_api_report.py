@@ -97,7 +97,7 @@ def test_presets_are_published(client: TestClient) -> None:
     presets = client.get("/v1/presets").json()
     # then
     assert set(presets) == {"cpu-demo", "cpu", "gpu-paper"}
-    assert presets["cpu-demo"]["tocoad"] == "tiny"
+    assert presets["cpu-demo"]["tocoad"] == "demo"
     assert presets["gpu-paper"]["agbp"] == {}
 
 
@@ -162,7 +162,7 @@ def test_the_report_gives_the_lift_with_its_interval_and_says_what_it_rests_on(
     store: FileObjectStore,
 ) -> None:
     # given 10 validation images, AGSSP finds 5 defects, scratch 4, and tiny-preset maps
-    record = _finished_record(store)
+    record = _finished_record(store, overrides={"tocoad_preset": "tiny"})
     _put_records(store, "line-3:j5", [True] * 5 + [False] * 5)
     _put_records(store, "line-3-scratch:j6", [True] * 4 + [False] * 6)
     # when
@@ -177,6 +177,19 @@ def test_the_report_gives_the_lift_with_its_interval_and_says_what_it_rests_on(
     assert "not meant to be meaningful" in page
     assert "class='better'" not in page  # no green headline when the interval includes zero
     assert "seed 0, 2 torch thread(s), deterministic algorithms, cpu" in page
+
+
+def test_the_cpu_demo_report_says_its_maps_are_weak(store: FileObjectStore) -> None:
+    # given a cpu-demo run with the preset's own ToCoAD schedule and a clear lift
+    record = _finished_record(store)
+    _put_records(store, "line-3:j5", [True] * 30)
+    _put_records(store, "line-3-scratch:j6", [False] * 30)
+    # when
+    page = render_report(record, store).decode()
+    # then the demo schedule is named and its weakness stated, but it is not called meaningless
+    assert "ToCoAD preset &#x27;demo&#x27;" in page
+    assert "a short schedule whose maps are weak" in page
+    assert "not meant to be meaningful" not in page
 
 
 def test_the_headline_is_green_only_when_the_interval_is_above_zero(
@@ -202,7 +215,7 @@ def test_without_per_image_records_the_report_claims_no_interval(store: FileObje
     # then
     assert "no interval (no per-image validation records of the AGSSP and scratch" in page
     assert "class='better'" not in page
-    assert "not meant to be meaningful" in page
+    assert "a short schedule whose maps are weak" in page  # cpu-demo's ToCoAD 'demo' maps
 
 
 def test_heat_overlay_and_chart_shapes() -> None:

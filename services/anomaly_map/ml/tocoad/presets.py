@@ -10,7 +10,8 @@ A preset is a partial config; a job's own overrides are merged on top, section b
   ``benchmarks/results/tocoad_quality_demo.json``: image AUROC 0.714, pixel AUROC 0.584,
   AUPRO 0.604, above the trivial baselines on image AUROC and AUPRO only; with labelled
   defects pasted it was worse (0.669 / 0.603 / 0.342): 300 steps are too few to learn them.
-  So the ``cpu-demo`` pipeline keeps ``tiny`` and its report says its maps mean nothing.
+  The ``cpu-demo`` pipeline uses it anyway (its maps are trained, if weakly, where ``tiny``'s
+  mean nothing), and its report says they are weak.
 - ``cpu``: ResNet-18 from scratch at 128 px on aspect-kept tiles, Stage I only (1600 steps)
   with D's segmentation output as the map. A fit on a few hundred images takes 13-20 minutes
   on 2 quiet cores (Stage I 0.5-0.74 s/step, tocoad-spec §10 and issue 11), so the whole
