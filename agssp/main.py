@@ -128,7 +128,7 @@ def serve(
 
 @app.command()
 def worker(
-    queues: Annotated[list[str], typer.Argument(help="maps pretrain finetune default")],
+    queues: Annotated[list[str], typer.Argument(help=" ".join(table.task_modules()))],
     pool: str = "solo",
     concurrency: int = 1,
     hostname: str = "",

@@ -46,6 +46,9 @@ BASE_PORT = 8001
 # Every worker also runs the self-test job (broker, worker, store and publishing end to end).
 SELFTEST_QUEUE = Queue.DEFAULT.value
 SELFTEST_TASK_MODULE = "shared.jobs.selftest"
+# Queues whose jobs load no model: a worker on these alone needs no GPU and no model cache
+# (the finetune-exports-worker of compose and k8s).
+LIGHT_QUEUES = frozenset({Queue.FINETUNE_EXPORTS.value})
 
 SERVICES: tuple[Service, ...] = (
     Service(
@@ -66,7 +69,8 @@ SERVICES: tuple[Service, ...] = (
         "finetune",
         "services.finetune.api.main:app_factory",
         "services.finetune.worker.tasks",
-        (Queue.FINETUNE.value,),
+        # Its worker takes exports too, so one worker (``agssp up``) runs every job kind.
+        (Queue.FINETUNE.value, Queue.FINETUNE_EXPORTS.value),
         2,
     ),
     # /detect runs in the API process: inference has no queue.

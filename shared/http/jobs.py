@@ -17,7 +17,7 @@ from shared.schemas.jobs import JobRecord, JobState, Queue
 SERVICE_QUEUES: dict[str, frozenset[str]] = {
     "anomaly_map": frozenset({Queue.MAPS.value}),
     "pretrain": frozenset({Queue.PRETRAIN.value}),
-    "finetune": frozenset({Queue.FINETUNE.value}),
+    "finetune": frozenset({Queue.FINETUNE.value, Queue.FINETUNE_EXPORTS.value}),
 }
 
 

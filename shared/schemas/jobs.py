@@ -28,6 +28,9 @@ class Queue(StrEnum):
     MAPS = "maps"
     PRETRAIN = "pretrain"
     FINETUNE = "finetune"
+    # Review exports only download and zip: on a queue of their own, a worker that trains no
+    # detector (compose's and k8s' exports worker) takes them, never behind an hour of training.
+    FINETUNE_EXPORTS = "finetune.exports"
     DEFAULT = "default"
 
 

@@ -56,10 +56,15 @@ TRAIN_SPAN = (5.0, 90.0)  # share of job progress the training epochs take
 
 
 def submit(
-    sender: TaskSender, jobs: JobStore, kind: str, task: str, params: dict[str, Any]
+    sender: TaskSender,
+    jobs: JobStore,
+    kind: str,
+    task: str,
+    params: dict[str, Any],
+    queue: Queue = Queue.FINETUNE,
 ) -> JobRecord:
-    """Enqueue a job of this service's queue."""
-    return submit_job(sender, jobs, kind=kind, task_name=task, queue=Queue.FINETUNE, params=params)
+    """Enqueue a job on one of this service's queues (training by default)."""
+    return submit_job(sender, jobs, kind=kind, task_name=task, queue=queue, params=params)
 
 
 def backbone_ref(

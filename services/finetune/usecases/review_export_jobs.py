@@ -32,7 +32,7 @@ from shared.errors import ConflictError, JobCanceledError, NotFoundError
 from shared.jobs.context import JobContext
 from shared.jobs.producer import TaskSender
 from shared.jobs.store import JobStore
-from shared.schemas.jobs import JobRecord, JobState, TaskName
+from shared.schemas.jobs import JobRecord, JobState, Queue, TaskName
 from shared.storage.base import ObjectStore
 
 REVIEW_EXPORT_KIND = "review-export"
@@ -60,8 +60,9 @@ def submit_review_export(sender: TaskSender, jobs: JobStore, params: ExportParam
             ``images_prefix``, or labels that pair with no image.
     """
     pinned = _pinned(jobs.store, params)
-    task = TaskName.FINETUNE_REVIEW_EXPORT
-    return submit(sender, jobs, REVIEW_EXPORT_KIND, task, pinned.model_dump(mode="json"))
+    task, body = TaskName.FINETUNE_REVIEW_EXPORT, pinned.model_dump(mode="json")
+    # its own queue: an export is minutes of downloads, never behind an hour of training
+    return submit(sender, jobs, REVIEW_EXPORT_KIND, task, body, Queue.FINETUNE_EXPORTS)
 
 
 def _pinned(store: ObjectStore, params: ExportParams) -> ExportParams:

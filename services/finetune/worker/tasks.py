@@ -1,4 +1,7 @@
-"""Celery tasks of the finetune queue: thin wrappers around the job kinds' run functions.
+"""Celery tasks of the finetune queues: thin wrappers around the job kinds' run functions.
+
+Review exports are sent to ``finetune.exports``, the rest to ``finetune`` (the producers pick
+the queue); one module serves both, so a worker on either imports the same tasks.
 
 torch and ultralytics load with the family's backend (``usecases.backend.load_backend``,
 the runs are given it), in the worker process; the YOLOv8 backend configures ultralytics

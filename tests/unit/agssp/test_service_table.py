@@ -10,6 +10,8 @@ import pytest
 from agssp import main
 from agssp import services as service_table
 from agssp.services import Role
+from shared.http.jobs import SERVICE_QUEUES
+from shared.schemas.jobs import Queue
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -58,6 +60,39 @@ def test_each_task_module_imports_and_consumes_its_queues(service: service_table
     assert module.__name__ == f"services.{service.name}.worker.tasks"
     assert service.queues
     assert all(service_table.task_modules()[q] == service.task_module for q in service.queues)
+
+
+def test_every_queue_a_job_is_sent_to_is_consumed_by_a_worker_of_the_table() -> None:
+    # given: producers send jobs only to the queues of the enum (submit_job's callers)
+    sent_to = {q.value for q in Queue}
+
+    # when
+    consumed = set(service_table.task_modules())
+
+    # then: none waits forever, and no worker listens on a queue nobody sends to
+    assert consumed == sent_to
+    assert consumed >= service_table.LIGHT_QUEUES
+
+
+def test_review_exports_have_their_own_queue_on_the_finetune_worker() -> None:
+    # given
+    finetune = service_table.by_name("finetune")
+
+    # when / then: `agssp up`'s one worker and `agssp worker finetune ...` still take them
+    assert Queue.FINETUNE_EXPORTS.value in finetune.queues
+    assert len(set(finetune.queues)) == 2
+    assert service_table.task_modules()[Queue.FINETUNE_EXPORTS.value] == finetune.task_module
+
+
+def test_a_service_train_key_may_cancel_the_jobs_of_each_of_its_queues() -> None:
+    # given
+    with_jobs = [s for s in service_table.SERVICES if s.task_module]
+
+    # when
+    cancellable = {s.name: SERVICE_QUEUES.get(s.name) for s in with_jobs}
+
+    # then
+    assert cancellable == {s.name: frozenset(s.queues) for s in with_jobs}
 
 
 def test_console_and_pipeline_run_no_jobs() -> None:

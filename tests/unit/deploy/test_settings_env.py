@@ -53,7 +53,9 @@ def _classes(argv: list[str]) -> list[type[BaseSettings]]:
 
 def _image_env(compose_services: dict[str, Doc], image: str) -> dict[str, str]:
     """ENV of the Dockerfile target that compose builds ``image`` from."""
-    (build,) = [s["build"] for s in compose_services.values() if s.get("image") == image]
+    builds = [s["build"] for s in compose_services.values() if s.get("image") == image]
+    build = builds[0]
+    assert all(b == build for b in builds), f"{image} is built two ways"
     dockerfile: Dockerfile = parse_dockerfile(ROOT / build["dockerfile"])
     return dockerfile.env(build["target"])
 

@@ -49,7 +49,8 @@ def test_an_export_is_queued_pinned_to_the_evaluation_it_found(world: World) -> 
     ((task, args, options),) = world.sender.sent
     assert task == TaskName.FINETUNE_REVIEW_EXPORT.value
     assert args == [record["id"]]
-    assert options["queue"] == Queue.FINETUNE.value
+    # on the exports queue, not behind training on the finetune queue
+    assert options["queue"] == record["queue"] == Queue.FINETUNE_EXPORTS.value
 
 
 def test_pseudo_labels_are_queued_with_the_images_their_manifest_names(
