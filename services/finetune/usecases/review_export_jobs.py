@@ -4,7 +4,8 @@ The API checks what it can before queuing (the model's saved evaluation with its
 records, or the pseudo-label output's labels paired with their images) and pins it; the
 worker builds the zip ``GET /v1/review-exports/...`` sends, with the same functions
 (``usecases.review_exports``), and stores it as one object ``jobs/<id>/<download name>``: a
-redelivered job writes the same key again. Its scratch folder goes whatever happens.
+redelivered job writes the same key again. Its scratch folder, named by the job id, goes
+whatever happens, and a redelivery clears the one a killed worker left.
 ``GET /v1/review-exports/{id}/zip`` streams the stored zip back.
 """
 
@@ -14,6 +15,7 @@ import shutil
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from services.finetune.config import FinetuneSettings
 from services.finetune.params import REVIEW_EXPORT_PARAMS, ExportParams, PredictionsExportParams
@@ -24,6 +26,7 @@ from services.finetune.usecases.common import submit
 from services.finetune.usecases.evaluation_views import error_analysis, find_evaluation
 from services.finetune.usecases.review_exports import (
     ExportedZip,
+    job_scratch,
     predictions_zip,
     pseudo_images_prefix,
     pseudo_labels_zip,
@@ -78,17 +81,22 @@ def _pinned(store: ObjectStore, params: ExportParams) -> ExportParams:
 
 
 def run_review_export_job(ctx: JobContext, settings: FinetuneSettings) -> list[str]:
-    """Build the zip, store it under the job's prefix; the outputs say where and what."""
+    """Build the zip, store it under the job's prefix; the outputs say where and what.
+
+    The scratch folder is named by the job id: a redelivery after a killed worker clears
+    the one it left and starts over, and it goes whatever happens here.
+    """
     params = REVIEW_EXPORT_PARAMS.validate_python(ctx.params)
+    scratch = job_scratch(settings, ctx.job_id)
     ctx.progress(SPANS["download"][0], "collecting the images", force=True)
-    exported = _build(ctx.store, params, settings, _Reporter(ctx))
     try:
+        exported = _build(ctx.store, params, settings, _Reporter(ctx), scratch)
         key = ctx.prefix + exported.name
         size = exported.path.stat().st_size
         ctx.progress(STORE_AT, f"storing {exported.name} ({size} bytes)", force=True)
         ctx.store.put_file(key, exported.path)
     finally:
-        shutil.rmtree(exported.folder, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
     ctx.set_outputs(
         zip_key=key,
         bytes=size,
@@ -102,18 +110,22 @@ def run_review_export_job(ctx: JobContext, settings: FinetuneSettings) -> list[s
 
 
 def _build(
-    store: ObjectStore, params: ExportParams, settings: FinetuneSettings, report: _Reporter
+    store: ObjectStore,
+    params: ExportParams,
+    settings: FinetuneSettings,
+    report: _Reporter,
+    scratch: Path,
 ) -> ExportedZip:
-    """The export's zip; its scratch folder is removed here when building fails."""
+    """The export's zip, built in ``scratch`` (emptied first)."""
     if isinstance(params, PredictionsExportParams):
         registry = ModelRegistry(store)
         ref = registry.resolve(params.model)
         where = (params.dataset, params.split)
         return predictions_zip(
-            registry, DatasetCatalog(store), ref, where, params.format, settings, report
+            registry, DatasetCatalog(store), ref, where, params.format, settings, report, scratch
         )
     labels, images = params.labels_prefix, params.images_prefix
-    return pseudo_labels_zip(store, labels, images, params.format, settings, report)
+    return pseudo_labels_zip(store, labels, images, params.format, settings, report, scratch)
 
 
 class _Reporter:

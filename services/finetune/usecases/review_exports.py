@@ -18,6 +18,7 @@ job (``usecases.review_export_jobs``) packs large ones with the same functions.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import uuid
 import zipfile
@@ -43,6 +44,7 @@ from shared.schemas.pseudo_labels import CLASSES_FILE as YOLO_CLASSES_FILE
 from shared.schemas.pseudo_labels import PseudoLabelManifest, manifest_key, output_prefix
 from shared.storage.base import ObjectStore
 
+log = logging.getLogger(__name__)
 COCO_FILE = "annotations.json"
 # a YOLO folder's class list, named as the pseudo-label output (a YOLO folder too) names it
 CLASSES_FILE = YOLO_CLASSES_FILE
@@ -63,10 +65,22 @@ class ExportedZip:
     boxes: int = 0
 
 
+def job_scratch(settings: FinetuneSettings, job_id: str) -> Path:
+    """The scratch folder of export job ``job_id`` under the work dir: named by the job, so
+    the delivery after a killed worker finds (and clears) what the killed one left."""
+    return settings.resolved_work_dir() / f"export-{job_id}"
+
+
 @contextmanager
-def _scratch(settings: FinetuneSettings) -> Iterator[Path]:
-    """A fresh folder under the work dir, removed here only when the export fails."""
-    folder = settings.resolved_work_dir() / f"export-{uuid.uuid4().hex}"
+def _scratch(settings: FinetuneSettings, folder: Path | None) -> Iterator[Path]:
+    """``folder`` emptied, or a fresh one under the work dir; removed here only when the
+    export fails (the caller removes it once the zip is sent or stored)."""
+    if folder is None:
+        folder = settings.resolved_work_dir() / f"export-{uuid.uuid4().hex}"
+    elif folder.exists():
+        # a worker killed mid-export left it: half-downloaded images, a partial zip
+        log.info("removing %s, left by an earlier delivery", folder)
+        shutil.rmtree(folder)
     folder.mkdir(parents=True)
     try:
         yield folder
@@ -83,8 +97,10 @@ def predictions_zip(
     fmt: ExportFormat,
     settings: FinetuneSettings,
     progress: Progress | None = None,
+    scratch: Path | None = None,
 ) -> ExportedZip:
-    """The detections of ``ref``'s saved evaluation on ``where`` = (dataset, split).
+    """The detections of ``ref``'s saved evaluation on ``where`` = (dataset, split), built in
+    ``scratch`` (emptied first; default a fresh folder).
 
     Raises:
         NotFoundError: no such evaluation (code evaluation_not_found).
@@ -92,7 +108,7 @@ def predictions_zip(
     """
     document = find_evaluation(registry, catalog, ref, *where)
     errors = error_analysis(document)
-    with _scratch(settings) as work:
+    with _scratch(settings, scratch) as work:
         path, labelled = export_predictions(
             registry.store, document["dataset"], errors, fmt, work, progress
         )
@@ -107,10 +123,12 @@ def pseudo_labels_zip(
     fmt: ExportFormat,
     settings: FinetuneSettings,
     progress: Progress | None = None,
+    scratch: Path | None = None,
 ) -> ExportedZip:
-    """A pseudo-label output with its images (see :func:`export_pseudo_labels`)."""
+    """A pseudo-label output with its images (see :func:`export_pseudo_labels`), built in
+    ``scratch`` as :func:`predictions_zip` builds."""
     limits = image_limits(settings)
-    with _scratch(settings) as work:
+    with _scratch(settings, scratch) as work:
         path, labelled = export_pseudo_labels(
             store, labels_prefix, images_prefix, fmt, work, limits, progress
         )

@@ -1,6 +1,6 @@
 """The review export job: the zip the GET routes send, built on a worker and stored under the
 job's prefix, with progress while it packs, the same key on a redelivery, and no scratch
-folder left behind whatever happens."""
+folder left behind whatever happens (one a killed worker left is cleared by the redelivery)."""
 
 from __future__ import annotations
 
@@ -153,6 +153,49 @@ def test_a_redelivered_job_writes_the_same_key_again(world: World) -> None:
     assert _members(world.store.get_bytes(again[0])) == before
     zips = [k for k in world.store.list(jobs.prefix(record.id)) if k.endswith(".zip")]
     assert zips == first
+    assert _scratch_folders(world) == []
+
+
+class ScratchWatchingContext(JobContext):
+    """A job context that notes, at every progress report, which scratch folders exist."""
+
+    def __init__(self, jobs: JobStore, record: JobRecord, work: Path) -> None:
+        super().__init__(jobs, record, min_interval_s=0.0)
+        self.work = work
+        self.seen: set[str] = set()
+
+    def progress(
+        self,
+        percent: float,
+        message: str = "",
+        *,
+        force: bool = False,
+        metrics: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.seen.update(p.name for p in self.work.glob("export-*"))
+        super().progress(percent, message, force=force, metrics=metrics)
+
+
+def test_a_redelivery_clears_the_scratch_folder_a_killed_worker_left(world: World) -> None:
+    # given an export whose worker was killed mid-run: its folder, named by the job id, holds
+    # a half-downloaded image and a stray file that would land in the zip if it stayed
+    jobs = JobStore(world.store)
+    record = _submitted(world, PREDICTIONS)
+    stale = world.settings.resolved_work_dir() / f"export-{record.id}"
+    (stale / "images").mkdir(parents=True)
+    first_image = world.store.list("datasets/shapes/v1/images/")[0].rsplit("/", 1)[1]
+    (stale / "images" / first_image).write_bytes(b"\x89PNG half")
+    (stale / "export").mkdir()
+    (stale / "export" / "stale.txt").write_text("left by the killed worker")
+    ctx = ScratchWatchingContext(jobs, jobs.get(record.id), world.settings.resolved_work_dir())
+    # when the broker delivers it again
+    (key,) = run_review_export_job(ctx, world.settings)
+    # then it worked in the job's own folder, and the zip is the one the GET route sends
+    assert ctx.seen == {stale.name}
+    direct = world.http.get("/v1/review-exports/predictions", params={"model": "det:v1"})
+    assert direct.status_code == 200, direct.text
+    assert _members(world.store.get_bytes(key)) == _members(direct.content)
+    # and the folder is gone afterwards
     assert _scratch_folders(world) == []
 
 
