@@ -7,7 +7,6 @@ everything that needs cv2 runs through a ``BoxLabeler``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict
 from typing import Any
 
 import cv2
@@ -17,10 +16,12 @@ from numpy.typing import NDArray
 from services.pretrain.ml.gate import GateDecision, decide_gate
 from services.pretrain.ml.pseudo_boxes import (
     ImageBoxes,
-    build_coco,
+    area_ratios,
+    coco_annotations,
+    coco_categories,
+    coco_image,
     extract_boxes,
     render_overlay,
-    summarize,
     threshold_of_maxima,
     yolo_lines,
 )
@@ -31,7 +32,7 @@ OVERLAY_MAX_SIDE = 1024
 
 
 class BoxLabeler:
-    """Threshold, boxes, YOLO lines, overlays, COCO and summary of one category."""
+    """Threshold, boxes, YOLO lines, overlays, COCO entries and area ratios of one category."""
 
     def threshold(self, maxima: Sequence[float], c: float) -> float:
         """T_c = mean over the category's maps of each map's max, minus ``c`` (§3 step 1)."""
@@ -78,13 +79,19 @@ class BoxLabeler:
         """PNG of the (H, W, 3) image with its boxes, at most ``OVERLAY_MAX_SIDE`` a side."""
         return encode_png(_fit(render_overlay(image, item.boxes)))
 
-    def coco(self, items: Sequence[ImageBoxes]) -> dict[str, Any]:
-        """COCO detection dict of the images, in order."""
-        return build_coco(items)
+    def coco_categories(self) -> list[dict[str, Any]]:
+        """The COCO document's ``categories``."""
+        return coco_categories()
 
-    def summary(self, items: Sequence[ImageBoxes], category: str) -> dict[str, Any]:
-        """Box statistics of the category (``CategorySummary`` fields)."""
-        return asdict(summarize(items)[category])
+    def coco_entries(
+        self, item: ImageBoxes, image_id: int, first_annotation_id: int
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """One image's COCO ``images`` entry and its ``annotations`` (ids from the given one)."""
+        return coco_image(item, image_id), coco_annotations(item, image_id, first_annotation_id)
+
+    def area_ratios(self, item: ImageBoxes) -> list[float]:
+        """Box area / image area of each box of the image (the summary's statistics)."""
+        return area_ratios(item)
 
 
 def _fit(image: NDArray[np.uint8]) -> NDArray[np.uint8]:

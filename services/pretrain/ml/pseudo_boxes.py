@@ -189,33 +189,42 @@ def build_coco(images: Iterable[ImageBoxes]) -> dict[str, Any]:
     reference's yolo2coco conversion produced for mmyolo (agssp-spec §3 step 13), so labels
     mean the same in both formats. Image and annotation ids start at 1.
     """
-    coco: dict[str, Any] = {
-        "images": [],
-        "annotations": [],
-        "categories": [{"id": 0, "name": "anomaly", "supercategory": "defect"}],
-    }
+    coco: dict[str, Any] = {"images": [], "annotations": [], "categories": coco_categories()}
     for image_id, item in enumerate(images, start=1):
-        coco["images"].append(
-            {
-                "id": image_id,
-                "file_name": item.file_name,
-                "width": item.width,
-                "height": item.height,
-            }
-        )
-        for box in item.boxes:
-            coco["annotations"].append(
-                {
-                    "id": len(coco["annotations"]) + 1,
-                    "image_id": image_id,
-                    "category_id": 0,
-                    "bbox": [box.x1, box.y1, box.width, box.height],
-                    "area": box.width * box.height,
-                    "iscrowd": 0,
-                    "score": box.score,
-                }
-            )
+        coco["images"].append(coco_image(item, image_id))
+        coco["annotations"].extend(coco_annotations(item, image_id, len(coco["annotations"]) + 1))
     return coco
+
+
+def coco_categories() -> list[dict[str, Any]]:
+    """The COCO ``categories`` of a pseudo-label set: one, id 0 = YOLO class 0 (§3 step 13)."""
+    return [{"id": 0, "name": "anomaly", "supercategory": "defect"}]
+
+
+def coco_image(item: ImageBoxes, image_id: int) -> dict[str, Any]:
+    """The COCO ``images`` entry of one image."""
+    return {"id": image_id, "file_name": item.file_name, "width": item.width, "height": item.height}
+
+
+def coco_annotations(item: ImageBoxes, image_id: int, first_id: int) -> list[dict[str, Any]]:
+    """The COCO ``annotations`` of one image's boxes, numbered from ``first_id``."""
+    return [
+        {
+            "id": first_id + offset,
+            "image_id": image_id,
+            "category_id": 0,
+            "bbox": [box.x1, box.y1, box.width, box.height],
+            "area": box.width * box.height,
+            "iscrowd": 0,
+            "score": box.score,
+        }
+        for offset, box in enumerate(item.boxes)
+    ]
+
+
+def area_ratios(item: ImageBoxes) -> list[float]:
+    """Box area / image area of each of the image's boxes (what the summary describes)."""
+    return [box.width * box.height / (item.width * item.height) for box in item.boxes]
 
 
 @dataclass(frozen=True)
@@ -241,7 +250,7 @@ def summarize(images: Iterable[ImageBoxes]) -> dict[str, CategorySummary]:
 
 
 def _summary(items: list[ImageBoxes]) -> CategorySummary:
-    ratios = [b.width * b.height / (i.width * i.height) for i in items for b in i.boxes]
+    ratios = [ratio for item in items for ratio in area_ratios(item)]
     with_boxes = sum(1 for i in items if i.boxes)
     stats = (np.mean(ratios), np.median(ratios), min(ratios), max(ratios)) if ratios else (0.0,) * 4
     return CategorySummary(

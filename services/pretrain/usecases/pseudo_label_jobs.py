@@ -4,6 +4,9 @@ Submission (enqueue, refuse a finished ``out_prefix``) and the worker's run. The
 seam ``shared.schemas.pseudo_labels`` (finetune's AGDP job reads it); its manifest is written
 last. An image-level gate (``gate``: off, fixed or auto, ``services.pretrain.ml.gate``) decides
 which images may get boxes; its ``gate_*`` fields go on the record and into ``summary.json``.
+Memory stays bounded however large the pool: maps are read in two passes (``MAP_MEMORY``), and
+each image's boxes go to its label file, the streamed COCO document and the running summary
+(``label_outputs``) as they come, never into a list of the pool.
 cv2-free, so the API imports it: the worker hands ``run_pseudo_label_job`` a ``Labeler``
 (``services.pretrain.ml.labeler.BoxLabeler``).
 """
@@ -14,10 +17,10 @@ import json
 import math
 import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -27,6 +30,13 @@ from services.pretrain.config import PretrainSettings
 from services.pretrain.params import PseudoLabelParams
 from services.pretrain.stores.maps import Pair, SourceReport, collect_pairs, load_scores, score_of
 from services.pretrain.stores.pairs import load_map, read_image_size
+from services.pretrain.usecases.label_outputs import (
+    AreaRatios,
+    BoxTally,
+    CocoStream,
+    TopExamples,
+    job_scratch,
+)
 from shared.errors import ConflictError, InvalidInputError, JobCanceledError
 from shared.imaging.intake import ImageLimits, decode_object, image_limits
 from shared.jobs.context import JobContext
@@ -79,7 +89,7 @@ class Gate(Protocol):
 
 
 class Labeler(Protocol[Item]):
-    """The cv2 side of the job (``BoxLabeler``): thresholds, boxes, overlays, COCO, summary."""
+    """The cv2 side of the job (``BoxLabeler``): thresholds, boxes, overlays, COCO entries."""
 
     def threshold(self, maxima: Sequence[float], c: float) -> float: ...
     def gate(
@@ -96,8 +106,23 @@ class Labeler(Protocol[Item]):
         score_gate: float | None = None,
     ) -> tuple[Item, str]: ...
     def overlay_png(self, image: NDArray[np.uint8], item: Item) -> bytes: ...
-    def coco(self, items: Sequence[Item]) -> dict[str, Any]: ...
-    def summary(self, items: Sequence[Item], category: str) -> dict[str, Any]: ...
+    def coco_categories(self) -> list[dict[str, Any]]: ...
+    def coco_entries(
+        self, item: Item, image_id: int, first_annotation_id: int
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]: ...
+    def area_ratios(self, item: Item) -> list[float]: ...
+
+
+@dataclass(frozen=True)
+class _Labelled:
+    """What the labelling pass leaves: T_c, the gate's and box statistics, COCO, examples."""
+
+    threshold: float
+    gate: dict[str, Any]
+    stats: dict[str, Any]
+    boxes: int
+    coco: Path
+    examples: list[tuple[int, Any]]
 
 
 def submit_pseudo_label_job(
@@ -139,32 +164,40 @@ def run_pseudo_label_job(
     pairs, report = pairing.pairs, pairing.reports[0]
     _check_unique_stems(pairs)
     ctx.set_outputs(out_prefix=out, pairing=report.summary())
-    try:
-        items, threshold, gate = _label_all(ctx, params, pairs, out, limits, labeler)
-        shown = _write_examples(ctx, items, pairs, out, limits, settings.overlay_examples, labeler)
-    except JobCanceledError:
-        if params.out_prefix is None:  # our own job prefix; a caller's prefix is left alone
-            ctx.store.delete_prefix(out)
-        raise
-    stats = labeler.summary(items, params.category) | gate
-    summary = _summary(params, threshold, ctx.job_id, stats)
-    _write_json(ctx, file_key(out, SUMMARY_FILE), summary)
-    ctx.store.put_bytes(file_key(out, CLASSES_FILE), classes_text())
-    _write_json(ctx, file_key(out, COCO_FILE), _coco(labeler.coco(items), pairs))
+    with job_scratch(settings.cache_root(), ctx.job_id) as scratch:
+        try:
+            done = _label_all(
+                ctx, params, pairs, out, limits, labeler, scratch, settings.overlay_examples
+            )
+            shown = _write_examples(ctx, done.examples, pairs, out, limits, labeler)
+        except JobCanceledError:
+            if params.out_prefix is None:  # our own job prefix; a caller's prefix is left alone
+                ctx.store.delete_prefix(out)
+            raise
+        summary = _summary(params, done.threshold, ctx.job_id, done.stats | done.gate)
+        _write_json(ctx, file_key(out, SUMMARY_FILE), summary)
+        ctx.store.put_bytes(file_key(out, CLASSES_FILE), classes_text())
+        _put_file(ctx, file_key(out, COCO_FILE), done.coco)
     manifest = _manifest(ctx, params, report, pairs, summary, shown)
     ctx.store.put_bytes(manifest_key(out), manifest.to_bytes(), content_type="application/json")
+    _record(ctx, out, done, summary, shown)
+    return [manifest_key(out)]
+
+
+def _record(
+    ctx: JobContext, out: str, done: _Labelled, summary: dict[str, Any], shown: list[str]
+) -> None:
     ctx.set_outputs(
-        threshold=threshold,
-        images=len(items),
+        threshold=done.threshold,
+        images=summary["images"],
         images_with_boxes=summary["images_with_boxes"],
         share_with_boxes=summary["share_with_boxes"],
         boxes_per_image=summary["boxes_per_image"],
-        boxes=sum(len(i.boxes) for i in items),
+        boxes=done.boxes,
         annotations=file_key(out, COCO_FILE),
         summary=file_key(out, SUMMARY_FILE),
         examples=shown,
     )
-    return [manifest_key(out)]
 
 
 def _check_output(ctx: JobContext, out: str) -> None:
@@ -220,19 +253,24 @@ def _read_map(ctx: JobContext, pair: Pair) -> NDArray[np.float32]:
     return load_map(ctx.store.get_bytes(pair.map_key), pair.map_key)
 
 
-def _label_all(
-    ctx: JobContext,
-    params: PseudoLabelParams,
-    pairs: Sequence[Pair],
-    out: str,
-    limits: ImageLimits,
-    labeler: Labeler[Item],
-) -> tuple[list[Item], float, dict[str, Any]]:
-    """Boxes of every image; returns them, T_c and the gate's outputs (also on the record).
+@dataclass(frozen=True)
+class _Plan:
+    """What the first pass decides before any image is labelled."""
 
-    Two passes: T_c and the gate need every map's maximum before any image is labelled,
-    so the first pass keeps only the maxima and as many maps as ``MAP_MEMORY`` holds, and
-    the second reads the others again. Memory stays bounded however large the pool.
+    seen: list[_Seen]
+    threshold: float
+    scores: list[float | None]
+    gate: Gate
+    outputs: dict[str, Any]
+
+
+def _first_pass(
+    ctx: JobContext, params: PseudoLabelParams, pairs: Sequence[Pair], labeler: Labeler[Item]
+) -> _Plan:
+    """Every map's maximum and as many maps as ``MAP_MEMORY`` holds; then T_c and the gate.
+
+    T_c and the gate need every map's maximum before any image is labelled (agssp-spec §3
+    step 1); the maps left out are read again by the second pass.
     """
     memory = _MapMemory(MAP_MEMORY)
 
@@ -240,30 +278,78 @@ def _label_all(
         amap = _read_map(ctx, pair)
         return _Seen(float(np.max(amap)), memory.keep(amap))
 
-    seen = _parallel(ctx, pairs, first, (0, 30), "maps")
+    seen = list(_parallel(ctx, pairs, first, (0, 30), "maps"))
     maxima = [s.maximum for s in seen]
     threshold = labeler.threshold(maxima, params.c)
     scores, source, note = _image_scores(ctx, params, pairs, maxima)
     gate = labeler.gate(scores, source, params)
     passed = sum(1 for s in scores if gate.passes(s))
-    gate_outputs = gate.outputs() | {"gate_score_note": note, "gate_passed_images": passed}
-    ctx.set_outputs(**gate_outputs, maps_kept_in_memory=sum(s.amap is not None for s in seen))
+    outputs = gate.outputs() | {"gate_score_note": note, "gate_passed_images": passed}
+    ctx.set_outputs(**outputs, maps_kept_in_memory=sum(s.amap is not None for s in seen))
+    return _Plan(seen, threshold, scores, gate, outputs)
+
+
+def _label_all(
+    ctx: JobContext,
+    params: PseudoLabelParams,
+    pairs: Sequence[Pair],
+    out: str,
+    limits: ImageLimits,
+    labeler: Labeler[Item],
+    scratch: Path,
+    examples: int,
+) -> _Labelled:
+    """Boxes of every image after ``_first_pass``: label files, COCO, statistics, examples.
+
+    Each image's boxes are written and counted as they come (``_collect``), so memory stays
+    bounded however large the pool.
+    """
+    plan = _first_pass(ctx, params, pairs, labeler)
     rel = len(params.images_prefix)
 
-    def label(item: tuple[Pair, _Seen, float | None]) -> Item:
-        pair, kept, score = item
+    def label(index: int) -> Item:
+        pair, kept = pairs[index], plan.seen[index]
         amap = kept.amap if kept.amap is not None else _read_map(ctx, pair)
         size = read_image_size(ctx.store, pair.image_key, limits)
-        boxes, text = labeler.label(
-            amap, size, threshold, params, score, pair.image_key[rel:], gate.threshold
+        name, score = pair.image_key[rel:], plan.scores[index]
+        item, text = labeler.label(
+            amap, size, plan.threshold, params, score, name, plan.gate.threshold
         )
         key = label_key(out, _stem(pair.image_key))
         ctx.store.put_bytes(key, text.encode(), content_type="text/plain")
-        return boxes
+        return item
 
-    work = list(zip(pairs, seen, scores, strict=True))
-    items = _parallel(ctx, work, label, (30, 90), "images")
-    return items, threshold, gate_outputs
+    items = _parallel(ctx, range(len(pairs)), label, (30, 90), "images")
+    return _collect(items, pairs, labeler, scratch, examples, plan)
+
+
+def _collect(
+    items: Iterator[Item],
+    pairs: Sequence[Pair],
+    labeler: Labeler[Item],
+    scratch: Path,
+    examples: int,
+    plan: _Plan,
+) -> _Labelled:
+    """Stream the pool's labelled images, in pool order, into COCO, statistics and examples."""
+    best = TopExamples[Item](examples, _rank)
+    categories = labeler.coco_categories()
+    with CocoStream(scratch, categories) as coco, AreaRatios(scratch / "ratios.f64") as ratios:
+        tally = BoxTally(ratios)
+        for index, item in enumerate(items):
+            image, boxes = labeler.coco_entries(item, index + 1, coco.annotations + 1)
+            coco.add(image | {"image_key": pairs[index].image_key}, boxes)
+            tally.add(labeler.area_ratios(item))
+            best.offer(index, item)
+        stats = tally.summary()
+        return _Labelled(
+            plan.threshold, plan.outputs, stats, ratios.count, coco.finish(), best.best()
+        )
+
+
+def _rank(item: LabeledImage) -> tuple[bool, float]:
+    """Images with boxes first, then by their strongest box (the examples' order)."""
+    return not item.boxes, -max((b.score for b in item.boxes), default=0.0)
 
 
 def _image_scores(
@@ -300,41 +386,39 @@ def _parallel(
     work: Callable[[T], R],
     span: tuple[float, float],
     what: str,
-) -> list[R]:
-    """``work`` over ``items`` on threads (store I/O), in order; cancel checked per batch."""
-    results: list[R] = []
+) -> Iterator[R]:
+    """``work`` over ``items`` on threads (store I/O), yielded in order a batch at a time.
+
+    Cancel is checked per batch; no more than two batches of results are alive at once.
+    """
+    done = 0
     with ThreadPoolExecutor(max_workers=_THREADS) as pool:
         for start in range(0, len(items), _BATCH):
             ctx.check_cancel()
-            results.extend(pool.map(work, items[start : start + _BATCH]))
-            done = len(results) / max(len(items), 1)
-            ctx.progress(
-                span[0] + done * (span[1] - span[0]), f"{what} {len(results)}/{len(items)}"
-            )
-    return results
+            batch = list(pool.map(work, items[start : start + _BATCH]))
+            yield from batch
+            done += len(batch)
+            del batch
+            fraction = done / max(len(items), 1)
+            ctx.progress(span[0] + fraction * (span[1] - span[0]), f"{what} {done}/{len(items)}")
 
 
 def _write_examples(
     ctx: JobContext,
-    items: Sequence[Item],
+    examples: Sequence[tuple[int, Item]],
     pairs: Sequence[Pair],
     out: str,
     limits: ImageLimits,
-    count: int,
     labeler: Labeler[Item],
 ) -> list[str]:
-    """Overlays of the images with the strongest boxes first; returns their keys."""
-
-    def rank(i: int) -> tuple[bool, float]:
-        return not items[i].boxes, -max((b.score for b in items[i].boxes), default=0.0)
-
+    """Overlays of the example images (pool index, boxes), in order; returns their keys."""
     keys = []
-    for index in sorted(range(len(items)), key=rank)[:count]:
+    for index, item in examples:
         ctx.check_cancel()
         image_key = pairs[index].image_key
         image = decode_object(ctx.store.get_bytes(image_key), limits, image_key).array
-        key = example_key(out, _stem(pairs[index].image_key))
-        ctx.store.put_bytes(key, labeler.overlay_png(image, items[index]), content_type="image/png")
+        key = example_key(out, _stem(image_key))
+        ctx.store.put_bytes(key, labeler.overlay_png(image, item), content_type="image/png")
         keys.append(key)
     return keys
 
@@ -355,12 +439,6 @@ def _summary(
         "min_area": params.min_area,
         **stats,
     }
-
-
-def _coco(coco: dict[str, Any], pairs: Sequence[Pair]) -> dict[str, Any]:
-    for entry, pair in zip(coco["images"], pairs, strict=True):
-        entry["image_key"] = pair.image_key
-    return coco
 
 
 def _manifest(
@@ -387,3 +465,10 @@ def _manifest(
 
 def _write_json(ctx: JobContext, key: str, value: Any) -> None:
     ctx.store.put_bytes(key, json.dumps(value, indent=1).encode(), content_type="application/json")
+
+
+def _put_file(ctx: JobContext, key: str, path: Path) -> None:
+    with open(path, "rb") as handle:
+        ctx.store.put_stream(
+            key, handle, length=path.stat().st_size, content_type="application/json"
+        )

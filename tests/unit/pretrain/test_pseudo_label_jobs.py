@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import threading
+import weakref
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +15,7 @@ import pytest
 
 from services.pretrain.config import PretrainSettings
 from services.pretrain.ml.labeler import BoxLabeler
+from services.pretrain.ml.pseudo_boxes import ImageBoxes, build_coco, summarize
 from services.pretrain.usecases.pseudo_label_jobs import run_pseudo_label_job
 from shared.config import CommonSettings, PathSettings
 from shared.imaging.render import encode_png
@@ -48,19 +52,33 @@ def store(tmp_path: Path) -> FileObjectStore:
     return store
 
 
-def _run(store: FileObjectStore, tmp: Path, **params: Any) -> JobRecord:
-    values = {"category": "steel", "images_prefix": IMAGES, "maps_prefix": OUT} | params
-    jobs = JobStore(store)
-    record = jobs.create(kind="pseudo_labels", task_name="t", queue="pretrain", params=values)
-    settings = PretrainSettings(
+def _settings(tmp: Path) -> PretrainSettings:
+    return PretrainSettings(
         common=CommonSettings(paths=PathSettings(home=tmp / "home")), overlay_examples=2
     )
+
+
+def _create(store: FileObjectStore, **params: Any) -> JobRecord:
+    values = {"category": "steel", "images_prefix": IMAGES, "maps_prefix": OUT} | params
+    return JobStore(store).create(
+        kind="pseudo_labels", task_name="t", queue="pretrain", params=values
+    )
+
+
+def _deliver(
+    store: FileObjectStore, record: JobRecord, tmp: Path, labeler: Any | None = None
+) -> JobRecord:
+    settings, labeler = _settings(tmp), labeler or BoxLabeler()
     return run_job(
         record.id,
-        jobs,
-        lambda ctx: run_pseudo_label_job(ctx, settings, BoxLabeler()),
+        JobStore(store),
+        lambda ctx: run_pseudo_label_job(ctx, settings, labeler),
         RunnerOptions("w"),
     )
+
+
+def _run(store: FileObjectStore, tmp: Path, labeler: Any | None = None, **params: Any) -> JobRecord:
+    return _deliver(store, _create(store, **params), tmp, labeler)
 
 
 def _json(store: FileObjectStore, key: str) -> Any:
@@ -361,3 +379,122 @@ def test_a_pool_larger_than_the_map_memory_labels_the_same(
         assert store.get_bytes(label_key("pseudo/bounded/", name)) == store.get_bytes(
             label_key("pseudo/whole/", name)
         )
+
+
+class _Recording(BoxLabeler):
+    """``BoxLabeler`` that keeps every box record it makes, by file name."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, ImageBoxes] = {}
+
+    def label(self, *args: Any, **kwargs: Any) -> tuple[ImageBoxes, str]:
+        item, text = super().label(*args, **kwargs)
+        self.items[item.file_name] = item
+        return item, text
+
+
+def test_a_pool_labelled_with_tiny_memory_settings_gives_the_same_coco_and_summary(
+    pool: FileObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.pretrain.usecases import label_outputs, pseudo_label_jobs
+
+    # given a run with the default settings (12 of the 16 images gated to no box)
+    default = _run(pool, tmp_path, gate="auto", out_prefix="pseudo/default/")
+    # when one map stays in memory, batches hold one image and ratios are read back one by one
+    monkeypatch.setattr(pseudo_label_jobs, "MAP_MEMORY", GRID * GRID * 4)
+    monkeypatch.setattr(pseudo_label_jobs, "_BATCH", 1)
+    monkeypatch.setattr(label_outputs, "READ_CHUNK", 1)
+    recording = _Recording()
+    tiny = _run(pool, tmp_path, recording, gate="auto", out_prefix="pseudo/tiny/")
+    # then the COCO document is byte for byte the whole pool's, as the job wrote it before
+    assert tiny.state == JobState.SUCCEEDED, tiny.error
+    items = [recording.items[f"p{i:02d}.png"] for i in range(POOL)]
+    whole = build_coco(items)
+    for entry in whole["images"]:
+        entry["image_key"] = f"{IMAGES}{entry['file_name']}"
+    coco = pool.get_bytes("pseudo/tiny/annotations.json")
+    assert coco == json.dumps(whole, indent=1).encode()
+    assert coco == pool.get_bytes("pseudo/default/annotations.json")
+    # and the summary, the record and the examples are those of the whole pool too
+    summary = _json(pool, "pseudo/tiny/summary.json")
+    stats = asdict(summarize(items)["steel"])
+    assert {key: summary[key] for key in stats} == stats
+    assert summary | {"job_id": ""} == _json(pool, "pseudo/default/summary.json") | {"job_id": ""}
+    for key in ("boxes", "images_with_boxes", "boxes_per_image", "share_with_boxes"):
+        assert tiny.outputs[key] == default.outputs[key], key
+    strongest = sorted(items, key=lambda i: (not i.boxes, -max([b.score for b in i.boxes] or [0])))
+    assert [k.rsplit("/", 1)[1] for k in tiny.outputs["examples"]] == [
+        i.file_name for i in strongest[:2]
+    ]
+    assert tiny.outputs["examples"] == [
+        k.replace("/default/", "/tiny/") for k in default.outputs["examples"]
+    ]
+
+
+class _Counting(BoxLabeler):
+    """``BoxLabeler`` that counts its box records still alive whenever it makes or reads one."""
+
+    def __init__(self) -> None:
+        self.alive: weakref.WeakSet[ImageBoxes] = weakref.WeakSet()
+        self.made = 0
+        self.most = 0
+        self._lock = threading.Lock()
+
+    def _count(self, item: ImageBoxes | None = None) -> None:
+        with self._lock:
+            if item is not None:
+                self.alive.add(item)
+                self.made += 1
+            self.most = max(self.most, len(self.alive))
+
+    def label(self, *args: Any, **kwargs: Any) -> tuple[ImageBoxes, str]:
+        item, text = super().label(*args, **kwargs)
+        self._count(item)
+        return item, text
+
+    def area_ratios(self, item: ImageBoxes) -> list[float]:
+        self._count()
+        return super().area_ratios(item)
+
+
+def test_the_box_records_of_the_pool_are_not_accumulated(
+    pool: FileObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.pretrain.usecases import pseudo_label_jobs
+
+    # given batches of two images, and two example overlays
+    monkeypatch.setattr(pseudo_label_jobs, "_BATCH", 2)
+    counting = _Counting()
+    # when
+    record = _run(pool, tmp_path, counting)
+    # then: never more records alive than two batches, the examples kept and the one written
+    assert record.state == JobState.SUCCEEDED, record.error
+    assert (counting.made, record.outputs["boxes"]) == (POOL, POOL)
+    assert counting.most <= 2 * 2 + 2 + 1 < POOL
+
+
+def test_a_redelivered_job_overwrites_what_a_killed_delivery_left(
+    pool: FileObjectStore, tmp_path: Path
+) -> None:
+    # given a clean run, and a job whose first delivery was killed half-way: scratch files
+    # named by its id and a stale label file in its output
+    clean = _run(pool, tmp_path, gate="auto", out_prefix="pseudo/clean/")
+    record = _create(pool, gate="auto", out_prefix="pseudo/again/")
+    scratch = _settings(tmp_path).cache_root() / "scratch" / f"pseudo-labels-{record.id}"
+    scratch.mkdir(parents=True)
+    (scratch / "annotations.json").write_text('{\n "images": [\n  {\n   "id": 1')
+    (scratch / "annotations.part").write_text('\n  {\n   "id": 9')
+    (scratch / "ratios.f64").write_bytes(b"\x00" * 12)
+    pool.put_bytes(label_key("pseudo/again/", "p00"), b"0 0.5 0.5 0.1 0.1\n")
+    # when it is delivered again
+    again = _deliver(pool, record, tmp_path)
+    # then it wrote what the clean run wrote, and left no scratch behind
+    assert again.state == JobState.SUCCEEDED, again.error
+    for key in pool.list("pseudo/clean/"):
+        name = key.removeprefix("pseudo/clean/")
+        if name not in ("summary.json", "manifest.json"):
+            assert pool.get_bytes(f"pseudo/again/{name}") == pool.get_bytes(key), name
+    summary = _json(pool, "pseudo/again/summary.json")
+    assert summary | {"job_id": ""} == _json(pool, "pseudo/clean/summary.json") | {"job_id": ""}
+    assert not scratch.exists()
+    assert clean.outputs["boxes"] == again.outputs["boxes"] == 4
