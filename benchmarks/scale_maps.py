@@ -8,8 +8,10 @@ training step (issue 24, parts b and c), each side by side with its bare method 
     - ``label_job``: the pseudo-label job on those maps, likewise;
     - ``map_bare``: the same model's ``score`` on the same images, read and decoded from the
       store's local files in a plain loop at the job's batch; ``label_bare``: threshold, gate
-      and boxes of the same maps, held in memory.
-    Each job runs in its own child process and the two bare arms in a third, so every job's
+      and boxes of the same maps, held in memory; ``label_bare_extraction_io``: the same
+      extraction reading each map's ``.npy`` file and writing one label file per image, the
+      least file I/O a labelling pass must do (the job is given over both).
+    Each job runs in its own child process and the three bare arms in a third, so every job's
     peak RSS is per size; children fork from a server that imported the suite once.
 (c) The AGBP job's data path at the ``cpu`` pipeline preset's batch and input size (cache fill
     from the store, then ``CachedPairSource`` -> ``AgbpDataset`` -> ``DataLoader`` per batch)
@@ -151,6 +153,8 @@ def measure_size(ctx: Any, spec: Spec, size: int, pool: Path) -> dict[str, Any]:
         "label_job": labels,
         "label_bare": bare["labels"],
         "label_job_over_bare": _ratio(labels, bare["labels"]),
+        "label_bare_extraction_io": bare["labels_io"],
+        "label_job_over_bare_extraction_io": _ratio(labels, bare["labels_io"]),
         "bare_peak_rss_mb": bare["peak_rss_mb"],
         "wall_s": round(time.perf_counter() - started, 1),
     }
@@ -192,7 +196,7 @@ def _setup(args: argparse.Namespace, spec: Spec) -> dict[str, Any]:
         "quick": args.quick,
         "peak_rss": "ru_maxrss of each child (RUSAGE_SELF at its end); children fork from a "
         "server that imported the suite, so every peak includes those imports",
-        "order": "per size: map job, pseudo-label job, then both bare arms in one child",
+        "order": "per size: map job, pseudo-label job, then the bare arms in one child",
     }
 
 
@@ -239,7 +243,8 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
     sizes = [r["images"] for r in rows]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     arms = (("map_job", "map job"), ("map_bare", "map bare"),
-            ("label_job", "pseudo-label job"), ("label_bare", "pseudo-label bare"))  # fmt: skip
+            ("label_job", "pseudo-label job"), ("label_bare", "pseudo-label bare"),
+            ("label_bare_extraction_io", "pseudo-label bare + file I/O"))  # fmt: skip
     for key, label in arms:
         left.plot(sizes, [r[key]["images_per_s"] for r in rows], marker="o", label=label)
     left.set(xscale="log", yscale="log", xlabel="pool images", ylabel="images/s",

@@ -4,7 +4,8 @@ The fork server imports this module once, so children start with the suite impor
 child's timing pays for imports; each child reports its own peak RSS (``ru_maxrss``) at the
 end. Jobs run through the suite's runner (``run_job``) with the handlers the Celery tasks
 call, on a local-folder store; the bare arms call the same model and labeler with no store,
-no records and no writes.
+no records and no writes, except ``bare_extraction_io``, which adds the least file I/O a
+labelling pass must do: each map read from its ``.npy`` file, one label file per image.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import json
 import logging
 import os
 import resource
+import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,9 +38,10 @@ from services.anomaly_map.usecases.tocoad_fits import run_tocoad_fit
 from services.pretrain.config import PretrainSettings
 from services.pretrain.ml.labeler import BoxLabeler
 from services.pretrain.params import PseudoLabelParams, SourceSpec
-from services.pretrain.stores.maps import collect_pairs, load_scores, score_of
+from services.pretrain.stores.maps import Pair, collect_pairs, load_scores, score_of
 from services.pretrain.stores.pairs import load_map
 from services.pretrain.usecases.pseudo_label_jobs import (
+    MAP_MEMORY,
     PSEUDO_LABELS_KIND,
     run_pseudo_label_job,
 )
@@ -182,30 +186,98 @@ def _bare_maps(spec: Spec) -> dict[str, Any]:
     return rate(wall, len(files))
 
 
-def _bare_labels(spec: Spec) -> dict[str, Any]:
-    """Threshold, gate and boxes of the job's maps held in memory (no store, no files)."""
+@dataclass(frozen=True)
+class _BareInput:
+    """What both bare pseudo-label arms read before their clock starts."""
+
+    params: PseudoLabelParams
+    pairs: Sequence[Pair]
+    scores: list[float | None]
+    source: str
+
+
+def _bare_input(spec: Spec) -> _BareInput:
     store = FileObjectStore(spec.store)
     params = PseudoLabelParams.model_validate(_label_params(spec))
     pairing = collect_pairs(store, [SourceSpec(category=CATEGORY, images_prefix=POOL_PREFIX,
                                                maps_prefix=params.maps_prefix)])  # fmt: skip
-    pairs = pairing.pairs
-    maps = [load_map(store.get_bytes(p.map_key), p.map_key) for p in pairs]
     scores = load_scores(store, params.maps_prefix) or {}
+    pairs = pairing.pairs
     image_scores = [None if params.gate == "off" else score_of(scores, p.image_key) for p in pairs]
     source = "none" if params.gate == "off" else "scores"  # as the job's, every score is there
+    return _BareInput(params, pairs, image_scores, source)
+
+
+def _bare_labels(spec: Spec) -> dict[str, Any]:
+    """Threshold, gate and boxes of the job's maps held in memory (no store, no files)."""
+    store = FileObjectStore(spec.store)
+    bare = _bare_input(spec)
+    params, pairs = bare.params, bare.pairs
+    maps = [load_map(store.get_bytes(p.map_key), p.map_key) for p in pairs]
     size, labeler = (spec.image_side, spec.image_side), BoxLabeler()
     started = time.perf_counter()
     threshold = labeler.threshold([float(np.max(m)) for m in maps], params.c)
-    gate = labeler.gate(image_scores, source, params)
-    for pair, amap, score in zip(pairs, maps, image_scores, strict=True):
+    gate = labeler.gate(bare.scores, bare.source, params)
+    for pair, amap, score in zip(pairs, maps, bare.scores, strict=True):
         name = pair.image_key[len(POOL_PREFIX) :]
         labeler.label(amap, size, threshold, params, score, name, gate.threshold)
     return rate(time.perf_counter() - started, len(pairs))
 
 
+def _read_npy(path: Path) -> NDArray[np.float32]:
+    amap: NDArray[np.float32] = np.load(path, allow_pickle=False).astype(np.float32, copy=False)
+    return amap
+
+
+def _maxima_pass(paths: list[Path]) -> tuple[list[float], list[NDArray[np.float32] | None]]:
+    """Each map's maximum, and the maps the job's ``MAP_MEMORY`` would keep for pass two."""
+    maxima: list[float] = []
+    kept: list[NDArray[np.float32] | None] = []
+    room = MAP_MEMORY
+    for path in paths:
+        amap = _read_npy(path)
+        maxima.append(float(np.max(amap)))
+        keep = amap.nbytes <= room
+        kept.append(amap if keep else None)
+        room -= amap.nbytes if keep else 0
+    return maxima, kept
+
+
+def _bare_extraction_io(spec: Spec) -> dict[str, Any]:
+    """The bare extraction with a labelling pass's least file I/O, in a plain loop.
+
+    Maps are read from their ``.npy`` files in the store's folder (pass one for the maxima,
+    keeping as many as the job's ``MAP_MEMORY``; pass two reads the others again), and one
+    YOLO label file per image is written to a local folder. No store, records or threads.
+    """
+    bare = _bare_input(spec)
+    params, pairs = bare.params, bare.pairs
+    paths = [spec.store / p.map_key for p in pairs]
+    out = spec.work / f"bare-labels-{spec.store.name}"
+    out.mkdir(parents=True, exist_ok=True)
+    size, labeler = (spec.image_side, spec.image_side), BoxLabeler()
+    started = time.perf_counter()
+    maxima, kept = _maxima_pass(paths)
+    threshold = labeler.threshold(maxima, params.c)
+    gate = labeler.gate(bare.scores, bare.source, params)
+    for pair, path, amap, score in zip(pairs, paths, kept, bare.scores, strict=True):
+        name = pair.image_key[len(POOL_PREFIX) :]
+        grid = amap if amap is not None else _read_npy(path)
+        _, text = labeler.label(grid, size, threshold, params, score, name, gate.threshold)
+        (out / f"{Path(name).stem}.txt").write_text(text)
+    wall = time.perf_counter() - started
+    shutil.rmtree(out)
+    return rate(wall, len(pairs))
+
+
 def bare(spec: Spec) -> dict[str, Any]:
-    """Both bare arms in one child: maps from files, then boxes from maps in memory."""
-    return {"maps": _bare_maps(spec), "labels": _bare_labels(spec)}
+    """The bare arms in one child: maps from files, boxes from maps in memory, then boxes
+    with the minimal file I/O (``bare_extraction_io``)."""
+    return {
+        "maps": _bare_maps(spec),
+        "labels": _bare_labels(spec),
+        "labels_io": _bare_extraction_io(spec),
+    }
 
 
 ARMS: dict[str, Callable[[Spec], dict[str, Any]]] = {

@@ -35,10 +35,11 @@ def test_quick_mode_merges_maps_and_agbp_loading(tmp_path: Path) -> None:
     assert maps["setup"]["preset"] == "tiny"
     assert [r["images"] for r in maps["rows"]] == scale_maps.QUICK["sizes"]
     for row in maps["rows"]:
-        for arm in ("map_job", "map_bare", "label_job", "label_bare"):
+        for arm in ("map_job", "map_bare", "label_job", "label_bare", "label_bare_extraction_io"):
             assert row[arm]["images"] == row["images"]
             assert _positive(row[arm]["images_per_s"])
-        for key in ("map_job_over_bare", "label_job_over_bare", "bare_peak_rss_mb"):
+        ratios = ("map_job_over_bare", "label_job_over_bare", "label_job_over_bare_extraction_io")
+        for key in (*ratios, "bare_peak_rss_mb"):
             assert _positive(row[key])
         assert _positive(row["map_job"]["peak_rss_mb"])
         assert _positive(row["label_job"]["peak_rss_mb"])
