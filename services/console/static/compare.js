@@ -82,7 +82,7 @@ async function compare() {
   const query = { a: `${a.name}:${a.version}`, b: `${bName}:${bVersion}`, ...where };
   showError("compare-error", null);
   try {
-    const evaluation = `v1/models/${enc(bName)}/versions/${enc(bVersion)}/evaluation`;
+    const evaluation = /** @type {const} */ (`v1/models/${enc(bName)}/versions/${enc(bVersion)}/evaluation`);
     /** @type {[EvaluationComparison, EvaluationDocument]} */
     const [diff, b] = await Promise.all([
       api("finetune", "v1/evaluations/compare", { query, signal }),

@@ -11,9 +11,19 @@
  * What a failure shows: an ApiError, an Error, or a plain {code, detail} of the page's own.
  * @typedef {{ code?: string, status?: number, detail?: string, message?: string }} Problem
  */
+/** @typedef {import("@api/routes").Service} Service */
+/** @typedef {import("@api/routes").Method} Method */
+/**
+ * What a call answers: the success body of the route its service, method and path match
+ * (`v1/models/${string}` matches `v1/models/{name}`); unknown for a path typed `string`.
+ * @template {Service} S
+ * @template {Method} M
+ * @template {string} P
+ * @typedef {import("@api/routes").Answer<S, M, P>} Answer
+ */
 /**
  * @typedef {object} ApiOptions
- * @property {string} [method]
+ * @property {Method} [method]
  * @property {unknown} [json] a body sent as JSON
  * @property {FormData} [form]
  * @property {BodyInit} [body]
@@ -163,11 +173,16 @@ export function formOf(fields) {
 }
 
 /**
- * One API call: JSON answers are parsed, anything else comes back as a Blob.
- * @param {string} service
- * @param {string} path
- * @param {ApiOptions} [options]
- * @returns {Promise<any>}
+ * One API call: JSON answers are parsed, anything else comes back as a Blob. The answer's
+ * type is the route's (scripts/console_types.py writes them from the OpenAPI): a literal or
+ * template-string path types it; a path built at run time answers `unknown`, to be cast.
+ * @template {Service} S
+ * @template {string} P
+ * @template {Method} [M="GET"]
+ * @param {S} service
+ * @param {P} path
+ * @param {ApiOptions & { method?: M }} [options]
+ * @returns {Promise<Answer<S, M, P>>}
  */
 export async function api(service, path, options) {
   const o = options || {};
@@ -191,7 +206,8 @@ export async function api(service, path, options) {
   const response = await fetch(`/api/${service}/${path}${qs}`, init);
   if (!response.ok) throw await errorOf(response);
   const type = response.headers.get("content-type") || "";
-  return type.includes("json") ? response.json() : response.blob();
+  const answer = type.includes("json") ? await response.json() : await response.blob();
+  return /** @type {Answer<S, M, P>} */ (answer);
 }
 
 /** @typedef {Node | string | number | boolean | null | undefined} Child */

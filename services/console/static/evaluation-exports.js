@@ -38,7 +38,7 @@ function saved(status, blob, name) {
 /**
  * The zip packed inside the request.
  * @param {HTMLElement} status
- * @param {string} path
+ * @param {"v1/review-exports/predictions" | "v1/review-exports/pseudo-labels"} path
  * @param {object} query
  * @param {string} name
  */

@@ -82,7 +82,7 @@ async function show() {
   window.history.replaceState(null, "", `?${new URLSearchParams(params)}`);
   showError("eval-error", null);
   try {
-    const path = `v1/models/${enc(name)}/versions/${enc(version)}/evaluation`;
+    const path = /** @type {const} */ (`v1/models/${enc(name)}/versions/${enc(version)}/evaluation`);
     /** @type {EvaluationDocument} */
     const doc = await api("finetune", path, { query, signal });
     if (!signal.aborted) render(name, version, doc);

@@ -34,8 +34,10 @@ const enc = encodeURIComponent;
  */
 export function fetchPage(s, q, signal) {
   if (s.kind === "dataset") {
-    const path = [s.name, s.version, s.split].map(enc).join("/");
-    return api("finetune", `v1/galleries/datasets/${path}`, { query: q, signal });
+    return api("finetune", `v1/galleries/datasets/${enc(s.name)}/${enc(s.version)}/${enc(s.split)}`, {
+      query: q,
+      signal,
+    });
   }
   if (s.kind === "evaluation") {
     /** @type {EvaluationQuery} */

@@ -11,7 +11,8 @@ import { STEPS } from "./steps.js";
 /** @typedef {import("./steps.js").Step} Step */
 /** @typedef {import("./steps.js").Values} Values */
 /** @typedef {import("@api/finetune").components["schemas"]["JobRecord"]} JobRecord */
-/** @typedef {(service: string, record: JobRecord) => Promise<void>} OnStarted */
+/** @typedef {import("@api/routes").JobService} JobService */
+/** @typedef {(service: JobService, record: JobRecord) => Promise<void>} OnStarted */
 
 // The page load, a preset change and a new key each start a choosePreset; only the latest
 // may draw, or a slow answer to an earlier one would redraw the fields and the body over
@@ -99,8 +100,8 @@ async function start(event, started) {
     return showError("job-error", { code: "bad_json", detail: err instanceof Error ? err.message : String(err) });
   }
   try {
-    /** @type {JobRecord} */
-    const record = await api(step.service, step.path, { method: "POST", json: body });
+    // the step's path is one of several: it answers the job record every job route answers
+    const record = /** @type {JobRecord} */ (await api(step.service, step.path, { method: "POST", json: body }));
     await started(step.service, record);
   } catch (err) {
     showError("job-error", err);

@@ -11,15 +11,17 @@ import { fileList, objectPath, openBlob } from "./lookups.js";
 
 /** @typedef {import("./draw.js").Series} Series */
 /** @typedef {import("./lookups.js").ObjectList} ObjectList */
+/** @typedef {import("@api/routes").JobService} JobService */
 /** @typedef {import("@api/finetune").components["schemas"]["JobRecord"]} JobRecord */
 /** @typedef {NonNullable<import("@api/finetune").paths["/v1/jobs"]["get"]["parameters"]["query"]>} JobQuery */
 /** @typedef {{ x: number, updated_at: string | undefined, metrics: Record<string, unknown> }} Seen */
 
+/** @type {JobService[]} */
 const JOB_SERVICES = ["anomaly_map", "pretrain", "finetune"];
 const TERMINAL = new Set(["SUCCEEDED", "FAILED", "CANCELED"]);
 /** @type {Map<string, Seen[]>} job id -> the records seen while polling */
 const history = new Map();
-/** @type {Map<string, string>} job id -> an API that listed it */
+/** @type {Map<string, JobService>} job id -> an API that listed it */
 const serviceOf = new Map();
 /** @type {Map<string, ObjectList["keys"] | null>} job id -> its outputs (read once it finished) */
 const files = new Map();
@@ -208,11 +210,10 @@ function prefixes(job) {
 async function showFiles(job) {
   if (!files.has(job.id)) {
     files.set(job.id, null);
-    const query = (/** @type {string} */ prefix) => ({ prefix, limit: 200 });
-    /** @type {PromiseSettledResult<ObjectList>[]} */
-    const lists = await Promise.allSettled(
-      prefixes(job).map((p) => api("pipeline", "v1/objects", { query: query(p) })),
-    );
+    // the listing's schema is an open object: ObjectList is what it holds
+    const list = (/** @type {string} */ prefix) =>
+      /** @type {Promise<ObjectList>} */ (api("pipeline", "v1/objects", { query: { prefix, limit: 200 } }));
+    const lists = await Promise.allSettled(prefixes(job).map(list));
     const keys = lists.flatMap((l) => (l.status === "fulfilled" ? l.value.keys : []));
     // Pictures first (overlays, examples, loss curves), then the rest, at most 40.
     keys.sort((a, b) => Number(/\.png$/.test(b.key)) - Number(/\.png$/.test(a.key)));

@@ -9,6 +9,8 @@ import { api, el, headers, on, pollMs } from "./console.js";
 /** @typedef {import("@api/pipeline").components["schemas"]["PipelineRecord"]} PipelineRecord */
 /** @typedef {import("@api/pipeline").components["schemas"]["PipelineSummary"]} PipelineSummary */
 /** @typedef {{ keys: { key: string, size: number }[] }} ObjectList */
+/** @typedef {import("@api/routes").Service} Service */
+/** @typedef {import("@api/routes").JobService} JobService */
 /** @typedef {{ name: string, label: string, ready: boolean, reason: string }} Method */
 
 /**
@@ -71,18 +73,19 @@ export async function detectorFamilies() {
  * /v1/objects. Fetched with the key and shown from a blob: URL, because a plain link or
  * <img> would not send the X-API-Key header.
  * @param {string} key
+ * @returns {`v1/objects/${string}`}
  */
 export function objectPath(key) {
   return `v1/objects/${key.split("/").map(encodeURIComponent).join("/")}`;
 }
 
 /**
- * @param {string} service
+ * @param {Service} service
  * @param {string} path
  */
 export async function openBlob(service, path) {
-  /** @type {Blob} */
-  const blob = await api(service, path, { accept: "*/*" });
+  // any route of any service: what comes back is whatever the route serves
+  const blob = /** @type {Blob} */ (await api(service, path, { accept: "*/*" }));
   window.open(URL.createObjectURL(await withBase(blob)), "_blank", "noopener");
 }
 
@@ -183,8 +186,9 @@ async function lookUpDefaults() {
     };
   }
   const query = { prefix: DEMO.unlabelled, limit: 1 };
-  /** @type {ObjectList} */
-  const demo = await api("pipeline", "v1/objects", { query }).catch(() => ({ keys: [] }));
+  // the listing's schema is an open object: ObjectList is what it holds
+  const list = api("pipeline", "v1/objects", { query }).catch(() => ({ keys: [] }));
+  const demo = /** @type {ObjectList} */ (await list);
   return demo.keys.length ? { ...DEMO, mapsPrefix: "", source: "demo uploads" } : NONE;
 }
 
@@ -201,7 +205,7 @@ const JOB_ENDED = new Set(["SUCCEEDED", "FAILED", "CANCELED"]);
 
 /**
  * Poll a job record until the job ends, handing each record seen to `draw`.
- * @param {string} service
+ * @param {JobService} service
  * @param {string} id
  * @param {AbortSignal} signal a newer job (or key) aborts the polling of this one
  * @param {(job: import("@api/finetune").components["schemas"]["JobRecord"]) => void} draw

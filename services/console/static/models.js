@@ -165,7 +165,9 @@ async function promote(name, version, stage) {
   showError("promote-status", null);
   /** @type {PromoteRequest} */
   const body = { stage };
-  const path = `v1/models/${encodeURIComponent(name)}/versions/${encodeURIComponent(version)}/promote`;
+  const path = /** @type {const} */ (
+    `v1/models/${encodeURIComponent(name)}/versions/${encodeURIComponent(version)}/promote`
+  );
   try {
     /** @type {PromoteResponse} */
     const answer = await api("finetune", path, { method: "POST", json: body });

@@ -12,7 +12,7 @@
 /**
  * @typedef {object} Step
  * @property {string} label
- * @property {string} service
+ * @property {import("@api/routes").JobService} service
  * @property {string} path
  * @property {string} help
  * @property {[string, string, string][]} fields name, label, placeholder
