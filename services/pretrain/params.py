@@ -40,6 +40,8 @@ GateMode = Literal["off", "fixed", "auto"]
 # Pseudo-box gate 'auto' (services.pretrain.ml.gate): Ashman's D > 2 = cleanly separated.
 GATE_MIN_SEPARATION = 2.0
 GATE_MIN_WEIGHT = 0.02
+# Share of the labelled defect images the gate must keep when references are given (issue 21).
+GATE_MIN_LABELLED_RECALL = 0.8
 # agssp-spec §4.1: statistics of the industrial pretraining set, RGB, 0-255 scale.
 INDUSTRIAL_MEAN = (110.2955, 113.433, 109.914)
 INDUSTRIAL_STD = (32.028, 30.614, 30.27)
@@ -360,6 +362,19 @@ class PseudoLabelParams(BaseModel):
         lt=0.5,
         description="gate 'auto': weight the smaller score component must reach",
     )
+    reference_maps_prefix: str | None = Field(
+        None,
+        description="gate 'auto': a dataset-map output over labelled DEFECT images only; "
+        "their image scores check the gate (lowered until it keeps gate_min_labelled_recall "
+        "of them, or set from them when the pool is one population)",
+    )
+    gate_min_labelled_recall: float = Field(
+        GATE_MIN_LABELLED_RECALL,
+        gt=0.0,
+        le=1.0,
+        description="gate 'auto' with reference_maps_prefix: share of the labelled defect "
+        "images the gate must keep",
+    )
     min_area: int | None = Field(
         None, ge=1, le=100_000_000, description="default max((H//100)*(W//100), 10)"
     )
@@ -370,6 +385,11 @@ class PseudoLabelParams(BaseModel):
     def _prefix(cls, value: str) -> str:
         return prefix_field(value)
 
+    @field_validator("reference_maps_prefix")
+    @classmethod
+    def _reference_prefix(cls, value: str | None) -> str | None:
+        return None if value is None else prefix_field(value)
+
     @model_validator(mode="after")
     def _gate_matches_score_gate(self) -> Self:
         if "gate" not in self.model_fields_set and self.score_gate is not None:
@@ -378,6 +398,10 @@ class PseudoLabelParams(BaseModel):
             raise ValueError("gate 'fixed' needs score_gate")
         if self.gate != "fixed" and self.score_gate is not None:
             raise ValueError(f"score_gate applies to gate 'fixed' only, not {self.gate!r}")
+        if self.gate != "auto" and self.reference_maps_prefix is not None:
+            raise ValueError(
+                f"reference_maps_prefix applies to gate 'auto' only, not {self.gate!r}"
+            )
         return self
 
     @field_validator("out_prefix")

@@ -13,6 +13,11 @@ own image scores without labels:
    has two modes, Ashman's D >= 2, and the smaller component holds >= 2 % and >= 3 images;
 4. then the gate is the score where the high component's posterior rises to 0.5, and its
    weight is the estimated defect share; otherwise no image is gated and the reason says why.
+
+Labelled defects check it (issue 21; our decision, the paper gives no threshold): with image
+scores of the labelled set's defect images (``check_with_reference``), a gate that keeps less
+than ``gate_min_labelled_recall`` of them is lowered to the score that keeps that share, and a
+pool the mixture calls one population is gated at that score. It needs no label of the pool.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from services.pretrain.params import (
+    GATE_MIN_LABELLED_RECALL,
     GATE_MIN_SEPARATION,
     GATE_MIN_WEIGHT,
     GateMode,
@@ -35,6 +41,7 @@ from services.pretrain.params import (
 Transform = Literal["identity", "log"]
 MIN_POOL = 8  # fewer finite scores than this cannot tell a mixture from noise
 MIN_COMPONENT_IMAGES = 3  # a population of one or two images is an outlier, not a mode
+MIN_REFERENCES = 5  # fewer labelled defect scores than this cannot place a quantile
 # Fixed EM starts (low, high quantile of the values): deterministic, and one of them lies near
 # the split whether defects are a few percent, a quarter or most of the pool.
 _STARTS = ((0.25, 0.75), (0.1, 0.9), (0.5, 0.98), (0.02, 0.5))
@@ -74,6 +81,9 @@ class GateDecision:
     transform: Transform | None = None
     scored: int = 0
     mixture: Mixture | None = None
+    references: int | None = None  # labelled defect images with a finite score, if given
+    references_kept: float | None = None  # share of them the final gate keeps
+    pool_kept: float | None = None  # share of the pool's images the final gate keeps
 
     def passes(self, score: float | None) -> bool:
         """Whether an image with this score may get boxes (no score fails a set gate)."""
@@ -93,6 +103,9 @@ class GateDecision:
             "gate_transform": self.transform,
             "gate_scored_images": self.scored,
             "gate_mixture": None if self.mixture is None else _mixture_fields(self.mixture),
+            "gate_reference_images": self.references,
+            "gate_reference_kept": self.references_kept,
+            "gate_pool_kept": self.pool_kept,
         }
 
 
@@ -106,7 +119,10 @@ def _mixture_fields(mixture: Mixture) -> dict[str, Any]:
 
 
 def decide_gate(
-    params: PseudoLabelParams, scores: Sequence[float | None], source: str
+    params: PseudoLabelParams,
+    scores: Sequence[float | None],
+    source: str,
+    reference: Sequence[float | None] | None = None,
 ) -> GateDecision:
     """The gate a pseudo-label job asks for, over one score per pool image.
 
@@ -114,16 +130,23 @@ def decide_gate(
         params: the job's ``gate``, ``score_gate`` and auto-gate limits.
         scores: one image score per pool image (None = unknown).
         source: where the scores come from, recorded as is.
+        reference: gate 'auto' only: scores of labelled defect images on the same scale
+            (``check_with_reference``); None = today's gate, unchecked.
     """
     if params.gate == "fixed":
         assert params.score_gate is not None  # checked by PseudoLabelParams
         return fixed_gate(scores, params.score_gate, source)
     if params.gate == "auto":
-        return auto_gate(
+        decision = auto_gate(
             scores,
             source,
             min_separation=params.gate_min_separation,
             min_weight=params.gate_min_weight,
+        )
+        if reference is None:
+            return decision
+        return check_with_reference(
+            decision, scores, reference, min_recall=params.gate_min_labelled_recall
         )
     return off_gate()
 
@@ -195,6 +218,70 @@ def auto_gate(
         f"{mixture.weights[1]:.3f}): boxes only where image score >= {threshold:.6g}"
     )
     return replace(fitted, threshold=threshold, defect_share=mixture.weights[1], reason=reason)
+
+
+def check_with_reference(
+    decision: GateDecision,
+    scores: Sequence[float | None],
+    reference: Sequence[float | None],
+    *,
+    min_recall: float = GATE_MIN_LABELLED_RECALL,
+) -> GateDecision:
+    """The pool's gate checked (and where needed set) by labelled defect images' scores.
+
+    agssp-spec §3 step 2 / §6.4.3 leave the image gate to us. The mixture sees only the pool:
+    on a pool where every image is defective (NEU-DET) it may still split it in two and box a
+    fifth. Labelled defects are images known to hold defects, so a gate that lets less than
+    ``min_recall`` of them through is too high: it is lowered to the score that keeps that
+    share (order statistic of the references). A pool the mixture calls one population gets
+    that gate too. A gate keeping enough of them stands; no pool label is read.
+
+    Args:
+        decision: the pool's auto gate (``auto_gate``).
+        scores: the pool's image scores the decision was made on.
+        reference: scores of labelled defect images, on the pool scores' scale.
+        min_recall: share of the references the final gate must keep, in (0, 1].
+
+    Returns:
+        The final decision, with the reference count and the shares it keeps.
+    """
+    refs = np.sort(_finite(reference))
+    if len(refs) < MIN_REFERENCES:
+        note = f"; {len(refs)} labelled defect scores (< {MIN_REFERENCES}): not checked"
+        return _with_shares(replace(decision, reason=decision.reason + note), scores, refs)
+    kept = _kept(decision.threshold, refs)
+    if decision.threshold is not None and kept >= min_recall:
+        note = f"; labelled defects: it keeps {kept:.0%} of {len(refs)} (>= {min_recall:.0%})"
+        return _with_shares(replace(decision, reason=decision.reason + note), scores, refs)
+    cut = float(refs[len(refs) - math.ceil(min_recall * len(refs) - 1e-9)])
+    if decision.threshold is None:
+        why = f"labelled defects: {decision.reason}; gated at {cut:.6g}"
+    else:
+        why = (
+            f"labelled defects: the mixture's gate ({decision.threshold:.6g}) kept {kept:.0%} "
+            f"of {len(refs)} labelled defect images; lowered to {cut:.6g}"
+        )
+    reason = f"{why}, the score that keeps {min_recall:.0%} of {len(refs)} of them"
+    return _with_shares(replace(decision, threshold=cut, reason=reason), scores, refs)
+
+
+def _kept(threshold: float | None, values: Floats) -> float:
+    """Share of ``values`` at or above ``threshold`` (all of them when there is none)."""
+    if threshold is None or len(values) == 0:
+        return 1.0
+    return float(np.mean(values >= threshold))
+
+
+def _with_shares(
+    decision: GateDecision, scores: Sequence[float | None], refs: Floats
+) -> GateDecision:
+    pool = sum(1 for s in scores if decision.passes(s)) / len(scores) if scores else None
+    return replace(
+        decision,
+        references=len(refs),
+        references_kept=_kept(decision.threshold, refs) if len(refs) else None,
+        pool_kept=pool,
+    )
 
 
 def _finite(scores: Sequence[float | None]) -> Floats:

@@ -39,10 +39,15 @@ class BoxLabeler:
         return threshold_of_maxima(maxima, c=c)
 
     def gate(
-        self, scores: Sequence[float | None], source: str, params: PseudoLabelParams
+        self,
+        scores: Sequence[float | None],
+        source: str,
+        params: PseudoLabelParams,
+        reference: Sequence[float | None] | None = None,
     ) -> GateDecision:
-        """Image-level gate of the pool from one score per image (``ml.gate``)."""
-        return decide_gate(params, scores, source)
+        """Image-level gate of the pool from one score per image (``ml.gate``), checked by
+        labelled defect images' scores when ``reference`` is given."""
+        return decide_gate(params, scores, source, reference)
 
     def label(
         self,

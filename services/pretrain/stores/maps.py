@@ -21,6 +21,7 @@ from services.pretrain.params import SourceSpec
 from shared.errors import InvalidInputError
 from shared.schemas.dataset_maps import (
     DatasetMapManifest,
+    ScoreRow,
     is_image_key,
     is_map_key,
     manifest_key,
@@ -246,8 +247,8 @@ def _map_job_id(manifest: DatasetMapManifest | None, maps_prefix: str) -> str | 
     return next((s for s in maps_prefix.split("/") if _JOB_ID.match(s)), None)
 
 
-def load_scores(store: ObjectStore, maps_prefix: str) -> dict[str, float] | None:
-    """Image score per image key and per image stem from the output's scores; None if absent.
+def load_score_rows(store: ObjectStore, maps_prefix: str) -> list[ScoreRow] | None:
+    """The score rows of the dataset-map output at or above ``maps_prefix``; None if absent.
 
     Raises:
         InvalidInputError: scores that do not follow the seam (code 'bad_scores').
@@ -258,12 +259,41 @@ def load_scores(store: ObjectStore, maps_prefix: str) -> dict[str, float] | None
             raw = store.get_bytes(key)
         except ObjectNotFoundError:
             continue
-        scores: dict[str, float] = {}
-        for row in read_scores_csv(raw, key):
-            scores[row.image_key] = row.image_score
-            scores.setdefault(PurePosixPath(row.image_key).stem, row.image_score)
-        return scores
+        return read_scores_csv(raw, key)
     return None
+
+
+def load_scores(store: ObjectStore, maps_prefix: str) -> dict[str, float] | None:
+    """Image score per image key and per image stem from the output's scores; None if absent.
+
+    Raises:
+        InvalidInputError: scores that do not follow the seam (code 'bad_scores').
+    """
+    rows = load_score_rows(store, maps_prefix)
+    if rows is None:
+        return None
+    scores: dict[str, float] = {}
+    for row in rows:
+        scores[row.image_key] = row.image_score
+        scores.setdefault(PurePosixPath(row.image_key).stem, row.image_score)
+    return scores
+
+
+def reference_scores(store: ObjectStore, maps_prefix: str, source: str) -> list[float]:
+    """Every image's score of a dataset-map output over labelled defect images, in the column
+    the pool's gate reads (``source``: "scores" = image_score, "map_max" = each map's maximum).
+
+    Raises:
+        InvalidInputError: no scores there (code 'reference_scores_missing') or scores that do
+            not follow the seam (code 'bad_scores').
+    """
+    rows = load_score_rows(store, maps_prefix)
+    if rows is None:
+        raise InvalidInputError(
+            f"reference_maps_prefix {maps_prefix} holds no dataset-map scores",
+            code="reference_scores_missing",
+        )
+    return [r.map_max if source == "map_max" else r.image_score for r in rows]
 
 
 def score_of(scores: Mapping[str, float], image_key: str) -> float | None:

@@ -28,7 +28,14 @@ from numpy.typing import NDArray
 
 from services.pretrain.config import PretrainSettings
 from services.pretrain.params import PseudoLabelParams
-from services.pretrain.stores.maps import Pair, SourceReport, collect_pairs, load_scores, score_of
+from services.pretrain.stores.maps import (
+    Pair,
+    SourceReport,
+    collect_pairs,
+    load_scores,
+    reference_scores,
+    score_of,
+)
 from services.pretrain.stores.pairs import load_map, read_image_size
 from services.pretrain.usecases.label_outputs import (
     AreaRatios,
@@ -93,7 +100,11 @@ class Labeler(Protocol[Item]):
 
     def threshold(self, maxima: Sequence[float], c: float) -> float: ...
     def gate(
-        self, scores: Sequence[float | None], source: str, params: PseudoLabelParams
+        self,
+        scores: Sequence[float | None],
+        source: str,
+        params: PseudoLabelParams,
+        reference: Sequence[float | None] | None = None,
     ) -> Gate: ...
     def label(
         self,
@@ -282,7 +293,10 @@ def _first_pass(
     maxima = [s.maximum for s in seen]
     threshold = labeler.threshold(maxima, params.c)
     scores, source, note = _image_scores(ctx, params, pairs, maxima)
-    gate = labeler.gate(scores, source, params)
+    reference = None  # scores of labelled defect images, on the scale the pool's are read in
+    if params.reference_maps_prefix is not None:
+        reference = reference_scores(ctx.store, params.reference_maps_prefix, source)
+    gate = labeler.gate(scores, source, params, reference)
     passed = sum(1 for s in scores if gate.passes(s))
     outputs = gate.outputs() | {"gate_score_note": note, "gate_passed_images": passed}
     ctx.set_outputs(**outputs, maps_kept_in_memory=sum(s.amap is not None for s in seen))
@@ -436,6 +450,7 @@ def _summary(
         "top_k": params.top_k,
         "nms": params.nms,
         "score_gate": params.score_gate,
+        "reference_maps_prefix": params.reference_maps_prefix,
         "min_area": params.min_area,
         **stats,
     }

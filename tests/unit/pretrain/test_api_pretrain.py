@@ -196,6 +196,7 @@ def test_a_pseudo_label_job_is_accepted_with_its_defaults(client: TestClient) ->
         2.0,
         0.02,
     )
+    assert (params["reference_maps_prefix"], params["gate_min_labelled_recall"]) == (None, 0.8)
     assert client.get(f"/v1/pseudo-label-jobs/{response.json()['id']}").status_code == 200
 
 
@@ -210,8 +211,25 @@ def test_a_pseudo_label_job_is_accepted_with_its_defaults(client: TestClient) ->
         {"gate": "fixed"},
         {"gate": "auto", "score_gate": 0.5},
         {"gate_min_weight": 0.5},
+        {"gate": "auto", "gate_min_labelled_recall": 0},
+        {"gate": "auto", "gate_min_labelled_recall": 1.5},
+        {"gate": "off", "reference_maps_prefix": "maps/ref/"},
+        {"gate": "auto", "reference_maps_prefix": "../up/"},
     ],
-    ids=["regions", "top_k", "nms", "c", "gate", "fixed-without-score", "auto-with-score", "w"],
+    ids=[
+        "regions",
+        "top_k",
+        "nms",
+        "c",
+        "gate",
+        "fixed-without-score",
+        "auto-with-score",
+        "w",
+        "recall-0",
+        "recall-above-1",
+        "reference-without-auto",
+        "reference-bad-prefix",
+    ],
 )
 def test_bad_pseudo_label_parameters_get_422(client: TestClient, fields: dict[str, Any]) -> None:
     response = client.post("/v1/pseudo-label-jobs", json=PSEUDO | fields)

@@ -359,6 +359,53 @@ def test_the_auto_gate_on_one_population_gates_nothing(tmp_path: Path) -> None:
     assert record.outputs["images_with_boxes"] == POOL
 
 
+REFERENCE = "maps/steel/20260101T130000-5e6f7a8b/"
+
+
+def _reference(store: FileObjectStore, scores: list[float]) -> None:
+    """A dataset-map output over labelled defect images: only its scores.csv is read."""
+    rows = "image_key,image_score,zero_shot_score,map_max\n"
+    rows += "".join(f"lab/d{i:02d}.png,{s},0,{PEAK}\n" for i, s in enumerate(scores))
+    store.put_bytes(f"{REFERENCE}scores.csv", rows.encode())
+
+
+def test_labelled_defects_below_the_mixtures_gate_lower_it(
+    pool: FileObjectStore, tmp_path: Path
+) -> None:
+    # given: 10 labelled defects, half scoring like the pool's normal images (0.2)
+    _reference(pool, [0.19, 0.2, 0.21, 0.22, 0.23, 0.78, 0.79, 0.8, 0.81, 0.82])
+    # when
+    record = _run(pool, tmp_path, gate="auto", reference_maps_prefix=REFERENCE)
+    out = record.outputs
+    summary = _json(pool, out["summary"])
+    # then: lowered to the 3rd lowest reference (keeps 8 of 10), which most of the pool passes
+    assert record.state == JobState.SUCCEEDED, record.error
+    assert out["gate_threshold"] == pytest.approx(0.21)
+    assert (out["gate_reference_images"], out["gate_reference_kept"]) == (10, 0.8)
+    assert out["gate_reason"].startswith("labelled defects: the mixture's gate")
+    assert out["images_with_boxes"] == out["gate_passed_images"] > 4
+    assert out["gate_pool_kept"] == pytest.approx(out["gate_passed_images"] / POOL)
+    assert summary["reference_maps_prefix"] == REFERENCE
+    assert summary["gate_reference_kept"] == 0.8
+
+
+def test_labelled_defects_above_the_mixtures_gate_keep_it(
+    pool: FileObjectStore, tmp_path: Path
+) -> None:
+    _reference(pool, [0.75, 0.78, 0.8, 0.82, 0.85, 0.9])
+    out = _run(pool, tmp_path, gate="auto", reference_maps_prefix=REFERENCE).outputs
+    assert out["gate_reason"].startswith("two populations")
+    assert (out["gate_reference_images"], out["gate_reference_kept"]) == (6, 1.0)
+    assert (out["images_with_boxes"], out["gate_pool_kept"]) == (4, 0.25)
+
+
+def test_a_reference_prefix_without_scores_fails_the_job(
+    pool: FileObjectStore, tmp_path: Path
+) -> None:
+    record = _run(pool, tmp_path, gate="auto", reference_maps_prefix="maps/nothing/")
+    assert (record.state, record.error_code) == (JobState.FAILED, "reference_scores_missing")
+
+
 def test_a_pool_larger_than_the_map_memory_labels_the_same(
     store: FileObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
