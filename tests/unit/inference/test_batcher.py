@@ -325,6 +325,56 @@ def test_call_in_worker_runs_after_the_batch_in_flight() -> None:
     assert order == ["batch released", "close"]
 
 
+def test_the_worker_takes_the_next_batch_while_the_event_loop_is_busy() -> None:
+    # given one batch held in the runner and two more items queued behind it
+    gate = threading.Event()
+    third_ran = threading.Event()
+
+    class Runner(RecordingRunner):
+        def __call__(self, items: Sequence[int]) -> list[tuple[str, int] | Exception]:
+            if items == [0]:
+                gate.wait(GUARD_S)
+            if items == [2]:
+                third_ran.set()
+            return super().__call__(items)
+
+    runner = Runner()
+    batcher: DynamicBatcher[int, Any] = DynamicBatcher(
+        runner, max_batch_size=1, max_queue_delay_ms=0
+    )
+
+    async def scenario() -> tuple[bool, list[Any]]:
+        tasks = [asyncio.ensure_future(batcher.submit(i)) for i in range(3)]
+        while batcher.stats().in_flight == 0:
+            await asyncio.sleep(0.01)
+
+        # when the first batch ends while the loop is blocked (busy with other requests)
+        gate.set()
+        ran_without_loop = third_ran.wait(GUARD_S)  # blocks the loop thread on purpose
+        results = await asyncio.gather(*tasks)
+        await batcher.stop()
+        return ran_without_loop, results
+
+    ran_without_loop, results = run(scenario)
+
+    # then the worker went on to the queued batches by itself; every caller got its answer
+    assert ran_without_loop
+    assert runner.batches == [[0], [1], [2]]
+    assert results == [("a", 0), ("a", 2), ("a", 4)]
+
+
+def test_call_in_worker_after_stop_is_refused() -> None:
+    batcher: DynamicBatcher[int, Any] = DynamicBatcher(RecordingRunner())
+
+    async def scenario() -> None:
+        await batcher.submit(1)
+        await batcher.stop()
+        with pytest.raises(UnavailableError):
+            await batcher.call_in_worker(lambda: None)
+
+    run(scenario)
+
+
 def test_invalid_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="max_batch_size"):
         DynamicBatcher(RecordingRunner(), max_batch_size=0)
