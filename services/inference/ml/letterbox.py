@@ -11,6 +11,7 @@ import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 PAD_VALUE = 114
+_SCALE = np.float32(255.0)
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,46 @@ def to_input_tensor(
     # Divide (not multiply by 1/255) so the values equal ultralytics' ``div_(255)`` bit for bit.
     np.divide(batch, 255.0, out=batch)
     return np.ascontiguousarray(batch, dtype=dtype)
+
+
+def letterbox_into(
+    image: NDArray[np.uint8], geometry: LetterboxGeometry, out: NDArray[np.float32]
+) -> None:
+    """Letterbox ``image`` straight into one slot of a float32 network input.
+
+    The same values as ``to_input_tensor([letterbox(image, geometry)])[0]``, bit for bit,
+    in one pass and without the uint8 canvas or the intermediate float copies: the batch
+    tensor is the only large array written.
+
+    Args:
+        image: (H, W, 3) uint8, H and W equal to ``geometry.orig_hw``.
+        geometry: From ``letterbox_geometry``.
+        out: (3, out_h, out_w) float32, written in full.
+    """
+    if image.shape[:2] != geometry.orig_hw:
+        raise ValueError(f"image shape {image.shape[:2]} != geometry {geometry.orig_hw}")
+    if out.shape != (3, *geometry.out_hw) or out.dtype != np.float32:
+        raise ValueError(f"out must be float32 (3, {geometry.out_hw}), got {out.dtype} {out.shape}")
+    new_h, new_w = geometry.resized_hw
+    resized = image
+    if (new_h, new_w) != geometry.orig_hw:
+        resized = np.asarray(
+            cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR), dtype=np.uint8
+        )
+    top, left = geometry.pad_top, geometry.pad_left
+    if (new_h, new_w) != geometry.out_hw:  # padding: only the border needs the grey
+        pad = np.float32(PAD_VALUE) / _SCALE
+        out[:, :top] = pad
+        out[:, top + new_h :] = pad
+        out[:, top : top + new_h, :left] = pad
+        out[:, top : top + new_h, left + new_w :] = pad
+    # uint8 -> float32, then a float32 division: what ``to_input_tensor`` computes.
+    np.divide(
+        resized.transpose(2, 0, 1),
+        _SCALE,
+        out=out[:, top : top + new_h, left : left + new_w],
+        dtype=np.float32,
+    )
 
 
 def scale_boxes(boxes: NDArray[np.float32], geometry: LetterboxGeometry) -> NDArray[np.float32]:

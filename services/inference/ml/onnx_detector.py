@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
@@ -22,10 +23,9 @@ from services.inference.ml.detections import (
 )
 from services.inference.ml.letterbox import (
     LetterboxGeometry,
-    letterbox,
     letterbox_geometry,
+    letterbox_into,
     scale_boxes,
-    to_input_tensor,
 )
 from services.inference.ml.nms import decode_and_nms
 from shared.errors import InvalidInputError, UnavailableError
@@ -49,8 +49,8 @@ class OnnxDetector:
     bilinear resize, best-class NMS with class offsets, boxes scaled back and clipped).
     Parity, tested per image with the same classes and count: against ``YOLO(path).predict``
     on the same file, boxes within 1e-3 px and scores within 1e-5 (in practice identical);
-    against the source PyTorch model, 0.1 px and 1e-4. The object holds no mutable state
-    after construction; ONNX Runtime sessions may be run from several threads.
+    against the source PyTorch model, 0.1 px and 1e-4. After construction the object holds
+    only a per-thread input buffer; ONNX Runtime sessions may be run from several threads.
 
     Args:
         path: Local ``.onnx`` file (trusted or not: ONNX carries no code).
@@ -123,6 +123,7 @@ class OnnxDetector:
         self._auto = rect and self._dynamic_hw
         self._names = dict(names) if names is not None else meta.get("names") or self._probe_names()
         self._nc = len(self._names)
+        self._buffers = threading.local()  # per thread: see _input_batch
 
     @property
     def names(self) -> Mapping[int, str]:
@@ -168,13 +169,28 @@ class OnnxDetector:
         geoms = [self._geometry(im.shape[:2]) for im in rgb]
         results: list[Detections] = [Detections.empty(g.orig_hw) for g in geoms]
         for indices in _group_by_out_shape(geoms):
-            batch = to_input_tensor(
-                [letterbox(rgb[i], geoms[i]) for i in indices], self._input_dtype
-            )
+            batch = self._input_batch(len(indices), geoms[indices[0]].out_hw)
+            for row, i in enumerate(indices):
+                letterbox_into(rgb[i], geoms[i], batch[row])
             raw = self.forward(batch)
             for row, i in enumerate(indices):
                 results[i] = _postprocess(raw[row], geoms[i], per_image[i])
         return results
+
+    def _input_batch(self, n: int, hw: tuple[int, int]) -> NDArray[np.float32]:
+        """A (n, 3, H, W) float32 input to fill: this thread's buffer, reused between calls.
+
+        A fresh batch of tens of MB page-faults on every call (the allocator hands such
+        blocks back to the OS) and cost as much as the letterbox itself at batch 8. The
+        buffer belongs to the calling thread (the batcher's), and neither runtime keeps its
+        input after ``run`` returns (OpenVINO copies it in), so reuse is safe.
+        """
+        buffer: NDArray[np.float32] | None = getattr(self._buffers, "batch", None)
+        if buffer is None or buffer.shape[2:] != hw or len(buffer) < n:
+            size = n if buffer is None or buffer.shape[2:] != hw else max(n, len(buffer))
+            buffer = np.empty((size, 3, *hw), dtype=np.float32)
+            self._buffers.batch = buffer
+        return buffer[:n]
 
     def forward(self, batch: NDArray[np.floating[Any]]) -> NDArray[np.float32]:
         """Run the network on already letterboxed input.

@@ -12,6 +12,7 @@ from services.inference.ml.letterbox import (
     PAD_VALUE,
     letterbox,
     letterbox_geometry,
+    letterbox_into,
     scale_boxes,
     to_input_tensor,
 )
@@ -140,3 +141,28 @@ def test_input_tensor_is_nchw_in_unit_range(make_image: Callable[..., np.ndarray
     assert batch.dtype == np.float32
     assert batch.flags.c_contiguous
     np.testing.assert_array_equal(batch[1, 0], canvases[1][..., 0] / np.float32(255))
+
+
+@pytest.mark.parametrize("auto", [False, True])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_letterbox_into_writes_the_same_input_as_canvas_then_tensor(
+    make_image: Callable[..., np.ndarray], shape: tuple[int, int], auto: bool
+) -> None:
+    # given an image and a slot of a reused batch buffer holding garbage from earlier calls
+    image = make_image(*shape)
+    geom = letterbox_geometry(shape, (320, 320), auto=auto, stride=32)
+    slot = np.full((3, *geom.out_hw), np.nan, dtype=np.float32)
+
+    # when
+    letterbox_into(image, geom, slot)
+
+    # then: every value written, bit-identical to the two-step path (ultralytics' numbers)
+    np.testing.assert_array_equal(slot, to_input_tensor([letterbox(image, geom)])[0])
+
+
+def test_letterbox_into_refuses_a_slot_of_the_wrong_shape(
+    make_image: Callable[..., np.ndarray],
+) -> None:
+    geom = letterbox_geometry((480, 640), (320, 320))
+    with pytest.raises(ValueError, match="out must be"):
+        letterbox_into(make_image(480, 640), geom, np.zeros((3, 320, 256), np.float32))

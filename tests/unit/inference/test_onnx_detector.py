@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,46 @@ def test_batch_results_equal_one_by_one_results(
     for a, b in zip(together, alone, strict=True):
         assert len(a) > 0
         _assert_equal(a, b)
+
+
+def test_reusing_the_input_buffer_never_leaks_between_calls(
+    yolo_files: Any, parity_images: list[np.ndarray]
+) -> None:
+    # given one detector called with batches that grow, shrink and change shape, against a
+    # fresh detector for every call (whose buffer is new each time)
+    detector = OnnxDetector(yolo_files.dynamic_onnx, intra_op_threads=1)
+    a, b, c = parity_images[1], parity_images[2], parity_images[3]
+    calls = [[a, a, a], [b], [a], [c, a], [a, a, a, a]]
+
+    # when
+    reused = [detector.detect(images, PARAMS) for images in calls]
+    fresh = [
+        OnnxDetector(yolo_files.dynamic_onnx, intra_op_threads=1).detect(images, PARAMS)
+        for images in calls
+    ]
+
+    # then
+    for got, want in zip(reused, fresh, strict=True):
+        for one, other in zip(got, want, strict=True):
+            _assert_equal(one, other)
+
+
+def test_threads_sharing_a_detector_do_not_share_input_buffers(
+    yolo_files: Any, parity_images: list[np.ndarray]
+) -> None:
+    # given two slots serving the same model: two batcher threads on one detector
+    detector = OnnxDetector(yolo_files.dynamic_onnx, intra_op_threads=1)
+    jobs = [[parity_images[1]] * 2, [parity_images[2]] * 2] * 3
+    expected = [detector.detect(images, PARAMS) for images in jobs]
+
+    # when they run at the same time
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lambda images: detector.detect(images, PARAMS), jobs))
+
+    # then every call got its own images' answers
+    for got, want in zip(results, expected, strict=True):
+        for one, other in zip(got, want, strict=True):
+            _assert_equal(one, other)
 
 
 def test_fixed_batch_export_is_detected_and_dynamic_one_is_not(yolo_files: Any) -> None:
