@@ -30,24 +30,26 @@ def state_of(request: Request) -> InferenceState:
     return service_state(request.app, InferenceState)
 
 
-def _settings(request: Request) -> InferenceSettings:
+# ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in its thread pool, and
+# these four attribute reads were four thread hops on every /detect (issue 25's profile).
+async def _settings(request: Request) -> InferenceSettings:
     return state_of(request).settings
 
 
-def _runtime(request: Request) -> ModelRuntime:
+async def _runtime(request: Request) -> ModelRuntime:
     return available(request, state_of(request).runtime, "runtime")
 
 
-def _sinks(request: Request) -> SinkDispatcher | None:
+async def _sinks(request: Request) -> SinkDispatcher | None:
     return state_of(request).sinks
 
 
-def _metrics(request: Request) -> InferenceMetrics:
+async def _metrics(request: Request) -> InferenceMetrics:
     return available(request, state_of(request).metrics, "metrics")
 
 
 def _max_image_bytes(request: Request) -> int:
-    return int(_settings(request).max_image_mb * 2**20)
+    return int(state_of(request).settings.max_image_mb * 2**20)
 
 
 SettingsDep = Annotated[InferenceSettings, Depends(_settings)]

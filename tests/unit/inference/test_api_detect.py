@@ -39,6 +39,32 @@ def _post(client: TestClient, body: bytes, path: str = "/v1/detect", **query: st
     return client.post(path, params=query, content=body, headers={"content-type": "image/png"})
 
 
+def test_detect_hops_to_no_thread_pool_for_its_dependencies(
+    client: TestClient, picture: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a record of every call FastAPI sends to starlette's thread pool (plain ``def``
+    # dependencies and endpoints go there: a thread hop each, per request)
+    import fastapi.dependencies.utils
+    import fastapi.routing
+
+    hops: list[str] = []
+    for module in (fastapi.dependencies.utils, fastapi.routing):
+        original = module.run_in_threadpool
+
+        async def recording(func: Any, *args: Any, _run: Any = original, **kwargs: Any) -> Any:
+            hops.append(getattr(func, "__name__", repr(func)))
+            return await _run(func, *args, **kwargs)
+
+        monkeypatch.setattr(module, "run_in_threadpool", recording)
+
+    # when
+    response = _post(client, picture, **LOOSE)
+
+    # then the request was answered on the event loop (decoding has its own thread)
+    assert response.status_code == 200
+    assert hops == []
+
+
 def test_detect_answers_boxes_in_pixels_and_normalised(client: TestClient, picture: bytes) -> None:
     # when
     response = _post(client, picture, **LOOSE)
