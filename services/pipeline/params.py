@@ -102,7 +102,8 @@ class PipelineRequest(BaseModel):
     gate: Literal["off", "auto"] = Field(
         "auto",
         description="pseudo boxes only on images whose score stands out of the pool's "
-        "(label-free, from the image-score distribution); off: every image over the threshold",
+        "(no pool labels: the image-score distribution, checked by the scores of the labelled "
+        "set's defect images); off: every image over the threshold",
     )
     preset: PresetName = "cpu-demo"
     detector: FamilyName = Field(

@@ -6,9 +6,16 @@ it with (the API never imports torch for this).
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    model_validator,
+)
 
 from services.anomaly_map.params.catalog import CATALOG
 from services.anomaly_map.params.tocoad import PresetName, TocoadConfig
@@ -54,20 +61,6 @@ def tocoad_overrides_schema() -> WithJsonSchema:
     return WithJsonSchema(_inlined(schema, defs))
 
 
-class DatasetMapParams(BaseModel):
-    """Payload of ``anomaly_map.dataset_maps`` jobs."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    category: str
-    category_version: str | None = None
-    prefix: str = Field(description="object-store prefix of the images (ending with '/')")
-    mode: str | None = Field(
-        None, description=f"{', '.join(CATALOG)}; default the category's method"
-    )
-    output_prefix: str | None = Field(None, description="default maps/<category>/<job id>/")
-
-
 class EvaluationParams(BaseModel):
     """Payload of ``anomaly_map.evaluate`` jobs."""
 
@@ -97,6 +90,34 @@ class LabelledDefects(BaseModel):
     max_images: int = Field(
         200, ge=1, le=10_000, description="most labelled images cut into exemplars"
     )
+
+
+class DatasetMapParams(BaseModel):
+    """Payload of ``anomaly_map.dataset_maps`` jobs: the images under ``prefix``, or the
+    labelled defect images of a stored dataset (``defects``)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    category: str
+    category_version: str | None = None
+    prefix: str | None = Field(
+        None, description="object-store prefix of the images (ending with '/')"
+    )
+    defects: LabelledDefects | None = Field(
+        None,
+        description="instead of prefix: the images of a stored dataset's split that hold "
+        "boxes (their scores check the pseudo-label gate, issue 21)",
+    )
+    mode: str | None = Field(
+        None, description=f"{', '.join(CATALOG)}; default the category's method"
+    )
+    output_prefix: str | None = Field(None, description="default maps/<category>/<job id>/")
+
+    @model_validator(mode="after")
+    def _one_image_source(self) -> Self:
+        if (self.prefix is None) == (self.defects is None):
+            raise ValueError("give exactly one of 'prefix' or 'defects'")
+        return self
 
 
 class TocoadFitParams(BaseModel):

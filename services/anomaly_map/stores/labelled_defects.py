@@ -19,6 +19,7 @@ from shared.schemas.detection_dataset import (
     MANIFEST_FILE,
     SPLITS_FILE,
     DetectionDataset,
+    ImageRecord,
     latest_key,
     split_names,
     version_prefix,
@@ -74,17 +75,37 @@ def split_files(store: ObjectStore, prefix: str, split: str) -> list[str]:
         ) from exc
 
 
-def read_defect_images(
-    store: ObjectStore, spec: str, split: str, max_images: int
-) -> list[DefectImage]:
-    """Up to ``max_images`` images of ``split`` that hold boxes (evenly spaced), with boxes."""
-    prefix = resolve_dataset(store, spec)
+def _defect_records(
+    store: ObjectStore, prefix: str, split: str, max_images: int
+) -> list[ImageRecord]:
+    """Up to ``max_images`` images of ``split`` that hold boxes, evenly spaced."""
     wanted = set(split_files(store, prefix, split))
     dataset = DetectionDataset.model_validate_json(store.get_bytes(prefix + DATASET_FILE))
     labelled = [im for im in dataset.images if im.file_name in wanted and im.boxes]
     if len(labelled) > max_images:
         picks = np.linspace(0, len(labelled) - 1, max_images).round().astype(int)
         labelled = [labelled[i] for i in sorted(set(picks.tolist()))]
+    return labelled
+
+
+def defect_image_keys(
+    store: ObjectStore, spec: str, split: str, max_images: int
+) -> tuple[str, list[str]]:
+    """The dataset version's images prefix and the keys of its defect images (as
+    ``read_defect_images`` picks them), for a dataset map over labelled defects."""
+    prefix = resolve_dataset(store, spec)
+    images = prefix + IMAGES_DIR
+    return images, [
+        images + im.file_name for im in _defect_records(store, prefix, split, max_images)
+    ]
+
+
+def read_defect_images(
+    store: ObjectStore, spec: str, split: str, max_images: int
+) -> list[DefectImage]:
+    """Up to ``max_images`` images of ``split`` that hold boxes (evenly spaced), with boxes."""
+    prefix = resolve_dataset(store, spec)
+    labelled = _defect_records(store, prefix, split, max_images)
     return [
         DefectImage(
             im.file_name,

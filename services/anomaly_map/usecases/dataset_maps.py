@@ -16,6 +16,7 @@ from services.anomaly_map.params import DatasetMapParams, Method
 from services.anomaly_map.runtime.engine import MapEngine, resolve_mode
 from services.anomaly_map.runtime.methods import method_for
 from services.anomaly_map.stores.categories import CategoryStore
+from services.anomaly_map.stores.labelled_defects import defect_image_keys
 from services.anomaly_map.stores.maps import encode_npy
 from shared.errors import InvalidInputError, SuiteError
 from shared.imaging.intake import decode_image
@@ -47,7 +48,7 @@ def submit_dataset_maps(
         update={
             "category_version": record.version,
             "mode": resolve_mode(params.mode, record),
-            "prefix": listing_prefix(params.prefix),
+            "prefix": listing_prefix(params.prefix) if params.prefix is not None else None,
             "output_prefix": listing_prefix(params.output_prefix) if params.output_prefix else None,
         }
     )
@@ -117,14 +118,28 @@ class _Plan:
         params = DatasetMapParams.model_validate(ctx.params)
         self.record = engine.categories.get(params.category, params.category_version)
         self.mode: Method = resolve_mode(params.mode, self.record)
-        self.prefix = validate_key(params.prefix, prefix=True)
         self.output = params.output_prefix or default_output_prefix(self.record.name, ctx.job_id)
         validate_key(self.output, prefix=True)
-        self.keys = sorted(k for k in ctx.store.list(self.prefix) if is_image_key(k))
-        if not self.keys:
-            raise InvalidInputError(f"no images under {self.prefix!r}", code="no_images")
+        self.prefix, self.keys = _images(ctx, params)
         self.targets = map_keys(self.keys, self.prefix, self.output)
         self.position = {key: i for i, key in enumerate(self.keys)}
+
+
+def _images(ctx: JobContext, params: DatasetMapParams) -> tuple[str, list[str]]:
+    """The images' prefix and sorted keys: every image under ``prefix``, or the labelled
+    defect images of ``defects`` (those a ToCoAD fit would cut exemplars from)."""
+    if params.defects is not None:
+        d = params.defects
+        prefix, keys = defect_image_keys(ctx.store, d.dataset, d.split, d.max_images)
+        where = f"{d.dataset} split {d.split!r} (images with boxes)"
+    else:
+        assert params.prefix is not None  # checked by DatasetMapParams
+        prefix = validate_key(params.prefix, prefix=True)
+        keys = [k for k in ctx.store.list(prefix) if is_image_key(k)]
+        where = repr(prefix)
+    if not keys:
+        raise InvalidInputError(f"no images under {where}", code="no_images")
+    return prefix, sorted(keys)
 
 
 def run(ctx: JobContext, engine: MapEngine, *, batch_size: int) -> list[str]:

@@ -314,8 +314,10 @@ def _boxes_section(record: PipelineRecord, store: ObjectStore) -> str:
             continue
         figures.append(_png_tag(image, str(key).rpartition("/")[2]))
     where = _esc(outputs.get("out_prefix", ""))
+    gate = f"<p>Image gate: {_esc(outputs['gate_reason'])}</p>" if "gate_reason" in outputs else ""
     return (
-        f"<h2>Pseudo-defect boxes</h2><p>Labels under <code>{where}</code>.</p>{''.join(figures)}"
+        f"<h2>Pseudo-defect boxes</h2><p>Labels under <code>{where}</code>.</p>{gate}"
+        f"{''.join(figures)}"
     )
 
 

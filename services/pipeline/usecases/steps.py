@@ -1,8 +1,9 @@
 """The pipeline's steps: which service each calls, with what body, and what it hands on.
 
 Each step is one public call of a service (agssp-spec §1-§6 in order): (method) -> category
--> labelled import -> (ToCoAD fit, with the labelled defects) -> dataset maps -> pseudo boxes
--> AGBP -> AGDP -> finetune -> scratch baseline -> (promote) -> report. Jobs are submitted with the same bodies a user
+-> labelled import -> (ToCoAD fit, with the labelled defects) -> dataset maps -> (maps of the
+labelled defects, which check the pseudo boxes' gate) -> pseudo boxes -> AGBP -> AGDP ->
+finetune -> scratch baseline -> (promote) -> report. Jobs are submitted with the same bodies a user
 would send, so a pipeline exercises exactly the routes the services publish. A step's
 ``outputs`` keep only what later steps and the report read.
 """
@@ -131,15 +132,37 @@ def _source(record: PipelineRecord) -> dict[str, Any]:
     }
 
 
+def _defect_maps_call(record: PipelineRecord) -> Call | None:
+    """Maps of the labelled set's defect images, whose scores check the auto gate (issue 21):
+    the same category and method as the pool's, so the scores share one scale."""
+    req, method = record.request, map_method(record)
+    if method == "provided" or req.gate != "auto" or not _labelled_has_boxes(record):
+        return None
+    defects = {"dataset": dataset_ref(record), "split": req.labelled.split}
+    body = {"category": req.category, "defects": defects, "mode": method}
+    return Call("anomaly_map", "POST", "/v1/anomaly-map-jobs", body)
+
+
+def _labelled_has_boxes(record: PipelineRecord) -> bool:
+    # A stored dataset named in the request skips the import: its boxes are not counted here.
+    boxes = record.step("dataset").outputs.get("boxes")
+    return boxes is None or int(boxes) > 0
+
+
 def _boxes_call(record: PipelineRecord) -> Call:
     body = {**_source(record), "gate": record.request.gate}  # only here: AGBP sources refuse it
+    if record.has_step("defect_maps"):  # skipped: no outputs, no reference
+        reference = record.step("defect_maps").outputs.get("maps_prefix")
+        if reference is not None:
+            body["reference_maps_prefix"] = reference
     return Call("pretrain", "POST", "/v1/pseudo-label-jobs", body)
 
 
 _BOX_OUTPUTS = (
     "out_prefix", "images", "boxes", "examples", "threshold", "images_with_boxes",
     "share_with_boxes", "boxes_per_image", "gate", "gate_threshold", "gate_defect_share",
-    "gate_separation", "gate_reason", "gate_score_source",
+    "gate_separation", "gate_reason", "gate_score_source", "gate_reference_images",
+    "gate_reference_kept", "gate_pool_kept",
 )  # fmt: skip
 
 
@@ -273,6 +296,7 @@ SPECS: dict[str, StepSpec] = {
         StepSpec("category", "anomaly_map", "call", _category_call, _category_collect),
         StepSpec("tocoad_fit", "anomaly_map", "job", _fit_call, lambda job: {}),
         StepSpec("maps", "anomaly_map", "job", _maps_call, _maps_collect),
+        StepSpec("defect_maps", "anomaly_map", "job", _defect_maps_call, _maps_collect),
         StepSpec("pseudo_boxes", "pretrain", "job", _boxes_call, _boxes_collect),
         StepSpec("agbp", "pretrain", "job", _agbp_call, _first_artifact),
         StepSpec("agdp", "finetune", "job", _agdp_call, _first_artifact),
@@ -298,6 +322,8 @@ def plan(request: PipelineRequest) -> list[StepRecord]:
         names.append("tocoad_fit")
     if request.maps != "provided":
         names.append("maps")
+        if request.gate == "auto":  # the labelled defects' scores check the gate
+            names.append("defect_maps")
     names += ["pseudo_boxes", "agbp", "agdp", "finetune"]
     if request.baseline:
         names.append("baseline")

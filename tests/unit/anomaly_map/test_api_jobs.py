@@ -67,6 +67,26 @@ def test_dataset_job_with_an_unknown_mode_is_422(client: TestClient) -> None:
     assert response.status_code == 422
 
 
+@pytest.mark.parametrize(
+    "images",
+    [{}, {"prefix": "x/", "defects": {"dataset": "steel"}}],
+    ids=["neither", "both"],
+)
+def test_dataset_job_needs_either_a_prefix_or_labelled_defects(
+    client: TestClient, images: dict[str, object]
+) -> None:
+    response = client.post("/v1/anomaly-map-jobs", json={"category": "tile", **images})
+    assert response.status_code == 422
+
+
+def test_dataset_job_over_labelled_defects_is_queued(client: TestClient) -> None:
+    body = {"category": "tile", "defects": {"dataset": "steel", "split": "train"}}
+    response = client.post("/v1/anomaly-map-jobs", json=body)
+    assert response.status_code == 202, response.text
+    params = response.json()["params"]
+    assert (params["prefix"], params["defects"]["dataset"]) == (None, "steel")
+
+
 def test_evaluation_is_queued(client: TestClient) -> None:
     # when
     response = client.post(

@@ -26,6 +26,7 @@ from tests.unit.anomaly_map.test_service_support import (
     small_spec,
     tiny_scorers,
 )
+from tests.unit.anomaly_map.test_service_tocoad import _store_labelled_dataset
 
 NAMES = ["a.png", "b.jpg", "c.2024.01.png", "d.bmp", "e.png"]
 
@@ -204,3 +205,20 @@ def test_empty_prefix_fails_with_a_clear_code(engine, settings) -> None:
     with pytest.raises(InvalidInputError) as info:
         run_dataset_maps(_context(engine, prefix="data/none/"), engine, settings)
     assert info.value.code == "no_images"
+
+
+def test_labelled_defect_images_of_a_stored_dataset_get_maps_and_scores(
+    engine: CountingEngine, settings: AnomalyMapSettings
+) -> None:
+    # given: a stored dataset of three images, two of them with a box
+    store = engine.categories.store
+    assert isinstance(store, FileObjectStore)
+    name = _store_labelled_dataset(store, [[10, 10, 40, 30], [], [50, 20, 90, 60]])
+    ctx = _context(engine, prefix=None, defects={"dataset": name, "split": "train"})
+    out = default_output_prefix("tile", ctx.job_id)
+    # when
+    run_dataset_maps(ctx, engine, settings)
+    # then: only the images with boxes are mapped and scored
+    rows = read_scores_csv(store.get_bytes(f"{out}scores.csv"))
+    assert [r.image_key.rpartition("/")[2] for r in rows] == ["d0.png", "d2.png"]
+    assert store.list(f"{out}maps/") == [f"{out}maps/d0.npy", f"{out}maps/d2.npy"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import io
 import re
 from collections.abc import Iterator
@@ -145,6 +146,18 @@ def test_the_report_shows_overlays_curves_and_the_baseline(store: FileObjectStor
     assert "line-3-scratch" in page
     assert "+10.0" in page  # 50.0 vs 40.0 mAP@0.5
     assert page.count("<polyline") == 2
+
+
+def test_the_report_says_how_the_image_gate_was_set(store: FileObjectStore) -> None:
+    # given pseudo boxes whose gate the labelled defects lowered
+    record = _finished_record(store)
+    reason = "labelled defects: the mixture's gate (0.5) kept 40% of 50 labelled defect images"
+    record.step("pseudo_boxes").outputs = {"out_prefix": "pseudo/j2/", "gate_reason": reason}
+    # when
+    page = render_report(record, store).decode()
+    # then the reason is shown, and the defect maps have a row in the step table
+    assert f"Image gate: {html.escape(reason)}" in page
+    assert "<td>defect_maps</td>" in page
 
 
 def _put_records(store: FileObjectStore, artifact: str, hits: list[bool]) -> None:

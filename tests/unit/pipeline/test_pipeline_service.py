@@ -67,9 +67,11 @@ def test_plan_follows_the_map_method_and_options() -> None:
     # when / then
     auto = [s.name for s in plan(_request())]
     assert auto == [
-        "method", "category", "dataset", "tocoad_fit", "maps", "pseudo_boxes", "agbp", "agdp",
-        "finetune", "baseline", "promote", "report",
+        "method", "category", "dataset", "tocoad_fit", "maps", "defect_maps", "pseudo_boxes",
+        "agbp", "agdp", "finetune", "baseline", "promote", "report",
     ]  # fmt: skip
+    ungated = [s.name for s in plan(_request(gate="off"))]
+    assert "defect_maps" not in ungated
     provided = plan(_request(maps="provided", maps_prefix="m/", baseline=False, promote=None))
     assert [s.name for s in provided][:4] == ["category", "dataset", "pseudo_boxes", "agbp"]
     assert "baseline" not in [s.name for s in provided]
@@ -113,6 +115,53 @@ def test_a_whole_pipeline_hands_each_output_to_the_next_step(pipelines: Pipeline
     assert f"{promoted['model']}:{promoted['version']}" == done.step("finetune").outputs["artifact"]
     assert done.report_key == f"pipelines/{done.id}/report"
     assert done.progress == 100.0
+
+
+def test_the_pseudo_label_gate_is_checked_by_maps_of_the_labelled_defects(
+    pipelines: PipelineStore,
+) -> None:
+    # when
+    done = _run(create_pipeline(pipelines, _request()), pipelines, suite := FakeSuite())
+    # then a second map job covers the labelled set's defect images, with the pool's method
+    assert done.state is PipelineState.SUCCEEDED, done.error
+    pool, defects = suite.bodies("/v1/anomaly-map-jobs")
+    labelled = done.step("dataset").outputs["dataset"]
+    assert defects == {
+        "category": "steel",
+        "defects": {"dataset": labelled, "split": _request().labelled.split},
+        "mode": pool["mode"],
+    }
+    # and the pseudo-label job reads their scores as its gate's reference
+    [boxes] = suite.bodies("/v1/pseudo-label-jobs")
+    reference = done.step("defect_maps").outputs["maps_prefix"]
+    assert reference == f"maps/steel/{done.step('defect_maps').job_id}/"
+    assert (boxes["gate"], boxes["reference_maps_prefix"]) == ("auto", reference)
+    assert boxes["maps_prefix"] == done.step("maps").outputs["maps_prefix"]
+
+
+def test_a_labelled_set_without_boxes_or_an_ungated_pipeline_sends_no_reference(
+    pipelines: PipelineStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.unit.pipeline import fake_suite
+
+    # given a labelled import that reports no box
+    results = fake_suite._results
+
+    def no_boxes(job: Any) -> dict[str, Any]:
+        out = results(job)
+        if job.path == "/v1/datasets":
+            out["outputs"]["boxes"] = 0
+        return out
+
+    monkeypatch.setattr(fake_suite, "_results", no_boxes)
+    # when
+    done = _run(create_pipeline(pipelines, _request()), pipelines, suite := FakeSuite())
+    ungated = _run(create_pipeline(pipelines, _request(gate="off")), pipelines, suite)
+    # then
+    assert done.state is ungated.state is PipelineState.SUCCEEDED
+    assert done.step("defect_maps").state is StepState.SKIPPED
+    assert len(suite.bodies("/v1/anomaly-map-jobs")) == 2  # one pool map job per pipeline
+    assert all("reference_maps_prefix" not in b for b in suite.bodies("/v1/pseudo-label-jobs"))
 
 
 def test_the_detector_family_decides_the_agbp_backbone_and_every_detector_config(
@@ -186,7 +235,7 @@ def test_a_refused_request_fails_with_the_services_code_and_resumes_there(
     done = _run(resumed, pipelines, suite)
     # then it restarts at AGBP: the earlier steps ran once
     assert done.state is PipelineState.SUCCEEDED
-    assert len(suite.bodies("/v1/anomaly-map-jobs")) == 1
+    assert len(suite.bodies("/v1/anomaly-map-jobs")) == 2  # the pool's and the defects' maps
     assert len(suite.bodies("/v1/pretrain-jobs")) == 2
     assert done.step("agbp").attempts == 1
 
