@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -31,6 +32,7 @@ from typing import Any
 from benchmarks.detect_accuracy import measure_int8_accuracy
 from benchmarks.detect_core import export_yolo_onnx, machine, measure_tiled
 from benchmarks.detect_rows import (
+    BASE_ROW,
     BATCH1_ROW,
     RUNTIMES,
     make_bare,
@@ -82,7 +84,9 @@ def _ratios(variant: str, by_c: dict[str, dict[str, Any]], runtimes: list[str]) 
     }
     ref = str(REFERENCE) if str(REFERENCE) in by_c else max(by_c, key=int)
     rows = by_c[ref]
-    fastest = max(runtimes, key=lambda r: rows[f"service_{r}"]["throughput_rps"])
+    fastest = max(
+        (r for r in runtimes if r != BASE_ROW), key=lambda r: rows[f"service_{r}"]["throughput_rps"]
+    )
     fastest_rps = rows[f"service_{fastest}"]["throughput_rps"]
     baseline = BASELINE_RPS.get(variant)
     batch1 = rows.get(f"service_{BATCH1_ROW}")
@@ -97,6 +101,23 @@ def _ratios(variant: str, by_c: dict[str, dict[str, Any]], runtimes: list[str]) 
         if batch1 is None
         else round(rows["service_ort_fp32"]["throughput_rps"] / batch1["throughput_rps"], 3),
     }
+
+
+def _over_baseline(by_c: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """FP32 service throughput over the --baseline-tree one: pooled, and round by round
+    (each pair ran back to back, so a round's ratio sees the same neighbours' load)."""
+    out: dict[str, Any] = {}
+    for c, rows in by_c.items():
+        new, old = rows["service_ort_fp32"], rows[f"service_{BASE_ROW}"]
+        rounds = [
+            round(a / b, 3) for a, b in zip(new["rounds_rps"], old["rounds_rps"], strict=True)
+        ]
+        out[c] = {
+            "throughput": round(new["throughput_rps"] / old["throughput_rps"], 3),
+            "rounds": rounds,
+            "rounds_median": round(statistics.median(rounds), 3),
+        }
+    return out
 
 
 def _aims(ratios: dict[str, Any]) -> dict[str, bool]:
@@ -118,10 +139,11 @@ def run_variant(variant: str, work: Path, image: bytes, args: argparse.Namespace
     models = _models(variant, work, args.calibration, args.runtimes)
     print(f"{variant}: exported {', '.join(p.name for p in models.values())}", flush=True)
     load_before = os.getloadavg()
-    servers = start_servers(models, work, args, batch1=REFERENCE in args.concurrency)
+    batch1 = REFERENCE in args.concurrency and not args.skip_batch1
+    servers = start_servers(models, work, args, batch1=batch1)
     try:
         warm_up(servers, image, args)
-        bare = make_bare(models, args.runtimes)
+        bare = make_bare(models, args.runtimes, baseline=args.baseline_tree is not None)
         by_c: dict[str, dict[str, Any]] = {}
         for c in args.concurrency:
             by_c[str(c)] = measure_concurrency(servers, bare, image, c, args, reference=REFERENCE)
@@ -129,7 +151,10 @@ def run_variant(variant: str, work: Path, image: bytes, args: argparse.Namespace
     finally:
         for server in servers.values():
             server.stop()
-    ratios = _ratios(variant, by_c, args.runtimes)
+    rows = [*args.runtimes, *([BASE_ROW] if args.baseline_tree is not None else [])]
+    ratios = _ratios(variant, by_c, rows)
+    if args.baseline_tree is not None and "ort_fp32" in args.runtimes:
+        ratios["fp32_over_baseline"] = _over_baseline(by_c)
     print(f"{variant}: {json.dumps(ratios)}", flush=True)
     return {
         "variant": variant,
@@ -182,6 +207,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-train", type=int, default=None, help="NEU-DET train images")
     parser.add_argument("--skip-map", action="store_true", help="no NEU-DET mAP section")
     parser.add_argument("--skip-tiled", action="store_true", help="no tiled-frame row")
+    parser.add_argument(
+        "--skip-batch1", action="store_true", help=f"no {BATCH1_ROW} row (batching off)"
+    )
+    parser.add_argument(
+        "--baseline-tree",
+        type=Path,
+        default=None,
+        help=f"also serve FP32 from this checkout (an older commit, e.g. from git archive) as "
+        f"the {BASE_ROW} row, interleaved with the others: before/after in one run",
+    )
     parser.add_argument("--quick", action="store_true", help="small counts: checks every path")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -211,7 +246,9 @@ def _setup(args: argparse.Namespace, image: bytes) -> dict[str, Any]:
         "server": "agssp serve inference (uvicorn, one process) on 127.0.0.1, CPU, default "
         "intra-op threads, INFERENCE_MAX_BATCH_SIZE / MAX_QUEUE_DELAY_MS as given with the "
         "adaptive delay on; one server per runtime (openvino: INFERENCE_BACKEND=openvino, "
-        f"throughput hint) plus {BATCH1_ROW} (max batch 1, at concurrency {REFERENCE} only); "
+        f"throughput hint) plus {BATCH1_ROW} (max batch 1, at concurrency {REFERENCE} only, "
+        f"unless --skip-batch1) and {BASE_ROW} (FP32 served from --baseline-tree: "
+        f"{args.baseline_tree}); "
         "server_cpu is the server process's own CPU time over the row",
         "bare": "the runtime alone on a ready float32 (B, 3, 640, 640) tensor in the benchmark "
         "process (no HTTP, decode, letterbox or NMS; no load running), B = the mean batch "

@@ -15,6 +15,7 @@ from benchmarks.native_load import LoadResult, run_load, summary
 
 RUNTIMES = ("ort_fp32", "openvino", "ort_int8")
 BATCH1_ROW = "ort_fp32_batch1"  # the FP32 service with batching off: what batching buys
+BASE_ROW = "ort_fp32_base"  # the FP32 service from another checkout (--baseline-tree)
 
 
 def start_servers(
@@ -26,10 +27,14 @@ def start_servers(
     try:
         for runtime in args.runtimes:
             onnx = models["ort_int8" if runtime == "ort_int8" else "ort_fp32"]
-            extra = {"backend": "openvino"} if runtime == "openvino" else {}
-            servers[runtime] = Server(onnx, work, max_batch=size, delay_ms=delay, **extra)
+            backend = "openvino" if runtime == "openvino" else "onnxruntime"
+            servers[runtime] = Server(onnx, work, max_batch=size, delay_ms=delay, backend=backend)
         if batch1 and "ort_fp32" in args.runtimes:
             servers[BATCH1_ROW] = Server(models["ort_fp32"], work, max_batch=1, delay_ms=0.0)
+        if getattr(args, "baseline_tree", None) is not None:
+            servers[BASE_ROW] = Server(
+                models["ort_fp32"], work, max_batch=size, delay_ms=delay, root=args.baseline_tree
+            )
         for server in servers.values():
             server.wait_ready()
     except BaseException:
@@ -39,10 +44,16 @@ def start_servers(
     return servers
 
 
-def make_bare(models: dict[str, Path], runtimes: list[str]) -> dict[str, BareSession]:
-    return {
+def make_bare(
+    models: dict[str, Path], runtimes: list[str], *, baseline: bool = False
+) -> dict[str, BareSession]:
+    """One bare session per runtime; the baseline row shares the FP32 one (its own batch)."""
+    bare = {
         r: BareSession(models["ort_int8" if r == "ort_int8" else "ort_fp32"], r) for r in runtimes
     }
+    if baseline:
+        bare[BASE_ROW] = bare.get("ort_fp32") or BareSession(models["ort_fp32"], "ort_fp32")
+    return bare
 
 
 def warm_up(servers: dict[str, Server], image: bytes, args: argparse.Namespace) -> None:

@@ -31,7 +31,12 @@ def _free_port() -> int:
 
 
 class Server:
-    """``agssp serve inference`` on a loopback port, serving one local ONNX file."""
+    """``agssp serve inference`` on a loopback port, serving one local ONNX file.
+
+    ``root`` runs the server from another checkout of the suite (a ``git worktree`` of an
+    older commit: before/after rows in one interleaved run); its packages come first on the
+    server's ``PYTHONPATH``, ahead of the editable install.
+    """
 
     def __init__(
         self,
@@ -41,6 +46,7 @@ class Server:
         max_batch: int,
         delay_ms: float,
         device: str = "cpu",
+        root: Path = ROOT,
         **extra: str,
     ) -> None:
         self.port = _free_port()
@@ -57,12 +63,14 @@ class Server:
             INFERENCE_DEVICE=device,
             **{f"INFERENCE_{k.upper()}": v for k, v in extra.items()},
         )
+        if root != ROOT:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
         argv = [sys.executable, "-m", "agssp.main", "serve", "inference"]
         self.log = (home / f"serve-{self.port}.log").open("wb")
         self.proc = subprocess.Popen(
             [*argv, "--port", str(self.port)],
             env=env,
-            cwd=ROOT,
+            cwd=root,
             stdout=self.log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
