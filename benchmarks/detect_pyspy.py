@@ -42,7 +42,7 @@ import httpx
 from benchmarks.detect_core import export_yolo_onnx, machine
 from benchmarks.detect_server import IMGSZ, BareSession, Server, batch_diff, mean_batch
 from benchmarks.loadgen import synthetic_image
-from benchmarks.native_load import process_cpu_s, resolve_generator, run_load
+from benchmarks.native_load import LoadResult, process_cpu_s, resolve_generator, run_load
 from benchmarks.pyspy_shares import (
     cpu_by_category,
     cpu_delta,
@@ -117,30 +117,29 @@ def _wait_attached(spy: subprocess.Popen[str], timeout_s: float = 30.0) -> str:
     raise RuntimeError("py-spy did not start sampling: " + "".join(lines[-5:]))
 
 
-def profile_window(
-    server: Server, image: bytes, concurrency: int, args: argparse.Namespace, out: Path
-) -> dict[str, Any]:
-    """One load window under py-spy: throughput, batch sizes and the shares."""
+def _start_py_spy(server: Server, args: argparse.Namespace, out: Path) -> tuple[Any, str]:
+    """py-spy recording the server into ``out``, once it samples; and its output so far."""
     argv = [
         _py_spy(), "record", "--pid", str(server.proc.pid), "--idle", "--nonblocking",
         "--threads", "--rate", str(args.rate), "--format", "speedscope", "-o", str(out),
     ]  # fmt: skip
     spy = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    spy_log = _wait_attached(spy)
+    return spy, _wait_attached(spy)
+
+
+def profile_window(
+    server: Server, image: bytes, concurrency: int, args: argparse.Namespace, out: Path
+) -> dict[str, Any]:
+    """One load window under py-spy: throughput, batch sizes and the shares."""
+    spy, spy_log = _start_py_spy(server, args, out)
     sizes_before, cpu_before, jiffies_before = (
         server.batch_sizes(),
         thread_cpu(server.proc.pid),
         _machine_jiffies(),
     )
-    load = run_load(
-        args.load_generator,
-        f"{server.url}/v1/detect",
-        image,
-        "image/jpeg",
-        concurrency=concurrency,
-        max_requests=1_000_000,
-        duration_s=args.duration_s,
-    )
+    load = run_load(args.load_generator, f"{server.url}/v1/detect", image, "image/jpeg",
+                    concurrency=concurrency, max_requests=1_000_000,
+                    duration_s=args.duration_s)  # fmt: skip
     spy.send_signal(signal.SIGINT)  # the recording covers the load window, not the drain
     cpu = cpu_delta(cpu_before, thread_cpu(server.proc.pid))
     busy, total = (a - b for a, b in zip(_machine_jiffies(), jiffies_before, strict=True))
@@ -156,7 +155,6 @@ def profile_window(
     forward_s = walls.get("batcher", {}).get("ort_forward", 0.0) * load.elapsed_s
     images = sum(size * count for size, count in sizes.items())
     server_cpu = sum(s for _, s in cpu.values())
-    cores = os.cpu_count() or 1
     return {
         "concurrency": concurrency,
         "throughput_rps": round(load.throughput_rps, 3),
@@ -170,33 +168,36 @@ def profile_window(
         "cpu_share_by_category": {
             k: round(v / max(server_cpu, 1e-9), 3) for k, v in by_category.items()
         },
-        "machine_shares": _machine_shares(
-            by_category, cores * load.elapsed_s, busy / max(total, 1), load.loadgen_cpu_s, spy_cpu
-        ),
-        "machine": {
-            "cores": cores,
-            "server_cores_busy": round(server_cpu / load.elapsed_s, 3),
-            "machine_cores_busy": round(cores * busy / max(total, 1), 3),
-            "idle_share": round(1 - busy / max(total, 1), 3),
-            "wrk_cpu_s": load.loadgen_cpu_s,
-            "py_spy_cpu_s": round(spy_cpu, 2),
-        },
+        **_machine_view(by_category, load, busy / max(total, 1), spy_cpu),
         "forward_images_per_s_in_service": round(images / max(forward_s, 1e-9), 3),
         "wall_share_by_thread_role": walls,
         "py_spy_warnings": sum("behind in sampling" in line for line in spy_log.splitlines()),
     }
 
 
-def _machine_shares(
-    by_category: dict[str, float], capacity_s: float, busy: float, wrk_s: float, spy_s: float
-) -> dict[str, float]:
-    """Every core-second of the window: the server's categories, the load generator,
-    py-spy, other processes on the machine, and idle (summing to 1)."""
+def _machine_view(
+    by_category: dict[str, float], load: LoadResult, busy: float, spy_s: float
+) -> dict[str, Any]:
+    """Every core-second of the window (summing to 1): the server's categories, the load
+    generator, py-spy, other processes on the machine, and idle; and the cores busy."""
+    cores = os.cpu_count() or 1
+    capacity_s = cores * load.elapsed_s
     shares = {k: v / capacity_s for k, v in by_category.items()}
-    shares["wrk"], shares["py_spy"] = wrk_s / capacity_s, spy_s / capacity_s
+    shares["wrk"], shares["py_spy"] = load.loadgen_cpu_s / capacity_s, spy_s / capacity_s
     shares["other_processes"] = max(0.0, busy - sum(shares.values()))
     shares["idle"] = 1.0 - busy
-    return {k: round(v, 3) for k, v in shares.items()}
+    server_s = sum(by_category.values())
+    return {
+        "machine_shares": {k: round(v, 3) for k, v in shares.items()},
+        "machine": {
+            "cores": cores,
+            "server_cores_busy": round(server_s / load.elapsed_s, 3),
+            "machine_cores_busy": round(cores * busy, 3),
+            "idle_share": round(1 - busy, 3),
+            "wrk_cpu_s": load.loadgen_cpu_s,
+            "py_spy_cpu_s": round(spy_s, 2),
+        },
+    }
 
 
 def bare_preference(onnx: Path, cap_s: float) -> dict[str, float]:
