@@ -59,6 +59,23 @@ def test_start_weights_are_counted_and_refused_when_they_do_not_fit() -> None:
         build_faster_rcnn(2, CONFIG, backbone=TINY, weights=other)
 
 
+def test_the_same_seed_builds_the_same_model_whatever_ran_before() -> None:
+    # given the global generator in two different states
+    config = FasterRcnnConfig(imgsz=64, seed=3)
+    torch.manual_seed(1)
+    first = build_faster_rcnn(2, config, backbone=TINY)
+    after_first = torch.rand(1)
+    torch.manual_seed(2)
+    second = build_faster_rcnn(2, config, backbone=TINY)
+    # then the weights are equal, and the caller's random state was not consumed
+    for (name, a), (_, b) in zip(
+        first.state_dict().items(), second.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    torch.manual_seed(1)
+    assert torch.equal(torch.rand(1), after_first)
+
+
 def test_the_resnet_keeps_its_frozen_stages() -> None:
     # when
     model = build_faster_rcnn(2, FasterRcnnConfig(imgsz=64, frozen_stages=2), backbone=TINY)

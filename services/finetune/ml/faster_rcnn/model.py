@@ -111,10 +111,26 @@ def build_faster_rcnn(
 ) -> FasterRCNN:
     """A Faster R-CNN for ``num_classes`` defect classes on the named ResNet.
 
+    The layers that start random (head, FPN, any part ``weights`` leave out) are drawn from
+    ``config.seed`` on a forked generator: the same request builds the same model whatever ran
+    before it in the process, and the caller's random state is left as it was.
+
     Raises:
         InvalidInputError: an unknown backbone, or ``weights`` that fill less than
             ``min_match`` of the ResNet (``model.backbone.body.load_report`` has the counts).
     """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return _build(num_classes, config, backbone, weights, min_match)
+
+
+def _build(
+    num_classes: int,
+    config: FasterRcnnConfig,
+    backbone: str,
+    weights: Path | Mapping[str, Tensor] | None,
+    min_match: float,
+) -> FasterRCNN:
     body = create_backbone(
         backbone, weights=weights, frozen_stages=config.frozen_stages,
         out_indices=FPN_STAGES, img_size=config.imgsz, min_match=min_match,
