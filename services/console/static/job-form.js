@@ -40,6 +40,7 @@ function syncBody() {
 
 async function choosePreset() {
   const signal = presetting.next();
+  const key = select("preset").value;
   const step = chosenStep();
   byId("preset-help").textContent = step.help;
   const [found, defaults] = await Promise.all([categories(signal).catch(() => []), formDefaults()]);
@@ -52,6 +53,9 @@ async function choosePreset() {
     return el("label", {}, `${label} `, field);
   });
   byId("preset-fields").replaceChildren(...fields);
+  // which preset the fields belong to: a page (or a test) that waits for a field waits for
+  // this preset's, not for the one an earlier, slower choosePreset drew
+  byId("preset-fields").dataset.preset = key;
   syncBody();
   const mode = document.getElementById("field-mode");
   if (mode instanceof HTMLSelectElement) await fillMethods(mode, 1).catch(() => null);

@@ -141,7 +141,9 @@ def test_a_started_job_shows_progress_advance_and_finish(
     # given the jobs page with the dataset-maps preset
     page.goto(f"{suite.console}/jobs")
     page.select_option("#preset", "maps")
-    page.wait_for_selector(f"#field-category option[value='{steel}']", state="attached")
+    fields = "#preset-fields[data-preset='maps']"
+    page.wait_for_selector(f"{fields} #field-mode option[value='tocoad']", state="attached")
+    page.wait_for_selector(f"{fields} #field-category option[value='{steel}']", state="attached")
     page.select_option("#field-category", steel)
     # and a request the API refuses shows its error code
     page.click("#job-form details summary")

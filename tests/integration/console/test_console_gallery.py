@@ -222,5 +222,6 @@ def test_the_job_forms_start_from_what_the_apis_publish(
     assert '"unlabelled_prefix": "uploads/demo-det/unlabelled/"' in page.input_value("#pl-body")
     # and the one-step form's images prefix and method list come from the same places
     page.select_option("#preset", "maps")
-    page.wait_for_selector("#field-mode option[value='tocoad']", state="attached")
+    fields = "#preset-fields[data-preset='maps']"
+    page.wait_for_selector(f"{fields} #field-mode option[value='tocoad']", state="attached")
     assert page.input_value("#field-prefix") == "uploads/demo-det/unlabelled/"
