@@ -1,8 +1,8 @@
 """What a pseudo-label job keeps of the images it has labelled, in memory of a fixed size.
 
 The COCO document is written to a scratch file as each image's boxes come, the summary's box
-statistics keep counts and spill the area ratios to another scratch file (their exact mean
-and median are read back in chunks), and the example overlays keep the best few images only.
+statistics keep counts and spill the area ratios to another scratch file (numpy reads it back
+for their mean and median), and the example overlays keep the best few images only.
 Scratch files sit in a folder named after the job, emptied when the job starts (a redelivered
 job overwrites what a killed run left) and removed when it ends. cv2-free, like the use case.
 """
@@ -19,13 +19,7 @@ from types import TracebackType
 from typing import IO, Any, Generic, Self, TypeVar
 
 import numpy as np
-from numpy.typing import NDArray
 
-# Ratios read back at a time: 512 KiB of float64 (and as many 16-bit digit counts, below).
-READ_CHUNK = 1 << 16
-# numpy's pairwise summation adds runs of up to 128 values in one block (PW_BLOCKSIZE).
-_PAIRWISE_BLOCK = 128
-_DIGIT_BITS = 16
 T = TypeVar("T")
 
 
@@ -114,11 +108,11 @@ class CocoStream(_Closing):
 
 
 class AreaRatios(_Closing):
-    """Box area ratios appended to a float64 scratch file; their exact mean and median.
+    """Box area ratios appended to a float64 scratch file; their mean and median.
 
-    ``mean`` and ``median`` equal ``np.mean`` / ``np.median`` of the whole list, read back
-    ``READ_CHUNK`` values at a time: the mean replays numpy's pairwise summation, the median
-    selects by 16-bit digits of the values' bits (ratios are >= 0, so bits sort as values).
+    ``mean`` and ``median`` are ``np.mean`` / ``np.median`` over a read-only memory map of
+    the file, so they equal numpy's over the whole list exactly; only the median's partition
+    copies the values (8 bytes a box, for the moment it runs).
     """
 
     def __init__(self, path: Path) -> None:
@@ -139,51 +133,15 @@ class AreaRatios(_Closing):
 
     def mean(self) -> float:
         """``np.mean`` of every ratio (0.0 for none)."""
-        self._file.flush()
-        return self._pairwise(0, self.count) / self.count if self.count else 0.0
+        return float(np.mean(self._values())) if self.count else 0.0
 
     def median(self) -> float:
-        """``np.median`` of every ratio (0.0 for none): the middle one, or the two's mean."""
-        if not self.count:
-            return 0.0
+        """``np.median`` of every ratio (0.0 for none)."""
+        return float(np.median(self._values())) if self.count else 0.0
+
+    def _values(self) -> np.memmap[Any, np.dtype[np.float64]]:
         self._file.flush()
-        ranks = [self.count // 2] if self.count % 2 else [self.count // 2 - 1, self.count // 2]
-        return float(np.mean(np.array([self._select(rank) for rank in ranks])))
-
-    def _read(self, start: int, count: int) -> NDArray[np.float64]:
-        values = np.empty(count, dtype=np.float64)
-        self._file.seek(start * values.itemsize)
-        if self._file.readinto(values.data.cast("B")) != values.nbytes:
-            raise OSError(f"scratch file {self._file.name} is shorter than its count")
-        return values
-
-    def _pairwise(self, start: int, count: int) -> float:
-        """numpy's pairwise sum of ``count`` values from ``start``, one block read at a time."""
-        if count <= max(READ_CHUNK, _PAIRWISE_BLOCK):
-            return float(np.add.reduce(self._read(start, count)))
-        half = count // 2
-        half -= half % 8  # numpy's split point, so each half sums as it does there
-        return self._pairwise(start, half) + self._pairwise(start + half, count - half)
-
-    def _bits(self) -> Iterator[NDArray[np.uint64]]:
-        for start in range(0, self.count, READ_CHUNK):
-            yield self._read(start, min(READ_CHUNK, self.count - start)).view(np.uint64)
-
-    def _select(self, rank: int) -> float:
-        """The ``rank``-th smallest ratio (from 0): its bits fixed 16 at a time, high first."""
-        prefix = 0
-        for shift in range(64 - _DIGIT_BITS, -1, -_DIGIT_BITS):
-            counts = np.zeros(1 << _DIGIT_BITS, dtype=np.int64)
-            for bits in self._bits():
-                if shift < 64 - _DIGIT_BITS:  # only values whose higher digits are fixed
-                    bits = bits[(bits >> np.uint64(shift + _DIGIT_BITS)) == np.uint64(prefix)]
-                digits = ((bits >> np.uint64(shift)) & np.uint64(0xFFFF)).astype(np.int64)
-                counts += np.bincount(digits, minlength=1 << _DIGIT_BITS)
-            below = np.cumsum(counts)
-            digit = int(np.searchsorted(below, rank, side="right"))
-            rank -= int(below[digit - 1]) if digit else 0
-            prefix = (prefix << _DIGIT_BITS) | digit
-        return float(np.array([prefix], dtype=np.uint64).view(np.float64)[0])
+        return np.memmap(self._file.name, dtype=np.float64, mode="r", shape=(self.count,))
 
 
 class BoxTally:

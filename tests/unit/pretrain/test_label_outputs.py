@@ -18,7 +18,6 @@ from services.pretrain.ml.pseudo_boxes import (
     coco_image,
     summarize,
 )
-from services.pretrain.usecases import label_outputs
 from services.pretrain.usecases.label_outputs import (
     AreaRatios,
     BoxTally,
@@ -72,11 +71,8 @@ def test_a_document_without_boxes_keeps_an_empty_annotations_list(tmp_path: Path
 
 
 @pytest.mark.parametrize("count", [1, 2, 7, 8, 129, 130, 257, 1000, 4099])
-def test_mean_and_median_read_back_in_chunks_equal_numpys(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int
-) -> None:
-    # given: ratios with repeats, read back 3 at a time (the pairwise sum's block stays 128)
-    monkeypatch.setattr(label_outputs, "READ_CHUNK", 3)
+def test_mean_and_median_read_back_from_the_file_equal_numpys(tmp_path: Path, count: int) -> None:
+    # given: ratios with repeats, added a few at a time
     rng = np.random.default_rng(count)
     values = [float(v) for v in np.round(rng.random(count) ** 3, 3) + rng.random(count) * 1e-9]
     values[: count // 4] = [values[0]] * (count // 4)
@@ -91,22 +87,16 @@ def test_mean_and_median_read_back_in_chunks_equal_numpys(
     assert got == tuple(float(v) for v in expected)
 
 
-def test_a_long_list_sums_as_numpy_does_across_chunks(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # given: more values than one read, so the pairwise sum is split as numpy splits it
-    monkeypatch.setattr(label_outputs, "READ_CHUNK", 1000)
+def test_a_long_list_sums_as_numpy_does(tmp_path: Path) -> None:
+    # given: enough values that numpy's pairwise sum splits them
     values = list(np.random.default_rng(1).random(20_011) ** 4)
     with AreaRatios(tmp_path / "ratios.f64") as ratios:
         ratios.add(values)
         assert (ratios.mean(), ratios.median()) == (np.mean(values), np.median(values))
 
 
-def test_the_tally_gives_the_whole_pools_summary(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_tally_gives_the_whole_pools_summary(tmp_path: Path) -> None:
     # given
-    monkeypatch.setattr(label_outputs, "READ_CHUNK", 4)
     images = _images(300, seed=3)
     # when
     with AreaRatios(tmp_path / "ratios.f64") as ratios:

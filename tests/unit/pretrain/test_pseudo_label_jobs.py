@@ -443,14 +443,13 @@ class _Recording(BoxLabeler):
 def test_a_pool_labelled_with_tiny_memory_settings_gives_the_same_coco_and_summary(
     pool: FileObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from services.pretrain.usecases import label_outputs, pseudo_label_jobs
+    from services.pretrain.usecases import pseudo_label_jobs
 
     # given a run with the default settings (12 of the 16 images gated to no box)
     default = _run(pool, tmp_path, gate="auto", out_prefix="pseudo/default/")
-    # when one map stays in memory, batches hold one image and ratios are read back one by one
+    # when one map stays in memory and batches hold one image
     monkeypatch.setattr(pseudo_label_jobs, "MAP_MEMORY", GRID * GRID * 4)
     monkeypatch.setattr(pseudo_label_jobs, "_BATCH", 1)
-    monkeypatch.setattr(label_outputs, "READ_CHUNK", 1)
     recording = _Recording()
     tiny = _run(pool, tmp_path, recording, gate="auto", out_prefix="pseudo/tiny/")
     # then the COCO document is byte for byte the whole pool's, as the job wrote it before
