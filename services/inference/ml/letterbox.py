@@ -78,6 +78,18 @@ def letterbox_geometry(
     )
 
 
+def _resized(image: NDArray[np.uint8], geometry: LetterboxGeometry) -> NDArray[np.uint8]:
+    """``image`` checked against ``geometry`` and resized (bilinear) to its ``resized_hw``."""
+    if image.shape[:2] != geometry.orig_hw:
+        raise ValueError(f"image shape {image.shape[:2]} != geometry {geometry.orig_hw}")
+    new_h, new_w = geometry.resized_hw
+    if (new_h, new_w) == geometry.orig_hw:
+        return image
+    return np.asarray(
+        cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR), dtype=np.uint8
+    )
+
+
 def letterbox(image: NDArray[np.uint8], geometry: LetterboxGeometry) -> NDArray[np.uint8]:
     """Resize (bilinear) and pad (value 114) an image into its network-input canvas.
 
@@ -88,14 +100,8 @@ def letterbox(image: NDArray[np.uint8], geometry: LetterboxGeometry) -> NDArray[
     Returns:
         (out_h, out_w, 3) uint8.
     """
-    if image.shape[:2] != geometry.orig_hw:
-        raise ValueError(f"image shape {image.shape[:2]} != geometry {geometry.orig_hw}")
+    resized = _resized(image, geometry)
     new_h, new_w = geometry.resized_hw
-    resized = image
-    if (new_h, new_w) != geometry.orig_hw:
-        resized = np.asarray(
-            cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR), dtype=np.uint8
-        )
     out_h, out_w = geometry.out_hw
     canvas = np.full((out_h, out_w, 3), PAD_VALUE, dtype=np.uint8)
     top, left = geometry.pad_top, geometry.pad_left
@@ -135,16 +141,10 @@ def letterbox_into(
         geometry: From ``letterbox_geometry``.
         out: (3, out_h, out_w) float32, written in full.
     """
-    if image.shape[:2] != geometry.orig_hw:
-        raise ValueError(f"image shape {image.shape[:2]} != geometry {geometry.orig_hw}")
     if out.shape != (3, *geometry.out_hw) or out.dtype != np.float32:
         raise ValueError(f"out must be float32 (3, {geometry.out_hw}), got {out.dtype} {out.shape}")
+    resized = _resized(image, geometry)
     new_h, new_w = geometry.resized_hw
-    resized = image
-    if (new_h, new_w) != geometry.orig_hw:
-        resized = np.asarray(
-            cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR), dtype=np.uint8
-        )
     top, left = geometry.pad_top, geometry.pad_left
     if (new_h, new_w) != geometry.out_hw:  # padding: only the border needs the grey
         pad = np.float32(PAD_VALUE) / _SCALE
