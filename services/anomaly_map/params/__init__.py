@@ -6,7 +6,7 @@ it with (the API never imports torch for this).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -76,8 +76,15 @@ class EvaluationParams(BaseModel):
     max_images: int | None = Field(None, ge=2, le=1_000_000)
 
 
+# Which of a split's labelled defect images a job uses (``stores.labelled_defects``, issue 21).
+DefectSide = Literal["paste", "reference", "all"]
+REFERENCE_SHARE = 0.3  # of the defect images held out from the fit to check the gate
+MIN_REFERENCE = 5  # the gate places no quantile on fewer (pretrain's gate.MIN_REFERENCES)
+
+
 class LabelledDefects(BaseModel):
-    """Labelled defects that Stage I pastes onto the normal images (ToCoAD, issue 21)."""
+    """Labelled defects that Stage I pastes onto the normal images (ToCoAD, issue 21), or
+    whose maps check the pseudo-label gate; ``side`` picks the share each use gets."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -88,7 +95,26 @@ class LabelledDefects(BaseModel):
     )
     split: str = Field("train", min_length=1, max_length=100, description="e.g. train, mini-10")
     max_images: int = Field(
-        200, ge=1, le=10_000, description="most labelled images cut into exemplars"
+        200, ge=1, le=10_000, description="most labelled images used (of the side asked for)"
+    )
+    side: DefectSide = Field(
+        "all",
+        description="which of the split's defect images: 'paste' (the ToCoAD fit's exemplars), "
+        "'reference' (the held-out images whose maps check the pseudo-label gate) or 'all'; "
+        "a split too small to hold out reference_share gives every image to both sides",
+    )
+    reference_share: float = Field(
+        REFERENCE_SHARE,
+        gt=0.0,
+        le=0.5,
+        description="share of the defect images held out for the gate check; the fit and the "
+        "map job must give the same share (the pipeline leaves both at the default)",
+    )
+    min_reference: int = Field(
+        MIN_REFERENCE,
+        ge=1,
+        le=1000,
+        description="fewer reference images than this: nothing is held out (both sides all)",
     )
 
 

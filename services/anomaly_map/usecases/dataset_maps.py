@@ -16,7 +16,7 @@ from services.anomaly_map.params import DatasetMapParams, Method
 from services.anomaly_map.runtime.engine import MapEngine, resolve_mode
 from services.anomaly_map.runtime.methods import method_for
 from services.anomaly_map.stores.categories import CategoryStore
-from services.anomaly_map.stores.labelled_defects import defect_image_keys
+from services.anomaly_map.stores.labelled_defects import defect_image_keys, select_defects
 from services.anomaly_map.stores.maps import encode_npy
 from shared.errors import InvalidInputError, SuiteError
 from shared.imaging.intake import decode_image
@@ -120,18 +120,25 @@ class _Plan:
         self.mode: Method = resolve_mode(params.mode, self.record)
         self.output = params.output_prefix or default_output_prefix(self.record.name, ctx.job_id)
         validate_key(self.output, prefix=True)
-        self.prefix, self.keys = _images(ctx, params)
+        self.prefix, self.keys, self.notes = _images(ctx, params)
         self.targets = map_keys(self.keys, self.prefix, self.output)
         self.position = {key: i for i, key in enumerate(self.keys)}
 
 
-def _images(ctx: JobContext, params: DatasetMapParams) -> tuple[str, list[str]]:
-    """The images' prefix and sorted keys: every image under ``prefix``, or the labelled
-    defect images of ``defects`` (those a ToCoAD fit would cut exemplars from)."""
+def _images(ctx: JobContext, params: DatasetMapParams) -> tuple[str, list[str], dict[str, Any]]:
+    """The images' prefix, sorted keys and what the record says about them: every image under
+    ``prefix``, or one side of the labelled defect images of ``defects`` (the reference side
+    holds the images a ToCoAD fit asking for the paste side never saw)."""
+    notes: dict[str, Any] = {}
     if params.defects is not None:
         d = params.defects
-        prefix, keys = defect_image_keys(ctx.store, d.dataset, d.split, d.max_images)
-        where = f"{d.dataset} split {d.split!r} (images with boxes)"
+        selection = select_defects(ctx.store, d)
+        prefix, keys = defect_image_keys(selection)
+        where = f"{d.dataset} split {d.split!r} (images with boxes, side {d.side!r})"
+        notes["defect_images"] = selection.outputs()
+        warning = selection.warning()
+        if warning is not None:
+            notes["warnings"] = [*ctx.record.outputs.get("warnings", []), warning]
     else:
         assert params.prefix is not None  # checked by DatasetMapParams
         prefix = validate_key(params.prefix, prefix=True)
@@ -139,7 +146,7 @@ def _images(ctx: JobContext, params: DatasetMapParams) -> tuple[str, list[str]]:
         where = repr(prefix)
     if not keys:
         raise InvalidInputError(f"no images under {where}", code="no_images")
-    return prefix, sorted(keys)
+    return prefix, sorted(keys), notes
 
 
 def run(ctx: JobContext, engine: MapEngine, *, batch_size: int) -> list[str]:
@@ -149,7 +156,7 @@ def run(ctx: JobContext, engine: MapEngine, *, batch_size: int) -> list[str]:
     resumed_from = len(rows) + len(skipped)
     todo = [k for k in plan.keys if k not in rows and k not in skipped]
     total = len(plan.keys)
-    ctx.set_outputs(output_prefix=plan.output, total=total, resumed_from=resumed_from)
+    ctx.set_outputs(output_prefix=plan.output, total=total, resumed_from=resumed_from, **plan.notes)
     started, computed = time.monotonic(), 0
     for start in range(0, len(todo), batch_size):
         ctx.check_cancel()

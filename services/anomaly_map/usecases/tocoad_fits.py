@@ -21,6 +21,7 @@ from services.anomaly_map.stores.categories import CategoryRecord, CategoryStore
 from services.anomaly_map.stores.labelled_defects import (
     read_defect_images,
     resolve_dataset,
+    select_defects,
     split_files,
 )
 from services.anomaly_map.stores.tocoad_models import (
@@ -114,20 +115,24 @@ def _normal_images(
 
 def _defect_exemplars(
     ctx: JobContext, spec: LabelledDefects | None, cfg: TocoadConfig, limits: ImageLimits
-) -> list[DefectExemplar]:
-    """Exemplars cut from the labelled images' boxes, at the model's scale."""
+) -> tuple[list[DefectExemplar], dict[str, Any] | None]:
+    """Exemplars cut from the boxes of ``spec``'s side of the labelled images, at the model's
+    scale, and what the record says about those images (``DefectSelection.outputs``)."""
     if spec is None:
-        return []
+        return [], None
     ctx.progress(0.0, f"reading labelled defects of {spec.dataset} ({spec.split})", force=True)
+    selection = select_defects(ctx.store, spec)
     exemplars: list[DefectExemplar] = []
-    for item in read_defect_images(ctx.store, spec.dataset, spec.split, spec.max_images):
+    for item in read_defect_images(ctx.store, selection):
         image = decode_object(item.data, limits, f"{spec.dataset}/{item.file_name}").array
         exemplars += exemplars_from_boxes(image, item.boxes, cfg.image_size, cfg.aspect)
+    warnings = [selection.warning()]
     if not exemplars:
-        warning = f"{spec.dataset} ({spec.split}) holds no usable defect box: synthetic only"
+        warnings.append(f"{spec.dataset} ({spec.split}) holds no usable defect box: synthetic only")
+    for warning in filter(None, warnings):
         ctx.set_outputs(warnings=[*ctx.record.outputs.get("warnings", []), warning])
         ctx.progress(0.0, f"warning: {warning}", force=True)
-    return exemplars
+    return exemplars, selection.outputs()
 
 
 def run(
@@ -139,7 +144,7 @@ def run(
     cfg = tocoad_config(params.config, params.preset)
     ctx.progress(0.0, "loading normal images", force=True)
     images = _normal_images(ctx, categories, record, params, limits)
-    defects = _defect_exemplars(ctx, params.defects, cfg, limits)
+    defects, defect_images = _defect_exemplars(ctx, params.defects, cfg, limits)
     saved = ctx.load_checkpoint(CHECKPOINT)
     hooks = TrainHooks(
         on_progress=lambda pct, msg, metrics: ctx.progress(0.99 * pct, msg, metrics=dict(metrics)),
@@ -156,6 +161,7 @@ def run(
         "images": len(images),
         "defects": params.defects.model_dump(mode="json") if params.defects else None,
         "defect_exemplars": len(defects),
+        "defect_images": defect_images,
         "config": cfg.model_dump(mode="json"),
         "created_at": utcnow().isoformat(),
     }
@@ -166,6 +172,7 @@ def run(
         model_version=info["model_version"],
         images=len(images),
         defect_exemplars=len(defects),
+        defect_images=defect_images,  # which side of the labelled split, and each side's count
         category_version=record.version,
     )
     return [key, info_key]

@@ -317,7 +317,29 @@ def _boxes_section(record: PipelineRecord, store: ObjectStore) -> str:
     gate = f"<p>Image gate: {_esc(outputs['gate_reason'])}</p>" if "gate_reason" in outputs else ""
     return (
         f"<h2>Pseudo-defect boxes</h2><p>Labels under <code>{where}</code>.</p>{gate}"
-        f"{''.join(figures)}"
+        f"{_reference_note(record)}{''.join(figures)}"
+    )
+
+
+def _reference_note(record: PipelineRecord) -> str:
+    """Whether the labelled defects that checked the gate were held out of the ToCoAD fit;
+    a caveat when the fit pasted them too (they may score above the pool's own defects)."""
+    if not (_done(record, "defect_maps") and _done(record, "tocoad_fit")):
+        return ""
+    pasted = record.step("tocoad_fit").outputs.get("defect_images") or {}
+    checked = record.step("defect_maps").outputs.get("defect_images") or {}
+    if not pasted.get("images"):
+        return ""  # the fit pasted none: the check reads images it never saw
+    if checked.get("side") == "reference" and checked.get("reference_held_out") is True:
+        return (
+            f"<p>Gate check: {_esc(checked.get('images'))} labelled defect images held out of "
+            f"the ToCoAD fit, which pasted {_esc(pasted.get('images'))} others.</p>"
+        )
+    return (
+        "<p class='caveat'>Gate check may be biased: the labelled defect images that checked "
+        "the gate were also pasted into the ToCoAD fit (too few to hold some out: "
+        f"{_esc(checked.get('images'))} images), so they may score above the pool's own "
+        "defects and the gate set or checked with them may sit higher than it should.</p>"
     )
 
 

@@ -1,11 +1,11 @@
 """The pipeline's steps: which service each calls, with what body, and what it hands on.
 
 Each step is one public call of a service (agssp-spec §1-§6 in order): (method) -> category
--> labelled import -> (ToCoAD fit, with the labelled defects) -> dataset maps -> (maps of the
-labelled defects, which check the pseudo boxes' gate) -> pseudo boxes -> AGBP -> AGDP ->
-finetune -> scratch baseline -> (promote) -> report. Jobs are submitted with the same bodies a user
-would send, so a pipeline exercises exactly the routes the services publish. A step's
-``outputs`` keep only what later steps and the report read.
+-> labelled import -> (ToCoAD fit, pasting the labelled defects) -> dataset maps -> (maps of
+the labelled defects held out of the fit, which check the pseudo boxes' gate) -> pseudo boxes
+-> AGBP -> AGDP -> finetune -> scratch baseline -> (promote) -> report. Jobs are submitted
+with the same bodies a user would send, so a pipeline exercises exactly the routes the
+services publish. A step's ``outputs`` keep only what later steps and the report read.
 """
 
 from __future__ import annotations
@@ -98,8 +98,18 @@ def _fit_call(record: PipelineRecord) -> Call | None:
         "config": {"seed": req.seed, **req.overrides.tocoad},
     }
     if req.labelled_defects:  # the dataset step runs first for this (see ``plan``)
-        body["defects"] = {"dataset": dataset_ref(record), "split": req.labelled.split}
+        side = "paste" if _holds_out(record) else "all"
+        body["defects"] = {
+            "dataset": dataset_ref(record),
+            "split": req.labelled.split,
+            "side": side,
+        }
     return Call("anomaly_map", "POST", "/v1/tocoad-fits", body)
+
+
+def _fit_collect(job: dict[str, Any]) -> dict[str, Any]:
+    found = job["outputs"].get("defect_images")
+    return {} if found is None else {"defect_images": found}
 
 
 def _maps_call(record: PipelineRecord) -> Call | None:
@@ -138,15 +148,35 @@ def _defect_maps_call(record: PipelineRecord) -> Call | None:
     req, method = record.request, map_method(record)
     if method == "provided" or req.gate != "auto" or not _labelled_has_boxes(record):
         return None
-    defects = {"dataset": dataset_ref(record), "split": req.labelled.split}
+    side = "reference" if _holds_out(record) else "all"
+    defects = {"dataset": dataset_ref(record), "split": req.labelled.split, "side": side}
     body = {"category": req.category, "defects": defects, "mode": method}
     return Call("anomaly_map", "POST", "/v1/anomaly-map-jobs", body)
+
+
+def _defect_maps_collect(job: dict[str, Any]) -> dict[str, Any]:
+    found = job["outputs"].get("defect_images")
+    return _maps_collect(job) | ({} if found is None else {"defect_images": found})
 
 
 def _labelled_has_boxes(record: PipelineRecord) -> bool:
     # A stored dataset named in the request skips the import: its boxes are not counted here.
     boxes = record.step("dataset").outputs.get("boxes")
     return boxes is None or int(boxes) > 0
+
+
+def _holds_out(record: PipelineRecord) -> bool:
+    """Whether the labelled defect images serve both the ToCoAD fit (pasted) and the gate
+    check (their maps): then the fit takes the paste side and the check the held-out reference
+    side (``stores.labelled_defects.split_sides`` of the anomaly-map service decides which
+    image is which from its file name, so neither request lists them)."""
+    req = record.request
+    return (
+        map_method(record) == "tocoad"
+        and req.labelled_defects
+        and req.gate == "auto"
+        and _labelled_has_boxes(record)
+    )
 
 
 def _boxes_call(record: PipelineRecord) -> Call:
@@ -294,9 +324,9 @@ SPECS: dict[str, StepSpec] = {
     for s in (
         StepSpec("method", "anomaly_map", "call", _method_call, _method_collect),
         StepSpec("category", "anomaly_map", "call", _category_call, _category_collect),
-        StepSpec("tocoad_fit", "anomaly_map", "job", _fit_call, lambda job: {}),
+        StepSpec("tocoad_fit", "anomaly_map", "job", _fit_call, _fit_collect),
         StepSpec("maps", "anomaly_map", "job", _maps_call, _maps_collect),
-        StepSpec("defect_maps", "anomaly_map", "job", _defect_maps_call, _maps_collect),
+        StepSpec("defect_maps", "anomaly_map", "job", _defect_maps_call, _defect_maps_collect),
         StepSpec("pseudo_boxes", "pretrain", "job", _boxes_call, _boxes_collect),
         StepSpec("agbp", "pretrain", "job", _agbp_call, _first_artifact),
         StepSpec("agdp", "finetune", "job", _agdp_call, _first_artifact),

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from services.anomaly_map.config import AnomalyMapSettings
+from services.anomaly_map.params import LabelledDefects
 from services.anomaly_map.runtime.engine import MapEngine
+from services.anomaly_map.stores.labelled_defects import select_defects
 from services.anomaly_map.stores.maps import decode_npy
 from services.anomaly_map.usecases.categories import put_category
 from services.anomaly_map.usecases.dataset_maps import default_output_prefix, run_dataset_maps
@@ -222,3 +224,27 @@ def test_labelled_defect_images_of_a_stored_dataset_get_maps_and_scores(
     rows = read_scores_csv(store.get_bytes(f"{out}scores.csv"))
     assert [r.image_key.rpartition("/")[2] for r in rows] == ["d0.png", "d2.png"]
     assert store.list(f"{out}maps/") == [f"{out}maps/d0.npy", f"{out}maps/d2.npy"]
+
+
+def test_the_reference_side_maps_only_images_a_paste_side_fit_never_saw(
+    engine: CountingEngine, settings: AnomalyMapSettings
+) -> None:
+    # given a stored dataset of 20 defect images
+    store = engine.categories.store
+    assert isinstance(store, FileObjectStore)
+    name = _store_labelled_dataset(store, [[10, 10, 40, 30]] * 20)
+    defects = {"dataset": name, "split": "train", "side": "reference"}
+    ctx = _context(engine, prefix=None, defects=defects)
+    out = default_output_prefix("tile", ctx.job_id)
+    # when
+    run_dataset_maps(ctx, engine, settings)
+    # then: the held-out share is mapped, and the record says how the split was divided
+    paste = select_defects(store, LabelledDefects(dataset=name, side="paste"))
+    mapped = {
+        r.image_key.rpartition("/")[2] for r in read_scores_csv(store.get_bytes(f"{out}scores.csv"))
+    }
+    assert len(mapped) == 6
+    assert mapped.isdisjoint(r.file_name for r in paste.records)
+    outputs = ctx.jobs.get(ctx.job_id).outputs
+    assert outputs["defect_images"]["reference_held_out"] is True
+    assert (outputs["defect_images"]["paste_images"], outputs["count"]) == (14, 6)

@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from services.anomaly_map.ml.tocoad.defects import exemplars_from_boxes
 from services.anomaly_map.runtime.engine import MapEngine, build_engine
+from services.anomaly_map.stores.labelled_defects import split_sides
 from services.anomaly_map.stores.tocoad_models import MODEL_FILE, state_from_bytes
+from services.anomaly_map.usecases import tocoad_fits
 from services.anomaly_map.usecases.anomaly_maps import MapRequest, generate_map
 from services.anomaly_map.usecases.categories import prompt_tokenizer, put_category
 from services.anomaly_map.usecases.dataset_maps import run_dataset_maps
@@ -345,3 +348,41 @@ def test_a_fit_with_an_unknown_labelled_split_is_refused(engine: MapEngine) -> N
     with pytest.raises(InvalidInputError) as info:
         _fit(engine, defects={"dataset": name, "split": "mini-3"})
     assert info.value.code == "unknown_split"
+
+
+def test_a_fit_pastes_only_the_paste_side_of_the_labelled_defects(
+    engine: MapEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given 20 labelled defect images, each with a box of its own (x1 = 10 + index)
+    store = engine.categories.store
+    assert isinstance(store, FileObjectStore)
+    name = _store_labelled_dataset(store, [[10 + i, 10, 60, 40] for i in range(20)])
+    cut: list[float] = []
+
+    def recording(image, boxes, *args, **kwargs):  # type: ignore[no-untyped-def]
+        cut.extend(box[0] for box in boxes)
+        return exemplars_from_boxes(image, boxes, *args, **kwargs)
+
+    monkeypatch.setattr(tocoad_fits, "exemplars_from_boxes", recording)
+    # when
+    ctx = _fit(engine, defects={"dataset": name, "split": "train", "side": "paste"})
+    # then only images of the paste side were cut, and the record says how many each side had
+    sides = split_sides(_labelled_records(store))
+    assert sorted(cut) == sorted(10.0 + int(n[1:-4]) for n in sides.paste)
+    outputs = ctx.jobs.get(ctx.job_id).outputs
+    assert outputs["defect_images"] == {
+        "side": "paste",
+        "images": 14,
+        "paste_images": 14,
+        "reference_images": 6,
+        "reference_held_out": True,
+        "reference_share": 0.3,
+    }
+    info = json.loads(store.get_bytes(outputs["model_info"]))
+    assert info["defect_images"]["reference_images"] == 6
+
+
+def _labelled_records(store: FileObjectStore) -> list[ImageRecord]:
+    prefix = version_prefix("steel", "v1")
+    dataset = DetectionDataset.model_validate_json(store.get_bytes(prefix + DATASET_FILE))
+    return [im for im in dataset.images if im.boxes]

@@ -160,6 +160,36 @@ def test_the_report_says_how_the_image_gate_was_set(store: FileObjectStore) -> N
     assert "<td>defect_maps</td>" in page
 
 
+@pytest.mark.parametrize(
+    ("checked", "expected", "absent"),
+    [
+        (
+            {"side": "reference", "images": 18, "reference_held_out": True},
+            "18 labelled defect images held out of the ToCoAD fit, which pasted 42 others",
+            "may be biased",
+        ),
+        (
+            {"side": "reference", "images": 6, "reference_held_out": False},
+            "Gate check may be biased",
+            "held out of the ToCoAD fit",
+        ),
+    ],
+)
+def test_the_report_says_whether_the_gate_check_was_held_out_of_the_fit(
+    store: FileObjectStore, checked: dict[str, Any], expected: str, absent: str
+) -> None:
+    # given a fit that pasted labelled defects, and defect maps from one side of them
+    record = _finished_record(store)
+    record.step("pseudo_boxes").outputs = {"out_prefix": "pseudo/j2/", "gate_reason": "ok"}
+    record.step("tocoad_fit").outputs = {"defect_images": {"side": "paste", "images": 42}}
+    record.step("defect_maps").outputs = {"maps_prefix": "maps/j3/", "defect_images": checked}
+    # when
+    page = render_report(record, store).decode()
+    # then
+    assert expected in page
+    assert absent not in page
+
+
 def _put_records(store: FileObjectStore, artifact: str, hits: list[bool]) -> None:
     """One defect per image; the detector finds it (score 0.9) or fires beside it."""
     name, version = artifact.split(":")

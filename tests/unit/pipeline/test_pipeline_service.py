@@ -94,7 +94,8 @@ def test_a_whole_pipeline_hands_each_output_to_the_next_step(pipelines: Pipeline
     assert fit["normal_prefix"] == "lines/steel/"
     # the fit learns from the labelled set, which is imported before it
     labelled = done.step("dataset").outputs["dataset"]
-    assert fit["defects"] == {"dataset": labelled, "split": _request().labelled.split}
+    split = _request().labelled.split
+    assert fit["defects"] == {"dataset": labelled, "split": split, "side": "paste"}
     maps_job = done.step("maps").job_id
     assert suite.bodies("/v1/pseudo-label-jobs")[0]["gate"] == "auto"  # boxes where maps say so
     [source] = suite.bodies("/v1/pretrain-jobs")[0]["sources"]
@@ -122,21 +123,76 @@ def test_the_pseudo_label_gate_is_checked_by_maps_of_the_labelled_defects(
 ) -> None:
     # when
     done = _run(create_pipeline(pipelines, _request()), pipelines, suite := FakeSuite())
-    # then a second map job covers the labelled set's defect images, with the pool's method
+    # then a second map job covers the labelled set's defect images held out of the fit (the
+    # fit pastes the other side), with the pool's method
     assert done.state is PipelineState.SUCCEEDED, done.error
     pool, defects = suite.bodies("/v1/anomaly-map-jobs")
     labelled = done.step("dataset").outputs["dataset"]
+    split = _request().labelled.split
     assert defects == {
         "category": "steel",
-        "defects": {"dataset": labelled, "split": _request().labelled.split},
+        "defects": {"dataset": labelled, "split": split, "side": "reference"},
         "mode": pool["mode"],
     }
+    assert suite.bodies("/v1/tocoad-fits")[0]["defects"]["side"] == "paste"
     # and the pseudo-label job reads their scores as its gate's reference
     [boxes] = suite.bodies("/v1/pseudo-label-jobs")
     reference = done.step("defect_maps").outputs["maps_prefix"]
     assert reference == f"maps/steel/{done.step('defect_maps').job_id}/"
     assert (boxes["gate"], boxes["reference_maps_prefix"]) == ("auto", reference)
     assert boxes["maps_prefix"] == done.step("maps").outputs["maps_prefix"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "fit_side", "check_side"),
+    [
+        ({"gate": "off"}, "all", None),  # no gate check: the fit pastes every defect image
+        ({"labelled_defects": False}, None, "all"),  # the fit pastes none: check on all
+        ({"maps": "kead", "category_spec": None}, None, "all"),  # no fit at all
+    ],
+)
+def test_the_labelled_defects_are_divided_only_when_the_fit_and_the_check_both_use_them(
+    pipelines: PipelineStore,
+    changes: dict[str, Any],
+    fit_side: str | None,
+    check_side: str | None,
+) -> None:
+    # when
+    suite = FakeSuite(kead_ready=changes.get("maps") == "kead")
+    done = _run(create_pipeline(pipelines, _request(**changes)), pipelines, suite)
+    # then
+    assert done.state is PipelineState.SUCCEEDED, done.error
+    fits = suite.bodies("/v1/tocoad-fits")
+    assert [f.get("defects", {}).get("side") for f in fits if "defects" in f] == (
+        [fit_side] if fit_side else []
+    )
+    checks = [b["defects"]["side"] for b in suite.bodies("/v1/anomaly-map-jobs") if "defects" in b]
+    assert checks == ([check_side] if check_side else [])
+
+
+def test_the_sides_each_job_used_reach_the_record(
+    pipelines: PipelineStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.unit.pipeline import fake_suite
+
+    # given jobs that report which side of the labelled defects they used
+    results = fake_suite._results
+
+    def with_sides(job: Any) -> dict[str, Any]:
+        out = results(job)
+        side = (job.body.get("defects") or {}).get("side")
+        if side is not None:
+            out.setdefault("outputs", {})["defect_images"] = {"side": side, "images": 3}
+        return out
+
+    monkeypatch.setattr(fake_suite, "_results", with_sides)
+    # when
+    done = _run(create_pipeline(pipelines, _request()), pipelines, FakeSuite())
+    # then
+    assert done.state is PipelineState.SUCCEEDED, done.error
+    assert done.step("tocoad_fit").outputs["defect_images"]["side"] == "paste"
+    assert done.step("defect_maps").outputs["defect_images"]["side"] == "reference"
+    assert "maps_prefix" in done.step("defect_maps").outputs
 
 
 def test_a_labelled_set_without_boxes_or_an_ungated_pipeline_sends_no_reference(
