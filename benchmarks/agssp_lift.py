@@ -24,7 +24,16 @@ Then, for every seed, the same finetune recipe from each start (``results.<maps>
 - ``random`` and ``oracle``: ``agssp``.
 
 ``pseudo_boxes.<maps>`` reports the share of pool images given boxes and boxes per image
-(the oracle's row is the truth).
+(the oracle's row is the truth), the gate (with the pipeline's check by held-out labelled
+defect images for ``tocoad``: ``gate_reference_*`` and ``labelled_defects``, the sides the fit
+and the check used), and ``quality``: the pseudo boxes against the pool's true boxes (box
+precision and recall at IoU 0.3 and 0.5, the share of boxed images that truly hold a defect;
+the truth is the benchmark's, never the suite's). ``--boxes-only`` runs just the map ->
+pseudo-box steps of every source (pipelines stopped there; minutes, no training) and writes
+``pseudo_boxes`` alone to ``<results>_boxes.json``. The provided sources' gates are
+unchecked, as in the pipeline (``maps=provided`` has no defect-maps step); the check would
+change nothing there: oracle maps score 1 on every defect image, random maps copy ToCoAD's
+boxed images.
 
 Everything runs through the suite's public routes (its own ``agssp up`` on a free port with
 a private ``AGSSP_HOME``), so the measured path is the product's. Job ids are kept in a state
@@ -34,6 +43,7 @@ back, running ones are followed). Writes ``benchmarks/results/agssp_lift.json`` 
 
     python -m benchmarks.agssp_lift [--quick] [--seeds 0 1 2] [--home var/bench-lift]
     python -m benchmarks.agssp_lift --dataset neu-det    # -> results/agssp_lift_neu-det.json
+    python -m benchmarks.agssp_lift --boxes-only         # -> results/agssp_lift_boxes.json
 """
 
 from __future__ import annotations
@@ -57,7 +67,15 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import numpy as np
 
-from benchmarks.lift_maps import grid_map, label_stats, stage_random, truth_share, write_maps
+from benchmarks.lift_maps import (
+    box_record,
+    grid_map,
+    labels_quality,
+    pool_truth,
+    stage_random,
+    truth_share,
+    write_maps,
+)
 from shared.schemas.detector_families import DEFAULT_FAMILY, FAMILIES, agbp_backbone
 
 if TYPE_CHECKING:  # the suite's modules load lazily, after the argument check
@@ -146,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--agbp-size", type=int, default=160)
     parser.add_argument("--agdp-epochs", type=int, default=4)
     parser.add_argument("--oracle-grid", type=int, default=32)
+    parser.add_argument(
+        "--boxes-only",
+        action="store_true",
+        help="only maps -> pseudo boxes for every source, scored against the pool's truth; "
+        "writes <results>_boxes.json (no AGBP, AGDP or finetune)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny run that checks the path")
     parser.add_argument("--fresh", action="store_true", help="forget the state file")
     return parser
@@ -431,13 +455,23 @@ class Runner:
             return self._wait(url, key), True
         return self._wait_step(url, key, "agdp"), False
 
+    def pipeline_until(self, key: str, body: dict[str, Any], step: str) -> dict[str, Any]:
+        """Run (or follow) a pipeline up to ``step``, then stop it; returns its record."""
+        ids = self.state.setdefault("pipelines", {})
+        if key not in ids:
+            response = self.http.post(f"{self.urls['pipeline']}/v1/pipelines", json=body)
+            response.raise_for_status()
+            ids[key] = response.json()["id"]
+            self.save()
+        return self._wait_step(f"{self.urls['pipeline']}/v1/pipelines/{ids[key]}", key, step)
+
     def _wait_step(self, url: str, what: str, step: str) -> dict[str, Any]:
         while True:
             record: dict[str, Any] = self.http.get(url).json()
             if _step(record, step)["state"] == "SUCCEEDED":
                 if record["state"] not in _END:
                     self.http.post(f"{url}/cancel").raise_for_status()
-                    print(f"{what}: {step} done; stopped (its finetune used another recipe)")
+                    print(f"{what}: {step} done; stopped (the later steps are not wanted)")
                 return record
             if record["state"] in _END:
                 raise RuntimeError(f"{what} ended {record['state']}: {record.get('error')}")
@@ -495,13 +529,17 @@ def _step(record: dict[str, Any], name: str) -> dict[str, Any]:
     return step
 
 
-def run_maps_source(
-    runner: Runner, args: argparse.Namespace, maps: str, ref: str, rec: dict[str, Any]
+def pipeline_body(
+    args: argparse.Namespace,
+    ref: str,
+    rec: dict[str, Any],
+    provided: str | None,
+    name: str,
 ) -> dict[str, Any]:
-    """One pipeline (seed 0) for a map source; returns its artifacts and job ids."""
-    provided = {"random": RANDOM, "oracle": ORACLE}.get(maps)
-    body: dict[str, Any] = {
-        "name": f"lift-{maps}",
+    """The pipeline request of one map source: the pipeline's defaults (gate auto, checked by
+    the labelled defects held out of the ToCoAD fit), the benchmark's recipe."""
+    return {
+        "name": name,
         "category": args.dataset,
         "category_spec": {"map": SOURCES[args.dataset].describe, "method": "tocoad"},
         "unlabelled_prefix": "bench/pool/",
@@ -520,15 +558,41 @@ def run_maps_source(
         "baseline": False,
         "overrides": {**rec, "tocoad_preset": args.tocoad_preset},
     }
-    tag = budget_tag(args)
-    seed0_done = runner.is_done(row_key(maps, "agssp", args.seeds[0], tag))
-    record, same_recipe = runner.pipeline(f"{maps}@{tag}", body, finetune=not seed0_done)
+
+
+def boxes_of(record: dict[str, Any], provided: str | None) -> dict[str, Any]:
+    """What a pipeline's map and pseudo-box steps made: maps, labels, the gate with its
+    reference fields, and which side of the labelled defects the fit and the check used."""
     boxes = _step(record, "pseudo_boxes")["outputs"]
+    names = {s["name"] for s in record["steps"]}
+    check = _step(record, "defect_maps")["outputs"] if "defect_maps" in names else {}
+    fit = _step(record, "tocoad_fit")["outputs"] if "tocoad_fit" in names else {}
     return {
         "pipeline": record["id"],
         "maps_prefix": boxes.get("maps_prefix") or _maps_prefix(record, provided),
         "labels": boxes["out_prefix"],
-        "gate": {k: v for k, v in boxes.items() if k.startswith("gate")},
+        "gate": {
+            **{k: v for k, v in boxes.items() if k.startswith("gate")},
+            "reference_maps_prefix": check.get("maps_prefix"),
+        },
+        "labelled_defects": {
+            "fit": fit.get("defect_images"),
+            "gate_check": check.get("defect_images"),
+        },
+    }
+
+
+def run_maps_source(
+    runner: Runner, args: argparse.Namespace, maps: str, ref: str, rec: dict[str, Any]
+) -> dict[str, Any]:
+    """One pipeline (seed 0) for a map source; returns its artifacts and job ids."""
+    provided = {"random": RANDOM, "oracle": ORACLE}.get(maps)
+    body = pipeline_body(args, ref, rec, provided, f"lift-{maps}")
+    tag = budget_tag(args)
+    seed0_done = runner.is_done(row_key(maps, "agssp", args.seeds[0], tag))
+    record, same_recipe = runner.pipeline(f"{maps}@{tag}", body, finetune=not seed0_done)
+    return {
+        **boxes_of(record, provided),
         "agbp": _step(record, "agbp")["outputs"]["artifact"],
         "agdp": _step(record, "agdp")["outputs"]["artifact"],
         "agssp_seed0_job": _step(record, "finetune")["job_id"] if same_recipe else None,
@@ -698,6 +762,7 @@ def pretrain_all(
     from shared.storage.filesystem import FileObjectStore
 
     store = FileObjectStore(args.home / "store")
+    truth = pool_truth(store, ref, pool)
     tag = budget_tag(args)  # what was made at another budget is not this run's
     made: dict[str, Any] = runner.state.setdefault("made", {}).setdefault(tag, {})
     wanted = {maps: _needs(runner, args, maps) for maps in args.maps}
@@ -714,9 +779,8 @@ def pretrain_all(
                 grid=args.random_grid, seed=args.split_seed,
             )  # fmt: skip
         made[maps] = run_maps_source(runner, args, maps, ref, rec)
-        counted = label_stats(store, made[maps]["labels"], pool)
         found = runner.state.setdefault("box_stats", {}).setdefault(tag, {})
-        found[maps] = {**counted, **made[maps]["gate"]}
+        found[maps] = box_record(store, made[maps], pool, truth)
         runner.save()
     ssl_wanted = "ssl" in rows_of(args, MAPS_FIRST)
     if ssl_wanted and any(
@@ -726,14 +790,23 @@ def pretrain_all(
     return made
 
 
-def box_stats(runner: Runner, args: argparse.Namespace) -> dict[str, Any]:
-    """Per map source: pool images with pseudo boxes and boxes per image, its gate; and the
-    share of pool images that truly hold a defect."""
+def box_stats(
+    runner: Runner, args: argparse.Namespace, ref: str, pool: list[str]
+) -> dict[str, Any]:
+    """Per map source: pool images with pseudo boxes and boxes per image, its gate, the boxes'
+    quality; and the share of pool images that truly hold a defect. A source recorded before
+    the quality was measured gets it here when its labels are in this home."""
     from shared.storage.filesystem import FileObjectStore
 
     store = FileObjectStore(args.home / "store")
-    counted = runner.state.get("box_stats", {}).get(budget_tag(args), {})
+    tag = budget_tag(args)
+    counted = runner.state.get("box_stats", {}).get(tag, {})
+    made = runner.state.get("made", {}).get(tag, {})
     found: dict[str, Any] = {maps: counted.get(maps) for maps in args.maps}
+    for maps, row in found.items():
+        labels = made.get(maps, {}).get("labels")
+        if row is not None and "quality" not in row and labels and store.list(labels):
+            row["quality"] = labels_quality(store, labels, pool, pool_truth(store, ref, pool))
     found["truth_share_with_defects"] = json.loads(store.get_bytes(ORACLE + "truth.json"))["share"]
     return found
 
@@ -764,8 +837,26 @@ def run_record(runner: Runner, args: argparse.Namespace, name: str) -> dict[str,
     }
 
 
+def data_record(
+    args: argparse.Namespace, ref: str, splits: dict[str, Any], pool: list[str]
+) -> dict[str, Any]:
+    """The split a results file was measured on."""
+    return {
+        "dataset": ref,
+        "labelled_split": f"mini-{args.labelled_per_class}",
+        "labelled_images": len(splits[f"mini-{args.labelled_per_class}"]),
+        "val_images": len(splits["val"]),
+        "pool_images": len(pool),
+    }
+
+
 def main() -> None:
     args = _arguments()
+    if args.boxes_only:
+        from benchmarks.lift_boxes import main_boxes_only  # it builds on this module
+
+        main_boxes_only(args)
+        return
     ref, splits, pool = prepare(args)
     labelled = len(splits[f"mini-{args.labelled_per_class}"])
     proc, urls = start_suite(args.home, args.home / "suite.log")
@@ -781,14 +872,8 @@ def main() -> None:
         proc.wait(60)
     doc = {
         **run_record(runner, args, "agssp_lift"),
-        "data": {
-            "dataset": ref,
-            "labelled_split": f"mini-{args.labelled_per_class}",
-            "labelled_images": labelled,
-            "val_images": len(splits["val"]),
-            "pool_images": len(pool),
-        },
-        "pseudo_boxes": box_stats(runner, args),
+        "data": data_record(args, ref, splits, pool),
+        "pseudo_boxes": box_stats(runner, args, ref, pool),
         "recipe": {
             **rec,
             "tocoad_preset": args.tocoad_preset,

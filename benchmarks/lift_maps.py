@@ -7,7 +7,9 @@
   learns to find them, with the same counts and sizes as the real run.
 
 Both are written as a dataset-map output (``<prefix>maps/<stem>.npy`` + ``manifest.json``),
-the layout the pipeline's ``maps=provided`` reads.
+the layout the pipeline's ``maps=provided`` reads. ``box_quality`` scores a source's pseudo
+boxes against the pool's true boxes (box precision and recall at IoU 0.3 and 0.5, and which
+boxed images truly hold a defect): whether the maps carry information, without any training.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from shared.schemas.detection_dataset import DATASET_FILE, DetectionDataset, version_prefix
 from shared.schemas.pseudo_labels import label_key
 from shared.storage.base import ObjectNotFoundError, ObjectStore
 
@@ -154,3 +157,118 @@ def count_stats(counts: Sequence[int]) -> dict[str, Any]:
 def truth_share(masks: Mapping[str, np.ndarray]) -> float:
     """Share of the pool's images that hold a labelled defect."""
     return round(sum(1 for m in masks.values() if m.max() > 0) / max(1, len(masks)), 4)
+
+
+# -- pseudo boxes against the pool's truth (known to the benchmark only) --------------------
+QUALITY_IOUS = (0.3, 0.5)
+
+
+def yolo_box(x1: float, y1: float, x2: float, y2: float, width: int, height: int) -> YoloBox:
+    """Pixel corners as a YOLO box (centre and size relative to the image)."""
+    return ((x1 + x2) / 2 / width, (y1 + y2) / 2 / height, (x2 - x1) / width, (y2 - y1) / height)
+
+
+def box_iou(a: YoloBox, b: YoloBox) -> float:
+    """Intersection over union of two YOLO boxes of one image (scale-free: relative
+    coordinates give the same IoU as pixels)."""
+    ax1, ay1, ax2, ay2 = a[0] - a[2] / 2, a[1] - a[3] / 2, a[0] + a[2] / 2, a[1] + a[3] / 2
+    bx1, by1, bx2, by2 = b[0] - b[2] / 2, b[1] - b[3] / 2, b[0] + b[2] / 2, b[1] + b[3] / 2
+    inter = max(0.0, min(ax2, bx2) - max(ax1, bx1)) * max(0.0, min(ay2, by2) - max(ay1, by1))
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union > 0 else 0.0
+
+
+def matched_boxes(pseudo: Sequence[YoloBox], truth: Sequence[YoloBox], iou: float) -> int:
+    """Pseudo boxes matched one-to-one to truth boxes at IoU >= ``iou``: greedily, each pseudo
+    box in file order (the suite writes them strongest first) takes the free truth box it
+    overlaps most."""
+    free = list(truth)
+    matched = 0
+    for box in pseudo:
+        overlaps = [box_iou(box, t) for t in free]
+        best = int(np.argmax(overlaps)) if overlaps else -1
+        if best >= 0 and overlaps[best] >= iou:
+            free.pop(best)
+            matched += 1
+    return matched
+
+
+def _ratio(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+def box_quality(
+    pseudo: Sequence[Sequence[YoloBox]],
+    truth: Sequence[Sequence[YoloBox]],
+    ious: Sequence[float] = QUALITY_IOUS,
+) -> dict[str, Any]:
+    """How well one source's pseudo boxes find the pool's true boxes, image by image.
+
+    Per IoU threshold t (key ``iou<100 t>``): ``precision`` = matched / pseudo boxes, ``recall``
+    = matched / true boxes (``matched_boxes``). Per image: ``boxed_images_with_defects`` =
+    share of images given boxes that truly hold a defect, ``defect_images_boxed`` = share of
+    images holding a defect that were given boxes. None where the denominator is 0.
+    """
+    pairs = list(zip(pseudo, truth, strict=True))
+    n_pseudo = sum(len(p) for p, _ in pairs)
+    n_truth = sum(len(t) for _, t in pairs)
+    boxed = [bool(t) for p, t in pairs if p]
+    defective = [bool(p) for p, t in pairs if t]
+    out: dict[str, Any] = {
+        "pseudo_boxes": n_pseudo,
+        "true_boxes": n_truth,
+        "boxed_images": len(boxed),
+        "boxed_images_with_defects": _ratio(sum(boxed), len(boxed)),
+        "defect_images_boxed": _ratio(sum(defective), len(defective)),
+    }
+    for iou in ious:
+        matched = sum(matched_boxes(p, t, iou) for p, t in pairs)
+        out[f"iou{round(100 * iou)}"] = {
+            "matched": matched,
+            "precision": _ratio(matched, n_pseudo),
+            "recall": _ratio(matched, n_truth),
+        }
+    return out
+
+
+def labels_quality(
+    store: ObjectStore,
+    labels_prefix: str,
+    pool_keys: Sequence[str],
+    truth: Sequence[Sequence[YoloBox]],
+) -> dict[str, Any]:
+    """``box_quality`` of one pseudo-label run's boxes against the pool's ``truth``."""
+    found = [read_yolo_boxes(store, labels_prefix, Path(k).stem) for k in pool_keys]
+    return box_quality(found, truth)
+
+
+def pool_truth(store: ObjectStore, ref: str, pool_keys: Sequence[str]) -> list[list[YoloBox]]:
+    """The pool's true boxes per image (pool order; a key's file name is the data set's), from
+    the stored labelled data set ``ref`` (``name:version``): the benchmark knows them, the
+    suite never reads them."""
+    name, version = ref.split(":", 1)
+    raw = store.get_bytes(version_prefix(name, version) + DATASET_FILE)
+    by_name = {im.file_name: im for im in DetectionDataset.model_validate_json(raw).images}
+    truth = []
+    for key in pool_keys:
+        image = by_name[Path(key).name]
+        truth.append(
+            [yolo_box(b.x1, b.y1, b.x2, b.y2, image.width, image.height) for b in image.boxes]
+        )
+    return truth
+
+
+def box_record(
+    store: ObjectStore,
+    made: Mapping[str, Any],
+    pool_keys: Sequence[str],
+    truth: Sequence[Sequence[YoloBox]],
+) -> dict[str, Any]:
+    """One source's ``pseudo_boxes`` entry: counts, the gate (its reference fields included),
+    the sides of the labelled defects, and the boxes' quality against the pool's truth."""
+    return {
+        **label_stats(store, made["labels"], pool_keys),
+        **made["gate"],
+        "labelled_defects": made.get("labelled_defects"),
+        "quality": labels_quality(store, made["labels"], pool_keys, truth),
+    }
