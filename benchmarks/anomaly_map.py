@@ -8,6 +8,10 @@ the same preprocessed batches, and (d) ``POST /v1/anomaly-maps`` through the rea
 (TestClient, one image per request). Text features and memory banks are built before timing.
 Writes ``benchmarks/results/anomaly_map.json``.
 
+The bare arm is not a floor for KeAD: it runs the final block for every token, where KeAD
+needs that block's main stream for the CLS token only (its patch tokens come from the V-V
+stream), while KeAD adds a V-V attention and out_proj to every block after the first level.
+
     python -m benchmarks.anomaly_map [--images 4] [--batch-size 2] [--requests 4] [--device cuda]
 """
 

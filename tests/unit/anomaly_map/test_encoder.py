@@ -82,8 +82,13 @@ def test_vv_levels_match_a_slow_recomputation(
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
+# The final block (4) runs for the CLS token only as a V-V block, as a plain block, and in
+# full where its main-stream patch tokens are a level.
+@pytest.mark.parametrize(
+    ("layers", "vv_start"), [((1, 2, 3, 4), 2), ((1, 2), 2), ((1, 2), 5), ((1, 2, 3, 4), 5)]
+)
 def test_main_stream_cls_equals_stock_image_embedding(
-    tiny_bundle: ClipBundle, tiny_images: Tensor
+    tiny_bundle: ClipBundle, tiny_images: Tensor, layers: tuple[int, ...], vv_start: int
 ) -> None:
     # given
     with torch.no_grad():
@@ -91,25 +96,29 @@ def test_main_stream_cls_equals_stock_image_embedding(
 
         # when
         encoded = encode_dual_stream(
-            tiny_bundle.visual, tiny_images, feature_layers=(1, 2, 3, 4), vv_start=2
+            tiny_bundle.visual, tiny_images, feature_layers=layers, vv_start=vv_start
         )
 
     # then
     torch.testing.assert_close(encoded.cls, stock, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize(("layers", "vv_start"), [((1, 2), 3), ((1, 2, 3, 4), 5)])
 def test_levels_before_the_first_vv_block_are_plain_intermediates(
-    tiny_bundle: ClipBundle, tiny_images: Tensor
+    tiny_bundle: ClipBundle, tiny_images: Tensor, layers: tuple[int, ...], vv_start: int
 ) -> None:
-    # given
+    # given (the second case collects the final block's own patch tokens)
     visual: Any = tiny_bundle.visual
     with torch.no_grad():
         stock = visual.forward_intermediates(
-            tiny_images, indices=[0, 1], normalize_intermediates=True, output_fmt="NLC"
+            tiny_images,
+            indices=[i - 1 for i in layers],
+            normalize_intermediates=True,
+            output_fmt="NLC",
         )["image_intermediates"]
 
         # when
-        encoded = encode_dual_stream(visual, tiny_images, feature_layers=(1, 2), vv_start=3)
+        encoded = encode_dual_stream(visual, tiny_images, feature_layers=layers, vv_start=vv_start)
 
     # then
     for got, plain in zip(encoded.levels, stock, strict=True):
@@ -144,6 +153,44 @@ def test_normal_path_of_dual_attention_honours_an_attention_mask() -> None:
 
     # then
     torch.testing.assert_close(normal, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_cls_only_dual_attention_is_the_cls_row_of_the_full_one(masked: bool) -> None:
+    # given
+    torch.manual_seed(0)
+    block = ResidualAttentionBlock(16, 2).eval()
+    h = torch.randn(2, 5, 16)
+    mask = torch.triu(torch.ones(5, 5, dtype=torch.bool), diagonal=1) if masked else None
+
+    # when
+    with torch.no_grad():
+        normal, vv = dual_attention(block, h, attn_mask=mask)
+        cls_normal, cls_vv = dual_attention(block, h, attn_mask=mask, cls_only=True)
+
+    # then
+    assert cls_normal.shape == (2, 1, 16)
+    torch.testing.assert_close(cls_normal, normal[:, :1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(cls_vv, vv, rtol=1e-5, atol=1e-6)
+
+
+def test_official_levels_of_one_stream_are_one_tensor(
+    tiny_bundle: ClipBundle, tiny_images: Tensor
+) -> None:
+    # when
+    with torch.no_grad():
+        levels = encode_dual_stream(
+            tiny_bundle.visual,
+            tiny_images,
+            feature_layers=(1, 2, 3, 4),
+            vv_start=2,
+            level_mode="official",
+        ).levels
+
+    # then levels 2..4 alias the final V-V stream (agssp-spec §6.2), projected once
+    assert levels[1] is levels[3]
+    assert levels[2] is levels[3]
+    assert levels[0] is not levels[3]
 
 
 def test_sequence_first_blocks_are_run_in_their_own_layout() -> None:

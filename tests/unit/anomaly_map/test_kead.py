@@ -10,7 +10,7 @@ from torch import Tensor
 from services.anomaly_map.ml.clip.backbone import ClipBundle
 from services.anomaly_map.ml.clip.outputs import MemoryBank
 from services.anomaly_map.ml.clip.prompts import CategoryDescription
-from services.anomaly_map.ml.clip.scoring import anomaly_probability
+from services.anomaly_map.ml.clip.scoring import anomaly_probability, few_shot_distance
 from services.anomaly_map.ml.kead.scorer import KeadConfig, KeadModel
 from shared.errors import InvalidInputError
 
@@ -312,6 +312,36 @@ def test_official_bank_levels_alias_the_final_stream(
     torch.testing.assert_close(bank.levels[1], bank.levels[3])
     torch.testing.assert_close(bank.levels[2], bank.levels[3])
     assert not torch.allclose(bank.levels[0], bank.levels[3])
+
+
+@pytest.mark.parametrize("source", ["built", "stored", "distinct"])
+def test_few_shot_map_is_the_mean_of_per_level_distances(
+    tiny_bundle: ClipBundle, tiny_images: Tensor, text: Tensor, source: str
+) -> None:
+    """Official levels share one stream; the map must still equal a level-by-level
+    computation, whether bank levels are one tensor (built), equal copies (stored) or
+    different (a distinct-mode bank)."""
+    # given
+    model = KeadModel(tiny_bundle)
+    refs = _refs(tiny_bundle, 2)
+    if source == "distinct":
+        bank = KeadModel(tiny_bundle, KeadConfig(level_mode="distinct")).build_memory_bank(refs)
+    else:
+        bank = model.build_memory_bank(refs)
+    if source == "stored":
+        bank = MemoryBank.from_state_dict(
+            {key: value.clone() for key, value in bank.to_state_dict().items()}
+        )
+    levels = model.encode(tiny_images).levels
+    per_level = [
+        few_shot_distance(level.flatten(0, 1), memory).view(3, 5, 5)
+        for level, memory in zip(levels, bank.levels, strict=True)
+    ]
+    # when
+    out = model.score(tiny_images, text, bank)
+    # then
+    assert out.few_shot_map is not None
+    torch.testing.assert_close(out.few_shot_map, torch.stack(per_level).mean(dim=0))
 
 
 def test_default_resampler_is_pil_bicubic_as_the_official_code(tiny_bundle: ClipBundle) -> None:

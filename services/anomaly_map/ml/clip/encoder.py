@@ -5,6 +5,7 @@ Uses each block's own attention weights; no patched open_clip and no forward hoo
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, cast
 
@@ -128,8 +129,36 @@ def _additive(mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(mask, float("-inf"))
 
 
+def _heads_of(t: Tensor, heads: int, width: int) -> Tensor:
+    """(B, N, k*W) in_proj output -> (k, B, heads, N, W/heads)."""
+    b, n, _ = t.shape
+    return t.reshape(b, n, -1, heads, width // heads).permute(2, 0, 3, 1, 4)
+
+
+def _query_key_value(attn: nn.Module, h: Tensor, cls_only: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """q, k and v per head, each (B, heads, N, W/heads); q of the CLS row only if ``cls_only``."""
+    heads, width = int(cast(int, attn.num_heads)), h.shape[-1]
+    weight, bias = _tensor(attn, "in_proj_weight"), cast(Tensor | None, attn.in_proj_bias)
+    if not cls_only:
+        q, k, v = _heads_of(F.linear(h, weight, bias), heads, width)
+        return q, k, v
+    # Keys and values of every token, the query of the CLS token alone.
+    q_bias, kv_bias = (None, None) if bias is None else (bias[:width], bias[width:])
+    (q,) = _heads_of(F.linear(h[:, :1], weight[:width], q_bias), heads, width)
+    k, v = _heads_of(F.linear(h, weight[width:], kv_bias), heads, width)
+    return q, k, v
+
+
+def _attend(attn: nn.Module, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    """Scaled dot-product attention, heads merged, then out_proj: (B, Nq, W)."""
+    b, heads, n, d = q.shape
+    rows = None if mask is None else mask[..., :n, :]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=rows)
+    return cast(Tensor, _module(attn, "out_proj")(out.transpose(1, 2).reshape(b, n, heads * d)))
+
+
 def dual_attention(
-    block: nn.Module, h: Tensor, attn_mask: Tensor | None = None
+    block: nn.Module, h: Tensor, attn_mask: Tensor | None = None, *, cls_only: bool = False
 ) -> tuple[Tensor, Tensor]:
     """Normal and V-V attention of one block on the same normalised input.
 
@@ -137,39 +166,55 @@ def dual_attention(
         block: stock residual block; its in_proj and out_proj weights are reused.
         h: ln_1 output of the main stream, (B, N, W).
         attn_mask: optional (N, N) mask in open_clip's convention, applied to both paths.
+        cls_only: the normal path attends from the CLS token only (its other queries are
+            never computed); the V-V path still covers every token.
 
     Returns:
-        (normal, vv) attention outputs after out_proj, each (B, N, W).
+        (normal, vv) attention outputs after out_proj: normal (B, N, W), or (B, 1, W) when
+        ``cls_only``; vv (B, N, W).
     """
     attn = _module(block, "attn")
-    heads = int(cast(int, attn.num_heads))
-    b, n, width = h.shape
-    qkv = F.linear(h, _tensor(attn, "in_proj_weight"), cast(Tensor | None, attn.in_proj_bias))
-    q, k, v = qkv.reshape(b, n, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+    q, k, v = _query_key_value(attn, h, cls_only)
     mask = _additive(attn_mask, h.dtype)
-    normal = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     # agssp-spec §1.3: V-V attention, query and key both replaced by the value projection;
     # sdpa scales by head_dim^-0.5 as the reference does.
-    vv = F.scaled_dot_product_attention(v, v, v, attn_mask=mask)
-    out_proj = _module(attn, "out_proj")
-    return (
-        out_proj(normal.transpose(1, 2).reshape(b, n, width)),
-        out_proj(vv.transpose(1, 2).reshape(b, n, width)),
-    )
+    return _attend(attn, q, k, v, mask), _attend(attn, v, v, v, mask)
 
 
-def _dual_block(block: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
-    normal, vv = dual_attention(block, _module(block, "ln_1")(x))
-    x = x + _module(block, "ls_1")(normal)
-    x = x + _module(block, "ls_2")(_module(block, "mlp")(_module(block, "ln_2")(x)))
+def _finish_block(block: nn.Module, x: Tensor, attended: Tensor) -> Tensor:
+    """Residual add of the attention output, then the block's MLP; rows of ``attended``."""
+    x = x[:, : attended.shape[1]] + _module(block, "ls_1")(attended)
+    mlp = _module(block, "mlp")(_module(block, "ln_2")(x))
+    return cast(Tensor, x + _module(block, "ls_2")(mlp))
+
+
+def _dual_block(block: nn.Module, x: Tensor, *, cls_only: bool = False) -> tuple[Tensor, Tensor]:
+    normal, vv = dual_attention(block, _module(block, "ln_1")(x), cls_only=cls_only)
     # agssp-spec §1.3: no LayerScale and no MLP on the V-V branch (the target models have no
     # LayerScale, so skipping it as the reference does changes nothing for them).
-    return x, vv
+    return _finish_block(block, x, normal), vv
+
+
+def _cls_block(block: nn.Module, x: Tensor) -> Tensor:
+    """A plain block's output for the CLS token alone, (B, 1, W)."""
+    attn = _module(block, "attn")
+    q, k, v = _query_key_value(attn, _module(block, "ln_1")(x), cls_only=True)
+    return _finish_block(block, x, _attend(attn, q, k, v, None))
 
 
 def project(visual: nn.Module, tokens: Tensor) -> Tensor:
     """ln_post then the visual projection: (..., width) -> (..., Dj)."""
     return cast(Tensor, _module(visual, "ln_post")(tokens) @ _tensor(visual, "proj"))
+
+
+def map_levels(levels: Sequence[Tensor], fn: Callable[[Tensor], Tensor]) -> tuple[Tensor, ...]:
+    """``fn`` of every level, computed once per distinct tensor: levels that are one and the
+    same stream (official mode, agssp-spec §6.2) share one result object."""
+    done: dict[int, Tensor] = {}
+    for level in levels:
+        if id(level) not in done:
+            done[id(level)] = fn(level)
+    return tuple(done[id(level)] for level in levels)
 
 
 def encode_dual_stream(
@@ -182,6 +227,9 @@ def encode_dual_stream(
     level_mode: LevelMode = "distinct",
 ) -> EncodedImages:
     """Encode images with the main stream plus the V-V stream (agssp-spec §1.3-1.4).
+
+    The final block's main stream is computed for the CLS token alone (the image
+    embedding) unless that block's main-stream patch tokens are themselves a level.
 
     Args:
         visual: stock open_clip VisionTransformer (checked with ``check_supported``).
@@ -196,24 +244,25 @@ def encode_dual_stream(
             update does (agssp-spec §6.2).
 
     Returns:
-        Main-stream CLS (B, Dj) and one (B, G*G, Dj) level per feature layer, float32.
+        Main-stream CLS (B, Dj) and one (B, G*G, Dj) level per feature layer, float32;
+        levels that are the same stream are the same tensor.
     """
     x = _module(visual, "ln_pre")(embed_tokens(visual, images))
     batch_first = _batch_first(visual)
-    last = max(feature_layers)
+    blocks, last = blocks_of(visual), max(feature_layers)
     x_vv: Tensor | None = None
     collected: list[Tensor] = []
     from_vv: list[bool] = []
-    for idx, block in enumerate(blocks_of(visual), start=1):
+    for idx, block in enumerate(blocks, start=1):
+        # The final block's main stream feeds the CLS embedding only, unless its patch
+        # tokens are a level: its other rows are never computed.
+        cls_only = idx == len(blocks) and not (idx in feature_layers and vv_start > idx)
         if vv_start <= idx <= last:
             x_in = x
-            x, vv = _dual_block(block, x)
-            if x_vv is None:
-                x_vv = x_in + vv if vv_residual else vv
-            else:
-                x_vv = x_vv + vv if vv_residual else vv
+            x, vv = _dual_block(block, x, cls_only=cls_only)
+            x_vv = ((x_in if x_vv is None else x_vv) + vv) if vv_residual else vv
         else:
-            x = run_block(block, x, batch_first=batch_first)
+            x = _cls_block(block, x) if cls_only else run_block(block, x, batch_first=batch_first)
         if idx in feature_layers:
             # agssp-spec §1.4: the V-V stream where it exists, else the main stream.
             collected.append(x_vv if x_vv is not None else x)
@@ -221,7 +270,7 @@ def encode_dual_stream(
     if level_mode == "official" and x_vv is not None:
         collected = [x_vv if vv else level for level, vv in zip(collected, from_vv, strict=True)]
     cls = project(visual, x[:, 0])
-    levels = tuple(project(visual, t[:, 1:]).float() for t in collected)
+    levels = map_levels(collected, lambda tokens: project(visual, tokens[:, 1:]).float())
     return EncodedImages(cls=cls.float(), levels=levels)
 
 

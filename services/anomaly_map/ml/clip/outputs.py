@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from services.anomaly_map.ml.clip.encoder import map_levels
 from services.anomaly_map.ml.clip.prompts import CategoryDescription
 from shared.errors import InvalidInputError
 
@@ -64,8 +65,8 @@ class MemoryBank:
         return MemoryBank(method=self.method, levels=levels, num_images=k)
 
     def to(self, device: torch.device | str) -> MemoryBank:
-        """Copy of the bank on ``device``."""
-        levels = tuple(level.to(device) for level in self.levels)
+        """Copy of the bank on ``device``; levels that are one tensor stay one tensor."""
+        levels = map_levels(self.levels, lambda level: level.to(device))
         return MemoryBank(method=self.method, levels=levels, num_images=self.num_images)
 
     def to_state_dict(self) -> dict[str, Tensor]:

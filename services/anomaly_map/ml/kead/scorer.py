@@ -18,6 +18,7 @@ from services.anomaly_map.ml.clip.encoder import (
     default_feature_layers,
     default_vv_start,
     encode_dual_stream,
+    map_levels,
 )
 from services.anomaly_map.ml.clip.outputs import KeadOutput, MemoryBank
 from services.anomaly_map.ml.clip.preprocess import Resampler
@@ -130,8 +131,8 @@ class KeadModel(ClipScorerBase):
         """
         refs = bank_references(ref_images, self.config.k_shot)
         encoded = self.encode(refs)
-        levels = tuple(
-            torch.nn.functional.normalize(level.flatten(0, 1), dim=-1) for level in encoded.levels
+        levels = map_levels(
+            encoded.levels, lambda level: torch.nn.functional.normalize(level.flatten(0, 1), dim=-1)
         )
         return MemoryBank(method="kead", levels=levels, num_images=refs.shape[0])
 
@@ -151,7 +152,10 @@ class KeadModel(ClipScorerBase):
         encoded = self.encode(images)
         text = text.to(self.bundle.device)
         s0 = anomaly_probability(encoded.cls, text, cfg.temperature)
-        zero = torch.stack([anomaly_probability(z, text, cfg.temperature) for z in encoded.levels])
+        probabilities = map_levels(
+            encoded.levels, lambda z: anomaly_probability(z, text, cfg.temperature)
+        )
+        zero = torch.stack(probabilities)
         zero_map = zero.mean(dim=0).view(-1, g, g)
         if bank is None or cfg.k_shot == 0:
             return KeadOutput(zero_map, zero_map, None, s0, s0)
@@ -162,8 +166,15 @@ class KeadModel(ClipScorerBase):
 
     def _few_shot_map(self, encoded: EncodedImages, bank: MemoryBank) -> Tensor:
         cfg, g = self.config, self.grid_size
-        per_level = []
-        for level, memory in zip(encoded.levels, bank.levels, strict=True):
+        pairs = list(zip(encoded.levels, bank.levels, strict=True))
+        per_level: list[Tensor] = []
+        for i, (level, memory) in enumerate(pairs):
+            # Official mode: levels of one stream scored against equal bank levels are one
+            # computation (agssp-spec §6.2); a stored bank's levels are equal, not identical.
+            same = next((j for j in range(i) if _same_pair(pairs[j], (level, memory))), None)
+            if same is not None:
+                per_level.append(per_level[same])
+                continue
             distance = few_shot_distance(
                 level.flatten(0, 1),
                 memory,
@@ -189,3 +200,8 @@ class KeadModel(ClipScorerBase):
         s = self.image_size
         if images.ndim != 4 or tuple(images.shape[1:]) != (3, s, s):
             raise InvalidInputError(f"expected images (B, 3, {s}, {s}), got {tuple(images.shape)}")
+
+
+def _same_pair(a: tuple[Tensor, Tensor], b: tuple[Tensor, Tensor]) -> bool:
+    """Whether two (test level, bank level) pairs give the same few-shot distances."""
+    return a[0] is b[0] and (a[1] is b[1] or torch.equal(a[1], b[1]))
