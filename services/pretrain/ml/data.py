@@ -6,7 +6,7 @@ The service implements ``PairSource`` over object storage; everything here is pu
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -62,14 +62,67 @@ class AgbpDataset(Dataset[dict[str, Tensor]]):
         rng = np.random.default_rng((self.seed, self.epoch, index))
         view, view_map = joint_augment(image, amap, rng, self.augment)
         item = {
-            "image": torch.from_numpy(view).permute(2, 0, 1).contiguous(),
+            "image": _channels_first(view),
             "map": torch.from_numpy(view_map).unsqueeze(0),
             "label": torch.tensor(int(label), dtype=torch.int64),
         }
         if self.two_views:
             view2, _ = joint_augment(image, amap, rng, self.augment)
-            item["image2"] = torch.from_numpy(view2).permute(2, 0, 1).contiguous()
+            item["image2"] = _channels_first(view2)
         return item
+
+
+def _channels_first(view: NDArray[np.uint8]) -> Tensor:
+    """(S, S, 3) to a contiguous (3, S, S) tensor, copied by numpy: torch's strided uint8
+    copy runs on its intra-op threads and costs several times more for one image."""
+    return torch.from_numpy(np.ascontiguousarray(view.transpose(2, 0, 1)))
+
+
+Pair = tuple[NDArray[np.uint8], NDArray[np.float32], int]
+
+
+class DecodedPairCache:
+    """A ``PairSource`` that keeps the pairs it has decoded in memory, up to a byte budget.
+
+    Decoding an image and its map costs about as much as augmenting them, and a
+    ``CachedPairSource`` decodes again every epoch; pairs kept here are decoded once. The
+    first pairs read are kept until ``budget_bytes`` is used; the rest are read from
+    ``source`` every time. Kept arrays are read-only views, so no reader can change them.
+    The cache fills in the process that reads; DataLoader workers are new processes every
+    epoch, so pickles leave it out.
+    """
+
+    def __init__(self, source: PairSource, budget_bytes: int) -> None:
+        self.source = source
+        self.budget_bytes = budget_bytes
+        self.used_bytes = 0
+        self._kept: dict[int, Pair] = {}
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> Pair:
+        kept = self._kept.get(index)
+        if kept is not None:
+            return kept
+        image, amap, label = self.source[index]
+        size = image.nbytes + amap.nbytes
+        if self.used_bytes + size > self.budget_bytes:
+            return image, amap, label
+        kept = (_read_only(image), _read_only(amap), label)
+        self._kept[index] = kept
+        self.used_bytes += size
+        return kept
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self.__dict__ | {"used_bytes": 0, "_kept": {}}
+
+
+def _read_only(array: NDArray[Any]) -> NDArray[Any]:
+    """A read-only view (the source's own array keeps its flags)."""
+    view = array.view()
+    view.flags.writeable = False
+    return view
 
 
 def _check_sample(index: int, image: NDArray[np.uint8], amap: NDArray[np.float32]) -> None:

@@ -30,7 +30,12 @@ from services.pretrain.ml.checkpoint import (
     restore_rng,
     rng_state,
 )
-from services.pretrain.ml.data import AgbpDataset, PairSource, ResumableSampler
+from services.pretrain.ml.data import (
+    AgbpDataset,
+    DecodedPairCache,
+    PairSource,
+    ResumableSampler,
+)
 from services.pretrain.ml.model import build_objective
 from services.pretrain.ml.objectives import AgbpObjective, Batch
 from services.pretrain.ml.optim import build_optimizer, get_lr
@@ -41,6 +46,9 @@ from shared.ml.device import seed_everything
 from shared.ml.hooks import TrainHooks
 
 logger = logging.getLogger(__name__)
+
+# Decoded images and maps kept in memory between epochs (see ``DecodedPairCache``).
+DECODED_CACHE_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,7 @@ def train_agbp(
     hooks: TrainHooks,
     device: torch.device,
     weights: Path | Mapping[str, Tensor] | None = None,
+    decoded_cache_bytes: int = DECODED_CACHE_BYTES,
 ) -> AgbpResult:
     """Pretrain a backbone with anomaly-map guidance (AGBP).
 
@@ -107,6 +116,8 @@ def train_agbp(
         hooks: progress, checkpoint, cancel and resume callbacks.
         device: from ``shared.ml.device.resolve_device``.
         weights: start weights of the backbone (e.g. ImageNet); ignored when resuming.
+        decoded_cache_bytes: decoded pairs kept in memory after their first read when the
+            data loads in this process (``num_workers`` 0); 0 decodes every read.
 
     Returns:
         Weights, per-epoch loss history and the resolved config.
@@ -115,7 +126,10 @@ def train_agbp(
         InvalidInputError: bad config, too few pairs, or a resume state of another run.
     """
     # -- configuration
-    cfg = _with_statistics(resolve_config(cfg), data)
+    cfg = resolve_config(cfg)
+    if cfg.num_workers == 0 and decoded_cache_bytes > 0:
+        data = DecodedPairCache(data, decoded_cache_bytes)
+    cfg = _with_statistics(cfg, data)
     rank, world = _dist_info()
     # -- model, optimiser, data (same initial weights on every rank, incl. MoCo's EMA copy)
     seed_everything(cfg.seed)

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import pickle
+from collections import Counter
+
 import numpy as np
 import pytest
 import torch
 
-from services.pretrain.ml.augment import AugmentConfig
-from services.pretrain.ml.data import AgbpDataset, PairSource, ResumableSampler
+from services.pretrain.ml.augment import AugmentConfig, joint_augment
+from services.pretrain.ml.data import (
+    AgbpDataset,
+    DecodedPairCache,
+    PairSource,
+    ResumableSampler,
+)
 from services.pretrain.stores.maps import pair_by_stem
 from shared.errors import InvalidInputError
 
@@ -106,3 +114,82 @@ def test_sampler_skip_continues_the_same_epoch_order(tiny_source: PairSource) ->
     assert sorted(full) == [0, 1, 2, 3]
     assert rest == full[2:]
     assert len(sampler) == 2
+
+
+class CountingSource:
+    """A ``TinyPairSource`` that counts the reads of every index."""
+
+    def __init__(self, source: PairSource) -> None:
+        self.source = source
+        self.reads: Counter[int] = Counter()
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, int]:
+        self.reads[index] += 1
+        return self.source[index]
+
+
+def test_the_decoded_cache_reads_each_pair_once_and_hands_out_read_only_arrays(
+    tiny_source: PairSource,
+) -> None:
+    # given
+    counting = CountingSource(tiny_source)
+    cache = DecodedPairCache(counting, budget_bytes=1 << 20)
+    # when
+    first = [cache[i] for i in range(len(cache))]
+    again = [cache[i] for i in range(len(cache))]
+    # then
+    assert counting.reads == dict.fromkeys(range(4), 1)
+    for index, ((image, amap, _), kept) in enumerate(zip(first, again, strict=True)):
+        assert kept[0] is image
+        assert kept[1] is amap
+        assert np.array_equal(image, tiny_source[index][0])
+        assert not image.flags.writeable
+        assert not amap.flags.writeable
+        with pytest.raises(ValueError, match="read-only"):
+            image[0, 0, 0] = 1
+    assert tiny_source[0][0].flags.writeable  # the source's own arrays keep their flags
+
+
+def test_pairs_over_the_budget_are_read_from_the_source_every_time(
+    tiny_source: PairSource,
+) -> None:
+    # given: room for two pairs (48x48x3 uint8 + 4x4 float32 each)
+    counting = CountingSource(tiny_source)
+    pair_bytes = 48 * 48 * 3 + 4 * 4 * 4
+    cache = DecodedPairCache(counting, budget_bytes=2 * pair_bytes)
+    # when
+    for _ in range(3):
+        for index in range(len(cache)):
+            cache[index]
+    # then
+    assert counting.reads == {0: 1, 1: 1, 2: 3, 3: 3}
+    assert cache.used_bytes == 2 * pair_bytes
+
+
+def test_a_pickled_cache_leaves_its_pairs_behind(tiny_source: PairSource) -> None:
+    # given
+    cache = DecodedPairCache(CountingSource(tiny_source), budget_bytes=1 << 20)
+    cache[0]
+    # when: what a DataLoader worker started by spawn receives
+    copy = pickle.loads(pickle.dumps(cache))
+    # then
+    assert copy.used_bytes == 0
+    assert copy.source.reads == {0: 1}
+    copy[0]
+    assert copy.source.reads == {0: 2}
+    assert cache.used_bytes > 0
+
+
+def test_item_images_are_the_augmented_view_channels_first(tiny_source: PairSource) -> None:
+    # given
+    dataset = AgbpDataset(tiny_source, AUGMENT, seed=0)
+    image, amap, _ = tiny_source[2]
+    view, _ = joint_augment(image, amap, np.random.default_rng((0, 0, 2)), AUGMENT)
+    # when
+    item = dataset[2]
+    # then
+    assert item["image"].is_contiguous()
+    assert torch.equal(item["image"], torch.from_numpy(view).permute(2, 0, 1))

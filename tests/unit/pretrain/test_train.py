@@ -13,6 +13,7 @@ from services.pretrain.ml.train import train_agbp
 from services.pretrain.params import AgbpConfig
 from shared.errors import InvalidInputError
 from shared.ml.hooks import TrainHooks
+from tests.unit.pretrain.test_data import CountingSource
 
 CPU = torch.device("cpu")
 
@@ -156,3 +157,20 @@ def test_missing_statistics_are_computed_from_the_images(tiny_source: PairSource
 def test_too_few_pairs_for_one_batch_are_refused(tiny_source: PairSource) -> None:
     with pytest.raises(InvalidInputError, match="batch"):
         train_agbp(_cfg(batch_size=8), tiny_source, hooks=TrainHooks(), device=CPU)
+
+
+def test_pairs_are_decoded_once_per_run_and_train_as_without_the_cache(
+    tiny_source: PairSource,
+) -> None:
+    # given: two epochs, data loaded in this process (num_workers 0)
+    cached, uncached = CountingSource(tiny_source), CountingSource(tiny_source)
+    cfg = _cfg(epochs=2, checkpoint_every=0)
+    # when
+    with_cache = train_agbp(cfg, cached, hooks=TrainHooks(), device=CPU)
+    without = train_agbp(cfg, uncached, hooks=TrainHooks(), device=CPU, decoded_cache_bytes=0)
+    # then
+    assert cached.reads == dict.fromkeys(range(4), 1)
+    assert uncached.reads == dict.fromkeys(range(4), 2)
+    assert with_cache.history == without.history
+    for key, value in with_cache.state_dict.items():
+        assert torch.equal(value, without.state_dict[key]), key
