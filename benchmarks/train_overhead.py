@@ -3,8 +3,9 @@
 (a) a finetune job vs bare ultralytics ``YOLO("yolov8n.yaml").train(...)`` on the same data
     (NEU-DET mini from ../shared/data when present, else generated rectangles), the same
     recipe, seed and torch thread count: time per epoch, wall time, final mAP@0.5;
-(b) an AGBP job vs a bare torch loop with the same backbone, objective, optimiser and batch
-    on one in-memory batch: images/s end to end and at steady state;
+(b) an AGBP job vs a plain torch loop with the same backbone, objective, optimiser, batch
+    and augmentation (pairs decoded once, a DataLoader augmenting each sample), and vs the
+    same model stepping on one in-memory batch: images/s end to end and at steady state;
 (c) a ToCoAD dataset-map job vs the fitted model's ``score`` on the same decoded images:
     images/s.
 
@@ -175,7 +176,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "(train + val + save) read by one recorder callback in both arms; the job's wall time "
         "also holds the data download, export, final evaluation and publishing. mAP is "
         "ultralytics' validator on the val split; the job keeps best.pt by mAP@0.5, bare "
-        "ultralytics by its own fitness.",
+        "ultralytics by its own fitness. "
+        "agbp: 'bare' is the plain DataLoader loop (decode once, augment per sample); "
+        "'in_memory_batch' steps on one batch made once, the floor of any loop that augments.",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")

@@ -58,8 +58,17 @@ def test_quick_mode_measures_every_section(tmp_path: Path) -> None:
     assert finetune["data"].startswith("synthetic rectangles")
     assert len(finetune["ratios"]["map50_best_pt"]["job"]) == 1
 
-    for row in sections["agbp"]["rounds"]:
+    agbp = sections["agbp"]
+    for row in agbp["rounds"]:
         assert row["job"]["steps"] == row["bare"]["steps"] == 2  # 8 images, batch 4, 1 epoch
+        assert row["bare"]["in_memory_batch"]["steps"] == 2
+        assert _positive(row["bare"]["in_memory_batch"]["images_per_s"])
+    assert set(agbp["ratios"]) == {
+        "job_over_bare_images_per_s",
+        "job_over_bare_steady_state",
+        "job_over_in_memory_batch_images_per_s",
+        "job_over_in_memory_batch_steady_state",
+    }
     for row in sections["maps"]["rounds"]:
         assert row["job"]["images"] == row["bare"]["images"] == 6
     assert set(report["aims_met"]) == set(train_overhead.AIMS)
