@@ -8,10 +8,13 @@ files, so DataLoader worker processes never share a network client.
 
 from __future__ import annotations
 
+import functools
 import io
+import math
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -23,21 +26,27 @@ from shared.imaging.intake import ImageLimits, decode_object
 from shared.storage.base import ObjectStore, validate_key
 
 HEADER_PROBE_BYTES = 64 * 1024
+_NPY_MAGIC = b"\x93NUMPY"
+_NPY_MAX_HEADER = 10_000  # numpy's own limit on a header it parses
 PREFETCH_BATCH = 256
 _EXIF_ORIENTATION = 0x0112
 _ROTATED = frozenset({5, 6, 7, 8})  # orientations that swap width and height
 
 
 def load_map(data: bytes, key: str) -> NDArray[np.float32]:
-    """A (G, G) float32 map from ``.npy`` bytes (no pickles).
+    """A (G, G) float32 map, C-ordered and writable, from ``.npy`` bytes (no pickles).
 
     Raises:
         InvalidInputError: not a finite, non-empty 2-D float array (code 'bad_map').
     """
-    try:
-        amap = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise InvalidInputError(f"map {key} is not a .npy array: {exc}", code="bad_map") from exc
+    amap = _fast_npy(data)
+    if amap is None:  # another .npy version, or not a .npy at all: numpy decides
+        try:
+            amap = np.load(io.BytesIO(data), allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise InvalidInputError(
+                f"map {key} is not a .npy array: {exc}", code="bad_map"
+            ) from exc
     if (
         not isinstance(amap, np.ndarray)
         or amap.ndim != 2
@@ -50,7 +59,49 @@ def load_map(data: bytes, key: str) -> NDArray[np.float32]:
             f"map {key} must be a finite 2-D float array, got {shape} {getattr(amap, 'dtype', '')}",
             code="bad_map",
         )
-    return amap.astype(np.float32, copy=False)
+    return np.array(amap, dtype=np.float32, order="C")  # a copy: frombuffer's is read-only
+
+
+def _fast_npy(data: bytes) -> NDArray[Any] | None:
+    """The array of a version 1 or 2 ``.npy`` (a read-only view of ``data``), else None.
+
+    Every map of a job has the same header, and ``np.load`` spends most of its time parsing
+    it (``ast.literal_eval``), so numpy's parse is cached by the header's bytes. Anything
+    else (object dtypes, which are pickles; long headers; a body of the wrong length) gives
+    None, and ``np.load`` decides on it as before.
+    """
+    if data[:6] != _NPY_MAGIC or data[6:7] not in (b"\x01", b"\x02"):
+        return None
+    width = 2 if data[6] == 1 else 4
+    start = 8 + width
+    length = int.from_bytes(data[8:start], "little")
+    if length > _NPY_MAX_HEADER:  # numpy refuses these itself; never keep one in the cache
+        return None
+    end = start + length
+    parsed = _npy_header(data[6], data[:end])
+    if parsed is None:
+        return None
+    shape, fortran, dtype = parsed
+    count = math.prod(shape)
+    if dtype.hasobject or len(data) - end != count * dtype.itemsize:
+        return None
+    flat = np.frombuffer(data, dtype=dtype, count=count, offset=end)
+    return flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
+
+
+@functools.lru_cache(maxsize=64)
+def _npy_header(major: int, head: bytes) -> tuple[tuple[int, ...], bool, np.dtype[Any]] | None:
+    """numpy's own parse of a ``.npy`` header (magic string to the end of the header)."""
+    stream = io.BytesIO(head)
+    read = (
+        np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+    )
+    try:
+        np.lib.format.read_magic(stream)
+        shape, fortran, dtype = read(stream)
+    except (ValueError, OSError, EOFError):
+        return None
+    return tuple(int(n) for n in shape), bool(fortran), np.dtype(dtype)
 
 
 def image_size_from_header(data: bytes, limits: ImageLimits) -> tuple[int, int] | None:

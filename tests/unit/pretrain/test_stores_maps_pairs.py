@@ -196,6 +196,45 @@ def test_maps_that_are_not_finite_2d_float_arrays_are_refused(array: np.ndarray)
     assert caught.value.code == "bad_map"
 
 
+_LAYOUTS: dict[str, tuple[str, bool, tuple[int, int]]] = {
+    "float32": ("<f4", False, (1, 0)),
+    "float64": ("<f8", False, (1, 0)),
+    "float16": ("<f2", False, (1, 0)),
+    "big-endian": (">f4", False, (1, 0)),
+    "fortran": ("<f4", True, (1, 0)),
+    "version-2": ("<f4", False, (2, 0)),
+    "version-3": ("<f4", False, (3, 0)),
+}
+
+
+@pytest.mark.parametrize("layout", list(_LAYOUTS))
+def test_a_map_reads_as_numpy_reads_it_whatever_its_npy_layout(layout: str) -> None:
+    # given the same values stored in one .npy layout, twice (the second read is the cached one)
+    dtype, fortran, version = _LAYOUTS[layout]
+    values = np.random.default_rng(3).random((6, 9)).astype(dtype)
+    values = np.asfortranarray(values) if fortran else values
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, values, version=version)
+    for _ in range(2):
+        # when
+        amap = load_map(buffer.getvalue(), "m.npy")
+        # then: numpy's values as float32, in C order and writable
+        expected = np.load(io.BytesIO(buffer.getvalue())).astype(np.float32)
+        np.testing.assert_array_equal(amap, expected)
+        assert amap.dtype == np.float32
+        assert amap.flags.c_contiguous
+        assert amap.flags.writeable
+
+
+@pytest.mark.parametrize("cut", [1, 100], ids=["one-byte-short", "body-short"])
+def test_a_cut_map_is_refused(cut: int) -> None:
+    data = _npy(np.ones((10, 10), np.float32))
+    load_map(data, "m.npy")  # its header is known from here on
+    with pytest.raises(InvalidInputError) as caught:
+        load_map(data[:-cut], "m.npy")
+    assert caught.value.code == "bad_map"
+
+
 def test_pickled_maps_are_never_unpickled() -> None:
     # given: an object array, which np.save can only store as a pickle
     buffer = io.BytesIO()
