@@ -4,9 +4,11 @@ Submission (enqueue, refuse a finished ``out_prefix``) and the worker's run. The
 seam ``shared.schemas.pseudo_labels`` (finetune's AGDP job reads it); its manifest is written
 last. An image-level gate (``gate``: off, fixed or auto, ``services.pretrain.ml.gate``) decides
 which images may get boxes; its ``gate_*`` fields go on the record and into ``summary.json``.
-Memory stays bounded however large the pool: maps are read in two passes (``MAP_MEMORY``), and
-each image's boxes go to its label file, the streamed COCO document and the running summary
-(``label_outputs``) as they come, never into a list of the pool.
+Memory stays bounded however large the pool: each map is read from the store once, and kept
+for the second pass in memory (``MAP_MEMORY``) or a scratch file (``label_maps``); each
+image's boxes go to its label file, the streamed COCO document and the running summary
+(``label_outputs``) as they come, never into a list of the pool. Store reads and writes run
+on threads a bounded window ahead of the pool's order (``_parallel``).
 cv2-free, so the API imports it: the worker hands ``run_pseudo_label_job`` a ``Labeler``
 (``services.pretrain.ml.labeler.BoxLabeler``).
 """
@@ -15,12 +17,12 @@ from __future__ import annotations
 
 import json
 import math
-import threading
-from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter, deque
+from collections.abc import Callable, Generator, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -37,6 +39,7 @@ from services.pretrain.stores.maps import (
     score_of,
 )
 from services.pretrain.stores.pairs import load_map, read_image_size
+from services.pretrain.usecases.label_maps import MapShelf, Shelved
 from services.pretrain.usecases.label_outputs import (
     AreaRatios,
     BoxTally,
@@ -64,10 +67,10 @@ from shared.schemas.pseudo_labels import (
 )
 
 PSEUDO_LABELS_KIND = "pseudo_labels"
-_BATCH = 64
-_THREADS = 8
-# Maps kept between the two passes over the pool (agssp-spec §3 needs every map's maximum
-# before the first box): 1,000 maps of 128 x 128; past it, a map is read again.
+_BATCH = 64  # store calls in flight ahead of the pool's order; cancel checked as often
+_THREADS = 16  # a label file's write waits on the store (an fsync, an S3 PUT) most of its time
+# Maps kept in memory between the two passes over the pool (agssp-spec §3 needs every map's
+# maximum before the first box): 1,000 maps of 128 x 128; past it, in a scratch file.
 MAP_MEMORY = 64 * 2**20
 T = TypeVar("T")
 R = TypeVar("R")
@@ -223,7 +226,10 @@ def _check_output(ctx: JobContext, out: str) -> None:
 
 
 def _stem(key: str) -> str:
-    return PurePosixPath(key).stem
+    """``PurePosixPath(key).stem`` of an object key, without building a path (three an image)."""
+    name = key.rpartition("/")[2]
+    dot = name.rfind(".")
+    return name[:dot] if 0 < dot < len(name) - 1 else name
 
 
 def _check_unique_stems(pairs: Sequence[Pair]) -> None:
@@ -236,30 +242,6 @@ def _check_unique_stems(pairs: Sequence[Pair]) -> None:
         )
 
 
-class _MapMemory:
-    """Maps kept from the first pass for the second, up to ``budget`` bytes in all."""
-
-    def __init__(self, budget: int) -> None:
-        self.budget = budget
-        self.used = 0
-        self._lock = threading.Lock()
-
-    def keep(self, amap: NDArray[np.float32]) -> NDArray[np.float32] | None:
-        with self._lock:
-            if self.used + amap.nbytes > self.budget:
-                return None
-            self.used += amap.nbytes
-            return amap
-
-
-@dataclass(frozen=True)
-class _Seen:
-    """What the first pass keeps of one map: its maximum, and the map while memory lasts."""
-
-    maximum: float
-    amap: NDArray[np.float32] | None
-
-
 def _read_map(ctx: JobContext, pair: Pair) -> NDArray[np.float32]:
     return load_map(ctx.store.get_bytes(pair.map_key), pair.map_key)
 
@@ -268,7 +250,7 @@ def _read_map(ctx: JobContext, pair: Pair) -> NDArray[np.float32]:
 class _Plan:
     """What the first pass decides before any image is labelled."""
 
-    seen: list[_Seen]
+    seen: list[Shelved]
     threshold: float
     scores: list[float | None]
     gate: Gate
@@ -276,20 +258,20 @@ class _Plan:
 
 
 def _first_pass(
-    ctx: JobContext, params: PseudoLabelParams, pairs: Sequence[Pair], labeler: Labeler[Item]
+    ctx: JobContext,
+    params: PseudoLabelParams,
+    pairs: Sequence[Pair],
+    labeler: Labeler[Item],
+    shelf: MapShelf,
 ) -> _Plan:
-    """Every map's maximum and as many maps as ``MAP_MEMORY`` holds; then T_c and the gate.
+    """Every map read once and shelved for the second pass; then T_c and the gate.
 
     T_c and the gate need every map's maximum before any image is labelled (agssp-spec §3
-    step 1); the maps left out are read again by the second pass.
+    step 1).
     """
-    memory = _MapMemory(MAP_MEMORY)
-
-    def first(pair: Pair) -> _Seen:
-        amap = _read_map(ctx, pair)
-        return _Seen(float(np.max(amap)), memory.keep(amap))
-
-    seen = list(_parallel(ctx, pairs, first, (0, 30), "maps"))
+    with closing(_parallel(ctx, pairs, lambda pair: _read_map(ctx, pair), (0, 30), "maps")) as maps:
+        seen = [shelf.shelve(amap) for amap in maps]
+    shelf.seal()
     maxima = [s.maximum for s in seen]
     threshold = labeler.threshold(maxima, params.c)
     scores, source, note = _image_scores(ctx, params, pairs, maxima)
@@ -299,7 +281,7 @@ def _first_pass(
     gate = labeler.gate(scores, source, params, reference)
     passed = sum(1 for s in scores if gate.passes(s))
     outputs = gate.outputs() | {"gate_score_note": note, "gate_passed_images": passed}
-    ctx.set_outputs(**outputs, maps_kept_in_memory=sum(s.amap is not None for s in seen))
+    ctx.set_outputs(**outputs, maps_kept_in_memory=shelf.kept)
     return _Plan(seen, threshold, scores, gate, outputs)
 
 
@@ -318,23 +300,23 @@ def _label_all(
     Each image's boxes are written and counted as they come (``_collect``), so memory stays
     bounded however large the pool.
     """
-    plan = _first_pass(ctx, params, pairs, labeler)
     rel = len(params.images_prefix)
+    with MapShelf(scratch / "maps.f32", MAP_MEMORY) as shelf:
+        plan = _first_pass(ctx, params, pairs, labeler, shelf)
 
-    def label(index: int) -> Item:
-        pair, kept = pairs[index], plan.seen[index]
-        amap = kept.amap if kept.amap is not None else _read_map(ctx, pair)
-        size = read_image_size(ctx.store, pair.image_key, limits)
-        name, score = pair.image_key[rel:], plan.scores[index]
-        item, text = labeler.label(
-            amap, size, plan.threshold, params, score, name, plan.gate.threshold
-        )
-        key = label_key(out, _stem(pair.image_key))
-        ctx.store.put_bytes(key, text.encode(), content_type="text/plain")
-        return item
+        def label(index: int) -> Item:
+            pair, amap = pairs[index], shelf.take(plan.seen[index])
+            size = read_image_size(ctx.store, pair.image_key, limits)
+            name, score = pair.image_key[rel:], plan.scores[index]
+            item, text = labeler.label(
+                amap, size, plan.threshold, params, score, name, plan.gate.threshold
+            )
+            key = label_key(out, _stem(pair.image_key))
+            ctx.store.put_bytes(key, text.encode(), content_type="text/plain")
+            return item
 
-    items = _parallel(ctx, range(len(pairs)), label, (30, 90), "images")
-    return _collect(items, pairs, labeler, scratch, examples, plan)
+        with closing(_parallel(ctx, range(len(pairs)), label, (30, 90), "images")) as items:
+            return _collect(items, pairs, labeler, scratch, examples, plan)
 
 
 def _collect(
@@ -400,21 +382,36 @@ def _parallel(
     work: Callable[[T], R],
     span: tuple[float, float],
     what: str,
-) -> Iterator[R]:
-    """``work`` over ``items`` on threads (store I/O), yielded in order a batch at a time.
+) -> Generator[R, None, None]:
+    """``work`` over ``items`` on threads (store I/O), yielded in order.
 
-    Cancel is checked per batch; no more than two batches of results are alive at once.
+    No more than ``_BATCH`` items are in flight ahead of the one yielded, so no more than that
+    many results are alive at once; a slow store call holds up only its own place, not a
+    whole batch. Cancel and progress are checked every ``_BATCH`` items. Closing the
+    iterator early (an error, a cancel) drops the calls not yet started and waits for the
+    running ones, so none writes after the job has left.
     """
-    done = 0
-    with ThreadPoolExecutor(max_workers=_THREADS) as pool:
-        for start in range(0, len(items), _BATCH):
-            ctx.check_cancel()
-            batch = list(pool.map(work, items[start : start + _BATCH]))
-            yield from batch
-            done += len(batch)
-            del batch
-            fraction = done / max(len(items), 1)
-            ctx.progress(span[0] + fraction * (span[1] - span[0]), f"{what} {done}/{len(items)}")
+    pending: deque[Future[R]] = deque()
+    pool = ThreadPoolExecutor(max_workers=_THREADS)
+    try:
+        for index, item in enumerate(items):
+            if index % _BATCH == 0:
+                ctx.check_cancel()
+            if len(pending) == _BATCH:
+                yield pending.popleft().result()
+                _progress(ctx, index - _BATCH + 1, len(items), span, what)
+            pending.append(pool.submit(work, item))
+        while pending:
+            yield pending.popleft().result()
+        _progress(ctx, len(items), len(items), span, what)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _progress(ctx: JobContext, done: int, total: int, span: tuple[float, float], what: str) -> None:
+    if done % _BATCH == 0 or done == total:  # the record is written at most once a second
+        fraction = done / max(total, 1)
+        ctx.progress(span[0] + fraction * (span[1] - span[0]), f"{what} {done}/{total}")
 
 
 def _write_examples(

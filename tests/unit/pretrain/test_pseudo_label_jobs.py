@@ -519,6 +519,37 @@ def test_the_box_records_of_the_pool_are_not_accumulated(
     assert counting.most <= 2 * 2 + 2 + 1 < POOL
 
 
+def test_a_cancel_stops_the_read_ahead_and_nothing_is_written_after_the_cleanup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.pretrain.usecases import pseudo_label_jobs
+
+    # given a pool whose cancel flag appears once the third label file is written, and a
+    # window of two store calls ahead
+    class CancelsOnThirdLabel(FileObjectStore):
+        labels = 0
+
+        def put_bytes(
+            self, key: str, data: bytes, content_type: str = "application/octet-stream"
+        ) -> None:
+            super().put_bytes(key, data, content_type)
+            if "/labels/" in key:
+                type(self).labels += 1
+                if type(self).labels == 3:
+                    for record in JobStore(self).list():
+                        super().put_bytes(f"jobs/{record.id}/cancel", b"now")
+
+    store = CancelsOnThirdLabel(tmp_path / "store")
+    _pool(store, scores=True)
+    monkeypatch.setattr(pseudo_label_jobs, "_BATCH", 2)
+    # when
+    record = _run(store, tmp_path)
+    # then it stopped within a window or two, and its output is gone, late writes included
+    assert record.state == JobState.CANCELED
+    assert 3 <= CancelsOnThirdLabel.labels <= 3 + 2 * 2 < POOL
+    assert store.list("pseudo/") == []
+
+
 def test_a_redelivered_job_overwrites_what_a_killed_delivery_left(
     pool: FileObjectStore, tmp_path: Path
 ) -> None:
