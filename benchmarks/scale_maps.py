@@ -9,8 +9,9 @@ training step (issue 24, parts b and c), each side by side with its bare method 
     - ``map_bare``: the same model's ``score`` on the same images, read and decoded from the
       store's local files in a plain loop at the job's batch; ``label_bare``: threshold, gate
       and boxes of the same maps, held in memory; ``label_bare_extraction_io``: the same
-      extraction reading each map's ``.npy`` file and writing one label file per image, the
-      least file I/O a labelling pass must do (the job is given over both).
+      extraction reading each map's ``.npy`` file and each image's size from its header, and
+      writing one label file per image and the streamed COCO document and box statistics,
+      the least file I/O and output a labelling pass must do (the job is given over both).
     Each job runs in its own child process and the three bare arms in a third, so every job's
     peak RSS is per size; children fork from a server that imported the suite once.
 (c) The AGBP job's data path at the ``cpu`` pipeline preset's batch and input size (cache fill

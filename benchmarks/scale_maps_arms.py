@@ -4,8 +4,9 @@ The fork server imports this module once, so children start with the suite impor
 child's timing pays for imports; each child reports its own peak RSS (``ru_maxrss``) at the
 end. Jobs run through the suite's runner (``run_job``) with the handlers the Celery tasks
 call, on a local-folder store; the bare arms call the same model and labeler with no store,
-no records and no writes, except ``bare_extraction_io``, which adds the least file I/O a
-labelling pass must do: each map read from its ``.npy`` file, one label file per image.
+no records and no writes, except ``bare_extraction_io``, which adds the least file I/O and
+outputs a labelling pass must do: each map read from its ``.npy`` file, each image's size from
+its header, one label file per image, and the streamed COCO document and box statistics.
 """
 
 from __future__ import annotations
@@ -37,16 +38,18 @@ from services.anomaly_map.usecases.dataset_maps import run_dataset_maps
 from services.anomaly_map.usecases.tocoad_fits import run_tocoad_fit
 from services.pretrain.config import PretrainSettings
 from services.pretrain.ml.labeler import BoxLabeler
+from services.pretrain.ml.pseudo_boxes import ImageBoxes
 from services.pretrain.params import PseudoLabelParams, SourceSpec
 from services.pretrain.stores.maps import Pair, collect_pairs, load_scores, score_of
-from services.pretrain.stores.pairs import load_map
+from services.pretrain.stores.pairs import HEADER_PROBE_BYTES, image_size_from_header, load_map
+from services.pretrain.usecases.label_outputs import AreaRatios, BoxTally, CocoStream
 from services.pretrain.usecases.pseudo_label_jobs import (
     MAP_MEMORY,
     PSEUDO_LABELS_KIND,
     run_pseudo_label_job,
 )
 from shared.config import CommonSettings, PathSettings
-from shared.imaging.intake import decode_image
+from shared.imaging.intake import ImageLimits, decode_image, image_limits
 from shared.jobs.context import JobContext
 from shared.jobs.runner import RunnerOptions, run_job
 from shared.jobs.store import JobStore
@@ -243,28 +246,66 @@ def _maxima_pass(paths: list[Path]) -> tuple[list[float], list[NDArray[np.float3
     return maxima, kept
 
 
+def _image_size(path: Path, limits: ImageLimits) -> tuple[int, int]:
+    """(width, height) from the image file's header, as the job reads it from the store."""
+    with path.open("rb") as handle:
+        size = image_size_from_header(handle.read(HEADER_PROBE_BYTES), limits)
+    size = size or image_size_from_header(path.read_bytes(), limits)
+    if size is None:
+        raise RuntimeError(f"{path} is not a readable image")
+    return size
+
+
+class _Outputs:
+    """What a labelling pass writes per image: its label file, COCO entries, statistics."""
+
+    def __init__(self, folder: Path, labeler: BoxLabeler) -> None:
+        self.folder, self.labeler = folder, labeler
+        (folder / "labels").mkdir(parents=True, exist_ok=True)
+        self.coco = CocoStream(folder, labeler.coco_categories())
+        self.ratios = AreaRatios(folder / "ratios.f64")
+        self.tally = BoxTally(self.ratios)
+
+    def add(self, pair: Pair, item: ImageBoxes, text: str) -> None:
+        (self.folder / "labels" / f"{Path(item.file_name).stem}.txt").write_text(text)
+        image_id = self.tally.images + 1
+        image, boxes = self.labeler.coco_entries(item, image_id, self.coco.annotations + 1)
+        self.coco.add(image | {"image_key": pair.image_key}, boxes)
+        self.tally.add(self.labeler.area_ratios(item))
+
+    def finish(self) -> None:
+        self.tally.summary()
+        self.coco.finish()
+        self.ratios.close()
+
+
 def _bare_extraction_io(spec: Spec) -> dict[str, Any]:
-    """The bare extraction with a labelling pass's least file I/O, in a plain loop.
+    """The bare extraction with a labelling pass's least file I/O and outputs, in a plain loop.
 
     Maps are read from their ``.npy`` files in the store's folder (pass one for the maxima,
-    keeping as many as the job's ``MAP_MEMORY``; pass two reads the others again), and one
-    YOLO label file per image is written to a local folder. No store, records or threads.
+    keeping as many as the job's ``MAP_MEMORY``; pass two reads the others again), each
+    image's size from the first bytes of its file (the job must: boxes are in image pixels),
+    and per image a YOLO label file, the COCO entries and box statistics are written to a
+    local folder, as the job's ``label_outputs`` stream them. No store, records or threads.
     """
     bare = _bare_input(spec)
     params, pairs = bare.params, bare.pairs
     paths = [spec.store / p.map_key for p in pairs]
+    limits = image_limits(PretrainSettings(common=home(spec), device="cpu"))
     out = spec.work / f"bare-labels-{spec.store.name}"
-    out.mkdir(parents=True, exist_ok=True)
-    size, labeler = (spec.image_side, spec.image_side), BoxLabeler()
+    labeler = BoxLabeler()
     started = time.perf_counter()
     maxima, kept = _maxima_pass(paths)
     threshold = labeler.threshold(maxima, params.c)
     gate = labeler.gate(bare.scores, bare.source, params)
+    outputs = _Outputs(out, labeler)
     for pair, path, amap, score in zip(pairs, paths, kept, bare.scores, strict=True):
         name = pair.image_key[len(POOL_PREFIX) :]
         grid = amap if amap is not None else _read_npy(path)
-        _, text = labeler.label(grid, size, threshold, params, score, name, gate.threshold)
-        (out / f"{Path(name).stem}.txt").write_text(text)
+        size = _image_size(spec.store / pair.image_key, limits)
+        item, text = labeler.label(grid, size, threshold, params, score, name, gate.threshold)
+        outputs.add(pair, item, text)
+    outputs.finish()
     wall = time.perf_counter() - started
     shutil.rmtree(out)
     return rate(wall, len(pairs))
