@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> None:
         precision=args.precision,
         extra_model_config_dir=args.model_config_dir,
     )
-    started = time.perf_counter()
+    started, loadavg_start = time.perf_counter(), os.getloadavg()
     scorers = load_scorers(settings)
     print(f"{args.model} on {scorers.bundle.device}, grid {scorers.bundle.grid_size}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-anomaly-map-") as tmp:
@@ -323,6 +323,8 @@ def main(argv: list[str] | None = None) -> None:
             "service": bench_service(scorers, args, Path(tmp)),
         }
     report["wall_s"] = round(time.perf_counter() - started, 1)
+    report["loadavg_start"] = [round(x, 2) for x in loadavg_start]
+    report["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     print(f"wrote {args.out} in {report['wall_s']} s")
