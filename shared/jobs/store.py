@@ -85,12 +85,16 @@ class JobStore:
         return record
 
     def save(self, record: JobRecord) -> JobRecord:
+        """Write the record durably; a terminal one only after everything written before it
+        (the job's output) is durable too (``ObjectStore.sync``)."""
         record.updated_at = utcnow()
+        if record.terminal:
+            self.store.sync()
+        key = self.record_key(record.id)
         self.store.put_bytes(
-            self.record_key(record.id),
-            record.model_dump_json(indent=1).encode(),
-            content_type="application/json",
+            key, record.model_dump_json(indent=1).encode(), content_type="application/json"
         )
+        self.store.sync([key])
         self._index(record)
         return record
 
@@ -241,7 +245,12 @@ class JobStore:
         return f"{self.prefix(job_id)}checkpoints/{name}"
 
     def save_checkpoint(self, job_id: str, name: str, data: bytes) -> None:
-        self.store.put_bytes(self.checkpoint_key(job_id, name), data)
+        """Write a checkpoint durably, after what the job wrote before it (which it may
+        name) is durable (``ObjectStore.sync``)."""
+        key = self.checkpoint_key(job_id, name)
+        self.store.sync()
+        self.store.put_bytes(key, data)
+        self.store.sync([key])
 
     def load_checkpoint(self, job_id: str, name: str) -> bytes | None:
         try:

@@ -34,9 +34,12 @@ _reapers: list[Reaper] = []
 @lru_cache
 def worker_jobs() -> JobStore:
     """The job store of this worker process (built once per process); its store calls ride
-    out short storage outages (``shared.storage.patient``)."""
+    out short storage outages (``shared.storage.patient``). A local-folder store does not
+    fsync each write: ``JobStore`` syncs it before a record turns terminal and before a
+    checkpoint (``shared.storage.filesystem``)."""
     settings = get_common_settings()
-    return JobStore(PatientStore(create_store(settings), settings.jobs.storage_patience_s))
+    store = create_store(settings, durable=False)
+    return JobStore(PatientStore(store, settings.jobs.storage_patience_s))
 
 
 def _options(task: Task, settings: CommonSettings) -> RunnerOptions:

@@ -156,6 +156,7 @@ class ArtifactStore:
                 self.store.put_bytes(ref.key(filename), data)
             else:
                 self.store.put_file(ref.key(filename), data)
+        self.store.sync()  # the files are on disk before a manifest names them
         self.store.put_bytes(ref.manifest_key, body, content_type="application/json")
 
     @staticmethod
@@ -176,11 +177,10 @@ class ArtifactStore:
             shown = self._read_manifest(current)
             if shown is not None and shown.created_at > manifest.created_at:
                 return
-        self.store.put_bytes(
-            f"{_model_prefix(manifest.name)}{LATEST_NAME}",
-            manifest.version.encode(),
-            content_type="text/plain",
-        )
+        key = f"{_model_prefix(manifest.name)}{LATEST_NAME}"
+        self.store.sync()  # the version is on disk before LATEST names it
+        self.store.put_bytes(key, manifest.version.encode(), content_type="text/plain")
+        self.store.sync([key])
 
     # -- lookups -------------------------------------------------------------------------
     def _read_pointer(self, key: str, name: str) -> ArtifactRef | None:

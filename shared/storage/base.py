@@ -9,14 +9,17 @@ backend, so a key valid on the local folder is valid on S3 and the other way rou
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
 from shared.errors import InvalidInputError, NotFoundError
 
 MAX_KEY_LENGTH = 512
-_SEGMENT = re.compile(r"^[A-Za-z0-9._=+\-]+$")
+_SEGMENT = re.compile(r"[A-Za-z0-9._=+\-]+")
+# The whole rule in one pass for the common, valid key (a store checks a key on every call).
+_VALID_KEY = re.compile(r"(?:[A-Za-z0-9._=+\-]+/)*[A-Za-z0-9._=+\-]+")
+_DOT_SEGMENT = re.compile(r"(?:^|/)\.\.?(?:/|$)")
 
 
 class ObjectNotFoundError(NotFoundError):
@@ -35,12 +38,14 @@ def validate_key(key: str, *, prefix: bool = False) -> str:
     if prefix and key == "":
         return key
     body = key[:-1] if prefix and key.endswith("/") else key
+    if len(key) <= MAX_KEY_LENGTH and _VALID_KEY.fullmatch(body) and not _DOT_SEGMENT.search(body):
+        return key
     if not body or len(key) > MAX_KEY_LENGTH:
         raise InvalidInputError(
             f"object key {key!r} is empty or longer than {MAX_KEY_LENGTH}", code="invalid_key"
         )
     for segment in body.split("/"):
-        if segment in ("", ".", "..") or not _SEGMENT.match(segment):
+        if segment in ("", ".", "..") or not _SEGMENT.fullmatch(segment):
             raise InvalidInputError(
                 f"object key {key!r} has an invalid segment {segment!r}: use letters, digits "
                 "and . _ - = + separated by single '/', no '..' and no leading '/'",
@@ -113,6 +118,11 @@ class ObjectStore(Protocol):
 
     def presigned_url(self, key: str, expires_s: int = 3600) -> str | None:
         """A time-limited download URL, or None where the backend has none (local folder)."""
+
+    def sync(self, keys: Iterable[str] | None = None) -> None:
+        """Make writes durable (an OS crash or power loss keeps them): every earlier write
+        (``keys`` None) or those objects. A no-op where each write is durable when it
+        returns (S3); the local folder syncs here unless it was built ``durable``."""
 
     def ping(self) -> None:
         """Raise ``UnavailableError`` when the backend cannot be reached."""

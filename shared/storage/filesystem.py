@@ -1,12 +1,36 @@
 """``FileObjectStore``: a local folder as an object store (embedded default, unit-test store).
 
-Writes go to a temp file in the target's folder, then ``os.replace`` (atomic).
+**Atomicity.** Every write goes to a temp file in the target's folder, then ``os.replace``: a
+reader, or a process killed mid-write, sees the old object or the new one, never a part.
+A killed process loses nothing it wrote (the page cache is the kernel's, not the process's).
+
+**Durability** (an OS crash or a power loss) is a policy of the store instance:
+
+- ``durable=True`` (``create_store``'s default: API processes): each write fsyncs the file
+  and its folder (and the folders it created) before it returns, as an S3 PUT is durable
+  when it returns.
+- ``durable=False`` (the constructor's default; job workers, tests, benchmarks): writes are
+  atomic but not synced; the caller makes them durable at the points it declares with
+  ``sync()``: ``sync()`` flushes everything on the store's filesystem (one ``syncfs``: one
+  journal commit, where an fsync a file cost one each), ``sync(keys)`` fsyncs those objects
+  and their folders. ``JobStore`` syncs the store before a job record turns terminal and
+  before a checkpoint is written, and fsyncs each record it writes, so what a record says
+  is done or checkpointed is on disk (``shared.jobs.store``); ``ArtifactStore`` syncs
+  before a manifest and before ``LATEST``.
+
+**Keys -> paths.** A key is checked lexically (``validate_key``: no '..', '.', empty or
+absolute segment, only ``[A-Za-z0-9._=+-]``), so it names a path under the root by itself;
+only a symbolic link on the way can lead elsewhere. Each component is ``lstat``-ed on every
+call (no cache: a folder swapped for a link at any time is seen on the next call); a path
+with a link is resolved in full and must stay under the root.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -50,6 +74,45 @@ def write_atomically(path: Path, chunks: Iterable[bytes], *, fsync: bool = True)
     return written
 
 
+def fsync_path(path: Path | str) -> None:
+    """fsync a file or a folder (a folder's fsync makes its entries, e.g. a rename, durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    try:
+        func: Callable[[int], int] = ctypes.CDLL(None, use_errno=True).syncfs
+    except (AttributeError, OSError):  # not Linux (glibc/musl): os.sync() instead
+        return None
+    return func
+
+
+_SYNCFS = _load_syncfs()
+
+
+def sync_filesystem(folder: Path) -> None:
+    """Flush every dirty file and folder of the filesystem holding ``folder`` to disk.
+
+    One ``syncfs(2)`` where the C library has it, else ``os.sync()`` (every filesystem).
+    Far cheaper than one fsync per file for many small files: one journal commit, not one
+    a file.
+    """
+    if _SYNCFS is None:
+        os.sync()
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        if _SYNCFS(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"syncfs of {folder} failed: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
 def read_chunks(
     stream: BinaryIO, length: int = -1, chunk_size: int = CHUNK_SIZE
 ) -> Iterator[bytes]:
@@ -90,37 +153,105 @@ class FileObjectStore:
     """An ``ObjectStore`` on a local folder; keys are paths relative to ``root``.
 
     Readers see the old or the new object, never a partial one. Temp names contain '~',
-    which no key may hold, so ``list`` never shows them. A key can not be both an object and a prefix here (a file can not be a folder), unlike
-    S3: such a write raises ``ConflictError``.
+    which no key may hold, so ``list`` never shows them. A key can not be both an object and
+    a prefix here (a file can not be a folder), unlike S3: such a write raises
+    ``ConflictError``. Durability (``durable``, ``sync``): see the module docstring.
     """
 
-    def __init__(self, root: Path) -> None:
-        """Use ``root`` (created on first write) as the store's folder."""
+    def __init__(self, root: Path, *, durable: bool = False) -> None:
+        """Use ``root`` (created on first write) as the store's folder.
+
+        Args:
+            root: the folder; a link in its own path is resolved once, here.
+            durable: fsync each write (file and folder) before it returns; False leaves
+                durability to ``sync()`` at the caller's durability points.
+        """
         self.root = Path(root).expanduser().resolve()
+        self.durable = durable
+        self._root = str(self.root)
 
     def __repr__(self) -> str:
-        return f"FileObjectStore({str(self.root)!r})"
+        return f"FileObjectStore({self._root!r}, durable={self.durable})"
 
     # -- key -> path ---------------------------------------------------------------------
     def _path(self, key: str) -> Path:
-        validate_key(key)
-        path = self.root / key
-        # Resolve symlinks too: a link inside the root must not lead out of it.
-        if not path.resolve().is_relative_to(self.root):
+        validate_key(key)  # lexical: the key alone can not leave the root
+        path = f"{self._root}/{key}"
+        # A link on the way may; resolve in full only where there is one.
+        if self._has_link(key) and not Path(path).resolve().is_relative_to(self.root):
             raise InvalidInputError(
                 f"object key {key!r} resolves outside the store root", code="invalid_key"
             )
-        return path
+        return Path(path)
+
+    def _has_link(self, key: str) -> bool:
+        """Whether a component of ``key`` under the root is a symbolic link, now.
+
+        Every existing component is ``lstat``-ed (a missing one ends the walk: nothing
+        below it exists). Nothing is cached: a link can replace any folder at any time.
+        """
+        path = self._root
+        for segment in key.split("/"):
+            path = f"{path}/{segment}"
+            try:
+                mode = os.lstat(path).st_mode
+            except (FileNotFoundError, NotADirectoryError):
+                return False
+            if stat.S_ISLNK(mode):
+                return True
+        return False
 
     def _write(self, key: str, chunks: Iterable[bytes]) -> int:
         path = self._path(key)
+        fresh = self.durable and not path.parent.is_dir()  # its folders' entries need a sync
         try:
-            return write_atomically(path, chunks)
+            written = write_atomically(path, chunks, fsync=self.durable)
         except (IsADirectoryError, NotADirectoryError, FileExistsError) as exc:
             raise ConflictError(
                 f"object key {key!r} collides with a prefix of another key on the file store",
                 code="key_conflict",
             ) from exc
+        if fresh:
+            self._sync_folders(path)
+        elif self.durable:
+            fsync_path(path.parent)
+        return written
+
+    # -- durability ----------------------------------------------------------------------
+    def sync(self, keys: Iterable[str] | None = None) -> None:
+        """Make this instance's writes durable: all of them (``keys`` None), or those objects.
+
+        ``sync()`` flushes the filesystem holding the root (one ``syncfs``): every object
+        written before the call is on disk after it, with the folders it created.
+        ``sync(keys)`` fsyncs each object and its folder (a folder that write created
+        becomes durable at the next ``sync()``); a key that holds no object is skipped.
+        A ``durable`` store has nothing to do: each write was synced when it returned.
+        """
+        if self.durable or not self.root.is_dir():
+            return
+        if keys is None:
+            sync_filesystem(self.root)
+            return
+        folders: dict[Path, None] = {}
+        for key in keys:
+            path = self._path(key)
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                fsync_path(path)
+                folders[path.parent] = None
+        for folder in folders:
+            with contextlib.suppress(FileNotFoundError):  # pruned by a concurrent delete
+                fsync_path(folder)
+
+    def _sync_folders(self, path: Path) -> None:
+        """fsync ``path``'s folders, from its own up to the root (a new folder's entry is in
+        its parent)."""
+        folder = path.parent
+        while True:
+            with contextlib.suppress(FileNotFoundError):  # pruned by a concurrent delete
+                fsync_path(folder)
+            if folder == self.root or not folder.is_relative_to(self.root):
+                return
+            folder = folder.parent
 
     # -- writes --------------------------------------------------------------------------
     def put_bytes(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
@@ -118,6 +118,10 @@ class PatientStore:
 
     def presigned_url(self, key: str, expires_s: int = 3600) -> str | None:
         return self.inner.presigned_url(key, expires_s)
+
+    def sync(self, keys: Iterable[str] | None = None) -> None:
+        listed = None if keys is None else list(keys)  # an iterator could be tried only once
+        self._patiently("sync", lambda: self.inner.sync(listed))
 
     def ping(self) -> None:
         self.inner.ping()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import BinaryIO, NoReturn, TypeVar, cast
@@ -344,6 +344,11 @@ class S3ObjectStore:
                 self.bucket, key, expires=timedelta(seconds=seconds)
             ),
         )
+
+    def sync(self, keys: Iterable[str] | None = None) -> None:
+        """Nothing to do: a PUT is durable when it returns (keys are still validated)."""
+        for key in keys or ():
+            validate_key(key)
 
     def ping(self) -> None:
         """Raise ``UnavailableError`` unless the bucket is reachable (created if allowed)."""

@@ -171,3 +171,78 @@ def test_new_version_has_the_sortable_utc_format() -> None:
 def test_artifact_ref_rejects_a_path_as_name() -> None:
     with pytest.raises(ValueError, match="invalid"):
         ArtifactRef(name="../etc", version="v1")
+
+
+# -- keys -> paths: links ----------------------------------------------------------------
+def _outside_folder(tmp_path: Path) -> Path:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "x").write_bytes(b"secret")
+    return outside
+
+
+def test_a_folder_swapped_for_an_outside_link_after_use_is_rejected(
+    store: FileObjectStore, tmp_path: Path
+) -> None:
+    # given: a folder used for reads and writes, then replaced by a link out of the root
+    store.put_bytes("a/b/x", b"mine")
+    assert store.get_bytes("a/b/x") == b"mine"
+    assert store.exists("a/b/x")
+    outside = _outside_folder(tmp_path)
+    (store.root / "a" / "b").rename(tmp_path / "old-b")
+    (store.root / "a" / "b").symlink_to(outside, target_is_directory=True)
+    # when / then: no read or write goes through it
+    for call in (
+        lambda: store.get_bytes("a/b/x"),
+        lambda: store.exists("a/b/x"),
+        lambda: store.size("a/b/x"),
+        lambda: store.put_bytes("a/b/y", b"leak"),
+        lambda: store.delete("a/b/x"),
+    ):
+        with pytest.raises(InvalidInputError):
+            call()
+    assert sorted(p.name for p in outside.iterdir()) == ["x"]
+
+
+def test_a_folder_moved_out_and_linked_back_is_rejected(
+    store: FileObjectStore, tmp_path: Path
+) -> None:
+    # given: the very folder the store used now lives outside, a link in its place
+    store.put_bytes("top/sub/x", b"1")
+    assert store.get_bytes("top/sub/x") == b"1"
+    moved = tmp_path / "moved"
+    (store.root / "top").rename(moved)
+    (store.root / "top").symlink_to(moved, target_is_directory=True)
+    # when / then
+    with pytest.raises(InvalidInputError):
+        store.get_bytes("top/sub/x")
+    with pytest.raises(InvalidInputError):
+        store.put_bytes("top/sub/y", b"2")
+    assert not (moved / "sub" / "y").exists()
+
+
+def test_a_file_link_out_of_the_root_is_rejected(store: FileObjectStore, tmp_path: Path) -> None:
+    # given
+    outside = _outside_folder(tmp_path)
+    store.put_bytes("d/keep", b"1")
+    (store.root / "d" / "x").symlink_to(outside / "x")
+    # when / then
+    with pytest.raises(InvalidInputError):
+        store.get_bytes("d/x")
+    with pytest.raises(InvalidInputError):
+        store.put_bytes("d/x", b"over")
+    assert (outside / "x").read_bytes() == b"secret"
+
+
+def test_a_link_that_stays_in_the_root_is_followed(store: FileObjectStore) -> None:
+    # given
+    store.put_bytes("real/x", b"1")
+    (store.root / "alias").symlink_to(store.root / "real", target_is_directory=True)
+    # when / then
+    assert store.get_bytes("alias/x") == b"1"
+
+
+@pytest.mark.parametrize("key", ["a\n", "a/b\n", "a/\n/b"])
+def test_a_key_with_a_newline_is_rejected(store: FileObjectStore, key: str) -> None:
+    with pytest.raises(InvalidInputError):
+        store.put_bytes(key, b"1")
