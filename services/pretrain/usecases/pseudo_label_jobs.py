@@ -3,7 +3,8 @@
 Submission (enqueue, refuse a finished ``out_prefix``) and the worker's run. The output is the
 seam ``shared.schemas.pseudo_labels`` (finetune's AGDP job reads it); its manifest is written
 last. An image-level gate (``gate``: off, fixed or auto, ``services.pretrain.ml.gate``) decides
-which images may get boxes; its ``gate_*`` fields go on the record and into ``summary.json``.
+which images may get boxes; its ``gate_*`` fields go on the record and into ``summary.json``,
+with the gate's labelled defects, whether the fit never saw them (``label_reference``).
 Memory stays bounded however large the pool: each map is read from the store once, and kept
 for the second pass in memory (``MAP_MEMORY``) or a scratch file (``label_maps``); each
 image's boxes go to its label file, the streamed COCO document and the running summary
@@ -47,6 +48,7 @@ from services.pretrain.usecases.label_outputs import (
     TopExamples,
     job_scratch,
 )
+from services.pretrain.usecases.label_reference import reference_lineage
 from shared.errors import ConflictError, InvalidInputError, JobCanceledError
 from shared.imaging.intake import ImageLimits, decode_object, image_limits
 from shared.jobs.context import JobContext
@@ -276,11 +278,13 @@ def _first_pass(
     threshold = labeler.threshold(maxima, params.c)
     scores, source, note = _image_scores(ctx, params, pairs, maxima)
     reference = None  # scores of labelled defect images, on the scale the pool's are read in
+    lineage: dict[str, Any] = {}  # were they held out of the fit that made their maps?
     if params.reference_maps_prefix is not None:
         reference = reference_scores(ctx.store, params.reference_maps_prefix, source)
+        lineage = reference_lineage(ctx.store, ctx.jobs, params.reference_maps_prefix)
     gate = labeler.gate(scores, source, params, reference)
     passed = sum(1 for s in scores if gate.passes(s))
-    outputs = gate.outputs() | {"gate_score_note": note, "gate_passed_images": passed}
+    outputs = gate.outputs() | {"gate_score_note": note, "gate_passed_images": passed} | lineage
     ctx.set_outputs(**outputs, maps_kept_in_memory=shelf.kept)
     return _Plan(seen, threshold, scores, gate, outputs)
 
