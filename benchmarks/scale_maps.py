@@ -191,7 +191,9 @@ def _setup(args: argparse.Namespace, spec: Spec) -> dict[str, Any]:
         "1 in 10 with a bright scratch or blob",
         "map_batch": args.map_batch,
         "pseudo_label_gate": args.gate,
-        "store": "local folder (FileObjectStore), a fresh one per size",
+        "store": "local folder (FileObjectStore), a fresh one per size; the jobs' as a worker "
+        "builds it (durable=False: synced before the record turns terminal and each "
+        "checkpoint)",
         "torch_threads": args.threads or "all cores",
         "seed": args.seed,
         "quick": args.quick,

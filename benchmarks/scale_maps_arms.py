@@ -126,7 +126,7 @@ def _warm(engine: MapEngine, spec: Spec) -> None:
 def map_job(spec: Spec) -> dict[str, Any]:
     """The dataset-map job over the whole pool (reading, decoding, maps, checkpoints, CSV)."""
     settings = _map_settings(spec)
-    engine = build_engine(settings, FileObjectStore(spec.store))
+    engine = build_engine(settings, worker_store(spec))
     _warm(engine, spec)
     before = _rss_mb()
     started = time.perf_counter()
@@ -142,6 +142,12 @@ def map_job(spec: Spec) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def worker_store(spec: Spec) -> FileObjectStore:
+    """The store as a job worker builds it: writes synced at the job's durability points
+    (before its record says SUCCEEDED, before each checkpoint), not one by one."""
+    return FileObjectStore(spec.store, durable=False)
+
+
 def _label_params(spec: Spec) -> dict[str, Any]:
     assert spec.maps_prefix is not None
     return {"category": CATEGORY, "images_prefix": POOL_PREFIX,
@@ -151,7 +157,7 @@ def _label_params(spec: Spec) -> dict[str, Any]:
 def label_job(spec: Spec) -> dict[str, Any]:
     """The pseudo-label job on the map job's output (pairing, boxes, files, overlays)."""
     settings = PretrainSettings(common=home(spec), device="cpu")
-    jobs = JobStore(FileObjectStore(spec.store))
+    jobs = JobStore(worker_store(spec))
     before = _rss_mb()
     started = time.perf_counter()
     done = _run(jobs, PSEUDO_LABELS_KIND, _label_params(spec),
