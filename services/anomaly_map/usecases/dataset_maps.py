@@ -1,7 +1,10 @@
 """Dataset map jobs (``anomaly_map_dataset``): submission and the run, one raw map per image
 under a prefix, written in the layout of the seam ``shared.schemas.dataset_maps``. Resumable:
-each batch saves a small checkpoint segment listing its maps and scores, the union of the
-segments is the set of done maps, so checkpoint I/O stays linear in the dataset size.
+a small checkpoint segment lists the maps and scores of the batches since the last one, the
+union of the segments is the set of done maps, so checkpoint I/O stays linear in the dataset
+size. A segment is saved at most every ``CHECKPOINT_EVERY_S`` (each makes the store durable
+first, ``shared.jobs.store``: one sync per batch cost as much as the maps' own writes), at a
+cancel and at the end; a lost worker redoes at most that much work.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from services.anomaly_map.runtime.methods import method_for
 from services.anomaly_map.stores.categories import CategoryStore
 from services.anomaly_map.stores.labelled_defects import defect_image_keys, select_defects
 from services.anomaly_map.stores.maps import encode_npy
-from shared.errors import InvalidInputError, SuiteError
+from shared.errors import InvalidInputError, JobCanceledError, SuiteError
 from shared.imaging.intake import decode_image
 from shared.jobs.context import JobContext
 from shared.jobs.producer import TaskSender, submit_job
@@ -37,6 +40,7 @@ from shared.storage.base import listing_prefix, validate_key
 
 log = logging.getLogger(__name__)
 SEGMENTS = "batches/"
+CHECKPOINT_EVERY_S = 2.0
 
 
 def submit_dataset_maps(
@@ -93,7 +97,7 @@ def _decode_batch(
 
 
 def _process_batch(
-    engine: MapEngine, ctx: JobContext, params: _Plan, keys: list[str], index: int
+    engine: MapEngine, ctx: JobContext, params: _Plan, keys: list[str]
 ) -> tuple[list[ScoreRow], dict[str, str]]:
     good_keys, images, skipped = _decode_batch(engine, ctx, keys)
     rows = []
@@ -105,12 +109,47 @@ def _process_batch(
             ctx.store.put_bytes(params.targets[key], encode_npy(amap))
             s0 = float("nan") if zero is None else float(zero[i])  # ToCoAD has no text score
             rows.append(ScoreRow(key, float(scores.image_scores[i]), s0, float(amap.max())))
-    segment = {
-        "rows": [[r.image_key, r.image_score, r.zero_shot_score, r.map_max] for r in rows],
-        "skipped": skipped,
-    }
-    ctx.save_checkpoint(json.dumps(segment).encode(), f"{SEGMENTS}{index:08d}.json")
     return rows, skipped
+
+
+class _Segment:
+    """The rows of the batches since the last checkpoint segment, named by the first one's
+    position in the sorted keys (a resumed run starts past every saved one)."""
+
+    def __init__(self, ctx: JobContext) -> None:
+        self.ctx, self.saved_at = ctx, time.monotonic()
+        self.first: int | None = None
+        self.rows: list[ScoreRow] = []
+        self.skipped: dict[str, str] = {}
+
+    def add(self, position: int, rows: list[ScoreRow], skipped: dict[str, str]) -> None:
+        self.first = position if self.first is None else self.first
+        self.rows += rows
+        self.skipped.update(skipped)
+        if time.monotonic() - self.saved_at >= CHECKPOINT_EVERY_S:
+            self.save()
+
+    def save(self) -> None:
+        if self.first is not None:
+            segment = {
+                "rows": [
+                    [r.image_key, r.image_score, r.zero_shot_score, r.map_max] for r in self.rows
+                ],
+                "skipped": self.skipped,
+            }
+            self.ctx.save_checkpoint(
+                json.dumps(segment).encode(), f"{SEGMENTS}{self.first:08d}.json"
+            )
+        self.first, self.rows, self.skipped = None, [], {}
+        self.saved_at = time.monotonic()
+
+    def check_cancel(self) -> None:
+        """``ctx.check_cancel``, saving what is done first: a later run need not redo it."""
+        try:
+            self.ctx.check_cancel()
+        except JobCanceledError:
+            self.save()
+            raise
 
 
 class _Plan:
@@ -158,10 +197,12 @@ def run(ctx: JobContext, engine: MapEngine, *, batch_size: int) -> list[str]:
     total = len(plan.keys)
     ctx.set_outputs(output_prefix=plan.output, total=total, resumed_from=resumed_from, **plan.notes)
     started, computed = time.monotonic(), 0
+    segment = _Segment(ctx)
     for start in range(0, len(todo), batch_size):
-        ctx.check_cancel()
+        segment.check_cancel()
         batch = todo[start : start + batch_size]
-        new_rows, new_skipped = _process_batch(engine, ctx, plan, batch, plan.position[batch[0]])
+        new_rows, new_skipped = _process_batch(engine, ctx, plan, batch)
+        segment.add(plan.position[batch[0]], new_rows, new_skipped)
         rows.update((r.image_key, r) for r in new_rows)
         skipped.update(new_skipped)
         computed += len(batch)
@@ -172,6 +213,7 @@ def run(ctx: JobContext, engine: MapEngine, *, batch_size: int) -> list[str]:
             f"{done}/{total} images",
             metrics={"done": done, "total": total, "images_per_s": round(rate, 3)},
         )
+    segment.save()
     return _finish(ctx, engine, plan, rows, skipped, computed)
 
 

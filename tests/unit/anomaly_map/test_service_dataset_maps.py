@@ -13,6 +13,7 @@ from services.anomaly_map.params import LabelledDefects
 from services.anomaly_map.runtime.engine import MapEngine
 from services.anomaly_map.stores.labelled_defects import select_defects
 from services.anomaly_map.stores.maps import decode_npy
+from services.anomaly_map.usecases import dataset_maps
 from services.anomaly_map.usecases.categories import put_category
 from services.anomaly_map.usecases.dataset_maps import default_output_prefix, run_dataset_maps
 from shared.errors import InvalidInputError, JobCanceledError
@@ -150,6 +151,22 @@ def test_resumed_job_skips_images_of_checkpointed_batches(engine, settings) -> N
     record = ctx.jobs.get(ctx.job_id)
     assert record.outputs["resumed_from"] == 4
     assert record.outputs["count"] == 5
+
+
+@pytest.mark.parametrize(("every_s", "segments"), [(0.0, 3), (3600.0, 1)])
+def test_checkpoint_segments_are_saved_at_most_so_often(
+    engine, settings, monkeypatch: pytest.MonkeyPatch, every_s: float, segments: int
+) -> None:
+    # given: 5 images in batches of 2; each segment syncs the store first (JobStore)
+    monkeypatch.setattr(dataset_maps, "CHECKPOINT_EVERY_S", every_s)
+    ctx = _context(engine)
+    # when
+    run_dataset_maps(ctx, engine, settings)
+    # then: one a batch when due every time, else one at the end, holding every image
+    saved = ctx.store.list(f"{ctx.prefix}checkpoints/")
+    assert len(saved) == segments
+    rows = [row for key in saved for row in json.loads(ctx.store.get_bytes(key))["rows"]]
+    assert sorted(row[0] for row in rows) == [f"data/set/{n}" for n in NAMES]
 
 
 def _resume(ctx: JobContext) -> JobContext:
