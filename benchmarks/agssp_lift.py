@@ -148,6 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--pool-limit", type=int, default=0, help="0 = every remaining image")
     parser.add_argument("--tocoad-preset", default="cpu")
+    parser.add_argument(
+        "--tocoad-overrides",
+        type=json.loads,
+        default={},
+        help="ToCoAD config keys laid over the preset, as JSON (e.g. "
+        '\'{"generator": {"p_native": 0.3}}\'); the anomaly-map service validates them',
+    )
     parser.add_argument("--imgsz", type=int, default=256)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch", type=int, default=16, help="AGBP and AGDP batch")
@@ -217,7 +224,7 @@ def recipe(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     if args.detector != DEFAULT_FAMILY:
         detector["family"] = agdp["family"] = args.detector
     return {
-        "tocoad": {},
+        "tocoad": dict(args.tocoad_overrides),
         "agbp": {
             "objective": "distill", "amp": False, "num_workers": 0, "checkpoint_every": 0,
             "epochs": args.agbp_epochs, "batch_size": args.batch,

@@ -9,6 +9,7 @@ and the boxes are scored against the pool's truth (``lift_maps.box_quality``). W
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from typing import Any
 
@@ -28,9 +29,13 @@ from benchmarks.lift_maps import box_record, pool_truth, stage_random
 
 
 def boxes_tag(args: argparse.Namespace) -> str:
-    """What the pseudo boxes depend on, in state keys: the ToCoAD preset and the fit's
-    labelled defects (not the pretraining budget)."""
-    return f"{args.tocoad_preset}-{'nolab' if args.no_labelled_defects else 'lab'}"
+    """What the pseudo boxes depend on, in state keys: the ToCoAD preset, its overrides (when
+    any) and the fit's labelled defects (not the pretraining budget)."""
+    tag = f"{args.tocoad_preset}-{'nolab' if args.no_labelled_defects else 'lab'}"
+    if args.tocoad_overrides:
+        text = json.dumps(args.tocoad_overrides, sort_keys=True)
+        tag += "-" + hashlib.sha256(text.encode()).hexdigest()[:8]
+    return tag
 
 
 def boxes_only(
@@ -85,6 +90,7 @@ def main_boxes_only(args: argparse.Namespace) -> None:
         "pseudo_boxes": found,
         "recipe": {
             "tocoad_preset": args.tocoad_preset,
+            "tocoad_overrides": args.tocoad_overrides,
             "labelled_defects": not args.no_labelled_defects,
             "seed": args.seeds[0],
         },

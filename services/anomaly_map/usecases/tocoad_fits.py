@@ -11,7 +11,12 @@ import numpy as np
 import torch
 from pydantic import ValidationError
 
-from services.anomaly_map.ml.tocoad.defects import DefectExemplar, exemplars_from_boxes
+from services.anomaly_map.ml.tocoad.defects import (
+    DefectExemplar,
+    NativeSample,
+    exemplars_from_boxes,
+    natives_from_boxes,
+)
 from services.anomaly_map.ml.tocoad.fit import fit_tocoad
 from services.anomaly_map.ml.tocoad.presets import preset_config
 from services.anomaly_map.params import LabelledDefects, TocoadFitParams
@@ -115,24 +120,29 @@ def _normal_images(
 
 def _defect_exemplars(
     ctx: JobContext, spec: LabelledDefects | None, cfg: TocoadConfig, limits: ImageLimits
-) -> tuple[list[DefectExemplar], dict[str, Any] | None]:
-    """Exemplars cut from the boxes of ``spec``'s side of the labelled images, at the model's
-    scale, and what the record says about those images (``DefectSelection.outputs``)."""
+) -> tuple[list[DefectExemplar], list[NativeSample], dict[str, Any] | None]:
+    """Exemplars cut from the boxes of ``spec``'s side of the labelled images and, when
+    ``cfg.generator.p_native`` > 0, those images as native samples (target: their boxes), at
+    the model's scale; and what the record says about the images (``DefectSelection.outputs``).
+    """
     if spec is None:
-        return [], None
+        return [], [], None
     ctx.progress(0.0, f"reading labelled defects of {spec.dataset} ({spec.split})", force=True)
     selection = select_defects(ctx.store, spec)
     exemplars: list[DefectExemplar] = []
+    natives: list[NativeSample] = []
     for item in read_defect_images(ctx.store, selection):
         image = decode_object(item.data, limits, f"{spec.dataset}/{item.file_name}").array
         exemplars += exemplars_from_boxes(image, item.boxes, cfg.image_size, cfg.aspect)
+        if cfg.generator.p_native > 0:
+            natives += natives_from_boxes(image, item.boxes, cfg.image_size, cfg.aspect)
     warnings = [selection.warning()]
     if not exemplars:
         warnings.append(f"{spec.dataset} ({spec.split}) holds no usable defect box: synthetic only")
     for warning in filter(None, warnings):
         ctx.set_outputs(warnings=[*ctx.record.outputs.get("warnings", []), warning])
         ctx.progress(0.0, f"warning: {warning}", force=True)
-    return exemplars, selection.outputs()
+    return exemplars, natives, selection.outputs()
 
 
 def run(
@@ -144,7 +154,7 @@ def run(
     cfg = tocoad_config(params.config, params.preset)
     ctx.progress(0.0, "loading normal images", force=True)
     images = _normal_images(ctx, categories, record, params, limits)
-    defects, defect_images = _defect_exemplars(ctx, params.defects, cfg, limits)
+    defects, natives, defect_images = _defect_exemplars(ctx, params.defects, cfg, limits)
     saved = ctx.load_checkpoint(CHECKPOINT)
     hooks = TrainHooks(
         on_progress=lambda pct, msg, metrics: ctx.progress(0.99 * pct, msg, metrics=dict(metrics)),
@@ -152,7 +162,7 @@ def run(
         on_checkpoint=lambda state: ctx.save_checkpoint(state_to_bytes(state), CHECKPOINT),
         resume_state=state_from_bytes(saved) if saved else None,
     )
-    model = fit_tocoad(images, cfg, hooks=hooks, device=device, defects=defects)
+    model = fit_tocoad(images, cfg, hooks=hooks, device=device, defects=defects, natives=natives)
     data = state_to_bytes(model.to_state())
     info = {
         "model_version": model_version(data),
@@ -161,6 +171,7 @@ def run(
         "images": len(images),
         "defects": params.defects.model_dump(mode="json") if params.defects else None,
         "defect_exemplars": len(defects),
+        "native_samples": len(natives),
         "defect_images": defect_images,
         "config": cfg.model_dump(mode="json"),
         "created_at": utcnow().isoformat(),
@@ -172,6 +183,7 @@ def run(
         model_version=info["model_version"],
         images=len(images),
         defect_exemplars=len(defects),
+        native_samples=len(natives),
         defect_images=defect_images,  # which side of the labelled split, and each side's count
         category_version=record.version,
     )

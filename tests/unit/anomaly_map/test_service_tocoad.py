@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from services.anomaly_map.ml.tocoad.defects import exemplars_from_boxes
+from services.anomaly_map.ml.tocoad.defects import exemplars_from_boxes, natives_from_boxes
 from services.anomaly_map.runtime.engine import MapEngine, build_engine
 from services.anomaly_map.stores.labelled_defects import split_sides
 from services.anomaly_map.stores.tocoad_models import MODEL_FILE, state_from_bytes
@@ -380,6 +380,43 @@ def test_a_fit_pastes_only_the_paste_side_of_the_labelled_defects(
     }
     info = json.loads(store.get_bytes(outputs["model_info"]))
     assert info["defect_images"]["reference_images"] == 6
+
+
+def test_a_fit_with_p_native_takes_native_samples_from_the_paste_side_only(
+    engine: MapEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given 20 labelled defect images, each with a box of its own (x1 = 10 + index)
+    store = engine.categories.store
+    assert isinstance(store, FileObjectStore)
+    name = _store_labelled_dataset(store, [[10 + i, 10, 60, 40] for i in range(20)])
+    seen: list[float] = []
+
+    def recording(image, boxes, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.extend(box[0] for box in boxes)
+        return natives_from_boxes(image, boxes, *args, **kwargs)
+
+    monkeypatch.setattr(tocoad_fits, "natives_from_boxes", recording)
+    config = {**TINY_TOCOAD, "generator": {"n_procedural_textures": 2, "p_native": 0.5}}
+    # when
+    ctx = _fit(engine, config=config, defects={"dataset": name, "split": "train", "side": "paste"})
+    # then only the paste side's images became native samples (96 x 64 at 64 px: 2 tiles each)
+    sides = split_sides(_labelled_records(store))
+    assert sorted(seen) == sorted(10.0 + int(n[1:-4]) for n in sides.paste)
+    outputs = ctx.jobs.get(ctx.job_id).outputs
+    assert outputs["native_samples"] == 2 * len(sides.paste)
+    info = json.loads(store.get_bytes(outputs["model_info"]))
+    assert info["native_samples"] == 2 * len(sides.paste)
+
+
+def test_a_fit_with_p_native_zero_makes_no_native_sample(engine: MapEngine) -> None:
+    store = engine.categories.store
+    assert isinstance(store, FileObjectStore)
+    name = _store_labelled_dataset(store, [[10, 10, 40, 30], [50, 20, 90, 60]])
+    config = {**TINY_TOCOAD, "generator": {"n_procedural_textures": 2, "p_native": 0.0}}
+    ctx = _fit(engine, config=config, defects={"dataset": name, "split": "train"})
+    outputs = ctx.jobs.get(ctx.job_id).outputs
+    assert outputs["defect_exemplars"] == 2
+    assert outputs["native_samples"] == 0
 
 
 def _labelled_records(store: FileObjectStore) -> list[ImageRecord]:

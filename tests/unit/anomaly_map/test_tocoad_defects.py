@@ -5,12 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from services.anomaly_map.ml.tocoad.data import resize_images
 from services.anomaly_map.ml.tocoad.defects import (
     DefectExemplar,
+    NativeSample,
     augment,
+    augment_native,
     exemplars_from_boxes,
     exemplars_from_mask,
     model_scale,
+    natives_from_boxes,
+    natives_from_mask,
     paste,
 )
 from services.anomaly_map.ml.tocoad.generator import AnomalyGenerator
@@ -119,5 +124,84 @@ def test_without_exemplars_the_generator_draws_exactly_as_before() -> None:
     mixed = AnomalyGenerator(cfg.model_copy(update={"p_labelled": 0.9}), SIZE, normals)
     a = plain.batch(normals, np.random.default_rng(3))
     b = mixed.batch(normals, np.random.default_rng(3))
+    assert np.array_equal(a[0], b[0])
+    assert np.array_equal(a[1], b[1])
+
+
+@pytest.mark.parametrize("aspect", ["tile", "pad", "squash"])
+def test_native_samples_are_the_training_squares_of_the_image(aspect: str) -> None:
+    # given a 128 x 256 image with a dark spot and its mask
+    image, mask = _with_dark_spot()
+    # when
+    natives = natives_from_mask(image, mask, SIZE, aspect)  # type: ignore[arg-type]
+    # then the images are exactly what training makes of it (every tile for tile)
+    squares = resize_images([image], SIZE, aspect)  # type: ignore[arg-type]
+    assert len(natives) == len(squares)
+    for native, square in zip(natives, squares, strict=True):
+        assert np.array_equal(native.image, square)
+        assert native.mask.shape == (SIZE, SIZE)
+        assert native.mask.dtype == np.float32
+        # and the target covers the dark pixels, and no grey one
+        dark, target = native.image[..., 0] < 60, native.mask > 0
+        assert np.array_equal(dark & target, dark)
+        assert not (target & (native.image[..., 0] > 110)).any()
+    assert sum(float(n.mask.sum()) for n in natives) > 0
+
+
+def test_native_targets_of_boxes_are_their_union_at_the_model_scale() -> None:
+    # given a 128 x 256 image and two boxes, squashed to 64 x 64 (scale 0.5 down, 0.25 across)
+    image = _grey(128, 256)
+    boxes = [(100.0, 40.0, 132.0, 60.0), (0.0, 0.0, 16.0, 8.0)]
+    # when
+    (native,) = natives_from_boxes(image, boxes, SIZE, "squash")
+    # then the target is the boxes' union, scaled
+    expected = np.zeros((SIZE, SIZE), np.float32)
+    expected[20:30, 25:33] = 1.0
+    expected[0:4, 0:4] = 1.0
+    assert np.array_equal(native.mask, expected)
+
+
+def test_a_native_sample_turns_its_image_and_target_together() -> None:
+    image, mask = _with_dark_spot(SIZE, SIZE)
+    image[5:9, 50:60] = 200  # a bright mark outside the defect, to see the image move
+    sample = NativeSample(image, (mask > 0).astype(np.float32))
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(30):
+        out, target = augment_native(sample, rng)
+        assert out.shape == image.shape
+        assert target.shape == mask.shape
+        assert np.array_equal(out[..., 0] < 60, target > 0)
+        assert target.sum() == sample.mask.sum()
+        seen.add(out.tobytes())
+    assert len(seen) > 4  # flips and quarter turns, not one fixed view
+
+
+def test_the_generator_draws_native_samples_at_their_share() -> None:
+    # given one native sample (a dark spot) and p_native = 1
+    image, mask = _with_dark_spot(SIZE, SIZE)
+    native = NativeSample(image, (mask > 0).astype(np.float32))
+    normals = _grey(SIZE, SIZE, 200)[None].repeat(3, axis=0)
+    cfg = GeneratorConfig(p_native=1.0, n_procedural_textures=2)
+    generator = AnomalyGenerator(cfg, SIZE, normals, natives=[native])
+    # when
+    out, target = generator(normals[0], np.random.default_rng(0))
+    # then the sample is the labelled image with its own target, not the normal image
+    assert target.sum() == native.mask.sum()
+    assert np.array_equal(out[..., 0] < 60, target > 0)
+    assert (out[target == 0] == 120).all()
+
+
+def test_with_p_native_zero_the_generator_draws_exactly_as_without_natives() -> None:
+    # p_native 0 draws no random number: seeded runs repeat those without natives
+    normals = np.random.default_rng(1).integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8)
+    black = DefectExemplar(_grey(10, 10, 0), np.ones((10, 10), np.float32))
+    image, mask = _with_dark_spot(SIZE, SIZE)
+    native = NativeSample(image, (mask > 0).astype(np.float32))
+    cfg = GeneratorConfig(n_procedural_textures=2, p_native=0.0)
+    plain = AnomalyGenerator(cfg, SIZE, normals, defects=[black])
+    with_natives = AnomalyGenerator(cfg, SIZE, normals, defects=[black], natives=[native])
+    a = plain.batch(normals, np.random.default_rng(3))
+    b = with_natives.batch(normals, np.random.default_rng(3))
     assert np.array_equal(a[0], b[0])
     assert np.array_equal(a[1], b[1])

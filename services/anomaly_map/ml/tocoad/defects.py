@@ -14,6 +14,12 @@ feathered so that the discriminator learns the defect, not a seam.
 Exemplars are brought to the model's scale on cutting: a labelled image is resized like a
 training image would be (``aspect``: tile, pad or squash, see ``data``), so a defect keeps the
 size it has in the maps.
+
+*Native* samples (``NativeSample``) are the labelled images themselves, brought to S x S the
+same way (every tile, for ``tile``), with their target: the mask, or the union of the boxes.
+A pasted exemplar shows a defect on the pool's surface; a native sample shows it in its real
+context, and the rest of the image is real normal surface (on a defect-dense pool, the pool
+images that Stage I calls normal hold unlabelled defects; the native samples do not).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .data import Aspect, tile_layout
+from .data import Aspect, resize_images, tile_layout
 
 Rng = np.random.Generator
 BoxXYXY = tuple[float, float, float, float]
@@ -45,6 +51,14 @@ class DefectExemplar:
     def ring(self) -> np.ndarray:
         """Where the patch shows the surroundings (alpha < 0.5): used to match brightness."""
         return np.asarray(self.alpha < 0.5)
+
+
+@dataclass(frozen=True)
+class NativeSample:
+    """A labelled image at the model's scale (one S x S square or tile) and its target."""
+
+    image: np.ndarray  # (S, S, 3) uint8 RGB
+    mask: np.ndarray  # (S, S) float32 in {0, 1}: 1 on the labelled defects
 
 
 def model_scale(height: int, width: int, size: int, aspect: Aspect) -> tuple[float, float]:
@@ -101,6 +115,47 @@ def exemplars_from_boxes(
         region[iy1:iy2, ix1:ix2] = 1.0
         out.append(_cut(scaled, region, (ix1, iy1, ix2, iy2), feather_inside=True))
     return out
+
+
+def natives_from_mask(
+    image: np.ndarray, mask: np.ndarray, size: int, aspect: Aspect
+) -> list[NativeSample]:
+    """A labelled image and its pixel mask (non-zero = defect) as native samples: the squares
+    a training image of its shape becomes (``data.resize_images``), the mask cut alike."""
+    layer = np.where(mask > 0, 255, 0).astype(np.uint8)
+    images = resize_images([image], size, aspect)
+    masks = resize_images([np.repeat(layer[..., None], 3, axis=2)], size, aspect)[..., 0]
+    return [
+        NativeSample(np.ascontiguousarray(im), np.asarray(m >= 128, np.float32))
+        for im, m in zip(images, masks, strict=True)
+    ]
+
+
+def natives_from_boxes(
+    image: np.ndarray, boxes: Sequence[BoxXYXY], size: int, aspect: Aspect
+) -> list[NativeSample]:
+    """A labelled image as native samples, its target the union of its boxes (pixel corners
+    x1, y1, x2, y2 of the original image; corners rounded outwards to whole pixels)."""
+    height, width = image.shape[:2]
+    mask = np.zeros((height, width), np.uint8)
+    for x1, y1, x2, y2 in boxes:
+        ix1, iy1 = max(0, int(np.floor(x1))), max(0, int(np.floor(y1)))
+        ix2, iy2 = min(width, int(np.ceil(x2))), min(height, int(np.ceil(y2)))
+        mask[iy1:iy2, ix1:ix2] = 1
+    return natives_from_mask(image, mask, size, aspect)
+
+
+def augment_native(sample: NativeSample, rng: Rng) -> tuple[np.ndarray, np.ndarray]:
+    """Flips and quarter turns of a native sample, the same for its image and target:
+    ((S, S, 3) uint8, (S, S) float32)."""
+    image, mask = sample.image, sample.mask
+    if rng.random() < 0.5:
+        image, mask = image[:, ::-1], mask[:, ::-1]
+    if rng.random() < 0.5:
+        image, mask = image[::-1], mask[::-1]
+    turns = int(rng.integers(4))
+    image, mask = np.rot90(image, turns), np.rot90(mask, turns)
+    return np.ascontiguousarray(image), np.ascontiguousarray(mask)
 
 
 def _to_model_scale(

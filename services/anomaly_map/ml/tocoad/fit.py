@@ -24,7 +24,7 @@ from .common import (
     stop_if_requested,
 )
 from .data import resize_images
-from .defects import DefectExemplar
+from .defects import DefectExemplar, NativeSample
 from .discriminator import Discriminator
 from .generator import AnomalyGenerator
 from .model import TocoadModel, build_memory_bank
@@ -64,6 +64,7 @@ def fit_tocoad(
     textures: Sequence[np.ndarray] | None = None,
     after_stage1: Callable[[ResNetFeatures, Discriminator], None] | None = None,
     defects: Sequence[DefectExemplar] = (),
+    natives: Sequence[NativeSample] = (),
 ) -> TocoadModel:
     """Train ToCoAD (Stage I DNP, Stage II NCL) and build the memory bank.
 
@@ -79,6 +80,9 @@ def fit_tocoad(
             Stage-I-only and bank-only variants here); must not change them.
         defects: labelled defect exemplars (``defects.exemplars_from_mask`` / ``_from_boxes``)
             that Stage I pastes onto the normals besides its synthetic anomalies.
+        natives: labelled images at the model's scale with their targets
+            (``defects.natives_from_mask`` / ``_from_boxes``): ``cfg.generator.p_native`` of
+            Stage I's samples are one of them.
 
     Returns:
         The trained model (F in eval mode + coreset memory bank).
@@ -96,7 +100,7 @@ def fit_tocoad(
     backbone, disc = _networks(cfg, target)
     hooks.on_progress(0.0, "building anomaly textures", {})
     generator = AnomalyGenerator(
-        cfg.generator, cfg.image_size, normals, textures, cfg.seed, defects=defects
+        cfg.generator, cfg.image_size, normals, textures, cfg.seed, defects=defects, natives=natives
     )
     ctx = TrainContext(cfg, target, normals, generator, np.random.default_rng(cfg.seed), hooks)
     ctx.started = started

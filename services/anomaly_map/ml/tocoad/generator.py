@@ -1,8 +1,9 @@
 """Synthetic anomaly generator G: Perlin-mask texture blending and CutPaste (tocoad-spec §3),
-and pasted labelled defects (``defects``).
+pasted labelled defects and native labelled images (``defects``).
 
 Invariant (unit-tested): pixels outside the returned mask equal the input image (for pasted
-defects: pixels outside the feathered exemplar).
+defects: pixels outside the feathered exemplar). A native sample replaces the input image by a
+labelled image, whose target is its own labelled defects.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 from services.anomaly_map.params.tocoad import GeneratorConfig
 from shared.errors import InvalidInputError
 
-from .defects import DefectExemplar, augment, paste
+from .defects import DefectExemplar, NativeSample, augment, augment_native, paste
 from .perlin import perlin_mask, rotate
 from .textures import augment_texture, procedural_textures
 
@@ -37,6 +38,7 @@ class AnomalyGenerator:
         textures: Sequence[np.ndarray] | None = None,
         seed: int = 0,
         defects: Sequence[DefectExemplar] = (),
+        natives: Sequence[NativeSample] = (),
     ) -> None:
         """Prepare the texture sources.
 
@@ -49,11 +51,14 @@ class AnomalyGenerator:
             seed: seeds the procedural texture bank only (draws use the rng passed per call).
             defects: labelled defect exemplars at the model's scale; a ``cfg.p_labelled``
                 share of the synthetic anomalies pastes one of them instead.
+            natives: labelled images at the model's scale with their targets; a
+                ``cfg.p_native`` share of the samples is one of them (``native``).
         """
         self.cfg = cfg
         self.size = image_size
         self.normals = normals
         self.defects = list(defects)
+        self.natives = list(natives)
         if textures:
             self.external = [self._fit(t) for t in textures]
             self.procedural: list[np.ndarray] = []
@@ -157,9 +162,21 @@ class AnomalyGenerator:
         exemplar = self.defects[int(rng.integers(len(self.defects)))]
         return paste(image, augment(exemplar, self.size, rng), rng)
 
+    def native(self, rng: Rng) -> tuple[np.ndarray, np.ndarray]:
+        """A labelled image in its own context, flipped and turned, with its defects' target.
+
+        Returns:
+            (S, S, 3) uint8 image and (S, S) float32 mask in {0, 1}.
+        """
+        return augment_native(self.natives[int(rng.integers(len(self.natives)))], rng)
+
     def __call__(self, image: np.ndarray, rng: Rng) -> tuple[np.ndarray, np.ndarray]:
-        """One synthetic sample: a labelled defect (``p_labelled`` of the draws, when there
-        are exemplars), else the configured generator (see ``perlin``)."""
+        """One sample: a native labelled image (``p_native`` of the draws, when there are
+        some), else a labelled defect pasted (``p_labelled`` of the rest, when there are
+        exemplars), else the configured generator (see ``perlin``). With ``p_native`` 0 no
+        random number is drawn for it, so seeded runs repeat those without natives."""
+        if self.natives and self.cfg.p_native > 0 and rng.random() < self.cfg.p_native:
+            return self.native(rng)
         if self.defects and rng.random() < self.cfg.p_labelled:
             return self.labelled(image, rng)
         if self.cfg.kind == "cutpaste":
