@@ -35,6 +35,13 @@ unchecked, as in the pipeline (``maps=provided`` has no defect-maps step); the c
 change nothing there: oracle maps score 1 on every defect image, random maps copy ToCoAD's
 boxed images.
 
+State keys name what a row depends on: ``any/scratch/<seed>`` (nothing but the finetune
+recipe), ``any/scratch_matched@<budget>/<seed>``, ``oracle/<init>@<budget>/<seed>``, and for
+rows built on ToCoAD's maps (``tocoad``, ``random``) the map recipe too (``map_tag``:
+preset, labelled defects or not, a hash of the resolved ToCoAD config, ``generator.p_native``
+included), e.g. ``tocoad+demo-lab-1a2b3c4d/agssp@8-4/0``. Keys without that tag are the
+committed runs' (before it): read, never reused for a run that names a map recipe.
+
 Everything runs through the suite's public routes (its own ``agssp up`` on a free port with
 a private ``AGSSP_HOME``), so the measured path is the product's. Job ids are kept in a state
 file next to the results: a run that is cut resumes where it stopped (finished jobs are read
@@ -49,6 +56,7 @@ back, running ones are followed). Writes ``benchmarks/results/agssp_lift.json`` 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -92,6 +100,7 @@ ROWS: dict[str, tuple[str, ...]] = {
     "oracle": ("agssp",),
 }
 MAPS_FIRST = "tocoad"  # random boxes copy its counts and sizes, so it runs first
+MAP_DEPENDENT = ("tocoad", "random")  # rows whose key carries the ToCoAD map recipe
 _END = {"SUCCEEDED", "FAILED", "CANCELED"}
 ORACLE, RANDOM = "bench/oracle/", "bench/random/"
 AGDP_VAL_FRACTION = 0.2  # the pipeline's default: AGDP validates on this share of the pool
@@ -593,11 +602,11 @@ def run_maps_source(
     runner: Runner, args: argparse.Namespace, maps: str, ref: str, rec: dict[str, Any]
 ) -> dict[str, Any]:
     """One pipeline (seed 0) for a map source; returns its artifacts and job ids."""
-    provided = {"random": RANDOM, "oracle": ORACLE}.get(maps)
+    provided = {"random": random_prefix(args), "oracle": ORACLE}.get(maps)
     body = pipeline_body(args, ref, rec, provided, f"lift-{maps}")
-    tag = budget_tag(args)
-    seed0_done = runner.is_done(row_key(maps, "agssp", args.seeds[0], tag))
-    record, same_recipe = runner.pipeline(f"{maps}@{tag}", body, finetune=not seed0_done)
+    seed0_done = runner.is_done(lift_key(args, maps, "agssp", args.seeds[0]))
+    key = f"{source_name(maps, map_tag(args))}@{budget_tag(args)}"
+    record, same_recipe = runner.pipeline(key, body, finetune=not seed0_done)
     return {
         **boxes_of(record, provided),
         "agbp": _step(record, "agbp")["outputs"]["artifact"],
@@ -625,7 +634,8 @@ def run_ssl(
         "maps_prefix": tocoad["maps_prefix"],
     }  # fmt: skip
     body = {"sources": [source], "config": config, "artifact_name": "lift-ssl"}
-    return str(runner.pretrain(f"ssl@{budget_tag(args)}", body)["artifacts"][0])
+    key = f"ssl+{map_tag(args)}@{budget_tag(args)}"  # it reads the ToCoAD run's pool maps
+    return str(runner.pretrain(key, body)["artifacts"][0])
 
 
 def matched_epochs(args: argparse.Namespace, pool: int, labelled: int) -> int:
@@ -642,12 +652,58 @@ def budget_tag(args: argparse.Namespace) -> str:
     return f"{args.agbp_epochs}-{args.agdp_epochs}"
 
 
-def row_key(maps: str, init: str, seed: int, tag: str) -> str:
+def map_tag(args: argparse.Namespace) -> str:
+    """The ToCoAD map recipe in state keys: '<preset>-<lab|nolab>-<hash>', the hash of the
+    whole resolved ToCoAD config (the preset with ``--tocoad-overrides`` laid over it, so a
+    preset's changed default, e.g. ``generator.p_native``, changes it too)."""
+    from services.anomaly_map.ml.tocoad.presets import preset_config
+
+    config = preset_config(args.tocoad_preset, args.tocoad_overrides).model_dump(mode="json")
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{args.tocoad_preset}-{'nolab' if args.no_labelled_defects else 'lab'}-{digest}"
+
+
+def p_native(args: argparse.Namespace) -> float:
+    """The resolved ``generator.p_native`` of the ToCoAD fit (preset and overrides)."""
+    from services.anomaly_map.ml.tocoad.presets import preset_config
+
+    return float(preset_config(args.tocoad_preset, args.tocoad_overrides).generator.p_native)
+
+
+def source_name(maps: str, maps_tag: str | None) -> str:
+    """A map source as the state names it: ``tocoad`` and ``random`` (it copies ToCoAD's
+    boxes) carry the map recipe's tag ('tocoad+cpu-lab-1a2b3c4d'); ``oracle`` (the pool's
+    own labels) and a ``None`` tag (the keys before the tag: the committed state's) do not."""
+    return f"{maps}+{maps_tag}" if maps_tag and maps in MAP_DEPENDENT else maps
+
+
+def row_key(maps: str, init: str, seed: int, tag: str, maps_tag: str | None = None) -> str:
     """The state's name of one finetune. Scratch ignores the maps and the pretraining (one
-    key for all); every other row is named with the budget ``tag`` it was pretrained at."""
+    key for all); scratch_matched only the maps; every other row is named with the budget
+    ``tag`` it was pretrained at and, when built on ToCoAD's maps, their recipe ``maps_tag``
+    (``map_tag``): rows of another map recipe are never read back as this one's. Keys
+    without a ``maps_tag`` are the committed state's (recipe before the tag existed)."""
     if init == "scratch":
         return f"any/scratch/{seed}"
-    return f"{'any' if init == 'scratch_matched' else maps}/{init}@{tag}/{seed}"
+    if init == "scratch_matched":
+        return f"any/{init}@{tag}/{seed}"
+    return f"{source_name(maps, maps_tag)}/{init}@{tag}/{seed}"
+
+
+def lift_key(args: argparse.Namespace, maps: str, init: str, seed: int) -> str:
+    """``row_key`` of this run's recipe (budget and map tags)."""
+    return row_key(maps, init, seed, budget_tag(args), map_tag(args))
+
+
+def scope(args: argparse.Namespace) -> str:
+    """Where the state keeps what this run's pretraining made (``made``, ``box_stats``):
+    '<budget>+<map tag>'; the committed state's entries sit under '<budget>' alone."""
+    return f"{budget_tag(args)}+{map_tag(args)}"
+
+
+def random_prefix(args: argparse.Namespace) -> str:
+    """The random maps copy the ToCoAD boxes of one map recipe: a prefix of their own."""
+    return f"{RANDOM.rstrip('/')}-{map_tag(args)}/"
 
 
 def detector_jobs(
@@ -705,7 +761,7 @@ def detector_job(
     init: str,
     seed: int,
 ) -> tuple[str, str]:
-    key = row_key(maps, init, seed, budget_tag(args))
+    key = lift_key(args, maps, init, seed)
     if runner.is_done(key):
         return key, str(runner.state["done"][key]["job"])
     if init == "agssp" and seed == args.seeds[0] and made[maps]["agssp_seed0_job"]:
@@ -756,8 +812,7 @@ def machine() -> dict[str, Any]:
 def _needs(runner: Runner, args: argparse.Namespace, maps: str) -> bool:
     """Whether a row built on this map source's pretraining still has a seed to run."""
     rows = [init for init in rows_of(args, maps) if not init.startswith("scratch")]
-    tag = budget_tag(args)
-    return any(not runner.is_done(row_key(maps, i, s, tag)) for i in rows for s in args.seeds)
+    return any(not runner.is_done(lift_key(args, maps, i, s)) for i in rows for s in args.seeds)
 
 
 def pretrain_all(
@@ -770,7 +825,7 @@ def pretrain_all(
 
     store = FileObjectStore(args.home / "store")
     truth = pool_truth(store, ref, pool)
-    tag = budget_tag(args)  # what was made at another budget is not this run's
+    tag = scope(args)  # what was made at another budget or map recipe is not this run's
     made: dict[str, Any] = runner.state.setdefault("made", {}).setdefault(tag, {})
     wanted = {maps: _needs(runner, args, maps) for maps in args.maps}
     if wanted.get("random"):
@@ -779,10 +834,10 @@ def pretrain_all(
         if not wanted[maps]:
             print(f"{maps}: every row built on it is done; not pretrained again", flush=True)
             continue
-        if maps == "random" and not store.exists(RANDOM + "manifest.json"):
+        if maps == "random" and not store.exists(random_prefix(args) + "manifest.json"):
             labels = made[MAPS_FIRST]["labels"]
             stage_random(
-                store, pool, labels, category=args.dataset, prefix=RANDOM,
+                store, pool, labels, category=args.dataset, prefix=random_prefix(args),
                 grid=args.random_grid, seed=args.split_seed,
             )  # fmt: skip
         made[maps] = run_maps_source(runner, args, maps, ref, rec)
@@ -791,7 +846,7 @@ def pretrain_all(
         runner.save()
     ssl_wanted = "ssl" in rows_of(args, MAPS_FIRST)
     if ssl_wanted and any(
-        not runner.is_done(row_key(MAPS_FIRST, "ssl", s, tag)) for s in args.seeds
+        not runner.is_done(lift_key(args, MAPS_FIRST, "ssl", s)) for s in args.seeds
     ):
         made["ssl"] = run_ssl(runner, args, rec, made[MAPS_FIRST])
     return made
@@ -806,7 +861,7 @@ def box_stats(
     from shared.storage.filesystem import FileObjectStore
 
     store = FileObjectStore(args.home / "store")
-    tag = budget_tag(args)
+    tag = scope(args)
     counted = runner.state.get("box_stats", {}).get(tag, {})
     made = runner.state.get("made", {}).get(tag, {})
     found: dict[str, Any] = {maps: counted.get(maps) for maps in args.maps}
@@ -884,6 +939,9 @@ def main() -> None:
         "recipe": {
             **rec,
             "tocoad_preset": args.tocoad_preset,
+            "map_tag": map_tag(args),  # the state keys' name of the ToCoAD map recipe
+            "tocoad_p_native": p_native(args),
+            "labelled_defects": not args.no_labelled_defects,
             "detector": args.detector,
             "scale": "n",
             "seeds": args.seeds,

@@ -1,0 +1,79 @@
+"""The lift benchmark's state keys name the ToCoAD map recipe of every row built on its maps,
+so a resumed run never reads back rows made with other maps; the committed state stays
+readable and its map-independent rows (scratch, oracle) stay reusable."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from benchmarks import agssp_lift as lift
+from shared.schemas.artifacts import check_segment
+
+pytestmark = pytest.mark.unit
+
+COMMITTED = lift.ROOT / "benchmarks" / "results" / "agssp_lift_neu-det.state.json"
+
+
+def _args(*extra: str) -> argparse.Namespace:
+    parser = lift.build_parser()
+    return lift.resolve(parser, parser.parse_args(["--dataset", "neu-det", *extra]))
+
+
+def test_map_tag_follows_the_resolved_tocoad_config() -> None:
+    demo = lift.map_tag(_args("--tocoad-preset", "demo"))
+    assert demo.startswith("demo-lab-")
+    assert lift.map_tag(_args("--tocoad-preset", "cpu")) != demo
+    assert lift.map_tag(_args("--tocoad-preset", "demo", "--no-labelled-defects")).startswith(
+        "demo-nolab-"
+    )
+    off = _args("--tocoad-preset", "demo", "--tocoad-overrides", '{"generator": {"p_native": 0}}')
+    assert lift.map_tag(off) != demo
+    assert lift.p_native(off) == 0.0
+    # the default written out is the same recipe, so the same rows
+    default = lift.p_native(_args("--tocoad-preset", "demo"))
+    same = json.dumps({"generator": {"p_native": default}})
+    assert lift.map_tag(_args("--tocoad-preset", "demo", "--tocoad-overrides", same)) == demo
+
+
+def test_only_rows_built_on_tocoad_maps_carry_the_map_tag() -> None:
+    args = _args("--tocoad-preset", "demo")
+    tag = lift.map_tag(args)
+    assert lift.lift_key(args, "tocoad", "scratch", 1) == "any/scratch/1"
+    assert lift.lift_key(args, "tocoad", "scratch_matched", 1) == "any/scratch_matched@8-4/1"
+    assert lift.lift_key(args, "oracle", "agssp", 2) == "oracle/agssp@8-4/2"
+    assert lift.lift_key(args, "tocoad", "agssp", 0) == f"tocoad+{tag}/agssp@8-4/0"
+    assert lift.lift_key(args, "random", "agssp", 0) == f"random+{tag}/agssp@8-4/0"
+    assert lift.lift_key(args, "tocoad", "ssl", 0) == f"tocoad+{tag}/ssl@8-4/0"
+    assert tag in lift.random_prefix(args)
+    assert tag in lift.scope(args)
+    # the untagged form is the committed state's
+    assert lift.row_key("tocoad", "agssp", 0, "8-4") == "tocoad/agssp@8-4/0"
+
+
+def test_a_tagged_key_is_a_valid_model_name() -> None:
+    key = lift.lift_key(_args("--tocoad-preset", "demo"), "random", "agssp", 0)
+    name = f"lift-{key.rsplit('/', 1)[0]}".replace("_", "-").replace("/", "-").replace("@", "-at-")
+    assert check_segment(name, "name") == name
+
+
+def test_committed_state_reuses_only_map_independent_rows(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    shutil.copy(COMMITTED, state)
+    home = tmp_path / "home"
+    home.mkdir()
+    runner = lift.Runner({}, state, home)
+    args = _args("--tocoad-preset", "cpu", "--pool-limit", "600")
+    assert runner.is_done("tocoad/agssp@8-4/0")  # the committed rows are read back
+    assert runner.is_done(lift.lift_key(args, "tocoad", "scratch", 0))
+    assert not runner.is_done(lift.lift_key(args, "tocoad", "agssp", 0))
+    assert not runner.is_done(lift.lift_key(args, "random", "agssp", 0))
+    # rows on ToCoAD's maps must be pretrained again; the oracle's are done
+    assert lift._needs(runner, args, "tocoad")
+    assert lift._needs(runner, args, "random")
+    assert not lift._needs(runner, args, "oracle")
+    assert lift.scope(args) not in runner.state["made"]  # the committed '8-4' is not this one
