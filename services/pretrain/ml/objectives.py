@@ -5,7 +5,7 @@ agssp-spec §4.5. An objective maps a batch to named losses; ``loss`` is the wei
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -38,14 +38,22 @@ class LossBalancer(nn.Module):
         self.register_buffer("distill_weight", torch.tensor(float(distill_weight)))
         self.register_buffer("task_weight", torch.tensor(float(task_weight)))
         self.register_buffer("calibrated", torch.tensor(False))
+        # A host copy of a True ``calibrated``, so steps after the first read no device value.
+        self._seen_calibrated = False
 
     def forward(self, distill: Tensor, task: Tensor | None) -> Tensor:
         """Weighted sum of two scalars; ``task`` None means distillation only."""
         if task is None:
             return self.distill_weight * distill
-        if self.mode == "auto" and not bool(self.calibrated):
-            self._calibrate(distill, task)
+        if self.mode == "auto" and not self._seen_calibrated:
+            if not bool(self.calibrated):
+                self._calibrate(distill, task)
+            self._seen_calibrated = True
         return self.task_weight * task + self.distill_weight * distill
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        self._seen_calibrated = False  # a loaded state decides again
+        super()._load_from_state_dict(*args, **kwargs)
 
     @torch.no_grad()
     def _calibrate(self, distill: Tensor, task: Tensor) -> None:

@@ -87,8 +87,11 @@ class _Run:
     step: int = 0
     last_saved: int = -1
     history: list[dict[str, float]] = field(default_factory=list)
-    sums: dict[str, float] = field(default_factory=dict)
+    # Per-loss sums of the epoch so far, float64 on the device: adding there needs no host
+    # sync per step, and gives the same values as summing Python floats (doubles).
+    sums: dict[str, Tensor] = field(default_factory=dict)
     batches: int = 0
+    trainable: list[nn.Parameter] = field(default_factory=list)
 
     @property
     def total_steps(self) -> int:
@@ -189,6 +192,7 @@ def _setup(
         steps_per_epoch=len(sampler) // batch_size,
         rank=rank,
         world=world,
+        trainable=[p for p in objective.parameters() if p.requires_grad],
     )
 
 
@@ -235,18 +239,24 @@ def _train_step(run: _Run, batch: Batch) -> None:
     run.scaler.scale(losses["loss"]).backward()
     if cfg.grad_clip:
         run.scaler.unscale_(run.optimizer)
-        params = [p for p in run.objective.parameters() if p.grad is not None]
-        nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        nn.utils.clip_grad_norm_([p for p in run.trainable if p.grad is not None], cfg.grad_clip)
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.step += 1
     run.batches += 1
     for name, value in losses.items():
-        run.sums[name] = run.sums.get(name, 0.0) + float(value.detach())
+        value = value.detach().to(torch.float64, copy=True)
+        total = run.sums.get(name)
+        run.sums[name] = value if total is None else total.add_(value)
+
+
+def _epoch_sums(run: _Run) -> dict[str, float]:
+    """The epoch's loss sums as floats (the one host sync of the loss values)."""
+    return {name: float(total) for name, total in run.sums.items()}
 
 
 def _end_epoch(run: _Run, epoch: int, hooks: TrainHooks) -> None:
-    entry = {name: total / max(run.batches, 1) for name, total in run.sums.items()}
+    entry = {name: total / max(run.batches, 1) for name, total in _epoch_sums(run).items()}
     entry |= {"epoch": float(epoch + 1), "lr": run.optimizer.param_groups[0]["lr"]}
     run.history.append(entry)
     run.sums, run.batches = {}, 0
@@ -285,12 +295,12 @@ def _checkpoint(run: _Run, hooks: TrainHooks, *, reason: str) -> None:
         "step": run.step,
         "epoch": run.step // run.steps_per_epoch,
         "config": run.cfg.model_dump(mode="json"),
-        "backbone": export_weights(run.objective.backbone),
+        # The backbone's weights are in "model" (keys "backbone.*"); the result exports them.
         "model": detached(run.objective.state_dict()),
         "optimizer": detached(run.optimizer.state_dict()),
         "scaler": run.scaler.state_dict(),
         "history": copy.deepcopy(run.history),
-        "epoch_sums": dict(run.sums),
+        "epoch_sums": _epoch_sums(run),
         "epoch_batches": run.batches,
         "rng": rng_state(),
     }
@@ -306,7 +316,11 @@ def _restore(run: _Run, state: Mapping[str, Any]) -> None:
     run.scaler.load_state_dict(state["scaler"])
     run.step = run.last_saved = int(state["step"])
     run.history = copy.deepcopy(state["history"])
-    run.sums, run.batches = dict(state["epoch_sums"]), int(state["epoch_batches"])
+    run.sums = {
+        name: torch.tensor(float(total), dtype=torch.float64, device=run.device)
+        for name, total in state["epoch_sums"].items()
+    }
+    run.batches = int(state["epoch_batches"])
     if run.world == 1:
         restore_rng(state["rng"])
     else:

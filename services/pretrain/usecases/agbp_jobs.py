@@ -6,10 +6,13 @@ a ``Trainer`` (``services.pretrain.ml.runner.AgbpTrainer``) for everything torch
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
 import shutil
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -38,6 +41,10 @@ log = logging.getLogger(__name__)
 AGBP_KIND = "agbp"
 CHECKPOINT_NAME = "agbp.pt"
 PAIRING_NAME = "pairing.json"
+# The training loop asks "canceled?" before every step; the job reads its cancel flag (one
+# store request, a HEAD on S3) at most this often, and at the first step after each
+# checkpoint. A cancel therefore stops training within CANCEL_CHECK_S plus one step.
+CANCEL_CHECK_S = 1.0
 # Raises InvalidInputError for a config the job could not train with.
 
 __all__ = ["AGBP_KIND", "Trainer", "run_agbp_job", "submit_agbp_job"]
@@ -190,13 +197,49 @@ def _cached_data(
     return data
 
 
+class ThrottledCancel:
+    """``should_stop`` that reads the job's cancel flag at most once per ``interval_s``.
+
+    The first call reads it, and so does the first call after ``check_next`` (called after
+    each checkpoint, so a cancel is seen at the latest one step after a saved state).
+    """
+
+    def __init__(
+        self,
+        read: Callable[[], bool],
+        interval_s: float = CANCEL_CHECK_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._read, self._interval, self._clock = read, interval_s, clock
+        self._next = -math.inf
+        self._stopped = False
+
+    def __call__(self) -> bool:
+        if self._stopped:
+            return True
+        now = self._clock()
+        if now >= self._next:
+            self._stopped = bool(self._read())
+            self._next = now + self._interval
+        return self._stopped
+
+    def check_next(self) -> None:
+        """Read the flag at the next call whatever the time."""
+        self._next = -math.inf
+
+
 def _hooks(ctx: JobContext, trainer: Trainer) -> TrainHooks:
+    cancel = ThrottledCancel(ctx.should_stop)
+
     def on_checkpoint(state: dict[str, Any]) -> None:
         ctx.save_checkpoint(trainer.encode(state), CHECKPOINT_NAME)
+        # Forced: watchers read checkpoint_step as "a durable checkpoint of this step exists".
         ctx.progress(ctx.record.progress, force=True, metrics={"checkpoint_step": state["step"]})
+        cancel.check_next()
 
     resume = _resume_state(ctx, trainer)
-    return job_train_hooks(ctx, on_checkpoint=on_checkpoint, resume_state=resume)
+    hooks = job_train_hooks(ctx, on_checkpoint=on_checkpoint, resume_state=resume)
+    return dataclasses.replace(hooks, should_stop=cancel)
 
 
 def _resume_state(ctx: JobContext, trainer: Trainer) -> dict[str, Any] | None:

@@ -16,7 +16,7 @@ import yaml
 from services.pretrain.config import PretrainSettings
 from services.pretrain.ml.runner import AgbpTrainer
 from services.pretrain.stores.synthetic import write_synthetic_source
-from services.pretrain.usecases.agbp_jobs import run_agbp_job
+from services.pretrain.usecases.agbp_jobs import ThrottledCancel, run_agbp_job
 from shared.config import CommonSettings, PathSettings
 from shared.jobs.runner import RunnerOptions, run_job
 from shared.jobs.store import JobStore
@@ -314,3 +314,38 @@ def test_a_config_the_api_could_not_check_fails_the_job_with_invalid_config(
     assert record.state == JobState.FAILED
     assert record.error_code == "invalid_config"
     assert "epochs" in (record.error or "")
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_cancel_flag_is_read_at_most_once_per_interval_and_after_a_checkpoint() -> None:
+    # given: a flag that counts its reads and rises at the third
+    reads: list[float] = []
+    clock = FakeClock()
+
+    def read() -> bool:
+        reads.append(clock.now)
+        return len(reads) >= 3
+
+    cancel = ThrottledCancel(read, interval_s=1.0, clock=clock)
+    # when / then: the first step reads; steps within the interval do not
+    assert not cancel()
+    clock.now += 0.5
+    assert not cancel()
+    assert reads == [100.0]
+    clock.now += 0.5  # the interval has passed
+    assert not cancel()
+    assert reads == [100.0, 101.0]
+    cancel.check_next()  # a checkpoint was saved: the next step reads at once
+    clock.now += 0.1
+    assert cancel()
+    assert reads == [100.0, 101.0, 101.1]
+    clock.now += 0.1
+    assert cancel()  # stays stopped without reading again
+    assert len(reads) == 3

@@ -101,3 +101,28 @@ def test_auto_lambda_is_detached_from_the_graph() -> None:
     assert distill.grad.item() == pytest.approx(3.0)
     assert task.grad is not None
     assert task.grad.item() == pytest.approx(1.0)
+
+
+def test_auto_balancer_loaded_uncalibrated_calibrates_again() -> None:
+    # given: a calibrated balancer, and the state of one that never saw a batch
+    balancer = LossBalancer("auto", distill_weight=1.0, task_weight=0.1)
+    balancer(torch.tensor(2.0), torch.tensor(6.0))
+    fresh = LossBalancer("auto", distill_weight=1.0, task_weight=0.1).state_dict()
+    # when
+    balancer.load_state_dict(fresh)
+    total = balancer(torch.tensor(1.0), torch.tensor(4.0))
+    # then: lambda = 4 / 1 from this first batch
+    assert total.item() == pytest.approx(4.0 + 4.0 * 1.0)
+    assert balancer.state_dict()["distill_weight"].item() == pytest.approx(4.0)
+
+
+def test_auto_balancer_loaded_calibrated_keeps_the_loaded_lambda() -> None:
+    # given: the state of a balancer calibrated to lambda 3
+    calibrated = LossBalancer("auto", distill_weight=1.0, task_weight=0.1)
+    calibrated(torch.tensor(2.0), torch.tensor(6.0))
+    balancer = LossBalancer("auto", distill_weight=1.0, task_weight=0.1)
+    # when
+    balancer.load_state_dict(calibrated.state_dict())
+    total = balancer(torch.tensor(1.0), torch.tensor(4.0))
+    # then
+    assert total.item() == pytest.approx(4.0 + 3.0 * 1.0)

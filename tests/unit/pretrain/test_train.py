@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 import torch
 
+from services.pretrain.ml import train as train_module
 from services.pretrain.ml.augment import compute_mean_std
 from services.pretrain.ml.data import PairSource
 from services.pretrain.ml.train import train_agbp
@@ -174,3 +175,45 @@ def test_pairs_are_decoded_once_per_run_and_train_as_without_the_cache(
     assert with_cache.history == without.history
     for key, value in with_cache.state_dict.items():
         assert torch.equal(value, without.state_dict[key]), key
+
+
+def test_epoch_losses_are_exact_means_of_the_step_losses(
+    tiny_source: PairSource, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given: every step's losses, read from the objective's output
+    steps: list[dict[str, float]] = []
+    build = train_module.build_objective
+
+    def recording(cfg: AgbpConfig, backbone: Any) -> Any:
+        objective = build(cfg, backbone)
+        objective.register_forward_hook(
+            lambda _m, _a, out: steps.append({k: float(v.detach()) for k, v in out.items()})
+        )
+        return objective
+
+    monkeypatch.setattr(train_module, "build_objective", recording)
+    # when: 2 epochs of 2 steps
+    result = train_agbp(_cfg(epochs=2), tiny_source, hooks=TrainHooks(), device=CPU)
+    # then: the history holds the Python-float means of those values, bit for bit
+    assert len(steps) == 4
+    for epoch, entry in enumerate(result.history):
+        mine = steps[2 * epoch : 2 * epoch + 2]
+        for name in ("loss", "distill", "task"):
+            assert entry[name] == sum(s[name] for s in mine) / 2, (epoch, name)
+
+
+def test_a_resume_mid_epoch_gives_the_uninterrupted_run_bit_for_bit(
+    tiny_source: PairSource,
+) -> None:
+    # given: an uninterrupted 2-epoch run with a checkpoint after every step
+    full = Recorder()
+    expected = train_agbp(_cfg(epochs=2), tiny_source, hooks=full.hooks, device=CPU)
+    mid_epoch_two = next(c for c in full.checkpoints if c["step"] == 3)
+    # when: resumed from the checkpoint inside epoch 2 (its partial loss sums included)
+    result = train_agbp(
+        _cfg(epochs=2), tiny_source, hooks=Recorder(resume=mid_epoch_two).hooks, device=CPU
+    )
+    # then
+    assert result.history == expected.history
+    for key, value in expected.state_dict.items():
+        assert torch.equal(result.state_dict[key], value), key
