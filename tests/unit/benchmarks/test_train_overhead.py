@@ -43,7 +43,7 @@ def test_quick_mode_measures_every_section(tmp_path: Path) -> None:
     assert report["command"].endswith(f"--out {out}")
     assert len(report["loadavg_start"]) == len(report["loadavg_end"]) == 3
     sections = report["sections"]
-    assert set(sections) == {"finetune", "agbp", "maps"}
+    assert set(sections) == {"finetune", "agbp", "agbp_long", "maps"}
     for section in sections.values():
         assert [r["first"]["arm"] for r in section["rounds"]] == ["job"]  # one round
         assert all(_positive(v) for v in section["ratios"].values() if isinstance(v, float))
@@ -69,6 +69,9 @@ def test_quick_mode_measures_every_section(tmp_path: Path) -> None:
         "job_over_in_memory_batch_images_per_s",
         "job_over_in_memory_batch_steady_state",
     }
+    for row in sections["agbp_long"]["rounds"]:
+        assert row["job"]["steps"] == row["bare"]["steps"] == 4  # 16 images, batch 4, 1 epoch
+    assert set(sections["agbp_long"]["ratios"]) == set(agbp["ratios"])
     for row in sections["maps"]["rounds"]:
         assert row["job"]["images"] == row["bare"]["images"] == 6
     assert set(report["aims_met"]) == set(train_overhead.AIMS)
