@@ -58,7 +58,7 @@ class MaskedImage:
         """The defect mask as a bool (H, W) array at the image's own size."""
         if self.mask_file is not None:
             raw = read_mask(self.mask_file)
-            return np.greater(raw, raw.max() / 2)
+            return np.asarray(np.greater(raw, raw.max() / 2), dtype=bool)
         height, width = read_bgr(self.path).shape[:2]
         out = np.zeros((height, width), np.uint8)
         for poly in self.polygons:

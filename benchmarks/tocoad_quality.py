@@ -20,7 +20,14 @@ binarised at 0.5 as in ``services.anomaly_map.usecases.evaluations``):
 - ``pixel_gaussian``: per-pixel z-score against the mean and std of the training normals;
 - ``tocoad_<source>``: extra rows, the full fit scored with its other map sources;
 - ``tocoad_labelled``: a second full fit whose Stage I also pastes the labelled defects (their
-  mask regions, feathered, with geometric and photometric jitter; ``ml.tocoad.defects``).
+  mask regions, feathered, with geometric and photometric jitter; ``ml.tocoad.defects``), with
+  ``generator.p_native`` 0: the variant as measured before native samples existed;
+- ``tocoad_native``: a third full fit that pastes them too and also trains on the labelled
+  images themselves (``generator.p_native`` of the Stage I samples, the config's share, 0.5 by
+  default), their masks as targets, as the suite's fit job does with boxes.
+
+``--fits`` picks which fits run (``plain`` for the first four rows, ``labelled``, ``native``);
+the baselines always run.
 
 Writes ``benchmarks/results/tocoad_quality.json``; with ``--variant-name`` the numbers are also
 appended to ``benchmarks/results/tocoad_variants.json`` (a variant experiment). ``--quick``
@@ -62,7 +69,12 @@ from benchmarks.mask_sets import (
 from services.anomaly_map.ml.metrics import aupro, image_auroc, pixel_auroc
 from services.anomaly_map.ml.tocoad.backbone import ResNetFeatures
 from services.anomaly_map.ml.tocoad.data import resize_images
-from services.anomaly_map.ml.tocoad.defects import DefectExemplar, exemplars_from_mask
+from services.anomaly_map.ml.tocoad.defects import (
+    DefectExemplar,
+    NativeSample,
+    exemplars_from_mask,
+    natives_from_mask,
+)
 from services.anomaly_map.ml.tocoad.discriminator import Discriminator
 from services.anomaly_map.ml.tocoad.fit import fit_tocoad
 from services.anomaly_map.ml.tocoad.model import TocoadModel, build_memory_bank
@@ -83,14 +95,29 @@ QUICK = {
     "generator": {"n_procedural_textures": 8},
     "log_every": 5,
 }
+FITS = ("plain", "labelled", "native")
 
 
-def labelled_exemplars(items: Sequence[MaskedImage], cfg: TocoadConfig) -> list[DefectExemplar]:
-    """The labelled defects' mask regions as exemplars at the model's scale."""
-    out: list[DefectExemplar] = []
+def labelled_samples(
+    items: Sequence[MaskedImage], cfg: TocoadConfig
+) -> tuple[list[DefectExemplar], list[NativeSample]]:
+    """The labelled defects' mask regions as exemplars at the model's scale and, when
+    ``cfg.generator.p_native`` > 0, the labelled images as native samples (target: their
+    masks), as ``services.anomaly_map.usecases.tocoad_fits`` builds them from boxes."""
+    exemplars: list[DefectExemplar] = []
+    natives: list[NativeSample] = []
     for item in items:
-        out += exemplars_from_mask(read_rgb(item.path), item.mask(), cfg.image_size, cfg.aspect)
-    return out
+        image, mask = read_rgb(item.path), item.mask()
+        exemplars += exemplars_from_mask(image, mask, cfg.image_size, cfg.aspect)
+        if cfg.generator.p_native > 0:
+            natives += natives_from_mask(image, mask, cfg.image_size, cfg.aspect)
+    return exemplars, natives
+
+
+def without_natives(cfg: TocoadConfig) -> TocoadConfig:
+    """``cfg`` with ``generator.p_native`` 0: ``tocoad_labelled`` as it was measured before."""
+    generator = cfg.generator.model_copy(update={"p_native": 0.0})
+    return cfg.model_copy(update={"generator": generator})
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -238,20 +265,39 @@ def run(args: argparse.Namespace, save: Callable[[dict[str, Any]], None]) -> dic
     if "plain" in args.fits:
         _plain_fit(cfg, train, test, split, masks, device, report)
         save(report)
-    if "labelled" in args.fits:
-        exemplars = labelled_exemplars(split.labelled, cfg)
-        started = time.perf_counter()
-        labelled = fit_tocoad(
-            train, cfg, hooks=TrainHooks(on_progress=_progress), device=device or "auto",
-            defects=exemplars,
-        )  # fmt: skip
-        report["labelled_fit_s"] = round(time.perf_counter() - started, 1)
-        report["labelled_exemplars"] = len(exemplars)
-        (maps, scores), ms = _timed(partial(labelled.score, test), len(test))
-        results["tocoad_labelled"] = _metrics(maps, scores, split, masks, ms)
-        print("tocoad_labelled", results["tocoad_labelled"], flush=True)
-        save(report)
+    for fit in ("labelled", "native"):
+        if fit in args.fits:
+            fit_cfg = without_natives(cfg) if fit == "labelled" else cfg
+            _labelled_fit(fit, fit_cfg, train, test, split, masks, device, report)
+            save(report)
     return report
+
+
+def _labelled_fit(
+    name: str,
+    cfg: TocoadConfig,
+    train: list[np.ndarray],
+    test: list[np.ndarray],
+    split: Split,
+    masks: np.ndarray,
+    device: torch.device | None,
+    report: dict[str, Any],
+) -> None:
+    """A full fit given the labelled defects (exemplars, and native samples when
+    ``cfg.generator.p_native`` > 0), scored as ``tocoad_<name>``."""
+    exemplars, natives = labelled_samples(split.labelled, cfg)
+    started = time.perf_counter()
+    model = fit_tocoad(
+        train, cfg, hooks=TrainHooks(on_progress=_progress), device=device or "auto",
+        defects=exemplars, natives=natives,
+    )  # fmt: skip
+    report[f"{name}_fit_s"] = round(time.perf_counter() - started, 1)
+    report[f"{name}_exemplars"] = len(exemplars)
+    report[f"{name}_native_samples"] = len(natives)
+    report[f"{name}_p_native"] = cfg.generator.p_native
+    (maps, scores), ms = _timed(partial(model.score, test), len(test))
+    report["results"][f"tocoad_{name}"] = _metrics(maps, scores, split, masks, ms)
+    print(f"tocoad_{name}", report["results"][f"tocoad_{name}"], flush=True)
 
 
 def _plain_fit(
@@ -332,7 +378,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="defect pictures per class moved to the fit side (a duplicate group is one)",
     )
     parser.add_argument(
-        "--fits", nargs="+", choices=["plain", "labelled"], default=["plain", "labelled"]
+        "--fits",
+        nargs="+",
+        choices=FITS,
+        default=list(FITS),
+        help="which fits run (the baselines always do): plain (tocoad and its Stage-I and "
+        "map-source rows), labelled (pasted defects, p_native 0), native (pasted defects and "
+        "the labelled images themselves, the config's p_native)",
     )
     parser.add_argument(
         "--out", type=Path, default=None,

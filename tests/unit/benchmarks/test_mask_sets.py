@@ -15,6 +15,7 @@ import yaml
 
 from benchmarks import tocoad_quality
 from benchmarks.mask_sets import find_masked_images, make_split, read_masks
+from services.anomaly_map.ml.tocoad.presets import preset_config
 from shared.errors import InvalidInputError
 
 pytestmark = pytest.mark.unit
@@ -119,6 +120,7 @@ def test_duplicate_pictures_never_straddle_the_split(tmp_path: Path) -> None:
         shutil.copy(free / f"n{index}.jpg", free / f"copy{index}.jpg")
         shutil.copy(free / f"n{index}.png", free / f"copy{index}.png")
         picture = cv2.imread(str(free / f"n{index}.jpg"))
+        assert picture is not None
         cv2.imwrite(str(free / f"re{index}.jpg"), picture, [cv2.IMWRITE_JPEG_QUALITY, 80])
         shutil.copy(free / f"n{index}.png", free / f"re{index}.png")
     items, _ = find_masked_images(root)
@@ -148,5 +150,48 @@ def test_quality_benchmark_runs_on_a_users_masked_set(tmp_path: Path) -> None:
     assert "beside" in report["dataset"]["layout"]
     assert report["split"]["labelled_defects"] == 2
     assert report["split"]["test_defects"] == 6
-    for name in ("median_residual", "pixel_gaussian", "tocoad", "tocoad_labelled"):
+    for name in ("median_residual", "pixel_gaussian", "tocoad", "tocoad_labelled", "tocoad_native"):
         assert 0.0 <= report["results"][name]["pixel_auroc"] <= 1.0
+    assert (report["labelled_p_native"], report["labelled_native_samples"]) == (0.0, 0)
+    assert report["native_p_native"] == 0.5
+    assert report["native_native_samples"] >= 2  # every tile of the two labelled images
+
+
+def test_native_fit_alone_runs_only_the_baselines_beside_it(tmp_path: Path) -> None:
+    data, out = masks_beside(tmp_path / "my-set"), tmp_path / "q.json"
+    config = '{"generator": {"p_native": 0.25}}'
+    tocoad_quality.main(
+        [*("--dataset", str(data), "--quick", "--labelled-per-class", "1", "--out", str(out)),
+         *("--fits", "native", "--config", config)]
+    )  # fmt: skip
+    report = json.loads(out.read_text())
+    assert set(report["results"]) == {"median_residual", "pixel_gaussian", "tocoad_native"}
+    assert report["native_p_native"] == 0.25
+    assert report["native_exemplars"] > 0
+    assert report["native_native_samples"] > 0
+
+
+def test_labelled_images_become_natives_with_their_masks_as_targets(tmp_path: Path) -> None:
+    items, _ = find_masked_images(masks_beside(tmp_path))
+    labelled = make_split(items, labelled_per_class=2).labelled
+    cfg = preset_config("tiny")
+    exemplars, natives = tocoad_quality.labelled_samples(labelled, cfg)
+    assert len(exemplars) >= len(labelled)
+    assert len(natives) == len(labelled)  # a 48 px square is one tile
+    for native in natives:
+        assert native.image.shape == (cfg.image_size, cfg.image_size, 3)
+        grey, target = native.image.mean(2), native.mask > 0
+        assert 0.01 < target.mean() < 0.1  # the 10 x 8 block of a 48 x 48 picture
+        assert grey[target].mean() < 60 < grey[~target].mean()  # on the dark defect only
+
+
+def test_the_labelled_fit_keeps_p_native_0_so_it_repeats_the_old_variant(tmp_path: Path) -> None:
+    items, _ = find_masked_images(masks_beside(tmp_path))
+    labelled = make_split(items, labelled_per_class=2).labelled
+    cfg = preset_config("tiny")
+    old = tocoad_quality.without_natives(cfg)
+    assert old.generator.p_native == 0.0
+    assert old.model_dump(exclude={"generator"}) == cfg.model_dump(exclude={"generator"})
+    exemplars, natives = tocoad_quality.labelled_samples(labelled, old)
+    assert natives == []
+    assert len(exemplars) == len(tocoad_quality.labelled_samples(labelled, cfg)[0])
