@@ -34,6 +34,13 @@ class AnomalyMapSettings(BaseSettings):
         "fp32", description="fp16 only on CUDA (ANOMALY_MAP_PRECISION)."
     )
     max_batch_size: int = Field(8, ge=1, le=256, description="ANOMALY_MAP_MAX_BATCH_SIZE")
+    checkpoint_every_s: float = Field(
+        2.0,
+        ge=0.0,
+        description="A dataset map job saves a checkpoint segment (a store sync first) at most "
+        "this often; a lost worker redoes at most that much work; 0 = after every batch "
+        "(ANOMALY_MAP_CHECKPOINT_EVERY_S).",
+    )
     tile_size: int = Field(
         0,
         ge=0,

@@ -130,7 +130,11 @@ def test_a_pipeline_runs_every_step_to_a_served_detector_across_a_worker_kill(
     suite: Suite,
 ) -> None:
     # given the offline suite: KeAD cannot load, so auto picks ToCoAD
-    started = httpx.post(f"{suite.urls['pipeline']}/v1/pipelines", json=_body("tile-det"))
+    # (AGBP long enough that the kill lands after its first epoch and before its last on
+    # any machine: the tiny recipe's 4 epochs of 3 steps can end between two polls)
+    overrides = {**OVERRIDES, "agbp": {**OVERRIDES["agbp"], "epochs": 40}}
+    body = _body("tile-det", overrides=overrides)
+    started = httpx.post(f"{suite.urls['pipeline']}/v1/pipelines", json=body)
     assert started.status_code == 202, started.text
     pipeline_id = started.json()["id"]
 

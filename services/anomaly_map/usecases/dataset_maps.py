@@ -2,7 +2,8 @@
 under a prefix, written in the layout of the seam ``shared.schemas.dataset_maps``. Resumable:
 a small checkpoint segment lists the maps and scores of the batches since the last one, the
 union of the segments is the set of done maps, so checkpoint I/O stays linear in the dataset
-size. A segment is saved at most every ``CHECKPOINT_EVERY_S`` (each makes the store durable
+size. A segment is saved at most every ``checkpoint_every_s`` (``AnomalyMapSettings``, default
+``CHECKPOINT_EVERY_S``; each makes the store durable
 first, ``shared.jobs.store``: one sync per batch cost as much as the maps' own writes), at a
 cancel and at the end; a lost worker redoes at most that much work.
 """
@@ -116,8 +117,8 @@ class _Segment:
     """The rows of the batches since the last checkpoint segment, named by the first one's
     position in the sorted keys (a resumed run starts past every saved one)."""
 
-    def __init__(self, ctx: JobContext) -> None:
-        self.ctx, self.saved_at = ctx, time.monotonic()
+    def __init__(self, ctx: JobContext, every_s: float) -> None:
+        self.ctx, self.every_s, self.saved_at = ctx, every_s, time.monotonic()
         self.first: int | None = None
         self.rows: list[ScoreRow] = []
         self.skipped: dict[str, str] = {}
@@ -126,7 +127,7 @@ class _Segment:
         self.first = position if self.first is None else self.first
         self.rows += rows
         self.skipped.update(skipped)
-        if time.monotonic() - self.saved_at >= CHECKPOINT_EVERY_S:
+        if time.monotonic() - self.saved_at >= self.every_s:
             self.save()
 
     def save(self) -> None:
@@ -188,7 +189,13 @@ def _images(ctx: JobContext, params: DatasetMapParams) -> tuple[str, list[str], 
     return prefix, sorted(keys), notes
 
 
-def run(ctx: JobContext, engine: MapEngine, *, batch_size: int) -> list[str]:
+def run(
+    ctx: JobContext,
+    engine: MapEngine,
+    *,
+    batch_size: int,
+    checkpoint_every_s: float = CHECKPOINT_EVERY_S,
+) -> list[str]:
     """Write a map per image, resuming from the checkpoint segments of an earlier attempt."""
     plan = _Plan(ctx, engine)
     rows, skipped = _load_done(ctx)
@@ -197,7 +204,7 @@ def run(ctx: JobContext, engine: MapEngine, *, batch_size: int) -> list[str]:
     total = len(plan.keys)
     ctx.set_outputs(output_prefix=plan.output, total=total, resumed_from=resumed_from, **plan.notes)
     started, computed = time.monotonic(), 0
-    segment = _Segment(ctx)
+    segment = _Segment(ctx, checkpoint_every_s)
     for start in range(0, len(todo), batch_size):
         segment.check_cancel()
         batch = todo[start : start + batch_size]
@@ -219,7 +226,12 @@ def run(ctx: JobContext, engine: MapEngine, *, batch_size: int) -> list[str]:
 
 def run_dataset_maps(ctx: JobContext, engine: MapEngine, settings: AnomalyMapSettings) -> list[str]:
     """Worker entry point of ``anomaly_map.dataset_maps``."""
-    return run(ctx, engine, batch_size=settings.max_batch_size)
+    return run(
+        ctx,
+        engine,
+        batch_size=settings.max_batch_size,
+        checkpoint_every_s=settings.checkpoint_every_s,
+    )
 
 
 def _lineage(engine: MapEngine, plan: _Plan) -> dict[str, Any] | None:

@@ -228,7 +228,10 @@ def test_killed_worker_resumes_the_dataset_job_and_writes_each_map_once(
     _put_category(api, "tiles")
     keys = _upload_dataset(store, "datasets/kill/", 24, size=384)
     jobs = JobStore(store)
-    first = start_worker(senv, tmp_path, ["maps"], "kill1")
+    # (a checkpoint segment after every batch, so the kill lands between saved segments
+    # however fast the machine maps; the default saves one at most every 2 s)
+    eager = SuiteEnv({**senv.env, "ANOMALY_MAP_CHECKPOINT_EVERY_S": "0"}, senv.settings)
+    first = start_worker(eager, tmp_path, ["maps"], "kill1")
     job_id = api.post(
         "/v1/anomaly-map-jobs", json={"category": "tiles", "prefix": "datasets/kill/images/"}
     ).json()["id"]

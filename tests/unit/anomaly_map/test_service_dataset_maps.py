@@ -13,7 +13,6 @@ from services.anomaly_map.params import LabelledDefects
 from services.anomaly_map.runtime.engine import MapEngine
 from services.anomaly_map.stores.labelled_defects import select_defects
 from services.anomaly_map.stores.maps import decode_npy
-from services.anomaly_map.usecases import dataset_maps
 from services.anomaly_map.usecases.categories import put_category
 from services.anomaly_map.usecases.dataset_maps import default_output_prefix, run_dataset_maps
 from shared.errors import InvalidInputError, JobCanceledError
@@ -155,10 +154,10 @@ def test_resumed_job_skips_images_of_checkpointed_batches(engine, settings) -> N
 
 @pytest.mark.parametrize(("every_s", "segments"), [(0.0, 3), (3600.0, 1)])
 def test_checkpoint_segments_are_saved_at_most_so_often(
-    engine, settings, monkeypatch: pytest.MonkeyPatch, every_s: float, segments: int
+    engine, settings, every_s: float, segments: int
 ) -> None:
     # given: 5 images in batches of 2; each segment syncs the store first (JobStore)
-    monkeypatch.setattr(dataset_maps, "CHECKPOINT_EVERY_S", every_s)
+    settings = settings.model_copy(update={"checkpoint_every_s": every_s})
     ctx = _context(engine)
     # when
     run_dataset_maps(ctx, engine, settings)
