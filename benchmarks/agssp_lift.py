@@ -278,6 +278,9 @@ def start_suite(home: Path, log: Path) -> tuple[subprocess.Popen[bytes], dict[st
         if all(_healthy(u) for u in urls.values()):
             return proc, urls
         time.sleep(1)
+    # not left running: a sitting paused (SIGSTOP) past the deadline would orphan the suite
+    proc.terminate()
+    proc.wait(60)
     raise RuntimeError(f"the suite did not start in 300 s; see {log}")
 
 

@@ -5,8 +5,11 @@ readable and its map-independent rows (scratch, oracle) stay reusable."""
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import shutil
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -77,3 +80,36 @@ def test_committed_state_reuses_only_map_independent_rows(tmp_path: Path) -> Non
     assert lift._needs(runner, args, "random")
     assert not lift._needs(runner, args, "oracle")
     assert lift.scope(args) not in runner.state["made"]  # the committed '8-4' is not this one
+
+
+class _Suite:
+    """A suite process that never answers its health checks."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        self.stopped = False
+        _Suite.last = self
+
+    last: _Suite
+
+    def poll(self) -> None:
+        return None
+
+    def terminate(self) -> None:
+        self.stopped = True
+
+    def wait(self, timeout: float) -> int:
+        return 0
+
+
+def test_a_suite_that_never_starts_is_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = itertools.count(0, 100)  # each look at the clock: 100 s later
+    monkeypatch.setattr(subprocess, "Popen", _Suite)
+    monkeypatch.setattr(lift, "_healthy", lambda url: False)
+    monkeypatch.setattr(lift, "_free_base", lambda count=6: 21000)
+    monkeypatch.setattr(time, "monotonic", lambda: float(next(clock)))
+    monkeypatch.setattr(time, "sleep", lambda s: None)
+    with pytest.raises(RuntimeError, match="did not start"):
+        lift.start_suite(tmp_path, tmp_path / "suite.log")
+    assert _Suite.last.stopped
