@@ -148,14 +148,19 @@ def natives_from_boxes(
 def augment_native(sample: NativeSample, rng: Rng) -> tuple[np.ndarray, np.ndarray]:
     """Flips and quarter turns of a native sample, the same for its image and target:
     ((S, S, 3) uint8, (S, S) float32)."""
-    image, mask = sample.image, sample.mask
+    return _flip_turn(sample.image, sample.mask, rng)
+
+
+def _flip_turn(image: np.ndarray, weight: np.ndarray, rng: Rng) -> tuple[np.ndarray, np.ndarray]:
+    """The same random flips and quarter turn of an image and its (H, W) weight or target
+    (the surface has no fixed orientation); contiguous copies."""
     if rng.random() < 0.5:
-        image, mask = image[:, ::-1], mask[:, ::-1]
+        image, weight = image[:, ::-1], weight[:, ::-1]
     if rng.random() < 0.5:
-        image, mask = image[::-1], mask[::-1]
+        image, weight = image[::-1], weight[::-1]
     turns = int(rng.integers(4))
-    image, mask = np.rot90(image, turns), np.rot90(mask, turns)
-    return np.ascontiguousarray(image), np.ascontiguousarray(mask)
+    image, weight = np.rot90(image, turns), np.rot90(weight, turns)
+    return np.ascontiguousarray(image), np.ascontiguousarray(weight)
 
 
 def _to_model_scale(
@@ -204,15 +209,7 @@ def _fit_side(exemplar: DefectExemplar, size: int, rng: Rng) -> DefectExemplar:
 
 def augment(exemplar: DefectExemplar, size: int, rng: Rng) -> DefectExemplar:
     """Flips, quarter turns and size jitter (the surface has no fixed orientation)."""
-    patch, alpha = exemplar.patch, exemplar.alpha
-    if rng.random() < 0.5:
-        patch, alpha = patch[:, ::-1], alpha[:, ::-1]
-    if rng.random() < 0.5:
-        patch, alpha = patch[::-1], alpha[::-1]
-    turns = int(rng.integers(4))
-    patch, alpha = np.rot90(patch, turns), np.rot90(alpha, turns)
-    flipped = DefectExemplar(np.ascontiguousarray(patch), np.ascontiguousarray(alpha))
-    return _fit_side(flipped, size, rng)
+    return _fit_side(DefectExemplar(*_flip_turn(exemplar.patch, exemplar.alpha, rng)), size, rng)
 
 
 def paste(image: np.ndarray, exemplar: DefectExemplar, rng: Rng) -> tuple[np.ndarray, np.ndarray]:
