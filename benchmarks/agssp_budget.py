@@ -2,7 +2,9 @@
 
 The lift benchmark's data, split, ToCoAD maps, pseudo boxes and finetune recipe
 (``benchmarks.agssp_lift``: same home and state file, so the maps, the boxes and the
-scratch rows are shared with it, and a run cut here resumes there or here). For each of
+scratch rows are shared with it, and a run cut here resumes there or here). Every pretrained
+row and budget is keyed by the map recipe too (``agssp_lift.map_tag``): a budget pretrained on
+another preset's maps is never read back as this one's. For each of
 ``--budgets`` (epochs; default 4, 16 and 48) AGBP distils the ToCoAD maps for that many
 epochs and AGDP trains on the pseudo boxes for as many, from that backbone; then every seed
 finetunes from the AGDP detector. Budget 0 is scratch.
@@ -50,11 +52,11 @@ def pretrain_budget(
 ) -> dict[str, Any]:  # fmt: skip
     """AGBP then AGDP, each for ``epochs``, on the ToCoAD maps and pseudo boxes; returns the
     artifacts and each job's wall time."""
-    seed = args.seeds[0]
+    seed, tag = args.seeds[0], f"budget{epochs}+{lift.map_tag(args)}"
     agbp_config = {**rec["agbp"], "epochs": epochs, "backbone": "yolov8n", "seed": seed}
     source = {"category": args.dataset, "images_prefix": POOL, "maps_prefix": maps["maps_prefix"]}
     agbp = runner.pretrain(
-        f"budget{epochs}/agbp",
+        f"{tag}/agbp",
         {"sources": [source], "config": agbp_config, "artifact_name": f"budget{epochs}-agbp"},
     )
     agdp_body = {
@@ -63,7 +65,7 @@ def pretrain_budget(
         "config": {**rec["agdp"], "epochs": epochs, "seed": seed},
         "val_fraction": lift.AGDP_VAL_FRACTION, "artifact_name": f"budget{epochs}-agdp",
     }  # fmt: skip
-    agdp = runner.submitted(f"budget{epochs}/agdp", "finetune", "/v1/agdp-jobs", agdp_body)
+    agdp = runner.submitted(f"{tag}/agdp", "finetune", "/v1/agdp-jobs", agdp_body)
     return {
         "agbp": agbp["artifacts"][0], "agdp": agdp["artifacts"][0],
         "agbp_s": _wall(agbp), "agdp_s": _wall(agdp),
@@ -85,18 +87,25 @@ def submit_all(
     jobs: dict[int, dict[int, tuple[str, str]]] = {0: {}}
     for seed in args.seeds:  # scratch first: the lift's own scratch rows
         jobs[0][seed] = lift.detector_job(runner, args, ref, rec, {}, "tocoad", "scratch", seed)
-    made: dict[str, dict[str, Any]] = runner.state.setdefault("budget_made", {})
+    # per map recipe: a budget pretrained on other maps is never read back as this one's
+    made_all: dict[str, dict[str, Any]] = runner.state.setdefault("budget_made", {})
+    made: dict[str, dict[str, Any]] = made_all.setdefault(lift.map_tag(args), {})
     maps: dict[str, Any] | None = None
     for epochs in args.budgets:
         # the lift's own key at this budget: a lift run at (epochs, epochs) reuses these rows
-        keys = {s: lift.row_key("tocoad", "agssp", s, f"{epochs}-{epochs}") for s in args.seeds}
+        budget = f"{epochs}-{epochs}"
+        keys = {
+            s: lift.row_key("tocoad", "agssp", s, budget, lift.map_tag(args)) for s in args.seeds
+        }
         jobs[epochs] = {}
         if not all(runner.is_done(k) for k in keys.values()):
             maps = maps or lift.run_maps_source(runner, args, "tocoad", ref, rec)
             made[str(epochs)] = pretrain_budget(runner, args, rec, maps, epochs)
             runner.save()
         if maps and maps["agssp_seed0_job"]:  # the pipeline's own finetune: the lift's budget
-            runner.state["budget_lift_default"] = maps["agssp_seed0_job"]
+            runner.state.setdefault("budget_lift_default", {})[lift.map_tag(args)] = maps[
+                "agssp_seed0_job"
+            ]
         for seed, key in keys.items():
             init = {"kind": "agdp", "artifact": made.get(str(epochs), {}).get("agdp")}
             config = {**rec["finetune"], "seed": seed}
@@ -128,8 +137,9 @@ def summarize(
 
 def _lift_default(runner: lift.Runner, args: argparse.Namespace) -> dict[str, Any] | None:
     """The lift benchmark's own budget (its ToCoAD pipeline's finetune, seed 0 only)."""
-    key = lift.row_key("tocoad", "agssp", args.seeds[0], lift.budget_tag(args))
-    job = runner.state.get("budget_lift_default")
+    key = lift.lift_key(args, "tocoad", "agssp", args.seeds[0])
+    found_jobs = runner.state.get("budget_lift_default")
+    job = found_jobs.get(lift.map_tag(args)) if isinstance(found_jobs, dict) else None
     if not (runner.is_done(key) or job):
         return None
     found = runner.result(key, str(job))

@@ -193,6 +193,36 @@ class ObjectStoreContract:
             store.get_file("missing", tmp_path / "out.bin")
         assert list(tmp_path.iterdir()) == []
 
+    def test_a_file_for_reading_keeps_its_bytes_when_the_object_changes(
+        self, store: ObjectStore, tmp_path: Path
+    ) -> None:
+        # given
+        store.put_bytes("files/a.bin", b"first")
+        target = tmp_path / "cache" / "a.bin"
+        # when
+        store.get_file_for_reading("files/a.bin", target)
+        store.put_bytes("files/a.bin", b"second version")
+        # then
+        assert target.read_bytes() == b"first"
+        assert store.get_bytes("files/a.bin") == b"second version"
+        # and deleting the object leaves the reader's file, removing the file leaves the object
+        store.delete("files/a.bin")
+        assert target.read_bytes() == b"first"
+        store.put_bytes("files/b.bin", b"kept")
+        other = tmp_path / "cache" / "b.bin"
+        store.get_file_for_reading("files/b.bin", other)
+        other.unlink()
+        assert store.get_bytes("files/b.bin") == b"kept"
+
+    def test_a_file_for_reading_of_a_missing_key_raises(
+        self, store: ObjectStore, tmp_path: Path
+    ) -> None:
+        with pytest.raises(ObjectNotFoundError):
+            store.get_file_for_reading("missing", tmp_path / "out.bin")
+        with pytest.raises(ObjectNotFoundError):
+            store.get_file_for_reading("no/such/folder", tmp_path / "out.bin")
+        assert not (tmp_path / "out.bin").exists()
+
     @pytest.mark.parametrize("key", BAD_KEYS)
     def test_invalid_keys_are_rejected_on_write(self, store: ObjectStore, key: str) -> None:
         with pytest.raises(InvalidInputError):

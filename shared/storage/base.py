@@ -101,6 +101,11 @@ class ObjectStore(Protocol):
     def get_file(self, key: str, path: Path) -> None:
         """Download to a local file, written atomically (temp file then rename)."""
 
+    def get_file_for_reading(self, key: str, path: Path) -> None:
+        """Put the object at ``path`` for reading only: ``get_file``, or on a local folder on
+        the same filesystem a hard link (no copy). The caller never writes to ``path`` in
+        place; replacing or deleting it is fine. Raises ``ObjectNotFoundError``."""
+
     def exists(self, key: str) -> bool:
         """True when the key holds an object."""
 

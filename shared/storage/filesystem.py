@@ -295,6 +295,26 @@ class FileObjectStore:
         """Copy the object to ``path`` atomically. Raises ``ObjectNotFoundError``."""
         write_atomically(Path(path), self.iter_chunks(key))
 
+    def get_file_for_reading(self, key: str, path: Path) -> None:
+        """A hard link to the object at ``path`` (no bytes copied), else ``get_file``.
+
+        Safe because this store never writes an object in place: a later write renames a
+        new file over the key, a delete unlinks the key's name, and the link keeps the
+        bytes it was made with either way. The caller must not write into ``path`` (it
+        would change the object). Another filesystem, a folder with no hard links or an
+        existing ``path`` fall back to a copy. Raises ``ObjectNotFoundError``.
+        """
+        source, target = self._path(key), Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(source, target)
+        except FileNotFoundError as exc:
+            if not source.is_file():
+                raise ObjectNotFoundError(f"object {key!r} not found") from exc
+            self.get_file(key, target)
+        except OSError:  # EXDEV, EPERM (a folder, or no links here), EEXIST, EMLINK
+            self.get_file(key, target)
+
     def exists(self, key: str) -> bool:
         """True when ``key`` holds an object."""
         return self._path(key).is_file()

@@ -101,6 +101,9 @@ class PatientStore:
     def get_file(self, key: str, path: Path) -> None:
         self._patiently(f"get {key}", lambda: self.inner.get_file(key, path))
 
+    def get_file_for_reading(self, key: str, path: Path) -> None:
+        self._patiently(f"get {key}", lambda: self.inner.get_file_for_reading(key, path))
+
     def exists(self, key: str) -> bool:
         return self._patiently(f"exists {key}", lambda: self.inner.exists(key))
 

@@ -278,6 +278,10 @@ class S3ObjectStore:
         """Download to ``path`` atomically (temp file in the same folder, then rename)."""
         write_atomically(Path(path), self.iter_chunks(key))
 
+    def get_file_for_reading(self, key: str, path: Path) -> None:
+        """``get_file``: a download is the only local copy there is."""
+        self.get_file(key, path)
+
     def exists(self, key: str) -> bool:
         """True when ``key`` holds an object."""
         try:

@@ -2,7 +2,8 @@
 
 ``prefetch`` copies a job's images and maps into a per-job cache folder (threads; a file that
 exists is complete because every write is atomic, so a resumed job skips it) and checks each
-file up front. ``CachedPairSource`` is the ``PairSource`` AGBP trains on; it reads only local
+file up front. On a local-folder store the "copy" is a hard link (``get_file_for_reading``):
+nothing in the cache is ever written in place. ``CachedPairSource`` is the ``PairSource`` AGBP trains on; it reads only local
 files, so DataLoader worker processes never share a network client.
 """
 
@@ -200,7 +201,7 @@ def prefetch(
         path = source.path(key)
         try:
             if not path.is_file():
-                store.get_file(key, path)
+                store.get_file_for_reading(key, path)  # a hard link on a local store
             _check_file(path, key, is_image, source.limits)
         except InvalidInputError as exc:
             return exc.message

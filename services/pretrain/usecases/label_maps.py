@@ -13,11 +13,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import numpy as np
 from numpy.typing import NDArray
+
+from services.pretrain.usecases.label_outputs import ClosingFiles
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class Shelved:
     shape: tuple[int, ...]
 
 
-class MapShelf:
+class MapShelf(ClosingFiles):
     """Maps in memory up to ``budget`` bytes, the others in the scratch file at ``path``.
 
     ``shelve`` is called from one thread, in pool order; after ``seal``, ``take`` may be
@@ -40,24 +40,11 @@ class MapShelf:
 
     def __init__(self, path: Path, budget: int) -> None:
         self._file = open(path, "w+b")  # noqa: SIM115 - closed by close()
+        self._files = [self._file]
         self.budget = budget
         self.held = 0
         self.kept = 0
         self._end = 0
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._file.close()
 
     def shelve(self, amap: NDArray[np.float32]) -> Shelved:
         """Keep ``amap`` (float32) in memory while the budget lasts, else write it out."""

@@ -39,8 +39,8 @@ def job_scratch(root: Path, job_id: str) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-class _Closing:
-    """Closes its scratch files on leaving a ``with`` block."""
+class ClosingFiles:
+    """Closes its scratch files (``_files``) on leaving a ``with`` block."""
 
     _files: list[IO[Any]]
 
@@ -66,7 +66,7 @@ def _entry(value: Any, first: bool, indent: str) -> str:
     return ("\n" if first else ",\n") + indent + text
 
 
-class CocoStream(_Closing):
+class CocoStream(ClosingFiles):
     """A COCO document written as its images come, byte for byte ``json.dumps(doc, indent=1)``.
 
     The document of agssp-spec §3 step 13 (``images``, ``annotations``, ``categories``):
@@ -107,7 +107,7 @@ class CocoStream(_Closing):
         return self.path
 
 
-class AreaRatios(_Closing):
+class AreaRatios(ClosingFiles):
     """Box area ratios appended to a float64 scratch file; their mean and median.
 
     ``mean`` and ``median`` are ``np.mean`` / ``np.median`` over a read-only memory map of

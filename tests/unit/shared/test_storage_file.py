@@ -246,3 +246,33 @@ def test_a_link_that_stays_in_the_root_is_followed(store: FileObjectStore) -> No
 def test_a_key_with_a_newline_is_rejected(store: FileObjectStore, key: str) -> None:
     with pytest.raises(InvalidInputError):
         store.put_bytes(key, b"1")
+
+
+def test_a_file_for_reading_is_a_hard_link_on_the_same_filesystem(
+    store: FileObjectStore, tmp_path: Path
+) -> None:
+    # given
+    store.put_bytes("maps/a.npy", b"map bytes")
+    target = tmp_path / "cache" / "a.npy"
+    # when
+    store.get_file_for_reading("maps/a.npy", target)
+    # then: the same inode, no bytes copied
+    assert target.stat().st_ino == (store.root / "maps" / "a.npy").stat().st_ino
+
+
+def test_a_file_for_reading_falls_back_to_a_copy_where_links_fail(
+    store: FileObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given: a cache on another filesystem (the link fails with EXDEV)
+    store.put_bytes("maps/a.npy", b"map bytes")
+    target = tmp_path / "cache" / "a.npy"
+
+    def cross_device(*_args: object, **_kwargs: object) -> None:
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", cross_device)
+    # when
+    store.get_file_for_reading("maps/a.npy", target)
+    # then
+    assert target.read_bytes() == b"map bytes"
+    assert target.stat().st_ino != (store.root / "maps" / "a.npy").stat().st_ino
