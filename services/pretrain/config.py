@@ -39,6 +39,13 @@ class PretrainSettings(BaseSettings):
         le=64,
         description="Concurrent downloads into the cache (PRETRAIN_PREFETCH_THREADS).",
     )
+    label_io_threads: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="Store calls a pseudo-label job keeps in flight; 0 = by backend: 16 on "
+        "S3 (network waits), 1 on the local folder (CPU-bound) (PRETRAIN_LABEL_IO_THREADS).",
+    )
     max_image_mb: float = Field(
         64.0,
         gt=0,

@@ -16,8 +16,9 @@ import pytest
 from services.pretrain.config import PretrainSettings
 from services.pretrain.ml.labeler import BoxLabeler
 from services.pretrain.ml.pseudo_boxes import ImageBoxes, build_coco, summarize
+from services.pretrain.usecases.pseudo_label_jobs import io_threads as io_threads_of
 from services.pretrain.usecases.pseudo_label_jobs import run_pseudo_label_job
-from shared.config import CommonSettings, PathSettings
+from shared.config import CommonSettings, PathSettings, StorageSettings
 from shared.imaging.render import encode_png
 from shared.jobs.runner import RunnerOptions, run_job
 from shared.jobs.store import JobStore
@@ -50,6 +51,25 @@ def store(tmp_path: Path) -> FileObjectStore:
     scores += "".join(f"{IMAGES}{n},{s},0,0\n" for n, s in (("a.png", 0.9), ("c.png", 0.2)))
     store.put_bytes(f"{OUT}scores.csv", scores.encode())
     return store
+
+
+@pytest.fixture(autouse=True, params=["1", "4"], ids=["inline", "threads"])
+def io_threads(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every job test runs both ways: store calls inline (the local folder's default) and on
+    a thread pool (S3's)."""
+    monkeypatch.setenv("PRETRAIN_LABEL_IO_THREADS", request.param)
+    return str(request.param)
+
+
+def test_store_calls_are_inline_on_the_local_folder_and_threaded_on_s3(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("PRETRAIN_LABEL_IO_THREADS")
+    local = CommonSettings(storage=StorageSettings(backend="file"))
+    s3 = CommonSettings(storage=StorageSettings(backend="s3"))
+    assert io_threads_of(PretrainSettings(common=local)) == 1
+    assert io_threads_of(PretrainSettings(common=s3)) == 16
+    assert io_threads_of(PretrainSettings(common=local, label_io_threads=3)) == 3
 
 
 def _settings(tmp: Path) -> PretrainSettings:
