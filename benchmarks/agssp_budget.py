@@ -12,7 +12,8 @@ finetunes from the AGDP detector. Budget 0 is scratch.
 Writes ``benchmarks/results/agssp_budget.json`` (per budget: epochs, pretraining image-steps,
 pretraining minutes on this machine, mAP@0.5 and mAP@0.5:0.95 per seed with mean and std,
 the lift over scratch) and ``agssp_budget.png`` beside it, and names the knee: the smallest
-budget whose lift reaches 90 % of the largest measured lift.
+budget whose lift reaches 90 % of the largest measured lift. ``--maps tocoad random`` adds the
+random-box control at every budget (``budgets_by_maps``; ``budgets`` stays the first source's).
 
     python -m benchmarks.agssp_budget --pool-limit 600 --imgsz 160 --epochs 80
 """
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import agssp_lift as lift
+from benchmarks.lift_maps import stage_random
 
 KNEE_SHARE = 0.9  # the knee: the smallest budget with this share of the best lift
 POOL = "bench/pool/"
@@ -48,11 +50,11 @@ def _arguments() -> argparse.Namespace:
 
 def pretrain_budget(
     runner: lift.Runner, args: argparse.Namespace, rec: dict[str, Any], maps: dict[str, Any],
-    epochs: int,
+    epochs: int, source_name: str,
 ) -> dict[str, Any]:  # fmt: skip
-    """AGBP then AGDP, each for ``epochs``, on the ToCoAD maps and pseudo boxes; returns the
-    artifacts and each job's wall time."""
-    seed, tag = args.seeds[0], f"budget{epochs}+{lift.map_tag(args)}"
+    """AGBP then AGDP, each for ``epochs``, on one map source's maps and pseudo boxes
+    (``source_name`` as the state names it); returns the artifacts and each job's wall time."""
+    seed, tag = args.seeds[0], f"budget{epochs}+{source_name}"
     agbp_config = {**rec["agbp"], "epochs": epochs, "backbone": "yolov8n", "seed": seed}
     source = {"category": args.dataset, "images_prefix": POOL, "maps_prefix": maps["maps_prefix"]}
     agbp = runner.pretrain(
@@ -79,46 +81,82 @@ def _wall(record: dict[str, Any]) -> float:
     return round((datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds(), 1)
 
 
+Jobs = dict[int, dict[int, tuple[str, str]]]  # budget epochs -> seed -> (state key, job id)
+
+
 def submit_all(
-    runner: lift.Runner, args: argparse.Namespace, ref: str, rec: dict[str, Any]
-) -> tuple[dict[int, dict[int, tuple[str, str]]], dict[int, dict[str, Any]]]:
-    """Every (budget, seed) finetune not yet done, budget 0 = scratch; returns their
-    (key, job id) and each budget's pretraining record."""
-    jobs: dict[int, dict[int, tuple[str, str]]] = {0: {}}
-    for seed in args.seeds:  # scratch first: the lift's own scratch rows
-        jobs[0][seed] = lift.detector_job(runner, args, ref, rec, {}, "tocoad", "scratch", seed)
-    # per map recipe: a budget pretrained on other maps is never read back as this one's
-    made_all: dict[str, dict[str, Any]] = runner.state.setdefault("budget_made", {})
-    made: dict[str, dict[str, Any]] = made_all.setdefault(lift.map_tag(args), {})
-    maps: dict[str, Any] | None = None
+    runner: lift.Runner, args: argparse.Namespace, ref: str, rec: dict[str, Any], pool: list[str]
+) -> tuple[dict[str, Jobs], dict[str, dict[int, dict[str, Any]]]]:
+    """Every (map source, budget, seed) finetune not yet done; budget 0 = scratch (one set,
+    shared by every source). Returns per source their (key, job id) and each budget's
+    pretraining record."""
+    scratch = {
+        seed: lift.detector_job(runner, args, ref, rec, {}, "tocoad", "scratch", seed)
+        for seed in args.seeds
+    }  # the lift's own scratch rows
+    jobs: dict[str, Jobs] = {}
+    made: dict[str, dict[int, dict[str, Any]]] = {}
+    for maps in args.maps:
+        if maps == "random":
+            _stage_random(runner, args, ref, rec, pool)
+        jobs[maps], made[maps] = _submit_source(runner, args, ref, rec, maps)
+        jobs[maps][0] = scratch
+    return jobs, made
+
+
+def _stage_random(
+    runner: lift.Runner, args: argparse.Namespace, ref: str, rec: dict[str, Any], pool: list[str]
+) -> None:
+    """The random boxes, as the lift stages them from the ToCoAD pipeline's (once per recipe)."""
+    from shared.storage.filesystem import FileObjectStore
+
+    store = FileObjectStore(args.home / "store")
+    if store.exists(lift.random_prefix(args) + "manifest.json"):
+        return
+    tocoad = lift.run_maps_source(runner, args, lift.MAPS_FIRST, ref, rec)
+    stage_random(
+        store, pool, tocoad["labels"], category=args.dataset, prefix=lift.random_prefix(args),
+        grid=args.random_grid, seed=args.split_seed,
+    )  # fmt: skip
+
+
+def _submit_source(
+    runner: lift.Runner, args: argparse.Namespace, ref: str, rec: dict[str, Any], maps: str
+) -> tuple[Jobs, dict[int, dict[str, Any]]]:
+    """One map source's budgets: pretraining where a seed is not done, then the finetunes."""
+    tag = lift.map_tag(args)
+    name = lift.source_name(maps, tag)
+    # per map source and recipe: a budget pretrained on other maps is never read back as this
+    made: dict[str, dict[str, Any]] = runner.state.setdefault("budget_made", {}).setdefault(
+        name, {}
+    )
+    found: dict[str, Any] | None = None
+    jobs: Jobs = {}
     for epochs in args.budgets:
         # the lift's own key at this budget: a lift run at (epochs, epochs) reuses these rows
         budget = f"{epochs}-{epochs}"
-        keys = {
-            s: lift.row_key("tocoad", "agssp", s, budget, lift.map_tag(args)) for s in args.seeds
-        }
-        jobs[epochs] = {}
+        keys = {s: lift.row_key(maps, "agssp", s, budget, tag) for s in args.seeds}
         if not all(runner.is_done(k) for k in keys.values()):
-            maps = maps or lift.run_maps_source(runner, args, "tocoad", ref, rec)
-            made[str(epochs)] = pretrain_budget(runner, args, rec, maps, epochs)
+            found = found or lift.run_maps_source(runner, args, maps, ref, rec)
+            made[str(epochs)] = pretrain_budget(runner, args, rec, found, epochs, name)
             runner.save()
-        if maps and maps["agssp_seed0_job"]:  # the pipeline's own finetune: the lift's budget
-            runner.state.setdefault("budget_lift_default", {})[lift.map_tag(args)] = maps[
-                "agssp_seed0_job"
-            ]
+        if found and found["agssp_seed0_job"]:  # the pipeline's own finetune: the lift's budget
+            runner.state.setdefault("budget_lift_default", {})[name] = found["agssp_seed0_job"]
+        jobs[epochs] = {}
         for seed, key in keys.items():
             init = {"kind": "agdp", "artifact": made.get(str(epochs), {}).get("agdp")}
             config = {**rec["finetune"], "seed": seed}
-            body = lift.detector_body(args, ref, config, f"budget{epochs}-agssp", init)
+            body = lift.detector_body(args, ref, config, f"budget{epochs}-{maps}-agssp", init)
             jobs[epochs][seed] = key, runner.finetune(key, body)
     return jobs, {int(k): v for k, v in made.items()}
 
 
 def summarize(
-    runner: lift.Runner, args: argparse.Namespace, jobs: dict[int, dict[int, tuple[str, str]]],
+    runner: lift.Runner, args: argparse.Namespace, jobs: Jobs,
     made: dict[int, dict[str, Any]], pool: int,
 ) -> list[dict[str, Any]]:  # fmt: skip
-    """One row per budget: its cost and its mAP, with the lift over scratch."""
+    """One row per budget of one map source: its cost and its mAP, with the lift over
+    scratch."""
     rows = []
     for epochs, by_seed in sorted(jobs.items()):
         found = lift.stats([{"seed": s, **runner.result(*by_seed[s])} for s in sorted(by_seed)])
@@ -139,7 +177,8 @@ def _lift_default(runner: lift.Runner, args: argparse.Namespace) -> dict[str, An
     """The lift benchmark's own budget (its ToCoAD pipeline's finetune, seed 0 only)."""
     key = lift.lift_key(args, "tocoad", "agssp", args.seeds[0])
     found_jobs = runner.state.get("budget_lift_default")
-    job = found_jobs.get(lift.map_tag(args)) if isinstance(found_jobs, dict) else None
+    name = lift.source_name("tocoad", lift.map_tag(args))
+    job = found_jobs.get(name) if isinstance(found_jobs, dict) else None
     if not (runner.is_done(key) or job):
         return None
     found = runner.result(key, str(job))
@@ -159,32 +198,39 @@ def knee(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def draw(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    """mAP@0.5 (mean and seed std) against the budget, scratch as a band."""
+LABELS = {"tocoad": "AGSSP-ToCoAD", "random": "AGSSP-random boxes", "oracle": "AGSSP-oracle"}
+
+
+def draw(by_maps: dict[str, list[dict[str, Any]]], path: Path, title: str) -> None:
+    """mAP@0.5 (mean and seed std) against the budget per map source, scratch as a band."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    scratch = rows[0]
+    scratch = next(iter(by_maps.values()))[0]
     low = (scratch["map50_mean"] - scratch["map50_std"]) * 100
     high = (scratch["map50_mean"] + scratch["map50_std"]) * 100
     ax.axhspan(low, high, color="0.85", label="scratch (mean ± std)")
     ax.axhline(scratch["map50_mean"] * 100, color="0.5", linestyle="--", linewidth=1)
-    pretrained = rows[1:]
-    ax.errorbar(
-        [r["epochs"] for r in pretrained], [r["map50_mean"] * 100 for r in pretrained],
-        yerr=[r["map50_std"] * 100 for r in pretrained], marker="o", capsize=4,
-        label="AGSSP-ToCoAD (mean ± std over seeds)",
-    )  # fmt: skip
-    for r in pretrained:
-        where = (r["epochs"], r["map50_mean"] * 100)
-        label = f"{r['pretrain_s'] / 60:.1f} min"
-        ax.annotate(label, where, textcoords="offset points", xytext=(6, -12), fontsize=8)
+    for shift, (maps, rows) in enumerate(by_maps.items()):
+        pretrained = rows[1:]
+        spread = 1.0 + 0.04 * shift  # side by side where budgets coincide
+        ax.errorbar(
+            [r["epochs"] * spread for r in pretrained],
+            [r["map50_mean"] * 100 for r in pretrained],
+            yerr=[r["map50_std"] * 100 for r in pretrained], marker="o", capsize=4,
+            label=f"{LABELS.get(maps, maps)} (mean ± std over seeds)",
+        )  # fmt: skip
+        for r in pretrained if shift == 0 else []:
+            where = (r["epochs"], r["map50_mean"] * 100)
+            label = f"{r['pretrain_s'] / 60:.1f} min"
+            ax.annotate(label, where, textcoords="offset points", xytext=(6, -12), fontsize=8)
+    epochs = sorted({r["epochs"] for rows in by_maps.values() for r in rows[1:]})
     ax.set_xscale("log")
     ax.minorticks_off()
-    ax.set_xticks([r["epochs"] for r in pretrained], [str(r["epochs"]) for r in pretrained])
+    ax.set_xticks(epochs, [str(e) for e in epochs])
     ax.set_xlabel("AGBP and AGDP epochs each (labels: pretraining wall time)")
     ax.set_ylabel("mAP@0.5 on val (%)")
     ax.set_title(title, fontsize=10)
@@ -202,8 +248,8 @@ def main() -> None:
         state = args.out.with_suffix(".state.json")  # the lift's: maps and scratch are shared
         runner = lift.Runner(urls, state, args.home, benchmark="agssp_budget")
         rec = lift.recipe(args)
-        jobs, made = submit_all(runner, args, ref, rec)
-        rows = summarize(runner, args, jobs, made, len(pool))
+        jobs, made = submit_all(runner, args, ref, rec, pool)
+        by_maps = {m: summarize(runner, args, jobs[m], made[m], len(pool)) for m in args.maps}
         default = _lift_default(runner, args)
         runner.save()
     finally:
@@ -219,9 +265,11 @@ def main() -> None:
             "pool_images": len(pool),
         },
         "recipe": {**rec, "tocoad_preset": args.tocoad_preset, "scale": "n", "seeds": args.seeds},
-        "budgets": rows,
+        "map_tag": lift.map_tag(args),  # the state keys' name of the ToCoAD map recipe
+        "budgets": by_maps[args.maps[0]],  # the first map source's (tocoad by default)
+        "budgets_by_maps": by_maps,
         "lift_budget_seed0": default,
-        "knee": knee(rows),
+        "knee": knee(by_maps[args.maps[0]]),
     }
     args.budget_out.parent.mkdir(parents=True, exist_ok=True)
     args.budget_out.write_text(json.dumps(doc, indent=2))
@@ -229,8 +277,8 @@ def main() -> None:
         f"{args.dataset}: {labelled} labels, pool {len(pool)}, {args.imgsz} px, "
         f"{args.epochs} finetune epochs, {len(args.seeds)} seeds"
     )
-    draw(rows, args.budget_out.with_suffix(".png"), title)
-    print(json.dumps({"budgets": rows, "knee": doc["knee"]}, indent=1))
+    draw(by_maps, args.budget_out.with_suffix(".png"), title)
+    print(json.dumps({"budgets_by_maps": by_maps, "knee": doc["knee"]}, indent=1))
 
 
 if __name__ == "__main__":
