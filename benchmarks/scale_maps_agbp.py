@@ -77,10 +77,10 @@ def _cache(spec: Spec, cache: Path) -> tuple[CachedPairSource, dict[str, Any]]:
     started = time.perf_counter()
     pairing = collect_pairs(store, [source_spec])
     source = CachedPairSource(pairing.pairs, cache, image_limits(settings))
-    prefetch(store, source, threads=settings.prefetch_threads,
+    prefetch(store, source, threads=settings.cache_threads(),
              on_progress=lambda d, t: None, should_stop=lambda: False)  # fmt: skip
     wall = time.perf_counter() - started
-    return source, rate(wall, len(source)) | {"threads": settings.prefetch_threads}
+    return source, rate(wall, len(source)) | {"threads": settings.cache_threads()}
 
 
 def _time_loading(cfg: AgbpConfig, source: CachedPairSource, batches: int) -> list[float]:

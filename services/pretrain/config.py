@@ -34,10 +34,12 @@ class PretrainSettings(BaseSettings):
         "the device is CUDA without an index and more than one GPU is visible (PRETRAIN_DDP).",
     )
     prefetch_threads: int = Field(
-        8,
-        ge=1,
+        0,
+        ge=0,
         le=64,
-        description="Concurrent downloads into the cache (PRETRAIN_PREFETCH_THREADS).",
+        description="Concurrent downloads into the cache; 0 = by backend: 8 on S3 (network "
+        "waits), 1 on the local folder (links and header checks, CPU-bound) "
+        "(PRETRAIN_PREFETCH_THREADS).",
     )
     label_io_threads: int = Field(
         0,
@@ -57,6 +59,13 @@ class PretrainSettings(BaseSettings):
         le=100,
         description="Example overlays a pseudo-label job writes (PRETRAIN_OVERLAY_EXAMPLES).",
     )
+
+    def cache_threads(self) -> int:
+        """``prefetch_threads``, or by backend when 0: on the local folder, 512 AGBP pairs were
+        linked and checked in 0.14 s inline against 0.22 s on 8 threads (2 cores)."""
+        if self.prefetch_threads:
+            return self.prefetch_threads
+        return 8 if self.common.storage_backend() == "s3" else 1
 
     def cache_root(self) -> Path:
         """PRETRAIN_CACHE_DIR, else ``$AGSSP_HOME/cache/pretrain``."""

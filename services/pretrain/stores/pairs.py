@@ -109,15 +109,46 @@ def image_size_from_header(data: bytes, limits: ImageLimits) -> tuple[int, int] 
     """(width, height) of the upright image from its header; None when unreadable.
 
     ``decode_image`` applies the EXIF orientation, so maps computed from decoded images
-    describe the upright image and boxes must be sized the same way.
+    describe the upright image and boxes must be sized the same way. A PNG's orientation is
+    read from its chunk list (``png_orientation``): Pillow's ``getexif`` decodes the whole
+    image to look for an eXIf chunk after the pixels, about 0.8 ms a file of 256 x 256.
     """
     try:
         with Image.open(io.BytesIO(data), formats=limits.allowed_formats) as img:
             width, height = img.size
-            orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+            if img.format == "PNG":
+                orientation = png_orientation(data)
+            else:
+                orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
     except Exception:  # any parse failure of a (possibly cut) header means "not readable"
         return None
+    if orientation is None:  # cut before the PNG's end: the caller reads the whole file
+        return None
     return (height, width) if orientation in _ROTATED else (width, height)
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_orientation(data: bytes) -> int | None:
+    """The EXIF orientation of a PNG from its chunks, pixels not decoded: that of its eXIf
+    chunk (before or after the image data), 1 when it reaches IEND without one, None when
+    ``data`` ends first (a header probe of a larger file)."""
+    offset = len(_PNG_SIGNATURE)
+    while offset + 8 <= len(data):
+        length = int.from_bytes(data[offset : offset + 4], "big")
+        kind = data[offset + 4 : offset + 8]
+        end = offset + 12 + length  # length, type, data, CRC
+        if kind == b"IEND":
+            return 1
+        if kind == b"eXIf":
+            if end > len(data):
+                return None
+            exif = Image.Exif()
+            exif.load(data[offset + 8 : offset + 8 + length])
+            return int(exif.get(_EXIF_ORIENTATION, 1))
+        offset = end
+    return None
 
 
 def read_image_size(store: ObjectStore, key: str, limits: ImageLimits) -> tuple[int, int]:

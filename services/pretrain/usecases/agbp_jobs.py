@@ -188,7 +188,7 @@ def _cached_data(
     prefetch(
         ctx.store,
         data,
-        threads=settings.prefetch_threads,
+        threads=settings.cache_threads(),
         on_progress=lambda done, total: ctx.progress(
             ctx.record.progress, f"caching data {done}/{total} files"
         ),

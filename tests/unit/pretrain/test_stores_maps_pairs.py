@@ -14,12 +14,14 @@ from services.pretrain.params import SourceSpec
 from services.pretrain.stores.maps import Pair, collect_pairs, load_scores, pair_source, score_of
 from services.pretrain.stores.pairs import (
     CachedPairSource,
+    image_size_from_header,
     load_map,
+    png_orientation,
     prefetch,
     read_image_size,
 )
 from shared.errors import InvalidInputError
-from shared.imaging.intake import ImageLimits
+from shared.imaging.intake import ImageLimits, decode_object
 from shared.imaging.render import encode_png
 from shared.schemas.dataset_maps import (
     DatasetMapManifest,
@@ -257,6 +259,55 @@ def test_image_size_comes_from_the_header_with_exif_rotation_applied(
     size = read_image_size(store, "img/rot.jpg", ImageLimits())
     # then: the size of the upright image, as decode_image returns it
     assert size == (20, 40)
+
+
+def _png_chunks(data: bytes) -> list[bytes]:
+    chunks, offset = [], 8
+    while offset < len(data):
+        end = offset + 12 + int.from_bytes(data[offset : offset + 4], "big")
+        chunks.append(data[offset:end])
+        offset = end
+    return chunks
+
+
+def _rotated_png(*, exif_after_pixels: bool) -> bytes:
+    """A 40x20 PNG whose eXIf chunk says "rotate 90°", before or after its image data."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    noise = np.random.default_rng(0).integers(0, 255, (20, 40, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(buffer, format="PNG", exif=exif.tobytes())
+    data = buffer.getvalue()
+    if not exif_after_pixels:
+        return data
+    chunks = _png_chunks(data)
+    exif_chunk = next(c for c in chunks if c[4:8] == b"eXIf")
+    rest = [c for c in chunks if c is not exif_chunk]
+    return data[:8] + b"".join(rest[:-1]) + exif_chunk + rest[-1]  # just before IEND
+
+
+@pytest.mark.parametrize("after", [False, True], ids=["exif-first", "exif-after-pixels"])
+def test_a_png_size_comes_from_its_chunks_with_exif_rotation_applied(
+    store: FileObjectStore, after: bool
+) -> None:
+    # given
+    data = _rotated_png(exif_after_pixels=after)
+    assert (_png_chunks(data)[-2][4:8] == b"eXIf") is after
+    store.put_bytes("img/rot.png", data)
+    # when
+    size = read_image_size(store, "img/rot.png", ImageLimits())
+    # then: the upright size, as decode_image returns it
+    assert size == (20, 40)
+    assert decode_object(data, ImageLimits(), "img/rot.png").array.shape[:2] == (40, 20)
+
+
+def test_a_png_cut_before_its_end_has_no_size_from_the_header() -> None:
+    data = _rotated_png(exif_after_pixels=True)
+    assert png_orientation(data) == 6
+    assert png_orientation(data[: len(data) // 2]) is None  # the caller reads the rest
+    assert image_size_from_header(data[: len(data) // 2], ImageLimits()) is None
+    plain = encode_png(np.zeros((20, 40, 3), np.uint8))
+    assert png_orientation(plain) == 1
 
 
 def test_prefetch_copies_once_and_the_source_yields_rgb_images_and_maps(
