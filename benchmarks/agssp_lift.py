@@ -59,7 +59,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import shutil
 import socket
 import statistics
@@ -75,6 +74,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import numpy as np
 
+from benchmarks import provenance
 from benchmarks.lift_maps import (
     box_record,
     grid_map,
@@ -804,12 +804,7 @@ def stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def machine() -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-    }
+    return provenance.machine()
 
 
 def _needs(runner: Runner, args: argparse.Namespace, maps: str) -> bool:

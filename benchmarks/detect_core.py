@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks import provenance
+
 
 @dataclass(frozen=True)
 class OrtTiming:
@@ -178,16 +180,10 @@ def measure_tiled(work: Path, args: Any) -> dict[str, Any]:
 
 
 def machine() -> dict[str, Any]:
-    """Platform, CPU count and the versions of the runtimes compared."""
-    import platform
-
+    """Platform, CPU and the versions of the runtimes compared."""
     import onnxruntime
 
-    info: dict[str, Any] = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
+    info: dict[str, Any] = provenance.machine() | {
         "onnxruntime": onnxruntime.__version__,
         "onnxruntime_providers": onnxruntime.get_available_providers(),
     }

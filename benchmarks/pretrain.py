@@ -15,7 +15,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from benchmarks import provenance
 from services.pretrain.ml.agbp_config import required, resolve_config
 from services.pretrain.ml.augment import normalize_images
 from services.pretrain.ml.model import build_objective
@@ -221,18 +221,8 @@ def _results(
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        lines = cpuinfo.read_text().splitlines()
-        names = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")]
-        cpu = names[0] if names else cpu
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
+    return provenance.machine() | {
         "torch": torch.__version__,
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.is_available(),
     }

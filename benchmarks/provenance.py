@@ -8,6 +8,7 @@ import os
 import platform
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 
@@ -17,13 +18,31 @@ def command(module: str, argv: list[str] | None = None) -> str:
 
 
 def machine() -> dict[str, Any]:
-    """Platform, processor, CPU count and Python version."""
+    """Platform, processor, the CPU's model and whether it has VNNI (INT8 dot products: the
+    int8 rows depend on it), CPU count and Python version. Every benchmark's machine record
+    starts here; a run's CPU model is what tells two machines of one platform apart."""
+    model, flags = _cpuinfo()
     return {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu": model,
+        "vnni": bool(flags & {"avx512_vnni", "avx_vnni"}) if flags else None,
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
     }
+
+
+def _cpuinfo() -> tuple[str | None, set[str]]:
+    """The first CPU's model name and flags from /proc/cpuinfo (None and empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None, set()
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        fields.setdefault(name.strip(), value.strip())
+    return fields.get("model name"), set(fields.get("flags", "").split())
 
 
 def load_average() -> list[float]:

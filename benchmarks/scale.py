@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from benchmarks import provenance
 from shared.jobs.reaper import find_orphans
 from shared.jobs.store import JobStore
 from shared.schemas.jobs import JobRecord, JobState
@@ -107,12 +107,7 @@ def measure(size: int, root: Path) -> dict[str, Any]:
 
 
 def machine() -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-    }
+    return provenance.machine()
 
 
 def _plot(rows: list[dict[str, Any]], out: Path) -> None:

@@ -43,7 +43,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -57,6 +56,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from benchmarks import provenance
 from benchmarks.mask_sets import (
     SPLIT_SEED,
     MaskedImage,
@@ -334,11 +334,7 @@ def model_normals(images: Sequence[np.ndarray], cfg: TocoadConfig) -> np.ndarray
 
 
 def machine() -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
+    return provenance.machine() | {
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -33,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks import overhead_agbp, overhead_finetune, overhead_maps
+from benchmarks import overhead_agbp, overhead_finetune, overhead_maps, provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -139,12 +138,8 @@ def machine(threads: int) -> dict[str, Any]:
     import torch
     import ultralytics
 
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
+    return provenance.machine() | {
         "torch_threads": threads,
-        "python": platform.python_version(),
         "torch": torch.__version__,
         "ultralytics": ultralytics.__version__,
     }
