@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import agssp_lift as lift
-from benchmarks.lift_maps import stage_random
 
 KNEE_SHARE = 0.9  # the knee: the smallest budget with this share of the best lift
 POOL = "bench/pool/"
@@ -97,32 +96,29 @@ def submit_all(
     jobs: dict[str, Jobs] = {}
     made: dict[str, dict[int, dict[str, Any]]] = {}
     for maps in args.maps:
-        if maps == "random":
-            _stage_random(runner, args, ref, rec, pool)
-        jobs[maps], made[maps] = _submit_source(runner, args, ref, rec, maps)
+        jobs[maps], made[maps] = _submit_source(runner, args, ref, rec, maps, pool)
         jobs[maps][0] = scratch
     return jobs, made
 
 
-def _stage_random(
-    runner: lift.Runner, args: argparse.Namespace, ref: str, rec: dict[str, Any], pool: list[str]
-) -> None:
-    """The random boxes, as the lift stages them from the ToCoAD pipeline's (once per recipe)."""
-    from shared.storage.filesystem import FileObjectStore
+def _maps_source(
+    runner: lift.Runner, args: argparse.Namespace, ref: str, rec: dict[str, Any], maps: str,
+    pool: list[str],
+) -> dict[str, Any]:  # fmt: skip
+    """One map source's pipeline up to AGDP; the random boxes are staged first from the
+    ToCoAD pipeline's, as the lift stages them, where this home lacks them."""
+    if maps == "random":
+        from shared.storage.filesystem import FileObjectStore
 
-    store = FileObjectStore(args.home / "store")
-    if store.exists(lift.random_prefix(args) + "manifest.json"):
-        return
-    tocoad = lift.run_maps_source(runner, args, lift.MAPS_FIRST, ref, rec)
-    stage_random(
-        store, pool, tocoad["labels"], category=args.dataset, prefix=lift.random_prefix(args),
-        grid=args.random_grid, seed=args.split_seed,
-    )  # fmt: skip
+        tocoad = lift.run_maps_source(runner, args, lift.MAPS_FIRST, ref, rec)
+        lift.ensure_random(FileObjectStore(args.home / "store"), args, pool, tocoad["labels"])
+    return lift.run_maps_source(runner, args, maps, ref, rec)
 
 
 def _submit_source(
-    runner: lift.Runner, args: argparse.Namespace, ref: str, rec: dict[str, Any], maps: str
-) -> tuple[Jobs, dict[int, dict[str, Any]]]:
+    runner: lift.Runner, args: argparse.Namespace, ref: str, rec: dict[str, Any], maps: str,
+    pool: list[str],
+) -> tuple[Jobs, dict[int, dict[str, Any]]]:  # fmt: skip
     """One map source's budgets: pretraining where a seed is not done, then the finetunes."""
     tag = lift.map_tag(args)
     name = lift.source_name(maps, tag)
@@ -137,7 +133,7 @@ def _submit_source(
         budget = f"{epochs}-{epochs}"
         keys = {s: lift.row_key(maps, "agssp", s, budget, tag) for s in args.seeds}
         if not all(runner.is_done(k) for k in keys.values()):
-            found = found or lift.run_maps_source(runner, args, maps, ref, rec)
+            found = found or _maps_source(runner, args, ref, rec, maps, pool)
             made[str(epochs)] = pretrain_budget(runner, args, rec, found, epochs, name)
             runner.save()
         if found and found["agssp_seed0_job"]:  # the pipeline's own finetune: the lift's budget

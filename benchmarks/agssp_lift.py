@@ -704,6 +704,18 @@ def scope(args: argparse.Namespace) -> str:
     return f"{budget_tag(args)}+{map_tag(args)}"
 
 
+def ensure_random(
+    store: ObjectStore, args: argparse.Namespace, pool: list[str], tocoad_labels: str
+) -> None:
+    """Stage the random boxes of this map recipe from ToCoAD's labels, unless they are there."""
+    if store.exists(random_prefix(args) + "manifest.json"):
+        return
+    stage_random(
+        store, pool, tocoad_labels, category=args.dataset, prefix=random_prefix(args),
+        grid=args.random_grid, seed=args.split_seed,
+    )  # fmt: skip
+
+
 def random_prefix(args: argparse.Namespace) -> str:
     """The random maps copy the ToCoAD boxes of one map recipe: a prefix of their own."""
     return f"{RANDOM.rstrip('/')}-{map_tag(args)}/"
@@ -832,12 +844,8 @@ def pretrain_all(
         if not wanted[maps]:
             print(f"{maps}: every row built on it is done; not pretrained again", flush=True)
             continue
-        if maps == "random" and not store.exists(random_prefix(args) + "manifest.json"):
-            labels = made[MAPS_FIRST]["labels"]
-            stage_random(
-                store, pool, labels, category=args.dataset, prefix=random_prefix(args),
-                grid=args.random_grid, seed=args.split_seed,
-            )  # fmt: skip
+        if maps == "random":
+            ensure_random(store, args, pool, made[MAPS_FIRST]["labels"])
         made[maps] = run_maps_source(runner, args, maps, ref, rec)
         found = runner.state.setdefault("box_stats", {}).setdefault(tag, {})
         found[maps] = box_record(store, made[maps], pool, truth)

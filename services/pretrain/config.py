@@ -63,9 +63,22 @@ class PretrainSettings(BaseSettings):
     def cache_threads(self) -> int:
         """``prefetch_threads``, or by backend when 0: on the local folder, 512 AGBP pairs were
         linked and checked in 0.14 s inline against 0.22 s on 8 threads (2 cores)."""
-        if self.prefetch_threads:
-            return self.prefetch_threads
-        return 8 if self.common.storage_backend() == "s3" else 1
+        return self._threads(self.prefetch_threads, on_s3=8)
+
+    def label_threads(self) -> int:
+        """``label_io_threads``, or by backend when 0. On S3 each call waits on the network,
+        so 16 overlap; on the local folder a job worker's calls cost microseconds of CPU
+        (writes synced at the job's end) and threads only contend for the GIL: inline, 5,000
+        maps (40 x 40, of 160 x 160 JPEGs) were labelled 2.6x faster than on 16 threads
+        (2 cores, 4,140 vs 1,600 images/s)."""
+        return self._threads(self.label_io_threads, on_s3=16)
+
+    def _threads(self, setting: int, *, on_s3: int) -> int:
+        """A store-I/O thread setting: its value, or when 0 ``on_s3`` threads on S3 (network
+        waits overlap) and 1 on the local folder (CPU-bound calls)."""
+        if setting:
+            return setting
+        return on_s3 if self.common.storage_backend() == "s3" else 1
 
     def cache_root(self) -> Path:
         """PRETRAIN_CACHE_DIR, else ``$AGSSP_HOME/cache/pretrain``."""

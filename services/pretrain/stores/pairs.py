@@ -3,8 +3,9 @@
 ``prefetch`` copies a job's images and maps into a per-job cache folder (threads; a file that
 exists is complete because every write is atomic, so a resumed job skips it) and checks each
 file up front. On a local-folder store the "copy" is a hard link (``get_file_for_reading``):
-nothing in the cache is ever written in place. ``CachedPairSource`` is the ``PairSource`` AGBP trains on; it reads only local
-files, so DataLoader worker processes never share a network client.
+nothing in the cache is ever written in place. ``CachedPairSource`` is the ``PairSource`` AGBP
+trains on; it reads only local files, so DataLoader worker processes never share a network
+client.
 """
 
 from __future__ import annotations

@@ -302,7 +302,11 @@ def _label_all(
     Each image's boxes are written and counted as they come (``_collect``), so memory stays
     bounded however large the pool.
     """
-    rel, limits, threads = len(params.images_prefix), image_limits(settings), io_threads(settings)
+    rel, limits, threads = (
+        len(params.images_prefix),
+        image_limits(settings),
+        settings.label_threads(),
+    )
     with MapShelf(scratch / "maps.f32", MAP_MEMORY) as shelf:
         plan = _first_pass(ctx, params, pairs, labeler, shelf, threads)
 
@@ -377,20 +381,6 @@ def _image_scores(
         return listed, "scores", f"scores.csv: {len(pairs) - missing}/{len(pairs)} images"
     why = "no scores.csv" if scores is None else f"scores.csv: {missing}/{len(pairs)} unscored"
     return list(maxima), "map_max", f"{why}: each map's maximum instead"
-
-
-def io_threads(settings: PretrainSettings) -> int:
-    """Store calls a pseudo-label job keeps in flight: ``PRETRAIN_LABEL_IO_THREADS``, or by
-    backend when it is 0.
-
-    On S3 each call waits on the network, so 16 overlap; on the local folder a job worker's
-    calls cost microseconds of CPU (writes synced at the job's end, not one by one), and
-    threads only contend for the GIL: inline, 5,000 maps (40 x 40, of 160 x 160 JPEGs) were
-    labelled 2.6x faster than on 16 threads (2 cores, 4,140 vs 1,600 images/s).
-    """
-    if settings.label_io_threads:
-        return settings.label_io_threads
-    return 16 if settings.common.storage_backend() == "s3" else 1
 
 
 def _parallel(

@@ -16,7 +16,6 @@ import pytest
 from services.pretrain.config import PretrainSettings
 from services.pretrain.ml.labeler import BoxLabeler
 from services.pretrain.ml.pseudo_boxes import ImageBoxes, build_coco, summarize
-from services.pretrain.usecases.pseudo_label_jobs import io_threads as io_threads_of
 from services.pretrain.usecases.pseudo_label_jobs import run_pseudo_label_job
 from shared.config import CommonSettings, PathSettings, StorageSettings
 from shared.imaging.render import encode_png
@@ -67,9 +66,9 @@ def test_store_calls_are_inline_on_the_local_folder_and_threaded_on_s3(
     monkeypatch.delenv("PRETRAIN_LABEL_IO_THREADS")
     local = CommonSettings(storage=StorageSettings(backend="file"))
     s3 = CommonSettings(storage=StorageSettings(backend="s3"))
-    assert io_threads_of(PretrainSettings(common=local)) == 1
-    assert io_threads_of(PretrainSettings(common=s3)) == 16
-    assert io_threads_of(PretrainSettings(common=local, label_io_threads=3)) == 3
+    assert PretrainSettings(common=local).label_threads() == 1
+    assert PretrainSettings(common=s3).label_threads() == 16
+    assert PretrainSettings(common=local, label_io_threads=3).label_threads() == 3
 
 
 def _settings(tmp: Path) -> PretrainSettings:
