@@ -136,8 +136,8 @@ def _submit_source(
             found = found or _maps_source(runner, args, ref, rec, maps, pool)
             made[str(epochs)] = pretrain_budget(runner, args, rec, found, epochs, name)
             runner.save()
-        if found and found["agssp_seed0_job"]:  # the pipeline's own finetune: the lift's budget
-            runner.state.setdefault("budget_lift_default", {})[name] = found["agssp_seed0_job"]
+        if found and found["agssp_pipeline_job"]:  # the pipeline's own finetune: lift budget
+            runner.state.setdefault("budget_lift_default", {})[name] = found["agssp_pipeline_job"]
         jobs[epochs] = {}
         for seed, key in keys.items():
             init = {"kind": "agdp", "artifact": made.get(str(epochs), {}).get("agdp")}
@@ -245,6 +245,7 @@ def main() -> None:
         state = args.out.with_suffix(".state.json")  # the lift's: maps and scratch are shared
         runner = lift.Runner(urls, state, args.home, benchmark="agssp_budget")
         rec = lift.recipe(args)
+        runner.check_finetune(rec["finetune"])
         jobs, made = submit_all(runner, args, ref, rec, pool)
         by_maps = {m: summarize(runner, args, jobs[m], made[m], len(pool)) for m in args.maps}
         default = _lift_default(runner, args)

@@ -382,7 +382,9 @@ class Runner:
     only the pretraining that unfinished rows still need.
     """
 
-    KEPT_ACROSS_HOMES = ("done", "sittings", "made", "box_stats", "budget_made")
+    KEPT_ACROSS_HOMES = (
+        "done", "sittings", "made", "box_stats", "budget_made", "finetune_recipe"
+    )  # fmt: skip
 
     def __init__(
         self, urls: dict[str, str], state_path: Path, home: Path, benchmark: str = "agssp_lift"
@@ -468,11 +470,29 @@ class Runner:
             response.raise_for_status()
             ids[key] = response.json()["id"]
             recipes[key] = body["overrides"]["finetune"]
+            self.state.setdefault("pipeline_seed", {})[key] = body["seed"]
             self.save()
         url = f"{self.urls['pipeline']}/v1/pipelines/{ids[key]}"
         if finetune and recipes.get(key) == body["overrides"]["finetune"]:
             return self._wait(url, key), True
         return self._wait_step(url, key, "agdp"), False
+
+    def check_finetune(self, finetune: dict[str, Any]) -> None:
+        """Refuse a finetune recipe other than the one this state's rows were made with: a row
+        key names the pretraining and the maps, not the finetune, so a run at other epochs or
+        learning rate would read back the rows of another recipe as its own."""
+        found = self.state.setdefault("finetune_recipe", finetune)
+        if found != finetune:
+            differ = sorted(k for k in {*found, *finetune} if found.get(k) != finetune.get(k))
+            sys.exit(
+                f"{self.state_path} holds rows finetuned with another recipe ({', '.join(differ)}"
+                f": {found}); give this recipe its own --out"
+            )
+
+    def pipeline_seed(self, key: str, default: int) -> int:
+        """The seed the pipeline ``key`` of this home was started with (its finetune step is
+        the AGSSP row of that seed), or ``default`` for one not started yet."""
+        return int(self.state.get("pipeline_seed", {}).get(key, default))
 
     def pipeline_until(self, key: str, body: dict[str, Any], step: str) -> dict[str, Any]:
         """Run (or follow) a pipeline up to ``step``, then stop it; returns its record."""
@@ -604,17 +624,21 @@ def boxes_of(record: dict[str, Any], provided: str | None) -> dict[str, Any]:
 def run_maps_source(
     runner: Runner, args: argparse.Namespace, maps: str, ref: str, rec: dict[str, Any]
 ) -> dict[str, Any]:
-    """One pipeline (seed 0) for a map source; returns its artifacts and job ids."""
+    """One pipeline for a map source; returns its artifacts and job ids. Its finetune step is
+    the AGSSP row of the seed it was started with (the first of ``--seeds`` then; a later
+    sitting in the same home may ask for other seeds, and must not take that row for theirs)."""
     provided = {"random": random_prefix(args), "oracle": ORACLE}.get(maps)
     body = pipeline_body(args, ref, rec, provided, f"lift-{maps}")
-    seed0_done = runner.is_done(lift_key(args, maps, "agssp", args.seeds[0]))
     key = f"{source_name(maps, map_tag(args))}@{budget_tag(args)}"
-    record, same_recipe = runner.pipeline(key, body, finetune=not seed0_done)
+    seed = runner.pipeline_seed(key, int(body["seed"]))
+    wanted = seed in args.seeds and not runner.is_done(lift_key(args, maps, "agssp", seed))
+    record, same_recipe = runner.pipeline(key, body, finetune=wanted)
     return {
         **boxes_of(record, provided),
         "agbp": _step(record, "agbp")["outputs"]["artifact"],
         "agdp": _step(record, "agdp")["outputs"]["artifact"],
-        "agssp_seed0_job": _step(record, "finetune")["job_id"] if same_recipe else None,
+        "agssp_pipeline_job": _step(record, "finetune")["job_id"] if same_recipe else None,
+        "agssp_pipeline_seed": seed,
     }
 
 
@@ -779,8 +803,9 @@ def detector_job(
     key = lift_key(args, maps, init, seed)
     if runner.is_done(key):
         return key, str(runner.state["done"][key]["job"])
-    if init == "agssp" and seed == args.seeds[0] and made[maps]["agssp_seed0_job"]:
-        return key, str(made[maps]["agssp_seed0_job"])
+    pipeline_job = made[maps].get("agssp_pipeline_job")
+    if init == "agssp" and pipeline_job and made[maps].get("agssp_pipeline_seed") == seed:
+        return key, str(pipeline_job)
     config = {**rec["finetune"], "seed": seed}
     if init == "scratch_matched":
         config["epochs"] = made["matched_epochs"]
@@ -931,6 +956,7 @@ def main() -> None:
     try:
         runner = Runner(urls, args.out.with_suffix(".state.json"), args.home)
         rec = recipe(args)
+        runner.check_finetune(rec["finetune"])
         made = pretrain_all(runner, args, ref, rec, pool)
         made["matched_epochs"] = matched_epochs(args, len(pool), labelled)
         results = summarize(runner, detector_jobs(runner, args, ref, rec, made))

@@ -113,3 +113,64 @@ def test_a_suite_that_never_starts_is_stopped(
     with pytest.raises(RuntimeError, match="did not start"):
         lift.start_suite(tmp_path, tmp_path / "suite.log")
     assert _Suite.last.stopped
+
+
+class _PipelineRunner(lift.Runner):
+    """A runner whose suite is a dict: the pipeline it started, the finetunes it submitted."""
+
+    def __init__(self, state: Path, home: Path) -> None:
+        super().__init__({}, state, home)
+        self.submitted: list[str] = []
+        self.followed: list[bool] = []
+
+    def pipeline(
+        self, key: str, body: dict[str, object], finetune: bool = True
+    ) -> tuple[dict[str, object], bool]:
+        self.state.setdefault("pipeline_seed", {}).setdefault(key, body["seed"])
+        self.followed.append(finetune)
+        steps = [
+            {"name": "pseudo_boxes", "outputs": {"out_prefix": "labels/", "maps_prefix": "m/"}},
+            {"name": "agbp", "outputs": {"artifact": "agbp-1"}},
+            {"name": "agdp", "outputs": {"artifact": "agdp-1"}},
+            {"name": "finetune", "job_id": "pipeline-finetune"},
+        ]
+        return {"id": "p1", "steps": steps}, finetune
+
+    def finetune(self, key: str, body: dict[str, object]) -> str:
+        self.submitted.append(key)
+        return f"job-{len(self.submitted)}"
+
+
+def test_the_pipelines_finetune_is_only_the_row_of_its_own_seed(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    runner = _PipelineRunner(tmp_path / "state.json", home)
+    first = _args("--tocoad-preset", "demo", "--seeds", "0", "1")
+    rec = lift.recipe(first)
+    made = {"tocoad": lift.run_maps_source(runner, first, "tocoad", "ref", rec)}
+    key0, job0 = lift.detector_job(runner, first, "ref", rec, made, "tocoad", "agssp", 0)
+    assert job0 == "pipeline-finetune"
+    assert runner.submitted == []
+    runner.state.setdefault("done", {})[key0] = {"job": job0, "map50": 0.1, "map5095": 0.05}
+    # a later sitting asks for seed 2 alone: the pipeline (seed 0) is followed only to AGDP,
+    # and seed 2 gets a finetune of its own rather than seed 0's result
+    later = _args("--tocoad-preset", "demo", "--seeds", "2")
+    made = {"tocoad": lift.run_maps_source(runner, later, "tocoad", "ref", rec)}
+    assert runner.followed == [True, False]
+    key2, job2 = lift.detector_job(runner, later, "ref", rec, made, "tocoad", "agssp", 2)
+    assert job2 != "pipeline-finetune"
+    assert runner.submitted == [key2]
+    assert key2.endswith("/2")
+
+
+def test_a_state_refuses_rows_of_another_finetune_recipe(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    state = tmp_path / "state.json"
+    runner = lift.Runner({}, state, home)
+    runner.check_finetune(lift.recipe(_args("--epochs", "80"))["finetune"])
+    runner.save()
+    again = lift.Runner({}, state, home)
+    again.check_finetune(lift.recipe(_args("--epochs", "80"))["finetune"])  # same: accepted
+    with pytest.raises(SystemExit, match="epochs"):
+        again.check_finetune(lift.recipe(_args("--epochs", "389"))["finetune"])
