@@ -69,6 +69,14 @@ class DetectorTrainConfig(BaseModel):
         description="val metric that picks best.pt and drives early stopping; agssp-spec §5.4 "
         "keeps the best by mAP@0.5 (ultralytics' own fitness is mAP@0.5:0.95)",
     )
+    val_every: int = Field(
+        1,
+        ge=1,
+        le=MAX_EPOCHS,
+        description="YOLOv8: validate every N epochs and always the last; best.pt and early "
+        "stopping see only validated epochs (a long finetune on a few labels spends most of "
+        "its time validating). Faster R-CNN evaluates once, at the end, either way",
+    )
     seed: int = Field(2024, ge=0, le=SEED_MAX)
     deterministic: bool = True
     workers: int = Field(0, ge=0, le=64, description="dataloader processes; 0 on CPU")
@@ -117,9 +125,8 @@ class DetectorTrainConfig(BaseModel):
 
     def ultralytics_args(self, device: str) -> dict[str, Any]:
         """Keyword arguments for ``YOLO.train``; ``device`` in ultralytics' spelling."""
-        args = self.model_dump(
-            exclude={"family", "backbone", "scale", "select_metric", "aug_scale", "time_hours"}
-        )
+        ours = {"family", "backbone", "scale", "select_metric", "aug_scale", "time_hours"}
+        args = self.model_dump(exclude=ours | {"val_every"})
         args.update(
             device=device,
             scale=self.aug_scale,

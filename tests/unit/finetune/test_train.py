@@ -193,6 +193,31 @@ def test_should_stop_cancels_after_one_batch_and_run_resumes(
     assert [m["epoch"] for _, _, m in again.progress[:-1]] == [2.0, 3.0]
 
 
+def test_val_every_validates_only_due_epochs_and_the_last(
+    two_class_data: YoloDataFolder, tmp_path: Path
+) -> None:
+    # given a 5-epoch finetune that validates every 2nd epoch
+    recorder = Recorder()
+    config = FinetuneConfig(epochs=5, val_every=2, **TINY)
+    # when
+    result = finetune(None, two_class_data, tmp_path, config, recorder.hooks())
+    # then epochs 2, 4 and the last carry val metrics; 1 and 3 report none (not a stale copy)
+    epochs = {int(m["epoch"]): m for _, message, m in recorder.progress if "epoch" in m}
+    assert sorted(epochs) == [1, 2, 3, 4, 5]
+    assert [e for e, m in sorted(epochs.items()) if "map50" in m] == [2, 4, 5]
+    assert all("box_loss" in m for m in epochs.values())
+    assert result.epochs_completed == 5
+    assert result.best_pt.is_file()
+    # and ultralytics' results.csv keeps one column set, the skipped epochs' val as nan
+    lines = (tmp_path / "run" / "results.csv").read_text().splitlines()
+    assert len({line.count(",") for line in lines}) == 1
+    assert len(lines) == 6
+    header = lines[0].split(",")
+    column = header.index("metrics/mAP50(B)")
+    assert [lines[e].split(",")[column] for e in (1, 3)] == ["nan", "nan"]
+    assert lines[2].split(",")[column] != "nan"
+
+
 def test_no_run_tried_to_reach_the_network(
     agdp: tuple[TrainResult, Recorder], network_attempts: list[str]
 ) -> None:

@@ -8,6 +8,7 @@ checks that every tensor really arrived.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -173,7 +174,7 @@ def _fit(
     if resume is not None:
         args["resume"] = str(resume)
     yolo.train(
-        trainer=trainer_class(config.select_metric),
+        trainer=trainer_class(config.select_metric, config.val_every),
         data=str(data.data_yaml),
         save_dir=str(work_dir / "run"),
         **args,
@@ -259,9 +260,9 @@ def _epoch_metrics(trainer: Any) -> dict[str, float]:
     losses = trainer.label_loss_items(trainer.tloss, prefix="train") if trainer.tloss else {}
     val = trainer.metrics or {}
     metrics = {key.split("/", 1)[1]: float(value) for key, value in losses.items()}
-    metrics.update(
-        {ours: float(val[theirs]) for ours, theirs in _VAL_METRICS.items() if theirs in val}
-    )
+    measured = {ours: float(val[theirs]) for ours, theirs in _VAL_METRICS.items() if theirs in val}
+    # an epoch that val_every skipped carries NaN (trainer_class): not measured, not reported
+    metrics.update({k: v for k, v in measured.items() if math.isfinite(v)})
     metrics["epoch"] = float(trainer.epoch + 1)
     return metrics
 

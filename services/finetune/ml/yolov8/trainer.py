@@ -39,12 +39,15 @@ def use_training_threads(threads: int) -> None:
 
 
 @functools.cache
-def trainer_class(select_metric: str) -> Any:
+def trainer_class(select_metric: str, val_every: int = 1) -> Any:
     """A ``DetectionTrainer`` subclass whose fitness is ``select_metric`` ("map50"/"map50_95").
 
-    Fitness picks ``best.pt`` and drives early stopping. After a cooperative cancel
-    (``trainer.canceled = True`` plus ``trainer.stop``) validation and the final evaluation
-    are skipped so that the run ends right after writing ``last.pt``.
+    Fitness picks ``best.pt`` and drives early stopping. It validates every ``val_every``
+    epochs, the last always (and whenever ultralytics is about to stop): a skipped epoch
+    reports NaN metrics and no fitness, so it neither becomes ``best.pt`` nor counts
+    towards early stopping, and ``results.csv`` keeps its columns. After a cooperative
+    cancel (``trainer.canceled = True`` plus ``trainer.stop``) validation and the final
+    evaluation are skipped so that the run ends right after writing ``last.pt``.
     """
     key = FITNESS_KEYS[select_metric]
 
@@ -60,9 +63,16 @@ def trainer_class(select_metric: str) -> Any:
             finally:
                 trainer_module.check_amp = original
 
+        def _skips_validation(self) -> bool:
+            done = self.epoch + 1
+            due = done % val_every == 0 or done >= self.epochs
+            return not (due or self.stop or self.stopper.possible_stop)
+
         def validate(self) -> tuple[dict[str, Any] | None, float | None]:
             if self.canceled:
                 return {}, None
+            if self._skips_validation():
+                return {name: float("nan") for name in self.metrics or {}}, None
             metrics = self.validator(self)
             if metrics is None:
                 return None, None
