@@ -73,6 +73,13 @@ class PretrainSettings(BaseSettings):
         (2 cores, 4,140 vs 1,600 images/s)."""
         return self._threads(self.label_io_threads, on_s3=16)
 
+    def label_rereads_maps(self) -> bool:
+        """Whether a pseudo-label job's second pass reads maps past its memory budget from the
+        store again (the local folder: a read from the page cache costs less than writing
+        the map to a scratch file and reading it back) rather than from that scratch file
+        (S3: a second GET per map costs a network round trip)."""
+        return self.common.storage_backend() != "s3"
+
     def _threads(self, setting: int, *, on_s3: int) -> int:
         """A store-I/O thread setting: its value, or when 0 ``on_s3`` threads on S3 (network
         waits overlap) and 1 on the local folder (CPU-bound calls)."""

@@ -5,8 +5,9 @@ seam ``shared.schemas.pseudo_labels`` (finetune's AGDP job reads it); its manife
 last. An image-level gate (``gate``: off, fixed or auto, ``services.pretrain.ml.gate``) decides
 which images may get boxes; its ``gate_*`` fields go on the record and into ``summary.json``,
 with the gate's labelled defects, whether the fit never saw them (``label_reference``).
-Memory stays bounded however large the pool: each map is read from the store once, and kept
-for the second pass in memory (``MAP_MEMORY``) or a scratch file (``label_maps``); each
+Memory stays bounded however large the pool: each map is read from the store and kept for
+the second pass in memory (``MAP_MEMORY``); past it, in a scratch file on S3, or read again
+from the local folder, where that costs less (``label_maps``); each
 image's boxes go to its label file, the streamed COCO document and the running summary
 (``label_outputs``) as they come, never into a list of the pool. Store reads and writes run
 on threads a bounded window ahead of the pool's order (``_parallel``).
@@ -307,11 +308,13 @@ def _label_all(
         image_limits(settings),
         settings.label_threads(),
     )
-    with MapShelf(scratch / "maps.f32", MAP_MEMORY) as shelf:
+    spill = not settings.label_rereads_maps()
+    with MapShelf(scratch / "maps.f32", MAP_MEMORY, spill=spill) as shelf:
         plan = _first_pass(ctx, params, pairs, labeler, shelf, threads)
 
         def label(index: int) -> Item:
-            pair, amap = pairs[index], shelf.take(plan.seen[index])
+            pair, shelved = pairs[index], plan.seen[index]
+            amap = shelf.take(shelved) if shelf.holds(shelved) else _read_map(ctx, pair)
             size = read_image_size(ctx.store, pair.image_key, limits)
             name, score = pair.image_key[rel:], plan.scores[index]
             item, text = labeler.label(
