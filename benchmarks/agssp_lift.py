@@ -239,8 +239,9 @@ def recipe(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     agdp: dict[str, Any] = {"epochs": args.agdp_epochs, "batch": args.batch, "imgsz": args.imgsz}
     if args.detector != DEFAULT_FAMILY:
         detector["family"] = agdp["family"] = args.detector
-    if args.val_every != 1:  # absent at 1, so recipes made before the option stay equal
-        detector["val_every"] = args.val_every
+    # always sent: a direct finetune's default is the paper's every 10, the pipeline's
+    # presets validate every epoch; recipes stored before the option ran at 1 (same_finetune)
+    detector["val_every"] = args.val_every
     return {
         "tocoad": dict(args.tocoad_overrides),
         "agbp": {
@@ -251,6 +252,12 @@ def recipe(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         "agdp": agdp,
         "finetune": detector,
     }  # fmt: skip
+
+
+def same_finetune(stored: dict[str, Any] | None, wanted: dict[str, Any]) -> bool:
+    """Whether a finetune recipe stored in a state is ``wanted``; one stored before
+    ``val_every`` was sent ran with 1 (the finetune validated every epoch then)."""
+    return stored is not None and {"val_every": 1, **stored} == {"val_every": 1, **wanted}
 
 
 # -- the suite ------------------------------------------------------------------------------
@@ -482,7 +489,7 @@ class Runner:
             self.state.setdefault("pipeline_seed", {})[key] = body["seed"]
             self.save()
         url = f"{self.urls['pipeline']}/v1/pipelines/{ids[key]}"
-        if finetune and recipes.get(key) == body["overrides"]["finetune"]:
+        if finetune and same_finetune(recipes.get(key), body["overrides"]["finetune"]):
             return self._wait(url, key), True
         return self._wait_step(url, key, "agdp"), False
 
@@ -491,7 +498,7 @@ class Runner:
         key names the pretraining and the maps, not the finetune, so a run at other epochs or
         learning rate would read back the rows of another recipe as its own."""
         found = self.state.setdefault("finetune_recipe", finetune)
-        if found != finetune:
+        if not same_finetune(found, finetune):
             differ = sorted(k for k in {*found, *finetune} if found.get(k) != finetune.get(k))
             sys.exit(
                 f"{self.state_path} holds rows finetuned with another recipe ({', '.join(differ)}"

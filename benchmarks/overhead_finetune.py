@@ -129,8 +129,9 @@ def setup(work: Path, args: Any) -> FinetuneBench:
     train, images = load_split(store, ref, "train", work / "bare" / "data")
     val, _ = load_split(store, ref, "val", work / "bare" / "data")
     data = materialize_yolo(train, val, images, work / "bare" / "yolo")
+    # val_every 1: bare ultralytics validates every epoch, so the job must too
     fields = {"epochs": args.ft_epochs, "batch": args.ft_batch, "imgsz": args.ft_imgsz,
-              "seed": args.seed, "patience": 0}  # fmt: skip
+              "seed": args.seed, "patience": 0, "val_every": 1}  # fmt: skip
     source = f"NEU-DET mini ({args.ft_per_class} per class)" if neu else "synthetic rectangles"
     return FinetuneBench(
         settings, JobStore(store), str(ref), data.data_yaml, fields, args.threads,

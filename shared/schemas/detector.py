@@ -158,3 +158,10 @@ class FinetuneConfig(DetectorTrainConfig):
     batch: int = Field(32, ge=1, le=MAX_BATCH)
     lr0: float = Field(0.0025, gt=0, le=MAX_LR, description="0.01 / 4 as in the released configs")
     freeze: FrozenLayers = Field(0, description="frozen_stages -1: nothing frozen")
+    val_every: int = Field(
+        10,
+        ge=1,
+        le=MAX_EPOCHS,
+        description="validate every N epochs and always the last (agssp-spec §5.4: every 10 "
+        "of 500); best.pt and early stopping see only validated epochs",
+    )

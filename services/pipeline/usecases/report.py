@@ -199,20 +199,28 @@ def _curves(record: PipelineRecord) -> str:
     for step, label in (("finetune", "AGSSP"), ("baseline", "scratch")):
         if _done(record, step):
             history = record.step(step).outputs.get("history") or []
-            series[label] = [float(h.get("map50", 0.0)) for h in history if "map50" in h]
+            # validated epochs only: a finetune with val_every > 1 skips the others
+            series[label] = [
+                (float(h.get("epoch", i + 1)), float(h["map50"]))
+                for i, h in enumerate(history)
+                if "map50" in h
+            ]
     if not any(series.values()):
         return ""
     return "<h2>Validation mAP@0.5 per epoch</h2>" + line_chart_svg(series, "epoch", "mAP@0.5")
 
 
 def line_chart_svg(
-    series: Mapping[str, Sequence[float]], x_label: str, y_label: str, width: int = 560
+    series: Mapping[str, Sequence[tuple[float, float]]],
+    x_label: str,
+    y_label: str,
+    width: int = 560,
 ) -> str:
-    """Lines of equal-step series as an inline SVG (x = index + 1), with axes and a legend."""
+    """Lines of (x, y) points as an inline SVG (x from 0 to the largest), axes and a legend."""
     height, pad = 260, 40
-    values = [v for s in series.values() for v in s] or [0.0]
+    values = [y for s in series.values() for _, y in s] or [0.0]
     top = max(max(values), 1e-9)
-    longest = max((len(s) for s in series.values()), default=1)
+    right = max((x for s in series.values() for x, _ in s), default=1.0) or 1.0
     colours = ["#1f6feb", "#d1242f", "#1a7f37", "#9a6700"]
     parts = [
         f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' "
@@ -226,9 +234,9 @@ def line_chart_svg(
     for i, (label, ys) in enumerate(series.items()):
         colour = colours[i % len(colours)]
         points = " ".join(
-            f"{pad + (width - pad - 10) * (j + 1) / max(longest, 1):.1f},"
+            f"{pad + (width - pad - 10) * x / right:.1f},"
             f"{height - pad - (height - pad - 10) * y / top:.1f}"
-            for j, y in enumerate(ys)
+            for x, y in ys
         )
         parts.append(
             f"<polyline fill='none' stroke='{colour}' stroke-width='2' points='{points}'/>"

@@ -174,3 +174,11 @@ def test_a_state_refuses_rows_of_another_finetune_recipe(tmp_path: Path) -> None
     again.check_finetune(lift.recipe(_args("--epochs", "80"))["finetune"])  # same: accepted
     with pytest.raises(SystemExit, match="epochs"):
         again.check_finetune(lift.recipe(_args("--epochs", "389"))["finetune"])
+
+
+def test_recipes_stored_before_val_every_validated_every_epoch() -> None:
+    old = {"epochs": 80, "batch": 8}
+    assert lift.same_finetune(old, {**old, "val_every": 1})
+    assert not lift.same_finetune(old, {**old, "val_every": 5})
+    assert not lift.same_finetune(None, old)
+    assert lift.recipe(_args())["finetune"]["val_every"] == 1  # always sent explicitly

@@ -274,9 +274,12 @@ def test_heat_overlay_and_chart_shapes() -> None:
     assert overlay[-1, -1, 2] < 50
     assert overlay[0, 0, 2] > 100
     assert overlay[0, 0, 0] < 50
-    svg = line_chart_svg({"a": [0.1, 0.2], "b": []}, "epoch", "mAP")
+    svg = line_chart_svg({"a": [(1, 0.1), (2, 0.2)], "b": []}, "epoch", "mAP")
     assert svg.startswith("<svg")
     assert svg.count("<polyline") == 2
+    # points sit at their x: epochs 5 and 10 of 10 (a finetune validating every 5th epoch)
+    svg = line_chart_svg({"a": [(5, 0.5), (10, 1.0)]}, "epoch", "mAP", width=250)
+    assert "points='140.0,115.0 240.0,10.0'" in svg
 
 
 def test_uploads_land_under_uploads_and_results_can_be_read_back(
