@@ -6,7 +6,8 @@ train with, without importing torch; unknown keys are rejected.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import math
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import AfterValidator, BaseModel, Field, model_validator
 
@@ -77,6 +78,14 @@ class DetectorTrainConfig(BaseModel):
         "stopping see only validated epochs (a long finetune on a few labels spends most of "
         "its time validating). Faster R-CNN evaluates once, at the end, either way",
     )
+    min_steps: int = Field(
+        0,
+        ge=0,
+        le=100_000_000,
+        description="raise epochs until the run takes at least this many optimiser steps "
+        "(ceil(train images / batch) an epoch): a recipe that converges on a few dozen labels "
+        "and on a few thousand alike; 0 = epochs as given",
+    )
     seed: int = Field(2024, ge=0, le=SEED_MAX)
     deterministic: bool = True
     workers: int = Field(0, ge=0, le=64, description="dataloader processes; 0 on CPU")
@@ -119,6 +128,16 @@ class DetectorTrainConfig(BaseModel):
             )
         return self
 
+    def for_train_images(self, images: int) -> Self:
+        """This config with ``epochs`` raised to reach ``min_steps`` on ``images`` training
+        images (ultralytics keeps the last partial batch: ceil(images / batch) steps an
+        epoch), at most ``MAX_EPOCHS``; unchanged when ``min_steps`` is 0 or already met."""
+        if not self.min_steps or images <= 0:
+            return self
+        per_epoch = math.ceil(images / self.batch)
+        needed = min(math.ceil(self.min_steps / per_epoch), MAX_EPOCHS)
+        return self if needed <= self.epochs else self.model_copy(update={"epochs": needed})
+
     def resolved_backbone(self) -> str | None:
         """The backbone the run builds on: the config's, else the family's default."""
         return check_backbone(self.family, self.backbone)
@@ -126,7 +145,7 @@ class DetectorTrainConfig(BaseModel):
     def ultralytics_args(self, device: str) -> dict[str, Any]:
         """Keyword arguments for ``YOLO.train``; ``device`` in ultralytics' spelling."""
         ours = {"family", "backbone", "scale", "select_metric", "aug_scale", "time_hours"}
-        args = self.model_dump(exclude=ours | {"val_every"})
+        args = self.model_dump(exclude=ours | {"val_every", "min_steps"})
         args.update(
             device=device,
             scale=self.aug_scale,

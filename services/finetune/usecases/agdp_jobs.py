@@ -22,6 +22,7 @@ from services.finetune.stores.pseudo_labels import load_pseudo_labels
 from services.finetune.usecases.common import (
     backbone_ref,
     finish,
+    fitted_epochs,
     lineage,
     publish_detector,
     published,
@@ -99,6 +100,7 @@ def run_agdp_job(ctx: JobContext, settings: FinetuneSettings, backends: Backends
         train, val = split_train_val(data.dataset, params.val_fraction, config.seed, hashes)
         folder = materialize_yolo(train, val, data.images_dir, work / "yolo")
         ctx.set_outputs(pseudo_labels=data.source, train_images=len(train.images))
+        config = fitted_epochs(ctx, config, folder.num_train)
         ctx.check_cancel()
         run = train_once(ctx, backend, train_request(ctx, start, folder, work, config, settings))
         packaged = backend.package(run, val, data.images_dir, work / "export", settings, config)

@@ -173,6 +173,16 @@ def train_config(
         raise InvalidInputError(f"invalid training config: {exc}", code="invalid_config") from exc
 
 
+def fitted_epochs(ctx: JobContext, config: TrainConfig, train_images: int) -> TrainConfig:
+    """``config`` with its epochs raised to reach ``min_steps`` on ``train_images`` images
+    (``DetectorTrainConfig.for_train_images``); the epochs it trains go on the record."""
+    fitted = config.for_train_images(train_images)
+    if fitted.epochs != config.epochs:
+        log.info("job %s: %d epochs for min_steps %d", ctx.job_id, fitted.epochs, config.min_steps)
+    ctx.set_outputs(epochs_planned=fitted.epochs, train_images=train_images)
+    return fitted
+
+
 def published(ctx: JobContext, ref: ArtifactRef) -> bool:
     """True (and the outputs say so) when an earlier delivery published ``ref``, then died."""
     if ctx.store.exists(ref.manifest_key):

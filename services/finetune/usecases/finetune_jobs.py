@@ -21,6 +21,7 @@ from services.finetune.stores.datasets import DatasetCatalog, DatasetRef, load_s
 from services.finetune.stores.models import ModelRegistry
 from services.finetune.usecases.common import (
     finish,
+    fitted_epochs,
     lineage,
     pinned_init,
     publish_detector,
@@ -88,6 +89,7 @@ def run_finetune_job(ctx: JobContext, settings: FinetuneSettings, backends: Back
         train, images = load_split(ctx.store, dataset, split, work / "data")
         val, _ = load_split(ctx.store, dataset, params.val_split, work / "data")
         folder = materialize_yolo(train, val, images, work / "yolo")
+        config = fitted_epochs(ctx, config, folder.num_train)
         ctx.check_cancel()
         run = train_once(
             ctx, backend, train_request(ctx, params.init, folder, work, config, settings)

@@ -53,3 +53,13 @@ def test_finetune_refuses_a_checkpoint_of_another_scale(tmp_path: Path) -> None:
     # when / then
     with pytest.raises(InvalidInputError, match="YOLOv8-s, config asks for n"):
         finetune(DetectorInit(checkpoint), data, tmp_path, FinetuneConfig(scale="n"))
+
+
+def test_min_steps_sets_the_epochs_from_the_train_images() -> None:
+    config = FinetuneConfig(epochs=10, batch=8, min_steps=2700)
+    assert config.for_train_images(56).epochs == 386  # 7 steps an epoch
+    assert config.for_train_images(5000).epochs == 10  # 625 steps an epoch: 10 suffice
+    assert config.for_train_images(0) is config
+    assert FinetuneConfig(epochs=10).for_train_images(56) == FinetuneConfig(epochs=10)
+    assert FinetuneConfig(batch=1, min_steps=10**8).for_train_images(1).epochs == 10_000
+    assert "min_steps" not in config.ultralytics_args("cpu")

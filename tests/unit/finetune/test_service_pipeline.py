@@ -285,6 +285,24 @@ def test_two_identical_finetune_jobs_give_identical_weights_and_metrics(
     assert hashes[0]["eval_per_image.json"] == hashes[1]["eval_per_image.json"]
 
 
+def test_min_steps_raises_the_epochs_to_the_train_splits_size(
+    world: World, dataset_job: JobRecord
+) -> None:
+    # given one epoch asked for, but at least 3 steps of batch 4 on the train split
+    config = {**TINY, "epochs": 1, "min_steps": 3}
+    params = FinetuneJobParams(dataset="shapes", scale="n", config=config, model_name="steps")
+    # when
+    record = world.run(
+        submit_finetune(FakeSender(), world.jobs, params), run_finetune_job, load_backend
+    )
+    # then it planned and trained the epochs those steps take, and publishes that config
+    assert record.state == JobState.SUCCEEDED, record.error
+    per_epoch = -(-record.outputs["train_images"] // TINY["batch"])  # the last batch is kept
+    planned = record.outputs["epochs_planned"]
+    assert planned == -(-3 // per_epoch) > 1
+    assert [int(h["epoch"]) for h in record.outputs["history"]] == list(range(1, planned + 1))
+
+
 def test_finetune_lineage_chains_dataset_agdp_and_agbp(
     world: World, finetune_job: JobRecord, agdp_job: JobRecord, dataset_job: JobRecord
 ) -> None:
