@@ -242,6 +242,7 @@ def recipe(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     # always sent: a direct finetune's default is the paper's every 10, the pipeline's
     # presets validate every epoch; recipes stored before the option ran at 1 (same_finetune)
     detector["val_every"] = args.val_every
+    detector["min_steps"] = 0  # the lift's epochs are its own, not the cpu preset's steps
     return {
         "tocoad": dict(args.tocoad_overrides),
         "agbp": {
@@ -256,8 +257,10 @@ def recipe(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 def same_finetune(stored: dict[str, Any] | None, wanted: dict[str, Any]) -> bool:
     """Whether a finetune recipe stored in a state is ``wanted``; one stored before
-    ``val_every`` was sent ran with 1 (the finetune validated every epoch then)."""
-    return stored is not None and {"val_every": 1, **stored} == {"val_every": 1, **wanted}
+    ``val_every`` and ``min_steps`` were sent ran with 1 and 0 (validated every epoch, trained
+    its epochs)."""
+    before = {"val_every": 1, "min_steps": 0}
+    return stored is not None and {**before, **stored} == {**before, **wanted}
 
 
 # -- the suite ------------------------------------------------------------------------------

@@ -181,4 +181,7 @@ def test_recipes_stored_before_val_every_validated_every_epoch() -> None:
     assert lift.same_finetune(old, {**old, "val_every": 1})
     assert not lift.same_finetune(old, {**old, "val_every": 5})
     assert not lift.same_finetune(None, old)
-    assert lift.recipe(_args())["finetune"]["val_every"] == 1  # always sent explicitly
+    assert lift.same_finetune(old, {**old, "val_every": 1, "min_steps": 0})
+    assert not lift.same_finetune(old, {**old, "min_steps": 2500})
+    sent = lift.recipe(_args())["finetune"]  # always sent explicitly
+    assert (sent["val_every"], sent["min_steps"]) == (1, 0)
