@@ -155,7 +155,11 @@ def summarize(
     scratch."""
     rows = []
     for epochs, by_seed in sorted(jobs.items()):
-        found = lift.stats([{"seed": s, **runner.result(*by_seed[s])} for s in sorted(by_seed)])
+        results = {s: runner.result(*by_seed[s]) for s in sorted(by_seed)}
+        kept = [{"seed": s, **r} for s, r in results.items() if r is not None]
+        if not kept:  # every seed of this budget canceled
+            continue
+        found = lift.stats(kept)
         cost = made.get(epochs, {})
         rows.append({
             "epochs": epochs,
@@ -178,6 +182,8 @@ def _lift_default(runner: lift.Runner, args: argparse.Namespace) -> dict[str, An
     if not (runner.is_done(key) or job):
         return None
     found = runner.result(key, str(job))
+    if found is None:  # canceled
+        return None
     return {"agbp_epochs": args.agbp_epochs, "agdp_epochs": args.agdp_epochs, **found}
 
 

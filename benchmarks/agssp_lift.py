@@ -440,11 +440,15 @@ class Runner:
     def is_done(self, key: str) -> bool:
         return key in self.state.get("done", {})
 
-    def result(self, key: str, job_id: str) -> dict[str, Any]:
-        """A finished finetune's mAP (followed to its end once, then read from the state)."""
+    def result(self, key: str, job_id: str) -> dict[str, Any] | None:
+        """A finished finetune's mAP (followed to its end once, then read from the state);
+        None for one that was canceled (an operator trimming a run: the row is left out)."""
         done = self.state.setdefault("done", {})
         if key not in done:
-            metrics = self.job(job_id)["outputs"]["metrics"]
+            record = self._wait(f"{self.urls['finetune']}/v1/jobs/{job_id}", job_id, canceled=True)
+            if record["state"] == "CANCELED":
+                return None
+            metrics = record["outputs"]["metrics"]
             done[key] = {"job": job_id, "map50": metrics["map50"], "map5095": metrics["map50_95"]}
             self.save()
         return dict(done[key])
@@ -565,7 +569,9 @@ class Runner:
             self.save()
         return self._wait(f"{self.urls[service]}/v1/jobs/{jobs[key]}", key)
 
-    def _wait(self, url: str, what: str) -> dict[str, Any]:
+    def _wait(self, url: str, what: str, canceled: bool = False) -> dict[str, Any]:
+        """Follow a job or pipeline to its end; its record. Raises unless it SUCCEEDED (or,
+        with ``canceled``, was CANCELED)."""
         last = ""
         while True:
             record: dict[str, Any] = self.http.get(url).json()
@@ -576,9 +582,9 @@ class Runner:
                 self.harvest()
                 self.save()  # the sitting's last_seen: a cut run still counts its time
             if record["state"] in _END:
-                if record["state"] != "SUCCEEDED":
-                    raise RuntimeError(f"{what} ended {record['state']}: {record.get('error')}")
-                return record
+                if record["state"] == "SUCCEEDED" or (canceled and record["state"] == "CANCELED"):
+                    return record
+                raise RuntimeError(f"{what} ended {record['state']}: {record.get('error')}")
             time.sleep(5)
 
 
@@ -842,8 +848,13 @@ def summarize(
     for maps, inits in jobs.items():
         results[maps] = {}
         for init, by_seed in inits.items():
-            rows = [{"seed": s, **runner.result(*by_seed[s])} for s in sorted(by_seed)]
-            results[maps][init] = stats(rows)
+            found = {s: runner.result(*by_seed[s]) for s in sorted(by_seed)}
+            rows = [{"seed": s, **row} for s, row in found.items() if row is not None]
+            canceled = [s for s, row in found.items() if row is None]
+            if rows:
+                results[maps][init] = stats(rows) | (
+                    {"canceled_seeds": canceled} if canceled else {}
+                )
     return results
 
 

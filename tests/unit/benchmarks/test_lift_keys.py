@@ -185,3 +185,21 @@ def test_recipes_stored_before_val_every_validated_every_epoch() -> None:
     assert not lift.same_finetune(old, {**old, "min_steps": 2500})
     sent = lift.recipe(_args())["finetune"]  # always sent explicitly
     assert (sent["val_every"], sent["min_steps"]) == (1, 0)
+
+
+class _Trimmed:
+    """A runner whose seed-2 finetune was canceled by an operator."""
+
+    def result(self, key: str, job_id: str) -> dict[str, float] | None:
+        if key.endswith("/2"):
+            return None
+        return {"job": job_id, "map50": 0.2 if key.endswith("/0") else 0.4, "map5095": 0.1}
+
+
+def test_a_canceled_row_is_left_out_of_the_summary_and_named() -> None:
+    jobs = {"tocoad": {"agssp": {s: (f"tocoad/agssp@16-16/{s}", f"j{s}") for s in (0, 1, 2)}}}
+    found = lift.summarize(_Trimmed(), jobs)  # type: ignore[arg-type]
+    row = found["tocoad"]["agssp"]
+    assert [r["seed"] for r in row["seeds"]] == [0, 1]
+    assert row["map50_mean"] == pytest.approx(0.3)
+    assert row["canceled_seeds"] == [2]
