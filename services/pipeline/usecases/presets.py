@@ -45,8 +45,9 @@ _DEMO_FINETUNE = {
 
 # At least 2,500 optimiser steps, however few the labels (min_steps raises the epochs): on
 # NEU-DET mini-10 (56 labelled images, 7 steps an epoch at batch 8, 160 px) a finetune from
-# scratch reached mAP@0.5 6 after 80 epochs (560 steps) and 31 after 389 (2,723), its val curve
-# rising to about epoch 325 (benchmarks/results/agssp_lift_neu-det_native_converged.json).
+# scratch reached mAP@0.5 6 after 80 epochs (560 steps) and 34 after 389 (2,723), its val
+# curve flat from about epoch 325, 2,300 steps (seed 0 of
+# benchmarks/results/agssp_lift_neu-det_native_converged.json).
 # Validating every 5th epoch: on that split, validating every epoch was 62 % of the time.
 _CPU_FINETUNE = {
     "epochs": 60, "min_steps": 2500, "batch": 16, "imgsz": 320, "lr0": 0.01,
