@@ -3,11 +3,10 @@
 T_c and the gate need every map's maximum before the first box (agssp-spec §3 step 1), so the
 job sees every map twice. The first pass shelves each map as it reads it: the first ones in
 memory up to a budget, the rest either appended to a scratch file in the job's scratch folder
-(as many bytes as the pool's float32 maps, removed with the folder; ``spill=True``, for a
-store whose second read costs a network round trip) or left for the second pass to read from
-the store again (``spill=False``, the local folder: there the copy to a scratch file and back
-cost more than a second read from the page cache). Memory stays bounded however large the
-pool. cv2-free, like the use case.
+(as many bytes as the pool's float32 maps, removed with the folder; ``spill=True``, what the
+job uses) or left for the second pass to read from the store again (``spill=False``: measured
+slower on the local folder, ``PretrainSettings.label_rereads_maps``). Memory stays bounded
+however large the pool. cv2-free, like the use case.
 """
 
 from __future__ import annotations

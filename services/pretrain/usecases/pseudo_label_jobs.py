@@ -6,8 +6,7 @@ last. An image-level gate (``gate``: off, fixed or auto, ``services.pretrain.ml.
 which images may get boxes; its ``gate_*`` fields go on the record and into ``summary.json``,
 with the gate's labelled defects, whether the fit never saw them (``label_reference``).
 Memory stays bounded however large the pool: each map is read from the store and kept for
-the second pass in memory (``MAP_MEMORY``); past it, in a scratch file on S3, or read again
-from the local folder, where that costs less (``label_maps``); each
+the second pass in memory (``MAP_MEMORY``); past it, in a scratch file (``label_maps``); each
 image's boxes go to its label file, the streamed COCO document and the running summary
 (``label_outputs``) as they come, never into a list of the pool. Store reads and writes run
 on threads a bounded window ahead of the pool's order (``_parallel``).
