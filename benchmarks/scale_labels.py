@@ -5,11 +5,8 @@ A pool of N generated JPEGs (``scale_maps_pool``) and, for each, a ``.npy`` map 
 (uniform noise, a bright patch on one image in ten) with a ``scores.csv`` beside them, in a
 local-folder store. Arms, in an order that alternates round by round, all in this process:
 
-- ``job``: the pseudo-label job through the suite's runner, as a worker runs it; maps past
-  its memory budget are read from the store again in the second pass (the local folder's way,
-  ``PretrainSettings.label_rereads_maps``);
-- ``job_scratch_file``: the same job keeping those maps in its scratch file instead (S3's way:
-  the control for that choice);
+- ``job``: the pseudo-label job through the suite's runner, as a worker runs it (maps past
+  its memory budget kept in its scratch file between the two passes);
 - ``bare_extraction_io`` and ``bare_in_memory``: ``scale_maps``' bare arms on the same store.
 
 Writes ``benchmarks/results/scale_labels.json``. Run alone on a quiet machine::
@@ -79,27 +76,11 @@ def _spec(work: Path, store: Path, side: int, seed: int) -> Any:
     )  # fmt: skip
 
 
-def _job_arm(spec: Any, rereads: bool) -> Callable[[], dict[str, Any]]:
-    from benchmarks.scale_maps_arms import label_job
-    from services.pretrain.config import PretrainSettings
-
-    def run() -> dict[str, Any]:
-        original = PretrainSettings.label_rereads_maps
-        PretrainSettings.label_rereads_maps = lambda self: rereads  # type: ignore[method-assign]
-        try:
-            return label_job(spec)
-        finally:
-            PretrainSettings.label_rereads_maps = original  # type: ignore[method-assign]
-
-    return run
-
-
 def arms(spec: Any) -> dict[str, Callable[[], dict[str, Any]]]:
-    from benchmarks.scale_maps_arms import _bare_extraction_io, _bare_labels
+    from benchmarks.scale_maps_arms import _bare_extraction_io, _bare_labels, label_job
 
     return {
-        "job": _job_arm(spec, rereads=True),
-        "job_scratch_file": _job_arm(spec, rereads=False),
+        "job": lambda: label_job(spec),
         "bare_extraction_io": lambda: _bare_extraction_io(spec),
         "bare_in_memory": lambda: _bare_labels(spec),
     }
@@ -121,10 +102,6 @@ def measure(spec: Any, rounds: int) -> dict[str, Any]:
         "ratios": {
             "job_over_bare_extraction_io": round(medians["job"] / medians["bare_extraction_io"], 3),
             "job_over_bare_in_memory": round(medians["job"] / medians["bare_in_memory"], 3),
-            "job_scratch_file_over_bare_extraction_io": round(
-                medians["job_scratch_file"] / medians["bare_extraction_io"], 3
-            ),
-            "job_over_job_scratch_file": round(medians["job"] / medians["job_scratch_file"], 3),
         },
         "runs": runs,
     }

@@ -73,13 +73,6 @@ class PretrainSettings(BaseSettings):
         (2 cores, 4,140 vs 1,600 images/s)."""
         return self._threads(self.label_io_threads, on_s3=16)
 
-    def label_rereads_maps(self) -> bool:
-        """Whether a pseudo-label job's second pass reads maps past its memory budget from the
-        store again rather than from its scratch file: never. Measured on the local folder
-        (benchmarks/results/scale_labels.json, 20,000 maps, alone), re-reading ran at 1,128
-        images/s against 1,308 with the scratch file; on S3 it would cost a GET per map."""
-        return False
-
     def _threads(self, setting: int, *, on_s3: int) -> int:
         """A store-I/O thread setting: its value, or when 0 ``on_s3`` threads on S3 (network
         waits overlap) and 1 on the local folder (CPU-bound calls)."""

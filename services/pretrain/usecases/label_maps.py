@@ -2,11 +2,11 @@
 
 T_c and the gate need every map's maximum before the first box (agssp-spec §3 step 1), so the
 job sees every map twice. The first pass shelves each map as it reads it: the first ones in
-memory up to a budget, the rest either appended to a scratch file in the job's scratch folder
-(as many bytes as the pool's float32 maps, removed with the folder; ``spill=True``, what the
-job uses) or left for the second pass to read from the store again (``spill=False``: measured
-slower on the local folder, ``PretrainSettings.label_rereads_maps``). Memory stays bounded
-however large the pool. cv2-free, like the use case.
+memory up to a budget, the rest appended to a scratch file in the job's scratch folder (as
+many bytes as the pool's float32 maps, removed with the folder). Reading the spilled maps from
+the store again instead was measured slower, on the local folder too
+(``benchmarks/results/scale_labels.json``). Memory stays bounded however large the pool.
+cv2-free, like the use case.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from services.pretrain.usecases.label_outputs import ClosingFiles
 
 @dataclass(frozen=True)
 class Shelved:
-    """One map's maximum and where the second pass finds the map: in memory, at ``offset``
-    of the scratch file, or (``offset`` -1, ``MapShelf.holds`` False) in the store again."""
+    """One map's maximum and where the second pass finds the map: in memory, or at ``offset``
+    of the scratch file."""
 
     maximum: float
     amap: NDArray[np.float32] | None
@@ -33,17 +33,16 @@ class Shelved:
 
 
 class MapShelf(ClosingFiles):
-    """Maps in memory up to ``budget`` bytes, the others in the scratch file at ``path``
-    (``spill``) or nowhere: the caller reads those from the store again.
+    """Maps in memory up to ``budget`` bytes, the others in the scratch file at ``path``.
 
     ``shelve`` is called from one thread, in pool order; after ``seal``, ``take`` may be
     called from many (positional reads, no shared file position).
     """
 
-    def __init__(self, path: Path, budget: int, *, spill: bool = True) -> None:
+    def __init__(self, path: Path, budget: int) -> None:
         self._file = open(path, "w+b")  # noqa: SIM115 - closed by close()
         self._files = [self._file]
-        self.budget, self.spill = budget, spill
+        self.budget = budget
         self.held = 0
         self.kept = 0
         self._end = 0
@@ -55,8 +54,6 @@ class MapShelf(ClosingFiles):
             self.held += amap.nbytes
             self.kept += 1
             return Shelved(maximum, amap, 0, amap.shape)
-        if not self.spill:
-            return Shelved(maximum, None, -1, amap.shape)
         flat = np.ascontiguousarray(amap, dtype=np.float32)
         self._file.write(flat.data)
         offset, self._end = self._end, self._end + flat.nbytes
@@ -66,20 +63,12 @@ class MapShelf(ClosingFiles):
         """Make every shelved map readable by ``take`` (call once, after the last ``shelve``)."""
         self._file.flush()
 
-    @staticmethod
-    def holds(shelved: Shelved) -> bool:
-        """Whether ``take`` can give the map back (False: read it from the store again)."""
-        return shelved.amap is not None or shelved.offset >= 0
-
     def take(self, shelved: Shelved) -> NDArray[np.float32]:
         """The map ``shelved`` describes, as ``shelve`` was given it.
 
         Raises:
             OSError: the scratch file ended early (it was removed or cut under the job).
-            ValueError: the shelf did not keep that map (``holds`` is False).
         """
-        if not self.holds(shelved):
-            raise ValueError("this map was not shelved: read it from the store again")
         if shelved.amap is not None:
             return shelved.amap
         amap = np.empty(shelved.shape, dtype=np.float32)

@@ -307,13 +307,12 @@ def _label_all(
         image_limits(settings),
         settings.label_threads(),
     )
-    spill = not settings.label_rereads_maps()
-    with MapShelf(scratch / "maps.f32", MAP_MEMORY, spill=spill) as shelf:
+    with MapShelf(scratch / "maps.f32", MAP_MEMORY) as shelf:
         plan = _first_pass(ctx, params, pairs, labeler, shelf, threads)
 
         def label(index: int) -> Item:
             pair, shelved = pairs[index], plan.seen[index]
-            amap = shelf.take(shelved) if shelf.holds(shelved) else _read_map(ctx, pair)
+            amap = shelf.take(shelved)
             size = read_image_size(ctx.store, pair.image_key, limits)
             name, score = pair.image_key[rel:], plan.scores[index]
             item, text = labeler.label(

@@ -17,7 +17,7 @@ def test_a_tiny_run_measures_every_arm_on_the_same_pool(tmp_path: Path) -> None:
     scale_labels.main(["--images", "40", "--grid", "16", "--side", "32", "--out", str(out)])
     doc = json.loads(out.read_text())
     rates = doc["images_per_s"]
-    assert set(rates) == {"job", "job_scratch_file", "bare_extraction_io", "bare_in_memory"}
+    assert set(rates) == {"job", "bare_extraction_io", "bare_in_memory"}
     assert all(rate > 0 for rate in rates.values())
     ratio = doc["ratios"]["job_over_bare_extraction_io"]
     assert ratio == pytest.approx(rates["job"] / rates["bare_extraction_io"], abs=1e-3)

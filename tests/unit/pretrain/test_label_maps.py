@@ -55,21 +55,6 @@ def test_maps_are_taken_back_from_many_threads_at_once(tmp_path: Path) -> None:
         np.testing.assert_array_equal(back, amap)
 
 
-def test_without_spill_maps_past_the_budget_are_left_to_the_store(tmp_path: Path) -> None:
-    # given a shelf that keeps one 4 x 5 map and writes nothing out
-    maps = _maps(4)
-    with MapShelf(tmp_path / "maps.f32", budget=maps[0].nbytes, spill=False) as shelf:
-        shelved = [shelf.shelve(amap) for amap in maps]
-        shelf.seal()
-        # then the first is held, the others only described (their maximum still exact)
-        assert [shelf.holds(s) for s in shelved] == [True, False, False, False]
-        assert [s.maximum for s in shelved] == [float(m.max()) for m in maps]
-        np.testing.assert_array_equal(shelf.take(shelved[0]), maps[0])
-        with pytest.raises(ValueError, match="read it from the store"):
-            shelf.take(shelved[1])
-    assert (tmp_path / "maps.f32").stat().st_size == 0
-
-
 def test_a_cut_scratch_file_is_an_error_not_a_short_map(tmp_path: Path) -> None:
     with MapShelf(tmp_path / "maps.f32", budget=0) as shelf:
         entry = shelf.shelve(np.ones((8, 8), np.float32))

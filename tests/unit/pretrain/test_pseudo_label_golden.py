@@ -129,21 +129,18 @@ def _without_gate(summary: str) -> str:
 
 @pytest.mark.parametrize("name", list(RUNS))
 @pytest.mark.parametrize(
-    "tight", ["", "reread", "scratch"],
-    ids=["default", "one_map_in_memory_batch_3", "one_map_in_memory_scratch_file"],
-)  # fmt: skip
+    "tight", ["", "scratch"], ids=["default", "one_map_in_memory_scratch_file_batch_3"]
+)
 def test_the_jobs_outputs_are_the_pinned_ones(
     name: str, tight: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # given the mixed pool, and with ``tight`` a map memory of one map and batches of three,
-    # the others read again from the store or kept in the job's scratch file
+    # the others kept in the job's scratch file
     store = FileObjectStore(tmp_path / "store")
     write_pool(store)
     if tight:
         monkeypatch.setattr(pseudo_label_jobs, "MAP_MEMORY", 10 * 10 * 4)
         monkeypatch.setattr(pseudo_label_jobs, "_BATCH", 3)
-        rereads = tight == "reread"
-        monkeypatch.setattr(PretrainSettings, "label_rereads_maps", lambda self: rereads)
     # when
     record, found = run(store, tmp_path / "home", name)
     # then every file is the pinned one, byte for byte

@@ -69,9 +69,6 @@ def test_store_calls_are_inline_on_the_local_folder_and_threaded_on_s3(
     assert PretrainSettings(common=local).label_threads() == 1
     assert PretrainSettings(common=s3).label_threads() == 16
     assert PretrainSettings(common=local, label_io_threads=3).label_threads() == 3
-    # and maps past the job's memory go to its scratch file on both (measured faster locally)
-    assert not PretrainSettings(common=local).label_rereads_maps()
-    assert not PretrainSettings(common=s3).label_rereads_maps()
 
 
 def _settings(tmp: Path) -> PretrainSettings:
@@ -428,19 +425,17 @@ def test_a_reference_prefix_without_scores_fails_the_job(
     assert (record.state, record.error_code) == (JobState.FAILED, "reference_scores_missing")
 
 
-@pytest.mark.parametrize("rereads", [True, False], ids=["reread_from_store", "scratch_file"])
 def test_a_pool_larger_than_the_map_memory_labels_the_same(
-    store: FileObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rereads: bool
+    store: FileObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from services.pretrain.usecases import pseudo_label_jobs
 
     # given the labels of a run that keeps every map between its two passes
     whole = _run(store, tmp_path, out_prefix="pseudo/whole/")
     assert whole.outputs["maps_kept_in_memory"] == 3
-    # when the map memory holds one 10 x 10 map only, so two are read again, from the store
-    # (the local folder's way) or from the job's scratch file (S3's)
+    # when the map memory holds one 10 x 10 map only, so two are read back from the job's
+    # scratch file
     monkeypatch.setattr(pseudo_label_jobs, "MAP_MEMORY", GRID * GRID * 4)
-    monkeypatch.setattr(PretrainSettings, "label_rereads_maps", lambda self: rereads)
     bounded = _run(store, tmp_path, out_prefix="pseudo/bounded/")
     # then it kept one, and its threshold, gate and every label file are the same
     assert bounded.state == JobState.SUCCEEDED, bounded.error
