@@ -3,7 +3,7 @@
     python -m benchmarks.detect_profile [--variant yolov8n] [--runs 20] [--batch 4]
 
 Times, per image, the stages the service runs: JPEG decode (the service's intake), letterbox
-and tensor, the ONNX Runtime forward (with and without idle-thread spinning), NMS with the
+and tensor, the ONNX Runtime forward (in each idle-thread spinning mode), NMS with the
 box mapping, and the JSON body of the answer; prints a JSON table. The serving benchmark
 (``benchmarks.detect``) shows the end-to-end ratio; this shows which part of the rest costs.
 """
@@ -39,7 +39,7 @@ def profile(onnx: Path, runs: int, batch: int) -> dict[str, Any]:
     from services.inference.api.schemas import DetectResponse
     from services.inference.ml.detections import DetectParams
     from services.inference.ml.letterbox import letterbox, letterbox_geometry, to_input_tensor
-    from services.inference.ml.onnx_detector import OnnxDetector, _postprocess
+    from services.inference.ml.onnx_detector import SPIN_MODES, OnnxDetector, _postprocess
     from shared.imaging.intake import ImageLimits, decode_image
 
     data = synthetic_image(IMGSZ, IMGSZ)
@@ -54,9 +54,9 @@ def profile(onnx: Path, runs: int, batch: int) -> dict[str, Any]:
             lambda: to_input_tensor([letterbox(image, geometry)]), runs
         ),
     }
-    for spinning in (True, False):
+    for spinning in SPIN_MODES:
         detector = OnnxDetector(onnx, spinning=spinning)
-        key = f"forward_b{batch}_per_image_spinning_{'on' if spinning else 'off'}"
+        key = f"forward_b{batch}_per_image_spinning_{spinning}"
         stages[key] = round(_median_ms(_forward(detector, tensor), runs) / batch, 3)
     raw = detector.forward(tensor[:1])[0]
     stages["nms_and_scale"] = _median_ms(lambda: _postprocess(raw, geometry, params), runs)

@@ -6,10 +6,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.config import CommonSettings, load_settings, register_settings
+
+_BOOL_WORDS = {
+    "true": "always", "1": "always", "yes": "always", "on": "always",
+    "false": "off", "0": "off", "no": "off",
+}  # fmt: skip
 
 
 class SinkSpec(BaseModel):
@@ -82,11 +87,24 @@ class InferenceSettings(BaseSettings):
     openvino_hint: Literal["throughput", "latency"] = Field(
         "throughput", description="OpenVINO performance hint (INFERENCE_OPENVINO_HINT)."
     )
-    ort_spinning: bool = Field(
-        False,
-        description="Let ONNX Runtime's idle threads busy-wait between batches "
-        "(INFERENCE_ORT_SPINNING); off leaves those cores to decoding and HTTP.",
+    ort_spinning: Literal["off", "during_runs", "always"] = Field(
+        "off",
+        description="When ONNX Runtime's idle threads busy-wait (INFERENCE_ORT_SPINNING): "
+        "off; during_runs (between a run's parallel regions, stopped as it returns); always "
+        "(ORT's default, also between batches, taking the cores decoding and HTTP need). "
+        "true/false are read as always/off.",
     )
+
+    @field_validator("ort_spinning", mode="before")
+    @classmethod
+    def _spinning_from_bool(cls, value: object) -> object:
+        """The setting was a boolean before it had three values: keep those meaning it."""
+        if isinstance(value, bool):
+            return "always" if value else "off"
+        if isinstance(value, str) and value.strip().lower() in _BOOL_WORDS:
+            return _BOOL_WORDS[value.strip().lower()]
+        return value
+
     adaptive_delay: bool = Field(
         True,
         description="Wait up to INFERENCE_MAX_QUEUE_DELAY_MS for batch-mates only when a "

@@ -13,7 +13,13 @@ from typing import Any, Literal, Protocol
 
 from services.inference.ml.boxes_detector import BoxesOnnxDetector
 from services.inference.ml.detections import Detector
-from services.inference.ml.onnx_detector import Backend, OnnxDetector, Precision, open_session
+from services.inference.ml.onnx_detector import (
+    Backend,
+    OnnxDetector,
+    Precision,
+    SpinMode,
+    open_session,
+)
 from shared.errors import InvalidInputError
 from shared.schemas.detector_families import BOXES_LABELS_SCORES, OUTPUT_LAYOUT_KEY, YOLO_RAW
 
@@ -63,7 +69,7 @@ def open_onnx_detector(
     backend: Backend = "onnxruntime",
     precision: Precision = "fp32",
     openvino_hint: Literal["throughput", "latency"] = "throughput",
-    spinning: bool = True,
+    spinning: SpinMode = "always",
 ) -> ExportDetector:
     """The detector for ``path``'s layout, on one session opened with these settings.
 

@@ -40,6 +40,8 @@ _CPU_EP = "CPUExecutionProvider"
 
 Backend = Literal["onnxruntime", "openvino"]
 Precision = Literal["fp32", "fp16"]
+SpinMode = Literal["off", "during_runs", "always"]
+SPIN_MODES: tuple[SpinMode, ...] = ("off", "during_runs", "always")
 
 
 class OnnxDetector:
@@ -68,9 +70,10 @@ class OnnxDetector:
             TensorRT, else the CUDA provider on an FP16 copy of the graph (inputs and
             outputs stay FP32).
         openvino_hint: ``throughput`` or ``latency`` (OpenVINO's performance hint).
-        spinning: Let ONNX Runtime's idle intra-op threads busy-wait for the next run. Off
-            in the service: between batches they would burn the cores that decode, HTTP
-            and the event loop need (on a 2-core host, a quarter of the throughput).
+        spinning: When ONNX Runtime's idle intra-op threads busy-wait (``SpinMode``):
+            ``always`` (ORT's default), ``during_runs`` (between the graph's parallel
+            regions, stopped as each run returns) or ``off``. Between batches spinning
+            threads burn the cores that decode, HTTP and the event loop need.
         session: An already open session of ``path`` (``open_session``), whose settings
             then replace the device, thread, backend and precision arguments.
 
@@ -92,7 +95,7 @@ class OnnxDetector:
         backend: Backend = "onnxruntime",
         precision: Precision = "fp32",
         openvino_hint: Literal["throughput", "latency"] = "throughput",
-        spinning: bool = True,
+        spinning: SpinMode = "always",
         session: Any | None = None,
     ) -> None:
         self._session = session or open_session(
@@ -311,7 +314,7 @@ def open_session(
     backend: Backend = "onnxruntime",
     precision: Precision = "fp32",
     openvino_hint: Literal["throughput", "latency"] = "throughput",
-    spinning: bool = True,
+    spinning: SpinMode = "always",
 ) -> Any:
     """An ONNX Runtime (or OpenVINO) session of ``path`` with the service's settings; the
     detectors of every output layout run on it (``layouts.open_onnx_detector``).
@@ -323,6 +326,18 @@ def open_session(
     if backend == "openvino":
         return _openvino_session(path, device, precision, openvino_hint, intra_op_threads)
     return _create_session(path, device, intra_op_threads, precision, spinning=spinning)
+
+
+def _set_spinning(options: Any, spinning: SpinMode) -> None:
+    """ORT's two switches for ``spinning``: ``allow_spinning`` (idle threads busy-wait for
+    more work, within a run and between runs) and ``force_spinning_stop`` (they stop the
+    moment the last concurrent run returns, and spin again from the next one)."""
+    if spinning not in SPIN_MODES:
+        raise InvalidInputError(f"spinning must be one of {', '.join(SPIN_MODES)}")
+    if spinning == "off":
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    elif spinning == "during_runs":
+        options.add_session_config_entry("session.force_spinning_stop", "1")
 
 
 def _openvino_session(
@@ -346,7 +361,7 @@ def _create_session(
     intra_op_threads: int | None,
     precision: Precision = "fp32",
     *,
-    spinning: bool = True,
+    spinning: SpinMode = "always",
 ) -> Any:
     providers = _providers(device, precision)
     options = ort.SessionOptions()
@@ -354,8 +369,7 @@ def _create_session(
     options.log_severity_level = 3  # errors only: ORT's per-node warnings flood service logs
     if intra_op_threads is not None:
         options.intra_op_num_threads = intra_op_threads
-    if not spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    _set_spinning(options, spinning)
     if not path.is_file():
         raise InvalidInputError(f"ONNX model file {path} does not exist")
     on_trt = isinstance(providers[0], tuple) and providers[0][0] == _TRT_EP

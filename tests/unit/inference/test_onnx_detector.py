@@ -248,3 +248,40 @@ def test_an_unknown_device_string_is_refused(yolo_files: Any) -> None:
 def test_explicit_cuda_without_a_cuda_provider_is_unavailable(yolo_files: Any) -> None:
     with pytest.raises(UnavailableError, match="CUDA"):
         OnnxDetector(yolo_files.static_onnx, device="cuda:0")
+
+
+@pytest.mark.parametrize(
+    ("mode", "allow", "force_stop"),
+    [("always", "", ""), ("during_runs", "", "1"), ("off", "0", "")],
+)
+def test_each_spinning_mode_sets_onnx_runtimes_switches(
+    yolo_files: Any, monkeypatch: pytest.MonkeyPatch, mode: str, allow: str, force_stop: str
+) -> None:
+    # given a session factory that records the options it is given
+    seen: list[ort.SessionOptions] = []
+    real = ort.InferenceSession
+
+    def recording(source: Any, options: ort.SessionOptions, **kwargs: Any) -> Any:
+        seen.append(options)
+        return real(source, options, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", recording)
+    # when a detector opens the export in that mode, it still detects
+    detector = OnnxDetector(yolo_files.static_onnx, spinning=mode)  # type: ignore[arg-type]
+    assert detector.forward(np.zeros((1, 3, yolo_files.imgsz, yolo_files.imgsz), np.float32)).size
+    # then ORT got the switches of that mode, and nothing for the ones left at its default
+    config = seen[0].get_session_config_entry
+    assert _entry(config, "session.intra_op.allow_spinning") == allow
+    assert _entry(config, "session.force_spinning_stop") == force_stop
+
+
+def _entry(config: Callable[[str], str], key: str) -> str:
+    try:
+        return config(key)
+    except Exception:  # ORT raises for a key never set
+        return ""
+
+
+def test_an_unknown_spinning_mode_is_refused(yolo_files: Any) -> None:
+    with pytest.raises(InvalidInputError, match="spinning must be one of"):
+        OnnxDetector(yolo_files.static_onnx, spinning="sometimes")  # type: ignore[arg-type]
