@@ -37,6 +37,7 @@ from benchmarks.detect_rows import (
     RUNTIMES,
     make_bare,
     measure_concurrency,
+    spin_rows,
     start_servers,
     warm_up,
 )
@@ -120,6 +121,22 @@ def _over_baseline(by_c: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _spinning(by_c: dict[str, dict[str, Any]], rows: dict[str, str]) -> dict[str, Any]:
+    """Each --spinning row's throughput over its runtime's bare session, and over the
+    runtime's service at its default mode, per concurrency."""
+    out: dict[str, Any] = {}
+    for c, found in by_c.items():
+        out[c] = {}
+        for name, runtime in rows.items():
+            rps = found[f"service_{name}"]["throughput_rps"]
+            out[c][name] = {
+                "service_over_bare": round(rps / found[f"bare_{runtime}"]["images_per_s"], 3),
+                "over_default_mode": round(rps / found[f"service_{runtime}"]["throughput_rps"], 3),
+                "p99_ms": found[f"service_{name}"]["latency_ms"]["p99"],
+            }
+    return out
+
+
 def _aims(ratios: dict[str, Any]) -> dict[str, bool]:
     aims = {
         f"service_over_bare.c{c}.{r}": v >= AIMS["service_over_bare"]
@@ -155,6 +172,8 @@ def run_variant(variant: str, work: Path, image: bytes, args: argparse.Namespace
     ratios = _ratios(variant, by_c, rows)
     if args.baseline_tree is not None and "ort_fp32" in args.runtimes:
         ratios["fp32_over_baseline"] = _over_baseline(by_c)
+    if spin_rows(args):
+        ratios["spinning"] = _spinning(by_c, spin_rows(args))
     print(f"{variant}: {json.dumps(ratios)}", flush=True)
     return {
         "variant": variant,
@@ -217,6 +236,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"also serve FP32 from this checkout (an older commit, e.g. from git archive) as "
         f"the {BASE_ROW} row, interleaved with the others: before/after in one run",
     )
+    parser.add_argument(
+        "--spinning",
+        nargs="+",
+        default=[],
+        choices=_spin_modes(),
+        help="also serve each ORT runtime with INFERENCE_ORT_SPINNING set to each mode (rows "
+        "<runtime>_spin_<mode>, ratios.spinning), interleaved with the default-mode rows",
+    )
     parser.add_argument("--quick", action="store_true", help="small counts: checks every path")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -226,6 +253,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 setattr(args, key, value)
     args.load_generator = resolve_generator(args.load_generator)
     return args
+
+
+def _spin_modes() -> tuple[str, ...]:
+    from services.inference.ml.onnx_detector import SPIN_MODES
+
+    return SPIN_MODES
+
+
+def _default_spinning() -> str:
+    from services.inference.config import InferenceSettings
+
+    return str(InferenceSettings.model_fields["ort_spinning"].default)
 
 
 def _setup(args: argparse.Namespace, image: bytes) -> dict[str, Any]:
@@ -248,7 +287,9 @@ def _setup(args: argparse.Namespace, image: bytes) -> dict[str, Any]:
         "adaptive delay on; one server per runtime (openvino: INFERENCE_BACKEND=openvino, "
         f"throughput hint) plus {BATCH1_ROW} (max batch 1, at concurrency {REFERENCE} only, "
         f"unless --skip-batch1) and {BASE_ROW} (FP32 served from --baseline-tree: "
-        f"{args.baseline_tree}); "
+        f"{args.baseline_tree}); the ORT rows at the service's default "
+        f"INFERENCE_ORT_SPINNING ({_default_spinning()}) and, with --spinning, beside them "
+        f"at {', '.join(args.spinning) or 'no other mode'}; "
         "server_cpu is the server process's own CPU time over the row",
         "bare": "the runtime alone on a ready float32 (B, 3, 640, 640) tensor in the benchmark "
         "process (no HTTP, decode, letterbox or NMS; no load running), B = the mean batch "

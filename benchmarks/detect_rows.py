@@ -16,6 +16,20 @@ from benchmarks.native_load import LoadResult, run_load, summary
 RUNTIMES = ("ort_fp32", "openvino", "ort_int8")
 BATCH1_ROW = "ort_fp32_batch1"  # the FP32 service with batching off: what batching buys
 BASE_ROW = "ort_fp32_base"  # the FP32 service from another checkout (--baseline-tree)
+ORT_RUNTIMES = ("ort_fp32", "ort_int8")  # the runtimes whose idle threads may spin
+
+
+def spin_row(runtime: str, mode: str) -> str:
+    """The row of ``runtime``'s service with INFERENCE_ORT_SPINNING=``mode`` (--spinning)."""
+    return f"{runtime}_spin_{mode}"
+
+
+def spin_rows(args: argparse.Namespace) -> dict[str, str]:
+    """Every --spinning row, with the runtime whose bare session it is set beside."""
+    modes = getattr(args, "spinning", None) or []
+    return {
+        spin_row(r, mode): r for mode in modes for r in args.runtimes if r in ORT_RUNTIMES
+    }  # fmt: skip
 
 
 def start_servers(
@@ -29,6 +43,11 @@ def start_servers(
             onnx = models["ort_int8" if runtime == "ort_int8" else "ort_fp32"]
             backend = "openvino" if runtime == "openvino" else "onnxruntime"
             servers[runtime] = Server(onnx, work, max_batch=size, delay_ms=delay, backend=backend)
+        for name, runtime in spin_rows(args).items():
+            servers[name] = Server(
+                models[runtime], work, max_batch=size, delay_ms=delay,
+                ort_spinning=name.removeprefix(f"{runtime}_spin_"),
+            )  # fmt: skip
         if batch1 and "ort_fp32" in args.runtimes:
             servers[BATCH1_ROW] = Server(models["ort_fp32"], work, max_batch=1, delay_ms=0.0)
         if getattr(args, "baseline_tree", None) is not None:
