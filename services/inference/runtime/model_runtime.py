@@ -15,8 +15,10 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 
+from services.inference.ml.batcher import Arrivals
 from services.inference.ml.batching_policy import measure_batch_gain
 from services.inference.ml.detections import DetectionRequest, Detector, DetectParams, Image
 from services.inference.runtime.slots import (
@@ -100,6 +102,12 @@ class ModelRuntime:
         self._refresh_lock = asyncio.Lock()
         # One load at a time: bounded memory while a new version loads beside the old one.
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-load")
+        self._arrivals = Arrivals()
+
+    def arriving(self) -> AbstractContextManager[None]:
+        """Count one request on its way to a batcher while its block runs (reading and
+        decoding): batches wait for batch-mates only while some are counted."""
+        return self._arrivals.arriving()
 
     # -- what is served ------------------------------------------------------------------
     @property
@@ -341,7 +349,7 @@ class ModelRuntime:
         return gain
 
     def _new_slot(self, label: str, target: ModelTarget | None, model: LoadedModel) -> Slot:
-        return Slot(label, target, model, self._batching, self._observer)
+        return Slot(label, target, model, self._batching, self._observer, self._arrivals)
 
     # -- eviction and shutdown -----------------------------------------------------------
     def _all_slots(self) -> list[Slot]:

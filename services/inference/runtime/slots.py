@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from services.inference.ml.batcher import BatcherStats, DynamicBatcher
+from services.inference.ml.batcher import Arrivals, BatcherStats, DynamicBatcher
 from services.inference.ml.batching_policy import queue_delay_ms
 from services.inference.ml.detections import DetectionRequest, Detections, Detector
 from services.inference.stores.models import Fallback, ModelFiles, ModelKey, ModelTarget
@@ -97,6 +97,7 @@ class Slot:
         model: The model served first.
         batching: Batcher settings.
         observer: Told about every batch call.
+        arrivals: The runtime's count of requests on their way (``Arrivals``).
     """
 
     def __init__(
@@ -106,6 +107,7 @@ class Slot:
         model: LoadedModel,
         batching: BatchingConfig,
         observer: BatchObserver | None = None,
+        arrivals: Arrivals | None = None,
     ) -> None:
         self.label = label
         self.target = target
@@ -121,6 +123,7 @@ class Slot:
             max_queue_delay_ms=queue_delay_ms(batching.max_queue_delay_ms, model.batch_gain),
             max_queue_size=batching.max_queue,
             name=f"batcher-{model.key.name}"[:40],
+            arrivals=arrivals,
         )
 
     @property

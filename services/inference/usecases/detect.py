@@ -145,7 +145,8 @@ async def detect(
     started = time.perf_counter()
     try:
         target = target_for(options, settings)
-        decoded = await asyncio.to_thread(decode_image, data, image_limits(settings))
+        with runtime.arriving():  # batches wait for batch-mates only while some are coming
+            decoded = await asyncio.to_thread(decode_image, data, image_limits(settings))
         decoded_at = time.perf_counter()
         if options.tile:
             outcome, tiles = await _detect_tiled(runtime, target, decoded.array, options, settings)

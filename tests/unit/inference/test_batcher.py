@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from services.inference.ml.batcher import DynamicBatcher
+from services.inference.ml.batcher import Arrivals, DynamicBatcher
 from services.inference.ml.detections import DetectionRequest, DetectParams, batch_runner
 from services.inference.ml.onnx_detector import OnnxDetector
 from shared.errors import OverloadedError, UnavailableError
@@ -65,6 +65,53 @@ def test_concurrent_submits_are_gathered_into_one_batch() -> None:
     assert runner.batches == [list(range(8))]
     stats = batcher.stats()
     assert (stats.batches_run, stats.items_run, stats.batch_sizes) == (1, 8, {8: 1})
+
+
+def test_with_no_request_on_its_way_a_lone_item_does_not_wait_its_delay() -> None:
+    # given a delay far past the test's guard, and a gauge that counts no request coming
+    runner = RecordingRunner()
+    arrivals = Arrivals()
+    batcher: DynamicBatcher[int, Any] = DynamicBatcher(
+        runner, max_batch_size=8, max_queue_delay_ms=60_000, arrivals=arrivals
+    )
+
+    # when one camera's request is queued
+    async def scenario() -> Any:
+        result = await batcher.submit(3)
+        await batcher.stop()
+        return result
+
+    # then it ran alone at once (waiting its delay would trip the guard)
+    assert run(scenario) == ("a", 6)
+    assert runner.batches == [[3]]
+
+
+def test_a_queued_item_waits_for_a_request_still_on_its_way() -> None:
+    # given a gauge counting one request being decoded
+    runner = RecordingRunner()
+    arrivals = Arrivals()
+    batcher: DynamicBatcher[int, Any] = DynamicBatcher(
+        runner, max_batch_size=2, max_queue_delay_ms=60_000, arrivals=arrivals
+    )
+
+    async def late_mate() -> Any:
+        with arrivals.arriving():
+            await asyncio.sleep(0.05)  # decoding
+        return await batcher.submit(2)
+
+    # when the first item queues while that request is still coming, then the request follows
+    async def scenario() -> list[Any]:
+        mate = asyncio.ensure_future(late_mate())
+        await asyncio.sleep(0)  # the mate is counted before the first item queues
+        assert arrivals.count == 1
+        results = await asyncio.gather(batcher.submit(1), mate)
+        await batcher.stop()
+        return results
+
+    # then both ran in one batch
+    assert run(scenario) == [("a", 2), ("a", 4)]
+    assert runner.batches == [[1, 2]]
+    assert arrivals.count == 0
 
 
 def test_more_items_than_max_batch_are_split() -> None:

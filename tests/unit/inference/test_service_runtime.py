@@ -88,10 +88,13 @@ def test_concurrent_requests_share_one_batch_call(
     factory = Factory()
     runtime, _ = make_runtime(factory, batching=BatchingConfig(4, 1000, 16))
 
-    # when four requests arrive together
+    # when four requests arrive together, with more on their way (so the batch waits)
     async def scenario() -> list[Outcome]:
         await runtime.refresh()
-        outcomes = await asyncio.gather(*(runtime.submit(None, IMAGE, params) for _ in range(4)))
+        with runtime.arriving():
+            outcomes = await asyncio.gather(
+                *(runtime.submit(None, IMAGE, params) for _ in range(4))
+            )
         await runtime.close()
         return list(outcomes)
 
