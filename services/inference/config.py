@@ -90,10 +90,10 @@ class InferenceSettings(BaseSettings):
     ort_spinning: Literal["off", "during_runs", "always"] = Field(
         "during_runs",
         description="When ONNX Runtime's idle threads busy-wait (INFERENCE_ORT_SPINNING): "
-        "during_runs (between a run's parallel regions, stopped as it returns: measured "
-        "fastest, benchmarks/results/detect_spinning.json); off; always (ORT's default, also "
-        "between batches, taking the cores decoding and HTTP need). true/false are read as "
-        "always/off.",
+        "during_runs (between a run's parallel regions, stopped as it returns: faster than "
+        "off for single requests, mixed under load; benchmarks/results/detect_spinning.json); "
+        "off; always (ORT's default, also between batches, taking the cores decoding and HTTP "
+        "need). true/false are read as always/off.",
     )
 
     @field_validator("ort_spinning", mode="before")
