@@ -24,12 +24,15 @@ def spin_row(runtime: str, mode: str) -> str:
     return f"{runtime}_spin_{mode}"
 
 
+def _spin_pairs(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(runtime, mode) of every --spinning row."""
+    modes = getattr(args, "spinning", None) or []
+    return [(r, mode) for mode in modes for r in args.runtimes if r in ORT_RUNTIMES]
+
+
 def spin_rows(args: argparse.Namespace) -> dict[str, str]:
     """Every --spinning row, with the runtime whose bare session it is set beside."""
-    modes = getattr(args, "spinning", None) or []
-    return {
-        spin_row(r, mode): r for mode in modes for r in args.runtimes if r in ORT_RUNTIMES
-    }  # fmt: skip
+    return {spin_row(runtime, mode): runtime for runtime, mode in _spin_pairs(args)}
 
 
 def start_servers(
@@ -43,11 +46,10 @@ def start_servers(
             onnx = models["ort_int8" if runtime == "ort_int8" else "ort_fp32"]
             backend = "openvino" if runtime == "openvino" else "onnxruntime"
             servers[runtime] = Server(onnx, work, max_batch=size, delay_ms=delay, backend=backend)
-        for name, runtime in spin_rows(args).items():
-            servers[name] = Server(
-                models[runtime], work, max_batch=size, delay_ms=delay,
-                ort_spinning=name.removeprefix(f"{runtime}_spin_"),
-            )  # fmt: skip
+        for runtime, mode in _spin_pairs(args):
+            servers[spin_row(runtime, mode)] = Server(
+                models[runtime], work, max_batch=size, delay_ms=delay, ort_spinning=mode
+            )
         if batch1 and "ort_fp32" in args.runtimes:
             servers[BATCH1_ROW] = Server(models["ort_fp32"], work, max_batch=1, delay_ms=0.0)
         if getattr(args, "baseline_tree", None) is not None:

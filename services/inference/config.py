@@ -102,8 +102,8 @@ class InferenceSettings(BaseSettings):
         """The setting was a boolean before it had three values: keep those meaning it."""
         if isinstance(value, bool):
             return "always" if value else "off"
-        if isinstance(value, str) and value.strip().lower() in _BOOL_WORDS:
-            return _BOOL_WORDS[value.strip().lower()]
+        if isinstance(value, str):
+            return _BOOL_WORDS.get(value.strip().lower(), value)
         return value
 
     adaptive_delay: bool = Field(
