@@ -207,12 +207,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=RUNTIMES)
     parser.add_argument("--concurrency", nargs="+", type=int, default=list(CONCURRENCIES))
     parser.add_argument("--load-generator", default="auto", choices=GENERATORS)
-    parser.add_argument("--requests", type=int, default=48, help="per row, at least --waves")
+    parser.add_argument("--requests", type=int, default=48, help="per row, split over the rounds")
     parser.add_argument(
         "--waves",
         type=int,
         default=3,
-        help="requests per row >= waves x concurrency: the first wave's ramp is 1/waves at most",
+        help="requests per round >= waves x concurrency: the ramp and drain weigh 1/waves at most",
     )
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per row")
     parser.add_argument("--warmup", type=int, default=WARMUP_REQUESTS)
@@ -276,8 +276,8 @@ def _setup(args: argparse.Namespace, image: bytes) -> dict[str, Any]:
         "hook); python: threads in the benchmark process (benchmarks.loadgen), sharing the "
         "cores with the server",
         "concurrency": args.concurrency,
-        "requests_per_row": f"max({args.requests}, {args.waves} x concurrency), split over "
-        "the rounds",
+        "requests_per_round": f"max({args.requests} / rounds, {args.waves} x concurrency): "
+        "every round holds the waves, so its ramp and drain weigh 1/waves at most",
         "interleaved_rounds": args.rounds,
         "duration_cap_s_per_row": args.duration_s,
         "warmup_requests_excluded": args.warmup,

@@ -103,6 +103,13 @@ def load(
     return result, cpu
 
 
+def round_requests(requests: int, waves: int, concurrency: int, rounds: int) -> int:
+    """Requests in one round of a row: ``requests`` split over the rounds, and at least
+    ``waves`` full waves of ``concurrency`` clients in every round, so each round's ramp-up
+    and drain (the first and last wave, with small batches) weigh 1/waves at most."""
+    return max(-(-requests // max(rounds, 1)), waves * concurrency, 1)
+
+
 def measure_concurrency(
     servers: dict[str, Server],
     bare: dict[str, BareSession],
@@ -114,7 +121,7 @@ def measure_concurrency(
 ) -> dict[str, Any]:
     """Service and bare rows at one concurrency, interleaved over ``args.rounds`` rounds."""
     names = [n for n in servers if n != BATCH1_ROW or concurrency == reference]
-    per_round = max(args.requests, args.waves * concurrency) // args.rounds
+    per_round = round_requests(args.requests, args.waves, concurrency, args.rounds)
     cap = args.duration_s / args.rounds
     loads: dict[str, list[LoadResult]] = {n: [] for n in names}
     cpu = dict.fromkeys(names, 0.0)
@@ -126,7 +133,7 @@ def measure_concurrency(
         for name in order:
             before = servers[name].batch_sizes()
             result, cpu_s = load(
-                servers[name], image, args.load_generator, concurrency, max(per_round, 1), cap
+                servers[name], image, args.load_generator, concurrency, per_round, cap
             )
             loads[name].append(result)
             cpu[name] += cpu_s
