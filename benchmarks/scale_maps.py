@@ -21,7 +21,7 @@ training step (issue 24, parts b and c), each side by side with its bare method 
 Merges ``maps`` and ``agbp_loading`` into ``benchmarks/results/scale.json`` (part (a)'s file,
 whose content stays) and draws ``scale_maps.png`` beside it. Run alone on a quiet machine::
 
-    .venv/bin/python -m benchmarks.scale_maps --sizes 1000 5000 20000
+    .venv/bin/python -m benchmarks.scale_maps --sizes 1000 5000 20000 --rounds 2
     .venv/bin/python -m benchmarks.scale_maps --quick --out /tmp/scale.json   # a check
 """
 
@@ -94,6 +94,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--gate", default="auto", choices=["off", "auto"], help="pseudo-label gate")
     add("--agbp-batches", type=int, default=40, help="AGBP batches loaded and timed")
     add("--agbp-steps", type=int, default=13, help="bare AGBP steps (3 warm-up not timed)")
+    add("--rounds", type=int, default=2, help="rounds per size, arm order reversed each round")
     add("--threads", type=int, default=0, help="torch threads in every child; 0 = all cores")
     add("--seed", type=int, default=0)
     add("--quick", action="store_true", help="tiny sizes: every path in well under a minute")
@@ -136,28 +137,67 @@ def _ratio(job: dict[str, Any], bare: dict[str, Any]) -> float:
     return round(float(job["images_per_s"]) / float(bare["images_per_s"]), 3)
 
 
-def measure_size(ctx: Any, spec: Spec, size: int, pool: Path) -> dict[str, Any]:
-    """One pool size: a fresh store, the two jobs in their children, then the bare arms."""
+def _pooled(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One arm over its rounds: images/s of the summed images over the summed wall time, each
+    round's own rate beside it, and the largest peak RSS; the first round's other fields."""
+    images = sum(int(r["images"]) for r in results)
+    wall = sum(float(r["wall_s"]) for r in results)
+    out = dict(results[0]) | {"wall_s": round(wall, 3), "images": images // len(results),
+                              "images_per_s": round(images / wall, 2)}  # fmt: skip
+    if len(results) > 1:
+        out["rounds_images_per_s"] = [r["images_per_s"] for r in results]
+    if "peak_rss_mb" in results[0]:
+        out["peak_rss_mb"] = max(float(r["peak_rss_mb"]) for r in results)
+    return out
+
+
+def _jobs(ctx: Any, spec: Spec) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The map job, then the pseudo-label job on its maps, each in its child."""
+    maps = in_child(ctx, "map_job", spec)
+    labels = in_child(ctx, "label_job", replace(spec, maps_prefix=maps["output_prefix"]))
+    return maps, labels
+
+
+def measure_size(ctx: Any, spec: Spec, size: int, pool: Path, rounds: int = 1) -> dict[str, Any]:
+    """One pool size: a fresh store, then per round the two jobs in their children and the
+    bare arms in a third, the jobs first on even rounds and the bare arms first on odd ones
+    (they read the maps of the round before), so drift in the machine's speed falls on both."""
     started = time.perf_counter()
     link_pool(pool, spec.store, size)
     assert spec.fit_store is not None
     shutil.copytree(spec.fit_store / "categories", spec.store / "categories")
-    maps = in_child(ctx, "map_job", spec)
-    spec = replace(spec, maps_prefix=maps["output_prefix"])
-    labels = in_child(ctx, "label_job", spec)
-    bare = in_child(ctx, "bare", spec)
+    found: dict[str, list[dict[str, Any]]] = {"maps": [], "labels": [], "bare": []}
+    for index in range(max(rounds, 1)):
+        if index % 2:
+            prefix = found["maps"][-1]["output_prefix"]
+            found["bare"].append(in_child(ctx, "bare", replace(spec, maps_prefix=prefix)))
+        maps, labels = _jobs(ctx, spec)
+        found["maps"].append(maps)
+        found["labels"].append(labels)
+        if not index % 2:
+            prefix = maps["output_prefix"]
+            found["bare"].append(in_child(ctx, "bare", replace(spec, maps_prefix=prefix)))
+    return _size_row(size, found, rounds) | {"wall_s": round(time.perf_counter() - started, 1)}
+
+
+def _size_row(size: int, found: dict[str, list[dict[str, Any]]], rounds: int) -> dict[str, Any]:
+    bare = found["bare"]
+    maps, labels = _pooled(found["maps"]), _pooled(found["labels"])
+    map_bare = _pooled([b["maps"] for b in bare])
+    label_bare = _pooled([b["labels"] for b in bare])
+    label_io = _pooled([b["labels_io"] for b in bare])
     return {
         "images": size,
+        "rounds": rounds,
         "map_job": maps,
-        "map_bare": bare["maps"],
-        "map_job_over_bare": _ratio(maps, bare["maps"]),
+        "map_bare": map_bare,
+        "map_job_over_bare": _ratio(maps, map_bare),
         "label_job": labels,
-        "label_bare": bare["labels"],
-        "label_job_over_bare": _ratio(labels, bare["labels"]),
-        "label_bare_extraction_io": bare["labels_io"],
-        "label_job_over_bare_extraction_io": _ratio(labels, bare["labels_io"]),
-        "bare_peak_rss_mb": bare["peak_rss_mb"],
-        "wall_s": round(time.perf_counter() - started, 1),
+        "label_bare": label_bare,
+        "label_job_over_bare": _ratio(labels, label_bare),
+        "label_bare_extraction_io": label_io,
+        "label_job_over_bare_extraction_io": _ratio(labels, label_io),
+        "bare_peak_rss_mb": max(float(b["peak_rss_mb"]) for b in bare),
     }
 
 
@@ -199,7 +239,11 @@ def _setup(args: argparse.Namespace, spec: Spec) -> dict[str, Any]:
         "quick": args.quick,
         "peak_rss": "ru_maxrss of each child (RUSAGE_SELF at its end); children fork from a "
         "server that imported the suite, so every peak includes those imports",
-        "order": "per size: map job, pseudo-label job, then the bare arms in one child",
+        "rounds": args.rounds,
+        "order": "per size and round: map job, pseudo-label job, then the bare arms in one "
+        "child; on odd rounds the bare arms first, on the maps of the round before; each arm's "
+        "images/s pools its rounds (summed images over summed wall time), its peak RSS is the "
+        "largest",
     }
 
 
@@ -222,7 +266,7 @@ def run(args: argparse.Namespace, work: Path) -> tuple[dict[str, Any], dict[str,
     agbp: dict[str, Any] = {}
     for size in args.sizes:
         sized = replace(spec, store=work / f"store-{size}")
-        rows.append(measure_size(ctx, sized, size, pool))
+        rows.append(measure_size(ctx, sized, size, pool, args.rounds))
         print(json.dumps(rows[-1]), flush=True)
         if not agbp:  # (c) reads the smallest pool and its maps from the store
             prefix = rows[0]["map_job"]["output_prefix"]

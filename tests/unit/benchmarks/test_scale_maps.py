@@ -42,6 +42,9 @@ def test_quick_mode_merges_maps_and_agbp_loading(tmp_path: Path) -> None:
         for key in (*ratios, "bare_peak_rss_mb"):
             assert _positive(row[key])
         assert _positive(row["map_job"]["peak_rss_mb"])
+        assert row["rounds"] == 2  # the default: each arm twice, the order reversed
+        assert len(row["map_job"]["rounds_images_per_s"]) == 2
+        assert len(row["map_bare"]["rounds_images_per_s"]) == 2
         assert _positive(row["label_job"]["peak_rss_mb"])
     assert all(isinstance(aim["reached"], bool) for aim in maps["aims"].values())
     assert len(maps["aims"]) == 4
@@ -52,3 +55,18 @@ def test_quick_mode_merges_maps_and_agbp_loading(tmp_path: Path) -> None:
     assert agbp["setup"]["batch_size"] == 4
     assert isinstance(agbp["aim"]["reached"], bool)
     assert (tmp_path / "scale_maps.png").stat().st_size > 0
+
+
+def test_an_arm_pools_its_rounds_over_summed_time_and_keeps_its_largest_peak() -> None:
+    rounds = [
+        {"images": 100, "wall_s": 1.0, "images_per_s": 100.0, "peak_rss_mb": 500.0, "job": "a"},
+        {"images": 100, "wall_s": 3.0, "images_per_s": 33.33, "peak_rss_mb": 520.0, "job": "b"},
+    ]
+    pooled = scale_maps._pooled(rounds)
+    assert pooled["images_per_s"] == 50.0  # 200 images in 4 s, not the mean of the rates
+    assert pooled["images"] == 100
+    assert pooled["wall_s"] == 4.0
+    assert pooled["rounds_images_per_s"] == [100.0, 33.33]
+    assert pooled["peak_rss_mb"] == 520.0
+    assert pooled["job"] == "a"
+    assert "rounds_images_per_s" not in scale_maps._pooled(rounds[:1])
