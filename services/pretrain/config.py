@@ -48,6 +48,14 @@ class PretrainSettings(BaseSettings):
         description="Store calls a pseudo-label job keeps in flight; 0 = by backend: 16 on "
         "S3 (network waits), 1 on the local folder (CPU-bound) (PRETRAIN_LABEL_IO_THREADS).",
     )
+    checkpoint_min_interval_s: float = Field(
+        30.0,
+        ge=0,
+        description="Least time between an AGBP job's end-of-epoch checkpoints: a sooner "
+        "one is skipped (each serialises and syncs the model and optimiser, tens of MB), the "
+        "last epoch's and a cancel's never; a kill loses at most this plus one epoch of "
+        "training. 0 saves every epoch (PRETRAIN_CHECKPOINT_MIN_INTERVAL_S).",
+    )
     max_image_mb: float = Field(
         64.0,
         gt=0,

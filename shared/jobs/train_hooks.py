@@ -20,9 +20,11 @@ def job_train_hooks(
     on_checkpoint: Callable[[dict[str, Any]], None],
     resume_state: dict[str, Any] | None,
     span: tuple[float, float] = (0.0, 100.0),
+    checkpoint_min_interval_s: float = 0.0,
 ) -> TrainHooks:
     """Hooks that write a loop's progress (scaled into ``span`` of the job's) and metrics to
-    the record, read the job's cancel flag, and persist checkpoints with ``on_checkpoint``."""
+    the record, read the job's cancel flag, and persist checkpoints with ``on_checkpoint``
+    (no closer together than ``checkpoint_min_interval_s`` where the loop honours it)."""
     low, high = span
 
     def on_progress(percent: float, message: str, metrics: Mapping[str, float]) -> None:
@@ -34,4 +36,5 @@ def job_train_hooks(
         should_stop=ctx.should_stop,
         on_checkpoint=on_checkpoint,
         resume_state=resume_state,
+        checkpoint_min_interval_s=checkpoint_min_interval_s,
     )

@@ -34,10 +34,14 @@ class TrainHooks:
         on_checkpoint: receives a self-describing state dict (weights, optimiser, step, config)
             to persist; called every ``checkpoint_every`` steps and at the end of each epoch.
         resume_state: a state dict previously passed to ``on_checkpoint``, or None.
+        checkpoint_min_interval_s: a loop that honours it (AGBP's) skips an end-of-epoch
+            checkpoint that would follow the last saved one (or the start) sooner than this,
+            except the last epoch's; a stop's checkpoint is never skipped. 0 saves every epoch.
     """
 
     on_progress: Callable[[float, str, Mapping[str, float]], None] = _noop_progress
     should_stop: Callable[[], bool] = _never_stop
     on_checkpoint: Callable[[dict[str, Any]], None] = _no_checkpoint
     resume_state: dict[str, Any] | None = None
+    checkpoint_min_interval_s: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +87,7 @@ class _Run:
     world: int
     step: int = 0
     last_saved: int = -1
+    saved_at: float = field(default_factory=time.monotonic)  # the last checkpoint, or the start
     history: list[dict[str, float]] = field(default_factory=list)
     # Per-loss sums of the epoch so far, float64 on the device: adding there needs no host
     # sync per step, and gives the same values as summing Python floats (doubles).
@@ -263,7 +265,16 @@ def _end_epoch(run: _Run, epoch: int, hooks: TrainHooks) -> None:
     if run.rank == 0:
         message = f"epoch {epoch + 1}/{run.cfg.epochs} step {run.step}"
         hooks.on_progress(100.0 * run.step / run.total_steps, message, dict(entry))
-    _checkpoint(run, hooks, reason="epoch")
+    if epoch + 1 == run.cfg.epochs or _checkpoint_due(run, hooks):
+        _checkpoint(run, hooks, reason="epoch")
+
+
+def _checkpoint_due(run: _Run, hooks: TrainHooks) -> bool:
+    """Whether an end-of-epoch checkpoint is worth its cost: a design choice of ours, not
+    the spec's. Each one serialises and syncs the weights and optimiser state, which on short
+    epochs (a small pool, a fast GPU) cost a visible share of the run; skipping one loses at
+    most ``checkpoint_min_interval_s`` plus an epoch of training to a kill."""
+    return time.monotonic() - run.saved_at >= hooks.checkpoint_min_interval_s
 
 
 def _to_device(batch: Batch, run: _Run) -> Batch:
@@ -286,7 +297,7 @@ def _should_stop(hooks: TrainHooks, run: _Run) -> bool:
 
 
 def _checkpoint(run: _Run, hooks: TrainHooks, *, reason: str) -> None:
-    run.last_saved = run.step
+    run.last_saved, run.saved_at = run.step, time.monotonic()
     if run.rank != 0:
         return
     state: dict[str, Any] = {

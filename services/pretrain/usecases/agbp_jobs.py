@@ -148,7 +148,7 @@ def run_agbp_job(ctx: JobContext, settings: PretrainSettings, trainer: Trainer) 
         pairing = _pairing(ctx, params)
         data = _cached_data(ctx, pairing, workdir, settings)
         weights = _start_weights(ctx.store, params.start_weights, settings, workdir)
-        result = trainer.train(cfg, data, _hooks(ctx, trainer), weights)
+        result = trainer.train(cfg, data, _hooks(ctx, trainer, settings), weights)
         if result.stopped:
             raise JobCanceledError(f"job {ctx.job_id} was canceled at step {result.steps}")
         ArtifactStore(ctx.store).publish(
@@ -228,7 +228,7 @@ class ThrottledCancel:
         self._next = -math.inf
 
 
-def _hooks(ctx: JobContext, trainer: Trainer) -> TrainHooks:
+def _hooks(ctx: JobContext, trainer: Trainer, settings: PretrainSettings) -> TrainHooks:
     cancel = ThrottledCancel(ctx.should_stop)
 
     def on_checkpoint(state: dict[str, Any]) -> None:
@@ -238,7 +238,12 @@ def _hooks(ctx: JobContext, trainer: Trainer) -> TrainHooks:
         cancel.check_next()
 
     resume = _resume_state(ctx, trainer)
-    hooks = job_train_hooks(ctx, on_checkpoint=on_checkpoint, resume_state=resume)
+    hooks = job_train_hooks(
+        ctx,
+        on_checkpoint=on_checkpoint,
+        resume_state=resume,
+        checkpoint_min_interval_s=settings.checkpoint_min_interval_s,
+    )
     return dataclasses.replace(hooks, should_stop=cancel)
 
 

@@ -73,7 +73,12 @@ def stack(
     base = suite_env(
         tmp, redis_url=f"redis://127.0.0.1:{redis_server.port}/0", s3_url=s3_server.url
     )
-    extra = {"PRETRAIN_DEVICE": "cpu", "PRETRAIN_NUM_WORKERS": "0", "OMP_NUM_THREADS": "1"}
+    extra = {
+        "PRETRAIN_DEVICE": "cpu",
+        "PRETRAIN_NUM_WORKERS": "0",
+        "OMP_NUM_THREADS": "1",
+        "PRETRAIN_CHECKPOINT_MIN_INTERVAL_S": "0",  # a checkpoint per epoch: the test kills after one
+    }
     senv = SuiteEnv(dict(base.env, **extra), base.settings)
     store = create_store(senv.settings)
     for category in CATEGORIES:

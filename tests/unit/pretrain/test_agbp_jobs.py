@@ -68,8 +68,12 @@ def _params(**config: Any) -> dict[str, Any]:
     return {"sources": sources, "config": CONFIG | config, "artifact_name": "agbp-yolov8n"}
 
 
-def _settings(tmp: Path) -> PretrainSettings:
-    return PretrainSettings(common=CommonSettings(paths=PathSettings(home=tmp / "home")))
+def _settings(tmp: Path, checkpoint_min_interval_s: float = 0.0) -> PretrainSettings:
+    """Every epoch checkpointed unless asked otherwise: the tests kill and cancel between."""
+    return PretrainSettings(
+        common=CommonSettings(paths=PathSettings(home=tmp / "home")),
+        checkpoint_min_interval_s=checkpoint_min_interval_s,
+    )
 
 
 def _run(
@@ -212,6 +216,27 @@ def test_cancel_mid_training_ends_canceled_and_publishes_nothing(tmp_path: Path)
     # then
     assert record.state == JobState.CANCELED
     assert store.list("models/") == []
+
+
+@pytest.mark.parametrize(("interval_s", "saved_steps"), [(0.0, [2, 4, 6]), (3600.0, [6])])
+def test_end_of_epoch_checkpoints_keep_the_least_interval_but_the_last_is_always_saved(
+    tmp_path: Path, interval_s: float, saved_steps: list[int]
+) -> None:
+    # given: a 3-epoch job of two steps per epoch, its checkpoint writes counted
+    written: list[str] = []
+
+    def seen(store: FileObjectStore, key: str) -> None:
+        written.append(key)
+
+    store = _store_that(tmp_path, seen)
+    _write_data(store)
+    settings = _settings(tmp_path, checkpoint_min_interval_s=interval_s)
+    # when
+    record = _run(JobStore(store), settings, _params(epochs=3))
+    # then
+    assert record.state == JobState.SUCCEEDED, record.error
+    assert len(written) == len(saved_steps)
+    assert record.metrics["checkpoint_step"] == saved_steps[-1]
 
 
 def test_a_job_whose_worker_died_resumes_from_its_checkpoint(
