@@ -105,6 +105,14 @@ def _finish(client: httpx.Client, record: dict[str, Any]) -> None:
     if tuned:
         metrics = tuned["outputs"].get("metrics", {})
         typer.echo(f"detector {tuned['outputs'].get('artifact')}: mAP@0.5 {metrics.get('map50')}")
+    for step in record["steps"]:
+        if step["name"] == "baseline" and step["state"] == "SUCCEEDED":
+            metrics = step["outputs"].get("metrics", {})
+            typer.echo(f"scratch baseline {step['outputs'].get('artifact')}: mAP@0.5 "
+                       f"{metrics.get('map50')}")  # fmt: skip
+        if step["name"] == "promote" and step["state"] == "SUCCEEDED":
+            out = step["outputs"]
+            typer.echo(f"promoted to {out.get('stage')}: {out.get('model')}:{out.get('version')}")
     typer.echo(f"report: {client.base_url}/v1/pipelines/{record['id']}/report")
 
 
@@ -134,6 +142,10 @@ def run(
     seed: int = 0,
     baseline: Annotated[bool, typer.Option(help="also train from scratch")] = True,
     promote: Annotated[str | None, typer.Option(help="staging or production")] = None,
+    promote_rule: Annotated[
+        str,
+        typer.Option(help="better (AGSSP or scratch, the higher val mAP@0.5) or agssp"),
+    ] = "better",
     follow: Annotated[bool, typer.Option(help="follow until the pipeline ends")] = True,
     interval: float = 3.0,
     url: UrlOption = DEFAULT_URL,
@@ -158,6 +170,7 @@ def run(
         "seed": seed,
         "baseline": baseline,
         "promote": promote,
+        "promote_rule": promote_rule,
     }
     if describe:
         body["category_spec"] = {"map": describe}

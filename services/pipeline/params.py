@@ -115,7 +115,14 @@ class PipelineRequest(BaseModel):
     seed: int = Field(0, ge=0, le=2**31 - 1)
     val_fraction: float = Field(0.2, gt=0, lt=1, allow_inf_nan=False)
     baseline: bool = Field(True, description="also train from scratch on the same split and seed")
-    promote: Stage | None = Field(None, description="promote the AGSSP detector to this stage")
+    promote: Stage | None = Field(None, description="promote a detector to this stage")
+    promote_rule: Literal["better", "agssp"] = Field(
+        "better",
+        description="which detector ``promote`` serves: better, the one of the AGSSP detector "
+        "and the scratch baseline with the higher mAP@0.5 on the validation split (AGSSP on a "
+        "tie or without a baseline), so the line never serves a detector its own control "
+        "beat; agssp, the AGSSP detector whatever its score",
+    )
     overrides: StepOverrides = Field(default_factory=StepOverrides)
 
     @field_validator("unlabelled_prefix", "maps_prefix")

@@ -30,7 +30,7 @@ from services.pipeline.usecases.lift_stats import (
     map_provenance,
 )
 from services.pipeline.usecases.report_evaluations import evaluation_section
-from services.pipeline.usecases.steps import baseline_name, map_method, maps_prefix
+from services.pipeline.usecases.steps import baseline_name, map_method, maps_prefix, promotion
 from shared.errors import SuiteError
 from shared.schemas.dataset_maps import DatasetMapManifest, manifest_key
 from shared.storage.base import ObjectStore
@@ -172,7 +172,21 @@ def _results(record: PipelineRecord, store: ObjectStore) -> str:
     )
     if not base:
         note = f"<p>No scratch baseline ({_esc(scratch)}) in this pipeline.</p>"
-    return f"<h2>Results</h2>{claims}{note}<table>{head}{''.join(rows)}</table>"
+    table = f"<table>{head}{''.join(rows)}</table>"
+    return f"<h2>Results</h2>{claims}{_promoted(record)}{note}{table}"
+
+
+def _promoted(record: PipelineRecord) -> str:
+    """Which detector the pipeline promoted, and the rule's reason (empty before it did)."""
+    if not _done(record, "promote"):
+        return ""
+    chosen = promotion(record)
+    stage = record.request.promote
+    return (
+        f"<p class='promoted'>Promoted to {_esc(str(stage))}: <code>{_esc(chosen.artifact)}</code>"
+        f" ({_esc(chosen.reason)}; <code>promote_rule</code> "
+        f"{_esc(record.request.promote_rule)}).</p>"
+    )
 
 
 def _claims(record: PipelineRecord, summary: LiftSummary) -> str:

@@ -300,8 +300,43 @@ def _detector_collect(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class Promotion:
+    """The detector a pipeline promotes (``model:version``), which step trained it, and why."""
+
+    artifact: str
+    step: str
+    reason: str
+
+
+def _map50(record: PipelineRecord, step: str) -> float | None:
+    value = record.step(step).outputs.get("metrics", {}).get("map50")
+    return float(value) if isinstance(value, int | float) else None
+
+
+def promotion(record: PipelineRecord) -> Promotion:
+    """What ``promote`` serves under the request's ``promote_rule`` (once the detectors are
+    trained): the scratch baseline only when the rule is ``better`` and it scored strictly
+    higher mAP@0.5 on the validation split than the AGSSP detector."""
+    agssp = str(_out(record, "finetune", "artifact"))
+    if record.request.promote_rule == "agssp":
+        return Promotion(agssp, "finetune", "promote_rule agssp: the AGSSP detector")
+    if not record.request.baseline:
+        return Promotion(agssp, "finetune", "no scratch baseline to compare with")
+    ours, theirs = _map50(record, "finetune"), _map50(record, "baseline")
+    if ours is None or theirs is None or theirs <= ours:
+        why = "the AGSSP detector scored at least the scratch baseline's mAP@0.5 on val"
+        return Promotion(agssp, "finetune", why)
+    scratch = str(_out(record, "baseline", "artifact"))
+    why = (
+        f"the scratch baseline scored higher mAP@0.5 on val ({100 * theirs:.1f} against "
+        f"{100 * ours:.1f} for the AGSSP detector)"
+    )
+    return Promotion(scratch, "baseline", why)
+
+
 def _promote_call(record: PipelineRecord) -> Call:
-    name, version = str(_out(record, "finetune", "artifact")).split(":", 1)
+    name, version = promotion(record).artifact.split(":", 1)
     stage = record.request.promote
     path = f"/v1/models/{name}/versions/{version}/promote"
     return Call("finetune", "POST", path, {"stage": stage})

@@ -38,6 +38,8 @@ class FakeSuite:
 
     polls: int = 2
     kead_ready: bool = False
+    # a finetune job's mAP@0.5 on val by its init kind: agdp (the AGSSP detector) or scratch
+    map50: dict[str, float] = field(default_factory=lambda: {"agdp": 0.42, "scratch": 0.30})
     hide_details: bool = False
     fail: dict[str, str] = field(default_factory=dict)
     refuse: dict[str, str] = field(default_factory=dict)
@@ -111,6 +113,8 @@ class FakeSuite:
         }
         if job.state == "SUCCEEDED":
             record.update(_results(job))
+            if job.path == "/v1/finetune-jobs":  # this suite's scores, by init kind
+                record["outputs"]["metrics"]["map50"] = self.map50[job.body["init"]["kind"]]
         return record
 
 

@@ -148,6 +148,18 @@ def test_the_report_shows_overlays_curves_and_the_baseline(store: FileObjectStor
     assert page.count("<polyline") == 2
 
 
+def test_the_report_names_the_promoted_detector_and_why(store: FileObjectStore) -> None:
+    # given a finished pipeline whose scratch baseline beat the AGSSP detector
+    record = _finished_record(store, promote="production")
+    record.step("baseline").outputs["metrics"]["map50"] = 0.6
+    record.step("promote").outputs = {"stage": "production", "model": "line-3-scratch"}
+    # when
+    page = render_report(record, store).decode()
+    # then
+    assert "Promoted to production: <code>line-3-scratch:j6</code>" in page
+    assert "the scratch baseline scored higher mAP@0.5 on val (60.0 against 50.0" in page
+
+
 def test_the_report_says_how_the_image_gate_was_set(store: FileObjectStore) -> None:
     # given pseudo boxes whose gate the labelled defects lowered
     record = _finished_record(store)

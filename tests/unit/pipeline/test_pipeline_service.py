@@ -118,6 +118,38 @@ def test_a_whole_pipeline_hands_each_output_to_the_next_step(pipelines: Pipeline
     assert done.progress == 100.0
 
 
+@pytest.mark.parametrize(
+    ("rule", "agssp_map50", "promoted_step"),
+    [
+        ("better", 0.42, "finetune"),  # AGSSP ahead of scratch (0.30)
+        ("better", 0.30, "finetune"),  # a tie keeps the AGSSP detector
+        ("better", 0.21, "baseline"),  # scratch ahead: the control is served
+        ("agssp", 0.21, "finetune"),  # the rule asks for the AGSSP detector whatever its score
+    ],
+)
+def test_promote_serves_the_detector_its_rule_picks(
+    pipelines: PipelineStore, rule: str, agssp_map50: float, promoted_step: str
+) -> None:
+    # given AGSSP and scratch detectors with these mAP@0.5 on val
+    suite = FakeSuite(map50={"agdp": agssp_map50, "scratch": 0.30})
+    # when
+    done = _run(create_pipeline(pipelines, _request(promote_rule=rule)), pipelines, suite)
+    # then
+    assert done.state is PipelineState.SUCCEEDED
+    promoted = done.step("promote").outputs
+    chosen = done.step(promoted_step).outputs["artifact"]
+    assert f"{promoted['model']}:{promoted['version']}" == chosen
+    [call] = [c for c in suite.calls if c[2].endswith("/promote")]
+    assert call[2] == "/v1/models/{}/versions/{}/promote".format(*chosen.split(":"))
+
+
+def test_without_a_baseline_promote_serves_the_agssp_detector(pipelines: PipelineStore) -> None:
+    suite = FakeSuite(map50={"agdp": 0.01, "scratch": 0.9})
+    done = _run(create_pipeline(pipelines, _request(baseline=False)), pipelines, suite)
+    promoted = done.step("promote").outputs
+    assert f"{promoted['model']}:{promoted['version']}" == done.step("finetune").outputs["artifact"]
+
+
 def test_the_pseudo_label_gate_is_checked_by_maps_of_the_labelled_defects(
     pipelines: PipelineStore,
 ) -> None:
