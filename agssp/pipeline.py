@@ -101,18 +101,14 @@ def follow_pipeline(client: httpx.Client, pipeline_id: str, interval_s: float) -
 def _finish(client: httpx.Client, record: dict[str, Any]) -> None:
     if record["state"] != "SUCCEEDED":
         raise typer.Exit(1)
-    tuned = next((s for s in record["steps"] if s["name"] == "finetune"), None)
-    if tuned:
-        metrics = tuned["outputs"].get("metrics", {})
-        typer.echo(f"detector {tuned['outputs'].get('artifact')}: mAP@0.5 {metrics.get('map50')}")
-    for step in record["steps"]:
-        if step["name"] == "baseline" and step["state"] == "SUCCEEDED":
-            metrics = step["outputs"].get("metrics", {})
-            typer.echo(f"scratch baseline {step['outputs'].get('artifact')}: mAP@0.5 "
-                       f"{metrics.get('map50')}")  # fmt: skip
-        if step["name"] == "promote" and step["state"] == "SUCCEEDED":
-            out = step["outputs"]
-            typer.echo(f"promoted to {out.get('stage')}: {out.get('model')}:{out.get('version')}")
+    done = {s["name"]: s["outputs"] for s in record["steps"] if s["state"] == "SUCCEEDED"}
+    for step, label in (("finetune", "detector"), ("baseline", "scratch baseline")):
+        if step in done:
+            out, metrics = done[step], done[step].get("metrics", {})
+            typer.echo(f"{label} {out.get('artifact')}: mAP@0.5 {metrics.get('map50')}")
+    if "promote" in done:
+        out = done["promote"]
+        typer.echo(f"promoted to {out.get('stage')}: {out.get('model')}:{out.get('version')}")
     typer.echo(f"report: {client.base_url}/v1/pipelines/{record['id']}/report")
 
 

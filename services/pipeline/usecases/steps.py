@@ -302,10 +302,9 @@ def _detector_collect(job: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Promotion:
-    """The detector a pipeline promotes (``model:version``), which step trained it, and why."""
+    """The detector a pipeline promotes (``model:version``) and why."""
 
     artifact: str
-    step: str
     reason: str
 
 
@@ -320,19 +319,19 @@ def promotion(record: PipelineRecord) -> Promotion:
     higher mAP@0.5 on the validation split than the AGSSP detector."""
     agssp = str(_out(record, "finetune", "artifact"))
     if record.request.promote_rule == "agssp":
-        return Promotion(agssp, "finetune", "promote_rule agssp: the AGSSP detector")
+        return Promotion(agssp, "promote_rule agssp: the AGSSP detector")
     if not record.request.baseline:
-        return Promotion(agssp, "finetune", "no scratch baseline to compare with")
+        return Promotion(agssp, "no scratch baseline to compare with")
     ours, theirs = _map50(record, "finetune"), _map50(record, "baseline")
     if ours is None or theirs is None or theirs <= ours:
         why = "the AGSSP detector scored at least the scratch baseline's mAP@0.5 on val"
-        return Promotion(agssp, "finetune", why)
+        return Promotion(agssp, why)
     scratch = str(_out(record, "baseline", "artifact"))
     why = (
         f"the scratch baseline scored higher mAP@0.5 on val ({100 * theirs:.1f} against "
         f"{100 * ours:.1f} for the AGSSP detector)"
     )
-    return Promotion(scratch, "baseline", why)
+    return Promotion(scratch, why)
 
 
 def _promote_call(record: PipelineRecord) -> Call:
